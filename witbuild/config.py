@@ -142,14 +142,9 @@ def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
     d[keys[-1]] = value
 
 
-def load_config(
-    path: str | Path | None = None,
-    *,
-    inputs: list[str] | None = None,
-    output: str | None = None,
-    sets: list[str] | None = None,
-) -> BuildConfig:
-    """Config from a YAML file (optional) with command-line overrides applied, validated."""
+def read_raw_config(path: str | Path | None, sets: list[str] | None = None,
+                    drop: tuple[str, ...] = ("witbuild_version",)) -> dict[str, Any]:
+    """A YAML mapping (optional) with ``--set key.sub=value`` overrides (values parsed as YAML) applied."""
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -158,13 +153,31 @@ def load_config(
         loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{p}: the config must be a mapping")
-        loaded.pop("witbuild_version", None)
+        for key in drop:
+            loaded.pop(key, None)
         raw = loaded
+    apply_sets(raw, sets)
+    return raw
+
+
+def apply_sets(raw: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
     for item in sets or []:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    return raw
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    inputs: list[str] | None = None,
+    output: str | None = None,
+    sets: list[str] | None = None,
+) -> BuildConfig:
+    """Config from a YAML file (optional) with command-line overrides applied, validated."""
+    raw = read_raw_config(path, sets)
     if inputs:
         paths, seeds = split_inputs(inputs)
         section = raw.setdefault("input", {})

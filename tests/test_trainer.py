@@ -1,0 +1,246 @@
+"""The trainer on small digit shards: data stream, tokenizer, checkpoints, resume after SIGKILL,
+damaged data skipped and counted, clear errors, and the evaluation script."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import ROOT, VENV_BIN
+from tests.helpers.shards import write_shards
+from trainer.data import (
+    DataError,
+    StreamSpec,
+    check_captions,
+    epoch_steps,
+    find_shards,
+    random_resized_square,
+    split_shards,
+    train_batches,
+)
+from trainer.tokenizer import load_clip_bpe, train_bpe
+
+TRAIN = ROOT / "trainer" / "train.py"
+EVALUATE = ROOT / "trainer" / "evaluate.py"
+FAST = ["--set", "data.batch_size=16", "--set", "data.workers=1", "--set", "optim.warmup_steps=2",
+        "--set", "tokenizer.vocab_size=300", "--set", "log_every=1", "--set", "data.shuffle_buffer=50"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("shards")
+    write_shards(folder, n_shards=4, per_shard=48)
+    return folder
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def train_cmd(data: Path, out: Path, *sets: str, ranks: int = 1) -> list[str]:
+    launcher = ([str(VENV_BIN / "torchrun"), "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1
+                else [sys.executable])
+    return [*launcher, str(TRAIN), "--data", str(data), "--config", "tiny-cpu", "--output", str(out), *FAST, *sets]
+
+
+def read_log(run: Path) -> list[dict]:
+    with (run / "log.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# pure pieces
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_find_and_split_shards(shards, tmp_path):
+    found = find_shards(shards)
+    assert [p.name for p in found] == ["00000.tar", "00001.tar", "00002.tar", "00003.tar"]
+    train, held = split_shards(found, 1)
+    assert [p.name for p in held] == ["00003.tar"] and len(train) == 3
+    with pytest.raises(DataError, match="cannot leave 4 held out"):
+        split_shards(found, 4)
+    with pytest.raises(DataError, match="no WebDataset shards"):
+        find_shards(tmp_path)
+    with pytest.raises(DataError, match="data not found"):
+        find_shards(tmp_path / "nope")
+
+
+def test_epoch_steps_is_a_multiple_of_workers():
+    assert epoch_steps(1000, 128, 1) == 8
+    assert epoch_steps(1000, 128, 3) == 9
+    assert epoch_steps(10, 128, 2) == 2
+
+
+def test_random_resized_square_is_square_and_seeded():
+    import random
+
+    img = Image.new("RGB", (300, 200), (10, 200, 30))
+    a = random_resized_square(img, 48, random.Random(1))
+    b = random_resized_square(img, 48, random.Random(1))
+    assert a.size == (48, 48) and a.tobytes() == b.tobytes()
+
+
+def test_stream_resumes_mid_epoch_with_the_same_batches(shards):
+    """Skipping k batches (a resumed run) yields exactly batches k.. of the uninterrupted stream, with 2 workers."""
+    tok = train_bpe(["a handwritten digit seven", "the number 7"] * 20, 300, 16)
+    spec = dict(shards=[str(p) for p in find_shards(shards)], batch_size=8, batches_per_worker=3, image_size=32,
+                seed=5, shuffle_buffer=20)
+    full = [b for _, b in zip(range(10), train_batches(StreamSpec(**spec), tok, workers=2), strict=False)]
+    resumed = [b for _, b in zip(range(3), train_batches(StreamSpec(**spec, start_epoch=1, skip_batches=1), tok,
+                                                         workers=2), strict=False)]
+    for got, want in zip(resumed, full[7:], strict=True):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert not torch.equal(full[0][0], full[6][0])  # a new epoch draws other batches
+    other = next(iter(train_batches(StreamSpec(**{**spec, "seed": 6}), tok, workers=2)))
+    assert not torch.equal(other[0], full[0][0])
+
+
+def test_bpe_tokenizer_pads_and_keeps_the_end_token():
+    tok = train_bpe(["a handwritten digit seven", "three red circles"] * 30, 300, 8)
+    ids = tok(["a handwritten digit seven", "three red circles on a blue background today"])
+    assert ids.shape == (2, 8)
+    assert (ids == tok.eot_id).sum(1).tolist() == [1, 1]
+    assert ids[1, -1].item() == tok.eot_id  # cut to the context, the end token kept last
+    assert tok.decode(ids[0].tolist()).strip() == "a handwritten digit seven"
+
+
+def test_clip_bpe_file_format(tmp_path):
+    """CLIP's vocabulary file: a header line, then merges; words end with </w>, ids as OpenAI lays them out."""
+    import gzip
+
+    path = tmp_path / "bpe.txt.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write("#version: 0.2\nh e\nl l\nhe ll\nhell o</w>\n")
+    tok = load_clip_bpe(path, context_length=6)
+    ids = tok(["Hello  hello!"])[0].tolist()
+    vocab = tok.tok.get_vocab()
+    assert ids[:5] == [vocab["<|startoftext|>"], vocab["hello</w>"], vocab["hello</w>"], vocab["!</w>"],
+                       vocab["<|endoftext|>"]]
+    assert vocab["!"] == 0 and vocab["!</w>"] == 256 and vocab["he"] == 512 and vocab["hello</w>"] == 515
+    assert tok.eot_id == len(vocab) - 1
+
+
+def test_shards_without_captions_are_a_clear_error(tmp_path):
+    folder = write_shards(tmp_path / "nocap", 2, 8, captions=False)[0].parent
+    with pytest.raises(DataError, match=r"no captions \('.txt' members\)"):
+        check_captions(find_shards(folder))
+    proc = subprocess.run(train_cmd(folder, tmp_path / "run", "--set", "steps=2", "--set", "data.holdout_shards=0"),
+                          capture_output=True, text=True, timeout=120, env=env(), cwd=ROOT)
+    assert proc.returncode == 2
+    assert "error: no captions" in proc.stderr and "found jpg: 16, json: 16" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# training runs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_damaged_tar_and_sample_are_skipped_and_counted(shards, tmp_path):
+    folder = tmp_path / "damaged"
+    write_shards(folder, 3, 24)
+    import tarfile
+
+    with tarfile.open(folder / "00001.tar") as tf:
+        member = tf.getmembers()[30]
+    data = (folder / "00001.tar").read_bytes()
+    (folder / "00001.tar").write_bytes(data[: member.offset_data + member.size // 2])  # cut inside a member
+    with tarfile.open(folder / "00000.tar") as tf:
+        first = tf.getmembers()[0]
+    assert first.name.endswith(".jpg")
+    with open(folder / "00000.tar", "r+b") as fh:  # the first image is not a JPEG any more
+        fh.seek(first.offset_data)
+        fh.write(b"\x00" * 64)
+    run = tmp_path / "run"
+    proc = subprocess.run(train_cmd(folder, run, "--set", "steps=12", "--set", "data.holdout_shards=0"),
+                          capture_output=True, text=True, timeout=300, env=env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = read_log(run)
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    assert sum(int(r["skipped"]) for r in rows) > 0
+    assert "skipped (corrupt_tar)" in proc.stderr
+    assert "undecodable_image" in proc.stderr
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_the_same_curve(shards, tmp_path):
+    """12 steps straight vs 6 steps, SIGKILL, --resume latest, 6 more: the same losses (2 ranks, gloo)."""
+    sets = ["--set", "steps=12", "--set", "checkpoint_every=6", "--set", "data.epoch_samples=128"]  # epoch: 4 steps
+    straight = tmp_path / "straight"
+    proc = subprocess.run(train_cmd(shards, straight, *sets, ranks=2), capture_output=True, text=True,
+                          timeout=600, env=env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    run = tmp_path / "killed"
+    job = subprocess.Popen(train_cmd(shards, run, *sets, ranks=2), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, env=env(), cwd=ROOT, start_new_session=True)
+    pointer = run / "checkpoints" / "latest.txt"
+    deadline = time.monotonic() + 300
+    while not pointer.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    tree = [job.pid, *(c.pid for c in psutil.Process(job.pid).children(recursive=True))]
+    for pid in tree:  # torchrun starts its workers in sessions of their own: kill each process
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    job.wait()
+    assert pointer.read_text() == "step_00000006.pt", "the run ended before it could be killed"
+    proc = subprocess.run(train_cmd(shards, run, *sets, "--resume", "latest", ranks=2), capture_output=True,
+                          text=True, timeout=600, env=env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "resuming" in proc.stderr and "at step 6" in proc.stderr, proc.stderr[-3000:]
+    a, b = read_log(straight), read_log(run)
+    assert [int(r["step"]) for r in b] == list(range(1, 13))
+    for x, y in zip(a, b, strict=True):
+        assert float(x["loss"]) == pytest.approx(float(y["loss"]), rel=1e-4, abs=1e-5), (x, y)
+        assert float(x["lr"]) == pytest.approx(float(y["lr"]), rel=1e-9)
+    final_a = torch.load(straight / "checkpoints" / "step_00000012.pt", weights_only=True)
+    final_b = torch.load(run / "checkpoints" / "step_00000012.pt", weights_only=True)
+    assert final_b["step"] == 12 and final_b["epoch"] == 3
+    for k, v in final_a["model"].items():
+        torch.testing.assert_close(final_b["model"][k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_loads_weights_only_and_evaluates(shards, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.run(train_cmd(shards, run, "--set", "steps=4", "--set", "checkpoint_every=2",
+                                    "--set", "keep_checkpoints=1"),
+                          capture_output=True, text=True, timeout=300, env=env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest.txt", "step_00000004.pt"]
+    ckpt = torch.load(run / "checkpoints" / "step_00000004.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "step", "config", "model_config", "tokenizer"} <= set(ckpt)
+    assert ckpt["config"]["data"]["batch_size"] == 16 and (run / "config.yaml").is_file()
+    assert (run / "tb").is_dir() and (run / "tokenizer.json").is_file()
+    assert "retrieval on 48 held-out pairs" in proc.stdout
+
+    folder = tmp_path / "labelled"
+    for label in ("3", "7"):
+        (folder / label).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (40, 40), (30 * i, 100, 200 if label == "3" else 20)).save(folder / label / f"{i}.png")
+    (folder / "zeroshot.json").write_text(json.dumps({"classnames": {"3": "three", "7": "seven"},
+                                                      "templates": ["a handwritten {}", "the digit {}"]}))
+    out = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, str(EVALUATE), "--checkpoint", str(run), "--zeroshot", str(folder),
+                           "--data", str(shards), "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["step"] == 4 and res["zeroshot"]["images"] == 8 and res["zeroshot"]["templates"] == 2
+    assert res["linear_probe"]["fit"] == 4 and res["retrieval"]["pairs"] == 48
+    assert "zero-shot top-1" in proc.stdout
+    bad = subprocess.run([sys.executable, str(EVALUATE), "--checkpoint", str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 2 and "checkpoint not found" in bad.stderr

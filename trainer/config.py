@@ -1,0 +1,105 @@
+"""One pydantic model for a training run: loaded from YAML, overridden with ``--set``, saved in every checkpoint."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from witbuild.config import apply_sets, read_raw_config
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSection(Section):
+    batch_size: int = Field(64, ge=1, description="Samples per rank per step; the global batch is this × ranks.")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes per rank.")
+    holdout_shards: int = Field(1, ge=0, description="Last shards kept out of training for retrieval evaluation.")
+    caption_key: str = "txt"
+    shuffle_buffer: int = Field(1000, ge=1)
+    crop_scale: tuple[float, float] = (0.9, 1.0)
+    epoch_samples: int | None = Field(None, ge=1, description="Samples per epoch; default: the training shards' size.")
+
+
+class TokenizerSection(Section):
+    kind: Literal["bpe", "clip"] = "bpe"
+    vocab_size: int = Field(4096, ge=300, description="Size of the byte-level BPE fitted to the captions.")
+    min_frequency: int = Field(2, ge=1)
+    clip_vocab_path: str | None = Field(None, description="CLIP's bpe_simple_vocab_16e6.txt.gz, for kind=clip.")
+
+    @model_validator(mode="after")
+    def _clip_needs_file(self) -> TokenizerSection:
+        if self.kind == "clip" and not self.clip_vocab_path:
+            raise ValueError("tokenizer.kind=clip needs tokenizer.clip_vocab_path "
+                             "(CLIP's bpe_simple_vocab_16e6.txt.gz)")
+        return self
+
+
+class OptimSection(Section):
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.2, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final LR of the cosine as a share of lr.")
+    grad_clip: float | None = Field(1.0, description="Max gradient norm; null for none.")
+
+
+class EvalSection(Section):
+    zeroshot_dir: str | None = Field(None, description="Labelled folder <class>/<image> (optional zeroshot.json).")
+    retrieval: bool = True
+    linear_probe: bool = True
+    batch_size: int = Field(256, ge=1)
+    max_retrieval_pairs: int = Field(5000, ge=10)
+
+
+class TrainConfig(Section):
+    model: str = Field("tiny", description="Name in trainer/configs/models/ or a path to a model JSON.")
+    loss: Literal["clip", "siglip"] = "clip"
+    steps: int = Field(1000, ge=1, description="Optimiser steps of the whole run.")
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
+    grad_checkpointing: bool = False
+    compile: bool = False
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    peak_flops: float | None = Field(None, description="Per-device peak FLOP/s for MFU; default: a matmul measured "
+                                                        "at start in the training precision.")
+    output: str | None = Field(None, description="Run folder; default runs/<config name>.")
+    data: DataSection = DataSection()
+    tokenizer: TokenizerSection = TokenizerSection()
+    optim: OptimSection = OptimSection()
+    eval: EvalSection = EvalSection()
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    named = CONFIG_DIR / f"{name_or_path}.yaml"
+    if named.is_file():
+        return named
+    names = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
+    raise FileNotFoundError(f"training config {name_or_path!r} not found: give a YAML path or one of {names}")
+
+
+def load_train_config(path: str | None, sets: list[str] | None = None,
+                      base: dict[str, Any] | None = None) -> TrainConfig:
+    """A YAML file (or a saved config ``base``) with ``--set`` overrides, validated."""
+    if base is not None:
+        raw = apply_sets(copy.deepcopy(base), sets)
+    else:
+        raw = read_raw_config(resolve_config_path(path) if path else None, sets)
+    return TrainConfig.model_validate(raw)
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,312 @@
+"""Training data: WebDataset shards resampled into a fixed number of batches per worker per epoch.
+
+Why resampled: with a fixed epoch length every rank takes the same number of steps whatever the
+shard sizes, so no rank runs dry and waits forever in an all-reduce. Why seeded by (seed, epoch,
+rank, worker): an epoch's batches do not depend on earlier epochs, so a resumed run sees exactly
+the batches an uninterrupted one would. Damaged shards and samples are skipped and counted; the
+counts travel with each batch to the training loop.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import random
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+log = logging.getLogger(__name__)
+
+MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)  # CLIP's normalisation
+STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+
+class DataError(ValueError):
+    """The data cannot be trained on (no shards, no captions); the message says what to fix."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# shards
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def find_shards(data: str | Path) -> list[Path]:
+    """The ``*.tar`` shards of a build output (``stages/finalize/``) or of a folder of shards."""
+    root = Path(data)
+    if not root.exists():
+        raise DataError(f"data not found: {root}")
+    final = root / "stages" / "finalize"
+    folder = final if final.is_dir() else root
+    shards = sorted(folder.glob("*.tar")) if folder.is_dir() else [root] if root.suffix == ".tar" else []
+    if not shards:
+        raise DataError(f"no WebDataset shards (*.tar) in {folder}; give a build output or a folder of shards")
+    return shards
+
+
+def split_shards(shards: list[Path], holdout: int) -> tuple[list[Path], list[Path]]:
+    """(train, held-out): the last ``holdout`` shards are kept for retrieval evaluation."""
+    if holdout and len(shards) <= holdout:
+        raise DataError(f"{len(shards)} shard(s) cannot leave {holdout} held out for evaluation and some to train on; "
+                        f"set data.holdout_shards=0 or build more shards")
+    return (shards[:-holdout], shards[-holdout:]) if holdout else (shards, [])
+
+
+def shard_sizes(shards: list[Path]) -> dict[str, int]:
+    """Samples per shard: from the build's ``sizes.json`` when there, else by listing each tar."""
+    sizes: dict[str, int] = {}
+    meta = shards[0].parent / "sizes.json"
+    known = json.loads(meta.read_text()) if meta.is_file() else {}
+    for shard in shards:
+        if shard.name in known:
+            sizes[shard.name] = int(known[shard.name])
+            continue
+        keys = set()
+        try:
+            with tarfile.open(shard) as tf:
+                keys = {m.name.split(".", 1)[0] for m in tf.getmembers() if m.isfile()}
+        except (tarfile.TarError, OSError) as exc:
+            log.warning("cannot list %s (%s); counted as empty", shard, exc)
+        sizes[shard.name] = len(keys)
+    return sizes
+
+
+def check_captions(shards: list[Path], caption_key: str = "txt", members: int = 64) -> None:
+    """Fail fast when the shards carry no captions, instead of a stream that never yields a batch."""
+    seen: Counter[str] = Counter()
+    for shard in shards[:4]:
+        try:
+            with tarfile.open(shard, "r|*") as tf:
+                for i, m in enumerate(tf):
+                    if i >= members:
+                        break
+                    seen[m.name.rsplit(".", 1)[-1] if "." in m.name else ""] += 1
+        except (tarfile.TarError, OSError):
+            continue
+        if seen[caption_key]:
+            return
+    found = ", ".join(f"{k or '(no extension)'}: {n}" for k, n in seen.most_common()) or "nothing readable"
+    raise DataError(f"no captions ('.{caption_key}' members) in the first samples of {shards[0].parent} "
+                    f"(found {found}); train on a build's stages/finalize shards or set data.caption_key")
+
+
+def read_captions(shards: list[Path], caption_key: str = "txt", limit: int = 2_000_000) -> list[str]:
+    """The captions of ``shards`` for fitting the tokenizer: from ``index.parquet`` when the build has one."""
+    index = shards[0].parent / "index.parquet"
+    names = {s.name for s in shards}
+    if index.exists():
+        import pyarrow.dataset as pads
+
+        table = pads.dataset(index, format="parquet").to_table(columns=["shard", "text"])
+        texts = [t for s, t in zip(table["shard"].to_pylist(), table["text"].to_pylist(), strict=True)
+                 if (s in names or f"{s}.tar" in names or Path(str(s)).name in names) and t]
+        if texts:
+            return texts[:limit]
+    texts = []
+    for shard in shards:
+        try:
+            with tarfile.open(shard, "r|*") as tf:
+                for m in tf:
+                    if m.isfile() and m.name.endswith("." + caption_key):
+                        texts.append(tf.extractfile(m).read().decode("utf-8", "replace"))
+                        if len(texts) >= limit:
+                            return texts
+        except (tarfile.TarError, OSError) as exc:
+            log.warning("skipping captions of unreadable shard %s: %s", shard, exc)
+    return texts
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# images
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def random_resized_square(img: Image.Image, size: int, rng: random.Random, scale: tuple[float, float] = (0.9, 1.0),
+                          ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Image.Image:
+    """Inception-style crop (area share ``scale``, aspect ``ratio``) resized to size×size."""
+    w, h = img.size
+    area = w * h
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            return img.resize((size, size), Image.Resampling.BICUBIC, box=(x, y, x + cw, y + ch))
+    return center_square(img, size)
+
+
+def center_square(img: Image.Image, size: int) -> Image.Image:
+    """The evaluation view: the centred square of the short side, resized to size×size."""
+    w, h = img.size
+    s = min(w, h)
+    x, y = (w - s) // 2, (h - s) // 2
+    return img.resize((size, size), Image.Resampling.BICUBIC, box=(x, y, x + s, y + s))
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    arr = (np.asarray(img, dtype=np.float32) / 255.0 - MEAN) / STD
+    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+
+def open_rgb(data: bytes, min_side: int = 0) -> Image.Image:
+    """Decode to RGB; a JPEG is decoded at the smallest DCT scale whose short side is still ≥ ``min_side``."""
+    img = Image.open(io.BytesIO(data))
+    if min_side and img.format == "JPEG":
+        w, h = img.size
+        k = min_side / min(w, h)
+        if k < 1:
+            img.draft("RGB", (math.ceil(w * k), math.ceil(h * k)))
+    return img.convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the training stream
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamSpec:
+    shards: list[str]
+    batch_size: int
+    batches_per_worker: int  # per epoch
+    image_size: int
+    seed: int = 0
+    rank: int = 0
+    start_epoch: int = 0
+    skip_batches: int = 0  # global batches of start_epoch already trained on (resume mid-epoch)
+    shuffle_buffer: int = 1000
+    caption_key: str = "txt"
+    crop_scale: tuple[float, float] = (0.9, 1.0)
+    max_consecutive_skips: int = 2000
+
+
+class TrainStream(IterableDataset):
+    """Yields (images, tokens, skipped-counts) batches; one instance per rank, split across workers."""
+
+    def __init__(self, spec: StreamSpec, tokenizer):
+        super().__init__()
+        self.spec, self.tokenizer = spec, tokenizer
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, int]]]:
+        info = get_worker_info()
+        wid, nworkers = (info.id, info.num_workers) if info else (0, 1)
+        spec = self.spec
+        epoch = spec.start_epoch
+        # global batch i of an epoch comes from worker i % nworkers (the DataLoader reads workers in turn, always
+        # starting at worker 0): each worker skips whole rounds, train_batches drops the rest of a round
+        skip = spec.skip_batches // nworkers
+        while True:
+            rng = random.Random(f"{spec.seed}/{epoch}/{spec.rank}/{wid}")
+            batches = self._epoch_batches(rng)
+            for i in range(spec.batches_per_worker):
+                batch = next(batches)
+                if i < skip:
+                    continue
+                yield batch
+            skip, epoch = 0, epoch + 1
+
+    def _epoch_batches(self, rng: random.Random) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, int]]]:
+        spec = self.spec
+        skipped: Counter[str] = Counter()
+
+        def count(exn: Exception) -> bool:
+            kind = "corrupt_tar" if isinstance(exn, tarfile.TarError) else type(exn).__name__
+            skipped[kind] += 1
+            log.warning("skipped (%s): %s", kind, str(exn)[:300])
+            return True
+
+        def urls() -> Iterator[dict]:
+            while True:
+                yield {"url": rng.choice(spec.shards)}
+
+        samples = wds.tarfile_to_samples(handler=count)(urls())
+        samples = wds.shuffle(spec.shuffle_buffer, initial=min(spec.shuffle_buffer, 100), rng=rng)(samples)
+        images, texts, consecutive = [], [], 0
+        for sample in samples:
+            key = next((k for k in IMAGE_KEYS if k in sample), None)
+            caption = sample.get(spec.caption_key)
+            if key is None or caption is None:
+                skipped["missing_image" if key is None else "missing_caption"] += 1
+                consecutive += 1
+            else:
+                try:
+                    img = open_rgb(sample[key], spec.image_size)
+                    img = random_resized_square(img, spec.image_size, rng, spec.crop_scale)
+                    images.append(to_tensor(img))
+                    texts.append(caption.decode("utf-8", "replace"))
+                    consecutive = 0
+                except Exception as exc:
+                    skipped["undecodable_image"] += 1
+                    consecutive += 1
+                    log.warning("skipped undecodable image %s: %s", sample.get("__key__"), exc)
+            if consecutive >= spec.max_consecutive_skips:
+                raise DataError(f"{consecutive} samples in a row were unusable ({dict(skipped)}); "
+                                f"check the shards' '.{spec.caption_key}' captions and images")
+            if len(images) == spec.batch_size:
+                yield torch.stack(images), self.tokenizer(texts), dict(skipped)
+                images, texts = [], []
+                skipped.clear()
+
+
+def train_batches(spec: StreamSpec, tokenizer, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
+    """The rank's endless batch stream, starting exactly at global batch ``spec.skip_batches`` of its epoch."""
+    loader = DataLoader(TrainStream(spec, tokenizer), batch_size=None, num_workers=workers,
+                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None, pin_memory=False)
+    it = iter(loader)
+    for _ in range(spec.skip_batches % max(1, workers)):
+        next(it)
+    yield from it
+
+
+def epoch_steps(train_samples: int, global_batch: int, workers: int) -> int:
+    """Steps per epoch: one pass worth of samples, rounded up so every worker yields the same count."""
+    steps = max(1, math.ceil(train_samples / global_batch))
+    per = max(1, workers)
+    return math.ceil(steps / per) * per
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# evaluation data
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def iter_pairs(shards: list[Path], caption_key: str = "txt") -> Iterator[tuple[bytes, str, str]]:
+    """(image bytes, caption, key) of every usable sample of ``shards``, in order; damage is logged and skipped."""
+    def warn(exn: Exception) -> bool:
+        log.warning("evaluation data: skipped %s", str(exn)[:300])
+        return True
+
+    for sample in wds.tarfile_to_samples(handler=warn)(iter([{"url": str(s)} for s in shards])):
+        key = next((k for k in IMAGE_KEYS if k in sample), None)
+        if key is not None and caption_key in sample:
+            yield sample[key], sample[caption_key].decode("utf-8", "replace"), sample["__key__"]
+
+
+def image_folder(root: str | Path) -> tuple[list[Path], list[str], list[int]]:
+    """A labelled folder ``root/<class>/<image>``: (paths, class folder names, label per path)."""
+    root = Path(root)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not classes:
+        raise DataError(f"no class folders in {root} (expected {root}/<class>/<image>)")
+    paths, labels = [], []
+    for i, name in enumerate(classes):
+        for p in sorted((root / name).iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(p)
+                labels.append(i)
+    if not paths:
+        raise DataError(f"no images under {root}/<class>/")
+    return paths, classes, labels

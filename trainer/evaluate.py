@@ -1,0 +1,220 @@
+"""Evaluate a CLIP checkpoint: zero-shot classification, image↔text retrieval, linear probe.
+
+    python trainer/evaluate.py --checkpoint runs/tiny-cpu/checkpoints/latest \\
+        --zeroshot demo-out/eval/digits --data demo-out/build
+
+- zero-shot: each class is the mean of its prompt embeddings (class names × templates, from the
+  folder's ``zeroshot.json`` when there), an image gets the most similar class;
+- retrieval: R@1/5/10 both ways over the held-out shards (the ones training left out);
+- linear probe: logistic regression on frozen image features, half of each class to fit, half to test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+from PIL import Image
+
+from trainer.data import center_square, find_shards, image_folder, iter_pairs, open_rgb, split_shards, to_tensor
+from trainer.model import CLIP, ModelConfig
+from trainer.tokenizer import TextTokenizer
+
+log = logging.getLogger("trainer.evaluate")
+DEFAULT_TEMPLATES = ["a photo of a {}.", "a picture of a {}.", "an image of a {}.", "{}"]
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[CLIP, TextTokenizer, dict]:
+    """Model (eval mode), tokenizer and saved run config of a checkpoint file, a run folder or ``…/latest``."""
+    path = resolve_checkpoint(path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = CLIP(ModelConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), TextTokenizer.from_json(ckpt["tokenizer"]), ckpt
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "latest" if (p / "latest").exists() else p / "checkpoints" / "latest"
+    if p.name == "latest":
+        pointer = p.parent / "latest.txt"
+        if not pointer.is_file():
+            raise FileNotFoundError(f"no checkpoint yet in {p.parent}")
+        p = p.parent / pointer.read_text().strip()
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    return p
+
+
+@torch.no_grad()
+def encode_images(model: CLIP, images: list[Image.Image], size: int, device, batch: int = 256) -> torch.Tensor:
+    feats = []
+    for i in range(0, len(images), batch):
+        x = torch.stack([to_tensor(center_square(im, size)) for im in images[i: i + batch]]).to(device)
+        with _autocast(device):
+            feats.append(model.encode_image(x).float().cpu())
+    return torch.cat(feats) if feats else torch.empty(0, model.cfg.embed_dim)
+
+
+@torch.no_grad()
+def encode_texts(model: CLIP, tokenizer: TextTokenizer, texts: list[str], device, batch: int = 1024) -> torch.Tensor:
+    feats = []
+    for i in range(0, len(texts), batch):
+        with _autocast(device):
+            feats.append(model.encode_text(tokenizer(texts[i: i + batch]).to(device)).float().cpu())
+    return torch.cat(feats) if feats else torch.empty(0, model.cfg.embed_dim)
+
+
+def _autocast(device):
+    kind = torch.device(device).type
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=kind == "cuda")
+
+
+def _load_folder(folder: str | Path) -> tuple[list[Image.Image], list[int], list[str], dict]:
+    paths, classes, labels = image_folder(folder)
+    meta_file = Path(folder) / "zeroshot.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    images = [Image.open(p).convert("RGB") for p in paths]
+    return images, labels, classes, meta
+
+
+def zero_shot(model: CLIP, tokenizer: TextTokenizer, folder: str | Path, device="cpu",
+              templates: list[str] | None = None, classnames: dict[str, str] | None = None,
+              _loaded: tuple | None = None) -> dict:
+    images, labels, classes, meta = _loaded or _load_folder(folder)
+    templates = templates or meta.get("templates") or DEFAULT_TEMPLATES
+    names = classnames or meta.get("classnames") or {}
+    weights = []
+    for c in classes:
+        prompts = [t.format(names.get(c, c)) for t in templates]
+        emb = encode_texts(model, tokenizer, prompts, device)
+        weights.append(torch.nn.functional.normalize(emb.mean(0), dim=0))
+    class_emb = torch.stack(weights)
+    img = encode_images(model, images, model.cfg.vision_cfg.image_size, device)
+    scores = img @ class_emb.T
+    y = torch.tensor(labels)
+    top1 = (scores.argmax(1) == y).float().mean().item()
+    out = {"top1": top1, "images": len(labels), "classes": len(classes), "chance": 1 / len(classes),
+           "templates": len(templates)}
+    if len(classes) > 5:
+        out["top5"] = (scores.topk(5, dim=1).indices == y[:, None]).any(1).float().mean().item()
+    return out
+
+
+def linear_probe(model: CLIP, folder: str | Path, device="cpu", _loaded: tuple | None = None) -> dict:
+    """Logistic regression on frozen features: even-numbered images of each class fit, odd ones test."""
+    from sklearn.linear_model import LogisticRegression
+
+    images, labels, classes, _ = _loaded or _load_folder(folder)
+    feats = encode_images(model, images, model.cfg.vision_cfg.image_size, device).numpy()
+    y = np.array(labels)
+    seen: dict[int, int] = {}
+    fit = np.zeros(len(y), bool)
+    for i, label in enumerate(labels):
+        fit[i] = seen.get(label, 0) % 2 == 0
+        seen[label] = seen.get(label, 0) + 1
+    clf = LogisticRegression(max_iter=2000, C=1.0)
+    clf.fit(feats[fit], y[fit])
+    return {"top1": float((clf.predict(feats[~fit]) == y[~fit]).mean()), "fit": int(fit.sum()),
+            "test": int((~fit).sum()), "chance": 1 / len(classes)}
+
+
+def retrieval(model: CLIP, tokenizer: TextTokenizer, shards: list[Path], device="cpu", max_pairs: int = 5000) -> dict:
+    """Recall@1/5/10 image→text and text→image over the pairs of ``shards`` (each image's own caption is the hit)."""
+    images, texts = [], []
+    for data, text, _ in iter_pairs(shards):
+        try:
+            images.append(open_rgb(data, model.cfg.vision_cfg.image_size))
+        except Exception as exc:
+            log.warning("retrieval: skipped an undecodable image: %s", exc)
+            continue
+        texts.append(text)
+        if len(texts) >= max_pairs:
+            break
+    if len(texts) < 2:
+        return {"pairs": len(texts)}
+    img = encode_images(model, images, model.cfg.vision_cfg.image_size, device)
+    txt = encode_texts(model, tokenizer, texts, device)
+    sim = img @ txt.T
+    truth = torch.arange(len(texts))
+    out: dict[str, float | int] = {"pairs": len(texts)}
+    for name, s in (("image_to_text", sim), ("text_to_image", sim.T)):
+        rank = (s > s[truth, truth][:, None]).sum(1)  # how many candidates beat the true one
+        for k in (1, 5, 10):
+            out[f"{name}_R@{k}"] = (rank < k).float().mean().item()
+    return out
+
+
+def evaluate(model: CLIP, tokenizer: TextTokenizer, device="cpu", zeroshot_dir: str | None = None,
+             heldout: list[Path] | None = None, do_retrieval: bool = True, do_probe: bool = True,
+             max_pairs: int = 5000) -> dict:
+    model.eval()
+    results: dict[str, dict] = {}
+    if zeroshot_dir:
+        loaded = _load_folder(zeroshot_dir)
+        results["zeroshot"] = zero_shot(model, tokenizer, zeroshot_dir, device, _loaded=loaded)
+        if do_probe:
+            results["linear_probe"] = linear_probe(model, zeroshot_dir, device, _loaded=loaded)
+    if do_retrieval and heldout:
+        results["retrieval"] = retrieval(model, tokenizer, heldout, device, max_pairs)
+    return results
+
+
+def format_results(results: dict) -> str:
+    lines = []
+    if "zeroshot" in results:
+        z = results["zeroshot"]
+        lines.append(f"zero-shot top-1 {z['top1']:.1%} on {z['images']} images, {z['classes']} classes "
+                     f"(chance {z['chance']:.1%})" + (f", top-5 {z['top5']:.1%}" if "top5" in z else ""))
+    if "linear_probe" in results:
+        p = results["linear_probe"]
+        lines.append(f"linear probe top-1 {p['top1']:.1%} (fit {p['fit']}, test {p['test']})")
+    if "retrieval" in results and results["retrieval"].get("pairs", 0) >= 2:
+        r = results["retrieval"]
+        lines.append(f"retrieval on {r['pairs']} held-out pairs: image→text R@1/5/10 "
+                     f"{r['image_to_text_R@1']:.1%}/{r['image_to_text_R@5']:.1%}/{r['image_to_text_R@10']:.1%}, "
+                     f"text→image {r['text_to_image_R@1']:.1%}/{r['text_to_image_R@5']:.1%}/"
+                     f"{r['text_to_image_R@10']:.1%}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", required=True, help="Checkpoint file, run folder, or …/checkpoints/latest.")
+    ap.add_argument("--zeroshot", help="Labelled folder <class>/<image> for zero-shot and the linear probe.")
+    ap.add_argument("--data", help="Build output or shard folder; retrieval runs on its held-out shards.")
+    ap.add_argument("--holdout-shards", type=int, help="Default: the checkpoint's data.holdout_shards.")
+    ap.add_argument("--out", help="Write the results as JSON here.")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        model, tokenizer, ckpt = load_checkpoint(args.checkpoint, args.device)
+        heldout = None
+        if args.data:
+            holdout = args.holdout_shards if args.holdout_shards is not None else \
+                ckpt["config"]["data"]["holdout_shards"]
+            heldout = split_shards(find_shards(args.data), holdout)[1] if holdout else find_shards(args.data)
+        zs = args.zeroshot or ckpt["config"]["eval"].get("zeroshot_dir")
+        results = evaluate(model, tokenizer, args.device, zs, heldout)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results["checkpoint"], results["step"] = str(resolve_checkpoint(args.checkpoint)), ckpt["step"]
+    print(format_results(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Text tokenizers: a byte-level BPE trained on the dataset's own captions, or CLIP's BPE vocabulary.
+
+Both are Hugging Face ``tokenizers`` pipelines (Rust, batched), serialised as one JSON string
+that travels inside every checkpoint, so a checkpoint always decodes with the tokenizer it was
+trained with. Output: a (batch, context_length) int64 tensor, start token, text, end token,
+then padding; the text tower pools at ``eot_id``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+PAD, START, END = "<pad>", "<start>", "<end>"
+CLIP_START, CLIP_END = "<|startoftext|>", "<|endoftext|>"
+# CLIP's pre-tokenisation: contractions, runs of letters, single digits, runs of other symbols
+CLIP_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+CLIP_MERGES = 49152 - 256 - 2  # merges CLIP uses from its vocabulary file (49,408 tokens in all)
+
+
+class TextTokenizer:
+    """A fixed-length batch tokenizer around a ``tokenizers.Tokenizer``."""
+
+    def __init__(self, tok: Tokenizer, context_length: int, eot: str, pad_id: int = 0):
+        self.tok = tok
+        self.context_length = context_length
+        self.eot_id = tok.token_to_id(eot)
+        self.pad_id = pad_id
+        if self.eot_id is None:
+            raise ValueError(f"tokenizer has no end token {eot!r}")
+        self._eot = eot
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def __call__(self, texts: str | list[str]) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        out = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.long)
+        for i, enc in enumerate(self.tok.encode_batch(list(texts))):
+            ids = enc.ids
+            if len(ids) > self.context_length:  # cut the text, keep the end token the tower pools at
+                ids = [*ids[:self.context_length - 1], self.eot_id]
+            out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def to_json(self) -> str:
+        return json.dumps({"tokenizer": json.loads(self.tok.to_str()), "context_length": self.context_length,
+                           "eot": self._eot, "pad_id": self.pad_id})
+
+    @classmethod
+    def from_json(cls, text: str) -> TextTokenizer:
+        d = json.loads(text)
+        return cls(Tokenizer.from_str(json.dumps(d["tokenizer"])), d["context_length"], d["eot"], d["pad_id"])
+
+    def save(self, path: str | Path) -> None:
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TextTokenizer:
+        return cls.from_json(Path(path).read_text())
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, context_length: int, min_frequency: int = 2) -> TextTokenizer:
+    """A byte-level BPE (GPT-2 style: any byte sequence encodes, no unknown token) fitted to ``texts``."""
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                  special_tokens=[PAD, START, END],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{START} $A {END}", special_tokens=[(START, tok.token_to_id(START)), (END, tok.token_to_id(END))])
+    return TextTokenizer(tok, context_length, END, pad_id=tok.token_to_id(PAD))
+
+
+def _bytes_to_unicode() -> list[str]:
+    """CLIP's (and GPT-2's) printable stand-in for each byte, in vocabulary order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in keep]
+    return [chr(b) for b in keep] + [chr(256 + i) for i in range(len(extra))]
+
+
+def load_clip_bpe(path: str | Path, context_length: int = 77) -> TextTokenizer:
+    """CLIP's tokenizer from its ``bpe_simple_vocab_16e6.txt.gz``: the same 49,408 ids as OpenAI's.
+
+    CLIP lowercases, collapses whitespace, splits with its regex and marks word ends with
+    ``</w>``; it pads with id 0 and pools at the end token, the largest id. (CLIP also runs
+    ftfy over the text; the pipeline's own normalisation already did that job.)
+    """
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1: CLIP_MERGES + 1] if line.strip()]
+    chars = _bytes_to_unicode()
+    vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + [CLIP_START, CLIP_END]
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, end_of_word_suffix="</w>",
+                               continuing_subword_prefix="", unk_token=None))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CLIP_PATTERN), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([CLIP_START, CLIP_END])
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{CLIP_START} $A {CLIP_END}",
+        special_tokens=[(CLIP_START, vocab.index(CLIP_START)), (CLIP_END, vocab.index(CLIP_END))])
+    return TextTokenizer(tok, context_length, CLIP_END, pad_id=0)

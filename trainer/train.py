@@ -1,0 +1,389 @@
+"""Contrastive CLIP pretraining on a witbuild dataset with torch DDP.
+
+    torchrun --nproc_per_node=N trainer/train.py --data BUILD_OUTPUT [--config tiny-cpu] [--set key=value] \\
+        [--output runs/NAME] [--resume latest]
+
+One process per device: gloo on CPU, NCCL on CUDA (bf16 autocast), chosen from what the machine
+has. Runs without torchrun too (one process). The run folder holds ``config.yaml``,
+``tokenizer.json``, ``checkpoints/`` (atomic, ``latest.txt`` points at the newest),
+``log.csv``, ``tb/`` (tensorboard) and ``eval.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (torchrun trainer/train.py): make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer.config import TrainConfig, dump_yaml, load_train_config
+from trainer.data import (
+    DataError,
+    StreamSpec,
+    check_captions,
+    epoch_steps,
+    find_shards,
+    read_captions,
+    shard_sizes,
+    split_shards,
+    train_batches,
+)
+from trainer.evaluate import evaluate, format_results, resolve_checkpoint
+from trainer.loss import make_loss
+from trainer.model import CLIP, load_model_config, train_flops_per_sample
+from trainer.tokenizer import TextTokenizer, load_clip_bpe, train_bpe
+
+log = logging.getLogger("trainer")
+MAX_LOGIT_SCALE = math.log(100)
+CSV_FIELDS = ["step", "epoch", "loss", "logit_scale", "lr", "samples_per_s", "data_wait", "tflops", "mfu",
+              "skipped", "elapsed_s"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# set-up
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); NCCL when CUDA is there, gloo otherwise."""
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu")
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on gains, biases, the class token and the temperature (ndim < 2), as CLIP does."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "logit_scale" in name or "logit_bias" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(cfg: TrainConfig):
+    warmup, total, floor = cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of a large square matmul on this device in the training dtype: the MFU denominator."""
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    reps = 20 if device.type == "cuda" else 4
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def build_tokenizer(cfg: TrainConfig, train_shards: list[Path], context_length: int) -> TextTokenizer:
+    if cfg.tokenizer.kind == "clip":
+        return load_clip_bpe(cfg.tokenizer.clip_vocab_path, context_length)
+    texts = read_captions(train_shards, cfg.data.caption_key)
+    if not texts:
+        raise DataError(f"no captions to fit the tokenizer in {train_shards[0].parent}")
+    log.info("fitting a byte-level BPE of %d tokens on %d captions", cfg.tokenizer.vocab_size, len(texts))
+    return train_bpe(texts, cfg.tokenizer.vocab_size, context_length, cfg.tokenizer.min_frequency)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(run: Path, state: dict, keep: int) -> Path:
+    """Write to a temporary name, rename, then move ``latest.txt``: a kill never leaves a half checkpoint as latest."""
+    folder = run / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{state['step']:08d}.pt"
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    pointer = folder / "latest.txt.tmp"
+    pointer.write_text(path.name)
+    os.replace(pointer, folder / "latest.txt")
+    for old in sorted(folder.glob("step_*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def unwrap(model: torch.nn.Module) -> CLIP:
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# logs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class RunLog:
+    """CSV and tensorboard on rank 0; a resumed run drops rows past its checkpoint so the curve stays one curve."""
+
+    def __init__(self, run: Path, start_step: int, enabled: bool):
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        self.path = run / "log.csv"
+        rows = []
+        if start_step and self.path.is_file():
+            with self.path.open() as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= start_step]
+        with self.path.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, CSV_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run / "tb"), purge_step=start_step + 1 if start_step else None)
+        except ImportError:
+            log.warning("tensorboard is not installed; logging to log.csv only")
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", newline="") as fh:
+            csv.DictWriter(fh, CSV_FIELDS).writerow(row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "epoch") and isinstance(v, int | float):
+                    self.tb.add_scalar(f"train/{k}", v, row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="Contrastive CLIP pretraining on WebDataset shards (torch DDP).")
+    ap.add_argument("--data", required=True, help="Build output (its stages/finalize shards) or a folder of *.tar.")
+    ap.add_argument("--config", help="Name in trainer/configs/ or a YAML path (default: built-in defaults).")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a config value.")
+    ap.add_argument("--output", help="Run folder (default: the config's output, else runs/<config name>).")
+    ap.add_argument("--resume", help="'latest' (continue this run folder's newest checkpoint, or start) or a path.")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rank, world, device = init_distributed()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args, rank, world, device)
+    except (DataError, FileNotFoundError, ValueError) as exc:
+        if rank == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> int:
+    cfg = load_train_config(args.config, args.set)
+    run_dir = Path(args.output or cfg.output or f"runs/{Path(args.config).stem if args.config else 'default'}")
+    ckpt = None
+    if args.resume:
+        try:
+            path = resolve_checkpoint(run_dir if args.resume == "latest" else args.resume)
+        except FileNotFoundError:
+            if args.resume != "latest":
+                raise
+            path = None
+            log.info("no checkpoint in %s yet: starting the run", run_dir)
+        if path is not None:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            cfg = load_train_config(None, args.set, base=ckpt["config"])  # the run's own config, --set on top
+            log.info("resuming %s at step %d", path, ckpt["step"])
+    cfg.output = str(run_dir)
+
+    shards = find_shards(args.data)
+    train_shards, heldout = split_shards(shards, cfg.data.holdout_shards)
+    check_captions(train_shards, cfg.data.caption_key)
+    mcfg = load_model_config(cfg.model) if ckpt is None else None
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    if ckpt is not None:
+        tokenizer = TextTokenizer.from_json(ckpt["tokenizer"])
+    else:
+        if rank == 0:
+            build_tokenizer(cfg, train_shards, mcfg.text_cfg.context_length).save(run_dir / "tokenizer.json")
+        barrier()
+        tokenizer = TextTokenizer.load(run_dir / "tokenizer.json")
+    if ckpt is not None:
+        from trainer.model import ModelConfig
+
+        mcfg = ModelConfig.from_dict(ckpt["model_config"])
+    else:
+        mcfg.text_cfg.vocab_size, mcfg.text_cfg.eot_id = tokenizer.vocab_size, tokenizer.eot_id
+        if cfg.loss == "siglip" and mcfg.init_logit_bias is None:
+            mcfg.init_logit_scale, mcfg.init_logit_bias = math.log(10), -10.0
+
+    torch.manual_seed(cfg.seed)
+    model = CLIP(mcfg).to(device)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                  betas=cfg.optim.betas, eps=cfg.optim.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    start_step = 0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_step = int(ckpt["step"])
+    ddp_model: torch.nn.Module = model
+    if world > 1:
+        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        ddp_model = torch.compile(ddp_model)
+    loss_fn = make_loss(cfg.loss)
+
+    sizes = shard_sizes(train_shards)
+    samples = cfg.data.epoch_samples or sum(sizes.values())
+    global_batch = cfg.data.batch_size * world
+    spe = epoch_steps(samples, global_batch, cfg.data.workers)
+    spec = StreamSpec(shards=[str(s) for s in train_shards], batch_size=cfg.data.batch_size,
+                      batches_per_worker=spe // max(1, cfg.data.workers), image_size=mcfg.vision_cfg.image_size,
+                      seed=cfg.seed, rank=rank, start_epoch=start_step // spe, skip_batches=start_step % spe,
+                      shuffle_buffer=cfg.data.shuffle_buffer, caption_key=cfg.data.caption_key,
+                      crop_scale=cfg.data.crop_scale)
+    batches = train_batches(spec, tokenizer, cfg.data.workers)
+
+    flops_per_sample = train_flops_per_sample(mcfg)
+    peak = cfg.peak_flops or measure_peak_flops(device, torch.bfloat16 if bf16 else torch.float32)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model %s: %.2fM parameters, %.3f GFLOP per sample (train); %d train shards (%d samples), "
+             "%d held out; %d rank(s) × batch %d; %d steps per epoch; %s%s; peak %.1f TFLOP/s per device",
+             cfg.model, n_params / 1e6, flops_per_sample / 1e9, len(train_shards), samples, len(heldout), world,
+             cfg.data.batch_size, spe, device.type, " bf16" if bf16 else " fp32", peak / 1e12)
+    runlog = RunLog(run_dir, start_step, rank == 0)
+
+    def state(step: int) -> dict:
+        return {"step": step, "epoch": step // spe, "model": unwrap(ddp_model).state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "config": cfg.model_dump(mode="json"), "model_config": mcfg.to_dict(),
+                "tokenizer": tokenizer.to_json(), "world_size": world}
+
+    ddp_model.train()
+    skipped_total: dict[str, int] = {}
+    window = {"t0": time.perf_counter(), "wait": 0.0, "steps": 0, "loss": 0.0, "skipped": 0}
+    t_start = time.perf_counter()
+    step = start_step
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        images, tokens, skipped = next(batches)
+        window["wait"] += time.perf_counter() - t0
+        for k, v in skipped.items():
+            skipped_total[k] = skipped_total.get(k, 0) + v
+            window["skipped"] += v
+        images = images.to(device, non_blocking=True)
+        tokens = tokens.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            image_features, text_features = ddp_model(images, tokens)
+            loss = loss_fn(image_features, text_features, model.logit_scale.exp(), model.logit_bias)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        step += 1
+        window["steps"] += 1
+        window["loss"] += loss.detach()
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            stats = torch.stack([window["loss"] / window["steps"] if torch.is_tensor(window["loss"])
+                                 else torch.tensor(window["loss"], device=device),
+                                 torch.tensor(window["wait"], device=device),
+                                 torch.tensor(float(window["skipped"]), device=device)]).float()
+            if world > 1:
+                dist.all_reduce(stats)
+                stats[:2] /= world
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - window["t0"]
+            sps = window["steps"] * global_batch / elapsed
+            achieved = sps * flops_per_sample
+            row = {"step": step, "epoch": step // spe, "loss": round(stats[0].item(), 6),
+                   "logit_scale": round(model.logit_scale.exp().item(), 4),
+                   "lr": scheduler.get_last_lr()[0], "samples_per_s": round(sps, 2),
+                   "data_wait": round(stats[1].item() / elapsed, 4), "tflops": round(achieved / 1e12, 4),
+                   "mfu": round(achieved / (peak * world), 4), "skipped": int(stats[2].item()),
+                   "elapsed_s": round(time.perf_counter() - t_start, 2)}
+            runlog.write(row)
+            log.info("step %d/%d epoch %d loss %.4f scale %.2f lr %.2e %.1f samples/s data wait %.1f%% "
+                     "%.3f TFLOP/s MFU %.1f%%", step, cfg.steps, row["epoch"], row["loss"], row["logit_scale"],
+                     row["lr"], sps, 100 * row["data_wait"], row["tflops"], 100 * row["mfu"])
+            window = {"t0": time.perf_counter(), "wait": 0.0, "steps": 0, "loss": 0.0, "skipped": 0}
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            snapshot = state(step) if rank == 0 else None
+            if rank == 0:
+                log.info("checkpoint %s", save_checkpoint(run_dir, snapshot, cfg.keep_checkpoints))
+            barrier()
+    runlog.close()
+    if skipped_total:
+        log.warning("skipped on rank %d: %s", rank, skipped_total)
+
+    if rank == 0 and (cfg.eval.zeroshot_dir or (cfg.eval.retrieval and heldout)):
+        results = evaluate(unwrap(ddp_model), tokenizer, device, cfg.eval.zeroshot_dir, heldout,
+                           cfg.eval.retrieval, cfg.eval.linear_probe, cfg.eval.max_retrieval_pairs)
+        results["step"], results["skipped_rank0"] = step, skipped_total
+        import json
+
+        (run_dir / "eval.json").write_text(json.dumps(results, indent=2))
+        print(format_results(results), flush=True)
+    barrier()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
