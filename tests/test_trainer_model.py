@@ -1,0 +1,62 @@
+"""The CLIP model: shapes, pooling at the end token, gradient checkpointing, and the FLOP count MFU uses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from tests.helpers.tiny_batch import make_batch, make_model
+from trainer.model import CLIP, forward_flops_per_sample, load_model_config
+
+
+def test_named_configs_load_and_unknown_names_fail():
+    cfg = load_model_config("vit-b-32")
+    assert (cfg.embed_dim, cfg.vision_cfg.width, cfg.vision_cfg.patch_size, cfg.text_cfg.context_length) == \
+        (512, 768, 32, 77)
+    with pytest.raises(FileNotFoundError, match="tiny"):
+        load_model_config("vit-z-99")
+
+
+def test_features_are_normalised_and_text_is_pooled_at_the_end_token():
+    model = make_model().eval()
+    images, tokens = make_batch()
+    img, txt = model(images, tokens)
+    assert img.shape == txt.shape == (8, 16)
+    torch.testing.assert_close(img.norm(dim=1), torch.ones(8, dtype=img.dtype))
+    changed = tokens.clone()
+    end = (tokens == 49).int().argmax(1)
+    changed[0, end[0] + 1:] = 7  # what follows the end token cannot matter (causal attention)
+    torch.testing.assert_close(model.encode_text(changed)[0], txt[0])
+    changed[0, 0] = (tokens[0, 0] % 40) + 2  # what precedes it does
+    assert not torch.allclose(model.encode_text(changed)[0], txt[0])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    images, tokens = make_batch()
+    grads = []
+    for ckpt in (False, True):
+        model = make_model()
+        model.set_grad_checkpointing(ckpt)
+        img, txt = model(images, tokens)
+        (img @ txt.T).sum().backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k])
+
+
+@pytest.mark.parametrize("name", ["tiny", "vit-b-32"])
+def test_flop_estimate_matches_torch_flop_counter(name):
+    """The analytic count behind MFU agrees with torch's own FLOP counter on a real forward pass."""
+    cfg = load_model_config(name)
+    cfg.text_cfg.vocab_size = 1000
+    cfg.text_cfg.eot_id = 999
+    with torch.device("meta"):
+        model = CLIP(cfg)
+    images = torch.empty(2, 3, cfg.vision_cfg.image_size, cfg.vision_cfg.image_size, device="meta")
+    tokens = torch.zeros(2, cfg.text_cfg.context_length, dtype=torch.long, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        model(images, tokens)
+    counted = counter.get_total_flops() / 2
+    assert counted == pytest.approx(forward_flops_per_sample(cfg), rel=0.02)
