@@ -9,6 +9,7 @@ then padding; the text tower pools at ``eot_id``.
 from __future__ import annotations
 
 import gzip
+import html
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,8 +27,9 @@ CLIP_MERGES = 49152 - 256 - 2  # merges CLIP uses from its vocabulary file (49,4
 class TextTokenizer:
     """A fixed-length batch tokenizer around a ``tokenizers.Tokenizer``."""
 
-    def __init__(self, tok: Tokenizer, context_length: int, eot: str, pad_id: int = 0):
+    def __init__(self, tok: Tokenizer, context_length: int, eot: str, pad_id: int = 0, clean: str | None = None):
         self.tok = tok
+        self.clean = clean
         self.context_length = context_length
         self.eot_id = tok.token_to_id(eot)
         self.pad_id = pad_id
@@ -42,6 +44,8 @@ class TextTokenizer:
     def __call__(self, texts: str | list[str]) -> torch.Tensor:
         if isinstance(texts, str):
             texts = [texts]
+        if self.clean == "clip":
+            texts = [clip_clean(t) for t in texts]
         out = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.long)
         for i, enc in enumerate(self.tok.encode_batch(list(texts))):
             ids = enc.ids
@@ -55,12 +59,13 @@ class TextTokenizer:
 
     def to_json(self) -> str:
         return json.dumps({"tokenizer": json.loads(self.tok.to_str()), "context_length": self.context_length,
-                           "eot": self._eot, "pad_id": self.pad_id})
+                           "eot": self._eot, "pad_id": self.pad_id, "clean": self.clean})
 
     @classmethod
     def from_json(cls, text: str) -> TextTokenizer:
         d = json.loads(text)
-        return cls(Tokenizer.from_str(json.dumps(d["tokenizer"])), d["context_length"], d["eot"], d["pad_id"])
+        return cls(Tokenizer.from_str(json.dumps(d["tokenizer"])), d["context_length"], d["eot"], d["pad_id"],
+                   d.get("clean"))
 
     def save(self, path: str | Path) -> None:
         tmp = Path(str(path) + ".tmp")
@@ -97,9 +102,9 @@ def _bytes_to_unicode() -> list[str]:
 def load_clip_bpe(path: str | Path, context_length: int = 77) -> TextTokenizer:
     """CLIP's tokenizer from its ``bpe_simple_vocab_16e6.txt.gz``: the same 49,408 ids as OpenAI's.
 
-    CLIP lowercases, collapses whitespace, splits with its regex and marks word ends with
-    ``</w>``; it pads with id 0 and pools at the end token, the largest id. (CLIP also runs
-    ftfy over the text; the pipeline's own normalisation already did that job.)
+    CLIP fixes mojibake (ftfy) and unescapes HTML twice, lowercases, collapses whitespace,
+    splits with its regex and marks word ends with ``</w>``; it pads with id 0 and pools at the
+    end token, the largest id.
     """
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as fh:
@@ -120,4 +125,15 @@ def load_clip_bpe(path: str | Path, context_length: int = 77) -> TextTokenizer:
     tok.post_processor = processors.TemplateProcessing(
         single=f"{CLIP_START} $A {CLIP_END}",
         special_tokens=[(CLIP_START, vocab.index(CLIP_START)), (CLIP_END, vocab.index(CLIP_END))])
-    return TextTokenizer(tok, context_length, CLIP_END, pad_id=0)
+    return TextTokenizer(tok, context_length, CLIP_END, pad_id=0, clean="clip")
+
+
+def clip_clean(text: str) -> str:
+    """CLIP's text cleaning before BPE: ftfy (when installed), HTML entities unescaped twice, trimmed."""
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    return html.unescape(html.unescape(text)).strip()
