@@ -1,5 +1,5 @@
 # make test  — create .venv, install everything, run the test suite
-# make demo  — create .venv, install everything, run the build on the bundled demo web
+# make demo  — create .venv, install everything, build a dataset from the bundled demo web, train CLIP on it
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -40,8 +40,12 @@ lint: install
 
 demo: install
 	rm -rf $(DEMO_OUT)
-	$(VENV)/bin/witbuild demo --out $(DEMO_OUT) --pages 500
+	$(VENV)/bin/witbuild demo --out $(DEMO_OUT)
 	$(VENV)/bin/witbuild stats $(DEMO_OUT)/build --html $(DEMO_OUT)/report.html
+	# train the tiny CLIP on the shards with 2 DDP processes, then evaluate it on the held-out digits
+	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc_per_node=2 trainer/train.py \
+		--data $(DEMO_OUT)/build --config tiny-cpu --output $(DEMO_OUT)/train \
+		--set eval.zeroshot_dir=$(DEMO_OUT)/eval/digits
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,41 @@ def run_job(*args: str, timeout: float = 300, master: str = "local[2]",
     """``spark-submit jobs/build_wit.py ARGS`` in a subprocess, as a user runs it."""
     cmd = job_command(*args, master=master, spark_args=spark_args)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=os.environ.copy())
+
+
+DEMO_BUILD_PAGES = 600  # enough for several hundred digit pairs; the whole build takes ~2 minutes on 2 cores
+MEMORY_1G = ("--driver-memory", "1g", "--executor-memory", "1g")
+
+
+@dataclass
+class DemoBuild:
+    """A finished build of the demo web (configs/demo.yaml): what tests of the dataset and of training read."""
+
+    build: Path  # the build output; the dataset is build/stages/finalize (*.tar, index.parquet/, sizes.json)
+    eval_dir: Path  # the held-out digits: <label>/<index>.png and zeroshot.json
+    stdout: str  # what the job printed (the funnel)
+    pages: list  # the demo web's DemoPage objects, to tell what each image URL shows
+    site: str  # scheme://host:port the pages were served under
+
+
+@pytest.fixture(scope="session")
+def demo_build(tmp_path_factory) -> DemoBuild:
+    """The demo web (600 pages) served on 127.0.0.1 while the real job builds a dataset from its WARC file with
+    configs/demo.yaml, as ``witbuild demo`` does; the server is stopped once the build ends."""
+    from witbuild.demo.eval_images import write_eval_digits
+    from witbuild.demo.server import DemoWebServer, demo_job_settings
+    from witbuild.demo.web import write_warc
+
+    root = tmp_path_factory.mktemp("demo")
+    eval_dir = root / "eval" / "digits"
+    write_eval_digits(eval_dir)
+    (root / "web").mkdir()
+    warc = root / "web" / "demo-00000.warc.gz"
+    with DemoWebServer(n_pages=DEMO_BUILD_PAGES, seed=0) as web:
+        pages = list(web.pages.values())
+        write_warc(pages, warc)
+        proc = run_job("--config", str(ROOT / "configs" / "demo.yaml"), "--input", str(warc),
+                       "--output", str(root / "build"), *demo_job_settings(DEMO_BUILD_PAGES),
+                       spark_args=MEMORY_1G, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return DemoBuild(root / "build", eval_dir, proc.stdout, pages, web.site)

@@ -28,20 +28,29 @@ def version() -> None:
 @app.command("demo-web")
 def demo_web(
     out: Path = typer.Argument(..., help="Folder for the WARC and WAT files."),
-    pages: int = typer.Option(500, min=1, help="Number of pages."),
+    pages: int = typer.Option(2000, min=1, help="Number of pages."),
     seed: int = typer.Option(0, help="Random seed: the same seed writes the same files."),
     site: str = typer.Option("http://demo.witbuild.test", help="scheme://host[:port] of the pages' URLs."),
 ) -> None:
-    """Write a synthetic web (pages with images and captions of every kind) as WARC and WAT files."""
-    from witbuild.demo.web import generate_pages, write_warc, write_wat
+    """Write a synthetic web (pages with images and captions of every kind) as WARC and WAT files, and the
+    held-out digits as a labelled folder (eval/digits) for zero-shot evaluation."""
+    from witbuild.demo.eval_images import write_eval_digits
+    from witbuild.demo.web import generate_pages, summarize, write_warc, write_wat
 
     out.mkdir(parents=True, exist_ok=True)
     page_list = list(generate_pages(pages, site=site, seed=seed))
     warc, wat = out / "demo-00000.warc.gz", out / "demo-00000.warc.wat.gz"
     write_warc(page_list, warc)
     write_wat(page_list, wat)
-    images = sum(len(p.images) for p in page_list)
-    typer.echo(f"wrote {warc} and {wat}: {len(page_list)} pages, {images} <img> tags")
+    held_out = sum(write_eval_digits(out / "eval" / "digits").values())
+    typer.echo(f"wrote {warc} and {wat}: {_describe(summarize(page_list))}; "
+               f"{held_out} held-out digits in {out / 'eval' / 'digits'}")
+
+
+def _describe(figures: dict[str, int]) -> str:
+    return (f"{figures['pages']} pages, {figures['img_tags']} <img> tags, {figures['downloadable']} downloadable "
+            f"images ({figures['digit']} digits of {figures['distinct_digits']} distinct scans, {figures['drawn']} "
+            f"drawings, {figures['skimage']} skimage samples), {figures['broken']} broken links")
 
 
 @app.command("balance-plan")
@@ -84,20 +93,22 @@ def balance_plan(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-out"), help="Folder for the demo web and the build."),
-    pages: int = typer.Option(500, min=10, help="Pages of the demo web."),
+    pages: int = typer.Option(2000, min=10, help="Pages of the demo web."),
     seed: int = typer.Option(0, help="Seed of the demo web."),
     config: Path = typer.Option(None, help="Build config (default: configs/demo.yaml of the source tree)."),
     crawl: bool = typer.Option(False, help="Crawl the served site instead of reading its WARC file."),
     master: str = typer.Option("local[2]", help="Spark master for spark-submit."),
 ) -> None:
     """Build a dataset from the bundled demo web: write it as WARC/WAT, serve it (pages, images,
-    robots.txt) on 127.0.0.1, and run the build job on it with spark-submit."""
+    robots.txt) on 127.0.0.1, and run the build job on it with spark-submit. The held-out digits go to
+    <out>/eval/digits for zero-shot evaluation."""
     import subprocess
     import sys
 
     import witbuild.job
-    from witbuild.demo.server import DemoWebServer
-    from witbuild.demo.web import write_warc, write_wat
+    from witbuild.demo.eval_images import write_eval_digits
+    from witbuild.demo.server import DemoWebServer, demo_job_settings
+    from witbuild.demo.web import summarize, write_warc, write_wat
 
     if config is None:
         default = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
@@ -108,15 +119,14 @@ def demo(
         page_list = list(web.pages.values())
         write_warc(page_list, web_dir / "demo-00000.warc.gz")
         write_wat(page_list, web_dir / "demo-00000.warc.wat.gz")
-        n_images = sum(len(p.images) for p in page_list)
-        typer.echo(f"demo web: {len(page_list)} pages, {n_images} <img> tags, served at {web.site}; "
-                   f"WARC and WAT in {web_dir}")
+        held_out = sum(write_eval_digits(out / "eval" / "digits").values())
+        typer.echo(f"demo web: {_describe(summarize(page_list))}; served at {web.site}; WARC and WAT in {web_dir}; "
+                   f"{held_out} held-out digits in {out / 'eval' / 'digits'}")
         source = web.seed_url if crawl else str(web_dir / "demo-00000.warc.gz")
         cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", master,
                "--driver-memory", "1g", "--executor-memory", "1g", witbuild.job.__file__,
                *(["--config", str(config)] if config else []), "--input", source, "--output", str(out / "build"),
-               "--set", "crawl.allow_addresses=['127.0.0.1']", "--set", "crawl.delay_seconds=0",
-               "--set", f"crawl.max_pages_per_host={pages}", "--set", "crawl.max_depth=50"]
+               *demo_job_settings(pages)]
         typer.echo("$ " + " ".join(cmd))
         rc = subprocess.call(cmd)
     raise typer.Exit(rc)

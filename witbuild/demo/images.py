@@ -168,6 +168,161 @@ def skimage_image(name: str) -> Image.Image:
     return Image.fromarray(arr[..., :3], "RGB")
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# the demo web's pictures: digits (with a held-out split), skimage samples in a few variants, drawn shapes
+# --------------------------------------------------------------------------------------------------------------------
+
+DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+HELDOUT_EVERY = 5  # digit index % 5 == 0 (360 of 1,797) never appears on the demo web: zero-shot evaluation uses it
+
+
+def is_heldout_digit(index: int) -> bool:
+    """True for the digits kept off the demo web, so a model trained on it is evaluated on unseen scans."""
+    return index % HELDOUT_EVERY == 0
+
+
+def web_digit_indices() -> list[int]:
+    """The digits the demo web may show (1,437), in index order."""
+    return [i for i in range(digit_count()) if not is_heldout_digit(i)]
+
+
+def heldout_digit_indices() -> list[int]:
+    """The held-out digits (360), in index order."""
+    return [i for i in range(digit_count()) if is_heldout_digit(i)]
+
+
+SKIMAGE_VARIANTS = 3  # 0: as bundled, 1: mirrored, 2: centre crop — one sample, several images, as on the web
+WEB_MIN_SIDE, WEB_MAX_SIDE = 224, 640  # the download stage drops images under 200 px; huge ones only cost time
+
+
+def skimage_web_image(name: str, variant: int = 0) -> Image.Image:
+    """A skimage sample as the demo web serves it: variant 0 as is, 1 mirrored, 2 a centre crop (85 %),
+    scaled so that the shorter side is at least 224 and the longer at most 640 pixels."""
+    if not 0 <= variant < SKIMAGE_VARIANTS:
+        raise ValueError(f"variant must lie in [0, {SKIMAGE_VARIANTS}), got {variant}")
+    img = skimage_image(name)
+    if variant == 1:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    elif variant == 2:
+        w, h = img.size
+        dw, dh = round(w * 0.075), round(h * 0.075)
+        img = img.crop((dw, dh, w - dw, h - dh))
+    w, h = img.size
+    scale = max(WEB_MIN_SIDE / min(w, h), 1.0) if min(w, h) < WEB_MIN_SIDE else min(WEB_MAX_SIDE / max(w, h), 1.0)
+    if scale != 1.0:
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
+    return img
+
+
+# Named colours of the drawn pictures, most frequent on the demo web first (the web picks them Zipf-like).
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30), "blue": (30, 70, 220), "green": (30, 160, 50), "black": (15, 15, 15),
+    "yellow": (250, 220, 20), "white": (250, 250, 250), "orange": (250, 140, 0), "purple": (130, 40, 170),
+    "pink": (250, 130, 190), "grey": (128, 128, 128), "brown": (130, 80, 30), "gold": (212, 175, 55),
+    "navy": (20, 30, 110), "turquoise": (64, 224, 208), "beige": (230, 215, 180), "teal": (0, 128, 128),
+    "maroon": (128, 0, 32), "cyan": (0, 220, 240), "magenta": (230, 0, 180), "lime": (160, 230, 30),
+    "olive": (120, 120, 20), "silver": (192, 192, 200), "lavender": (180, 160, 230), "crimson": (180, 10, 50),
+    "coral": (250, 120, 90), "indigo": (75, 0, 130), "khaki": (195, 176, 120), "salmon": (250, 150, 120),
+    "mint": (150, 240, 190), "ochre": (200, 120, 30), "mustard": (220, 180, 40), "plum": (140, 60, 120),
+    "emerald": (20, 150, 90), "amber": (255, 180, 0), "charcoal": (55, 60, 65), "ivory": (255, 250, 225),
+    "cobalt": (0, 70, 170), "scarlet": (250, 36, 0), "rust": (180, 65, 15), "sapphire": (15, 82, 186),
+    "jade": (0, 168, 107), "tan": (210, 180, 140), "peach": (255, 205, 165), "burgundy": (128, 0, 50),
+}  # fmt: skip
+# Shapes the drawn pictures show (singular -> plural), most frequent first.
+SHAPES: dict[str, str] = {
+    "circle": "circles", "square": "squares", "star": "stars", "triangle": "triangles", "heart": "hearts",
+    "rectangle": "rectangles", "diamond": "diamonds", "ring": "rings", "cross": "crosses", "hexagon": "hexagons",
+    "oval": "ovals", "arrow": "arrows", "pentagon": "pentagons", "crescent": "crescents",
+    "octagon": "octagons", "semicircle": "semicircles", "trapezoid": "trapezoids",
+}  # fmt: skip
+MAX_SHAPES = 6
+DRAWN_SIZE: Size = (320, 240)
+_GRIDS = {1: (1, 1), 2: (2, 1), 3: (3, 1), 4: (2, 2), 5: (3, 2), 6: (3, 2)}  # count -> (columns, rows)
+
+
+def colour_distance(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    """Euclidean RGB distance: the web pairs a shape colour with a background only when they stand apart."""
+    return float(np.sqrt(sum((x - y) ** 2 for x, y in zip(a, b, strict=True))))
+
+
+def _regular(cx: float, cy: float, r: float, n: int, turn: float) -> list[tuple[float, float]]:
+    return [(cx + r * np.cos(turn + 2 * np.pi * k / n), cy + r * np.sin(turn + 2 * np.pi * k / n)) for k in range(n)]
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
+                fill: tuple[int, int, int], background: tuple[int, int, int]) -> None:
+    """One filled ``shape`` of radius about ``r`` centred at (cx, cy); holes are painted in the background."""
+    box = (cx - r, cy - r, cx + r, cy + r)
+    up = -np.pi / 2
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "ring":
+        draw.ellipse(box, fill=fill)
+        draw.ellipse((cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r), fill=background)
+    elif shape == "crescent":
+        draw.ellipse(box, fill=fill)
+        draw.ellipse((cx - 0.4 * r, cy - 0.85 * r, cx + 1.3 * r, cy + 0.85 * r), fill=background)
+    elif shape == "oval":
+        draw.ellipse((cx - r, cy - 0.6 * r, cx + r, cy + 0.6 * r), fill=fill)
+    elif shape == "semicircle":
+        draw.pieslice((cx - r, cy - 0.5 * r, cx + r, cy + 1.5 * r), 180, 360, fill=fill)
+    elif shape == "square":
+        draw.rectangle((cx - 0.8 * r, cy - 0.8 * r, cx + 0.8 * r, cy + 0.8 * r), fill=fill)
+    elif shape == "rectangle":
+        draw.rectangle((cx - r, cy - 0.55 * r, cx + r, cy + 0.55 * r), fill=fill)
+    elif shape == "triangle":
+        draw.polygon(_regular(cx, cy + 0.2 * r, 1.1 * r, 3, up), fill=fill)
+    elif shape in ("pentagon", "hexagon", "octagon"):
+        n = {"pentagon": 5, "hexagon": 6, "octagon": 8}[shape]
+        draw.polygon(_regular(cx, cy, r, n, up if n == 5 else np.pi / n), fill=fill)
+    elif shape == "star":
+        outer, inner = _regular(cx, cy, r, 5, up), _regular(cx, cy, 0.45 * r, 5, up + np.pi / 5)
+        draw.polygon([p for pair in zip(outer, inner, strict=True) for p in pair], fill=fill)
+    elif shape == "diamond":
+        draw.polygon([(cx, cy - r), (cx + 0.65 * r, cy), (cx, cy + r), (cx - 0.65 * r, cy)], fill=fill)
+    elif shape == "heart":
+        t = np.linspace(0, 2 * np.pi, 60, endpoint=False)
+        x, y = 16 * np.sin(t) ** 3, 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
+        draw.polygon([(cx + r * a / 16.5, cy - r * b / 16.5 + 0.1 * r) for a, b in zip(x, y, strict=True)], fill=fill)
+    elif shape == "cross":
+        draw.rectangle((cx - 0.3 * r, cy - r, cx + 0.3 * r, cy + r), fill=fill)
+        draw.rectangle((cx - r, cy - 0.3 * r, cx + r, cy + 0.3 * r), fill=fill)
+    elif shape == "arrow":
+        draw.polygon([(cx - r, cy - 0.25 * r), (cx + 0.2 * r, cy - 0.25 * r), (cx + 0.2 * r, cy - 0.7 * r),
+                      (cx + r, cy), (cx + 0.2 * r, cy + 0.7 * r), (cx + 0.2 * r, cy + 0.25 * r),
+                      (cx - r, cy + 0.25 * r)], fill=fill)
+    elif shape == "trapezoid":
+        draw.polygon([(cx - r, cy + 0.6 * r), (cx + r, cy + 0.6 * r), (cx + 0.55 * r, cy - 0.6 * r),
+                      (cx - 0.55 * r, cy - 0.6 * r)], fill=fill)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; choose from {tuple(SHAPES)}")
+
+
+def draw_shapes(shape: str, colour: str, count: int, background: str = "white", layout: int = 0,
+                size: Size = DRAWN_SIZE) -> Image.Image:
+    """``count`` separate ``colour`` ``shape``s on a plain ``background``: the picture a caption such as
+    "three red circles on a blue background" describes. ``layout`` seeds where they sit and how big they are."""
+    if shape not in SHAPES or colour not in COLOURS or background not in COLOURS:
+        raise ValueError(f"unknown shape or colour: {shape!r}, {colour!r}, {background!r}")
+    if not 1 <= count <= MAX_SHAPES:
+        raise ValueError(f"count must lie in [1, {MAX_SHAPES}], got {count}")
+    rng = random.Random(f"{shape}-{colour}-{count}-{background}-{layout}")
+    w, h = size
+    bg = COLOURS[background]
+    img = Image.new("RGB", size, bg)
+    draw = ImageDraw.Draw(img)
+    cols, rows = _GRIDS[count]
+    cells = rng.sample(range(cols * rows), count)
+    cw, ch = w / cols, h / rows
+    for cell in cells:
+        r = 0.5 * min(cw, ch) * rng.uniform(0.62, 0.78)
+        room_x, room_y = max(0.0, cw / 2 - r * 1.1), max(0.0, ch / 2 - r * 1.1)
+        cx = (cell % cols + 0.5) * cw + rng.uniform(-room_x, room_x)
+        cy = (cell // cols + 0.5) * ch + rng.uniform(-room_y, room_y)
+        _draw_shape(draw, shape, cx, cy, r, COLOURS[colour], bg)
+    return img
+
+
 def encode(img: Image.Image, fmt: str = "jpg", quality: int = 90) -> bytes:
     """Image bytes in ``fmt`` (jpg/jpeg/png/webp/gif), converting modes the format cannot hold."""
     pil_fmt = FORMATS[fmt.lower()][0]

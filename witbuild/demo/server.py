@@ -6,27 +6,44 @@ import functools
 import logging
 import threading
 import time
-import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from witbuild.demo.images import draw_image, encode
-from witbuild.demo.web import DemoPage, generate_pages
+from witbuild.demo.images import digit_image, draw_shapes, encode, skimage_web_image
+from witbuild.demo.web import BROKEN_SHARE, DemoPage, generate_pages, parse_image_stem
 
 log = logging.getLogger(__name__)
 
 ROBOTS = b"User-agent: *\nDisallow: /private/\n"
-BROKEN_IMAGE_SHARE = 33  # one image path in 33 is a broken link (404), as on the real web
+BROKEN_IMAGE_SHARE = BROKEN_SHARE  # one picture link in 33 is broken (404), as on the real web
+IMAGE_PREFIXES = ("/pages/img/", "/cdn/img/")  # the same stem serves the same bytes under either
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=8192)
 def demo_image(path: str) -> bytes | None:
-    """The JPEG a demo page's image URL points at, drawn from the path; None for a broken link."""
-    if not path.endswith(".jpg") or not path.startswith(("/pages/img/", "/cdn/img/")):
+    """The JPEG a demo page's image URL points at, drawn from what its name says; None (404) for a broken link.
+
+    ``/pages/img/digit-0123.jpg``: sklearn digit 123 (never a held-out one); ``sk-astronaut-2.jpg``: a skimage
+    sample in variant 2; ``draw-circle-red-3-blue-1.jpg``: three red circles on blue, layout 1.
+    """
+    prefix = next((p for p in IMAGE_PREFIXES if path.startswith(p)), None)
+    if prefix is None or not path.endswith(".jpg"):
         return None
-    seed = zlib.crc32(path.encode())
-    if seed % BROKEN_IMAGE_SHARE == 0:
+    parsed = parse_image_stem(path[len(prefix):-len(".jpg")])
+    if parsed is None:
         return None
-    return encode(draw_image(seed, (320, 240)), "jpg", 88)
+    kind, args = parsed
+    if kind == "digit":
+        return encode(digit_image(args[0], (224, 224)), "jpg", 90)
+    if kind == "skimage":
+        return encode(skimage_web_image(*args), "jpg", 88)
+    return encode(draw_shapes(*args), "jpg", 90)
+
+
+def demo_job_settings(n_pages: int) -> list[str]:
+    """The ``--set`` arguments a build of the demo web needs: crawling 127.0.0.1 allowed, no politeness delay,
+    every page within the crawl budget."""
+    return ["--set", "crawl.allow_addresses=['127.0.0.1']", "--set", "crawl.delay_seconds=0",
+            "--set", f"crawl.max_pages_per_host={n_pages}", "--set", "crawl.max_depth=50"]
 
 
 class DemoWebServer:

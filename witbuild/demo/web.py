@@ -5,20 +5,45 @@ and ``<img>`` tags in every form (relative, protocol-relative, ``srcset``, lazy 
 with a ``data:`` placeholder, ``<base href>``), with captions of every kind (natural phrases,
 other languages, boilerplate, file names, empty). Everything derives from a seed, so the same
 call writes the same bytes.
+
+The pictures are what their captions say, so a model trained on the result can learn from it:
+sklearn's handwritten digits (those with ``index % 5 == 0`` are held out for evaluation), the
+skimage samples, and drawings of named shapes in named colours chosen Zipf-like, so that a few
+query entries are very frequent and many are rare, and balancing has a head to cut. An image
+URL's file name encodes what it shows (``digit-0123``, ``sk-astronaut-2``,
+``draw-circle-red-3-blue-1``; see :func:`parse_image_stem`), so the server draws it from the
+name alone. About one picture link in 33 is broken, popular pictures recur on many pages with
+other captions, and ``/cdn/img/X`` serves the same bytes as ``/pages/img/X``.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
+
+from witbuild.demo.images import (
+    COLOURS,
+    DIGIT_WORDS,
+    MAX_SHAPES,
+    SHAPES,
+    SKIMAGE_CAPTIONS,
+    SKIMAGE_NAMES,
+    SKIMAGE_VARIANTS,
+    colour_distance,
+    digit_count,
+    digit_label,
+    is_heldout_digit,
+    web_digit_indices,
+)
 
 ADJECTIVES = (
     "red",
@@ -91,15 +116,6 @@ PLACES = (
     "a small farm",
 )
 VERBS = ("standing", "sitting", "parked", "sleeping", "resting", "shining", "waiting")
-FOREIGN = (
-    ("de", "Ein kleiner Hund im Garten"),
-    ("fr", "Une vieille maison près du lac"),
-    ("es", "Un gato durmiendo en la silla"),
-    ("ru", "Старый мост через реку"),
-    ("zh", "山上的老房子"),
-    ("ja", "公園の赤い自転車"),
-    ("it", "Una barca nel porto al tramonto"),
-)
 NAV_LINKS = 24
 FOOTER_LINKS = 12
 PARTNERS = ("news.example.com", "shop.example.net", "blog.example.org", "cdn.example.io", "social.example.com")
@@ -170,8 +186,9 @@ FILLER = [
 class DemoImage:
     url: str  # absolute URL the extractor should produce
     text: str  # caption as written in the page ('' when none)
-    kind: str  # natural, foreign, boilerplate, filename, empty, data_placeholder, svg
+    kind: str  # natural, vague, foreign, boilerplate, filename, empty, data_placeholder, svg
     src: str = ""  # the src attribute as written (what a WAT's IMG@/src holds)
+    content: str = ""  # what the URL serves: an image stem (see parse_image_stem); '' for a broken link, svg, data:
 
 
 @dataclass
@@ -186,6 +203,7 @@ class DemoPage:
 
 
 def natural_caption(rng: random.Random) -> str:
+    """A short scene caption ("a red bicycle in the park"): alt-text-like text for matching benchmarks."""
     forms = (
         lambda: f"a {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} in {rng.choice(PLACES)}",
         lambda: (
@@ -197,23 +215,301 @@ def natural_caption(rng: random.Random) -> str:
     return rng.choice(forms)()
 
 
-def _caption(rng: random.Random) -> tuple[str, str]:
+# --------------------------------------------------------------------------------------------------------------------
+# what the pictures show, and how their URLs say it
+# --------------------------------------------------------------------------------------------------------------------
+
+DIGIT_SHARE = 0.45  # of the picture slots, while the digit plan lasts: ~2,000 pages use it up
+SKIMAGE_SHARE = 0.07  # 72 skimage images (24 samples x 3 variants) on many pages each: duplicates
+BROKEN_SHARE = 33  # one picture link in 33 points at an image that is gone (404), as on the real web
+COUNT_WEIGHTS = (0.34, 0.2, 0.18, 0.12, 0.09, 0.07)  # how many shapes a drawn picture holds, 1..6
+WHITE_BACKGROUND = 0.5  # share of drawn pictures on white; the others on a Zipf-chosen colour
+MIN_CONTRAST = 150.0  # RGB distance between a shape's colour and its background
+
+
+def _zipf_cum(n: int, s: float) -> list[float]:
+    """Cumulative Zipf weights 1/k^s: a few head items are frequent, most are rare (as words on the web)."""
+    return list(itertools.accumulate(1.0 / (k + 1) ** s for k in range(n)))
+
+
+_COLOUR_NAMES, _SHAPE_NAMES = tuple(COLOURS), tuple(SHAPES)
+_COLOUR_CUM, _SHAPE_CUM = _zipf_cum(len(COLOURS), 1.4), _zipf_cum(len(SHAPES), 1.4)
+_BG_CUM = _zipf_cum(len(COLOURS), 1.2)
+_COUNT_CUM = list(itertools.accumulate(COUNT_WEIGHTS))
+
+
+def digit_stem(index: int) -> str:
+    return f"digit-{index:04d}"
+
+
+def skimage_stem(name: str, variant: int) -> str:
+    return f"sk-{name}-{variant}"
+
+
+def drawn_stem(shape: str, colour: str, count: int, background: str, layout: int) -> str:
+    return f"draw-{shape}-{colour}-{count}-{background}-{layout}"
+
+
+def parse_image_stem(stem: str) -> tuple[str, tuple] | None:
+    """("digit", (index,)), ("skimage", (name, variant)) or ("drawn", (shape, colour, count, background, layout))
+    for a valid stem of a web picture (held-out digits are not), else None: the server answers 404."""
+    kind, _, rest = stem.partition("-")
+    parts = rest.split("-")
+    try:
+        if kind == "digit" and len(parts) == 1 and parts[0].isdigit():
+            index = int(parts[0])
+            if index < digit_count() and not is_heldout_digit(index) and stem == digit_stem(index):
+                return "digit", (index,)
+        elif kind == "sk" and len(parts) == 2 and parts[0] in SKIMAGE_CAPTIONS and parts[1].isdigit():
+            if int(parts[1]) < SKIMAGE_VARIANTS and stem == skimage_stem(parts[0], int(parts[1])):
+                return "skimage", (parts[0], int(parts[1]))
+        elif kind == "draw" and len(parts) == 5:
+            shape, colour, count, background, layout = parts
+            if (shape in SHAPES and colour in COLOURS and background in COLOURS and colour != background
+                    and count.isdigit() and 1 <= int(count) <= MAX_SHAPES and layout.isdigit()
+                    and stem == drawn_stem(shape, colour, int(count), background, int(layout))):
+                return "drawn", (shape, colour, int(count), background, int(layout))
+    except ValueError:
+        return None
+    return None
+
+
+class DigitPlan:
+    """The order in which the web shows its digits: every web digit once (shuffled), then again, and so on, each
+    2–4 times in all. A small web thus shows many different digits; the default one each with 2–4 captions."""
+
+    def __init__(self, seed: int = 0):
+        rng = random.Random(f"digits-{seed}")
+        indices = web_digit_indices()
+        times = [rng.randint(2, 4) for _ in indices]
+        self.order: list[int] = []
+        for r in range(4):
+            this_round = [i for i, t in zip(indices, times, strict=True) if t > r]
+            rng.shuffle(this_round)
+            self.order.extend(this_round)
+        self.position = 0
+
+    def next(self) -> int | None:
+        """The next digit to show, or None when every planned appearance has been used."""
+        if self.position >= len(self.order):
+            return None
+        self.position += 1
+        return self.order[self.position - 1]
+
+
+def _a(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" or word[:1] == "8" else "a"
+
+
+def _count_word(n: int) -> str:
+    return DIGIT_WORDS[n]
+
+
+# English digit captions: a core that names the digit ({w} the word, {n} the numeral, {a_w} its article), mostly
+# with details and sometimes a prefix. Cores are picked Zipf-like, details from long lists, so the plain head
+# phrasings ("a handwritten seven") are frequent and balancing thins them, while the detailed ones carry rare words.
+DIGIT_CORES = (
+    "a handwritten {w}",
+    "the digit {n}",
+    "the number {w}",
+    "handwritten digit {n}",
+    "a hand-drawn {w}",
+    "the numeral {n}",
+    "handwritten number {w}",
+    "digit {n} ({w})",
+    "a single handwritten digit: {w}",
+    "the figure {n}",
+    "{a_w} {w}",
+    "{a_n} {n}",
+)
+DIGIT_DETAILS = (" written with {tool}", " on {surface}", ", written by {writer}", " from {document}",
+                 " drawn with {tool} on {surface}", " written by hand", ", {style}")
+DIGIT_PREFIXES = ("{style_cap} scan of ", "close-up of ", "a photo of ", "scan of ", "{a_style} {style} image of ",
+                  "{writer_cap}'s handwriting: ")
+DIGIT_DETAIL_SHARE, DIGIT_PREFIX_SHARE = 0.75, 0.3
+TOOLS = ("pencil", "black ink", "blue ink", "a ballpoint pen", "a felt-tip pen", "a marker", "charcoal",
+         "a fountain pen", "graphite", "crayon", "a brush pen", "red ink", "a gel pen", "a biro", "chalk",
+         "a quill", "green ink", "a highlighter", "watercolour", "a stylus", "a carpenter's pencil")
+SURFACES = ("white paper", "a sheet of paper", "graph paper", "a notebook page", "an index card", "a sticky note",
+            "an envelope", "a postcard", "a form", "a napkin", "a receipt", "tracing paper", "a whiteboard",
+            "a ledger page", "a cheque", "parchment", "cardboard", "a paper bag", "a ticket stub", "a luggage tag",
+            "a coffee filter", "a shopping list", "a calendar page", "a book margin")
+WRITERS = ("a child", "a student", "a postal clerk", "a teacher", "a census worker", "a bank clerk",
+           "an accountant", "a volunteer", "my grandfather", "a shopkeeper", "an engineer", "a nurse",
+           "a librarian", "a farmer", "a waiter", "a surveyor", "a pharmacist", "a sailor")
+STYLES = ("blurry", "grainy", "pixelated", "faint", "bold", "thin", "slanted", "smudged", "neat", "messy", "tiny",
+          "shaky", "low resolution", "greyscale", "crooked", "hurried")
+DOCUMENTS = ("a tax form", "a zip code", "a postal envelope", "a school worksheet", "an exam paper", "a price tag",
+             "a bank cheque", "a census form", "a delivery note", "a lottery ticket", "a page of homework",
+             "a parking ticket", "a recipe card", "an invoice", "a scoreboard sheet", "a diary")
+VAGUE_DIGIT = ("handwriting sample from a scanned form", "scanned handwriting", "a sample from our handwriting dataset",
+               "see the attached scan", "one of the scanned characters")
+FOREIGN_DIGIT = (
+    ("de", "die handgeschriebene Ziffer {n}", ("null", "eins", "zwei", "drei", "vier", "fünf", "sechs", "sieben",
+                                               "acht", "neun")),
+    ("fr", "le chiffre {n} écrit à la main", ("zéro", "un", "deux", "trois", "quatre", "cinq", "six", "sept", "huit",
+                                               "neuf")),
+    ("es", "el número {w} escrito a mano", ("cero", "uno", "dos", "tres", "cuatro", "cinco", "seis", "siete", "ocho",
+                                            "nueve")),
+    ("it", "il numero {n} scritto a mano", ()),
+    ("ru", "рукописная цифра {n}", ()),
+    ("zh", "手写数字 {n}", ()),
+    ("ja", "手書きの数字 {n}", ()),
+)
+# English drawn captions, picked Zipf-like: formulaic, so their words are the head that balancing cuts.
+DRAWN_FORMS_ONE = (
+    "{a_c} {c} {s} on a {b} background",
+    "{a_c} {c} {s}",
+    "{c} {s} icon",
+    "drawing of {a_c} {c} {s}",
+    "one {c} {s} on {b}",
+)
+DRAWN_FORMS_MANY = (
+    "{k} {c} {p} on a {b} background",
+    "{k} {c} {p}",
+    "{n} {c} {p} on {b}",
+    "{k} {p} in {c}",
+    "drawing of {k} {c} {p}",
+)
+FOREIGN_DRAWN = (
+    ("de", "Einfache Zeichnung mit {n} Formen"),
+    ("fr", "Un dessin simple avec {n} formes"),
+    ("es", "Un dibujo sencillo con {n} figuras"),
+    ("it", "Un semplice disegno con {n} forme"),
+    ("ru", "Простой рисунок: {n} фигуры"),
+    ("zh", "简单的图形，{n} 个"),
+    ("ja", "シンプルな図形 {n} 個"),
+)
+SKIMAGE_FORMS = ("{d}", "{D}", "photo: {d}", "{D} (test image)", "classic test picture, {d}",
+                 "sample image showing {d}", "{D}, from the scikit-image samples", "{D}. Public domain.")
+SKIMAGE_VARIANT_NOTE = ("", ", mirrored", ", cropped")
+FOREIGN_SKIMAGE = (("de", "Beispielbild: {x}"), ("fr", "Image d'exemple : {x}"), ("es", "Imagen de ejemplo: {x}"),
+                   ("ru", "Пример изображения: {x}"), ("zh", "示例图片：{x}"), ("ja", "サンプル画像：{x}"))
+_DIGIT_CORE_CUM = _zipf_cum(len(DIGIT_CORES), 0.8)
+_DRAWN_FORM_CUM = _zipf_cum(len(DRAWN_FORMS_MANY), 1.2)
+
+
+def _noise_kind(rng: random.Random) -> str:
+    """The kind of caption a picture gets: mostly a natural phrase, the rest the web's usual noise."""
     r = rng.random()
-    if r < 0.55:
-        return natural_caption(rng), "natural"
-    if r < 0.65:
-        return rng.choice(FOREIGN)[1], "foreign"
-    if r < 0.75:
-        return rng.choice(BOILERPLATE), "boilerplate"
-    if r < 0.82:
-        return rng.choice(
-            (
-                f"IMG_{rng.randint(1000, 9999)}.JPG",
-                f"DSC{rng.randint(10000, 99999)}",
-                f"2016{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}_{rng.randint(100000, 235959)}",
-            )
-        ), "filename"
-    return "", "empty"
+    if r < 0.70:
+        return "natural"
+    if r < 0.79:
+        return "foreign"
+    if r < 0.87:
+        return "boilerplate"
+    if r < 0.93:
+        return "filename"
+    return "empty"
+
+
+def _filename(rng: random.Random, hint: str) -> str:
+    return rng.choice((f"IMG_{rng.randint(1000, 9999)}.JPG", f"DSC{rng.randint(10000, 99999)}",
+                       f"2016{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}_{rng.randint(100000, 235959)}",
+                       f"{hint}.jpg"))
+
+
+def digit_caption(rng: random.Random, index: int) -> tuple[str, str]:
+    """(caption, kind) for web digit ``index``: natural ones name it by word and/or numeral."""
+    label = digit_label(index)
+    w, n = DIGIT_WORDS[label], str(label)
+    kind = _noise_kind(rng)
+    if kind == "natural" and rng.random() < 0.04:
+        return rng.choice(VAGUE_DIGIT), "vague"
+    if kind == "natural":
+        form = rng.choices(DIGIT_CORES, cum_weights=_DIGIT_CORE_CUM)[0]
+        if rng.random() < DIGIT_DETAIL_SHARE:
+            form += rng.choice(DIGIT_DETAILS)
+        if rng.random() < DIGIT_PREFIX_SHARE:
+            form = rng.choice(DIGIT_PREFIXES) + form
+        style, writer = rng.choice(STYLES), rng.choice(WRITERS)
+        text = form.format(w=w, n=n, a_w=_a(w), a_n=_a(n), tool=rng.choice(TOOLS), surface=rng.choice(SURFACES),
+                           writer=writer, writer_cap=writer[0].upper() + writer[1:], style=style, a_style=_a(style),
+                           style_cap=style.capitalize(), document=rng.choice(DOCUMENTS))
+        return text[0].upper() + text[1:] if rng.random() < 0.2 else text, kind
+    if kind == "foreign":
+        _, form, words = rng.choice(FOREIGN_DIGIT)
+        return form.format(n=n, w=words[label] if words else n), kind
+    if kind == "boilerplate":
+        return rng.choice(BOILERPLATE), kind
+    if kind == "filename":
+        return _filename(rng, f"digit_{index:04d}"), kind
+    return "", kind
+
+
+def drawn_caption(rng: random.Random, shape: str, colour: str, count: int, background: str) -> tuple[str, str]:
+    """(caption, kind) for a drawn picture: natural ones name its colour, shape and count (and often background)."""
+    kind = _noise_kind(rng)
+    if kind == "natural":
+        forms = DRAWN_FORMS_ONE if count == 1 else DRAWN_FORMS_MANY
+        form = rng.choices(forms, cum_weights=_DRAWN_FORM_CUM[: len(forms)])[0]
+        return form.format(c=colour, a_c=_a(colour), s=shape, p=SHAPES[shape], k=_count_word(count), n=count,
+                           b=background), kind
+    if kind == "foreign":
+        return rng.choice(FOREIGN_DRAWN)[1].format(n=count), kind
+    if kind == "boilerplate":
+        return rng.choice(BOILERPLATE), kind
+    if kind == "filename":
+        return _filename(rng, f"{colour}_{shape}_{count}"), kind
+    return "", kind
+
+
+def skimage_caption(rng: random.Random, name: str, variant: int) -> tuple[str, str]:
+    """(caption, kind) for a skimage sample: natural ones vary its description."""
+    kind = _noise_kind(rng)
+    desc = SKIMAGE_CAPTIONS[name] + SKIMAGE_VARIANT_NOTE[variant]
+    if kind == "natural":
+        return rng.choice(SKIMAGE_FORMS).format(d=desc, D=desc[0].upper() + desc[1:]), kind
+    if kind == "foreign":
+        return rng.choice(FOREIGN_SKIMAGE)[1].format(x=name.replace("_", " ")), kind
+    if kind == "boilerplate":
+        return rng.choice(BOILERPLATE), kind
+    if kind == "filename":
+        return _filename(rng, name), kind
+    return "", kind
+
+
+def _drawn_params(rng: random.Random) -> tuple[str, str, int, str, int]:
+    """Shape, colour, count, background and layout of a drawn picture, colours and shapes Zipf-like."""
+    colour = rng.choices(_COLOUR_NAMES, cum_weights=_COLOUR_CUM)[0]
+    shape = rng.choices(_SHAPE_NAMES, cum_weights=_SHAPE_CUM)[0]
+    count = rng.choices(range(1, MAX_SHAPES + 1), cum_weights=_COUNT_CUM)[0]
+    background = "white"
+    if colour == "white" or rng.random() >= WHITE_BACKGROUND:
+        for _ in range(8):
+            background = rng.choices(_COLOUR_NAMES, cum_weights=_BG_CUM)[0]
+            if colour_distance(COLOURS[colour], COLOURS[background]) >= MIN_CONTRAST:
+                break
+        else:
+            background = max(("white", "black"), key=lambda b: colour_distance(COLOURS[colour], COLOURS[b]))
+    return shape, colour, count, background, rng.randrange(4)
+
+
+def _picture(rng: random.Random, digits: DigitPlan | None) -> tuple[str, str, str]:
+    """(stem, caption, kind) of one working picture: a digit while the plan lasts, a skimage sample, or a drawing."""
+    r = rng.random()
+    if r < DIGIT_SHARE:
+        index = digits.next() if digits is not None else rng.choice(web_digit_indices())
+        if index is not None:
+            return (digit_stem(index), *digit_caption(rng, index))
+    elif r < DIGIT_SHARE + SKIMAGE_SHARE:
+        name, variant = rng.choice(SKIMAGE_NAMES), rng.randrange(SKIMAGE_VARIANTS)
+        return (skimage_stem(name, variant), *skimage_caption(rng, name, variant))
+    params = _drawn_params(rng)
+    return (drawn_stem(*params), *drawn_caption(rng, *params[:4]))
+
+
+def _local_caption(lang: str, index: int, stem: str) -> str:
+    """A caption in the page's own language (Russian and Chinese pages), with the number it shows when one."""
+    parsed = parse_image_stem(stem)
+    number = ""
+    if parsed and parsed[0] == "digit":
+        number = f" {digit_label(parsed[1][0])}"
+    elif parsed and parsed[0] == "drawn":
+        number = f" {parsed[1][2]}"
+    if lang == "ru":
+        return ("Рукописная цифра" if parsed and parsed[0] == "digit" else "Картинка на странице") + number
+    return ("手写数字" if parsed and parsed[0] == "digit" else f"第 {index} 页的图片") + number
 
 
 def _script(rng: random.Random, size: int) -> str:
@@ -232,12 +528,14 @@ def _paragraph(rng: random.Random, words: int) -> str:
 
 
 def make_page(
-    site: str, index: int, rng: random.Random, n_pages: int, *, filler_words: int = 400, script_bytes: int = 0
+    site: str, index: int, rng: random.Random, n_pages: int, *, filler_words: int = 400, script_bytes: int = 0,
+    digits: DigitPlan | None = None,
 ) -> DemoPage:
     """One page of the demo site; ``site`` is scheme://host[:port] without a trailing slash.
 
     ``script_bytes`` adds an inline script of about that size, as real pages carry (Common
-    Crawl's HTML averages tens of kB, most of it scripts and styles).
+    Crawl's HTML averages tens of kB, most of it scripts and styles). ``digits`` is the site's
+    digit plan (:class:`DigitPlan`); without one the page shows random web digits.
     """
     url = f"{site}/pages/{index:05d}.html"
     lang = "en"
@@ -266,16 +564,20 @@ def make_page(
         "</ul></nav></header><main>",
     ]
     links = nav + footer
-    for j in range(rng.randint(2, 8)):
+    for j in range(rng.randint(3, 8)):
         parts.append(f"<p>{_paragraph(rng, filler_words // 6)}</p>")
-        text, kind = _caption(rng)
-        if lang == "ru" and kind == "natural":
-            text = "Старый мост через реку " + str(index)
-        elif lang == "zh" and kind == "natural":
-            text = f"山上的老房子 {index}"
-        name = f"img/{index:05d}-{j}.jpg"
         form = rng.random()
+        # svg and data: placeholders show no picture, and a link to a picture that is gone has an old-style
+        # name that answers 404; their captions are a drawing's
+        if form >= 0.90 or rng.randrange(BROKEN_SHARE) == 0:
+            stem, (text, kind) = "", drawn_caption(rng, *_drawn_params(rng)[:4])
+        else:
+            stem, text, kind = _picture(rng, digits)
+        if lang != "en" and kind in ("natural", "vague"):
+            text, kind = _local_caption(lang, index, stem), "foreign"
+        name = f"img/{stem or f'{index:05d}-{j}'}.jpg"
         alt = text.replace("&", "&amp;").replace('"', "&quot;")
+        content = stem
         if form < 0.45:
             src = name if not use_base else f"../pages/{name}"
             absolute = f"{site}/pages/{name}"
@@ -305,7 +607,7 @@ def make_page(
             tag = f'<img src="data:image/png;base64,iVBORw0KGgo=" alt="{alt}">'
             kind = "data_placeholder"
         parts.append(f"<figure>{tag}<figcaption>{_paragraph(rng, 8)}</figcaption></figure>")
-        images.append(DemoImage(absolute, text, kind, tag.split('src="', 1)[1].split('"', 1)[0]))
+        images.append(DemoImage(absolute, text, kind, tag.split('src="', 1)[1].split('"', 1)[0], content))
     parts.append("</main><footer><ul>")
     parts.extend(f'<li><a href="{u}" rel="nofollow">{u.split("/")[2]}</a></li>' for u in footer)
     parts.append("</ul>© demo web</footer></body></html>")
@@ -321,9 +623,34 @@ def generate_pages(
     filler_words: int = 400,
     script_bytes: int = 0,
 ) -> Iterator[DemoPage]:
+    """The demo site's pages in order; the same arguments give the same bytes."""
     rng = random.Random(seed)
+    digits = DigitPlan(seed)
     for i in range(n_pages):
-        yield make_page(site, i, rng, n_pages, filler_words=filler_words, script_bytes=script_bytes)
+        yield make_page(site, i, rng, n_pages, filler_words=filler_words, script_bytes=script_bytes, digits=digits)
+
+
+_STEM_KINDS = {"digit": "digit", "sk": "skimage", "draw": "drawn"}
+
+
+def summarize(pages: Iterable[DemoPage]) -> dict[str, int]:
+    """Figures of a demo web: pages, <img> tags, downloadable pictures (by what they show), broken links, and
+    the distinct web digits; printed by ``witbuild demo``."""
+    out = {"pages": 0, "img_tags": 0, "downloadable": 0, "digit": 0, "skimage": 0, "drawn": 0, "broken": 0}
+    digits: set[str] = set()
+    for page in pages:
+        out["pages"] += 1
+        for img in page.images:
+            out["img_tags"] += 1
+            if img.content:
+                out["downloadable"] += 1
+                out[_STEM_KINDS[img.content.split("-", 1)[0]]] += 1
+                if img.content.startswith("digit-"):
+                    digits.add(img.content)
+            elif img.url and img.kind not in ("svg", "data_placeholder"):
+                out["broken"] += 1
+    out["distinct_digits"] = len(digits)
+    return out
 
 
 _T0 = datetime(2024, 5, 18, tzinfo=timezone.utc)
