@@ -27,9 +27,10 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     _, size = world()
     if size == 1:
         return x
-    from torch.distributed._functional_collectives import all_gather_tensor_autograd
+    from torch.distributed import _functional_collectives as fc
 
-    return all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
+    gather = getattr(fc, "all_gather_single_autograd", None) or fc.all_gather_tensor_autograd  # the older name is deprecated
+    return gather(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
