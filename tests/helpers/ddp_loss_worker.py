@@ -34,6 +34,7 @@ def main(out: str, loss_name: str) -> None:
     reported /= world
     if rank == 0:
         torch.save({"loss": reported, "grads": {k: p.grad for k, p in model.named_parameters()}, "world": world}, out)
+    dist.barrier()
     dist.destroy_process_group()
 
 
