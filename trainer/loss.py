@@ -29,7 +29,8 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     from torch.distributed import _functional_collectives as fc
 
-    gather = getattr(fc, "all_gather_single_autograd", None) or fc.all_gather_tensor_autograd  # the older name is deprecated
+    # all_gather_tensor_autograd is the older, deprecated name of the same collective
+    gather = getattr(fc, "all_gather_single_autograd", None) or fc.all_gather_tensor_autograd
     return gather(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
 
 

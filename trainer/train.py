@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import json
 import logging
 import math
 import os
@@ -42,7 +43,7 @@ from trainer.data import (
 )
 from trainer.evaluate import evaluate, format_results, resolve_checkpoint
 from trainer.loss import make_loss
-from trainer.model import CLIP, load_model_config, train_flops_per_sample
+from trainer.model import CLIP, ModelConfig, load_model_config, train_flops_per_sample
 from trainer.tokenizer import TextTokenizer, load_clip_bpe, train_bpe
 
 log = logging.getLogger("trainer")
@@ -257,8 +258,6 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
         barrier()
         tokenizer = TextTokenizer.load(run_dir / "tokenizer.json")
     if ckpt is not None:
-        from trainer.model import ModelConfig
-
         mcfg = ModelConfig.from_dict(ckpt["model_config"])
     else:
         mcfg.text_cfg.vocab_size, mcfg.text_cfg.eot_id = tokenizer.vocab_size, tokenizer.eot_id
@@ -377,8 +376,6 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
         results = evaluate(unwrap(ddp_model), tokenizer, device, cfg.eval.zeroshot_dir, heldout,
                            cfg.eval.retrieval, cfg.eval.linear_probe, cfg.eval.max_retrieval_pairs)
         results["step"], results["skipped_rank0"] = step, skipped_total
-        import json
-
         (run_dir / "eval.json").write_text(json.dumps(results, indent=2))
         print(format_results(results), flush=True)
     barrier()
