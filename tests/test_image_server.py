@@ -258,7 +258,7 @@ def test_bomb_needs_the_opencv_pixel_limit(tmp_path: Path) -> None:
     err, took, grew = results["limit"]
     assert "validateInputImageSize" in err and took < 0.5 and grew < 50  # refused from the header
     err, took, grew = results["default"]
-    assert err == "image area too large" and grew > 300  # refused only after decoding 400 Mpx
+    assert err == "image area too large" and grew > 150  # refused only after decoding 400 Mpx (RSS grows 300–800 MB)
 
 
 def _tar_members_complete(path: Path) -> list[str]:

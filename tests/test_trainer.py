@@ -244,3 +244,18 @@ def test_checkpoint_loads_weights_only_and_evaluates(shards, tmp_path):
     bad = subprocess.run([sys.executable, str(EVALUATE), "--checkpoint", str(tmp_path / "none")],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert bad.returncode == 2 and "checkpoint not found" in bad.stderr
+
+
+def test_siglip_run_learns_its_bias_and_resumes_with_it(shards, tmp_path):
+    run = tmp_path / "siglip"
+    base = ["--set", "loss=siglip", "--set", "steps=3", "--set", "data.holdout_shards=0"]
+    proc = subprocess.run(train_cmd(shards, run, *base), capture_output=True, text=True, timeout=300, env=env(),
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ckpt = torch.load(run / "checkpoints" / "step_00000003.pt", weights_only=True)
+    assert ckpt["model_config"]["init_logit_bias"] == -10.0 and "logit_bias" in ckpt["model"]
+    assert ckpt["model"]["logit_bias"].item() != -10.0  # trained
+    proc = subprocess.run(train_cmd(shards, run, *base, "--set", "steps=5", "--resume", "latest"),
+                          capture_output=True, text=True, timeout=300, env=env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [int(r["step"]) for r in read_log(run)] == [1, 2, 3, 4, 5]
