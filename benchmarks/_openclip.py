@@ -419,7 +419,8 @@ def openclip_forward_flops(model_config: Path, batch_size: int = 1) -> dict:
             fn(*inputs)
         return counter.get_total_flops() / batch_size / 1e9
 
-    return {"model": name, "mparams": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+    params = sum(p.numel() for p in model.parameters())
+    return {"model": name, "params": params, "mparams": round(params / 1e6, 3),
             "gflops": round(count(model, image, text), 4), "image_gflops": round(count(model.encode_image, image), 4),
             "text_gflops": round(count(model.encode_text, text), 4)}
 

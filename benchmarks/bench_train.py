@@ -149,7 +149,7 @@ def main() -> int:
     from trainer.model import CLIP
 
     params = {"ours": sum(p.numel() for p in CLIP(cfg).parameters()),
-              "open_clip": round(oc.openclip_forward_flops(config_path)["mparams"] * 1e6)}
+              "open_clip": oc.openclip_forward_flops(config_path)["params"]}
     steps = -(-args.steps // args.workers) * args.workers  # open_clip runs whole rounds of loader workers
     kw = dict(steps=steps, batch_size=args.batch_size, workers=args.workers, skip=args.skip, nproc=args.nproc)
     ours, theirs = [], []
