@@ -259,3 +259,22 @@ def test_siglip_run_learns_its_bias_and_resumes_with_it(shards, tmp_path):
                           capture_output=True, text=True, timeout=300, env=env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert [int(r["step"]) for r in read_log(run)] == [1, 2, 3, 4, 5]
+
+
+def test_a_stream_of_unusable_samples_is_an_error_not_a_hang(tmp_path):
+    import io
+    import tarfile
+
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for s in range(2):
+        with tarfile.open(folder / f"{s:05d}.tar", "w") as tf:
+            for j in range(8):
+                for ext, data in (("jpg", b"not an image at all"), ("txt", b"a handwritten digit seven")):
+                    info = tarfile.TarInfo(f"{s}{j:04d}.{ext}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+    proc = subprocess.run(train_cmd(folder, tmp_path / "run", "--set", "steps=2", "--set", "data.holdout_shards=0"),
+                          capture_output=True, text=True, timeout=300, env=env(), cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "samples in a row were unusable" in proc.stderr and "undecodable_image" in proc.stderr
