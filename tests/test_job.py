@@ -78,3 +78,19 @@ def test_bad_config_value_is_a_clear_error(tmp_path):
     said = proc.stdout + proc.stderr
     assert proc.returncode == 2
     assert "max_text_chars" in said and "Traceback" not in said
+
+
+def test_spark_submit_env_fills_in_only_what_is_missing(monkeypatch):
+    """``witbuild demo`` starts spark-submit from a bare shell too: Spark home, interpreter and loopback filled in."""
+    import sys
+    from pathlib import Path
+
+    from witbuild.spark import spark_submit_env
+
+    for key in ("SPARK_HOME", "PYSPARK_PYTHON", "SPARK_LOCAL_IP"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SPARK_CONF_DIR", "/somewhere/else")
+    env = spark_submit_env()
+    assert (Path(env["SPARK_HOME"]) / "bin" / "spark-class").is_file()
+    assert env["PYSPARK_PYTHON"] == sys.executable and env["SPARK_LOCAL_IP"] == "127.0.0.1"
+    assert env["SPARK_CONF_DIR"] == "/somewhere/else"

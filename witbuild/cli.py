@@ -109,6 +109,7 @@ def demo(
     from witbuild.demo.eval_images import write_eval_digits
     from witbuild.demo.server import DemoWebServer, demo_job_settings
     from witbuild.demo.web import summarize, write_warc, write_wat
+    from witbuild.spark import spark_submit_env
 
     if config is None:
         default = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
@@ -128,7 +129,7 @@ def demo(
                *(["--config", str(config)] if config else []), "--input", source, "--output", str(out / "build"),
                *demo_job_settings(pages)]
         typer.echo("$ " + " ".join(cmd))
-        rc = subprocess.call(cmd)
+        rc = subprocess.call(cmd, env=spark_submit_env())
     raise typer.Exit(rc)
 
 

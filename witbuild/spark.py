@@ -55,6 +55,22 @@ def get_session(cfg: SparkConfig | None = None, executor_env: dict[str, str] | N
     return spark
 
 
+def spark_submit_env(local_ip: str | None = "127.0.0.1") -> dict[str, str]:
+    """The environment for a ``spark-submit`` child of this process: this interpreter for the driver and the
+    executors, pyspark's own Spark home, our console settings — each only where the caller has not set it,
+    so ``.venv/bin/witbuild demo`` works without an activated environment."""
+    import pyspark
+
+    env = dict(os.environ)
+    defaults = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
+                "SPARK_HOME": str(Path(pyspark.__file__).resolve().parent),
+                "SPARK_CONF_DIR": str(Path(__file__).resolve().parent / "spark_conf"),
+                "NO_ALBUMENTATIONS_UPDATE": "1", **({"SPARK_LOCAL_IP": local_ip} if local_ip else {})}
+    for key, value in defaults.items():
+        env.setdefault(key, value)
+    return env
+
+
 def _submitted_conf() -> dict[str, str]:
     """Settings spark-submit passed to this driver (empty when run as a plain script)."""
     from pyspark import SparkConf
