@@ -60,3 +60,17 @@ def test_flop_estimate_matches_torch_flop_counter(name):
         model(images, tokens)
     counted = counter.get_total_flops() / 2
     assert counted == pytest.approx(forward_flops_per_sample(cfg), rel=0.02)
+
+
+def test_every_training_config_validates_and_names_a_model():
+    from trainer.config import CONFIG_DIR, load_train_config
+
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    assert {"tiny-cpu", "vit-b-32-gpu"} <= set(names)
+    for name in names:
+        cfg = load_train_config(name, ["tokenizer.clip_vocab_path=/vocab.txt.gz"])
+        load_model_config(cfg.model)
+        text = (CONFIG_DIR / f"{name}.yaml").read_text()
+        assert "torchrun" in text and "Expected" in text  # each documents its command and result
+    with pytest.raises(ValueError, match="unknown_key"):
+        load_train_config("tiny-cpu", ["unknown_key=1"])
