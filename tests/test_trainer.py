@@ -278,3 +278,37 @@ def test_a_stream_of_unusable_samples_is_an_error_not_a_hang(tmp_path):
                           capture_output=True, text=True, timeout=300, env=env(), cwd=ROOT)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "samples in a row were unusable" in proc.stderr and "undecodable_image" in proc.stderr
+
+
+def test_checkpoint_pruning_never_removes_the_one_just_written(tmp_path):
+    from trainer.train import drop_checkpoints_after, save_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for step in (100, 1000):  # a later step left by an earlier history
+        torch.save({"step": step}, folder / f"step_{step:08d}.pt")
+    save_checkpoint(tmp_path, {"step": 600}, keep=1)
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["step_00000600.pt", "step_00001000.pt"]
+    assert (folder / "latest.txt").read_text() == "step_00000600.pt"
+    save_checkpoint(tmp_path, {"step": 700}, keep=2)
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["step_00000600.pt", "step_00000700.pt",
+                                                           "step_00001000.pt"]
+    drop_checkpoints_after(tmp_path, 700)
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["step_00000600.pt", "step_00000700.pt"]
+
+
+def test_a_run_folder_with_checkpoints_needs_resume_and_resume_takes_new_settings(shards, tmp_path):
+    run = tmp_path / "run"
+    base = ["--set", "steps=2", "--set", "data.holdout_shards=0", "--set", "optim.warmup_steps=0"]
+    proc = subprocess.run(train_cmd(shards, run, *base), capture_output=True, text=True, timeout=300, env=env(),
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = subprocess.run(train_cmd(shards, run, *base), capture_output=True, text=True, timeout=300, env=env(),
+                           cwd=ROOT)
+    assert again.returncode == 2 and "already holds checkpoints" in again.stderr and "--resume latest" in again.stderr
+    more = subprocess.run(train_cmd(shards, run, *base, "--set", "steps=3", "--set", "optim.lr=0.125", "--resume",
+                                    "latest"), capture_output=True, text=True, timeout=300, env=env(), cwd=ROOT)
+    assert more.returncode == 0, more.stderr[-3000:]
+    last = read_log(run)[-1]
+    assert int(last["step"]) == 3
+    assert float(last["lr"]) == pytest.approx(0.125 * 0.25)  # cosine at step 2 of 3, from the new base LR

@@ -156,9 +156,21 @@ def center_square(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), Image.Resampling.BICUBIC, box=(x, y, x + s, y + s))
 
 
+def to_uint8(img: Image.Image) -> torch.Tensor:
+    """(3, h, w) uint8: what loader workers send (a quarter of float32's bytes through shared memory)."""
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy())
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (…, 3, h, w) → float, CLIP's mean and std; done on the training device."""
+    mean = torch.as_tensor(MEAN, device=images.device).view(3, 1, 1)
+    std = torch.as_tensor(STD, device=images.device).view(3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
 def to_tensor(img: Image.Image) -> torch.Tensor:
-    arr = (np.asarray(img, dtype=np.float32) / 255.0 - MEAN) / STD
-    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+    """The normalised float (3, h, w) tensor of one image (evaluation)."""
+    return normalize(to_uint8(img))
 
 
 def open_rgb(data: bytes, min_side: int = 0) -> Image.Image:
@@ -194,7 +206,7 @@ class StreamSpec:
 
 
 class TrainStream(IterableDataset):
-    """Yields (images, tokens, skipped-counts) batches; one instance per rank, split across workers."""
+    """Yields (uint8 images, tokens, skipped-counts) batches; one instance per rank, split across workers."""
 
     def __init__(self, spec: StreamSpec, tokenizer):
         super().__init__()
@@ -221,10 +233,14 @@ class TrainStream(IterableDataset):
     def _epoch_batches(self, rng: random.Random) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, int]]]:
         spec = self.spec
         skipped: Counter[str] = Counter()
+        failures = [0]  # shard-level failures since the last usable sample
 
         def count(exn: Exception) -> bool:
             kind = "corrupt_tar" if isinstance(exn, tarfile.TarError) else type(exn).__name__
             skipped[kind] += 1
+            failures[0] += 1
+            if failures[0] >= spec.max_consecutive_skips:
+                raise DataError(f"{failures[0]} shard reads in a row failed ({dict(skipped)}); last: {exn}")
             log.warning("skipped (%s): %s", kind, str(exn)[:300])
             return True
 
@@ -245,9 +261,9 @@ class TrainStream(IterableDataset):
                 try:
                     img = open_rgb(sample[key], spec.image_size)
                     img = random_resized_square(img, spec.image_size, rng, spec.crop_scale)
-                    images.append(to_tensor(img))
+                    images.append(to_uint8(img))
                     texts.append(caption.decode("utf-8", "replace"))
-                    consecutive = 0
+                    consecutive = failures[0] = 0
                 except Exception as exc:
                     skipped["undecodable_image"] += 1
                     consecutive += 1
@@ -261,10 +277,11 @@ class TrainStream(IterableDataset):
                 skipped.clear()
 
 
-def train_batches(spec: StreamSpec, tokenizer, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
+def train_batches(spec: StreamSpec, tokenizer, workers: int,
+                  pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
     """The rank's endless batch stream, starting exactly at global batch ``spec.skip_batches`` of its epoch."""
     loader = DataLoader(TrainStream(spec, tokenizer), batch_size=None, num_workers=workers,
-                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None, pin_memory=False)
+                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None, pin_memory=pin_memory)
     it = iter(loader)
     for _ in range(spec.skip_batches % max(1, workers)):
         next(it)

@@ -44,7 +44,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 def resolve_checkpoint(path: str | Path) -> Path:
     p = Path(path)
     if p.is_dir():
-        p = p / "latest" if (p / "latest").exists() else p / "checkpoints" / "latest"
+        p = p / "latest" if (p / "latest.txt").exists() else p / "checkpoints" / "latest"
     if p.name == "latest":
         pointer = p.parent / "latest.txt"
         if not pointer.is_file():
@@ -128,10 +128,11 @@ def linear_probe(model: CLIP, folder: str | Path, device="cpu", _loaded: tuple |
             "test": int((~fit).sum()), "chance": 1 / len(classes)}
 
 
-def retrieval(model: CLIP, tokenizer: TextTokenizer, shards: list[Path], device="cpu", max_pairs: int = 5000) -> dict:
+def retrieval(model: CLIP, tokenizer: TextTokenizer, shards: list[Path], device="cpu", max_pairs: int = 5000,
+              caption_key: str = "txt") -> dict:
     """Recall@1/5/10 image→text and text→image over the pairs of ``shards`` (each image's own caption is the hit)."""
     images, texts = [], []
-    for data, text, _ in iter_pairs(shards):
+    for data, text, _ in iter_pairs(shards, caption_key):
         try:
             images.append(open_rgb(data, model.cfg.vision_cfg.image_size))
         except Exception as exc:
@@ -156,7 +157,7 @@ def retrieval(model: CLIP, tokenizer: TextTokenizer, shards: list[Path], device=
 
 def evaluate(model: CLIP, tokenizer: TextTokenizer, device="cpu", zeroshot_dir: str | None = None,
              heldout: list[Path] | None = None, do_retrieval: bool = True, do_probe: bool = True,
-             max_pairs: int = 5000) -> dict:
+             max_pairs: int = 5000, caption_key: str = "txt") -> dict:
     model.eval()
     results: dict[str, dict] = {}
     if zeroshot_dir:
@@ -165,7 +166,7 @@ def evaluate(model: CLIP, tokenizer: TextTokenizer, device="cpu", zeroshot_dir: 
         if do_probe:
             results["linear_probe"] = linear_probe(model, zeroshot_dir, device, _loaded=loaded)
     if do_retrieval and heldout:
-        results["retrieval"] = retrieval(model, tokenizer, heldout, device, max_pairs)
+        results["retrieval"] = retrieval(model, tokenizer, heldout, device, max_pairs, caption_key)
     return results
 
 
@@ -205,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                 ckpt["config"]["data"]["holdout_shards"]
             heldout = split_shards(find_shards(args.data), holdout)[1] if holdout else find_shards(args.data)
         zs = args.zeroshot or ckpt["config"]["eval"].get("zeroshot_dir")
-        results = evaluate(model, tokenizer, args.device, zs, heldout)
+        results = evaluate(model, tokenizer, args.device, zs, heldout,
+                           caption_key=ckpt["config"]["data"].get("caption_key", "txt"))
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

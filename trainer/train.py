@@ -36,6 +36,7 @@ from trainer.data import (
     check_captions,
     epoch_steps,
     find_shards,
+    normalize,
     read_captions,
     shard_sizes,
     split_shards,
@@ -65,7 +66,11 @@ def init_distributed() -> tuple[int, int, torch.device]:
     local = int(os.environ.get("LOCAL_RANK", 0))
     if cuda:
         torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        dist.init_process_group("nccl", timeout=datetime.timedelta(minutes=30), device_id=torch.device("cuda", local))
+    else:
+        dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=30))
     return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu")
 
 
@@ -140,14 +145,21 @@ def save_checkpoint(run: Path, state: dict, keep: int) -> Path:
     pointer = folder / "latest.txt.tmp"
     pointer.write_text(path.name)
     os.replace(pointer, folder / "latest.txt")
-    for old in sorted(folder.glob("step_*.pt"))[:-keep]:
+    older = sorted(p for p in folder.glob("step_*.pt") if p != path and _step_of(p) < state["step"])
+    for old in older[: max(0, len(older) - (keep - 1))]:
         old.unlink(missing_ok=True)
     return path
 
 
-def unwrap(model: torch.nn.Module) -> CLIP:
-    model = model.module if isinstance(model, DistributedDataParallel) else model
-    return getattr(model, "_orig_mod", model)
+def _step_of(path: Path) -> int:
+    return int(path.stem.split("_")[1])
+
+
+def drop_checkpoints_after(run: Path, step: int) -> None:
+    """A resumed run rewrites the steps after its checkpoint: their old checkpoints would be another history."""
+    for p in (run / "checkpoints").glob("step_*.pt"):
+        if _step_of(p) > step:
+            p.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -230,17 +242,17 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
     run_dir = Path(args.output or cfg.output or f"runs/{Path(args.config).stem if args.config else 'default'}")
     ckpt = None
     if args.resume:
-        try:
-            path = resolve_checkpoint(run_dir if args.resume == "latest" else args.resume)
-        except FileNotFoundError:
-            if args.resume != "latest":
-                raise
-            path = None
+        fresh = args.resume == "latest" and not (run_dir / "checkpoints" / "latest.txt").exists()
+        path = None if fresh else resolve_checkpoint(run_dir if args.resume == "latest" else args.resume)
+        if fresh:
             log.info("no checkpoint in %s yet: starting the run", run_dir)
         if path is not None:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
             cfg = load_train_config(None, args.set, base=ckpt["config"])  # the run's own config, --set on top
             log.info("resuming %s at step %d", path, ckpt["step"])
+    elif any((run_dir / "checkpoints").glob("step_*.pt")):
+        raise ValueError(f"{run_dir} already holds checkpoints of a run: continue it with --resume latest, "
+                         f"or choose another --output")
     cfg.output = str(run_dir)
 
     shards = find_shards(args.data)
@@ -264,6 +276,9 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
         if cfg.loss == "siglip" and mcfg.init_logit_bias is None:
             mcfg.init_logit_scale, mcfg.init_logit_bias = math.log(10), -10.0
 
+    if cfg.loss == "clip" and mcfg.init_logit_bias is not None:
+        raise ValueError("the model has a logit bias (a SigLIP model) but loss is 'clip', which does not use it; "
+                         "set loss=siglip")
     torch.manual_seed(cfg.seed)
     model = CLIP(mcfg).to(device)
     if ckpt is not None:
@@ -278,6 +293,17 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_step = int(ckpt["step"])
+        # the run's config (with any --set) decides the hyper-parameters, not the values stored in the optimiser
+        for group, wd in zip(optimizer.param_groups, (cfg.optim.weight_decay, 0.0), strict=True):
+            group.update(weight_decay=wd, betas=cfg.optim.betas, eps=cfg.optim.eps)
+        scheduler.base_lrs = [cfg.optim.lr] * len(optimizer.param_groups)
+        for group, lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = lr * scheduler.lr_lambdas[0](start_step)
+        if ckpt.get("world_size", world) != world:
+            log.warning("resuming a run of %d rank(s) with %d: the data stream differs from an uninterrupted run",
+                        ckpt["world_size"], world)
+        if rank == 0:
+            drop_checkpoints_after(run_dir, start_step)
     ddp_model: torch.nn.Module = model
     if world > 1:
         ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -294,7 +320,7 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
                       seed=cfg.seed, rank=rank, start_epoch=start_step // spe, skip_batches=start_step % spe,
                       shuffle_buffer=cfg.data.shuffle_buffer, caption_key=cfg.data.caption_key,
                       crop_scale=cfg.data.crop_scale)
-    batches = train_batches(spec, tokenizer, cfg.data.workers)
+    batches = train_batches(spec, tokenizer, cfg.data.workers, pin_memory=device.type == "cuda")
 
     flops_per_sample = train_flops_per_sample(mcfg)
     peak = cfg.peak_flops or measure_peak_flops(device, torch.bfloat16 if bf16 else torch.float32)
@@ -306,7 +332,7 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
     runlog = RunLog(run_dir, start_step, rank == 0)
 
     def state(step: int) -> dict:
-        return {"step": step, "epoch": step // spe, "model": unwrap(ddp_model).state_dict(),
+        return {"step": step, "epoch": step // spe, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "config": cfg.model_dump(mode="json"), "model_config": mcfg.to_dict(),
                 "tokenizer": tokenizer.to_json(), "world_size": world}
@@ -323,7 +349,7 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
         for k, v in skipped.items():
             skipped_total[k] = skipped_total.get(k, 0) + v
             window["skipped"] += v
-        images = images.to(device, non_blocking=True)
+        images = normalize(images.to(device, non_blocking=True))
         tokens = tokens.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             image_features, text_features = ddp_model(images, tokens)
@@ -333,6 +359,7 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
         if cfg.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
+        lr_used = optimizer.param_groups[0]["lr"]
         scheduler.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
@@ -354,7 +381,7 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
             achieved = sps * flops_per_sample
             row = {"step": step, "epoch": step // spe, "loss": round(stats[0].item(), 6),
                    "logit_scale": round(model.logit_scale.exp().item(), 4),
-                   "lr": scheduler.get_last_lr()[0], "samples_per_s": round(sps, 2),
+                   "lr": lr_used, "samples_per_s": round(sps, 2),
                    "data_wait": round(stats[1].item() / elapsed, 4), "tflops": round(achieved / 1e12, 4),
                    "mfu": round(achieved / (peak * world), 4), "skipped": int(stats[2].item()),
                    "elapsed_s": round(time.perf_counter() - t_start, 2)}
@@ -372,13 +399,15 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
     if skipped_total:
         log.warning("skipped on rank %d: %s", rank, skipped_total)
 
+    # the other ranks leave now: waiting in a collective while rank 0 evaluates could outlast its timeout
+    if dist.is_initialized():
+        dist.destroy_process_group()
     if rank == 0 and (cfg.eval.zeroshot_dir or (cfg.eval.retrieval and heldout)):
-        results = evaluate(unwrap(ddp_model), tokenizer, device, cfg.eval.zeroshot_dir, heldout,
-                           cfg.eval.retrieval, cfg.eval.linear_probe, cfg.eval.max_retrieval_pairs)
+        results = evaluate(model, tokenizer, device, cfg.eval.zeroshot_dir, heldout, cfg.eval.retrieval,
+                           cfg.eval.linear_probe, cfg.eval.max_retrieval_pairs, cfg.data.caption_key)
         results["step"], results["skipped_rank0"] = step, skipped_total
         (run_dir / "eval.json").write_text(json.dumps(results, indent=2))
         print(format_results(results), flush=True)
-    barrier()
     return 0
 
 
