@@ -61,9 +61,6 @@ TINY = {  # a tiny test model (ViT 64 px / patch 8, 4 layers each side) with CLI
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 4},
 }
 CLIP_VOCAB_SIZE = 49408  # 256 bytes × 2 (with and without "</w>") + 48,894 merges + 2 specials
-CLIP_MERGES = 49152 - 256 - 2  # merge lines of bpe_simple_vocab_16e6.txt.gz that CLIP uses (after its header)
-# open_clip's pre-tokenisation (it also matches its two special tokens literally; captions never hold them)
-CLIP_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 MODEL_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 LOG_LINE = re.compile(
     r"Train Epoch: (?P<epoch>\d+) \[\s*(?P<seen>\d+)/(?P<total>\d+) \(\d+%\)\] "

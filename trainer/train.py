@@ -258,20 +258,18 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
     shards = find_shards(args.data)
     train_shards, heldout = split_shards(shards, cfg.data.holdout_shards)
     check_captions(train_shards, cfg.data.caption_key)
-    mcfg = load_model_config(cfg.model) if ckpt is None else None
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    if ckpt is not None:
+    if ckpt is not None:  # the run's own tokenizer and architecture
         tokenizer = TextTokenizer.from_json(ckpt["tokenizer"])
+        mcfg = ModelConfig.from_dict(ckpt["model_config"])
     else:
+        mcfg = load_model_config(cfg.model)
         if rank == 0:
             build_tokenizer(cfg, train_shards, mcfg.text_cfg.context_length).save(run_dir / "tokenizer.json")
         barrier()
         tokenizer = TextTokenizer.load(run_dir / "tokenizer.json")
-    if ckpt is not None:
-        mcfg = ModelConfig.from_dict(ckpt["model_config"])
-    else:
         mcfg.text_cfg.vocab_size, mcfg.text_cfg.eot_id = tokenizer.vocab_size, tokenizer.eot_id
         if cfg.loss == "siglip" and mcfg.init_logit_bias is None:
             mcfg.init_logit_scale, mcfg.init_logit_bias = math.log(10), -10.0
