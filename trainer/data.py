@@ -111,7 +111,7 @@ def read_captions(shards: list[Path], caption_key: str = "txt", limit: int = 2_0
 
         table = pads.dataset(index, format="parquet").to_table(columns=["shard", "text"])
         texts = [t for s, t in zip(table["shard"].to_pylist(), table["text"].to_pylist(), strict=True)
-                 if (s in names or f"{s}.tar" in names or Path(str(s)).name in names) and t]
+                 if Path(str(s)).name in names and t]
         if texts:
             return texts[:limit]
     texts = []
