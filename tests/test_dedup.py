@@ -32,7 +32,6 @@ from witbuild.dedup.phash import (
 )
 from witbuild.dedup.urls import DedupConfig, normalize_url
 
-skdata = pytest.importorskip("skimage.data")
 THRESHOLD = DedupConfig().phash_threshold
 
 # --------------------------------------------------------------------------- URLs
@@ -287,7 +286,13 @@ def _encode(im: Image.Image, fmt: str, **kw: object) -> bytes:
     return buf.getvalue()
 
 
-def _originals() -> dict[str, Image.Image]:
+@pytest.fixture(scope="module")
+def skdata():
+    """scikit-image's sample images (dev extra): without it only the tests that take this fixture skip."""
+    return pytest.importorskip("skimage.data")
+
+
+def _originals(skdata) -> dict[str, Image.Image]:
     """Distinct real images. All pairs measured ≥ 16 bits apart (pHash). Left out: brick and grass (fine
     textures, pHash moves 12+ bits on a 1% crop), page (6 bits on a 1% crop), checkerboard (aliases when
     halved: 15 bits)."""
@@ -332,9 +337,9 @@ def _variants(name: str, im: Image.Image) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def planted_images() -> tuple[list[str], list[str], np.ndarray, dict[str, int]]:
+def planted_images(skdata) -> tuple[list[str], list[str], np.ndarray, dict[str, int]]:
     """(keys, original name per key, hashes, hash of each original)."""
-    originals = _originals()
+    originals = _originals(skdata)
     keys, names, hashes = [], [], []
     for name, im in originals.items():
         for variant, data in _variants(name, im).items():
@@ -358,7 +363,7 @@ def test_variants_are_near_their_original(planted_images) -> None:
     assert {k: d for k, d in far.items() if d > THRESHOLD} == {}
 
 
-def test_planted_duplicates_grouped_per_original(planted_images) -> None:
+def test_planted_duplicates_grouped_per_original(planted_images, skdata) -> None:
     keys, names, hashes, orig = planted_images
     cfg = DedupConfig()
     labels = near_duplicate_groups(hashes, cfg.phash_threshold, cfg.phash_bands)
@@ -380,11 +385,11 @@ def test_planted_duplicates_grouped_per_original(planted_images) -> None:
 
 
 @pytest.fixture(scope="module")
-def camera() -> Image.Image:
+def camera(skdata) -> Image.Image:
     return Image.fromarray(skdata.camera())
 
 
-def test_phash64_is_imagehash_phash(camera: Image.Image) -> None:
+def test_phash64_is_imagehash_phash(camera: Image.Image, skdata) -> None:
     import imagehash
 
     astronaut = Image.fromarray(skdata.astronaut())
@@ -392,7 +397,7 @@ def test_phash64_is_imagehash_phash(camera: Image.Image) -> None:
         assert phash64(im) == int(str(imagehash.phash(im, hash_size=8)), 16)
 
 
-def test_decode_cmyk_jpeg_and_palette_gif() -> None:
+def test_decode_cmyk_jpeg_and_palette_gif(skdata) -> None:
     astronaut = Image.fromarray(skdata.astronaut())
     ref = phash64(astronaut)
     cmyk = _encode(astronaut.convert("CMYK"), "JPEG", quality=90)
@@ -420,7 +425,7 @@ def test_rgba_png_hidden_colour_does_not_matter(camera: Image.Image) -> None:
     assert phash_bytes(la) == phash64(camera)
 
 
-def test_animated_gif_uses_first_frame(camera: Image.Image) -> None:
+def test_animated_gif_uses_first_frame(camera: Image.Image, skdata) -> None:
     coffee = Image.fromarray(skdata.coffee()).resize(camera.size)
     buf = io.BytesIO()
     camera.convert("RGB").quantize(64).save(

@@ -19,15 +19,24 @@ pytestmark = pytest.mark.spark
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory, shared_warc):
+def inputs(tmp_path_factory):
+    """Demo web archives and a broken file: what every test here reads."""
     d = tmp_path_factory.mktemp("inputs")
     pages = list(generate_pages(120, seed=7))
     write_warc(pages[:60], d / "demo-a.warc.gz")
     write_warc(pages[60:], d / "demo-b.warc.gz")
     write_wat(pages, d / "demo.warc.wat.gz")
+    (d / "broken.warc.gz").write_bytes(b"not a warc at all\n" * 50)
+    return d
+
+
+@pytest.fixture
+def inputs_with_real_samples(inputs, shared_warc, tmp_path):
+    """:func:`inputs` plus the real Common Crawl and ClueWeb samples (only the tests that take this need them)."""
+    d = tmp_path / "inputs"
+    shutil.copytree(inputs, d)
     for f in shared_warc.glob("*.gz"):
         shutil.copy(f, d / f.name)
-    (d / "broken.warc.gz").write_bytes(b"not a warc at all\n" * 50)
     return d
 
 
@@ -39,7 +48,8 @@ def pure_extract(files):
     return rows, counts
 
 
-def test_stage_output_equals_pure_extraction(spark, inputs, tmp_path):
+def test_stage_output_equals_pure_extraction(spark, inputs_with_real_samples, tmp_path):
+    inputs = inputs_with_real_samples
     out = tmp_path / "out"
     cfg = load_config(inputs=[str(inputs / "*.gz")], output=str(out))
     results = run_build(spark, cfg, until_stage="extract")
