@@ -39,15 +39,51 @@ def test_unigrams_follow_wordfreq_threshold():
     assert len(wordfreq_unigrams("en", 3.0)) > len(words)
 
 
-def test_pmi_by_hand():
+# CORPUS counted by hand: its ten sentences hold 49 words and 39 adjacent word pairs, and each sentence is there
+# three times. Lower-cased letters-only tokens ("I" is the word "i").
+UNIGRAMS = {w: 3 * n for w, n in {
+    "new": 4, "york": 4, "is": 2, "a": 2, "big": 1, "city": 2, "i": 1, "love": 1, "in": 5, "spring": 1, "pizza": 1,
+    "the": 6, "best": 1, "red": 2, "fox": 2, "snow": 2, "jumps": 1, "ice": 3, "cream": 3, "park": 2, "truck": 1,
+    "we": 1, "ate": 1}.items()}
+BIGRAMS = {g: 3 * n for g, n in {
+    "new york": 4, "york is": 1, "is a": 1, "a big": 1, "big city": 1,  # New York is a big city
+    "i love": 1, "love new": 1, "york in": 1, "in spring": 1,  # I love New York in spring
+    "york pizza": 1, "pizza is": 1, "is the": 1, "the best": 1,  # New York pizza is the best
+    "a red": 1, "red fox": 2, "fox in": 1, "in the": 3, "the snow": 1,  # a red fox in the snow
+    "the red": 1, "fox jumps": 1,  # the red fox jumps
+    "ice cream": 3, "cream in": 1, "the park": 2,  # ice cream in the park
+    "cream truck": 1, "we ate": 1, "ate ice": 1,  # ice cream truck; we ate ice cream
+    "park in": 1, "in new": 1,  # the park in New York
+    "snow in": 1, "the city": 1}.items()}  # snow in the city
+N_UNI, N_BI = 3 * 49, 3 * 39
+# PMI >= 4, best first: 5.944 (i love, we ate), 4.944 (red fox, a big, big city, fox jumps, pizza is), 4.359 (ice
+# cream, ate ice, cream truck). Tied PMIs are equal floats (the same quotient), so ties go by count, then text: red
+# fox (6) before the 3s, ice cream (9) before the 3s.
+PMI_AT_LEAST_4 = ["i love", "we ate", "red fox", "a big", "big city", "fox jumps", "pizza is", "ice cream", "ate ice",
+                  "cream truck"]
+
+
+def test_ngram_counts_by_hand():
+    assert sum(UNIGRAMS.values()) == N_UNI and sum(BIGRAMS.values()) == N_BI  # the tables add up
     uni, bi = count_ngrams(CORPUS)
-    n_uni, n_bi = sum(uni.values()), sum(bi.values())
-    found = dict(pmi_bigrams(uni, bi, min_count=3, min_pmi=-100, limit=1000))
-    pmi_ny = math.log2((bi["new york"] / n_bi) / ((uni["new"] / n_uni) * (uni["york"] / n_uni)))
-    assert found["new york"] == pytest.approx(pmi_ny)
-    assert "a big" not in dict(pmi_bigrams(uni, bi, min_count=4, min_pmi=-100, limit=1000))  # seen 3 times
-    best = [g for g, _ in pmi_bigrams(uni, bi, min_count=3, min_pmi=3.0, limit=3)]
-    assert len(best) == 3 and "ice cream" in dict(pmi_bigrams(uni, bi, min_count=3, min_pmi=3.0, limit=100))
+    assert dict(uni) == UNIGRAMS
+    assert dict(bi) == BIGRAMS
+
+
+def test_pmi_by_hand():
+    found = dict(pmi_bigrams(UNIGRAMS, BIGRAMS, min_count=3, min_pmi=-100, limit=1000))
+    assert found.keys() == BIGRAMS.keys()  # every pair is seen at least 3 times
+    # log2 p(ab) / (p(a) p(b)): p(new york) = 12/117, p(new) = p(york) = 12/147
+    assert found["new york"] == pytest.approx(math.log2((12 / 117) / ((12 / 147) * (12 / 147))))  # 3.944
+    assert found["new york"] == pytest.approx(3.944017, abs=1e-6)
+    assert found["ice cream"] == pytest.approx(math.log2((9 / 117) / ((9 / 147) * (9 / 147))))  # 4.359
+    assert found["in the"] == pytest.approx(math.log2((9 / 117) / ((15 / 147) * (18 / 147))))  # 2.622
+    assert found["in new"] == pytest.approx(math.log2((3 / 117) / ((15 / 147) * (12 / 147))))  # 1.622
+    assert "a big" not in dict(pmi_bigrams(UNIGRAMS, BIGRAMS, min_count=4, min_pmi=-100, limit=1000))  # seen 3 times
+    best = PMI_AT_LEAST_4
+    assert [g for g, _ in pmi_bigrams(UNIGRAMS, BIGRAMS, min_count=3, min_pmi=4.0, limit=100)] == best
+    assert [g for g, _ in pmi_bigrams(UNIGRAMS, BIGRAMS, min_count=3, min_pmi=4.0, limit=3)] == best[:3]
+    assert pmi_bigrams({}, {}, min_count=1, min_pmi=0, limit=10) == []
 
 
 @pytest.mark.spark
@@ -57,6 +93,7 @@ def test_spark_pmi_equals_pure(spark):
     df = spark.createDataFrame([(t,) for t in CORPUS], "text string").repartition(3)
     got = spark_pmi_bigrams(df, min_count=3, min_pmi=2.0, limit=50)
     assert [g for g, _ in got] == [g for g, _ in pure]
+    assert [g for g, _ in got][: len(PMI_AT_LEAST_4)] == PMI_AT_LEAST_4  # the order worked out by hand
     assert [p for _, p in got] == pytest.approx([p for _, p in pure])
 
 
