@@ -1,4 +1,5 @@
-"""MetaCLIP substring matching: the Aho-Corasick Matcher against the literal loop, and query list loading."""
+"""MetaCLIP substring matching: both matchers against MetaCLIP's rule written out in this file, and query list
+loading."""
 
 from __future__ import annotations
 
@@ -19,6 +20,49 @@ from witbuild.curate.match import (
     naive_match_batch,
     spacing,
 )
+
+# MetaCLIP's rule (facebookresearch/MetaCLIP, metaclip/metaclip1/substr_matching.py), written out here with nothing
+# taken from witbuild.curate.match: pad the caption with one space each side, put spaces around each of
+# , . ; : ? ! ` (a backtick, not a double quote), turn tab, newline and carriage return into spaces; entry i matches
+# when " entry " is a substring of the result. Case-sensitive unless told otherwise (then both sides lower-cased).
+# With space_entries (witbuild's option, on by default) an entry is spaced like a caption and only that padding (one
+# space each side) dropped before its key is made: "Mr." becomes " Mr .  ", as "Mr." reads in a spaced caption.
+_WRAPPED = [",", ".", ";", ":", "?", "!", "`"]
+
+
+def _metaclip_spacing(text: str) -> str:
+    spaced = f" {text} "
+    for p in _WRAPPED:
+        spaced = spaced.replace(p, f" {p} ")
+    for c in ["\t", "\n", "\r"]:
+        spaced = spaced.replace(c, " ")
+    return spaced
+
+
+def metaclip_rule(captions: list[str], entries: list[str], case_sensitive: bool,
+                  space_entries: bool) -> list[list[int]]:
+    keys = []
+    for entry in entries:
+        key = f" {_metaclip_spacing(entry)[1:-1]} " if space_entries else f" {entry} "
+        keys.append(key if case_sensitive else key.lower())
+    out = []
+    for caption in captions:
+        spaced = _metaclip_spacing(caption)
+        if not case_sensitive:
+            spaced = spaced.lower()
+        out.append([i for i, key in enumerate(keys) if key in spaced])
+    return out
+
+
+def test_the_rule_written_here_on_hand_examples() -> None:
+    assert _metaclip_spacing("I love New York.") == " I love New York .  "
+    assert _metaclip_spacing('say "hi";ok`x`') == ' say "hi" ; ok ` x `  '  # a double quote is not spaced
+    entries = ["New York", "new york", "York", "ork", "St. Louis", '"hi"', "hi"]
+    assert metaclip_rule(["I love New York."], entries, True, True) == [[0, 2]]
+    assert metaclip_rule(["I love New York."], entries, False, True) == [[0, 1, 2]]
+    assert metaclip_rule(["in St. Louis, say \"hi\""], entries, True, True) == [[4, 5]]
+    assert metaclip_rule(["in St. Louis, say \"hi\""], entries, True, False) == [[5]]  # "St. Louis" unspaced
+    assert metaclip_rule(["Mr. Smith", "Mr.Smith", "Mr."], ["Mr.", "Mr"], True, True) == [[0, 1], [1], [0, 1]]
 
 SPECIAL_ENTRIES = [
     "new", "new york", "york", "new york city", "york city", "city", "New York", "NEW YORK",
@@ -89,19 +133,33 @@ def corpus() -> tuple[list[str], list[str]]:
     return entries, captions
 
 
+@pytest.fixture(scope="module")
+def expected(corpus: tuple[list[str], list[str]]):
+    """MetaCLIP's matches of the corpus per (case_sensitive, space_entries), each worked out once."""
+    entries, captions = corpus
+    cache: dict[tuple[bool, bool], list[list[int]]] = {}
+
+    def get(case_sensitive: bool, space_entries: bool) -> list[list[int]]:
+        if (case_sensitive, space_entries) not in cache:
+            cache[case_sensitive, space_entries] = metaclip_rule(captions, entries, case_sensitive, space_entries)
+        return cache[case_sensitive, space_entries]
+
+    return get
+
+
 @pytest.mark.parametrize("engine", ["tokens", "aho-corasick"])
 @pytest.mark.parametrize("case_sensitive", [True, False])
 @pytest.mark.parametrize("space_entries", [True, False])
-def test_matcher_equals_naive_loop(corpus: tuple[list[str], list[str]], case_sensitive: bool, space_entries: bool,
-                                   engine: str):
+def test_matcher_equals_metaclip_rule(corpus: tuple[list[str], list[str]], expected, case_sensitive: bool,
+                                      space_entries: bool, engine: str):
     entries, captions = corpus
     matcher = make_matcher(entries, MatchConfig(case_sensitive=case_sensitive, space_entries=space_entries,
                                                 engine=engine))
     got = matcher.match_batch(captions)
-    want = naive_match_batch(captions, entries, case_sensitive, space_entries=space_entries)
-    assert want[:50] == [naive_match(c, entries, case_sensitive, space_entries=space_entries) for c in captions[:50]]
+    want = expected(case_sensitive, space_entries)
     mismatches = [(c, g, w) for c, g, w in zip(captions, got, want, strict=True) if g != w]
     assert not mismatches, f"{len(mismatches)} captions differ, e.g. {mismatches[:3]}"
+    assert [matcher.match(c) for c in captions[:100]] == want[:100]  # one at a time as in a batch
     # the comparison is only worth something if the captions really match, often several overlapping entries
     n_matched = [len(w) for w in want]
     assert sum(n > 0 for n in n_matched) > 0.8 * len(captions)
@@ -110,6 +168,17 @@ def test_matcher_equals_naive_loop(corpus: tuple[list[str], list[str]], case_sen
     ids = {e: i for i, e in enumerate(entries)}
     overlapping = [w for w in want if {ids["new"], ids["new york"], ids["york"]} <= set(w)]
     assert overlapping, "no caption matched the overlapping entries new / new york / york"
+
+
+@pytest.mark.parametrize("case_sensitive", [True, False])
+@pytest.mark.parametrize("space_entries", [True, False])
+def test_naive_loop_equals_metaclip_rule(corpus: tuple[list[str], list[str]], expected, case_sensitive: bool,
+                                         space_entries: bool):
+    """naive_match, the project's reference loop, is MetaCLIP's rule too."""
+    entries, captions = corpus
+    want = expected(case_sensitive, space_entries)
+    assert naive_match_batch(captions, entries, case_sensitive, space_entries=space_entries) == want
+    assert [naive_match(c, entries, case_sensitive, space_entries=space_entries) for c in captions[:50]] == want[:50]
 
 
 def test_metaclip_spacing_semantics() -> None:
