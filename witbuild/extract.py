@@ -22,7 +22,8 @@ from witbuild import schemas
 from witbuild.config import ExtractConfig
 from witbuild.counters import StageCounts
 from witbuild.sources.html import ImageRef, decode_html, is_html, page_images
-from witbuild.sources.warc import iter_records
+from witbuild.sources.http_body import http_payload
+from witbuild.sources.warc import WarcRecord, iter_records
 from witbuild.sources.wat import WAT_IMAGE_MARK, wat_images
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,46 @@ def _may_have_img(body: bytes) -> bool:
     return b"<img" in body or b"<IMG" in body or b"<Img" in body
 
 
+def _warc_page(rec: WarcRecord, cfg: ExtractConfig, counts: StageCounts,
+               path: str) -> tuple[list[ImageRef], str | None] | None:
+    """(image references, page language) of one response record; None for a record that is no
+    HTML page (counted by why) or whose page has no ``<img>``."""
+    if not rec.target_uri:
+        counts.event("records_without_target_uri")
+        return None
+    if not _is_page_status(rec.http_status, counts):
+        return None
+    body = rec.body
+    if rec.transfer_encoding or rec.content_encoding:
+        body = http_payload(body, rec.transfer_encoding, rec.content_encoding, cfg.max_page_bytes, counts)
+        if body is None:
+            return None
+    if not is_html(rec.content_type, body[:1024]):
+        counts.event("non_html_responses")
+        return None
+    counts.event("html_pages")
+    if not _may_have_img(body):
+        return None
+    try:
+        html = decode_html(body, rec.charset, counts)
+        return page_images(html, rec.target_uri, counts, url_attrs=cfg.url_attrs, text_attrs=cfg.text_attrs,
+                           keep_empty_text=cfg.keep_empty_text, max_text_chars=cfg.max_text_chars,
+                           content_language=rec.content_language)
+    except Exception:  # a parser failure on one page must not lose the file
+        log.exception("HTML parse failed: %s at %d", path, rec.offset)
+        counts.event("html_parse_errors")
+        return None
+
+
+def _is_page_status(status: int | None, counts: StageCounts) -> bool:
+    """A 2xx response (or one without HTTP status: a resource record) is a page; redirects and
+    errors are not, whatever their bodies show, and are counted."""
+    if status is None or 200 <= status < 300:
+        return True
+    counts.event("redirect_responses" if 300 <= status < 400 else "error_responses")
+    return False
+
+
 def _open_local_or_fsspec(path: str) -> Callable[[], BinaryIO]:
     if "://" not in path or path.startswith("file://"):
         local = path[len("file://"):] if path.startswith("file://") else path
@@ -146,34 +187,15 @@ def extract_file(
             if fmt == "wat":
                 page_url, refs, page_lang = wat_images(
                     rec.body, counts, keep_empty_text=cfg.keep_empty_text,
-                    max_text_chars=cfg.max_text_chars, text_attrs=tuple(cfg.text_attrs))
+                    max_text_chars=cfg.max_text_chars, text_attrs=tuple(cfg.text_attrs), record_uri=rec.target_uri)
                 if page_url is None:
                     continue
             else:
                 page_url = rec.target_uri
-                if not page_url:
-                    counts.event("records_without_target_uri")
+                page = _warc_page(rec, cfg, counts, path)
+                if page is None:
                     continue
-                if rec.http_status is not None and not 200 <= rec.http_status < 300:
-                    counts.event("non_2xx_responses")
-                    continue
-                if not is_html(rec.content_type, rec.body[:1024]):
-                    counts.event("non_html_responses")
-                    continue
-                counts.event("html_pages")
-                if not _may_have_img(rec.body):
-                    continue
-                try:
-                    html = decode_html(rec.body, rec.charset, counts)
-                    refs, page_lang = page_images(
-                        html, page_url, counts,
-                        url_attrs=cfg.url_attrs, text_attrs=cfg.text_attrs,
-                        keep_empty_text=cfg.keep_empty_text, max_text_chars=cfg.max_text_chars,
-                        content_language=rec.content_language)
-                except Exception:  # a parser failure on one page must not lose the file
-                    log.exception("HTML parse failed: %s at %d", path, rec.offset)
-                    counts.event("html_parse_errors")
-                    continue
+                refs, page_lang = page
             if refs:
                 builder.add_page(refs, page_url, page_lang, rec.offset, rec.date)
                 if len(builder) >= cfg.batch_rows:

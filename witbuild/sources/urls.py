@@ -10,6 +10,17 @@ RASTER_EXCLUDED_SUFFIXES = (".svg", ".svgz")
 _HTTP = re.compile(r"(https?)://([^/?#]*)([^?#]*)")
 
 
+def target_uri(value: object) -> str | None:
+    """A WARC-Target-URI as a plain URL: WARC/1.0's grammar writes it as ``<uri>`` (wget, some
+    Heritrix versions); WARC/1.1 and Common Crawl write it bare. None when absent or empty."""
+    if not isinstance(value, str):
+        return None
+    uri = value.strip()
+    if uri.startswith("<") and uri.endswith(">"):
+        uri = uri[1:-1].strip()
+    return uri or None
+
+
 def resolve(url: str, base: str) -> str | None:
     """Absolute form of ``url`` against ``base`` (relative and protocol-relative URLs)."""
     url = url.strip()

@@ -14,7 +14,7 @@ import orjson
 
 from witbuild.counters import StageCounts
 from witbuild.sources.html import ImageRef, clean_lang, first_text
-from witbuild.sources.urls import Resolver, classify, resolve
+from witbuild.sources.urls import Resolver, classify, resolve, target_uri
 
 IMG_PATH = "IMG@/src"
 WAT_IMAGE_MARK = b'"IMG@'  # no record without it has an image link
@@ -35,12 +35,15 @@ def wat_images(
     keep_empty_text: bool = False,
     max_text_chars: int = 4096,
     text_attrs: tuple[str, ...] = ("alt", "title"),
+    record_uri: str | None = None,
 ) -> tuple[str | None, list[ImageRef], str | None]:
     """(page URL, image references, page language) of one WAT metadata record.
 
     Records without any image link (request and metadata captures: two of every three records in
     a Common Crawl WAT) are not parsed at all; a record that is not JSON, or has no HTML metadata,
-    yields no references. Both are counted as events.
+    yields no references. Both are counted as events. The page URL is the envelope's
+    ``WARC-Target-URI`` (angle brackets of WARC/1.0 writers removed), else ``record_uri``, the WAT
+    record's own target URI.
     """
     if WAT_IMAGE_MARK not in payload:
         counts.event("wat_records_without_images")
@@ -51,11 +54,11 @@ def wat_images(
         counts.event("wat_invalid_json")
         return None, [], None
     envelope = _get(doc, "Envelope")
-    page_url = _get(envelope, "WARC-Header-Metadata", "WARC-Target-URI")
+    page_url = target_uri(_get(envelope, "WARC-Header-Metadata", "WARC-Target-URI")) or target_uri(record_uri)
     html_meta = _get(envelope, "Payload-Metadata", "HTTP-Response-Metadata", "HTML-Metadata")
-    if not isinstance(page_url, str) or not isinstance(html_meta, dict):
+    if page_url is None or not isinstance(html_meta, dict):
         counts.event("wat_records_without_html")
-        return page_url if isinstance(page_url, str) else None, [], None
+        return page_url, [], None
     counts.event("wat_html_records")
     headers = _get(envelope, "Payload-Metadata", "HTTP-Response-Metadata", "Headers") or {}
     lang = clean_lang(headers.get("Content-Language") if isinstance(headers, dict) else None)
