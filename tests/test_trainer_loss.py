@@ -15,6 +15,19 @@ from tests.helpers.tiny_batch import BATCH, make_batch, make_model
 from trainer.loss import ClipLoss, SigLipLoss, make_loss
 
 
+@torch.no_grad()
+def local_only(loss_name: str) -> torch.Tensor:
+    """What 2 ranks would report if each scored its half against its own half only (no gather)."""
+    model = make_model(loss_name)
+    images, tokens = make_batch()
+    img_f, txt_f = model(images, tokens)
+    loss = make_loss(loss_name)
+    h = BATCH // 2
+    halves = [loss(img_f[s], txt_f[s], model.logit_scale.exp(), model.logit_bias)
+              for s in (slice(0, h), slice(h, None))]
+    return (halves[0] + halves[1]) / 2
+
+
 def reference(loss_name: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model = make_model(loss_name)
     images, tokens = make_batch()
@@ -24,6 +37,7 @@ def reference(loss_name: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return loss.detach(), {k: p.grad for k, p in model.named_parameters()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_name", ["clip", "siglip"])
 def test_two_ranks_equal_one_process_over_the_full_batch(loss_name, tmp_path):
     out = tmp_path / "ddp.pt"
@@ -36,21 +50,13 @@ def test_two_ranks_equal_one_process_over_the_full_batch(loss_name, tmp_path):
     assert got["world"] == 2
     loss, grads = reference(loss_name)
     torch.testing.assert_close(got["loss"], loss, rtol=1e-10, atol=1e-12)
+    # the ranks did gather: without it they would report the mean of the halves' own losses, which this batch puts
+    # far outside the tolerance above (measured: 1.20 apart for clip, 0.030 for siglip)
+    assert abs(got["loss"].item() - local_only(loss_name).item()) > 1e-3
     assert set(got["grads"]) == set(grads)
     for name, g in grads.items():
         assert g is not None and g.abs().sum() > 0, name
         torch.testing.assert_close(got["grads"][name], g, rtol=1e-8, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
-
-
-def test_local_only_loss_would_differ():
-    """Why the gather matters: the mean of per-half losses is a different objective."""
-    model = make_model()
-    images, tokens = make_batch()
-    img_f, txt_f = model(images, tokens)
-    h = BATCH // 2
-    halves = [ClipLoss()(img_f[s], txt_f[s], model.logit_scale.exp()) for s in (slice(0, h), slice(h, None))]
-    full = ClipLoss()(img_f, txt_f, model.logit_scale.exp())
-    assert abs((halves[0] + halves[1]).item() / 2 - full.item()) > 1e-3
 
 
 def test_clip_loss_is_symmetric_infonce():
