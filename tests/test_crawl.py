@@ -109,8 +109,18 @@ def redirect(location: str, status: int = 302) -> Route:
     return lambda h: send(h, status, b"moved", "text/plain", {"Location": location})
 
 
-def drip_body(n: int, every: float) -> Route:
+@dataclass
+class Drip:
+    """What a dripping route saw: pieces sent so far, and how it ended (the client hung up, or all was sent)."""
+
+    sent: int = 0
+    hung_up: bool = False
+    ended: threading.Event = field(default_factory=threading.Event)
+
+
+def drip_body(n: int, every: float, drip: Drip | None = None) -> Route:
     """Headers at once, then one body byte every ``every`` seconds (a slowloris-style server)."""
+    drip = drip or Drip()
 
     def route(h: BaseHTTPRequestHandler) -> None:
         h.send_response(200)
@@ -122,15 +132,19 @@ def drip_body(n: int, every: float) -> Route:
             for _ in range(n):
                 h.wfile.write(b"x")
                 h.wfile.flush()
+                drip.sent += 1
                 time.sleep(every)
         except OSError:
-            pass  # the crawler hung up: expected
+            drip.hung_up = True  # the crawler hung up: expected
+        finally:
+            drip.ended.set()
 
     return route
 
 
-def drip_headers(n: int, every: float) -> Route:
+def drip_headers(n: int, every: float, drip: Drip | None = None) -> Route:
     """A status line, then one header line every ``every`` seconds: stuck before the body."""
+    drip = drip or Drip()
 
     def route(h: BaseHTTPRequestHandler) -> None:
         try:
@@ -138,10 +152,13 @@ def drip_headers(n: int, every: float) -> Route:
             for i in range(n):
                 h.wfile.write(f"X-Slow-{i}: y\r\n".encode())
                 h.wfile.flush()
+                drip.sent += 1
                 time.sleep(every)
             h.wfile.write(b"Content-Length: 0\r\nConnection: close\r\n\r\n")
         except OSError:
-            pass
+            drip.hung_up = True
+        finally:
+            drip.ended.set()
         h.close_connection = True
 
     return route
@@ -469,26 +486,32 @@ def test_redirect_followed_within_host(site: Site, tmp_path: Path) -> None:
 
 def test_slow_drip_cut_by_total_timeout(site: Site, tmp_path: Path) -> None:
     site.routes["/"] = links("/drip", "/after")
-    site.routes["/drip"] = drip_body(200, 0.05)  # would take 10 s
+    drip = Drip()
+    site.routes["/drip"] = drip_body(200, 0.05, drip)  # would take 10 s
     site.routes["/after"] = page("after")
-    t0 = time.monotonic()
     counts, out = crawl(site, tmp_path, total_timeout=1.0)
-    assert time.monotonic() - t0 < 4
+    sent_when_done = drip.sent
+    assert sent_when_done < 200  # the crawl was over before the drip was (it did not wait the 10 s out)
     assert counts.events["fetch_timeout"] == 1
     hdrs, status, body = responses(out)[site.url("/drip")]
     assert status == 200 and hdrs["WARC-Truncated"] == "time"
-    assert 0 < len(body) < 200 and set(body) == {ord("x")}
+    assert 0 < len(body) <= sent_when_done and set(body) == {ord("x")}
     assert responses(out)[site.url("/after")][2] == b"after"  # the crawl went on
+    assert site.paths() == ["/robots.txt", "/", "/drip", "/after"]
+    # the server's side: the crawler closed the connection (the drip's next writes failed), it did not just stop
+    # reading; 30 s is a deadline for the event, far beyond the 0.1 s it takes
+    assert drip.ended.wait(30) and drip.hung_up and drip.sent < 200
 
 
 def test_slow_headers_cut_by_total_timeout(site: Site, tmp_path: Path) -> None:
     site.routes["/"] = links("/slowhead")
-    site.routes["/slowhead"] = drip_headers(40, 0.1)  # would take 4 s
-    t0 = time.monotonic()
+    drip = Drip()
+    site.routes["/slowhead"] = drip_headers(40, 0.1, drip)  # would take 4 s
     counts, out = crawl(site, tmp_path, total_timeout=1.0)
-    assert time.monotonic() - t0 < 3.5
+    assert drip.sent < 40  # the crawl was over before the headers were
     assert counts.events["fetch_timeout"] == 1
     assert site.url("/slowhead") not in responses(out)
+    assert drip.ended.wait(30) and drip.hung_up and drip.sent < 40  # the crawler closed the connection
 
 
 def test_oversized_body_cut_by_max_page_bytes(site: Site, tmp_path: Path) -> None:
