@@ -28,6 +28,14 @@ def _get(d: Any, *keys: str) -> Any:
     return d
 
 
+def _status(value: Any) -> int | None:
+    """The HTTP status of a WAT's ``Response-Message`` (a string in Common Crawl's files)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def wat_images(
     payload: bytes,
     counts: StageCounts,
@@ -55,7 +63,13 @@ def wat_images(
         return None, [], None
     envelope = _get(doc, "Envelope")
     page_url = target_uri(_get(envelope, "WARC-Header-Metadata", "WARC-Target-URI")) or target_uri(record_uri)
-    html_meta = _get(envelope, "Payload-Metadata", "HTTP-Response-Metadata", "HTML-Metadata")
+    response = _get(envelope, "Payload-Metadata", "HTTP-Response-Metadata")
+    status = _status(_get(response, "Response-Message", "Status"))
+    if status is not None and not 200 <= status < 300:
+        # Common Crawl's WATs carry HTML metadata for redirect and error bodies too: not pages
+        counts.event("redirect_responses" if 300 <= status < 400 else "error_responses")
+        return page_url, [], None
+    html_meta = _get(response, "HTML-Metadata")
     if page_url is None or not isinstance(html_meta, dict):
         counts.event("wat_records_without_html")
         return page_url, [], None
