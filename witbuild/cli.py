@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from witbuild import __version__
+from witbuild.demo import DEMO_HOST, DEMO_PORT
 from witbuild.stats.cli import stats_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build CLIP-style image-text datasets from the web.")
@@ -98,10 +99,14 @@ def demo(
     config: Path = typer.Option(None, help="Build config (default: configs/demo.yaml of the source tree)."),
     crawl: bool = typer.Option(False, help="Crawl the served site instead of reading its WARC file."),
     master: str = typer.Option("local[2]", help="Spark master for spark-submit."),
+    port: int = typer.Option(DEMO_PORT, min=1, max=65535, help="Port of 127.0.0.1 the demo web is served on. "
+                             "Its image URLs, and so the pair ids, carry it: the same port (and seed, pages and "
+                             "config) builds the same dataset on every run."),
 ) -> None:
     """Build a dataset from the bundled demo web: write it as WARC/WAT, serve it (pages, images,
     robots.txt) on 127.0.0.1, and run the build job on it with spark-submit. The held-out digits go to
     <out>/eval/digits for zero-shot evaluation."""
+    import errno
     import subprocess
     import sys
 
@@ -114,9 +119,16 @@ def demo(
     if config is None:
         default = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
         config = default if default.is_file() else None
+    try:
+        server = DemoWebServer(n_pages=pages, seed=seed, port=port)
+    except OSError as exc:  # no fall-back to another port: the build would silently differ from every other
+        why = "already in use (another witbuild demo?)" if exc.errno == errno.EADDRINUSE else exc.strerror
+        typer.echo(f"error: cannot serve the demo web on {DEMO_HOST}:{port}: {why}; stop what holds it or "
+                   f"choose another --port (the build then differs from one on port {DEMO_PORT})", err=True)
+        raise typer.Exit(2) from None
     web_dir = out / "web"
     web_dir.mkdir(parents=True, exist_ok=True)
-    with DemoWebServer(n_pages=pages, seed=seed) as web:
+    with server as web:
         page_list = list(web.pages.values())
         write_warc(page_list, web_dir / "demo-00000.warc.gz")
         write_wat(page_list, web_dir / "demo-00000.warc.wat.gz")

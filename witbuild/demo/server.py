@@ -1,4 +1,8 @@
-"""Serves the synthetic demo web on 127.0.0.1, so the live-crawl path runs with no internet."""
+"""Serves the synthetic demo web on 127.0.0.1, so the live-crawl path runs with no internet.
+
+``witbuild demo`` serves it at a fixed origin, ``http://DEMO_HOST:DEMO_PORT`` (see :mod:`witbuild.demo`): the
+pages' image URLs carry the port and pair ids hash the URL, so a fixed port makes every demo build the same.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,21 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from witbuild.demo import DEMO_HOST, DEMO_PORT
 from witbuild.demo.images import digit_image, draw_shapes, encode, skimage_web_image
 from witbuild.demo.web import BROKEN_SHARE, DemoPage, generate_pages, parse_image_stem
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DEMO_HOST", "DEMO_PORT", "DemoWebServer", "demo_image", "demo_job_settings"]
+
 ROBOTS = b"User-agent: *\nDisallow: /private/\n"
 BROKEN_IMAGE_SHARE = BROKEN_SHARE  # one picture link in 33 is broken (404), as on the real web
 IMAGE_PREFIXES = ("/pages/img/", "/cdn/img/")  # the same stem serves the same bytes under either
+# pending connections the listening socket queues: img2dataset opens thread_count connections per Spark task at
+# once, and with socketserver's default of 5 a burst overflows the queue and connections wait for SYN retries
+# (1 s, 3 s, ...), long enough under load to turn into download timeouts that differ from run to run
+LISTEN_BACKLOG = 256
 
 
 @functools.lru_cache(maxsize=8192)
@@ -47,13 +58,19 @@ def demo_job_settings(n_pages: int) -> list[str]:
             "--set", f"crawl.max_pages_per_host={n_pages}", "--set", f"crawl.max_depth={max(50, n_pages)}"]
 
 
+class _DemoHTTPServer(ThreadingHTTPServer):
+    request_queue_size = LISTEN_BACKLOG
+
+
 class DemoWebServer:
     """A threaded HTTP server with the demo pages, their images and a robots.txt; a context manager.
 
-    The port is bound first so that the pages' absolute links carry it.
+    The port is bound first so that the pages' absolute links carry it. ``port=0`` (the default) takes any free
+    port, so that tests can run several servers at once; ``witbuild demo`` passes ``DEMO_PORT``, for a build that
+    is the same on every run. A port in use raises ``OSError`` (errno ``EADDRINUSE``) here, never a fall-back.
     """
 
-    def __init__(self, n_pages: int = 200, seed: int = 0, host: str = "127.0.0.1", port: int = 0,
+    def __init__(self, n_pages: int = 200, seed: int = 0, host: str = DEMO_HOST, port: int = 0,
                  script_bytes: int = 0, image_delay_s: float = 0.0):
         self.requests: list[str] = []
         self.image_delay_s = image_delay_s  # a slower image host, to watch a download in progress
@@ -85,7 +102,7 @@ class DemoWebServer:
             def log_message(self, fmt: str, *args: object) -> None:
                 log.debug(fmt, *args)
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd = _DemoHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.site = f"http://{host}:{self.httpd.server_address[1]}"
         page_list = list(generate_pages(n_pages, site=self.site, seed=seed, script_bytes=script_bytes))

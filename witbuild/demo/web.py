@@ -22,6 +22,7 @@ import io
 import itertools
 import json
 import random
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -656,6 +657,13 @@ def summarize(pages: Iterable[DemoPage]) -> dict[str, int]:
 _T0 = datetime(2024, 5, 18, tzinfo=timezone.utc)
 
 
+def _record_id(url: str, record: str) -> str:
+    """A WARC-Record-ID named after the record instead of warcio's random uuid4: a random id changes how each
+    gzip member compresses, so every record's offset (the candidates' ``record_offset``) and the file's bytes
+    would differ between two writes of the same pages."""
+    return f"<urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{record} {url}')}>"
+
+
 def write_warc(pages: Iterator[DemoPage] | list[DemoPage], path: str | Path) -> int:
     """Pages as request + response records in one gzip WARC (a member per record); returns count."""
     n = 0
@@ -673,7 +681,7 @@ def write_warc(pages: Iterator[DemoPage] | list[DemoPage], path: str | Path) -> 
                     [("Host", host), ("User-Agent", "witbuild-demo")],
                     is_http_request=True,
                 ),
-                warc_headers_dict={"WARC-Date": date},
+                warc_headers_dict={"WARC-Date": date, "WARC-Record-ID": _record_id(page.url, "request")},
             )
             headers = StatusAndHeaders(
                 "200 OK",
@@ -685,7 +693,7 @@ def write_warc(pages: Iterator[DemoPage] | list[DemoPage], path: str | Path) -> 
                 "response",
                 payload=io.BytesIO(page.html),
                 http_headers=headers,
-                warc_headers_dict={"WARC-Date": date},
+                warc_headers_dict={"WARC-Date": date, "WARC-Record-ID": _record_id(page.url, "response")},
             )
             writer.write_record(req)
             writer.write_record(resp)
@@ -765,14 +773,14 @@ def write_wat(pages: Iterator[DemoPage] | list[DemoPage], path: str | Path) -> i
         writer = WARCWriter(fh, gzip=True)
         for n, page in enumerate(pages, 1):
             date = (_T0 + timedelta(seconds=n)).strftime("%Y-%m-%dT%H:%M:%SZ")
-            for doc in (request_wat_document(page, date), wat_document(page, date)):
+            for of, doc in (("request", request_wat_document(page, date)), ("response", wat_document(page, date))):
                 body = json.dumps(doc, ensure_ascii=False).encode("utf-8")
                 rec = writer.create_warc_record(
                     page.url,
                     "metadata",
                     payload=io.BytesIO(body),
                     warc_content_type="application/json",
-                    warc_headers_dict={"WARC-Date": date},
+                    warc_headers_dict={"WARC-Date": date, "WARC-Record-ID": _record_id(page.url, f"metadata {of}")},
                 )
                 writer.write_record(rec)
     return n

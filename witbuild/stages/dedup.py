@@ -2,7 +2,9 @@
 
 Layers, each counted: (normalised URL, text) — the same pair seen on many pages; then, when
 ``dedup.one_text_per_image`` is set, one pair per normalised URL. Within a duplicate group the pair
-with the smallest uid stays, so the result does not depend on partitioning. The survivors are
+with the smallest uid stays, and among pairs of one uid (the same URL and text on several pages) the one
+first in ``TIE_BREAK`` order: the kept row, page_url and all, does not depend on partitioning or on the
+order Spark's shuffle delivers rows in (``row_number`` over a non-unique order picks any). The survivors are
 ordered by a hash of (uid, seed) and written as files of ``ROWS_PER_FILE`` rows: img2dataset turns
 each file into shards in that order, so shards mix sites instead of bunching them.
 """
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
     from witbuild.pipeline import StageContext
 
 ROWS_PER_FILE = 1_000_000  # rows per Parquet file handed to img2dataset (it reads one file at a time)
+# after uid, the columns that tell apart the rows of one uid (where and how the pair was seen); rows equal in all
+# of them come from one record and are equal in every column
+TIE_BREAK = ("page_url", "source_file", "record_offset", "url_source", "text_source")
 
 
 def _with_url_key(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -40,11 +45,12 @@ def run_dedup(ctx: StageContext) -> StageCounts:
     columns = df.columns
     keyed_schema = StructType([*df.schema.fields, StructField("url_key", StringType(), False)])
     keyed = df.mapInArrow(_with_url_key, keyed_schema)
-    pair_rank = F.row_number().over(Window.partitionBy("url_key", "text").orderBy("uid"))
+    order = ["uid", *(c for c in TIE_BREAK if c in columns)]
+    pair_rank = F.row_number().over(Window.partitionBy("url_key", "text").orderBy(*order))
     ranked = keyed.withColumn("_pair_rank", pair_rank)
     if cfg.one_text_per_image:
         ranked = ranked.withColumn("_url_rank", F.row_number().over(Window.partitionBy("url_key").orderBy(
-            F.col("_pair_rank") > 1, "uid")))
+            F.col("_pair_rank") > 1, *order)))
     else:
         ranked = ranked.withColumn("_url_rank", F.lit(1))
     ranked = ranked.cache()
@@ -59,8 +65,8 @@ def run_dedup(ctx: StageContext) -> StageCounts:
         dup_pair, dup_url = int(totals["dup_pair"] or 0), int(totals["dup_url"] or 0)
         rows_out = rows_in - dup_pair - dup_url
         files = max(1, math.ceil(rows_out / ROWS_PER_FILE))
-        order = F.xxhash64("uid", F.lit(cfg.shuffle_seed))
-        (kept.withColumn("_order", order).repartitionByRange(files, "_order", "uid")
+        shuffle = F.xxhash64("uid", F.lit(cfg.shuffle_seed))
+        (kept.withColumn("_order", shuffle).repartitionByRange(files, "_order", "uid")
          .sortWithinPartitions("_order", "uid").drop("_order")
          .write.mode("overwrite").parquet(ctx.output))
     finally:

@@ -12,6 +12,12 @@
    every epoch and a dataset that still ships what it claims to have removed);
    ``sizes.json`` (samples per tar, as open_clip reads it) and ``index.parquet`` (one row per
    sample) describe them.
+
+The same downloads give the same bytes: img2dataset writes a shard's samples in the order their
+downloads finish and stamps each member with the time of writing, so the final tars are written in
+key order with a fixed member time (``MEMBER_MTIME``), and ``index.parquet`` is partitioned by shard
+and sorted, so each of its files holds the same rows in the same order on every run. A trainer
+reading the shards in order (or with a seeded shuffle buffer) then sees the same stream.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+MEMBER_MTIME = 0  # modification time of every member of a final tar (the download's clock is not data)
 SIZES_FILE = "sizes.json"
 INDEX_DIR = "index.parquet"
 
@@ -163,8 +170,33 @@ def _eval_hashes(folder: str) -> np.ndarray:
     return np.array(hashes, dtype=np.uint64)
 
 
+def rewrite_shard(src_path: str, dst_path: str, wanted: set[str]) -> int:
+    """Copy the samples of tar ``src_path`` whose key is in ``wanted`` to ``dst_path``; returns the images written.
+
+    Members go in name order (key order, each sample's files together), not in the order img2dataset wrote them
+    (the order its downloads finished), and with ``MEMBER_MTIME`` as their time: equal inputs give equal bytes.
+    """
+    fs_in, src = fs_and_path(src_path)
+    fs_out, dst = fs_and_path(dst_path)
+    written = 0
+    with fs_in.open(src, "rb") as fin, tarfile.open(fileobj=fin, mode="r:*") as tin, \
+            fs_out.open(dst, "wb") as fout, tarfile.open(fileobj=fout, mode="w") as tout:
+        members = sorted((m for m in tin.getmembers()  # headers only: the data is read below, seeking to it
+                          if m.isfile() and m.name.rpartition("/")[2].partition(".")[0] in wanted),
+                         key=lambda m: m.name)
+        for member in members:
+            data = tin.extractfile(member)
+            member.mtime = MEMBER_MTIME
+            # a float time of writing travels in the PAX header, which would override mtime
+            member.pax_headers = {k: v for k, v in member.pax_headers.items() if k not in ("mtime", "atime", "ctime")}
+            tout.addfile(member, io.BytesIO(data.read()) if data is not None else None)
+            if member.name.endswith(tuple(f".{e}" for e in IMAGE_EXTS)):
+                written += 1
+    return written
+
+
 def _rewrite_shards(kept: Any, source_dir: str, out_dir: str, n_shards: int) -> dict[str, int]:
-    """Each source tar copied with only its kept samples; returns samples per written tar."""
+    """Each source tar copied with only its kept samples (:func:`rewrite_shard`); returns samples per written tar."""
     from pyspark.sql import functions as F
 
     per_shard = kept.groupBy("shard").agg(F.collect_list("key").alias("keys"))
@@ -172,19 +204,7 @@ def _rewrite_shards(kept: Any, source_dir: str, out_dir: str, n_shards: int) -> 
     def rewrite(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for shard, keys in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
-                wanted = set(keys)
-                fs_in, src = fs_and_path(f"{source_dir}/{shard}")
-                fs_out, dst = fs_and_path(f"{out_dir}/{shard}")
-                written = 0
-                with fs_in.open(src, "rb") as fin, tarfile.open(fileobj=fin, mode="r|*") as tin, \
-                        fs_out.open(dst, "wb") as fout, tarfile.open(fileobj=fout, mode="w") as tout:
-                    for member in tin:
-                        key = member.name.rpartition("/")[2].partition(".")[0]
-                        if member.isfile() and key in wanted:
-                            data = tin.extractfile(member)
-                            tout.addfile(member, io.BytesIO(data.read()) if data is not None else None)
-                            if member.name.endswith(tuple(f".{e}" for e in IMAGE_EXTS)):
-                                written += 1
+                written = rewrite_shard(f"{source_dir}/{shard}", f"{out_dir}/{shard}", set(keys))
                 yield pa.RecordBatch.from_pydict({"shard": [shard], "n": [written]},
                                                  schema=pa.schema([("shard", pa.string()), ("n", pa.int64())]))
 
@@ -245,7 +265,8 @@ def run_finalize(ctx: StageContext) -> StageCounts:
             counts.drop("eval_contamination", before - n)
 
         index_cols = schemas.load("index").names
-        (current.select(*index_cols).repartition(max(1, len(tars))).sortWithinPartitions("shard", "key")
+        # by shard, not round-robin: which rows land in which file then does not depend on task timing
+        (current.select(*index_cols).repartition(max(1, len(tars)), "shard").sortWithinPartitions("shard", "key")
          .write.mode("overwrite").parquet(f"{ctx.output}/{INDEX_DIR}"))
         sizes = _rewrite_shards(current, ctx.previous, ctx.output, max(1, len(tars)))
     finally:
