@@ -142,15 +142,27 @@ def test_final_shards_index_and_sizes_agree(built):
 
 def test_planted_duplicates_removed_distinct_kept(built):
     out, _, results, _ = built
+    name = lambda url: url.rsplit("/", 1)[1].split("#")[0]  # noqa: E731
+    meta = [r for p in sorted((out / "stages" / "download").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    ok = [r for r in meta if r["status"] == "success"]
+    # downloaded, by hand: the 5 distinct photos, the mirror, the small copy, coffee.png, rocket's second text and
+    # the 4 faults that decode (cmyk, animated, alpha, drip)
+    assert sorted(name(r["url"]) for r in ok) == sorted(
+        [f"{n}.jpg" for n in DISTINCT] + ["astronaut-mirror.jpg", "astronaut-small.jpg", "coffee.png", "rocket.jpg",
+                                          "cmyk.jpg", "animated.gif", "alpha.png", "drip.jpg"])
+    # one picture each, by hand: astronaut and its mirror are the same bytes, as are the two rocket pairs (dedup kept
+    # both texts, finalize keeps one image); astronaut-small and coffee.png are near copies. Each group keeps the
+    # sample with the smallest key (the download's keys follow the seeded shuffle).
+    groups = [{"astronaut.jpg", "astronaut-mirror.jpg", "astronaut-small.jpg"}, {"coffee.jpg", "coffee.png"},
+              {"rocket.jpg"}]
+    survivors = {min((r["key"], name(r["url"]), r["caption"]) for r in ok if name(r["url"]) in g) for g in groups}
+    survivors |= {(r["key"], name(r["url"]), r["caption"]) for r in ok if not any(name(r["url"]) in g for g in groups)}
     index = pq.read_table(out / "stages" / "finalize" / "index.parquet").to_pylist()
-    urls = [r["url"].rsplit("/", 1)[1].split("#")[0] for r in index]
-    # the same bytes (astronaut, astronaut-mirror) and the resized copy collapse to one sample
-    assert sum(u.startswith("astronaut") for u in urls) == 1
-    assert sum(u.startswith("coffee") for u in urls) == 1  # png and jpg of one photo
-    for name in ("chelsea", "rocket", "camera"):
-        assert f"{name}.jpg" in urls
-    dropped = results["finalize"].counts.dropped
-    assert dropped["duplicate_image_sha256"] >= 1 and dropped["near_duplicate_phash"] >= 2
+    assert sorted((r["key"], name(r["url"]), r["text"]) for r in index) == sorted(survivors)
+    assert len(index) == 13 - 4
+    c = results["finalize"].counts
+    assert (c.rows_in, c.rows_out) == (13, 9)
+    assert c.dropped == {"duplicate_image_sha256": 2, "near_duplicate_phash": 2}
 
 
 def test_shards_decode_with_webdataset_and_a_torch_dataloader(built):
