@@ -103,6 +103,8 @@ def main() -> None:
     per_shard = max(100, args.images // (2 * cores))
     sets = ["download.timeout=10", "download.retries=0", f"download.number_sample_per_shard={per_shard}",
             "download.min_image_size=100"]
+    # the images are served on 127.0.0.1, which the network policy refuses unless allowed
+    sets.append("network.allow_addresses=['127.0.0.1']")
     dl_cfg = DownloadConfig(timeout=10, retries=0, number_sample_per_shard=per_shard, min_image_size=100)
     apply_env(dl_cfg)
     work = Path(tempfile.mkdtemp(prefix="bench-download-"))

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
 SETTINGS = ["--set", "download.number_sample_per_shard=40", "--set", "download.thread_count=4",
             "--set", "download.timeout=10", "--set", "balance.t=40", "--set", "querylist.bigram_min_count=3",
-            "--set", "querylist.min_zipf=3.0"]
+            "--set", "querylist.min_zipf=3.0", "--set", "network.allow_addresses=['127.0.0.1']"]
 MEMORY = ("--driver-memory", "1g", "--executor-memory", "1g")
 
 

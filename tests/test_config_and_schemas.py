@@ -26,9 +26,9 @@ def test_yaml_then_flags_then_sets(tmp_path):
     cfg = load_config(cfg_file)
     assert (cfg.output, cfg.input.paths, cfg.extract.max_text_chars) == ("out-a", ["a.warc.gz"], 500)
     cfg = load_config(cfg_file, inputs=["b.warc", "https://x.org/"], output="out-b",
-                      sets=["extract.keep_empty_text=true", "crawl.allow_addresses=['127.0.0.1']"])
+                      sets=["extract.keep_empty_text=true", "network.allow_addresses=['127.0.0.1']"])
     assert cfg.output == "out-b" and cfg.input.paths == ["b.warc"] and cfg.input.seeds == ["https://x.org/"]
-    assert cfg.extract.keep_empty_text is True and cfg.crawl.allow_addresses == ["127.0.0.1"]
+    assert cfg.extract.keep_empty_text is True and cfg.network.allow_addresses == ["127.0.0.1"]
     # the saved config loads back to the same model
     saved = tmp_path / "saved.yaml"
     saved.write_text(cfg.dump_yaml())

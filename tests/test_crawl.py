@@ -26,6 +26,7 @@ from warcio.archiveiterator import ArchiveIterator
 
 from witbuild.config import CrawlConfig
 from witbuild.counters import StageCounts
+from witbuild.network import NetworkConfig
 from witbuild.sources.crawl import _pinned_session, address_allowed, crawl_host, group_seeds_by_host
 from witbuild.sources.warc import iter_records
 
@@ -180,7 +181,6 @@ def site() -> Iterator[Site]:
 
 def cfg(**kw: object) -> CrawlConfig:
     base: dict[str, object] = {
-        "allow_addresses": ["127.0.0.1"],
         "delay_seconds": 0.0,
         "connect_timeout": 2.0,
         "read_timeout": 5.0,
@@ -195,7 +195,8 @@ def cfg(**kw: object) -> CrawlConfig:
 def crawl(site: Site, tmp_path: Path, seeds: list[str] | None = None, **kw: object) -> tuple[StageCounts, Path]:
     counts = StageCounts()
     out = tmp_path / "crawl" / "site.warc.gz"
-    crawl_host(seeds or [site.url("/")], cfg(**kw), str(out), counts)
+    allow = kw.pop("allow_addresses", ["127.0.0.1"])
+    crawl_host(seeds or [site.url("/")], cfg(**kw), str(out), counts, NetworkConfig(allow_addresses=allow))
     return counts, out
 
 

@@ -19,7 +19,7 @@ def test_crawl_then_extract_and_reextract_from_the_warc(tmp_path):
     with DemoWebServer(n_pages=40, seed=5) as web:
         proc = run_job(
             "--input", web.seed_url, "--output", str(out),
-            "--set", "crawl.allow_addresses=['127.0.0.1']", "--set", "crawl.delay_seconds=0.02",
+            "--set", "network.allow_addresses=['127.0.0.1']", "--set", "crawl.delay_seconds=0.02",
             "--set", "crawl.max_depth=10", "--set", "crawl.max_pages_per_host=25",
         )
         fetched = [p for p in web.requests if p.startswith("/pages/") and p.endswith(".html")]

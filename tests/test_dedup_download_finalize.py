@@ -85,7 +85,7 @@ def built(spark, server, tmp_path_factory):
     cfg = load_config(inputs=["unused.warc.gz"], output=str(out), sets=[
         "download.timeout=2", "download.retries=0", "download.number_sample_per_shard=6",
         "download.thread_count=8", "download.image_size=128", "download.max_aspect_ratio=10",
-        "download.min_image_size=100"])
+        "download.min_image_size=100", "network.allow_addresses=['127.0.0.1']"])
     results = {r.name: r for r in run_build(spark, cfg)}
     return out, cfg, results, rows
 

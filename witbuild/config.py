@@ -15,6 +15,7 @@ from witbuild.curate.match import MatchConfig
 from witbuild.curate.querylist import QueryListConfig
 from witbuild.dedup.urls import DedupConfig
 from witbuild.download import DownloadConfig
+from witbuild.network import NetworkConfig
 from witbuild.text.filters import FilterConfig
 from witbuild.text.langid import LangIdConfig
 
@@ -74,11 +75,6 @@ class CrawlConfig(_Section):
     max_page_bytes: int = Field(5_000_000, ge=1024, description="Bodies are cut at this size (WARC-Truncated: length).")
     max_redirects: int = Field(5, ge=0)
     respect_robots: bool = True
-    allow_addresses: list[str] = Field(
-        default_factory=list,
-        description="IPs or CIDRs that may be fetched although private, loopback, link-local or multicast "
-        "(e.g. ['127.0.0.1'] for a local test site). Empty: only public addresses.",
-    )
     warc_dir: str | None = Field(None, description="Where the crawl's WARC files go; default <output>/crawl.")
 
     @property
@@ -97,6 +93,10 @@ class BuildConfig(_Section):
     input: InputConfig = Field(default_factory=InputConfig)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     crawl: CrawlConfig = Field(default_factory=CrawlConfig)
+    network: NetworkConfig = Field(
+        default_factory=NetworkConfig,
+        description="Addresses the crawl and the download stage may reach besides public ones (witbuild/network.py).",
+    )
     filter: FilterConfig = Field(default_factory=FilterConfig)
     langid: LangIdConfig = Field(default_factory=LangIdConfig)
     match: MatchConfig = Field(default_factory=MatchConfig)
@@ -109,6 +109,17 @@ class BuildConfig(_Section):
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        """A key that moved gets an error naming its new place, not a bare 'extra inputs are not permitted'."""
+        crawl = data.get("crawl") if isinstance(data, dict) else None
+        if isinstance(crawl, dict) and "allow_addresses" in crawl:
+            raise ValueError("crawl.allow_addresses moved to network.allow_addresses (one policy for the crawl "
+                             "and the download stage): write network: {allow_addresses: [...]} or "
+                             "--set network.allow_addresses=[...]")
+        return data
 
     @model_validator(mode="after")
     def _has_input(self) -> BuildConfig:

@@ -1,11 +1,17 @@
-"""Image download with img2dataset's real downloader: its options, and its failures by class."""
+"""Image download with img2dataset's real downloader: its options, the network policy around it, and its
+failures by class."""
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from witbuild.network import BLOCKED_ADDRESS, Policy, allow_tuple, guarded_urlopen, url_refusal
 
 # img2dataset decodes with OpenCV; OpenCV's own pixel cap stops a decompression bomb before it
 # allocates gigabytes (PIL's default cap is the same order: 89,478,485 pixels).
@@ -55,6 +61,7 @@ def apply_env(cfg: DownloadConfig) -> None:
 _ERROR_CLASSES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(pattern, re.IGNORECASE))
     for name, pattern in (
+        (BLOCKED_ADDRESS, r"blocked[ _]address"),  # first: its message names the address, which may look like others
         ("opted_out", r"opt(ed)?[- ]?out|x-robots-tag|noai"),
         ("http_404", r"\b404\b"),
         ("http_403", r"\b403\b"),
@@ -80,3 +87,78 @@ def error_class(message: str | None) -> str:
         if pattern.search(message):
             return name
     return "other"
+
+
+# ------------------------------------------------------------------------------------------------ network policy
+
+
+class GuardedDownloader:
+    """img2dataset's ``Downloader`` with the build's network policy around every shard it downloads.
+
+    img2dataset pickles its downloader to the processes that open the sockets (Spark's Python workers with
+    ``distributor="pyspark"``, spawned processes with ``"multiprocessing"``), so a guard installed in the
+    driver would not reach them; this wrapper is pickled in its place and installs the guarded urllib opener
+    in that process, around the call that runs the download threads."""
+
+    def __init__(self, inner: Callable[[Any], Any], allow: tuple[str, ...]) -> None:
+        self.inner = inner
+        self.allow = allow
+
+    def __call__(self, row: Any) -> Any:
+        with guarded_urlopen(self.allow):
+            return self.inner(row)
+
+
+_DISTRIBUTORS = ("pyspark_distributor", "multiprocessing_distributor")
+
+
+@contextmanager
+def img2dataset_guarded(policy: Policy) -> Iterator[None]:
+    """Within the block, ``img2dataset.download`` hands its distributor a :class:`GuardedDownloader`.
+
+    img2dataset has no hook for the downloader itself, but ``download()`` looks its distributor function
+    up in ``img2dataset.main`` when called; wrapping that function (and restoring it afterwards) keeps
+    img2dataset's own code and options untouched."""
+    import importlib
+
+    # ``import img2dataset.main`` would give the package's ``main`` function, which shadows the module's name
+    i2d_main = importlib.import_module("img2dataset.main")
+    allow = allow_tuple(policy)
+    originals = {name: getattr(i2d_main, name) for name in _DISTRIBUTORS}
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def distributor(processes_count: Any, downloader: Any, *args: Any, **kw: Any) -> Any:
+            return fn(processes_count, GuardedDownloader(downloader, allow), *args, **kw)
+        return distributor
+
+    for name, fn in originals.items():
+        setattr(i2d_main, name, wrap(fn))
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(i2d_main, name, fn)
+
+
+def drop_refused_urls(fs: Any, src: str, dst: str, policy: Policy) -> tuple[int, int]:
+    """Copy the Parquet files of folder ``src`` to ``dst`` without the rows whose URL host the policy refuses
+    literally (no DNS); returns (rows kept, rows refused). Each file keeps its name and row order, so
+    img2dataset cuts the same shards from the copy on every run (its incremental mode relies on that)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    allow = allow_tuple(policy)
+    fs.makedirs(dst, exist_ok=True)
+    kept = refused = 0
+    for path in sorted(fs.glob(f"{src.rstrip('/')}/*.parquet")):
+        with fs.open(path, "rb") as fh:
+            table = pq.read_table(fh)
+        mask = [url_refusal(u, allow) is None for u in table.column("url").to_pylist()]
+        n_ok = sum(mask)
+        kept += n_ok
+        refused += len(mask) - n_ok
+        if n_ok < len(mask):
+            table = table.filter(pa.array(mask, pa.bool_()))
+        with fs.open(f"{dst}/{path.rsplit('/', 1)[-1]}", "wb") as fh:
+            pq.write_table(table, fh)
+    return kept, refused

@@ -51,10 +51,10 @@ def demo_image(path: str) -> bytes | None:
 
 
 def demo_job_settings(n_pages: int) -> list[str]:
-    """The ``--set`` arguments a build of the demo web needs: crawling 127.0.0.1 allowed, no politeness delay,
-    every page within the crawl budget and within reach (a page links at most ~30 pages ahead, so the last one is
-    n_pages / 30 links deep)."""
-    return ["--set", "crawl.allow_addresses=['127.0.0.1']", "--set", "crawl.delay_seconds=0",
+    """The ``--set`` arguments a build of the demo web needs: 127.0.0.1 allowed by the network policy (the crawl
+    and the image downloads reach the demo server there), no politeness delay, every page within the crawl budget
+    and within reach (a page links at most ~30 pages ahead, so the last one is n_pages / 30 links deep)."""
+    return ["--set", "network.allow_addresses=['127.0.0.1']", "--set", "crawl.delay_seconds=0",
             "--set", f"crawl.max_pages_per_host={n_pages}", "--set", f"crawl.max_depth={max(50, n_pages)}"]
 
 

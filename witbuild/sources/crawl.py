@@ -2,7 +2,8 @@
 
 The crawl's output is an ordinary WARC, so the extract stage reads crawled pages exactly like
 Common Crawl files. Politeness (robots.txt per RFC 9309, a minimum gap between requests, an
-identifying User-Agent) and safety (no private/loopback/link-local targets, the checked address
+identifying User-Agent) and safety (the build's network policy of witbuild/network.py: no
+private/loopback/link-local targets unless ``network.allow_addresses`` names them, the checked address
 pinned for the connection, byte and wall-clock caps per response) are enforced here, on every
 request including redirect hops and robots.txt itself.
 """
@@ -10,7 +11,6 @@ request including redirect hops and robots.txt itself.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import socket
@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import lru_cache, partial
+from functools import partial
 from io import BytesIO
 from typing import Any
 from urllib.parse import urldefrag, urlsplit, urlunsplit
@@ -39,6 +39,7 @@ from warcio.warcwriter import WARCWriter
 from witbuild import __version__
 from witbuild.config import CrawlConfig
 from witbuild.counters import StageCounts
+from witbuild.network import NetworkConfig, address_allowed, allow_networks, host_refusal
 from witbuild.sources.html import decode_html, is_html
 from witbuild.sources.urls import resolve
 
@@ -55,70 +56,6 @@ _FRONTIER_FACTOR = 4  # queue at most this many URLs per page of budget, against
 
 # --------------------------------------------------------------------------------------------
 # Addresses and URLs
-
-
-@lru_cache(maxsize=64)
-def _allow_networks(allow: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """The allow list parsed once; a bad entry is a configuration error, not a silent no-op."""
-    nets = []
-    for entry in allow:
-        try:
-            nets.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError as exc:
-            raise ValueError(f"allow_addresses: {entry!r} is not an IP address or CIDR") from exc
-    return tuple(nets)
-
-
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-def _effective_addresses(
-    addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
-) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """The addresses a connection to ``addr`` really reaches, all of which must be acceptable.
-
-    IPv4-mapped and NAT64 addresses are judged by the IPv4 address they stand for (Python's
-    flags call every ``::ffff:a.b.c.d`` reserved); 6to4 and Teredo by both the outer and the
-    embedded address, so ``2002:0a00:0001::`` cannot smuggle in 10.0.0.1.
-    """
-    if isinstance(addr, ipaddress.IPv4Address):
-        return [addr]
-    if addr.ipv4_mapped is not None:
-        return [addr.ipv4_mapped]
-    if addr in _NAT64:
-        return [ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)]
-    if addr.sixtofour is not None:
-        return [addr, addr.sixtofour]
-    if addr.teredo is not None:
-        return [addr, addr.teredo[1]]
-    return [addr]
-
-
-def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return not (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-        or not ip.is_global  # shared address space (100.64/10), benchmarking, documentation ranges, ...
-    )
-
-
-def address_allowed(ip: str, allow: list[str]) -> bool:
-    """Whether the crawler may connect to ``ip``: public addresses yes; private, loopback,
-    link-local, multicast, reserved and unspecified ones (IPv4 or IPv6, IPv4-mapped included)
-    only when inside an ``allow`` entry (IP or CIDR). Unparseable input is refused."""
-    try:
-        addr = ipaddress.ip_address(ip.strip().split("%", 1)[0])  # drop an IPv6 zone id
-    except ValueError:
-        return False
-    effective = _effective_addresses(addr)
-    nets = _allow_networks(tuple(allow))
-    if any(a.version == net.version and a in net for a in (addr, *effective) for net in nets):
-        return True
-    return all(_is_public(a) for a in effective)
 
 
 def _split_origin(url: str) -> tuple[str, str, int] | None:
@@ -333,6 +270,7 @@ class _HostCrawl:
     counts: StageCounts
     writer: WARCWriter
     key: str
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     ua_token: str = field(init=False)
     robots: _Robots = field(default_factory=_Robots)
     delay: float = 0.0
@@ -394,6 +332,9 @@ class _HostCrawl:
         if origin is None:
             raise _Refused("non_http_url", f"not an http(s) URL: {url}")
         _, host, port = origin
+        literal = host_refusal(host, self.network)
+        if literal is not None:
+            raise _Refused("address_refused", f"{host} is a refused address ({literal})")
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
@@ -401,7 +342,7 @@ class _HostCrawl:
         ips = list(dict.fromkeys(str(info[4][0]) for info in infos))
         if not ips:
             raise _Refused("dns_error", f"no address for {host}")
-        bad = [ip for ip in ips if not address_allowed(ip, self.cfg.allow_addresses)]
+        bad = [ip for ip in ips if not address_allowed(ip, self.network)]
         if bad:
             raise _Refused("address_refused", f"{host} resolves to a refused address {bad[0]}")
         return ips[0]
@@ -660,16 +601,18 @@ class _HostCrawl:
                 log.exception("error crawling %s", url)
 
 
-def crawl_host(seeds: list[str], cfg: CrawlConfig, warc_path: str, counts: StageCounts) -> None:
+def crawl_host(seeds: list[str], cfg: CrawlConfig, warc_path: str, counts: StageCounts,
+               network: NetworkConfig | None = None) -> None:
     """Crawl one host starting from seeds (all on that host), same-host links up to cfg.max_depth hops and
     cfg.max_pages_per_host pages, writing a gzip WARC (warcinfo, then request+response records per fetch) to
     warc_path (written to warc_path + '.tmp' then os.replace, so a killed crawl never leaves a half file under
-    the final name)."""
+    the final name). ``network`` is the build's address policy (default: public addresses only)."""
+    network = network if network is not None else NetworkConfig()
     groups = group_seeds_by_host(seeds)
     if len(groups) != 1:
         raise ValueError(f"crawl_host needs seeds of exactly one host, got {sorted(groups) or 'none'}")
     (key, host_seeds), = groups.items()
-    _allow_networks(tuple(cfg.allow_addresses))  # a bad allow entry fails here, before any file is opened
+    allow_networks(tuple(network.allow_addresses))  # a bad allow entry fails here, before any file is opened
     parent = os.path.dirname(warc_path)
     if parent:
         os.makedirs(parent, exist_ok=True)
@@ -685,7 +628,7 @@ def crawl_host(seeds: list[str], cfg: CrawlConfig, warc_path: str, counts: Stage
                 "robots": "classic" if cfg.respect_robots else "ignore",
                 "description": f"live crawl of {key}",
             }))
-            _HostCrawl(cfg=cfg, counts=counts, writer=writer, key=key).run(host_seeds)
+            _HostCrawl(cfg=cfg, counts=counts, writer=writer, key=key, network=network).run(host_seeds)
         os.replace(tmp, warc_path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -5,6 +5,11 @@ img2dataset writes ``{shard}.tar`` (successes), ``{shard}.parquet`` (every input
 temporary folder survives a killed build, and img2dataset's incremental mode skips shards that
 have their stats file, so a re-run fetches only the unfinished shards; a shard cut mid-way has no
 stats file and is redone from scratch, so every sample ends up in exactly one tar.
+
+The build's network policy (``network:``, witbuild/network.py) is applied twice: rows whose URL host is a
+refused address in any spelling are dropped before img2dataset sees them (``blocked_address`` in the
+funnel, never fetched), and in the processes that open the sockets every connection, redirect hops
+included, is checked on the address it really goes to (img2dataset records ``blocked address: ...``).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from witbuild.counters import StageCounts
-from witbuild.download import apply_env, error_class
+from witbuild.download import apply_env, drop_refused_urls, error_class, img2dataset_guarded
+from witbuild.network import BLOCKED_ADDRESS
 from witbuild.spark import fs_and_path
 
 if TYPE_CHECKING:
@@ -50,8 +56,40 @@ def run_download(ctx: StageContext) -> StageCounts:
     fs, out = fs_and_path(ctx.output)
     fs.makedirs(out, exist_ok=True)
     forget_damaged_shards(fs, out)
+    # a sibling of the (resumable) temporary folder: img2dataset's own files stay alone in ``out``
+    allowed_dir = f"{out.rstrip('/')}.input"
+    if fs.exists(allowed_dir):
+        fs.rm(allowed_dir, recursive=True)
+    kept, blocked = drop_refused_urls(fs, fs_and_path(ctx.previous)[1], allowed_dir, ctx.cfg.network)
+    if blocked:
+        log.warning("download: %d rows name a refused address (network.allow_addresses) and are not fetched",
+                    blocked)
+    if kept:
+        with img2dataset_guarded(ctx.cfg.network):
+            _img2dataset(img2dataset, fs.unstrip_protocol(allowed_dir), ctx)
+    fs.rm(allowed_dir, recursive=True)
+    # the funnel, from the shard metadata img2dataset wrote (every input row is in one of them)
+    names = sorted(fs.ls(out, detail=False))
+    parquets = [fs.unstrip_protocol(p) for p in names if p.endswith(".parquet")]
+    rows = (ctx.spark.read.parquet(*parquets).groupBy("status", "error_message").count().collect()
+            if parquets else [])
+    counts = StageCounts(rows_in=blocked)
+    counts.drop(BLOCKED_ADDRESS, blocked)
+    for r in rows:
+        counts.rows_in += r["count"]
+        if r["status"] == "success":
+            counts.rows_out += r["count"]
+        else:
+            counts.drop(error_class(r["error_message"]), r["count"])
+    n_tars = sum(1 for p in names if p.endswith(".tar"))
+    counts.info.update({"shards": n_tars, "image_size": cfg.image_size, "resize_mode": cfg.resize_mode})
+    return counts
+
+
+def _img2dataset(img2dataset: Any, url_list: str, ctx: StageContext) -> None:
+    cfg = ctx.cfg.download
     img2dataset.download(
-        url_list=ctx.previous,
+        url_list=url_list,
         input_format="parquet",
         url_col="url",
         caption_col="text",
@@ -79,18 +117,3 @@ def run_download(ctx: StageContext) -> StageCounts:
         incremental_mode="incremental",
         max_shard_retry=1,
     )
-    # the funnel, from the shard metadata img2dataset wrote (every input row is in one of them)
-    names = sorted(fs.ls(out, detail=False))
-    parquets = [fs.unstrip_protocol(p) for p in names if p.endswith(".parquet")]
-    rows = (ctx.spark.read.parquet(*parquets).groupBy("status", "error_message").count().collect()
-            if parquets else [])
-    counts = StageCounts()
-    for r in rows:
-        counts.rows_in += r["count"]
-        if r["status"] == "success":
-            counts.rows_out += r["count"]
-        else:
-            counts.drop(error_class(r["error_message"]), r["count"])
-    n_tars = sum(1 for p in names if p.endswith(".tar"))
-    counts.info.update({"shards": n_tars, "image_size": cfg.image_size, "resize_mode": cfg.resize_mode})
-    return counts

@@ -68,7 +68,7 @@ def run_crawl(ctx: StageContext) -> tuple[list[str], StageCounts]:
         else:
             todo.append((host, json.dumps(host_seeds), warc))
     if todo:
-        crawl_cfg = cfg.crawl
+        crawl_cfg, network_cfg = cfg.crawl, cfg.network
 
         def crawl_task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             from witbuild.sources.crawl import crawl_host
@@ -77,7 +77,7 @@ def run_crawl(ctx: StageContext) -> tuple[list[str], StageCounts]:
                 for host, seeds_json, warc in zip(*(batch.column(i).to_pylist() for i in range(3)), strict=True):
                     counts = StageCounts()
                     try:
-                        crawl_host(json.loads(seeds_json), crawl_cfg, warc, counts)
+                        crawl_host(json.loads(seeds_json), crawl_cfg, warc, counts, network_cfg)
                         counts.event("crawl_hosts")
                     except Exception:  # one host's failure must not fail the others
                         log.exception("crawl of %s failed", host)

@@ -1,0 +1,352 @@
+"""One network policy for the whole build: which addresses the crawl and the download stage may reach.
+
+Every URL we fetch was written by a stranger, so a page can name ``http://169.254.169.254/`` (cloud
+metadata), ``http://10.0.0.5/admin`` or ``http://2130706433/`` (127.0.0.1 spelled as one number). The
+policy refuses loopback, private, link-local, carrier-grade NAT, multicast, unspecified/broadcast,
+reserved and unique-local addresses, and IPv6 forms that embed a refused IPv4 address, unless an entry of
+``network.allow_addresses`` names them. It is enforced twice:
+
+- before any request, on the URL's literal host (:func:`host_refusal`, no DNS): numeric hosts are parsed
+  the way resolvers (``inet_aton``) and browsers read them, so no spelling of a refused address slips by;
+- at connect time, on the addresses a name really resolves to (:func:`guarded_create_connection`): a
+  public-looking name that resolves to 10.x (DNS rebinding), or a redirect to a refused address, is
+  stopped at the socket, and the connection goes to the address that was checked, never to a second
+  resolution.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import re
+import socket
+import unicodedata
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache, partial
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: The drop reason (funnel) and error class (img2dataset's error_message) of a refused address.
+BLOCKED_ADDRESS = "blocked_address"
+#: Names every resolver maps to loopback: judged as 127.0.0.1 whatever DNS says.
+LOCALHOST_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+# Dots that IDNA (and so the resolver) reads as '.': ideographic, fullwidth and halfwidth full stops.
+_IDNA_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+_HEX_PART = re.compile(r"0x[0-9a-f]*\Z")
+
+
+class NetworkConfig(BaseModel):
+    """The ``network:`` section: addresses the build may reach although they are not public."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    allow_addresses: list[str] = Field(
+        default_factory=list,
+        description="IPs or CIDRs that the crawl and the download stage may reach although loopback, private, "
+        "link-local, CGNAT, multicast or reserved (e.g. ['127.0.0.1'] for a local test site, ['10.1.2.0/24'] "
+        "for an on-premise image mirror). Empty: only public addresses.",
+    )
+
+    @field_validator("allow_addresses")
+    @classmethod
+    def _valid_entries(cls, v: list[str]) -> list[str]:
+        allow_networks(tuple(v))  # a bad entry is a config error here, not a silent no-op later
+        return v
+
+
+Policy = NetworkConfig | Sequence[str]
+
+
+def allow_tuple(policy: Policy) -> tuple[str, ...]:
+    if isinstance(policy, NetworkConfig):
+        return tuple(policy.allow_addresses)
+    if isinstance(policy, str):
+        raise TypeError("policy: a NetworkConfig or a list of IPs/CIDRs, not one string")
+    return tuple(policy)
+
+
+@lru_cache(maxsize=64)
+def allow_networks(allow: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    """The allow list parsed once; a bad entry is a configuration error, not a silent no-op."""
+    nets = []
+    for entry in allow:
+        try:
+            nets.append(ipaddress.ip_network(str(entry).strip(), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"allow_addresses: {entry!r} is not an IP address or CIDR") from exc
+    return tuple(nets)
+
+
+def effective_addresses(addr: IPAddress) -> list[IPAddress]:
+    """The addresses a connection to ``addr`` really reaches, all of which must be acceptable.
+
+    IPv4-mapped, IPv4-compatible and NAT64 addresses are judged by the IPv4 address they stand for
+    (Python's flags call every ``::ffff:a.b.c.d`` reserved); 6to4 and Teredo by both the outer and the
+    embedded address, so ``2002:0a00:0001::`` cannot smuggle in 10.0.0.1 (the embedded one first, so that
+    a refusal names it).
+    """
+    if isinstance(addr, ipaddress.IPv4Address):
+        return [addr]
+    if addr.ipv4_mapped is not None:
+        return [addr.ipv4_mapped]
+    if addr in _NAT64:
+        return [ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)]
+    if addr in _IPV4_COMPATIBLE and int(addr) > 1:  # ::a.b.c.d (deprecated); :: and ::1 are themselves
+        return [ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF), addr]
+    if addr.sixtofour is not None:
+        return [addr.sixtofour, addr]
+    if addr.teredo is not None:
+        return [addr.teredo[1], addr]
+    return [addr]
+
+
+def _range_refusal(ip: IPAddress) -> str | None:
+    """Why ``ip`` (one address, no embedding) is not public; None when it is."""
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link_local"
+    if ip.is_multicast:
+        return "multicast"
+    if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
+        return "cgnat"
+    if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "broadcast"
+    if isinstance(ip, ipaddress.IPv6Address) and ip in ipaddress.IPv6Network("fc00::/7"):
+        return "unique_local"
+    if ip.is_reserved:
+        return "reserved"
+    if ip.is_private:
+        return "private"
+    if not ip.is_global:  # documentation, benchmarking and other special-purpose ranges
+        return "not_global"
+    return None
+
+
+def address_refusal(ip: str | IPAddress, policy: Policy = ()) -> str | None:
+    """Why the build may not connect to ``ip`` (e.g. ``'loopback'``), or None when it may: public addresses
+    yes; the others only inside an entry of the policy's allow list. Unparseable input is refused."""
+    try:
+        addr = ip if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address) else \
+            ipaddress.ip_address(str(ip).strip().split("%", 1)[0])  # an IPv6 zone id does not change the address
+    except ValueError:
+        return "not_an_address"
+    effective = effective_addresses(addr)
+    nets = allow_networks(allow_tuple(policy))
+    if any(a.version == net.version and a in net for a in (addr, *effective) for net in nets):
+        return None
+    for a in effective:
+        reason = _range_refusal(a)
+        if reason is not None:
+            return reason
+    return None
+
+
+def address_allowed(ip: str | IPAddress, policy: Policy = ()) -> bool:
+    """Whether the build may connect to ``ip`` under ``policy`` (a NetworkConfig or an allow list)."""
+    return address_refusal(ip, policy) is None
+
+
+def _ipv4_part(part: str) -> int | None:
+    """One dotted part as ``inet_aton`` reads it: 0x.. hex, 0.. octal, else decimal; None if invalid."""
+    if _HEX_PART.match(part):
+        return int(part[2:], 16) if len(part) > 2 else 0
+    if not part.isascii() or not part.isdigit():
+        return None
+    if len(part) > 1 and part[0] == "0":
+        return int(part, 8) if all(c in "01234567" for c in part) else None
+    return int(part)
+
+
+def numeric_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a numeric host stands for, in every spelling resolvers accept: ``2130706433``,
+    ``0177.0.0.1``, ``0x7f.0.0.1``, ``127.1``. None when the host is a name (its last label is not a
+    number). A host whose last label is a number but that is no valid address raises ValueError (the
+    WHATWG URL rule: such a host is never a name)."""
+    parts = host.split(".")
+    last = parts[-1]
+    if not (_HEX_PART.match(last) or (last.isascii() and last.isdigit())):
+        return None
+    values = [_ipv4_part(p) for p in parts]
+    if len(parts) > 4 or any(v is None for v in values):
+        raise ValueError(f"{host!r} is numeric but not an IPv4 address")
+    nums = [v for v in values if v is not None]
+    if any(v > 255 for v in nums[:-1]) or nums[-1] >= 256 ** (5 - len(nums)):
+        raise ValueError(f"{host!r} is out of the IPv4 range")
+    value = nums[-1]
+    for i, v in enumerate(nums[:-1]):
+        value += v << (8 * (3 - i))
+    return ipaddress.IPv4Address(value)
+
+
+def normalize_host(host: str) -> str:
+    """The host as the resolver will see it: IDNA's full stops and fullwidth digits folded (NFKC), lower
+    case, no brackets, no trailing dots."""
+    h = unicodedata.normalize("NFKC", host.translate(_IDNA_DOTS)).strip().lower()
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    return h.rstrip(".")
+
+
+@lru_cache(maxsize=65536)
+def _host_refusal(host: str, allow: tuple[str, ...]) -> str | None:
+    h = normalize_host(host)
+    if not h:
+        return "no_host"
+    if h in LOCALHOST_NAMES or h.endswith(".localhost"):
+        return None if address_allowed("127.0.0.1", allow) else "localhost_name"
+    if ":" in h:
+        try:
+            addr: IPAddress = ipaddress.IPv6Address(h.split("%", 1)[0])
+        except ValueError:
+            return "invalid_ipv6_host"
+        return address_refusal(addr, allow)
+    try:
+        v4 = numeric_ipv4(h)
+    except ValueError:
+        return "invalid_numeric_host"
+    return None if v4 is None else address_refusal(v4, allow)
+
+
+def host_refusal(host: str, policy: Policy = ()) -> str | None:
+    """Why a URL host may not be fetched, from the host alone (no DNS): a literal address outside the
+    policy in any spelling, ``localhost`` names, a numeric host that is no valid address. None for names
+    (they are checked again on the resolved addresses at connect time) and allowed addresses."""
+    return _host_refusal(host, allow_tuple(policy))
+
+
+def url_refusal(url: str | None, policy: Policy = ()) -> str | None:
+    """:func:`host_refusal` of a URL's host; a URL without a host (or unparseable) is refused. Parsers
+    disagree on odd URLs (``user@host@host``, backslashes); the connect-time check covers whatever host
+    urllib finally connects to."""
+    if not url:
+        return "no_host"
+    try:
+        host = urlsplit(url.strip()).hostname
+    except ValueError:
+        return "unparseable_url"
+    if not host:
+        return "no_host"
+    return host_refusal(host, policy)
+
+
+# ------------------------------------------------------------------------------------------- connect time
+
+
+class BlockedAddressError(ConnectionError):
+    """A connection the network policy refuses; its message starts with 'blocked address' so that the
+    download stage's error classes count it as ``blocked_address``."""
+
+
+def checked_addresses(host: str, port: int, policy: Policy = ()) -> list[tuple[Any, ...]]:
+    """``getaddrinfo`` results for (host, port), all of them allowed; BlockedAddressError if the host is
+    refused literally or ANY resolved address is refused (a host that also resolves to 10.x is hostile)."""
+    allow = allow_tuple(policy)
+    reason = host_refusal(host, allow)
+    if reason is not None:
+        raise BlockedAddressError(f"blocked address: host {host} refused ({reason}); see network.allow_addresses")
+    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    for info in infos:
+        ip = str(info[4][0])
+        reason = address_refusal(ip, allow)
+        if reason is not None:
+            raise BlockedAddressError(f"blocked address: {host} resolves to {ip} ({reason}); "
+                                      "see network.allow_addresses")
+    return infos
+
+
+def guarded_create_connection(address: tuple[str, int], timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT,  # type: ignore[attr-defined]
+                              source_address: tuple[str, int] | None = None, *, allow: tuple[str, ...] = (),
+                              **_: Any) -> socket.socket:
+    """``socket.create_connection`` that connects only to addresses the policy allows: it resolves once,
+    checks every address, and connects to a checked sockaddr (no second lookup a rebinding DNS could
+    answer differently)."""
+    host, port = address
+    infos = checked_addresses(host, port, allow)
+    error: OSError | None = None
+    for af, socktype, proto, _canon, sa in infos:
+        sock = None
+        try:
+            sock = socket.socket(af, socktype, proto)
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sa)
+            return sock
+        except OSError as exc:
+            error = exc
+            if sock is not None:
+                sock.close()
+    raise error if error is not None else OSError(f"getaddrinfo returned no address for {host}")
+
+
+class _GuardedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, allow: tuple[str, ...] = (), **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._create_connection = partial(guarded_create_connection, allow=allow)
+
+
+class _GuardedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, allow: tuple[str, ...] = (), **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._create_connection = partial(guarded_create_connection, allow=allow)
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, allow: tuple[str, ...]) -> None:
+        super().__init__()
+        self.allow = allow
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(partial(_GuardedHTTPConnection, allow=self.allow), req)  # type: ignore[arg-type]
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, allow: tuple[str, ...]) -> None:
+        super().__init__()
+        self.allow = allow
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(partial(_GuardedHTTPSConnection, allow=self.allow), req,  # type: ignore[arg-type]
+                            context=self._context)  # type: ignore[attr-defined]
+
+
+def guarded_opener(policy: Policy = ()) -> urllib.request.OpenerDirector:
+    """A urllib opener whose every connection, redirect hops included, goes through the policy. Only
+    http and https: ftp, file and data URLs (reachable by redirect in urllib's default opener) are not
+    handled at all."""
+    allow = allow_tuple(policy)
+    allow_networks(allow)
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), _GuardedHTTPHandler(allow),
+                    _GuardedHTTPSHandler(allow), urllib.request.HTTPDefaultErrorHandler(),
+                    urllib.request.HTTPRedirectHandler(), urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
+@contextmanager
+def guarded_urlopen(policy: Policy = ()) -> Iterator[urllib.request.OpenerDirector]:
+    """Within the block, ``urllib.request.urlopen`` (what img2dataset's downloader calls from its threads)
+    uses :func:`guarded_opener`; the process's previous opener comes back afterwards."""
+    previous = urllib.request._opener  # type: ignore[attr-defined]
+    opener = guarded_opener(policy)
+    urllib.request.install_opener(opener)
+    try:
+        yield opener
+    finally:
+        urllib.request.install_opener(previous)
