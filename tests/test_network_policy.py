@@ -147,6 +147,24 @@ def test_blocked_message_is_its_own_error_class() -> None:
     assert error_class("<urlopen error [Errno 111] Connection refused>") == "connection"
 
 
+def test_stats_count_rows_blocked_before_img2dataset() -> None:
+    """Rows refused before the download are in the funnel only; ``witbuild stats`` adds them to the failures."""
+    from collections import Counter
+
+    from witbuild.stats.collect import DownloadStats, _download_section
+
+    d = DownloadStats(rows=3, status=Counter({"success": 1, "failed_to_download": 2}),
+                      messages=Counter({"<urlopen error blocked address: 10.0.0.1 (private)>": 1,
+                                        "HTTP Error 404: Not Found": 1}))
+    funnel = [{"stage": "download", "rows_in": 7, "rows_out": 1, "rows_dropped": 6,
+               "dropped": {"blocked_address": 5, "http_404": 1}}]
+    section = _download_section(d, funnel)
+    assert section is not None and (section["rows"], section["success"], section["failed"]) == (7, 1, 6)
+    assert [(f["class"], f["count"]) for f in section["failures_by_class"]] == [("blocked_address", 5), ("http_404", 1)]
+    plain = _download_section(d, None)
+    assert plain is not None and plain["rows"] == 3 and plain["failures_by_class"][0]["count"] == 1
+
+
 # --------------------------------------------------------------------------------------------
 # Connect time, in this process: a counting server on 127.0.0.1 and one on 127.0.0.2
 

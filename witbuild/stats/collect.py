@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from witbuild import __version__
 from witbuild.config import STAGES
 from witbuild.download import error_class
+from witbuild.network import BLOCKED_ADDRESS
 from witbuild.stats.dists import IntDist, RatioDist, concentration, rank_frequency
 from witbuild.stats.options import TarCheck
 from witbuild.stats.textlen import char_counts, word_counts
@@ -753,14 +754,22 @@ def _download_section(d: DownloadStats, funnel: list[dict[str, Any]] | None) -> 
         cls = error_class(msg)
         by_class[cls] += n
         examples.setdefault(cls, []).append((n, "" if msg is None else str(msg)))
-    failed = d.rows - success
+    # rows the network policy refused before img2dataset saw them: in the funnel, not in the shard metadata
+    stage = next((s for s in funnel or [] if s["stage"] == "download"), None)
+    early = 0 if stage is None else min(max(0, stage["rows_in"] - d.rows),
+                                        int(stage["dropped"].get(BLOCKED_ADDRESS, 0)))
+    if early:
+        by_class[BLOCKED_ADDRESS] += early
+        examples.setdefault(BLOCKED_ADDRESS, []).append((early, "refused before any request (network policy)"))
+    rows = d.rows + early
+    failed = rows - success
     failures = []
     for cls, n in sorted(by_class.items(), key=lambda kv: (-kv[1], kv[0])):
         ex = sorted(examples[cls], key=lambda e: (-e[0], e[1]))[:EXAMPLES_PER_CLASS]
         failures.append({"class": cls, "count": n, "share": round(n / failed, 6) if failed else 0.0,
                          "examples": [{"message": m[:300], "count": c} for c, m in ex]})
-    return {"source": "shard metadata (status, error_message)", "rows": d.rows, "success": success,
-            "failed": failed, "success_rate": round(success / d.rows, 6),
+    return {"source": "shard metadata (status, error_message)" + (", build report (blocked_address)" if early else ""),
+            "rows": rows, "success": success, "failed": failed, "success_rate": round(success / rows, 6),
             "status": {str(k): int(v) for k, v in sorted(d.status.items(), key=lambda kv: -kv[1])},
             "failures_by_class": failures}
 
