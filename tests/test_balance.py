@@ -41,6 +41,7 @@ def pool() -> tuple[np.ndarray, list[str], list[list[int]], np.ndarray]:
     return counts, uids, matched, entry_of_pair
 
 
+@pytest.mark.slow  # the ~1.1M-pair pool
 def test_kept_per_entry_is_min_count_t(pool) -> None:
     counts, uids, matched, entry_of_pair = pool
     t = 1000
@@ -64,6 +65,7 @@ def test_kept_per_entry_is_min_count_t(pool) -> None:
     assert np.abs(z[counts > t]).max() > 0.5
 
 
+@pytest.mark.slow  # the ~1.1M-pair pool
 def test_same_seed_same_output_other_seed_different(pool) -> None:
     counts, uids, matched, entry_of_pair = pool
     sub = slice(0, 300_000)
@@ -137,6 +139,7 @@ def test_keep_probabilities_matches_scalar_on_random_lists() -> None:
     np.testing.assert_allclose(vec, [keep_probability(m, p) for m in matched], atol=1e-12)
 
 
+@pytest.mark.slow  # the ~1.1M-pair pool
 def test_solve_t_hits_target(pool) -> None:
     counts, uids, matched, _ = pool
     target = 30_000

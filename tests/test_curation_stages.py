@@ -15,7 +15,7 @@ from witbuild.demo.web import generate_pages, write_warc
 from witbuild.pipeline import run_build
 from witbuild.text.filters import check_text
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.slow, pytest.mark.spark]  # whole curation builds: ~2 min on 2 cores
 
 QUERIES = ["cat", "dog", "house", "red", "old", "bridge", "lake", "the city", "a", "the", "photo", "in",
            "small", "garden", "boat", "", "cat", "Старый мост"]

@@ -449,6 +449,7 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+@pytest.mark.slow  # starts headless Chromium: 13-21 s measured
 def test_html_report_renders_in_headless_chromium(build: Path, tmp_path: Path) -> None:
     browser = _chromium()
     if browser is None:
@@ -577,6 +578,7 @@ def test_stats_error_is_the_api_error(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ real img2dataset
 
 
+@pytest.mark.slow  # a real img2dataset run: 10-45 s measured
 @pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")
 def test_real_img2dataset_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """img2dataset's own writer against the demo image server: every number checked against its Parquet."""

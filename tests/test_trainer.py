@@ -148,6 +148,7 @@ def test_shards_without_captions_are_a_clear_error(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains in a subprocess
 def test_damaged_tar_and_sample_are_skipped_and_counted(shards, tmp_path):
     folder = tmp_path / "damaged"
     write_shards(folder, 3, 24)
@@ -212,6 +213,7 @@ def test_resume_after_sigkill_continues_the_same_curve(shards, tmp_path):
         torch.testing.assert_close(final_b["model"][k], v, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # trains in a subprocess
 def test_checkpoint_loads_weights_only_and_evaluates(shards, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run(train_cmd(shards, run, "--set", "steps=4", "--set", "checkpoint_every=2",
@@ -246,6 +248,7 @@ def test_checkpoint_loads_weights_only_and_evaluates(shards, tmp_path):
     assert bad.returncode == 2 and "checkpoint not found" in bad.stderr
 
 
+@pytest.mark.slow  # trains in a subprocess
 def test_siglip_run_learns_its_bias_and_resumes_with_it(shards, tmp_path):
     run = tmp_path / "siglip"
     base = ["--set", "loss=siglip", "--set", "steps=3", "--set", "data.holdout_shards=0"]
@@ -261,6 +264,7 @@ def test_siglip_run_learns_its_bias_and_resumes_with_it(shards, tmp_path):
     assert [int(r["step"]) for r in read_log(run)] == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow  # trains in a subprocess
 def test_a_stream_of_unusable_samples_is_an_error_not_a_hang(tmp_path):
     import io
     import tarfile
@@ -297,6 +301,7 @@ def test_checkpoint_pruning_never_removes_the_one_just_written(tmp_path):
     assert sorted(p.name for p in folder.glob("*.pt")) == ["step_00000600.pt", "step_00000700.pt"]
 
 
+@pytest.mark.slow  # trains in a subprocess
 def test_a_run_folder_with_checkpoints_needs_resume_and_resume_takes_new_settings(shards, tmp_path):
     run = tmp_path / "run"
     base = ["--set", "steps=2", "--set", "data.holdout_shards=0", "--set", "optim.warmup_steps=0"]
