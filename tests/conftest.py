@@ -61,6 +61,9 @@ def run_job(*args: str, timeout: float = 300, master: str = "local[2]",
 
 DEMO_BUILD_PAGES = 600  # enough for several hundred digit pairs; the whole build takes ~2 minutes on 2 cores
 MEMORY_1G = ("--driver-memory", "1g", "--executor-memory", "1g")
+# the demo build's port is fixed (witbuild.demo.DEMO_PORT) so that its dataset, and the training tests' figures,
+# are the same on every run; another test session's demo build may hold the port for a few minutes: wait for it
+DEMO_PORT_WAIT_S = 900
 
 
 @dataclass
@@ -76,10 +79,15 @@ class DemoBuild:
 
 @pytest.fixture(scope="session")
 def demo_build(tmp_path_factory) -> DemoBuild:
-    """The demo web (600 pages) served on 127.0.0.1 while the real job builds a dataset from its WARC file with
-    configs/demo.yaml, as ``witbuild demo`` does; the server is stopped once the build ends."""
+    """The demo web (600 pages) served at the demo's fixed origin (127.0.0.1:DEMO_PORT) while the real job builds
+    a dataset from its WARC file with configs/demo.yaml, as ``witbuild demo`` does; the server is stopped once the
+    build ends. The fixed origin makes it the same build on every run, so the tests that train on it see the
+    dataset their thresholds were measured on."""
+    import errno
+    import time
+
     from witbuild.demo.eval_images import write_eval_digits
-    from witbuild.demo.server import DemoWebServer, demo_job_settings
+    from witbuild.demo.server import DEMO_PORT, DemoWebServer, demo_job_settings
     from witbuild.demo.web import write_warc
 
     root = tmp_path_factory.mktemp("demo")
@@ -87,7 +95,17 @@ def demo_build(tmp_path_factory) -> DemoBuild:
     write_eval_digits(eval_dir)
     (root / "web").mkdir()
     warc = root / "web" / "demo-00000.warc.gz"
-    with DemoWebServer(n_pages=DEMO_BUILD_PAGES, seed=0) as web:
+    deadline = time.monotonic() + DEMO_PORT_WAIT_S
+    while True:
+        try:
+            server = DemoWebServer(n_pages=DEMO_BUILD_PAGES, seed=0, port=DEMO_PORT)
+            break
+        except OSError as exc:  # never another port: the build, and every figure the tests expect, would differ
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                pytest.fail(f"cannot serve the demo web on 127.0.0.1:{DEMO_PORT}: {exc} (waited "
+                            f"{DEMO_PORT_WAIT_S}s for another demo build to release it)", pytrace=False)
+            time.sleep(5)
+    with server as web:
         pages = list(web.pages.values())
         write_warc(pages, warc)
         proc = run_job("--config", str(ROOT / "configs" / "demo.yaml"), "--input", str(warc),
