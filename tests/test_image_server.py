@@ -170,11 +170,10 @@ def test_fault_payloads(server: ImageServer) -> None:
 
 
 def test_stall_times_out_and_ends_when_client_hangs_up(server: ImageServer) -> None:
-    start = time.monotonic()
-    with pytest.raises(requests.exceptions.RequestException):  # read timeout while the body is pending
+    # the client's read timeout fires while the body is pending (requests wraps urllib3's ReadTimeoutError)
+    with pytest.raises(requests.exceptions.RequestException, match="Read timed out"):
         _get(server, "/fault/stall.jpg", timeout=(2, 0.5))
-    assert time.monotonic() - start < 3
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 10  # a deadline for the event, well before the stall's own 30 s
     while server.busy and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.busy == 0  # the handler saw the hang-up and returned instead of sleeping 30 s
@@ -188,7 +187,7 @@ def test_stall_ends_on_stop() -> None:
     time.sleep(0.3)
     assert srv.busy == 1
     srv.stop()
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + 10  # a deadline for the event, well before the stall's own 30 s
     while srv.busy and time.monotonic() < deadline:
         time.sleep(0.05)
     assert srv.busy == 0
