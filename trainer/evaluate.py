@@ -149,9 +149,12 @@ def retrieval(model: CLIP, tokenizer: TextTokenizer, shards: list[Path], device=
     truth = torch.arange(len(texts))
     out: dict[str, float | int] = {"pairs": len(texts)}
     for name, s in (("image_to_text", sim), ("text_to_image", sim.T)):
-        rank = (s > s[truth, truth][:, None]).sum(1)  # how many candidates beat the true one
+        true = s[truth, truth][:, None]
+        better = (s > true).sum(1)  # candidates that beat the true one
+        ties = (s == true).sum(1) - 1  # candidates as good as it (a collapsed model ties everything)
         for k in (1, 5, 10):
-            out[f"{name}_R@{k}"] = (rank < k).float().mean().item()
+            # the true one's rank is uniform over its ties: a tie is a coin toss, not a hit
+            out[f"{name}_R@{k}"] = ((k - better) / (ties + 1)).clamp(0, 1).float().mean().item()
     return out
 
 
