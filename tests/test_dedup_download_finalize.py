@@ -31,7 +31,9 @@ def pair(url: str, text: str) -> dict:
 
 @pytest.fixture(scope="module")
 def server():
-    with ImageServer(stall_s=8.0) as srv:
+    # A 5 s read timeout: at 2 s, valid images failed as timeouts in 2 of 4 runs on a 2-core machine at load ~10.
+    # The stall (20 s) and the drip's total (7 s, 0.5 s gaps) stay longer than it, so both still test what they say.
+    with ImageServer(stall_s=20.0, drip_s=7.0) as srv:
         for name in DISTINCT:
             srv.add(f"/img/{name}.jpg", encode(skimage_image(name), "jpg", 92), "image/jpeg")
         astro = skimage_image("astronaut")
@@ -83,7 +85,7 @@ def built(spark, server, tmp_path_factory):
     rows += [pair(server.url(path), f"fault image {path}") for path in FAULTS]
     seed_balanced(out, rows)
     cfg = load_config(inputs=["unused.warc.gz"], output=str(out), sets=[
-        "download.timeout=2", "download.retries=0", "download.number_sample_per_shard=6",
+        "download.timeout=5", "download.retries=0", "download.number_sample_per_shard=6",
         "download.thread_count=8", "download.image_size=128", "download.max_aspect_ratio=10",
         "download.min_image_size=100", "network.allow_addresses=['127.0.0.1']"])
     results = {r.name: r for r in run_build(spark, cfg)}
