@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from witbuild.config import apply_sets, read_raw_config
+from witbuild.yaml_io import apply_sets, read_raw_config
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 

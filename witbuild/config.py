@@ -18,6 +18,9 @@ from witbuild.download import DownloadConfig
 from witbuild.network import NetworkConfig
 from witbuild.text.filters import FilterConfig
 from witbuild.text.langid import LangIdConfig
+from witbuild.yaml_io import apply_sets, read_raw_config
+
+__all__ = ["STAGES", "BuildConfig", "apply_sets", "load_config", "read_raw_config", "split_inputs"]
 
 STAGES: tuple[str, ...] = ("extract", "filter", "match", "balance", "dedup", "download", "finalize")
 WARC_SUFFIXES = (".warc", ".warc.gz", ".wat", ".wat.gz", ".warc.wat.gz", ".arc.gz")
@@ -142,42 +145,6 @@ def split_inputs(values: list[str]) -> tuple[list[str], list[str]]:
         else:
             paths.append(v)
     return paths, seeds
-
-
-def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    for k in keys[:-1]:
-        d = d.setdefault(k, {})
-        if not isinstance(d, dict):
-            raise ValueError(f"--set {dotted}: {k} is not a section")
-    d[keys[-1]] = value
-
-
-def read_raw_config(path: str | Path | None, sets: list[str] | None = None,
-                    drop: tuple[str, ...] = ("witbuild_version",)) -> dict[str, Any]:
-    """A YAML mapping (optional) with ``--set key.sub=value`` overrides (values parsed as YAML) applied."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file not found: {p}")
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{p}: the config must be a mapping")
-        for key in drop:
-            loaded.pop(key, None)
-        raw = loaded
-    apply_sets(raw, sets)
-    return raw
-
-
-def apply_sets(raw: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
-    for item in sets or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
-    return raw
 
 
 def load_config(

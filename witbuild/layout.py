@@ -1,0 +1,75 @@
+"""Every path and file name of a build folder, in one place.
+
+A build folder looks like this (``<output>`` is ``BuildConfig.output``, local or any fsspec URL)::
+
+    <output>/
+      build_config.yaml            the resolved config of the last run (CONFIG_FILE)
+      build_report.json            every stage's rows in/out and drops (REPORT_FILE)
+      querylist/                   entries.txt + manifest.json: what match matched against (QUERYLIST_DIR)
+      stages/<name>/               one finished stage: Parquet (or img2dataset shards), _SUCCESS,
+                                   _counts.json (COUNTS_FILE), _fingerprint.json (FINGERPRINT_FILE)
+      stages/_tmp/<name>/          a stage being written; renamed to stages/<name>/ when it has finished
+      stages/balance/_entry_counts.parquet   per-entry counts before/after balancing (ENTRY_COUNTS_FILE)
+      stages/finalize/             the dataset: {shard}.tar, index.parquet/ (INDEX_DIR), sizes.json (SIZES_FILE)
+
+Code that reads or writes any of these names imports it from here, so that a change of layout is one edit.
+"""
+
+from __future__ import annotations
+
+CONFIG_FILE = "build_config.yaml"
+REPORT_FILE = "build_report.json"
+STAGES_DIR = "stages"
+TMP_DIR = "_tmp"
+QUERYLIST_DIR = "querylist"
+QUERYLIST_ENTRIES = "entries.txt"
+QUERYLIST_MANIFEST = "manifest.json"
+
+SUCCESS_FILE = "_SUCCESS"
+COUNTS_FILE = "_counts.json"
+FINGERPRINT_FILE = "_fingerprint.json"
+ENTRY_COUNTS_FILE = "_entry_counts.parquet"
+
+FINALIZE_STAGE = "finalize"
+INDEX_DIR = "index.parquet"
+SIZES_FILE = "sizes.json"
+
+#: Extensions an image member of a WebDataset sample may have (img2dataset writes jpg, png or webp; a user's
+#: own shards may hold the others). Finalize and stats both read images by these.
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "avif")
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([str(base).rstrip("/"), *parts])
+
+
+def stage_dir(output: str, name: str) -> str:
+    """Where a finished stage lives."""
+    return _join(output, STAGES_DIR, name)
+
+
+def stage_tmp_dir(output: str, name: str) -> str:
+    """Where a stage writes until it has finished."""
+    return _join(output, STAGES_DIR, TMP_DIR, name)
+
+
+def stage_counts_dir(output: str, name: str) -> str:
+    """Where a running stage's Spark tasks leave their counters."""
+    return _join(output, STAGES_DIR, TMP_DIR, f"{name}.counts")
+
+
+def querylist_dir(output: str) -> str:
+    return _join(output, QUERYLIST_DIR)
+
+
+def config_path(output: str) -> str:
+    return _join(output, CONFIG_FILE)
+
+
+def report_path(output: str) -> str:
+    return _join(output, REPORT_FILE)
+
+
+def dataset_dir(output: str) -> str:
+    """The finished dataset: the finalize stage's folder."""
+    return stage_dir(output, FINALIZE_STAGE)
