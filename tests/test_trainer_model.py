@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tests.helpers.tiny_batch import make_batch, make_model
-from trainer.model import CLIP, forward_flops_per_sample, load_model_config
+from trainer.model import CLIP, MODEL_DIR, ModelConfig, forward_flops_per_sample, load_model_config
 
 
 def test_named_configs_load_and_unknown_names_fail():
@@ -74,3 +76,15 @@ def test_every_training_config_validates_and_names_a_model():
         assert "torchrun" in text and "Expected" in text  # each documents its command and result
     with pytest.raises(ValueError, match="unknown_key"):
         load_train_config("tiny-cpu", ["unknown_key=1"])
+
+
+@pytest.mark.parametrize("section, key", [("vision_cfg", "patch_dropout"), ("text_cfg", "hf_model_name")])
+def test_unknown_tower_keys_in_a_model_json_are_an_error_naming_the_key(tmp_path, section, key):
+    raw = json.loads((MODEL_DIR / "tiny.json").read_text())
+    raw[section][key] = 0.5
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=rf"model.json: unknown {section} keys in the model config: \['{key}'\]"):
+        load_model_config(str(path))
+    cfg = load_model_config("tiny")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg  # a checkpoint's own config still loads

@@ -55,13 +55,23 @@ class ModelConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        vision = {k: v for k, v in d.get("vision_cfg", {}).items() if k in VisionConfig.__dataclass_fields__}
-        text = {k: v for k, v in d.get("text_cfg", {}).items() if k in TextConfig.__dataclass_fields__}
+        vision = _known_keys("vision_cfg", d.get("vision_cfg", {}), VisionConfig)
+        text = _known_keys("text_cfg", d.get("text_cfg", {}), TextConfig)
         extra = {k: d[k] for k in ("init_logit_scale", "init_logit_bias") if k in d}
         return cls(embed_dim=d["embed_dim"], vision_cfg=VisionConfig(**vision), text_cfg=TextConfig(**text), **extra)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _known_keys(section: str, values: dict, kind: type) -> dict:
+    """``values`` when each key is a field of ``kind``: a key this model does not implement (an open_clip option
+    such as ``patch_dropout``) is an error, not a setting silently trained without."""
+    unknown = sorted(set(values) - set(kind.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown {section} keys in the model config: {unknown} "
+                         f"(known: {sorted(kind.__dataclass_fields__)})")
+    return values
 
 
 def load_model_config(name_or_path: str) -> ModelConfig:
@@ -72,7 +82,10 @@ def load_model_config(name_or_path: str) -> ModelConfig:
     if not path.is_file():
         names = sorted(p.stem for p in MODEL_DIR.glob("*.json"))
         raise FileNotFoundError(f"model config {name_or_path!r} not found: give a JSON path or one of {names}")
-    return ModelConfig.from_dict(json.loads(path.read_text()))
+    try:
+        return ModelConfig.from_dict(json.loads(path.read_text()))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 class Attention(nn.Module):
