@@ -26,12 +26,14 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from witbuild.layout import IMAGE_EXTS, INDEX_DIR, SIZES_FILE
+
 log = logging.getLogger(__name__)
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)  # CLIP's normalisation
 STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+IMAGE_KEYS = IMAGE_EXTS  # a sample's image member: the first of these extensions it has
+IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTS)
 
 
 class DataError(ValueError):
@@ -67,7 +69,7 @@ def split_shards(shards: list[Path], holdout: int) -> tuple[list[Path], list[Pat
 def shard_sizes(shards: list[Path]) -> dict[str, int]:
     """Samples per shard: from the build's ``sizes.json`` when there, else by listing each tar."""
     sizes: dict[str, int] = {}
-    meta = shards[0].parent / "sizes.json"
+    meta = shards[0].parent / SIZES_FILE
     known = json.loads(meta.read_text()) if meta.is_file() else {}
     for shard in shards:
         if shard.name in known:
@@ -104,7 +106,7 @@ def check_captions(shards: list[Path], caption_key: str = "txt", members: int = 
 
 def read_captions(shards: list[Path], caption_key: str = "txt", limit: int = 2_000_000) -> list[str]:
     """The captions of ``shards`` for fitting the tokenizer: from ``index.parquet`` when the build has one."""
-    index = shards[0].parent / "index.parquet"
+    index = shards[0].parent / INDEX_DIR
     names = {s.name for s in shards}
     if index.exists():
         import pyarrow.dataset as pads
