@@ -240,3 +240,40 @@ def test_evaluate_runs_all_three_on_one_model(labelled, tmp_path):
     assert results["retrieval"]["pairs"] == N_PAIRS and results["retrieval"]["image_to_text_R@1"] == 1.0
     assert set(evaluate(model, WordTokenizer(model.vocab), zeroshot_dir=str(labelled), heldout=pair_shards,
                         do_retrieval=False, do_probe=False)) == {"zeroshot"}
+
+
+# ------------------------------------------------------------------------------------------------------ batching
+
+
+class CountingModel(StandInModel):
+    """The stand-in that also records how many images and texts each forward pass was given."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.image_batches: list[int] = []
+        self.text_batches: list[int] = []
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        self.image_batches.append(len(x))
+        return super().encode_image(x)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.text_batches.append(len(tokens))
+        return super().encode_text(tokens)
+
+
+def test_evaluation_encodes_in_batches_of_eval_batch_size(labelled, tmp_path):
+    """eval.batch_size is how many images or texts go through the model at once, in every part of evaluation."""
+    u = random_vectors(len(CLASSES), 1) * 4
+    v = random_vectors(N_PAIRS, 0)
+    images = {code(c, k): u[c] for c in range(len(CLASSES)) for k in range(PER_CLASS)}
+    images.update({i + 1000: v[i] for i in range(N_PAIRS)})
+    texts = {**{NAMES[c]: u[c] for c in range(len(CLASSES))}, **{f"item-{i}": v[i] for i in range(N_PAIRS)}}
+    model = CountingModel(images, texts)
+    pair_shards = write_pairs(tmp_path, N_PAIRS, first_code=1000)
+    results = evaluate(model, WordTokenizer(model.vocab), zeroshot_dir=str(labelled), heldout=pair_shards,
+                       batch_size=7)
+    assert results["retrieval"]["image_to_text_R@1"] == 1.0 and results["zeroshot"]["top1"] == 1.0
+    # zero-shot and the probe encode the 48 labelled pictures (7 × 6 + 6), retrieval the 400 pairs (7 × 57 + 1)
+    assert model.image_batches == [7] * 6 + [6] + [7] * 6 + [6] + [7] * 57 + [1]
+    assert max(model.text_batches) == 7 and sum(model.text_batches) == len(CLASSES) * len(TEMPLATES) + N_PAIRS

@@ -21,11 +21,26 @@ class Section(BaseModel):
 class DataSection(Section):
     batch_size: int = Field(64, ge=1, description="Samples per rank per step; the global batch is this × ranks.")
     workers: int = Field(2, ge=0, description="DataLoader worker processes per rank.")
-    holdout_shards: int = Field(1, ge=0, description="Last shards kept out of training for retrieval evaluation.")
+    holdout_shards: int = Field(0, ge=0, description="Last shards kept out of training for retrieval evaluation; "
+                                                     "0: hold out data.holdout_fraction of the samples instead.")
+    holdout_fraction: float = Field(
+        0.02, ge=0, lt=1, description="Share of the samples kept out of training for retrieval evaluation when "
+                                      "holdout_shards is 0, chosen by a hash of each sample's key: the same split on "
+                                      "every rank and run, on a build of any size.")
     caption_key: str = "txt"
     shuffle_buffer: int = Field(1000, ge=1)
     crop_scale: tuple[float, float] = (0.9, 1.0)
-    epoch_samples: int | None = Field(None, ge=1, description="Samples per epoch; default: the training shards' size.")
+    epoch_samples: int | None = Field(None, ge=1, description="Samples per epoch; default: the training samples.")
+
+    @model_validator(mode="after")
+    def _one_holdout(self) -> DataSection:
+        """Whole shards or a share of samples, never both: a given holdout_shards turns the default share off."""
+        if self.holdout_shards and self.holdout_fraction:
+            if "holdout_fraction" in self.model_fields_set:
+                raise ValueError("data.holdout_shards and data.holdout_fraction both hold data out for evaluation: "
+                                 "set one of them to 0")
+            self.holdout_fraction = 0.0
+        return self
 
 
 class TokenizerSection(Section):
@@ -56,7 +71,7 @@ class EvalSection(Section):
     zeroshot_dir: str | None = Field(None, description="Labelled folder <class>/<image> (optional zeroshot.json).")
     retrieval: bool = True
     linear_probe: bool = True
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, description="Images or texts per forward pass in evaluation.")
     max_retrieval_pairs: int = Field(5000, ge=10)
 
 
@@ -95,10 +110,36 @@ def load_train_config(path: str | None, sets: list[str] | None = None,
                       base: dict[str, Any] | None = None) -> TrainConfig:
     """A YAML file (or a saved config ``base``) with ``--set`` overrides, validated."""
     if base is not None:
-        raw = apply_sets(copy.deepcopy(base), sets)
+        raw = apply_sets(upgrade_saved(copy.deepcopy(base)), sets)
     else:
         raw = read_raw_config(resolve_config_path(path) if path else None, sets)
     return TrainConfig.model_validate(raw)
+
+
+def upgrade_saved(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config saved by an earlier version, in today's terms: runs saved before data.holdout_fraction existed held
+    out whole shards or nothing, so they keep doing that (its default would change what a resumed run trains on)."""
+    data = raw.get("data")
+    if isinstance(data, dict) and "holdout_fraction" not in data:
+        data["holdout_fraction"] = 0.0
+    return raw
+
+
+def saved_config(raw: dict[str, Any]) -> TrainConfig:
+    """The validated config a checkpoint carries."""
+    return TrainConfig.model_validate(upgrade_saved(copy.deepcopy(raw)))
+
+
+def config_differences(a: TrainConfig, b: TrainConfig, ignore: tuple[str, ...] = ("output",)) -> list[str]:
+    """``key: a → b`` for every field where the two configs differ (dotted keys, in field order)."""
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    fa, fb = flat(a.model_dump(mode="json")), flat(b.model_dump(mode="json"))
+    return [f"{k}: {fa[k]!r} → {fb[k]!r}" for k in fa if k not in ignore and fa[k] != fb[k]]
 
 
 def dump_yaml(cfg: TrainConfig) -> str:

@@ -5,10 +5,15 @@ shard sizes, so no rank runs dry and waits forever in an all-reduce. Why seeded 
 rank, worker): an epoch's batches do not depend on earlier epochs, so a resumed run sees exactly
 the batches an uninterrupted one would. Damaged shards and samples are skipped and counted; the
 counts travel with each batch to the training loop.
+
+Retrieval evaluation needs pairs training never saw: either the last whole shards, or a share of
+every shard's samples chosen by a stable hash of the sample's key (``Split``), which works on a
+build of any size, one shard included.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -62,8 +67,52 @@ def split_shards(shards: list[Path], holdout: int) -> tuple[list[Path], list[Pat
     """(train, held-out): the last ``holdout`` shards are kept for retrieval evaluation."""
     if holdout and len(shards) <= holdout:
         raise DataError(f"{len(shards)} shard(s) cannot leave {holdout} held out for evaluation and some to train on; "
-                        f"set data.holdout_shards=0 or build more shards")
+                        f"set data.holdout_shards=0 (then data.holdout_fraction of the samples is held out) "
+                        f"or build more shards")
     return (shards[:-holdout], shards[-holdout:]) if holdout else (shards, [])
+
+
+def holdout_share(key: str) -> float:
+    """Where a sample's key falls in [0, 1): a keyed digest, not Python's per-process salted ``hash()``, so every
+    rank, worker, run and the evaluation script split the same data the same way."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8, person=b"witbuild-hold").digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def sample_key(member: str) -> str:
+    """The sample key of a tar member, as WebDataset groups members: its path up to the first dot of its name."""
+    folder, _, name = member.rpartition("/")
+    return f"{folder}/{name.split('.', 1)[0]}" if folder else name.split(".", 1)[0]
+
+
+def is_heldout(key: str, fraction: float) -> bool:
+    """Whether the sample ``key`` is kept out of training (and in retrieval evaluation) at this holdout share."""
+    return fraction > 0 and holdout_share(key) < fraction
+
+
+@dataclass(frozen=True)
+class Split:
+    """What training and retrieval evaluation read: with ``fraction`` 0 whole shards, else the same shards on both
+    sides, each sample on the side its key's hash puts it, so that no sample is both trained on and held out."""
+
+    train: list[Path]
+    heldout: list[Path]
+    fraction: float = 0.0
+
+    def train_samples(self, sizes: dict[str, int]) -> int:
+        """Training samples of shards of these ``sizes``; the expected count when a share is held out by key."""
+        total = sum(sizes.get(s.name, 0) for s in self.train)
+        return max(1, round(total * (1 - self.fraction))) if self.fraction else total
+
+
+def split_data(shards: list[Path], holdout_shards: int, holdout_fraction: float) -> Split:
+    """The last ``holdout_shards`` shards held out when set, else ``holdout_fraction`` of every shard's samples."""
+    if holdout_shards:
+        train, heldout = split_shards(shards, holdout_shards)
+        return Split(train, heldout)
+    if not 0 <= holdout_fraction < 1:
+        raise DataError(f"data.holdout_fraction must be in [0, 1), got {holdout_fraction}")
+    return Split(shards, shards if holdout_fraction else [], holdout_fraction)
 
 
 def shard_sizes(shards: list[Path]) -> dict[str, int]:
@@ -104,16 +153,20 @@ def check_captions(shards: list[Path], caption_key: str = "txt", members: int = 
                     f"(found {found}); train on a build's stages/finalize shards or set data.caption_key")
 
 
-def read_captions(shards: list[Path], caption_key: str = "txt", limit: int = 2_000_000) -> list[str]:
-    """The captions of ``shards`` for fitting the tokenizer: from ``index.parquet`` when the build has one."""
+def read_captions(shards: list[Path], caption_key: str = "txt", limit: int = 2_000_000,
+                  holdout_fraction: float = 0.0) -> list[str]:
+    """The training captions of ``shards`` for fitting the tokenizer (held-out samples' captions left out, so no
+    evaluation caption shapes the vocabulary): from the build's index when it has one, else from the tars."""
     index = shards[0].parent / INDEX_DIR
     names = {s.name for s in shards}
     if index.exists():
         import pyarrow.dataset as pads
 
-        table = pads.dataset(index, format="parquet").to_table(columns=["shard", "text"])
-        texts = [t for s, t in zip(table["shard"].to_pylist(), table["text"].to_pylist(), strict=True)
-                 if Path(str(s)).name in names and t]
+        table = pads.dataset(index, format="parquet").to_table(columns=["shard", "key", "text"] if holdout_fraction
+                                                               else ["shard", "text"])
+        keys = table["key"].to_pylist() if holdout_fraction else [""] * table.num_rows
+        texts = [t for s, k, t in zip(table["shard"].to_pylist(), keys, table["text"].to_pylist(), strict=True)
+                 if Path(str(s)).name in names and t and not is_heldout(str(k), holdout_fraction)]
         if texts:
             return texts[:limit]
     texts = []
@@ -121,7 +174,8 @@ def read_captions(shards: list[Path], caption_key: str = "txt", limit: int = 2_0
         try:
             with tarfile.open(shard, "r|*") as tf:
                 for m in tf:
-                    if m.isfile() and m.name.endswith("." + caption_key):
+                    if (m.isfile() and m.name.endswith("." + caption_key)
+                            and not is_heldout(sample_key(m.name), holdout_fraction)):
                         texts.append(tf.extractfile(m).read().decode("utf-8", "replace"))
                         if len(texts) >= limit:
                             return texts
@@ -205,6 +259,7 @@ class StreamSpec:
     caption_key: str = "txt"
     crop_scale: tuple[float, float] = (0.9, 1.0)
     max_consecutive_skips: int = 2000
+    holdout_fraction: float = 0.0  # the share of samples (by key) held out for evaluation: never yielded
 
 
 class TrainStream(IterableDataset):
@@ -251,6 +306,8 @@ class TrainStream(IterableDataset):
                 yield {"url": rng.choice(spec.shards)}
 
         samples = wds.tarfile_to_samples(handler=count)(urls())
+        if spec.holdout_fraction:
+            samples = self._training_side(samples)
         samples = wds.shuffle(spec.shuffle_buffer, initial=min(spec.shuffle_buffer, 100), rng=rng)(samples)
         images, texts, consecutive = [], [], 0
         for sample in samples:
@@ -278,6 +335,20 @@ class TrainStream(IterableDataset):
                 images, texts = [], []
                 skipped.clear()
 
+    def _training_side(self, samples: Iterator[dict]) -> Iterator[dict]:
+        """The samples whose key is not held out; a stream of nothing but held-out samples is an error, not a hang."""
+        fraction, limit = self.spec.holdout_fraction, self.spec.max_consecutive_skips
+        in_row = 0
+        for sample in samples:
+            if not is_heldout(sample["__key__"], fraction):
+                in_row = 0
+                yield sample
+            else:
+                in_row += 1
+                if in_row >= limit:
+                    raise DataError(f"{in_row} samples in a row are held out for evaluation "
+                                    f"(data.holdout_fraction={fraction}); lower it or give more data")
+
 
 def train_batches(spec: StreamSpec, tokenizer, workers: int,
                   pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
@@ -302,13 +373,17 @@ def epoch_steps(train_samples: int, global_batch: int, workers: int) -> int:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def iter_pairs(shards: list[Path], caption_key: str = "txt") -> Iterator[tuple[bytes, str, str]]:
-    """(image bytes, caption, key) of every usable sample of ``shards``, in order; damage is logged and skipped."""
+def iter_pairs(shards: list[Path], caption_key: str = "txt",
+               holdout_fraction: float = 0.0) -> Iterator[tuple[bytes, str, str]]:
+    """(image bytes, caption, key) of every usable sample of ``shards``, in order; damage is logged and skipped.
+    With ``holdout_fraction`` only the held-out samples (the ones training leaves out)."""
     def warn(exn: Exception) -> bool:
         log.warning("evaluation data: skipped %s", str(exn)[:300])
         return True
 
     for sample in wds.tarfile_to_samples(handler=warn)(iter([{"url": str(s)} for s in shards])):
+        if holdout_fraction and not is_heldout(sample["__key__"], holdout_fraction):
+            continue
         key = next((k for k in IMAGE_KEYS if k in sample), None)
         if key is not None and caption_key in sample:
             yield sample[key], sample[caption_key].decode("utf-8", "replace"), sample["__key__"]

@@ -5,7 +5,7 @@
 
 - zero-shot: each class is the mean of its prompt embeddings (class names × templates, from the
   folder's ``zeroshot.json`` when there), an image gets the most similar class;
-- retrieval: R@1/5/10 both ways over the held-out shards (the ones training left out);
+- retrieval: R@1/5/10 both ways over the held-out pairs (the shards or the share of samples training left out);
 - linear probe: logistic regression on frozen image features, half of each class to fit, half to test.
 """
 
@@ -24,12 +24,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from trainer.data import center_square, find_shards, image_folder, iter_pairs, open_rgb, split_shards, to_tensor
+from trainer.config import saved_config
+from trainer.data import Split, center_square, find_shards, image_folder, iter_pairs, open_rgb, split_data, to_tensor
 from trainer.model import CLIP, ModelConfig
 from trainer.tokenizer import TextTokenizer
 
 log = logging.getLogger("trainer.evaluate")
 DEFAULT_TEMPLATES = ["a photo of a {}.", "a picture of a {}.", "an image of a {}.", "{}"]
+BATCH = 256  # images or texts per forward pass unless the run's eval.batch_size says otherwise
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[CLIP, TextTokenizer, dict]:
@@ -56,7 +58,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 @torch.no_grad()
-def encode_images(model: CLIP, images: list[Image.Image], size: int, device, batch: int = 256) -> torch.Tensor:
+def encode_images(model: CLIP, images: list[Image.Image], size: int, device, batch: int = BATCH) -> torch.Tensor:
     feats = []
     for i in range(0, len(images), batch):
         x = torch.stack([to_tensor(center_square(im, size)) for im in images[i: i + batch]]).to(device)
@@ -66,7 +68,7 @@ def encode_images(model: CLIP, images: list[Image.Image], size: int, device, bat
 
 
 @torch.no_grad()
-def encode_texts(model: CLIP, tokenizer: TextTokenizer, texts: list[str], device, batch: int = 1024) -> torch.Tensor:
+def encode_texts(model: CLIP, tokenizer: TextTokenizer, texts: list[str], device, batch: int = BATCH) -> torch.Tensor:
     feats = []
     for i in range(0, len(texts), batch):
         with _autocast(device):
@@ -89,17 +91,17 @@ def _load_folder(folder: str | Path) -> tuple[list[Image.Image], list[int], list
 
 def zero_shot(model: CLIP, tokenizer: TextTokenizer, folder: str | Path, device="cpu",
               templates: list[str] | None = None, classnames: dict[str, str] | None = None,
-              _loaded: tuple | None = None) -> dict:
+              _loaded: tuple | None = None, batch_size: int = BATCH) -> dict:
     images, labels, classes, meta = _loaded or _load_folder(folder)
     templates = templates or meta.get("templates") or DEFAULT_TEMPLATES
     names = classnames or meta.get("classnames") or {}
     weights = []
     for c in classes:
         prompts = [t.format(names.get(c, c)) for t in templates]
-        emb = encode_texts(model, tokenizer, prompts, device)
+        emb = encode_texts(model, tokenizer, prompts, device, batch_size)
         weights.append(torch.nn.functional.normalize(emb.mean(0), dim=0))
     class_emb = torch.stack(weights)
-    img = encode_images(model, images, model.cfg.vision_cfg.image_size, device)
+    img = encode_images(model, images, model.cfg.vision_cfg.image_size, device, batch_size)
     scores = img @ class_emb.T
     y = torch.tensor(labels)
     top1 = (scores.argmax(1) == y).float().mean().item()
@@ -110,12 +112,13 @@ def zero_shot(model: CLIP, tokenizer: TextTokenizer, folder: str | Path, device=
     return out
 
 
-def linear_probe(model: CLIP, folder: str | Path, device="cpu", _loaded: tuple | None = None) -> dict:
+def linear_probe(model: CLIP, folder: str | Path, device="cpu", _loaded: tuple | None = None,
+                 batch_size: int = BATCH) -> dict:
     """Logistic regression on frozen features: even-numbered images of each class fit, odd ones test."""
     from sklearn.linear_model import LogisticRegression
 
     images, labels, classes, _ = _loaded or _load_folder(folder)
-    feats = encode_images(model, images, model.cfg.vision_cfg.image_size, device).numpy()
+    feats = encode_images(model, images, model.cfg.vision_cfg.image_size, device, batch_size).numpy()
     y = np.array(labels)
     seen: dict[int, int] = {}
     fit = np.zeros(len(y), bool)
@@ -129,10 +132,11 @@ def linear_probe(model: CLIP, folder: str | Path, device="cpu", _loaded: tuple |
 
 
 def retrieval(model: CLIP, tokenizer: TextTokenizer, shards: list[Path], device="cpu", max_pairs: int = 5000,
-              caption_key: str = "txt") -> dict:
-    """Recall@1/5/10 image→text and text→image over the pairs of ``shards`` (each image's own caption is the hit)."""
+              caption_key: str = "txt", holdout_fraction: float = 0.0, batch_size: int = BATCH) -> dict:
+    """Recall@1/5/10 image→text and text→image over the pairs of ``shards`` (each image's own caption is the hit);
+    with ``holdout_fraction`` over the samples training held out by key."""
     images, texts = [], []
-    for data, text, _ in iter_pairs(shards, caption_key):
+    for data, text, _ in iter_pairs(shards, caption_key, holdout_fraction):
         try:
             images.append(open_rgb(data, model.cfg.vision_cfg.image_size))
         except Exception as exc:
@@ -143,8 +147,8 @@ def retrieval(model: CLIP, tokenizer: TextTokenizer, shards: list[Path], device=
             break
     if len(texts) < 2:
         return {"pairs": len(texts)}
-    img = encode_images(model, images, model.cfg.vision_cfg.image_size, device)
-    txt = encode_texts(model, tokenizer, texts, device)
+    img = encode_images(model, images, model.cfg.vision_cfg.image_size, device, batch_size)
+    txt = encode_texts(model, tokenizer, texts, device, batch_size)
     sim = img @ txt.T
     truth = torch.arange(len(texts))
     out: dict[str, float | int] = {"pairs": len(texts)}
@@ -160,16 +164,20 @@ def retrieval(model: CLIP, tokenizer: TextTokenizer, shards: list[Path], device=
 
 def evaluate(model: CLIP, tokenizer: TextTokenizer, device="cpu", zeroshot_dir: str | None = None,
              heldout: list[Path] | None = None, do_retrieval: bool = True, do_probe: bool = True,
-             max_pairs: int = 5000, caption_key: str = "txt") -> dict:
+             max_pairs: int = 5000, caption_key: str = "txt", holdout_fraction: float = 0.0,
+             batch_size: int = BATCH) -> dict:
+    """Zero-shot and the linear probe on ``zeroshot_dir``, retrieval on ``heldout`` (its held-out share of samples
+    when ``holdout_fraction``); ``batch_size`` images or texts per forward pass."""
     model.eval()
     results: dict[str, dict] = {}
     if zeroshot_dir:
         loaded = _load_folder(zeroshot_dir)
-        results["zeroshot"] = zero_shot(model, tokenizer, zeroshot_dir, device, _loaded=loaded)
+        results["zeroshot"] = zero_shot(model, tokenizer, zeroshot_dir, device, _loaded=loaded, batch_size=batch_size)
         if do_probe:
-            results["linear_probe"] = linear_probe(model, zeroshot_dir, device, _loaded=loaded)
+            results["linear_probe"] = linear_probe(model, zeroshot_dir, device, _loaded=loaded, batch_size=batch_size)
     if do_retrieval and heldout:
-        results["retrieval"] = retrieval(model, tokenizer, heldout, device, max_pairs, caption_key)
+        results["retrieval"] = retrieval(model, tokenizer, heldout, device, max_pairs, caption_key, holdout_fraction,
+                                         batch_size)
     return results
 
 
@@ -191,26 +199,43 @@ def format_results(results: dict) -> str:
     return "\n".join(lines)
 
 
+def heldout_of(data: str, saved: dict, holdout_shards: int | None = None,
+               holdout_fraction: float | None = None) -> Split:
+    """The held-out side of a build for a run's saved config (or the holdout given instead); a run that held out
+    nothing is scored on all of the data."""
+    cfg = saved_config(saved).data
+    if holdout_shards is not None or holdout_fraction is not None:
+        shards_n, fraction = holdout_shards or 0, holdout_fraction or 0.0
+    else:
+        shards_n, fraction = cfg.holdout_shards, cfg.holdout_fraction
+    shards = find_shards(data)
+    split = split_data(shards, shards_n, fraction)
+    return split if split.heldout else Split(shards, shards)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="Checkpoint file, run folder, or …/checkpoints/latest.")
     ap.add_argument("--zeroshot", help="Labelled folder <class>/<image> for zero-shot and the linear probe.")
-    ap.add_argument("--data", help="Build output or shard folder; retrieval runs on its held-out shards.")
-    ap.add_argument("--holdout-shards", type=int, help="Default: the checkpoint's data.holdout_shards.")
+    ap.add_argument("--data", help="Build output or shard folder; retrieval runs on the pairs the run held out.")
+    ap.add_argument("--holdout-shards", type=int, help="Score the last N shards (default: the run's data.holdout_*).")
+    ap.add_argument("--holdout-fraction", type=float,
+                    help="Score this share of the samples, chosen by key as training does (default: the run's).")
+    ap.add_argument("--batch-size", type=int, help="Images or texts per forward pass (default: the run's "
+                                                   "eval.batch_size).")
     ap.add_argument("--out", help="Write the results as JSON here.")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         model, tokenizer, ckpt = load_checkpoint(args.checkpoint, args.device)
-        heldout = None
-        if args.data:
-            holdout = args.holdout_shards if args.holdout_shards is not None else \
-                ckpt["config"]["data"]["holdout_shards"]
-            heldout = split_shards(find_shards(args.data), holdout)[1] if holdout else find_shards(args.data)
-        zs = args.zeroshot or ckpt["config"]["eval"].get("zeroshot_dir")
-        results = evaluate(model, tokenizer, args.device, zs, heldout,
-                           caption_key=ckpt["config"]["data"].get("caption_key", "txt"))
+        cfg = saved_config(ckpt["config"])
+        split = heldout_of(args.data, ckpt["config"], args.holdout_shards, args.holdout_fraction) if args.data \
+            else None
+        results = evaluate(model, tokenizer, args.device, args.zeroshot or cfg.eval.zeroshot_dir,
+                           split.heldout if split else None, caption_key=cfg.data.caption_key,
+                           holdout_fraction=split.fraction if split else 0.0,
+                           batch_size=args.batch_size or cfg.eval.batch_size)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script (torchrun trainer/train.py): make the repository importable
@@ -29,9 +31,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.config import TrainConfig, dump_yaml, load_train_config
+from trainer.config import TrainConfig, config_differences, dump_yaml, load_train_config
 from trainer.data import (
     DataError,
+    Split,
     StreamSpec,
     check_captions,
     epoch_steps,
@@ -39,7 +42,7 @@ from trainer.data import (
     normalize,
     read_captions,
     shard_sizes,
-    split_shards,
+    split_data,
     train_batches,
 )
 from trainer.evaluate import evaluate, format_results, resolve_checkpoint
@@ -59,19 +62,33 @@ CSV_FIELDS = ["step", "epoch", "loss", "logit_scale", "lr", "samples_per_s", "da
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device); NCCL when CUDA is there, gloo otherwise."""
+    """(rank, world size, device); NCCL when CUDA is there, gloo otherwise; matmul precision set for the device."""
     if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        configure_matmul(device)
+        return 0, 1, device
     cuda = torch.cuda.is_available()
     local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    configure_matmul(device)
     if cuda:
         torch.cuda.set_device(local)
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         dist.init_process_group("nccl", timeout=datetime.timedelta(minutes=30), device_id=torch.device("cuda", local))
     else:
         dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=30))
-    return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def use_tf32(device: torch.device) -> bool:
+    """TF32 for fp32 matmuls and convolutions on every CUDA device, one process or many: what autocast leaves in
+    fp32 runs several times faster at a precision contrastive training does not notice. Nothing to set elsewhere."""
+    return device.type == "cuda"
+
+
+def configure_matmul(device: torch.device) -> None:
+    """The one place the run's matmul precision is set, for whichever way the run was started."""
+    if use_tf32(device):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
 
 def barrier() -> None:
@@ -119,10 +136,12 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def build_tokenizer(cfg: TrainConfig, train_shards: list[Path], context_length: int) -> TextTokenizer:
+def build_tokenizer(cfg: TrainConfig, split: Split, context_length: int) -> TextTokenizer:
+    """CLIP's BPE, or a byte-level BPE fitted on the training captions (never on held-out ones)."""
+    train_shards = split.train
     if cfg.tokenizer.kind == "clip":
         return load_clip_bpe(cfg.tokenizer.clip_vocab_path, context_length)
-    texts = read_captions(train_shards, cfg.data.caption_key)
+    texts = read_captions(train_shards, cfg.data.caption_key, holdout_fraction=split.fraction)
     if not texts:
         raise DataError(f"no captions to fit the tokenizer in {train_shards[0].parent}")
     log.info("fitting a byte-level BPE of %d tokens on %d captions", cfg.tokenizer.vocab_size, len(texts))
@@ -211,13 +230,20 @@ class RunLog:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Contrastive CLIP pretraining on WebDataset shards (torch DDP).")
     ap.add_argument("--data", required=True, help="Build output (its stages/finalize shards) or a folder of *.tar.")
-    ap.add_argument("--config", help="Name in trainer/configs/ or a YAML path (default: built-in defaults).")
+    ap.add_argument("--config", help="Name in trainer/configs/ or a YAML path (default: built-in defaults). A resumed "
+                                     "run keeps the config saved with it: --config may then be given only when it "
+                                     "agrees with that config (so the same command line starts and continues a run), "
+                                     "else it is an error naming the fields that differ; change a resumed run's "
+                                     "values with --set.")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a config value.")
     ap.add_argument("--output", help="Run folder (default: the config's output, else runs/<config name>).")
-    ap.add_argument("--resume", help="'latest' (continue this run folder's newest checkpoint, or start) or a path.")
+    ap.add_argument("--resume", help="'latest' (continue this run folder's newest checkpoint, or start the run when "
+                                     "it has none) or a checkpoint path; the run goes on with its saved config, "
+                                     "--set on top.")
     return ap.parse_args(argv)
 
 
@@ -237,7 +263,104 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
+@dataclass
+class Trainer:
+    """Everything the training loop and the final evaluation use, built once by ``setup``."""
+
+    cfg: TrainConfig
+    mcfg: ModelConfig
+    run_dir: Path
+    rank: int
+    world: int
+    device: torch.device
+    split: Split
+    tokenizer: TextTokenizer
+    model: CLIP
+    ddp_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    loss_fn: Callable
+    bf16: bool
+    start_step: int
+    batches: Iterator = field(default_factory=lambda: iter(()))
+    steps_per_epoch: int = 1
+    flops_per_sample: float = 0.0
+    peak: float = 1.0
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.data.batch_size * self.world
+
+    def state(self, step: int) -> dict:
+        """What a checkpoint holds: enough to continue the run exactly, loadable with ``weights_only=True``."""
+        return {"step": step, "epoch": step // self.steps_per_epoch, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "config": self.cfg.model_dump(mode="json"), "model_config": self.mcfg.to_dict(),
+                "tokenizer": self.tokenizer.to_json(), "world_size": self.world}
+
+
 def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> int:
+    """Set up, train to ``cfg.steps`` (checkpointing and logging on the way), then evaluate on rank 0."""
+    t = setup(args, rank, world, device)
+    step, skipped_total = train_loop(t)
+    if skipped_total:
+        log.warning("skipped on rank %d: %s", rank, skipped_total)
+    # the other ranks leave now: waiting in a collective while rank 0 evaluates could outlast its timeout
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if rank == 0:
+        final_evaluation(t, step, skipped_total)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# set-up
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> Trainer:
+    """The run's config, data split, tokenizer, model, optimiser (restored when resuming) and batch stream."""
+    cfg, run_dir, ckpt = resolve_run(args)
+    split = split_data(find_shards(args.data), cfg.data.holdout_shards, cfg.data.holdout_fraction)
+    check_captions(split.train, cfg.data.caption_key)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    tokenizer, mcfg = tokenizer_and_model_config(cfg, ckpt, split, run_dir, rank)
+    if cfg.loss == "clip" and mcfg.init_logit_bias is not None:
+        raise ValueError("the model has a logit bias (a SigLIP model) but loss is 'clip', which does not use it; "
+                         "set loss=siglip")
+    torch.manual_seed(cfg.seed)
+    model = CLIP(mcfg).to(device)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    optimizer, scheduler, start_step = make_optimizer(cfg, model, ckpt, world)
+    if ckpt is not None and rank == 0:
+        drop_checkpoints_after(run_dir, start_step)
+    ddp_model: torch.nn.Module = model
+    if world > 1:
+        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        ddp_model = torch.compile(ddp_model)
+    t = Trainer(cfg, mcfg, run_dir, rank, world, device, split, tokenizer, model, ddp_model, optimizer, scheduler,
+                make_loss(cfg.loss), bf16, start_step)
+    samples = start_stream(t)
+    t.flops_per_sample = train_flops_per_sample(mcfg)
+    t.peak = cfg.peak_flops or measure_peak_flops(device, torch.bfloat16 if bf16 else torch.float32)
+    held = (f"{len(split.heldout)} held out" if not split.fraction
+            else f"{split.fraction:.1%} of the samples held out by key")
+    log.info("model %s: %.2fM parameters, %.3f GFLOP per sample (train); %d train shards (%d samples), "
+             "%s; %d rank(s) × batch %d; %d steps per epoch; %s%s; peak %.1f TFLOP/s per device",
+             cfg.model, sum(p.numel() for p in model.parameters()) / 1e6, t.flops_per_sample / 1e9, len(split.train),
+             samples, held, world, cfg.data.batch_size, t.steps_per_epoch, device.type, " bf16" if bf16 else " fp32",
+             t.peak / 1e12)
+    return t
+
+
+def resolve_run(args: argparse.Namespace) -> tuple[TrainConfig, Path, dict | None]:
+    """(config, run folder, checkpoint to resume or None). A resumed run's config is the one saved with it."""
     cfg = load_train_config(args.config, args.set)
     run_dir = Path(args.output or cfg.output or f"runs/{Path(args.config).stem if args.config else 'default'}")
     ckpt = None
@@ -248,165 +371,192 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
             log.info("no checkpoint in %s yet: starting the run", run_dir)
         if path is not None:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            cfg = load_train_config(None, args.set, base=ckpt["config"])  # the run's own config, --set on top
+            saved = load_train_config(None, args.set, base=ckpt["config"])  # the run's own config, --set on top
+            if args.config:
+                check_config_agrees(args.config, cfg, saved, path)
+            cfg = saved
             log.info("resuming %s at step %d", path, ckpt["step"])
     elif any((run_dir / "checkpoints").glob("step_*.pt")):
         raise ValueError(f"{run_dir} already holds checkpoints of a run: continue it with --resume latest, "
                          f"or choose another --output")
     cfg.output = str(run_dir)
+    return cfg, run_dir, ckpt
 
-    shards = find_shards(args.data)
-    train_shards, heldout = split_shards(shards, cfg.data.holdout_shards)
-    check_captions(train_shards, cfg.data.caption_key)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    if ckpt is not None:  # the run's own tokenizer and architecture
-        tokenizer = TextTokenizer.from_json(ckpt["tokenizer"])
-        mcfg = ModelConfig.from_dict(ckpt["model_config"])
-    else:
-        mcfg = load_model_config(cfg.model)
-        if rank == 0:
-            build_tokenizer(cfg, train_shards, mcfg.text_cfg.context_length).save(run_dir / "tokenizer.json")
-        barrier()
-        tokenizer = TextTokenizer.load(run_dir / "tokenizer.json")
-        mcfg.text_cfg.vocab_size, mcfg.text_cfg.eot_id = tokenizer.vocab_size, tokenizer.eot_id
-        if cfg.loss == "siglip" and mcfg.init_logit_bias is None:
-            mcfg.init_logit_scale, mcfg.init_logit_bias = math.log(10), -10.0
 
-    if cfg.loss == "clip" and mcfg.init_logit_bias is not None:
-        raise ValueError("the model has a logit bias (a SigLIP model) but loss is 'clip', which does not use it; "
-                         "set loss=siglip")
-    torch.manual_seed(cfg.seed)
-    model = CLIP(mcfg).to(device)
+def check_config_agrees(name: str, given: TrainConfig, saved: TrainConfig, checkpoint: Path) -> None:
+    """A resumed run trains on with the config saved in its checkpoint: a ``--config`` that says otherwise would be
+    ignored, so it is an error naming what differs (the same config, as in a restart after a crash, is fine)."""
+    differences = config_differences(saved, given)
+    if differences:
+        raise ValueError(f"--config {name} differs from the config of the run resumed from {checkpoint} "
+                         f"({'; '.join(differences)}): a resumed run keeps its own config; leave out --config "
+                         f"and change values with --set")
+
+
+def tokenizer_and_model_config(cfg: TrainConfig, ckpt: dict | None, split: Split, run_dir: Path,
+                               rank: int) -> tuple[TextTokenizer, ModelConfig]:
+    """A resumed run's own tokenizer and architecture; a new run's tokenizer fitted on rank 0 and shared by file."""
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-    model.set_grad_checkpointing(cfg.grad_checkpointing)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+        return TextTokenizer.from_json(ckpt["tokenizer"]), ModelConfig.from_dict(ckpt["model_config"])
+    mcfg = load_model_config(cfg.model)
+    if rank == 0:
+        build_tokenizer(cfg, split, mcfg.text_cfg.context_length).save(run_dir / "tokenizer.json")
+    barrier()
+    tokenizer = TextTokenizer.load(run_dir / "tokenizer.json")
+    mcfg.text_cfg.vocab_size, mcfg.text_cfg.eot_id = tokenizer.vocab_size, tokenizer.eot_id
+    if cfg.loss == "siglip" and mcfg.init_logit_bias is None:
+        mcfg.init_logit_scale, mcfg.init_logit_bias = math.log(10), -10.0
+    return tokenizer, mcfg
+
+
+def make_optimizer(cfg: TrainConfig, model: CLIP, ckpt: dict | None,
+                   world: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, int]:
+    """AdamW and its schedule, restored from ``ckpt`` with the run's config (and any --set) deciding the
+    hyper-parameters; the step to start at."""
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=cfg.optim.betas, eps=cfg.optim.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    start_step = 0
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_step = int(ckpt["step"])
-        # the run's config (with any --set) decides the hyper-parameters, not the values stored in the optimiser
-        for group, wd in zip(optimizer.param_groups, (cfg.optim.weight_decay, 0.0), strict=True):
-            group.update(weight_decay=wd, betas=cfg.optim.betas, eps=cfg.optim.eps)
-        scheduler.base_lrs = [cfg.optim.lr] * len(optimizer.param_groups)
-        for group, lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
-            group["lr"] = lr * scheduler.lr_lambdas[0](start_step)
-        if ckpt.get("world_size", world) != world:
-            log.warning("resuming a run of %d rank(s) with %d: the data stream differs from an uninterrupted run",
-                        ckpt["world_size"], world)
-        if rank == 0:
-            drop_checkpoints_after(run_dir, start_step)
-    ddp_model: torch.nn.Module = model
-    if world > 1:
-        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        ddp_model = torch.compile(ddp_model)
-    loss_fn = make_loss(cfg.loss)
+    if ckpt is None:
+        return optimizer, scheduler, 0
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    start_step = int(ckpt["step"])
+    # the run's config (with any --set) decides the hyper-parameters, not the values stored in the optimiser
+    for group, wd in zip(optimizer.param_groups, (cfg.optim.weight_decay, 0.0), strict=True):
+        group.update(weight_decay=wd, betas=cfg.optim.betas, eps=cfg.optim.eps)
+    scheduler.base_lrs = [cfg.optim.lr] * len(optimizer.param_groups)
+    for group, lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = lr * scheduler.lr_lambdas[0](start_step)
+    if ckpt.get("world_size", world) != world:
+        log.warning("resuming a run of %d rank(s) with %d: the data stream differs from an uninterrupted run",
+                    ckpt["world_size"], world)
+    return optimizer, scheduler, start_step
 
-    sizes = shard_sizes(train_shards)
-    samples = cfg.data.epoch_samples or sum(sizes.values())
-    global_batch = cfg.data.batch_size * world
-    spe = epoch_steps(samples, global_batch, cfg.data.workers)
-    spec = StreamSpec(shards=[str(s) for s in train_shards], batch_size=cfg.data.batch_size,
-                      batches_per_worker=spe // max(1, cfg.data.workers), image_size=mcfg.vision_cfg.image_size,
-                      seed=cfg.seed, rank=rank, start_epoch=start_step // spe, skip_batches=start_step % spe,
+
+def start_stream(t: Trainer) -> int:
+    """Open the rank's batch stream at the run's start step; the training samples an epoch is sized by."""
+    cfg = t.cfg
+    samples = cfg.data.epoch_samples or t.split.train_samples(shard_sizes(t.split.train))
+    spe = t.steps_per_epoch = epoch_steps(samples, t.global_batch, cfg.data.workers)
+    spec = StreamSpec(shards=[str(s) for s in t.split.train], batch_size=cfg.data.batch_size,
+                      batches_per_worker=spe // max(1, cfg.data.workers), image_size=t.mcfg.vision_cfg.image_size,
+                      seed=cfg.seed, rank=t.rank, start_epoch=t.start_step // spe, skip_batches=t.start_step % spe,
                       shuffle_buffer=cfg.data.shuffle_buffer, caption_key=cfg.data.caption_key,
-                      crop_scale=cfg.data.crop_scale)
-    batches = train_batches(spec, tokenizer, cfg.data.workers, pin_memory=device.type == "cuda")
+                      crop_scale=cfg.data.crop_scale, holdout_fraction=t.split.fraction)
+    t.batches = train_batches(spec, t.tokenizer, cfg.data.workers, pin_memory=t.device.type == "cuda")
+    return samples
 
-    flops_per_sample = train_flops_per_sample(mcfg)
-    peak = cfg.peak_flops or measure_peak_flops(device, torch.bfloat16 if bf16 else torch.float32)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("model %s: %.2fM parameters, %.3f GFLOP per sample (train); %d train shards (%d samples), "
-             "%d held out; %d rank(s) × batch %d; %d steps per epoch; %s%s; peak %.1f TFLOP/s per device",
-             cfg.model, n_params / 1e6, flops_per_sample / 1e9, len(train_shards), samples, len(heldout), world,
-             cfg.data.batch_size, spe, device.type, " bf16" if bf16 else " fp32", peak / 1e12)
-    runlog = RunLog(run_dir, start_step, rank == 0)
 
-    def state(step: int) -> dict:
-        return {"step": step, "epoch": step // spe, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "config": cfg.model_dump(mode="json"), "model_config": mcfg.to_dict(),
-                "tokenizer": tokenizer.to_json(), "world_size": world}
+# ---------------------------------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------------------------------
 
-    ddp_model.train()
+
+def train_loop(t: Trainer) -> tuple[int, dict[str, int]]:
+    """Steps from the start step to ``cfg.steps``; (last step, samples skipped on this rank by reason)."""
+    cfg = t.cfg
+    runlog = RunLog(t.run_dir, t.start_step, t.rank == 0)
+    t.ddp_model.train()
     skipped_total: dict[str, int] = {}
-    window = {"t0": time.perf_counter(), "wait": 0.0, "steps": 0, "loss": 0.0, "skipped": 0}
+    window = Window()
     t_start = time.perf_counter()
-    step = start_step
+    step = t.start_step
     while step < cfg.steps:
         t0 = time.perf_counter()
-        images, tokens, skipped = next(batches)
-        window["wait"] += time.perf_counter() - t0
+        images, tokens, skipped = next(t.batches)
+        window.wait += time.perf_counter() - t0
         for k, v in skipped.items():
             skipped_total[k] = skipped_total.get(k, 0) + v
-            window["skipped"] += v
-        images = normalize(images.to(device, non_blocking=True))
-        tokens = tokens.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            image_features, text_features = ddp_model(images, tokens)
-            loss = loss_fn(image_features, text_features, model.logit_scale.exp(), model.logit_bias)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        lr_used = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            window.skipped += v
+        loss, lr_used = train_step(t, images, tokens)
         step += 1
-        window["steps"] += 1
-        window["loss"] += loss.detach()
+        window.steps += 1
+        window.loss += loss.detach()
         if step % cfg.log_every == 0 or step == cfg.steps:
-            stats = torch.stack([window["loss"] / window["steps"] if torch.is_tensor(window["loss"])
-                                 else torch.tensor(window["loss"], device=device),
-                                 torch.tensor(window["wait"], device=device),
-                                 torch.tensor(float(window["skipped"]), device=device)]).float()
-            if world > 1:
-                dist.all_reduce(stats)
-                stats[:2] /= world
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - window["t0"]
-            sps = window["steps"] * global_batch / elapsed
-            achieved = sps * flops_per_sample
-            row = {"step": step, "epoch": step // spe, "loss": round(stats[0].item(), 6),
-                   "logit_scale": round(model.logit_scale.exp().item(), 4),
-                   "lr": lr_used, "samples_per_s": round(sps, 2),
-                   "data_wait": round(stats[1].item() / elapsed, 4), "tflops": round(achieved / 1e12, 4),
-                   "mfu": round(achieved / (peak * world), 4), "skipped": int(stats[2].item()),
-                   "elapsed_s": round(time.perf_counter() - t_start, 2)}
-            runlog.write(row)
-            log.info("step %d/%d epoch %d loss %.4f scale %.2f lr %.2e %.1f samples/s data wait %.1f%% "
-                     "%.3f TFLOP/s MFU %.1f%%", step, cfg.steps, row["epoch"], row["loss"], row["logit_scale"],
-                     row["lr"], sps, 100 * row["data_wait"], row["tflops"], 100 * row["mfu"])
-            window = {"t0": time.perf_counter(), "wait": 0.0, "steps": 0, "loss": 0.0, "skipped": 0}
+            runlog.write(log_window(t, window, step, lr_used, t_start))
+            window = Window()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            snapshot = state(step) if rank == 0 else None
-            if rank == 0:
-                log.info("checkpoint %s", save_checkpoint(run_dir, snapshot, cfg.keep_checkpoints))
+            snapshot = t.state(step) if t.rank == 0 else None
+            if t.rank == 0:
+                log.info("checkpoint %s", save_checkpoint(t.run_dir, snapshot, cfg.keep_checkpoints))
             barrier()
     runlog.close()
-    if skipped_total:
-        log.warning("skipped on rank %d: %s", rank, skipped_total)
+    return step, skipped_total
 
-    # the other ranks leave now: waiting in a collective while rank 0 evaluates could outlast its timeout
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    if rank == 0 and (cfg.eval.zeroshot_dir or (cfg.eval.retrieval and heldout)):
-        results = evaluate(model, tokenizer, device, cfg.eval.zeroshot_dir, heldout, cfg.eval.retrieval,
-                           cfg.eval.linear_probe, cfg.eval.max_retrieval_pairs, cfg.data.caption_key)
-        results["step"], results["skipped_rank0"] = step, skipped_total
-        (run_dir / "eval.json").write_text(json.dumps(results, indent=2))
-        print(format_results(results), flush=True)
-    return 0
+
+def train_step(t: Trainer, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """One optimiser step on a batch; (the loss, the learning rate the step used)."""
+    model = t.model
+    images = normalize(images.to(t.device, non_blocking=True))
+    tokens = tokens.to(t.device, non_blocking=True)
+    with torch.autocast(t.device.type, dtype=torch.bfloat16, enabled=t.bf16):
+        image_features, text_features = t.ddp_model(images, tokens)
+        loss = t.loss_fn(image_features, text_features, model.logit_scale.exp(), model.logit_bias)
+    t.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if t.cfg.optim.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.cfg.optim.grad_clip)
+    t.optimizer.step()
+    lr_used = t.optimizer.param_groups[0]["lr"]
+    t.scheduler.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    return loss, lr_used
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# logging and evaluation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Window:
+    """What the steps since the last log row add up to on this rank."""
+
+    t0: float = field(default_factory=time.perf_counter)
+    wait: float = 0.0
+    steps: int = 0
+    loss: torch.Tensor | float = 0.0
+    skipped: int = 0
+
+
+def log_window(t: Trainer, window: Window, step: int, lr_used: float, t_start: float) -> dict:
+    """The log row of a window, averaged over ranks (a collective: every rank calls it at the same step)."""
+    device, world = t.device, t.world
+    loss = window.loss / window.steps if torch.is_tensor(window.loss) else torch.tensor(window.loss, device=device)
+    stats = torch.stack([loss, torch.tensor(window.wait, device=device),
+                         torch.tensor(float(window.skipped), device=device)]).float()
+    if world > 1:
+        dist.all_reduce(stats)
+        stats[:2] /= world
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - window.t0
+    sps = window.steps * t.global_batch / elapsed
+    achieved = sps * t.flops_per_sample
+    row = {"step": step, "epoch": step // t.steps_per_epoch, "loss": round(stats[0].item(), 6),
+           "logit_scale": round(t.model.logit_scale.exp().item(), 4),
+           "lr": lr_used, "samples_per_s": round(sps, 2),
+           "data_wait": round(stats[1].item() / elapsed, 4), "tflops": round(achieved / 1e12, 4),
+           "mfu": round(achieved / (t.peak * world), 4), "skipped": int(stats[2].item()),
+           "elapsed_s": round(time.perf_counter() - t_start, 2)}
+    log.info("step %d/%d epoch %d loss %.4f scale %.2f lr %.2e %.1f samples/s data wait %.1f%% "
+             "%.3f TFLOP/s MFU %.1f%%", step, t.cfg.steps, row["epoch"], row["loss"], row["logit_scale"],
+             row["lr"], sps, 100 * row["data_wait"], row["tflops"], 100 * row["mfu"])
+    return row
+
+
+def final_evaluation(t: Trainer, step: int, skipped_total: dict[str, int]) -> None:
+    """Zero-shot, linear probe and retrieval on the held-out pairs, into ``RUN/eval.json`` and the console."""
+    cfg = t.cfg
+    if not (cfg.eval.zeroshot_dir or (cfg.eval.retrieval and t.split.heldout)):
+        return
+    results = evaluate(t.model, t.tokenizer, t.device, cfg.eval.zeroshot_dir, t.split.heldout, cfg.eval.retrieval,
+                       cfg.eval.linear_probe, cfg.eval.max_retrieval_pairs, cfg.data.caption_key,
+                       holdout_fraction=t.split.fraction, batch_size=cfg.eval.batch_size)
+    results["step"], results["skipped_rank0"] = step, skipped_total
+    (t.run_dir / "eval.json").write_text(json.dumps(results, indent=2))
+    print(format_results(results), flush=True)
 
 
 if __name__ == "__main__":
