@@ -142,3 +142,9 @@ def test_a_one_shard_build_trains_with_the_default_holdout_on_two_ranks(tmp_path
     assert json.loads((run / "eval.json").read_text())["retrieval"]["pairs"] == held
     assert f"retrieval on {held} held-out pairs" in proc.stdout
     assert "2.0% of the samples held out by key" in proc.stderr
+    out = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "trainer" / "evaluate.py"), "--checkpoint", str(run),
+                           "--data", str(data), "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text())["retrieval"]["pairs"] == held  # the evaluation script finds the same pairs
