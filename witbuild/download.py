@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from witbuild.network import BLOCKED_ADDRESS, Policy, allow_tuple, guarded_urlopen, url_refusal
+from witbuild.layout import OPTED_OUT
+from witbuild.network import BLOCKED_ADDRESS, Policy, allow_tuple, guarded_urlopen
 
 # img2dataset decodes with OpenCV; OpenCV's own pixel cap stops a decompression bomb before it
 # allocates gigabytes (PIL's default cap is the same order: 89,478,485 pixels).
@@ -36,7 +39,12 @@ class DownloadConfig(BaseModel):
     max_aspect_ratio: float = Field(3.0, gt=0, description="Longer side / shorter side (DataComp 'basic': 3).")
     max_image_area: int = Field(MAX_IMAGE_PIXELS, ge=1, description="Larger images are refused (decompression "
                                 "bombs); also set as OpenCV's decoder limit.")
-    user_agent_token: str = Field("witbuild", description="Added to the User-Agent of every request.")
+    user_agent_token: str = Field("witbuild", description="Added to the User-Agent of every request; the "
+                                  "robots.txt groups of this token (and of 'img2dataset', which the User-Agent "
+                                  "also names) are honoured.")
+    respect_robots: bool = Field(True, description="Fetch each image host's robots.txt once (under the network "
+                                 "policy, with the crawl's timeouts and size cap) and drop the URLs it disallows "
+                                 "(robots_disallowed; 5xx or unreachable robots.txt: robots_unreachable).")
     number_sample_per_shard: int = Field(10_000, ge=1)
     thread_count: int = Field(32, ge=1, description="Download threads per Spark task.")
     subjob_size: int = Field(1000, ge=1, description="Shards handed to Spark per job.")
@@ -62,7 +70,7 @@ _ERROR_CLASSES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(pattern, re.IGNORECASE))
     for name, pattern in (
         (BLOCKED_ADDRESS, r"blocked[ _]address"),  # first: its message names the address, which may look like others
-        ("opted_out", r"opt(ed)?[- ]?out|x-robots-tag|noai"),
+        (OPTED_OUT, r"opt(ed)?[- ]?out|x-robots-tag|noai|tdm-reservation"),
         ("http_404", r"\b404\b"),
         ("http_403", r"\b403\b"),
         ("http_4xx", r"HTTP Error 4\d\d"),
@@ -92,6 +100,24 @@ def error_class(message: str | None) -> str:
 # ------------------------------------------------------------------------------------------------ network policy
 
 
+class OptedOutError(urllib.error.URLError):
+    """A response whose headers reserve its use; the message starts with 'opted out' (error class opted_out)."""
+
+
+class TdmReservationProcessor(urllib.request.BaseHandler):
+    """Refuses a successful response that carries ``tdm-reservation: 1`` (W3C TDMRep: the rights holder
+    reserves text and data mining), before its body is read. img2dataset honours X-Robots-Tag itself."""
+
+    def http_response(self, request: urllib.request.Request, response: Any) -> Any:
+        if 200 <= response.status < 300 and any(
+                v.strip() == "1" for v in response.headers.get_all("tdm-reservation") or ()):
+            response.close()
+            raise OptedOutError(f"opted out: tdm-reservation: 1 on {request.full_url}")
+        return response
+
+    https_response = http_response
+
+
 class GuardedDownloader:
     """img2dataset's ``Downloader`` with the build's network policy around every shard it downloads.
 
@@ -105,7 +131,7 @@ class GuardedDownloader:
         self.allow = allow
 
     def __call__(self, row: Any) -> Any:
-        with guarded_urlopen(self.allow):
+        with guarded_urlopen(self.allow, extra=(TdmReservationProcessor(),)):
             return self.inner(row)
 
 
@@ -138,27 +164,3 @@ def img2dataset_guarded(policy: Policy) -> Iterator[None]:
     finally:
         for name, fn in originals.items():
             setattr(i2d_main, name, fn)
-
-
-def drop_refused_urls(fs: Any, src: str, dst: str, policy: Policy) -> tuple[int, int]:
-    """Copy the Parquet files of folder ``src`` to ``dst`` without the rows whose URL host the policy refuses
-    literally (no DNS); returns (rows kept, rows refused). Each file keeps its name and row order, so
-    img2dataset cuts the same shards from the copy on every run (its incremental mode relies on that)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    allow = allow_tuple(policy)
-    fs.makedirs(dst, exist_ok=True)
-    kept = refused = 0
-    for path in sorted(fs.glob(f"{src.rstrip('/')}/*.parquet")):
-        with fs.open(path, "rb") as fh:
-            table = pq.read_table(fh)
-        mask = [url_refusal(u, allow) is None for u in table.column("url").to_pylist()]
-        n_ok = sum(mask)
-        kept += n_ok
-        refused += len(mask) - n_ok
-        if n_ok < len(mask):
-            table = table.filter(pa.array(mask, pa.bool_()))
-        with fs.open(f"{dst}/{path.rsplit('/', 1)[-1]}", "wb") as fh:
-            pq.write_table(table, fh)
-    return kept, refused

@@ -73,3 +73,11 @@ def report_path(output: str) -> str:
 def dataset_dir(output: str) -> str:
     """The finished dataset: the finalize stage's folder."""
     return stage_dir(output, FINALIZE_STAGE)
+
+# Drop reasons that stats reads by name (the funnel's ``dropped`` keys). Rows the download stage drops before
+# img2dataset sees them are in the funnel only, not in img2dataset's shard metadata.
+BLOCKED_ADDRESS = "blocked_address"
+ROBOTS_DISALLOWED = "robots_disallowed"
+ROBOTS_UNREACHABLE = "robots_unreachable"
+OPTED_OUT = "opted_out"
+PRE_DOWNLOAD_DROPS = (BLOCKED_ADDRESS, ROBOTS_DISALLOWED, ROBOTS_UNREACHABLE)

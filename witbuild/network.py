@@ -30,11 +30,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from witbuild import layout
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: The drop reason (funnel) and error class (img2dataset's error_message) of a refused address.
-BLOCKED_ADDRESS = "blocked_address"
+BLOCKED_ADDRESS = layout.BLOCKED_ADDRESS
 #: Names every resolver maps to loopback: judged as 127.0.0.1 whatever DNS says.
 LOCALHOST_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
@@ -325,26 +327,28 @@ class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
                             context=self._context)  # type: ignore[attr-defined]
 
 
-def guarded_opener(policy: Policy = ()) -> urllib.request.OpenerDirector:
+def guarded_opener(policy: Policy = (),
+                   extra: Sequence[urllib.request.BaseHandler] = ()) -> urllib.request.OpenerDirector:
     """A urllib opener whose every connection, redirect hops included, goes through the policy. Only
     http and https: ftp, file and data URLs (reachable by redirect in urllib's default opener) are not
-    handled at all."""
+    handled at all. ``extra`` handlers (e.g. a response processor for opt-out headers) are added last."""
     allow = allow_tuple(policy)
     allow_networks(allow)
     opener = urllib.request.OpenerDirector()
     for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), _GuardedHTTPHandler(allow),
                     _GuardedHTTPSHandler(allow), urllib.request.HTTPDefaultErrorHandler(),
-                    urllib.request.HTTPRedirectHandler(), urllib.request.HTTPErrorProcessor()):
+                    urllib.request.HTTPRedirectHandler(), urllib.request.HTTPErrorProcessor(), *extra):
         opener.add_handler(handler)
     return opener
 
 
 @contextmanager
-def guarded_urlopen(policy: Policy = ()) -> Iterator[urllib.request.OpenerDirector]:
+def guarded_urlopen(policy: Policy = (), extra: Sequence[urllib.request.BaseHandler] = ()
+                    ) -> Iterator[urllib.request.OpenerDirector]:
     """Within the block, ``urllib.request.urlopen`` (what img2dataset's downloader calls from its threads)
     uses :func:`guarded_opener`; the process's previous opener comes back afterwards."""
     previous = urllib.request._opener  # type: ignore[attr-defined]
-    opener = guarded_opener(policy)
+    opener = guarded_opener(policy, extra)
     urllib.request.install_opener(opener)
     try:
         yield opener

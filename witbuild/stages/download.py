@@ -6,10 +6,14 @@ temporary folder survives a killed build, and img2dataset's incremental mode ski
 have their stats file, so a re-run fetches only the unfinished shards; a shard cut mid-way has no
 stats file and is redone from scratch, so every sample ends up in exactly one tar.
 
-The build's network policy (``network:``, witbuild/network.py) is applied twice: rows whose URL host is a
-refused address in any spelling are dropped before img2dataset sees them (``blocked_address`` in the
-funnel, never fetched), and in the processes that open the sockets every connection, redirect hops
-included, is checked on the address it really goes to (img2dataset records ``blocked address: ...``).
+Before img2dataset starts, a Spark step decides which rows may be fetched at all (:func:`prepare_input`):
+rows whose URL host is a refused address in any spelling are dropped (``blocked_address``, never fetched,
+witbuild/network.py), then each remaining image host's robots.txt is fetched once (witbuild/robots.py; kept in
+``_robots/`` of the stage folder, so that a resumed download decides as the first attempt did) and the URLs it
+disallows are dropped (``robots_disallowed``; ``robots_unreachable`` for hosts whose robots.txt answered 5xx or
+not at all). In the processes that open the sockets every connection, redirect hops included, is checked on
+the address it really goes to (img2dataset records ``blocked address: ...``), and a response that reserves
+text and data mining (``tdm-reservation: 1``) is refused as ``opted_out`` before its body is read.
 """
 
 from __future__ import annotations
@@ -18,10 +22,26 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
+from witbuild import layout
 from witbuild.counters import StageCounts
-from witbuild.download import apply_env, drop_refused_urls, error_class, img2dataset_guarded
-from witbuild.network import BLOCKED_ADDRESS
+from witbuild.download import apply_env, error_class, img2dataset_guarded
+from witbuild.network import BLOCKED_ADDRESS, allow_tuple, url_refusal
+from witbuild.robots import (
+    RobotsLimits,
+    agent_tokens,
+    fetch_all,
+    origin_of,
+    robots_refusal,
+    user_agent_string,
+)
 from witbuild.spark import fs_and_path
+
+ROBOTS_DIR = "_robots"  # inside the stage folder: what each image host's robots.txt said
+ROW, ORIGIN, DROP = "_row", "_origin", "_drop"
+ROBOTS_SCHEMA = pa.schema([(ORIGIN, pa.string()), ("outcome", pa.string()), ("status", pa.int32()),
+                           ("body", pa.string()), ("oversize", pa.bool_()), ("error", pa.string())])
 
 if TYPE_CHECKING:
     from witbuild.pipeline import StageContext
@@ -58,12 +78,7 @@ def run_download(ctx: StageContext) -> StageCounts:
     forget_damaged_shards(fs, out)
     # a sibling of the (resumable) temporary folder: img2dataset's own files stay alone in ``out``
     allowed_dir = f"{out.rstrip('/')}.input"
-    if fs.exists(allowed_dir):
-        fs.rm(allowed_dir, recursive=True)
-    kept, blocked = drop_refused_urls(fs, fs_and_path(ctx.previous)[1], allowed_dir, ctx.cfg.network)
-    if blocked:
-        log.warning("download: %d rows name a refused address (network.allow_addresses) and are not fetched",
-                    blocked)
+    counts, kept = prepare_input(ctx, fs, out, allowed_dir)
     if kept:
         with img2dataset_guarded(ctx.cfg.network):
             _img2dataset(img2dataset, fs.unstrip_protocol(allowed_dir), ctx)
@@ -73,8 +88,7 @@ def run_download(ctx: StageContext) -> StageCounts:
     parquets = [fs.unstrip_protocol(p) for p in names if p.endswith(".parquet")]
     rows = (ctx.spark.read.parquet(*parquets).groupBy("status", "error_message").count().collect()
             if parquets else [])
-    counts = StageCounts(rows_in=blocked)
-    counts.drop(BLOCKED_ADDRESS, blocked)
+    counts.rows_in = counts.rows_dropped  # img2dataset's metadata holds every row it was given
     for r in rows:
         counts.rows_in += r["count"]
         if r["status"] == "success":
@@ -83,6 +97,111 @@ def run_download(ctx: StageContext) -> StageCounts:
             counts.drop(error_class(r["error_message"]), r["count"])
     n_tars = sum(1 for p in names if p.endswith(".tar"))
     counts.info.update({"shards": n_tars, "image_size": cfg.image_size, "resize_mode": cfg.resize_mode})
+    return counts
+
+
+def prepare_input(ctx: StageContext, fs: Any, out: str, dst: str) -> tuple[StageCounts, int]:
+    """Write the rows img2dataset may fetch to ``dst``, in the previous stage's row order (img2dataset cuts its
+    shards from that order, and its resume relies on the same cut); returns the rows dropped here (counts) and
+    the number of rows kept."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    cfg = ctx.cfg
+    for leftover in (dst, f"{dst}.decided"):
+        if fs.exists(leftover):
+            fs.rm(leftover, recursive=True)
+    df = ctx.spark.read.parquet(ctx.previous)
+    out_fields = df.schema.fields
+    tagged = df.withColumn(ROW, F.monotonically_increasing_id())
+    tagged_schema = StructType([*tagged.schema.fields, StructField(ORIGIN, StringType()),
+                                StructField(DROP, StringType())])
+    tagged = tagged.mapInArrow(_tagger(allow_tuple(cfg.network)), tagged_schema)
+    counts = StageCounts()
+    if cfg.download.respect_robots:
+        robots = _robots_table(ctx, fs, out, tagged)
+        tagged = tagged.join(robots, on=ORIGIN, how="left").mapInArrow(
+            _robots_judge(agent_tokens(cfg.download.user_agent_token), tagged.schema.names), tagged.schema)
+        counts.merge(_robots_events(robots))
+    decided = f"{dst}.decided"
+    tagged.write.mode("overwrite").parquet(fs.unstrip_protocol(decided))
+    table = ctx.spark.read.parquet(fs.unstrip_protocol(decided))
+    kept = 0
+    for r in table.groupBy(DROP).count().collect():
+        if r[DROP] is None:
+            kept = r["count"]
+        else:
+            counts.drop(r[DROP], r["count"])
+    (table.where(F.col(DROP).isNull()).orderBy(ROW).select(*[f.name for f in out_fields])
+     .write.mode("overwrite").parquet(fs.unstrip_protocol(dst)))
+    fs.rm(decided, recursive=True)
+    for reason, n in sorted(counts.dropped.items()):
+        log.warning("download: %d rows not fetched: %s", n, reason)
+    return counts, kept
+
+
+def _tagger(allow: tuple[str, ...]) -> Any:
+    """Adds each row's robots.txt origin, and ``blocked_address`` for a URL host the network policy refuses."""
+    def run(batches: Any) -> Any:
+        for batch in batches:
+            urls = batch.column("url").to_pylist()
+            drops = [BLOCKED_ADDRESS if url_refusal(u, allow) is not None else None for u in urls]
+            origins = [None if d else origin_of(u) for u, d in zip(urls, drops, strict=True)]
+            yield pa.RecordBatch.from_arrays([*batch.columns, pa.array(origins, pa.string()),
+                                              pa.array(drops, pa.string())],
+                                             names=[*batch.schema.names, ORIGIN, DROP])
+    return run
+
+
+def _robots_judge(tokens: tuple[str, ...], names: list[str]) -> Any:
+    """Sets ``_drop`` to robots_disallowed / robots_unreachable where the host's robots.txt forbids the URL;
+    returns the columns ``names`` (the rows as they were before the join)."""
+    def run(batches: Any) -> Any:
+        for batch in batches:
+            col = batch.schema.get_field_index
+            urls, old, outcome, body = (batch.column(col(n)).to_pylist() for n in ("url", DROP, "outcome", "body"))
+            drops = [d if d is not None else robots_refusal(u, o, b, tokens)
+                     for u, d, o, b in zip(urls, old, outcome, body, strict=True)]
+            arrays = [pa.array(drops, pa.string()) if n == DROP else batch.column(col(n)) for n in names]
+            yield pa.RecordBatch.from_arrays(arrays, names=names)
+    return run
+
+
+def _robots_table(ctx: StageContext, fs: Any, out: str, tagged: Any) -> Any:
+    """Each image host's robots.txt outcome, fetched once per build (a resumed download reads it back)."""
+    from pyspark.sql import functions as F
+
+    path = f"{out.rstrip('/')}/{ROBOTS_DIR}"
+    if not fs.exists(f"{path}/{layout.SUCCESS_FILE}"):
+        cfg = ctx.cfg
+        limits = RobotsLimits(timeout=cfg.crawl.read_timeout, total_timeout=cfg.crawl.total_timeout,
+                              max_bytes=cfg.crawl.max_page_bytes)
+        policy, agent = allow_tuple(cfg.network), user_agent_string(cfg.download.user_agent_token)
+        threads = cfg.download.thread_count
+
+        def fetch(batches: Any) -> Any:
+            for batch in batches:
+                answers = fetch_all(batch.column(ORIGIN).to_pylist(), policy, limits, agent, threads)
+                yield pa.RecordBatch.from_pylist([{**a.__dict__, ORIGIN: a.origin} for a in answers],
+                                                 schema=ROBOTS_SCHEMA)
+
+        from pyspark.sql.pandas.types import from_arrow_schema
+        spark_schema = from_arrow_schema(ROBOTS_SCHEMA)
+        origins = tagged.where(F.col(DROP).isNull() & F.col(ORIGIN).isNotNull()).select(ORIGIN).distinct()
+        parallel = max(1, ctx.spark.sparkContext.defaultParallelism)
+        (origins.repartition(parallel, ORIGIN).mapInArrow(fetch, spark_schema)
+         .write.mode("overwrite").parquet(fs.unstrip_protocol(path)))
+    return ctx.spark.read.parquet(fs.unstrip_protocol(path))
+
+
+def _robots_events(robots: Any) -> StageCounts:
+    """Per-host events: robots.txt files fetched, missing (4xx: all allowed), unreachable, cut at the size cap."""
+    counts = StageCounts()
+    for r in robots.groupBy("outcome", "oversize").count().collect():
+        counts.event("robots_hosts", r["count"])
+        counts.event(f"robots_{r['outcome']}_hosts", r["count"])
+        if r["oversize"]:
+            counts.event("robots_oversize_hosts", r["count"])
     return counts
 
 

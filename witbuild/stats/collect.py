@@ -32,10 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from witbuild import __version__
+from witbuild import __version__, layout
 from witbuild.config import STAGES
 from witbuild.download import error_class
-from witbuild.network import BLOCKED_ADDRESS
 from witbuild.stats.dists import IntDist, RatioDist, concentration, rank_frequency
 from witbuild.stats.options import TarCheck
 from witbuild.stats.textlen import char_counts, word_counts
@@ -53,6 +52,11 @@ URL_EXT = r"\.(?P<ext>[A-Za-z0-9]{1,5})(?:$|[?#])"  # extension of the URL's pat
 DEDUP_LAYER = re.compile(r"dup|contamination")
 FINALIZE_DIR, INDEX_DIR, SIZES_FILE = "finalize", "index.parquet", "sizes.json"
 ENTRY_COUNTS_FILE = "_entry_counts.parquet"
+PRE_DOWNLOAD_WHY = {
+    layout.BLOCKED_ADDRESS: "refused before any request (network policy)",
+    layout.ROBOTS_DISALLOWED: "disallowed by the image host's robots.txt",
+    layout.ROBOTS_UNREACHABLE: "the image host's robots.txt answered 5xx/429 or not at all: all disallowed",
+}
 EXAMPLES_PER_CLASS = 3
 MAX_LISTED = 5  # file names listed in one warning
 MAX_ENTRY_ID = 100_000_000  # query lists hold ~500k entries; a larger id is damage, not an entry
@@ -754,13 +758,16 @@ def _download_section(d: DownloadStats, funnel: list[dict[str, Any]] | None) -> 
         cls = error_class(msg)
         by_class[cls] += n
         examples.setdefault(cls, []).append((n, "" if msg is None else str(msg)))
-    # rows the network policy refused before img2dataset saw them: in the funnel, not in the shard metadata
+    # rows dropped before img2dataset saw them (network policy, robots.txt): in the funnel, not in the shard metadata
     stage = next((s for s in funnel or [] if s["stage"] == "download"), None)
-    early = 0 if stage is None else min(max(0, stage["rows_in"] - d.rows),
-                                        int(stage["dropped"].get(BLOCKED_ADDRESS, 0)))
-    if early:
-        by_class[BLOCKED_ADDRESS] += early
-        examples.setdefault(BLOCKED_ADDRESS, []).append((early, "refused before any request (network policy)"))
+    room = 0 if stage is None else max(0, stage["rows_in"] - d.rows)
+    early = 0
+    for reason in layout.PRE_DOWNLOAD_DROPS:
+        n = 0 if stage is None else min(room - early, int(stage["dropped"].get(reason, 0)))
+        if n > 0:
+            early += n
+            by_class[reason] += n
+            examples.setdefault(reason, []).append((n, PRE_DOWNLOAD_WHY[reason]))
     rows = d.rows + early
     failed = rows - success
     failures = []
@@ -768,7 +775,8 @@ def _download_section(d: DownloadStats, funnel: list[dict[str, Any]] | None) -> 
         ex = sorted(examples[cls], key=lambda e: (-e[0], e[1]))[:EXAMPLES_PER_CLASS]
         failures.append({"class": cls, "count": n, "share": round(n / failed, 6) if failed else 0.0,
                          "examples": [{"message": m[:300], "count": c} for c, m in ex]})
-    return {"source": "shard metadata (status, error_message)" + (", build report (blocked_address)" if early else ""),
+    source = "shard metadata (status, error_message)" + (", build report (before the download)" if early else "")
+    return {"source": source,
             "rows": rows, "success": success, "failed": failed, "success_rate": round(success / rows, 6),
             "status": {str(k): int(v) for k, v in sorted(d.status.items(), key=lambda kv: -kv[1])},
             "failures_by_class": failures}
