@@ -115,13 +115,18 @@ def test_50_mb_page_is_cut_not_fatal(tmp_path):
     assert counts.events["body_cut_at_max_bytes"] == 1
 
 
-def test_100_kb_alt_is_capped(tmp_path):
+def test_100_kb_alt_is_cut_once_by_the_filter(tmp_path):
+    """A huge alt travels whole through extract (the page size cap bounds it) and is cut by the one truncation
+    setting, ``filter.max_chars``, counted once as text_truncated."""
+    from witbuild.text.filters import FilterConfig, filter_texts
+
     alt = "a very long caption " * 5000  # 100 kB
     body = f'<html><img src="/a.jpg" alt="{alt}"></html>'.encode()
     (p := tmp_path / "t.warc.gz").write_bytes(response("http://site.test/a.html", body) + good(1))
-    rows, counts = extract(p, max_text_chars=4096)
-    assert len(rows) == 4 and len(rows[0]["text"]) <= 4096
-    assert counts.events["text_truncated"] == 1
+    rows, counts = extract(p)
+    assert len(rows) == 4 and rows[0]["text"] == alt.strip() and "text_truncated" not in counts.events
+    result = filter_texts([rows[0]["text"]], FilterConfig())
+    assert len(result.texts[0]) <= FilterConfig().max_chars and result.truncated == [True]
 
 
 def test_file_that_is_not_a_warc(tmp_path):

@@ -22,9 +22,9 @@ def test_split_inputs_tells_files_from_seeds():
 
 def test_yaml_then_flags_then_sets(tmp_path):
     cfg_file = tmp_path / "build.yaml"
-    cfg_file.write_text("output: out-a\ninput:\n  paths: [a.warc.gz]\nextract:\n  max_text_chars: 500\n")
+    cfg_file.write_text("output: out-a\ninput:\n  paths: [a.warc.gz]\nextract:\n  max_page_bytes: 5000\n")
     cfg = load_config(cfg_file)
-    assert (cfg.output, cfg.input.paths, cfg.extract.max_text_chars) == ("out-a", ["a.warc.gz"], 500)
+    assert (cfg.output, cfg.input.paths, cfg.extract.max_page_bytes) == ("out-a", ["a.warc.gz"], 5000)
     cfg = load_config(cfg_file, inputs=["b.warc", "https://x.org/"], output="out-b",
                       sets=["extract.keep_empty_text=true", "network.allow_addresses=['127.0.0.1']"])
     assert cfg.output == "out-b" and cfg.input.paths == ["b.warc"] and cfg.input.seeds == ["https://x.org/"]
@@ -38,7 +38,10 @@ def test_yaml_then_flags_then_sets(tmp_path):
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["extract.max_text_chars=3"], "max_text_chars"),
+        (["extract.max_page_bytes=3"], "max_page_bytes"),
+        (["extract.max_text_chars=500"], "filter.max_chars"),
+        (["match.max_entries=10"], "querylist.max_entries"),
+        (["match.max_entry_chars=10"], "querylist.max_entry_chars"),
         (["extract.no_such_field=1"], "no_such_field"),
         (["extract.url_attrs=[href]"], "url_attrs"),
         (["crawl.delay_seconds=-1"], "delay_seconds"),

@@ -74,10 +74,10 @@ def test_missing_input_is_a_clear_error_before_spark(tmp_path):
 
 
 def test_bad_config_value_is_a_clear_error(tmp_path):
-    proc = run_job("--input", str(tmp_path), "--output", str(tmp_path / "o"), "--set", "extract.max_text_chars=3")
+    proc = run_job("--input", str(tmp_path), "--output", str(tmp_path / "o"), "--set", "extract.max_page_bytes=3")
     said = proc.stdout + proc.stderr
     assert proc.returncode == 2
-    assert "max_text_chars" in said and "Traceback" not in said
+    assert "max_page_bytes" in said and "Traceback" not in said
 
 
 def test_spark_submit_env_fills_in_only_what_is_missing(monkeypatch):

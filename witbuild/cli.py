@@ -66,8 +66,8 @@ def balance_plan(
 
     from witbuild.config import load_config
     from witbuild.curate.balance import BalanceConfig
+    from witbuild.curate.querylist_artifact import prepare_querylist
     from witbuild.stages.balance import plan_balance
-    from witbuild.stages.match import prepare_querylist
 
     if not (build / "stages" / "match" / "_SUCCESS").is_file():
         typer.echo(f"error: {build}/stages/match is not a finished match stage", err=True)

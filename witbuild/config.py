@@ -16,13 +16,20 @@ from witbuild.curate.querylist import QueryListConfig
 from witbuild.dedup.urls import DedupConfig
 from witbuild.download import DownloadConfig
 from witbuild.network import NetworkConfig
+from witbuild.stages.registry import STAGE_NAMES as STAGES
 from witbuild.text.filters import FilterConfig
 from witbuild.text.langid import LangIdConfig
 from witbuild.yaml_io import apply_sets, read_raw_config
 
+#: (section, key, new place) of settings that moved: an old config gets an error naming the new key.
+MOVED_KEYS = (
+    ("match", "max_entries", "querylist.max_entries"),
+    ("match", "max_entry_chars", "querylist.max_entry_chars"),
+    ("extract", "max_text_chars", "filter.max_chars"),
+)
+
 __all__ = ["STAGES", "BuildConfig", "apply_sets", "load_config", "read_raw_config", "split_inputs"]
 
-STAGES: tuple[str, ...] = ("extract", "filter", "match", "balance", "dedup", "download", "finalize")
 WARC_SUFFIXES = (".warc", ".warc.gz", ".wat", ".wat.gz", ".warc.wat.gz", ".arc.gz")
 
 
@@ -47,7 +54,6 @@ class ExtractConfig(_Section):
     )
     text_attrs: list[str] = Field(default_factory=lambda: ["alt", "title"])
     keep_empty_text: bool = Field(False, description="Keep images without alt/title text (text is '').")
-    max_text_chars: int = Field(4096, ge=16, description="Longer texts are cut (counted as text_truncated).")
     max_page_bytes: int = Field(5_000_000, ge=1024, description="HTML beyond this many bytes is not parsed.")
     batch_rows: int = Field(8192, ge=1, description="Rows per Arrow batch handed back to Spark.")
 
@@ -117,7 +123,13 @@ class BuildConfig(_Section):
     @classmethod
     def _moved_keys(cls, data: Any) -> Any:
         """A key that moved gets an error naming its new place, not a bare 'extra inputs are not permitted'."""
-        crawl = data.get("crawl") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return data
+        for section, key, new in MOVED_KEYS:
+            old = data.get(section)
+            if isinstance(old, dict) and key in old:
+                raise ValueError(f"{section}.{key} moved to {new} (one setting for one thing): write {new} instead")
+        crawl = data.get("crawl")
         if isinstance(crawl, dict) and "allow_addresses" in crawl:
             raise ValueError("crawl.allow_addresses moved to network.allow_addresses (one policy for the crawl "
                              "and the download stage): write network: {allow_addresses: [...]} or "

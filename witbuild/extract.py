@@ -119,7 +119,7 @@ def _warc_page(rec: WarcRecord, cfg: ExtractConfig, counts: StageCounts,
     try:
         html = decode_html(body, rec.charset, counts)
         return page_images(html, rec.target_uri, counts, url_attrs=cfg.url_attrs, text_attrs=cfg.text_attrs,
-                           keep_empty_text=cfg.keep_empty_text, max_text_chars=cfg.max_text_chars,
+                           keep_empty_text=cfg.keep_empty_text, max_text_chars=None,
                            content_language=rec.content_language)
     except Exception:  # a parser failure on one page must not lose the file
         log.exception("HTML parse failed: %s at %d", path, rec.offset)
@@ -187,7 +187,7 @@ def extract_file(
             if fmt == "wat":
                 page_url, refs, page_lang = wat_images(
                     rec.body, counts, keep_empty_text=cfg.keep_empty_text,
-                    max_text_chars=cfg.max_text_chars, text_attrs=tuple(cfg.text_attrs), record_uri=rec.target_uri)
+                    max_text_chars=None, text_attrs=tuple(cfg.text_attrs), record_uri=rec.target_uri)
                 if page_url is None:
                     continue
             else:

@@ -1,8 +1,11 @@
-"""Runs the stages of a build in order, each into ``<output>/stages/<name>/`` atomically.
+"""Runs the stages of a build in order (witbuild/stages/registry.py), each into ``<output>/stages/<name>/``
+atomically, and never reuses a finished stage made under another config.
 
 A stage writes under ``<output>/stages/_tmp/<name>/``; only when it has finished (Spark's
-``_SUCCESS`` plus our ``_counts.json``) is the folder renamed to its final name, so a killed
-build never leaves a partial output that a re-run could take for a finished one.
+``_SUCCESS`` plus our ``_counts.json`` and ``_fingerprint.json``) is the folder renamed to its final name,
+so a killed build never leaves a partial output that a re-run could take for a finished one. A finished
+stage whose fingerprint (witbuild/fingerprint.py) differs from the one the config gives now is redone with
+every later stage.
 """
 
 from __future__ import annotations
@@ -17,32 +20,18 @@ from typing import Any
 import pyspark
 import pyspark.sql
 
-from witbuild import __version__
-from witbuild.config import STAGES, BuildConfig
+from witbuild import __version__, layout
+from witbuild.config import BuildConfig
 from witbuild.counters import StageCounts
-from witbuild.spark import fs_and_path, join, read_task_counts
+from witbuild.fingerprint import Fingerprint, changes, stage_fingerprints
+from witbuild.spark import fs_and_path, read_task_counts
+from witbuild.stages.context import StageContext
+from witbuild.stages.registry import REGISTRY, STAGE_NAMES, Stage, later_stages, stage
 
 log = logging.getLogger(__name__)
 
-COUNTS_FILE = "_counts.json"
-# Stages whose temporary folder survives a failed attempt, because their work is expensive and
-# they resume it themselves (img2dataset skips the shards it finished).
-RESUMABLE = frozenset({"download"})
-
-
-@dataclass
-class StageContext:
-    """What a stage function gets: the session, the config, and where to write."""
-
-    spark: Any
-    cfg: BuildConfig
-    output: str  # where the stage writes its Parquet (a temporary folder)
-    counts_dir: str  # where its tasks write their counters
-    previous: str | None  # the previous stage's final folder
-
-    def stage_dir(self, name: str) -> str:
-        return join(self.cfg.output, "stages", name)
-
+COUNTS_FILE = layout.COUNTS_FILE
+__all__ = ["COUNTS_FILE", "StageContext", "StageResult", "run_build"]
 
 StageFn = Callable[[StageContext], StageCounts | None]
 
@@ -55,59 +44,66 @@ class StageResult:
     skipped: bool
 
 
-def stage_functions() -> dict[str, StageFn]:
-    from witbuild.stages.balance import run_balance
-    from witbuild.stages.dedup import run_dedup
-    from witbuild.stages.download import run_download
-    from witbuild.stages.extract import run_extract
-    from witbuild.stages.filter import run_filter
-    from witbuild.stages.finalize import run_finalize
-    from witbuild.stages.match import run_match
-
-    return {"extract": run_extract, "filter": run_filter, "match": run_match, "balance": run_balance,
-            "dedup": run_dedup, "download": run_download, "finalize": run_finalize}
-
-
 def is_finished(output: str, name: str) -> bool:
-    fs, root = fs_and_path(join(output, "stages", name))
-    return fs.exists(f"{root}/_SUCCESS") and fs.exists(f"{root}/{COUNTS_FILE}")
+    fs, root = fs_and_path(layout.stage_dir(output, name))
+    return fs.exists(f"{root}/{layout.SUCCESS_FILE}") and fs.exists(f"{root}/{COUNTS_FILE}")
 
 
 def load_counts(output: str, name: str) -> StageCounts:
-    fs, root = fs_and_path(join(output, "stages", name))
+    fs, root = fs_and_path(layout.stage_dir(output, name))
     with fs.open(f"{root}/{COUNTS_FILE}", "r") as fh:
         return StageCounts.from_dict(json.load(fh))
 
 
-def run_stage(spark: Any, cfg: BuildConfig, name: str, fn: StageFn, previous: str | None) -> StageResult:
+def recorded_fingerprint(folder: str) -> Fingerprint | None:
+    """The fingerprint a stage folder was written under; None when it has none (or it is unreadable)."""
+    fs, root = fs_and_path(folder)
+    try:
+        with fs.open(f"{root}/{layout.FINGERPRINT_FILE}", "r") as fh:
+            return Fingerprint.from_dict(json.load(fh))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def write_fingerprint(folder: str, fp: Fingerprint) -> None:
+    fs, root = fs_and_path(folder)
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(f"{root}/{layout.FINGERPRINT_FILE}", "w") as fh:
+        json.dump(fp.to_dict(), fh, indent=1, ensure_ascii=False)
+
+
+def _remove(folder: str) -> None:
+    fs, path = fs_and_path(folder)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def run_stage(spark: Any, cfg: BuildConfig, st: Stage, fp: Fingerprint, previous: str | None) -> StageResult:
     out = cfg.output
-    if is_finished(out, name):
-        log.info("stage %s already finished; skipping", name)
-        return StageResult(name, load_counts(out, name), 0.0, skipped=True)
-    tmp = join(out, "stages", "_tmp", name)
-    counts_dir = join(out, "stages", "_tmp", f"{name}.counts")
-    fs, _ = fs_and_path(out)
-    for leftover in (counts_dir,) if name in RESUMABLE else (tmp, counts_dir):
-        _, p = fs_and_path(leftover)
-        if fs.exists(p):
-            fs.rm(p, recursive=True)
+    if is_finished(out, st.name):
+        log.info("stage %s already finished; skipping", st.name)
+        return StageResult(st.name, load_counts(out, st.name), 0.0, skipped=True)
+    tmp, counts_dir = layout.stage_tmp_dir(out, st.name), layout.stage_counts_dir(out, st.name)
+    _remove(counts_dir)
+    kept = recorded_fingerprint(tmp) if st.resumable else None
+    if kept is None or kept.digest != fp.digest:  # a resumable stage resumes only work made under this config
+        _remove(tmp)
+    if st.resumable:
+        write_fingerprint(tmp, fp)
     started = time.monotonic()
-    ctx = StageContext(spark, cfg, tmp, counts_dir, previous)
-    counts = fn(ctx) or read_task_counts(counts_dir)
-    _, tmp_path = fs_and_path(tmp)
-    fs.makedirs(tmp_path, exist_ok=True)
+    counts = st.load()(StageContext(spark, cfg, tmp, counts_dir, previous)) or read_task_counts(counts_dir)
+    fs, tmp_path = fs_and_path(tmp)
     with fs.open(f"{tmp_path}/{COUNTS_FILE}", "w") as fh:
         json.dump(counts.to_dict(), fh, indent=1)
-    if not fs.exists(f"{tmp_path}/_SUCCESS"):
-        fs.touch(f"{tmp_path}/_SUCCESS")
-    _, final_path = fs_and_path(join(out, "stages", name))
+    write_fingerprint(tmp, fp)  # again: a stage may have replaced its folder
+    if not fs.exists(f"{tmp_path}/{layout.SUCCESS_FILE}"):
+        fs.touch(f"{tmp_path}/{layout.SUCCESS_FILE}")
+    _, final_path = fs_and_path(layout.stage_dir(out, st.name))
     if fs.exists(final_path):  # an unfinished earlier attempt (no _SUCCESS or no counts)
         fs.rm(final_path, recursive=True)
     fs.mv(tmp_path, final_path, recursive=True)
-    _, cpath = fs_and_path(counts_dir)
-    if fs.exists(cpath):
-        fs.rm(cpath, recursive=True)
-    return StageResult(name, counts, time.monotonic() - started, skipped=False)
+    _remove(counts_dir)
+    return StageResult(st.name, counts, time.monotonic() - started, skipped=False)
 
 
 def write_report(cfg: BuildConfig, results: list[StageResult]) -> dict[str, Any]:
@@ -120,8 +116,8 @@ def write_report(cfg: BuildConfig, results: list[StageResult]) -> dict[str, Any]
             r.name: {**r.counts.to_dict(), "seconds": round(r.seconds, 3), "skipped": r.skipped} for r in results
         },
     }
-    fs, root = fs_and_path(cfg.output)
-    with fs.open(f"{root}/build_report.json", "w") as fh:
+    fs, path = fs_and_path(layout.report_path(cfg.output))
+    with fs.open(path, "w") as fh:
         json.dump(report, fh, indent=1)
     return report
 
@@ -129,24 +125,48 @@ def write_report(cfg: BuildConfig, results: list[StageResult]) -> dict[str, Any]
 def save_config(cfg: BuildConfig) -> None:
     fs, root = fs_and_path(cfg.output)
     fs.makedirs(root, exist_ok=True)
-    with fs.open(f"{root}/build_config.yaml", "w") as fh:
+    with fs.open(fs_and_path(layout.config_path(cfg.output))[1], "w") as fh:
         fh.write(cfg.dump_yaml())
 
 
 def check_stages(output: str, until_stage: str | None, from_stage: str | None) -> None:
     """A clear ValueError for stage options that cannot work (checked before Spark starts)."""
-    last = until_stage or STAGES[-1]
+    last = until_stage or STAGE_NAMES[-1]
     for name in (last, from_stage):
-        if name is not None and name not in STAGES:
-            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+        if name is not None:
+            stage(name)
     if from_stage is None:
         return
-    if STAGES.index(from_stage) > STAGES.index(last):
+    if STAGE_NAMES.index(from_stage) > STAGE_NAMES.index(last):
         raise ValueError(f"--from-stage {from_stage} comes after --until-stage {last}")
-    missing = [n for n in STAGES[: STAGES.index(from_stage)] if not is_finished(output, n)]
+    missing = [n for n in STAGE_NAMES[: STAGE_NAMES.index(from_stage)] if not is_finished(output, n)]
     if missing:
         raise ValueError(f"--from-stage {from_stage} needs the earlier stages finished; not finished: "
                          f"{', '.join(missing)}")
+
+
+def first_stale_stage(output: str, expected: dict[str, Fingerprint]) -> tuple[str, list[str]] | None:
+    """The first finished stage whose recorded fingerprint is not the expected one, and what changed."""
+    for st in REGISTRY:
+        if not is_finished(output, st.name):
+            continue
+        folder = layout.stage_dir(output, st.name)
+        recorded = recorded_fingerprint(folder)
+        if recorded is None:  # made by an older witbuild, or by hand: adopted, and said so
+            log.warning("stage %s has no %s (made by an older witbuild or by hand): taken as made under this "
+                        "config; --from-stage %s redoes it", st.name, layout.FINGERPRINT_FILE, st.name)
+            write_fingerprint(folder, expected[st.name])
+            continue
+        if recorded.digest != expected[st.name].digest:
+            return st.name, changes(recorded, expected[st.name])
+    return None
+
+
+def clear_stages(output: str, first: str) -> None:
+    """Remove the outputs of ``first`` and every later stage (finished and temporary)."""
+    for name in later_stages(first):
+        _remove(layout.stage_dir(output, name))
+        _remove(layout.stage_tmp_dir(output, name))
 
 
 def run_build(
@@ -157,29 +177,30 @@ def run_build(
     from_stage: str | None = None,
     on_stage: Callable[[StageResult], None] | None = None,
 ) -> list[StageResult]:
-    """Run the stages up to ``until_stage`` (inclusive), skipping finished ones.
+    """Run the stages up to ``until_stage`` (inclusive), skipping finished ones made under the same config.
 
-    ``from_stage`` redoes that stage and every later one up to ``until_stage`` (their outputs are
-    removed first); the stages before it must have finished.
+    A finished stage whose fingerprint changed (its config, its input, a file it read) is redone with every
+    later stage, and the log says what changed. ``from_stage`` redoes that stage and every later one; the
+    stages before it must have finished.
     """
-    last = until_stage or STAGES[-1]
+    last = until_stage or STAGE_NAMES[-1]
     check_stages(cfg.output, until_stage, from_stage)
+    expected = stage_fingerprints(cfg)
+    stale = first_stale_stage(cfg.output, expected)
+    if stale is not None and (from_stage is None or STAGE_NAMES.index(stale[0]) < STAGE_NAMES.index(from_stage)):
+        name, what = stale
+        log.warning("%s: redoing %s", "; ".join(what), ", ".join(later_stages(name, last)))
+        clear_stages(cfg.output, name)
     if from_stage is not None:
-        fs, _ = fs_and_path(cfg.output)
-        for name in STAGES[STAGES.index(from_stage): STAGES.index(last) + 1]:
-            for folder in (join(cfg.output, "stages", name), join(cfg.output, "stages", "_tmp", name)):
-                _, p = fs_and_path(folder)
-                if fs.exists(p):
-                    fs.rm(p, recursive=True)
+        clear_stages(cfg.output, from_stage)
     save_config(cfg)
-    fns = stage_functions()
     results: list[StageResult] = []
     previous: str | None = None
-    for name in STAGES[: STAGES.index(last) + 1]:
-        result = run_stage(spark, cfg, name, fns[name], previous)
+    for st in REGISTRY[: STAGE_NAMES.index(last) + 1]:
+        result = run_stage(spark, cfg, st, expected[st.name], previous)
         results.append(result)
         if on_stage:
             on_stage(result)
-        previous = join(cfg.output, "stages", name)
+        previous = layout.stage_dir(cfg.output, st.name)
     write_report(cfg, results)
     return results

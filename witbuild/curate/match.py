@@ -83,12 +83,6 @@ class MatchConfig(BaseModel):
         description="tokens: a token trie walked with numpy over batches (about 3x faster); aho-corasick: a "
         "pyahocorasick automaton over the spaced keys. Both return exactly MetaCLIP's matches.",
     )
-    max_entry_chars: int = Field(200, ge=1, description="Longer query list lines are skipped as too_long.")
-    max_entries: int | None = Field(
-        None,
-        ge=1,
-        description="Keep only the first this many valid entries (MetaCLIP caps its list at 500,000); None: all.",
-    )
 
 
 def _space_chars(text: str, punct: str) -> str:
@@ -482,9 +476,9 @@ def _cached_matcher(
     return Matcher(entries, case_sensitive, space_entries=space_entries, punct=punct)
 
 
-def matcher_from_config(cfg: MatchConfig) -> Matcher:
+def matcher_from_config(cfg: MatchConfig, max_chars: int = 200, max_entries: int | None = None) -> Matcher:
     """The :class:`Matcher` for ``cfg.entries_path``, built once per process (rebuilt if the file changes): what a
-    Spark task calls on each batch."""
+    Spark task calls on each batch. The limits are the build's ``querylist.max_entry_chars``/``max_entries``."""
     if cfg.entries_path is None:
         raise ValueError("match.entries_path is not set: no query list to match against")
     path = str(Path(cfg.entries_path).expanduser().resolve())
@@ -494,6 +488,6 @@ def matcher_from_config(cfg: MatchConfig) -> Matcher:
         cfg.case_sensitive,
         cfg.space_entries,
         cfg.punct,
-        cfg.max_entry_chars,
-        cfg.max_entries,
+        max_chars,
+        max_entries,
     )

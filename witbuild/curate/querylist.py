@@ -54,8 +54,10 @@ class QueryListConfig(BaseModel):
     max_bigrams: int = Field(100_000, ge=0)
     numbers: bool = Field(True, description='Add "0".."99", as MetaCLIP does.')
     wordnet: bool = Field(True, description="Add WordNet lemmas when Debian's wordnet-base is installed.")
-    max_entries: int = Field(500_000, ge=1)
-    max_entry_chars: int = Field(200, ge=1)
+    max_entries: int = Field(500_000, ge=1, description="At most this many entries (MetaCLIP's 500,000), for a "
+                             "built list and for a user's match.entries_path alike; the rest are over_max_entries.")
+    max_entry_chars: int = Field(200, ge=1, description="Longer entries are skipped as too_long (built lists and "
+                                 "user files alike).")
 
 
 @dataclass

@@ -79,18 +79,18 @@ def clean_lang(value: object) -> str | None:
     return lang or None
 
 
-def clean_text(value: object, max_chars: int, counts: StageCounts) -> str:
-    """Whitespace collapsed and capped at ``max_chars`` (counted as ``text_truncated``)."""
+def clean_text(value: object, max_chars: int | None, counts: StageCounts) -> str:
+    """Whitespace collapsed and capped at ``max_chars`` (counted as ``text_truncated``; None: no cap)."""
     if not isinstance(value, str) or not value:
         return ""
     text = " ".join(value.split())
-    if len(text) > max_chars:
+    if max_chars is not None and len(text) > max_chars:
         counts.event("text_truncated")
         text = text[:max_chars].rstrip()
     return text
 
 
-def first_text(attrs: Mapping[str, object], text_attrs: Sequence[str], max_chars: int,
+def first_text(attrs: Mapping[str, object], text_attrs: Sequence[str], max_chars: int | None,
                counts: StageCounts) -> tuple[str, str]:
     """(text, attribute) of the first non-empty text attribute, cleaned; ("", "none") when none."""
     for attr in text_attrs:
@@ -108,7 +108,7 @@ def page_images(
     url_attrs: Sequence[str] = ("srcset", "src", "data-src", "data-srcset"),
     text_attrs: Sequence[str] = ("alt", "title"),
     keep_empty_text: bool = False,
-    max_text_chars: int = 4096,
+    max_text_chars: int | None = 4096,
     content_language: str | None = None,
 ) -> tuple[list[ImageRef], str | None]:
     """All usable ``<img>`` references of a page and the page's declared language.

@@ -41,7 +41,7 @@ def wat_images(
     counts: StageCounts,
     *,
     keep_empty_text: bool = False,
-    max_text_chars: int = 4096,
+    max_text_chars: int | None = 4096,
     text_attrs: tuple[str, ...] = ("alt", "title"),
     record_uri: str | None = None,
 ) -> tuple[str | None, list[ImageRef], str | None]:

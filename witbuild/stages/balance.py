@@ -31,7 +31,7 @@ from witbuild.curate.balance import (
 from witbuild.spark import counted, fs_and_path, read_task_counts
 
 if TYPE_CHECKING:
-    from witbuild.pipeline import StageContext
+    from witbuild.stages.context import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def balance_arrow(batch: pa.RecordBatch, p: np.ndarray, seed: int, counts: Stage
 
 
 def run_balance(ctx: StageContext) -> StageCounts:
-    from witbuild.stages.match import prepare_querylist
+    from witbuild.curate.querylist_artifact import prepare_querylist
 
     cfg = ctx.cfg
     entries, manifest = prepare_querylist(ctx.spark, cfg, None)

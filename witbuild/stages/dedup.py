@@ -21,7 +21,7 @@ from witbuild.counters import StageCounts
 from witbuild.dedup.urls import normalize_url
 
 if TYPE_CHECKING:
-    from witbuild.pipeline import StageContext
+    from witbuild.stages.context import StageContext
 
 ROWS_PER_FILE = 1_000_000  # rows per Parquet file handed to img2dataset (it reads one file at a time)
 # after uid, the columns that tell apart the rows of one uid (where and how the pair was seen); rows equal in all

@@ -44,7 +44,7 @@ ROBOTS_SCHEMA = pa.schema([(ORIGIN, pa.string()), ("outcome", pa.string()), ("st
                            ("body", pa.string()), ("oversize", pa.bool_()), ("error", pa.string())])
 
 if TYPE_CHECKING:
-    from witbuild.pipeline import StageContext
+    from witbuild.stages.context import StageContext
 
 log = logging.getLogger(__name__)
 

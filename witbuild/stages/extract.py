@@ -19,7 +19,7 @@ from witbuild.spark import counted, fs_and_path, join
 
 if TYPE_CHECKING:
     from witbuild.config import BuildConfig
-    from witbuild.pipeline import StageContext
+    from witbuild.stages.context import StageContext
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from witbuild.text.filters import FilterConfig, filter_texts
 from witbuild.text.langid import LangIdConfig, LanguageIdentifier, lang_reasons
 
 if TYPE_CHECKING:
-    from witbuild.pipeline import StageContext
+    from witbuild.stages.context import StageContext
 
 
 def filter_batch(batch: pa.RecordBatch, fcfg: FilterConfig, lcfg: LangIdConfig, counts: StageCounts,

@@ -40,7 +40,7 @@ from witbuild.dedup.phash import connected_components, near_any, near_duplicate_
 from witbuild.spark import counted, fs_and_path, read_task_counts
 
 if TYPE_CHECKING:
-    from witbuild.pipeline import StageContext
+    from witbuild.stages.context import StageContext
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,138 @@
+"""A re-run never reuses stale work: stage fingerprints, the query list as its own artifact, the registry's
+claim on every config field."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from witbuild.config import BuildConfig, load_config
+from witbuild.demo.web import generate_pages, write_warc
+from witbuild.fingerprint import changes, flatten, stage_fingerprints
+from witbuild.pipeline import run_build
+from witbuild.stages.registry import EXECUTION_ONLY, QUERYLIST_CONFIG, REGISTRY
+
+# --------------------------------------------------------------------------------------------
+# Pure: every config field changes some stage's fingerprint, unless it only changes how a build runs
+
+
+def test_every_config_field_is_claimed_by_a_stage() -> None:
+    cfg = BuildConfig(output="o", input={"paths": [], "seeds": ["https://example.org/"]})
+    claimed = set(EXECUTION_ONLY) | set(QUERYLIST_CONFIG)
+    for st in REGISTRY:
+        claimed |= set(st.config_keys(cfg))
+    leaves = flatten(cfg.model_dump(mode="json"))
+    unclaimed = [k for k in leaves if not any(k == c or k.startswith(c + ".") for c in claimed)]
+    assert unclaimed == [], f"config fields no stage fingerprint holds: {unclaimed}"
+
+
+def cfg_of(**kw: object) -> BuildConfig:
+    return BuildConfig(**{"output": "o", "input": {"paths": ["web.warc.gz"]}, **kw})
+
+
+def test_fingerprints_chain_and_name_what_changed() -> None:
+    a = stage_fingerprints(cfg_of())
+    b = stage_fingerprints(cfg_of(filter={"min_words": 5}))
+    assert [n for n in a if a[n].digest != b[n].digest] == ["filter", "match", "balance", "dedup", "download",
+                                                             "finalize"]
+    assert changes(a["filter"], b["filter"]) == [f"filter.min_words {a['filter'].config['filter.min_words']} → 5"]
+    assert changes(a["match"], b["match"]) == ["querylist changed"]  # its list is built over the new pool
+    assert stage_fingerprints(cfg_of(output="other", spark={"master": "local[1]"})) == a  # how, not what
+
+
+def test_a_new_dedup_setting_redoes_finalize_only() -> None:
+    a = stage_fingerprints(cfg_of())
+    b = stage_fingerprints(cfg_of(dedup={"phash_threshold": a["finalize"].config["dedup.phash_threshold"] + 1}))
+    assert [n for n in a if a[n].digest != b[n].digest] == ["finalize"]
+
+
+# --------------------------------------------------------------------------------------------
+# Real builds (Spark local[2], in this process)
+
+QUERIES_A = ["cat", "dog", "house", "red", "old", "bridge", "lake", "photo", "garden", "boat"]
+QUERIES_B = ["blue", "green", "tree", "car"]
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("web")
+    write_warc(list(generate_pages(200, seed=5)), d / "web.warc.gz")
+    (d / "a.txt").write_text("\n".join(QUERIES_A) + "\n", encoding="utf-8")
+    (d / "b.txt").write_text("\n".join(QUERIES_B) + "\n", encoding="utf-8")
+    return d
+
+
+def config(web: Path, out: Path, *sets: str) -> BuildConfig:
+    return load_config(inputs=[str(web / "web.warc.gz")], output=str(out), sets=["balance.t=40", *sets])
+
+
+def skipped(results: list) -> dict[str, bool]:
+    return {r.name: r.skipped for r in results}
+
+
+def matched_entries(out: Path) -> set[str]:
+    entries = (out / "querylist" / "entries.txt").read_text(encoding="utf-8").splitlines()
+    ids = {i for row in pq.read_table(out / "stages" / "match", columns=["matched"]).to_pylist()
+           for i in row["matched"]}
+    return {entries[i] for i in ids}
+
+
+def digest_tree(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*.parquet")):
+        h.update(pq.read_table(p).to_string().encode())  # the data, not the writer's file names
+    return h.hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_query_list_follows_the_config(spark, web: Path, tmp_path: Path, caplog) -> None:
+    out = tmp_path / "out"
+    run_build(spark, config(web, out, f"match.entries_path={web / 'a.txt'}"), until_stage="match")
+    assert matched_entries(out) <= set(QUERIES_A) and matched_entries(out)
+    # --from-stage with another entries file: the list is rebuilt from b.txt
+    run_build(spark, config(web, out, f"match.entries_path={web / 'b.txt'}"), until_stage="match",
+              from_stage="match")
+    assert matched_entries(out) <= set(QUERIES_B) and matched_entries(out)
+    # the same path, new content: match is redone (extract and filter are not), and the log says why
+    (web / "b.txt").write_text("\n".join(QUERIES_A[:3]) + "\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="witbuild.pipeline"):
+        results = run_build(spark, config(web, out, f"match.entries_path={web / 'b.txt'}"), until_stage="match")
+    assert skipped(results) == {"extract": True, "filter": True, "match": False}
+    assert matched_entries(out) <= set(QUERIES_A[:3])
+    assert "querylist changed: redoing match" in caplog.text
+    (web / "b.txt").write_text("\n".join(QUERIES_B) + "\n", encoding="utf-8")
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_changed_filter_redoes_exactly_the_affected_stages(spark, web: Path, tmp_path: Path, caplog) -> None:
+    out = tmp_path / "out"
+    sets = (f"match.entries_path={web / 'a.txt'}",)
+    first = run_build(spark, config(web, out, *sets), until_stage="balance")
+    assert not any(skipped(first).values())
+    before = {name: digest_tree(out / "stages" / name) for name in ("extract", "filter", "match", "balance")}
+    # an unchanged re-run skips everything and leaves the same bytes
+    again = run_build(spark, config(web, out, *sets), until_stage="balance")
+    assert all(skipped(again).values())
+    assert {name: digest_tree(out / "stages" / name) for name in before} == before
+    # a stage left half-done (a killed build), then a changed filter: extract kept, the rest redone
+    (out / "stages" / "_tmp" / "dedup").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING, logger="witbuild.pipeline"):
+        results = run_build(spark, config(web, out, *sets, "filter.min_words=4"), until_stage="dedup")
+    assert skipped(results) == {"extract": True, "filter": False, "match": False, "balance": False,
+                                "dedup": False}
+    assert "filter.min_words 3 → 4: redoing filter, match, balance, dedup" in caplog.text
+    kept = pq.read_table(out / "stages" / "filter", columns=["text"]).column("text").to_pylist()
+    assert kept and all(len(t.split()) >= 4 for t in kept)
+    assert digest_tree(out / "stages" / "extract") == before["extract"]
+    saved = json.loads((out / "stages" / "filter" / "_fingerprint.json").read_text())
+    assert saved["config"]["filter.min_words"] == 4
+    # a changed balance setting, later: only balance and what follows
+    results = run_build(spark, config(web, out, *sets, "filter.min_words=4", "balance.seed=7"), until_stage="dedup")
+    assert skipped(results) == {"extract": True, "filter": True, "match": True, "balance": False, "dedup": False}

@@ -1,0 +1,81 @@
+"""The one ordered list of a build's stages: what each reads, which config it depends on, what it writes.
+
+Config validation, the pipeline, the job's CLI options, fingerprints and ``witbuild stats`` all read this list.
+Adding a stage is one entry here plus its module under ``witbuild/stages/``; a new config field is claimed by
+the stages whose output it changes (``tests/test_stage_registry.py`` fails for a field no stage claims and that
+is not listed in :data:`EXECUTION_ONLY`), so no setting can change a build without redoing what it affects.
+
+This module imports no stage code (the functions are named, not imported), so anything may import it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from witbuild.config import BuildConfig
+
+#: Settings that change how a build runs, never what it writes: no fingerprint holds them.
+EXECUTION_ONLY = ("output", "spark", "download.thread_count", "download.subjob_size", "crawl.warc_dir")
+#: The query list's own inputs (witbuild/curate/querylist_artifact.py); match depends on its content.
+QUERYLIST_CONFIG = ("querylist", "match.entries_path")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a build.
+
+    ``config`` holds dotted config keys or sections whose values change the stage's output; ``crawl_config``
+    is added when the build crawls seeds (the crawl is then part of extract). ``resumable``: the stage's
+    temporary folder survives a failed attempt (it resumes its own work).
+    """
+
+    name: str
+    reads: str | None
+    function: str  # "module:function", imported when the stage runs
+    config: tuple[str, ...]
+    schema: str | None = None  # schemas/<schema>.json of the stage's Parquet output
+    crawl_config: tuple[str, ...] = ()
+    resumable: bool = False
+
+    def load(self) -> Callable[[Any], Any]:
+        module, fn = self.function.split(":")
+        return getattr(importlib.import_module(module), fn)
+
+    def config_keys(self, cfg: BuildConfig) -> tuple[str, ...]:
+        crawls = bool(cfg.input.seeds or cfg.input.seeds_file)
+        return self.config + (self.crawl_config if crawls else ())
+
+
+REGISTRY: tuple[Stage, ...] = (
+    Stage("extract", None, "witbuild.stages.extract:run_extract", ("input", "extract"), "candidates",
+          crawl_config=("crawl", "network")),
+    Stage("filter", "extract", "witbuild.stages.filter:run_filter", ("filter", "langid"), "filtered"),
+    Stage("match", "filter", "witbuild.stages.match:run_match", ("match",), "matched"),
+    Stage("balance", "match", "witbuild.stages.balance:run_balance", ("balance",), "balanced"),
+    Stage("dedup", "balance", "witbuild.stages.dedup:run_dedup", ("dedup.one_text_per_image", "dedup.shuffle_seed"),
+          "balanced"),
+    Stage("download", "dedup", "witbuild.stages.download:run_download",
+          ("download", "network", "crawl.read_timeout", "crawl.total_timeout", "crawl.max_page_bytes"),
+          resumable=True),
+    Stage("finalize", "download", "witbuild.stages.finalize:run_finalize", ("dedup",), "index"),
+)
+
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in REGISTRY)
+_BY_NAME = {s.name: s for s in REGISTRY}
+
+
+def stage(name: str) -> Stage:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}") from None
+
+
+def later_stages(name: str, until: str | None = None) -> tuple[str, ...]:
+    """``name`` and every stage after it, up to ``until`` (inclusive)."""
+    last = STAGE_NAMES.index(until) if until else len(STAGE_NAMES) - 1
+    return STAGE_NAMES[STAGE_NAMES.index(name): last + 1]
