@@ -64,18 +64,19 @@ def balance_plan(
     """Dry run of balancing: expected size, t, and the head/tail split, without writing anything."""
     import numpy as np
 
+    from witbuild import layout
     from witbuild.config import load_config
     from witbuild.curate.balance import BalanceConfig
     from witbuild.curate.querylist_artifact import prepare_querylist
     from witbuild.stages.balance import plan_balance
 
-    if not (build / "stages" / "match" / "_SUCCESS").is_file():
+    if not (Path(layout.stage_dir(str(build), "match")) / layout.SUCCESS_FILE).is_file():
         typer.echo(f"error: {build}/stages/match is not a finished match stage", err=True)
         raise typer.Exit(2)
     if t is not None and target_size is not None:
         typer.echo("error: give --t or --target-size, not both", err=True)
         raise typer.Exit(2)
-    cfg = load_config(build / "build_config.yaml")
+    cfg = load_config(layout.config_path(str(build)))
     bcfg = cfg.balance
     if t is not None or target_size is not None:
         bcfg = BalanceConfig(t=t, target_size=target_size, seed=cfg.balance.seed)
@@ -83,7 +84,7 @@ def balance_plan(
 
     spark = get_session(cfg.spark)
     entries, manifest = prepare_querylist(spark, cfg, None)
-    plan = plan_balance(spark.read.parquet(str(build / "stages" / "match")), len(entries), bcfg)
+    plan = plan_balance(spark.read.parquet(layout.stage_dir(str(build), "match")), len(entries), bcfg)
     typer.echo(f"query list {manifest['version']} ({len(entries):,} entries)")
     typer.echo(plan.describe())
     for i in np.argsort(-plan.counts, kind="stable")[:top]:

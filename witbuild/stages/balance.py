@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from witbuild import schemas
+from witbuild import layout, schemas
 from witbuild.counters import StageCounts
 from witbuild.curate.balance import (
     BalanceConfig,
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SOLVE_SAMPLE_ROWS = 1_000_000
-ENTRY_COUNTS_FILE = "_entry_counts.parquet"
+ENTRY_COUNTS_FILE = layout.ENTRY_COUNTS_FILE
 
 
 @dataclass

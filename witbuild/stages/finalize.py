@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from witbuild import schemas
+from witbuild import layout, schemas
 from witbuild.counters import StageCounts
 from witbuild.dedup.phash import connected_components, near_any, near_duplicate_pairs, phash_bytes, resolve_bands
 from witbuild.spark import counted, fs_and_path, read_task_counts
@@ -44,10 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+IMAGE_EXTS, SIZES_FILE, INDEX_DIR = layout.IMAGE_EXTS, layout.SIZES_FILE, layout.INDEX_DIR
 MEMBER_MTIME = 0  # modification time of every member of a final tar (the download's clock is not data)
-SIZES_FILE = "sizes.json"
-INDEX_DIR = "index.parquet"
 
 
 def _signed(h: int) -> int:

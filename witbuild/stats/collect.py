@@ -32,7 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from witbuild import __version__, layout
+from witbuild import __version__
+from witbuild import layout as build_layout
 from witbuild.config import STAGES
 from witbuild.download import error_class
 from witbuild.stats.dists import IntDist, RatioDist, concentration, rank_frequency
@@ -47,15 +48,17 @@ BATCH_ROWS = 65_536
 # every buffer until the file is closed: only for files this small, so a big Spark part file still streams
 PRE_BUFFER_MAX_BYTES = 64 << 20
 MAX_WORKERS = 8
-IMAGE_EXTS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "avif"})
+IMAGE_EXTS = frozenset(build_layout.IMAGE_EXTS)
 URL_EXT = r"\.(?P<ext>[A-Za-z0-9]{1,5})(?:$|[?#])"  # extension of the URL's path: the source format
 DEDUP_LAYER = re.compile(r"dup|contamination")
-FINALIZE_DIR, INDEX_DIR, SIZES_FILE = "finalize", "index.parquet", "sizes.json"
-ENTRY_COUNTS_FILE = "_entry_counts.parquet"
+FINALIZE_DIR, INDEX_DIR, SIZES_FILE = build_layout.FINALIZE_STAGE, build_layout.INDEX_DIR, build_layout.SIZES_FILE
+ENTRY_COUNTS_FILE = build_layout.ENTRY_COUNTS_FILE
+STAGES_DIR, REPORT_FILE, CONFIG_FILE = build_layout.STAGES_DIR, build_layout.REPORT_FILE, build_layout.CONFIG_FILE
+QUERYLIST_DIR = build_layout.QUERYLIST_DIR
 PRE_DOWNLOAD_WHY = {
-    layout.BLOCKED_ADDRESS: "refused before any request (network policy)",
-    layout.ROBOTS_DISALLOWED: "disallowed by the image host's robots.txt",
-    layout.ROBOTS_UNREACHABLE: "the image host's robots.txt answered 5xx/429 or not at all: all disallowed",
+    build_layout.BLOCKED_ADDRESS: "refused before any request (network policy)",
+    build_layout.ROBOTS_DISALLOWED: "disallowed by the image host's robots.txt",
+    build_layout.ROBOTS_UNREACHABLE: "the image host's robots.txt answered 5xx/429 or not at all: all disallowed",
 }
 EXAMPLES_PER_CLASS = 3
 MAX_LISTED = 5  # file names listed in one warning
@@ -477,8 +480,8 @@ def detect_layout(path: Path) -> Layout:
         raise StatsError(f"{path}: no such file or directory")
     if not path.is_dir():
         raise StatsError(f"{path}: not a folder (give a build output folder or a folder of img2dataset shards)")
-    stages = path / "stages"
-    if (path / "build_report.json").is_file() or stages.is_dir():
+    stages = path / STAGES_DIR
+    if (path / REPORT_FILE).is_file() or stages.is_dir():
         layout = Layout(path, "build")
         download = stages / "download"
         if _finished(stages / FINALIZE_DIR) or (stages / FINALIZE_DIR / INDEX_DIR).is_dir():
@@ -537,16 +540,16 @@ def read_funnel(root: Path) -> tuple[list[dict[str, Any]], str] | None:
     stages: dict[str, Any] = {}
     where: dict[str, Path] = {}  # the file each stage's counts come from
     source = []
-    report_path = root / "build_report.json"
+    report_path = root / REPORT_FILE
     if report_path.is_file():
         report = _load_json(report_path)
         if not isinstance(report, dict) or not isinstance(report.get("stages"), dict):
             raise StatsError(f"{report_path}: not a witbuild build report (no \"stages\" object)")
         stages.update(report["stages"])
         where.update(dict.fromkeys(report["stages"], report_path))
-        source.append("build_report.json")
+        source.append(REPORT_FILE)
     for name in STAGES:
-        counts = root / "stages" / name / "_counts.json"
+        counts = root / STAGES_DIR / name / build_layout.COUNTS_FILE
         if name not in stages and _finished(counts.parent) and counts.is_file():
             stages[name], where[name] = _load_json(counts), counts
             source.append(f"stages/{name}/_counts.json")
@@ -583,7 +586,7 @@ DEDUP_LAYERS: dict[str, tuple[tuple[str, str | None], ...]] = {
 
 def read_dedup_config(root: Path) -> dict[str, Any] | None:
     """The ``dedup`` section of the build's saved config (which layers were on), or None when unreadable."""
-    path = root / "build_config.yaml"
+    path = root / CONFIG_FILE
     if not path.is_file():
         return None
     try:
@@ -664,7 +667,7 @@ def _read_entries_txt(path: Path) -> pa.Array:
 def query_stats(root: Path, funnel: list[dict[str, Any]] | None, matched_counts: np.ndarray | None,
                 final_counts: np.ndarray | None, top: int) -> dict[str, Any] | None:
     """Entries matched, the head/tail split at t, top entries and concentration before and after balancing."""
-    balance = root / "stages" / "balance"
+    balance = root / STAGES_DIR / "balance"
     info = next((s["info"] for s in funnel or [] if s["stage"] == "balance"), {})
     path = balance / ENTRY_COUNTS_FILE
     if path.is_file():
@@ -674,7 +677,7 @@ def query_stats(root: Path, funnel: list[dict[str, Any]] | None, matched_counts:
         names = names.take(pa.array(order))
         source = f"stages/balance/{ENTRY_COUNTS_FILE}"
     elif matched_counts is not None:
-        names = _read_entries_txt(root / "querylist" / "entries.txt")
+        names = _read_entries_txt(root / QUERYLIST_DIR / build_layout.QUERYLIST_ENTRIES)
         n = max(len(names), len(matched_counts))
         before = np.zeros(n, dtype=np.int64)
         before[: len(matched_counts)] = matched_counts
@@ -691,7 +694,7 @@ def query_stats(root: Path, funnel: list[dict[str, Any]] | None, matched_counts:
     out: dict[str, Any] = {"source": source, "entries": n_entries, "matched_entries": int(matched.sum()),
                            "unmatched_entries": int(n_entries - matched.sum()), "t": t,
                            "querylist_version": info.get("querylist_version")}
-    manifest = root / "querylist" / "manifest.json"
+    manifest = root / QUERYLIST_DIR / build_layout.QUERYLIST_MANIFEST
     if out["querylist_version"] is None and manifest.is_file():
         loaded = _load_json(manifest)
         out["querylist_version"] = loaded.get("version") if isinstance(loaded, dict) else None
@@ -762,7 +765,7 @@ def _download_section(d: DownloadStats, funnel: list[dict[str, Any]] | None) -> 
     stage = next((s for s in funnel or [] if s["stage"] == "download"), None)
     room = 0 if stage is None else max(0, stage["rows_in"] - d.rows)
     early = 0
-    for reason in layout.PRE_DOWNLOAD_DROPS:
+    for reason in build_layout.PRE_DOWNLOAD_DROPS:
         n = 0 if stage is None else min(room - early, int(stage["dropped"].get(reason, 0)))
         if n > 0:
             early += n
@@ -801,8 +804,8 @@ def collect_stats(path: Path | str, *, top: int = 20, tar_check: TarCheck = TarC
     if layout.kind == "build" and funnel is None:
         notes.append("no build_report.json and no stage _counts.json: no funnel")
 
-    match_dir = root / "stages" / "match"
-    need_matched = (layout.kind == "build" and not (root / "stages" / "balance" / ENTRY_COUNTS_FILE).is_file()
+    match_dir = root / STAGES_DIR / "match"
+    need_matched = (layout.kind == "build" and not (root / STAGES_DIR / "balance" / ENTRY_COUNTS_FILE).is_file()
                     and _finished(match_dir))  # c_e from the match stage's rows: balance has not run
     role = layout.sample_role
     if role == "stage" and layout.dataset_stage == "match" and need_matched:
@@ -812,7 +815,7 @@ def collect_stats(path: Path | str, *, top: int = 20, tar_check: TarCheck = TarC
     tasks += [FileTask(p, "downloads", shard=p.stem + ".tar") for p in layout.download_files]
     if need_matched and role != "match_stage":
         tasks += [FileTask(p, "matched") for p in _parts(match_dir)]
-    has_query_list = layout.kind == "build" and (root / "querylist").is_dir()
+    has_query_list = layout.kind == "build" and (root / QUERYLIST_DIR).is_dir()
     final_matched = has_query_list and layout.dataset_stage in (FINALIZE_DIR, "download")
     log.debug("stats: reading %d Parquet file(s) under %s", len(tasks), root)
     part = read_parquet_files(tasks, workers, final_matched)
