@@ -71,7 +71,8 @@ def run_ours(model_config: Path, shards: Path, *, steps: int, batch_size: int, w
                                                     f"--nproc_per_node={nproc}"]
     sets = {"model": str(model_config), "tokenizer.kind": "clip", "tokenizer.clip_vocab_path": str(oc.clip_bpe_path()),
             "steps": steps, "log_every": 1, "checkpoint_every": 10**9, "data.batch_size": batch_size,
-            "data.workers": workers, "data.holdout_shards": 0, "data.holdout_fraction": 0.0, "data.crop_scale": "[0.9, 1.0]",
+            "data.workers": workers, "data.holdout_fraction": 0.0,
+            "data.crop_scale": "[0.9, 1.0]",
             "data.shuffle_buffer": 1000, "optim.lr": 5e-4, "optim.warmup_steps": 10, "optim.weight_decay": 0.2,
             "eval.retrieval": "false"}
     cmd = [*launcher, str(ROOT / "trainer" / "train.py"), "--data", str(shards), "--config", "tiny-cpu",
