@@ -91,7 +91,7 @@ def run_stage(spark: Any, cfg: BuildConfig, st: Stage, fp: Fingerprint, previous
     if st.resumable:
         write_fingerprint(tmp, fp)
     started = time.monotonic()
-    counts = st.load()(StageContext(spark, cfg, tmp, counts_dir, previous)) or read_task_counts(counts_dir)
+    counts = st.load()(StageContext(spark, cfg, tmp, counts_dir, previous, st.name)) or read_task_counts(counts_dir)
     fs, tmp_path = fs_and_path(tmp)
     with fs.open(f"{tmp_path}/{COUNTS_FILE}", "w") as fh:
         json.dump(counts.to_dict(), fh, indent=1)

@@ -28,7 +28,7 @@ from witbuild.curate.balance import (
     keep_probabilities,
     solve_t,
 )
-from witbuild.spark import counted, fs_and_path, read_task_counts
+from witbuild.spark import fs_and_path
 
 if TYPE_CHECKING:
     from witbuild.stages.context import StageContext
@@ -137,7 +137,7 @@ def run_balance(ctx: StageContext) -> StageCounts:
         for batch in batches:
             yield balance_arrow(batch, p_bc.value, seed, counts, arrow_schema)
 
-    df.mapInArrow(counted(task, ctx.counts_dir), out_schema.spark()).write.mode("overwrite").parquet(ctx.output)
+    counts = ctx.map_batches(task, df)
     p_bc.unpersist()
 
     kept = entry_counts(ctx.spark.read.parquet(ctx.output), len(entries))
@@ -148,6 +148,5 @@ def run_balance(ctx: StageContext) -> StageCounts:
     with fs.open(f"{out}/{ENTRY_COUNTS_FILE}", "wb") as fh:
         pq.write_table(table, fh)
 
-    counts = read_task_counts(ctx.counts_dir)
     counts.info.update({**plan.info(), "seed": seed, "querylist_version": manifest["version"]})
     return counts

@@ -10,7 +10,6 @@ import pyarrow.compute as pc
 
 from witbuild import schemas
 from witbuild.counters import StageCounts
-from witbuild.spark import counted
 from witbuild.text.filters import FilterConfig, filter_texts
 from witbuild.text.langid import LangIdConfig, LanguageIdentifier, lang_reasons
 
@@ -54,7 +53,7 @@ def filter_batch(batch: pa.RecordBatch, fcfg: FilterConfig, lcfg: LangIdConfig, 
     return pa.RecordBatch.from_pydict(columns, schema=out_schema)
 
 
-def run_filter(ctx: StageContext) -> StageCounts | None:
+def run_filter(ctx: StageContext) -> StageCounts:
     fcfg, lcfg = ctx.cfg.filter, ctx.cfg.langid
     out_schema = schemas.load("filtered")
     arrow_schema = out_schema.arrow()
@@ -64,6 +63,4 @@ def run_filter(ctx: StageContext) -> StageCounts | None:
         for batch in batches:
             yield filter_batch(batch, fcfg, lcfg, counts, identifier, arrow_schema)
 
-    df = ctx.spark.read.parquet(ctx.previous)
-    df.mapInArrow(counted(task, ctx.counts_dir), out_schema.spark()).write.mode("overwrite").parquet(ctx.output)
-    return None  # the counters are read back from the tasks
+    return ctx.map_batches(task)

@@ -15,7 +15,6 @@ from witbuild import schemas
 from witbuild.counters import StageCounts
 from witbuild.curate.match import AhoCorasickMatcher, MatchConfig, Matcher, make_matcher
 from witbuild.curate.querylist_artifact import prepare_querylist
-from witbuild.spark import counted
 
 if TYPE_CHECKING:
     from witbuild.stages.context import StageContext
@@ -58,11 +57,7 @@ def run_match(ctx: StageContext) -> StageCounts:
         for batch in batches:
             yield match_batch(batch, matcher, counts, arrow_schema)
 
-    df = ctx.spark.read.parquet(ctx.previous)
-    df.mapInArrow(counted(task, ctx.counts_dir), out_schema.spark()).write.mode("overwrite").parquet(ctx.output)
-    from witbuild.spark import read_task_counts
-
-    counts = read_task_counts(ctx.counts_dir)
+    counts = ctx.map_batches(task)
     counts.info.update({"querylist_version": version, "querylist_entries": len(entries)})
     entries_bc.unpersist()
     return counts
