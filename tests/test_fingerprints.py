@@ -136,3 +136,19 @@ def test_changed_filter_redoes_exactly_the_affected_stages(spark, web: Path, tmp
     # a changed balance setting, later: only balance and what follows
     results = run_build(spark, config(web, out, *sets, "filter.min_words=4", "balance.seed=7"), until_stage="dedup")
     assert skipped(results) == {"extract": True, "filter": True, "match": True, "balance": False, "dedup": False}
+
+
+def test_a_killed_download_resumes_only_under_the_same_config(tmp_path: Path) -> None:
+    from witbuild.pipeline import resumes, write_fingerprint
+    from witbuild.stages.registry import stage
+
+    fps = stage_fingerprints(cfg_of())
+    other = stage_fingerprints(cfg_of(download={"image_size": 128}))
+    tmp = str(tmp_path / "_tmp" / "download")
+    assert not resumes(stage("download"), tmp, fps["download"])  # nothing left behind
+    write_fingerprint(tmp, fps["download"])
+    assert resumes(stage("download"), tmp, fps["download"])
+    assert not resumes(stage("download"), tmp, other["download"])
+    assert changes(fps["download"], other["download"]) == ["download.image_size 256 → 128"]
+    write_fingerprint(tmp, fps["filter"])
+    assert not resumes(stage("filter"), tmp, fps["filter"])  # only resumable stages go on from a folder

@@ -78,6 +78,13 @@ def _remove(folder: str) -> None:
         fs.rm(path, recursive=True)
 
 
+def resumes(st: Stage, tmp: str, fp: Fingerprint) -> bool:
+    """Whether a stage may go on from what an earlier attempt left in ``tmp``: only a resumable stage, and only
+    work made under the same fingerprint (a killed download re-run with another image size starts over)."""
+    kept = recorded_fingerprint(tmp) if st.resumable else None
+    return kept is not None and kept.digest == fp.digest
+
+
 def run_stage(spark: Any, cfg: BuildConfig, st: Stage, fp: Fingerprint, previous: str | None) -> StageResult:
     out = cfg.output
     if is_finished(out, st.name):
@@ -85,8 +92,7 @@ def run_stage(spark: Any, cfg: BuildConfig, st: Stage, fp: Fingerprint, previous
         return StageResult(st.name, load_counts(out, st.name), 0.0, skipped=True)
     tmp, counts_dir = layout.stage_tmp_dir(out, st.name), layout.stage_counts_dir(out, st.name)
     _remove(counts_dir)
-    kept = recorded_fingerprint(tmp) if st.resumable else None
-    if kept is None or kept.digest != fp.digest:  # a resumable stage resumes only work made under this config
+    if not resumes(st, tmp, fp):
         _remove(tmp)
     if st.resumable:
         write_fingerprint(tmp, fp)
