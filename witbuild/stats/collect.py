@@ -793,17 +793,9 @@ def _per_shard(values: Iterable[int]) -> dict[str, Any] | None:
             "mean": round(sum(v) / len(v), 3)}
 
 
-def collect_stats(path: Path | str, *, top: int = 20, tar_check: TarCheck = TarCheck.quick, workers: int = 0) -> dict:
-    """The whole report (the JSON that ``--json`` prints; schemas/stats_report.schema.json)."""
-    root = Path(path)
-    layout = detect_layout(root)
-    warnings: list[str] = []
-    notes = list(layout.notes)
-    funnel_src = read_funnel(root) if layout.kind == "build" else None
-    funnel = funnel_src[0] if funnel_src else None
-    if layout.kind == "build" and funnel is None:
-        notes.append("no build_report.json and no stage _counts.json: no funnel")
-
+def _plan_reads(root: Path, layout: Any) -> tuple[list[FileTask], bool, bool]:
+    """The Parquet files to read, whether c_e comes from the match stage's rows, and whether the final samples'
+    matched entries are counted."""
     match_dir = root / STAGES_DIR / "match"
     need_matched = (layout.kind == "build" and not (root / STAGES_DIR / "balance" / ENTRY_COUNTS_FILE).is_file()
                     and _finished(match_dir))  # c_e from the match stage's rows: balance has not run
@@ -817,17 +809,11 @@ def collect_stats(path: Path | str, *, top: int = 20, tar_check: TarCheck = TarC
         tasks += [FileTask(p, "matched") for p in _parts(match_dir)]
     has_query_list = layout.kind == "build" and (root / QUERYLIST_DIR).is_dir()
     final_matched = has_query_list and layout.dataset_stage in (FINALIZE_DIR, "download")
-    log.debug("stats: reading %d Parquet file(s) under %s", len(tasks), root)
-    part = read_parquet_files(tasks, workers, final_matched)
-    s, d = part.samples, part.downloads
+    return tasks, need_matched, final_matched
 
-    source = layout.dataset_dir or root
-    if s.samples == 0:
-        detail = f" ({d.status.get('success', 0):,} of {d.rows:,} downloads succeeded)" if d.rows else ""
-        where = source / INDEX_DIR if layout.sample_role == "index" else source
-        raise StatsError(f"{where}: empty dataset: 0 samples in {len(layout.sample_files)} Parquet file(s){detail}")
 
-    # shards and tars
+def _samples_per_shard(layout: Any, s: Any, d: Any, warnings: list[str]) -> dict[str, int]:
+    """Samples per tar: from sizes.json, img2dataset's successes or the index; disagreements are warnings."""
     tar_names = {t.name for t in layout.tars}
     if layout.sizes is not None:
         per_shard: dict[str, int] = dict(layout.sizes)
@@ -837,16 +823,20 @@ def collect_stats(path: Path | str, *, top: int = 20, tar_check: TarCheck = TarC
         if sum(per_shard.values()) != s.samples:
             warnings.append(f"{SIZES_FILE} counts {sum(per_shard.values()):,} samples, the index "
                             f"{s.samples:,}")
-    elif layout.sample_role == "img2dataset":
+        return per_shard
+    if layout.sample_role == "img2dataset":
         per_shard = {p.stem + ".tar": d.success_per_shard.get(p.stem + ".tar", 0) for p in layout.sample_files}
         missing = sorted(n for n, c in per_shard.items() if c and n not in tar_names)
         if missing:
             warnings.append(f"{len(missing)} of {len(per_shard)} shard(s) have successes in their Parquet "
                             f"metadata but no tar: {_listed(missing)}")
-    elif layout.sample_role == "index":
-        per_shard = dict(s.per_shard)
-    else:
-        per_shard = {}
+        return per_shard
+    return dict(s.per_shard) if layout.sample_role == "index" else {}
+
+
+def _checked_tars(layout: Any, per_shard: dict[str, int], tar_check: TarCheck, workers: int,
+                  warnings: list[str]) -> tuple[list, Counter]:
+    """Every tar checked (a corrupt one is a StatsError) and the stored image formats counted."""
     results = check_tars(layout.tars, tar_check, workers)
     bad = [r for r in results if r.problem]
     if bad:
@@ -863,66 +853,93 @@ def collect_stats(path: Path | str, *, top: int = 20, tar_check: TarCheck = TarC
                                 "the metadata")
         elif r.images:
             stored[next(iter(r.images))] += per_shard.get(r.path.name, 0)
+    return results, stored
 
-    totals = {"samples": s.samples, "shards": len(layout.tars), "parquet_files": len(layout.sample_files),
-              "dataset_bytes": _folder_bytes(source), "total_bytes": _folder_bytes(root),
-              "samples_per_shard": _per_shard(per_shard.values())}
 
-    captions = None
-    if s.caption_rows:
-        captions = {"count": s.caption_rows - s.null_captions, "missing": s.null_captions,
-                    "words": s.words.summary(), "chars": s.chars.summary(),
-                    "languages": _shares(s.langs, "lang", {None: "unknown"}) if set(s.langs) != {None} else []}
-        if not captions["languages"]:
-            notes.append("no lang column: no languages")
-    else:
+def _captions_section(s: Any, notes: list[str]) -> dict | None:
+    if not s.caption_rows:
         notes.append("no caption column: no caption statistics")
+        return None
+    captions = {"count": s.caption_rows - s.null_captions, "missing": s.null_captions,
+                "words": s.words.summary(), "chars": s.chars.summary(),
+                "languages": _shares(s.langs, "lang", {None: "unknown"}) if set(s.langs) != {None} else []}
+    if not captions["languages"]:
+        notes.append("no lang column: no languages")
+    return captions
 
-    images = None
-    if s.image_rows:
-        method = ("every image member of every tar" if tar_check is TarCheck.full
-                  else "the first image of each tar, weighted by the tar's samples" if tar_check is TarCheck.quick
-                  else "tars not read (--tars none)")
-        images = {"count": s.image_rows,
-                  "width": s.dims["width"].summary(), "height": s.dims["height"].summary(),
-                  "original_width": s.dims["original_width"].summary(),
-                  "original_height": s.dims["original_height"].summary(),
-                  "aspect_ratio": s.aspect.summary(),
-                  "formats": {"stored": _shares(stored, "format"), "stored_method": method,
-                              "source": _shares(s.source_formats, "format", {None: "none"})}}
-    downloads = _download_section(d, funnel)
 
-    queries = None
-    if layout.kind == "build":
-        queries = query_stats(root, funnel, part.matched if need_matched else None,
-                              s.entry_counts if final_matched else None, top)
-        if queries is None:
-            notes.append("no query statistics: the match stage has not run")
+def _images_section(s: Any, stored: Counter, tar_check: TarCheck) -> dict | None:
+    if not s.image_rows:
+        return None
+    method = ("every image member of every tar" if tar_check is TarCheck.full
+              else "the first image of each tar, weighted by the tar's samples" if tar_check is TarCheck.quick
+              else "tars not read (--tars none)")
+    return {"count": s.image_rows,
+            "width": s.dims["width"].summary(), "height": s.dims["height"].summary(),
+            "original_width": s.dims["original_width"].summary(),
+            "original_height": s.dims["original_height"].summary(),
+            "aspect_ratio": s.aspect.summary(),
+            "formats": {"stored": _shares(stored, "format"), "stored_method": method,
+                        "source": _shares(s.source_formats, "format", {None: "none"})}}
 
-    duplicates = duplicate_layers(funnel, read_dedup_config(root)) if funnel else None
-    if funnel and not any(st["stage"] in ("dedup", FINALIZE_DIR) for st in funnel):
-        notes.append("no dedup layers: dedup and finalize have not run")
-        duplicates = None
 
+def _dataset_section(layout: Any, source: Path, root: Path, has_images: bool) -> dict:
     if layout.sample_role == "index":
         samples_from = _rel(source / INDEX_DIR, root)
     elif layout.sample_role == "img2dataset":
         samples_from = str(Path(_rel(source, root)) / "*.parquet") + " (status success)"
     else:
         samples_from = _rel(source, root)
-    dataset = {"kind": layout.kind, "dataset_dir": _rel(source, root), "stage": layout.dataset_stage,
-               "samples_from": samples_from,
-               "has_images": images is not None}
+    return {"kind": layout.kind, "dataset_dir": _rel(source, root), "stage": layout.dataset_stage,
+            "samples_from": samples_from, "has_images": has_images}
+
+
+def collect_stats(path: Path | str, *, top: int = 20, tar_check: TarCheck = TarCheck.quick, workers: int = 0) -> dict:
+    """The whole report (the JSON that ``--json`` prints; schemas/stats_report.schema.json)."""
+    root = Path(path)
+    layout = detect_layout(root)
+    warnings: list[str] = []
+    notes = list(layout.notes)
+    funnel_src = read_funnel(root) if layout.kind == "build" else None
+    funnel = funnel_src[0] if funnel_src else None
+    if layout.kind == "build" and funnel is None:
+        notes.append("no build_report.json and no stage _counts.json: no funnel")
+    tasks, need_matched, final_matched = _plan_reads(root, layout)
+    log.debug("stats: reading %d Parquet file(s) under %s", len(tasks), root)
+    part = read_parquet_files(tasks, workers, final_matched)
+    s, d = part.samples, part.downloads
+    source = layout.dataset_dir or root
+    if s.samples == 0:
+        detail = f" ({d.status.get('success', 0):,} of {d.rows:,} downloads succeeded)" if d.rows else ""
+        where = source / INDEX_DIR if layout.sample_role == "index" else source
+        raise StatsError(f"{where}: empty dataset: 0 samples in {len(layout.sample_files)} Parquet file(s){detail}")
+    per_shard = _samples_per_shard(layout, s, d, warnings)
+    results, stored = _checked_tars(layout, per_shard, tar_check, workers, warnings)
+    totals = {"samples": s.samples, "shards": len(layout.tars), "parquet_files": len(layout.sample_files),
+              "dataset_bytes": _folder_bytes(source), "total_bytes": _folder_bytes(root),
+              "samples_per_shard": _per_shard(per_shard.values())}
+    captions = _captions_section(s, notes)
+    images = _images_section(s, stored, tar_check)
+    queries = None
+    if layout.kind == "build":
+        queries = query_stats(root, funnel, part.matched if need_matched else None,
+                              s.entry_counts if final_matched else None, top)
+        if queries is None:
+            notes.append("no query statistics: the match stage has not run")
+    duplicates = duplicate_layers(funnel, read_dedup_config(root)) if funnel else None
+    if funnel and not any(st["stage"] in ("dedup", FINALIZE_DIR) for st in funnel):
+        notes.append("no dedup layers: dedup and finalize have not run")
+        duplicates = None
     return {
         "report_version": REPORT_VERSION,
         "witbuild_version": __version__,
         "path": str(root),
-        "dataset": dataset,
+        "dataset": _dataset_section(layout, source, root, images is not None),
         "notes": notes,
         "warnings": warnings,
         "totals": totals,
         "funnel": {"source": funnel_src[1], "stages": funnel} if funnel_src else None,
-        "downloads": downloads,
+        "downloads": _download_section(d, funnel),
         "captions": captions,
         "images": images,
         "queries": queries,

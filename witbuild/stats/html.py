@@ -184,15 +184,10 @@ def _shares(rows: list[dict[str, Any]], key: str, limit: int = TOP_BARS) -> str:
                                            for r in rows[:limit]])
 
 
-def render_html(r: dict[str, Any]) -> str:
-    """The page as a string."""
-    e = html.escape
+def _totals_html(r: dict[str, Any]) -> list[str]:
+    """The totals table."""
     ds = r["dataset"]
-    parts = [f"<h1>witbuild stats</h1><p class=meta><b>{e(r['path'])}</b> — {e(ds['kind'])}; samples from "
-             f"<code>{e(ds['samples_from'])}</code>; witbuild {e(r['witbuild_version'])}</p>"]
-    parts += [f"<p class=note>note: {e(n)}</p>" for n in r["notes"]]
-    parts += [f"<p class=warn>warning: {e(w)}</p>" for w in r["warnings"]]
-
+    parts: list[str] = []
     tot = r["totals"]
     sps = tot["samples_per_shard"]
     rows = [["samples", fmt(tot["samples"])], ["shards (tars)", fmt(tot["shards"])],
@@ -203,7 +198,13 @@ def render_html(r: dict[str, Any]) -> str:
         rows.append(["samples per shard (min / median / max)",
                      f"{fmt(sps['min'])} / {fmt(sps['median'])} / {fmt(sps['max'])}"])
     parts.append("<h2>Totals</h2>" + _table(["", ""], [[(a, False), (b, True)] for a, b in rows]))
+    return parts
 
+
+def _funnel_html(r: dict[str, Any]) -> list[str]:
+    """The funnel plot and table."""
+    e = html.escape
+    parts: list[str] = []
     if r["funnel"]:
         f = r["funnel"]
         parts.append(f"<h2>Funnel</h2><p class=meta>from {e(f['source'])}</p>" + plot_funnel(f["stages"]))
@@ -211,7 +212,13 @@ def render_html(r: dict[str, Any]) -> str:
             [(s["stage"], False), (s["unit"], False), (fmt(s["rows_in"]), True), (fmt(s["rows_out"]), True),
              (pct(s["kept_share"]), True), (fmt(s["rows_dropped"]), True),
              (", ".join(f"{k} {v:,}" for k, v in s["dropped"].items()) or "-", False)] for s in f["stages"]]))
+    return parts
 
+
+def _downloads_html(r: dict[str, Any]) -> list[str]:
+    """Download successes and failures by class."""
+    e = html.escape
+    parts: list[str] = []
     d = r["downloads"]
     if d:
         parts.append(f"<h2>Downloads</h2><p>{d['success']:,} of {d['rows']:,} succeeded "
@@ -223,7 +230,12 @@ def render_html(r: dict[str, Any]) -> str:
                 [(c["class"], False), (fmt(c["count"]), True), (pct(c["share"]), True),
                  ("; ".join(f"{x['message']} ({x['count']:,})" for x in c["examples"]), False)]
                 for c in d["failures_by_class"]]))
+    return parts
 
+
+def _captions_html(r: dict[str, Any]) -> list[str]:
+    """Caption lengths and languages."""
+    parts: list[str] = []
     cap = r["captions"]
     if cap:
         parts.append(f"<h2>Captions</h2><p>{cap['count']:,} captions, {cap['missing']:,} missing</p>")
@@ -233,7 +245,13 @@ def render_html(r: dict[str, Any]) -> str:
         if cap["languages"]:
             parts.append("<h3>Languages</h3>" + plot_bars(cap["languages"], "lang", "Languages", "#1f77b4")
                          + _shares(cap["languages"], "lang"))
+    return parts
 
+
+def _images_html(r: dict[str, Any]) -> list[str]:
+    """Image sizes, aspect ratios and formats."""
+    e = html.escape
+    parts: list[str] = []
     img = r["images"]
     if img:
         parts.append(f"<h2>Images</h2><p>{img['count']:,} images</p>")
@@ -253,7 +271,13 @@ def render_html(r: dict[str, Any]) -> str:
                          + _shares(fm["stored"], "format"))
         if fm["source"]:
             parts.append("<h3>Source formats (URL extension)</h3>" + _shares(fm["source"], "format"))
+    return parts
 
+
+def _queries_html(r: dict[str, Any]) -> list[str]:
+    """The query list before and after balancing."""
+    e = html.escape
+    parts: list[str] = []
     q = r["queries"]
     if q:
         parts.append(f"<h2>Queries</h2><p>query list {e(str(q.get('querylist_version') or '?'))}: "
@@ -279,6 +303,20 @@ def render_html(r: dict[str, Any]) -> str:
                          (a["entry"] if a else "", False), (fmt(a["kept"]) if a else "", True)])
         parts.append("<h3>Top entries</h3>" + _table(["#", "before balancing", "c_e", "after balancing", "kept"],
                                                      rows))
+    return parts
+
+
+def render_html(r: dict[str, Any]) -> str:
+    """The page as a string."""
+    e = html.escape
+    ds = r["dataset"]
+    parts = [f"<h1>witbuild stats</h1><p class=meta><b>{e(r['path'])}</b> — {e(ds['kind'])}; samples from "
+             f"<code>{e(ds['samples_from'])}</code>; witbuild {e(r['witbuild_version'])}</p>"]
+    parts += [f"<p class=note>note: {e(n)}</p>" for n in r["notes"]]
+    parts += [f"<p class=warn>warning: {e(w)}</p>" for w in r["warnings"]]
+
+    for section in (_totals_html, _funnel_html, _downloads_html, _captions_html, _images_html, _queries_html):
+        parts += section(r)
 
     if r["duplicates"]:
         parts.append("<h2>Duplicates removed, by layer</h2>" + _table(
