@@ -139,16 +139,19 @@ def test_changed_filter_redoes_exactly_the_affected_stages(spark, web: Path, tmp
 
 
 def test_a_killed_download_resumes_only_under_the_same_config(tmp_path: Path) -> None:
-    from witbuild.pipeline import resumes, write_fingerprint
+    from witbuild import layout
+    from witbuild.pipeline import resumes, save_fingerprint
     from witbuild.stages.registry import stage
 
     fps = stage_fingerprints(cfg_of())
     other = stage_fingerprints(cfg_of(download={"image_size": 128}))
-    tmp = str(tmp_path / "_tmp" / "download")
-    assert not resumes(stage("download"), tmp, fps["download"])  # nothing left behind
-    write_fingerprint(tmp, fps["download"])
-    assert resumes(stage("download"), tmp, fps["download"])
-    assert not resumes(stage("download"), tmp, other["download"])
+    out = str(tmp_path)
+    assert not resumes(stage("download"), out, fps["download"])  # nothing left behind
+    save_fingerprint(layout.stage_resume_fingerprint(out, "download"), fps["download"])
+    assert resumes(stage("download"), out, fps["download"])
+    assert not resumes(stage("download"), out, other["download"])
     assert changes(fps["download"], other["download"]) == ["download.image_size 256 → 128"]
-    write_fingerprint(tmp, fps["filter"])
-    assert not resumes(stage("filter"), tmp, fps["filter"])  # only resumable stages go on from a folder
+    # beside the temporary folder, never in it: img2dataset takes every *.json in its folder for a finished shard
+    assert not layout.stage_resume_fingerprint(out, "download").startswith(layout.stage_tmp_dir(out, "download") + "/")
+    save_fingerprint(layout.stage_resume_fingerprint(out, "filter"), fps["filter"])
+    assert not resumes(stage("filter"), out, fps["filter"])  # only resumable stages go on from a folder

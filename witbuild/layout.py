@@ -58,6 +58,12 @@ def stage_counts_dir(output: str, name: str) -> str:
     return _join(output, STAGES_DIR, TMP_DIR, f"{name}.counts")
 
 
+def stage_resume_fingerprint(output: str, name: str) -> str:
+    """The fingerprint of a resumable stage's unfinished work, beside (not in) its temporary folder: the folder
+    belongs to the tool that fills it (img2dataset reads every ``*.json`` there as a finished shard)."""
+    return _join(output, STAGES_DIR, TMP_DIR, f"{name}.{FINGERPRINT_FILE.lstrip('_')}")
+
+
 def querylist_dir(output: str) -> str:
     return _join(output, QUERYLIST_DIR)
 

@@ -55,21 +55,30 @@ def load_counts(output: str, name: str) -> StageCounts:
         return StageCounts.from_dict(json.load(fh))
 
 
-def recorded_fingerprint(folder: str) -> Fingerprint | None:
-    """The fingerprint a stage folder was written under; None when it has none (or it is unreadable)."""
-    fs, root = fs_and_path(folder)
+def read_fingerprint(path: str) -> Fingerprint | None:
+    """The fingerprint in a file; None when there is none (or it is unreadable)."""
+    fs, p = fs_and_path(path)
     try:
-        with fs.open(f"{root}/{layout.FINGERPRINT_FILE}", "r") as fh:
+        with fs.open(p, "r") as fh:
             return Fingerprint.from_dict(json.load(fh))
     except (OSError, ValueError, AttributeError):
         return None
 
 
-def write_fingerprint(folder: str, fp: Fingerprint) -> None:
-    fs, root = fs_and_path(folder)
-    fs.makedirs(root, exist_ok=True)
-    with fs.open(f"{root}/{layout.FINGERPRINT_FILE}", "w") as fh:
+def save_fingerprint(path: str, fp: Fingerprint) -> None:
+    fs, p = fs_and_path(path)
+    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(p, "w") as fh:
         json.dump(fp.to_dict(), fh, indent=1, ensure_ascii=False)
+
+
+def recorded_fingerprint(folder: str) -> Fingerprint | None:
+    """The fingerprint a stage folder was written under; None when it has none."""
+    return read_fingerprint(f"{folder.rstrip('/')}/{layout.FINGERPRINT_FILE}")
+
+
+def write_fingerprint(folder: str, fp: Fingerprint) -> None:
+    save_fingerprint(f"{folder.rstrip('/')}/{layout.FINGERPRINT_FILE}", fp)
 
 
 def _remove(folder: str) -> None:
@@ -78,10 +87,11 @@ def _remove(folder: str) -> None:
         fs.rm(path, recursive=True)
 
 
-def resumes(st: Stage, tmp: str, fp: Fingerprint) -> bool:
-    """Whether a stage may go on from what an earlier attempt left in ``tmp``: only a resumable stage, and only
-    work made under the same fingerprint (a killed download re-run with another image size starts over)."""
-    kept = recorded_fingerprint(tmp) if st.resumable else None
+def resumes(st: Stage, output: str, fp: Fingerprint) -> bool:
+    """Whether a stage may go on from what an earlier attempt left in its temporary folder: only a resumable
+    stage, and only work made under the same fingerprint (a killed download re-run with another image size
+    starts over)."""
+    kept = read_fingerprint(layout.stage_resume_fingerprint(output, st.name)) if st.resumable else None
     return kept is not None and kept.digest == fp.digest
 
 
@@ -92,16 +102,16 @@ def run_stage(spark: Any, cfg: BuildConfig, st: Stage, fp: Fingerprint, previous
         return StageResult(st.name, load_counts(out, st.name), 0.0, skipped=True)
     tmp, counts_dir = layout.stage_tmp_dir(out, st.name), layout.stage_counts_dir(out, st.name)
     _remove(counts_dir)
-    if not resumes(st, tmp, fp):
+    if not resumes(st, out, fp):
         _remove(tmp)
     if st.resumable:
-        write_fingerprint(tmp, fp)
+        save_fingerprint(layout.stage_resume_fingerprint(out, st.name), fp)
     started = time.monotonic()
     counts = st.load()(StageContext(spark, cfg, tmp, counts_dir, previous, st.name)) or read_task_counts(counts_dir)
     fs, tmp_path = fs_and_path(tmp)
     with fs.open(f"{tmp_path}/{COUNTS_FILE}", "w") as fh:
         json.dump(counts.to_dict(), fh, indent=1)
-    write_fingerprint(tmp, fp)  # again: a stage may have replaced its folder
+    write_fingerprint(tmp, fp)  # after the stage's own writes (Spark's overwrite replaces the folder)
     if not fs.exists(f"{tmp_path}/{layout.SUCCESS_FILE}"):
         fs.touch(f"{tmp_path}/{layout.SUCCESS_FILE}")
     _, final_path = fs_and_path(layout.stage_dir(out, st.name))
@@ -109,6 +119,7 @@ def run_stage(spark: Any, cfg: BuildConfig, st: Stage, fp: Fingerprint, previous
         fs.rm(final_path, recursive=True)
     fs.mv(tmp_path, final_path, recursive=True)
     _remove(counts_dir)
+    _remove(layout.stage_resume_fingerprint(out, st.name))
     return StageResult(st.name, counts, time.monotonic() - started, skipped=False)
 
 
@@ -173,6 +184,7 @@ def clear_stages(output: str, first: str) -> None:
     for name in later_stages(first):
         _remove(layout.stage_dir(output, name))
         _remove(layout.stage_tmp_dir(output, name))
+        _remove(layout.stage_resume_fingerprint(output, name))
 
 
 def run_build(
