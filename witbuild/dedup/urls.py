@@ -77,8 +77,8 @@ def _split_port(hostport: str) -> tuple[str, str | None]:
 
 
 class DedupConfig(BaseModel):
-    """How pairs are deduplicated: exact URL (+ text) before download; image bytes, pHash near duplicates
-    and evaluation-set decontamination after.
+    """How pairs are deduplicated: exact URL (+ text) before download; image bytes, near duplicates (pHash,
+    then a colour check on pHash-near pairs) and evaluation-set decontamination after.
 
     ``phash_bands`` below ``phash_threshold + 1`` is allowed, with a logged warning: fewer, wider bands
     give fewer candidates, but a pair at distance d ≥ bands can differ in every band and then is never
@@ -109,7 +109,28 @@ class DedupConfig(BaseModel):
     decontaminate: str | None = Field(
         None, description="Folder of evaluation images; samples near-duplicate to any of them are removed."
     )
-    near_dup: bool = Field(True, description="Drop pHash near duplicates (keeping the smallest key per group).")
+    near_dup: bool = Field(
+        True,
+        description="Drop near duplicates: pairs within phash_threshold bits that also pass the colour check. In key "
+        "order each sample not yet removed is kept and removes its near duplicates (no chains: every removed "
+        "sample is recorded with the kept one it duplicates, in stages/finalize/near_duplicates.parquet).",
+    )
+    colour_check: bool = Field(
+        True,
+        description="Second check on every pHash-near pair before a removal: the colour difference of 16x16 "
+        "thumbnails (colour_max_delta). pHash sees grey levels only; without this, colour variants of one "
+        "outline and many distinct simple drawings count as duplicates.",
+    )
+    colour_max_delta: float = Field(
+        4.0,
+        gt=0,
+        le=100,
+        description="Largest mean CIELAB colour difference (ΔE; each thumbnail pixel against the closest of the "
+        "other's 3x3 neighbours, after one brightness gain) between near duplicates. Measured on generated "
+        "pairs (benchmarks/bench_dedup.py): resized, re-encoded, PNG/JPEG-converted, 1-5% cropped and "
+        "±10% brightness copies ≤ 3.2; colour variants of one outline ≥ 7; distinct single-shape drawings "
+        "within 4 pHash bits: about 60% above 4.",
+    )
     exact_image: bool = Field(True, description="Drop samples whose image bytes (sha256) were already seen.")
 
     @model_validator(mode="after")
