@@ -19,8 +19,9 @@ the comparison runs only on verified candidate pairs.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 THUMB_SIDE = 16  # thumbnail side in pixels: 768 bytes of RGB per image
 THUMB_BYTES = THUMB_SIDE * THUMB_SIDE * 3
+MAX_REPEATS = 64  # items of one hash value checked pairwise (see occurrence_pairs)
 DEFAULT_MAX_COLOUR_DELTA = 4.0  # mean ΔE; see DedupConfig.colour_max_delta for the measured spread
 
 _SRGB_TO_XYZ = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
@@ -89,7 +91,10 @@ def colour_delta(thumb_a: bytes, thumb_b: bytes) -> float:
     """Mean shift-tolerant CIELAB ΔE between two :func:`thumbnail` s (0: same picture; see the module docstring).
 
     ``a`` is first scaled by the one gain that best matches ``b`` (least squares), so a uniform brightness
-    change costs nothing while a change of hue does. Symmetric: the larger of the two directions."""
+    change costs nothing while a change of hue does. Symmetric: the two are taken in byte order, and the
+    result is the larger of the two directions."""
+    if thumb_a > thumb_b:
+        thumb_a, thumb_b = thumb_b, thumb_a
     a = np.frombuffer(thumb_a, dtype=np.uint8).reshape(THUMB_SIDE, THUMB_SIDE, 3).astype(np.float64)
     b = np.frombuffer(thumb_b, dtype=np.uint8).reshape(THUMB_SIDE, THUMB_SIDE, 3).astype(np.float64)
     gain = float((a * b).sum() / max(float((a * a).sum()), 1e-9))
@@ -126,6 +131,52 @@ def choose_representatives(edges: Iterable[tuple[str, str, int, float | None]]) 
             if other > key and other not in removed:
                 removed[other] = Removal(other, key, bits, delta)
     return [removed[k] for k in sorted(removed)]
+
+
+def occurrence_pairs(hashes: Any, threshold: int, bands: int | None = None) -> np.ndarray:
+    """``(m, 2)`` pairs ``(i, j)``, i < j, of items within ``threshold`` bits, between every occurrence.
+
+    :func:`~witbuild.dedup.phash.near_duplicate_pairs` pairs only the first occurrences of two hash values (and
+    each repeat with its first): enough for groups, not for a second check, which may reject the first pair and
+    accept another. Values repeated more than ``MAX_REPEATS`` times are expanded through their first
+    ``MAX_REPEATS`` items only (the rest keep the star to the first): blank images must not cost k² checks."""
+    h = as_uint64(hashes).ravel()
+    if h.size < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    values, inv = np.unique(h, return_inverse=True)
+    inv = inv.ravel()
+    order = np.argsort(inv, kind="stable")
+    starts = np.searchsorted(inv[order], np.arange(values.size))
+    ends = np.append(starts[1:], h.size)
+    members = [order[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    capped = [m[:MAX_REPEATS] for m in members]
+    out = [np.column_stack((m[0].repeat(m.size - MAX_REPEATS), m[MAX_REPEATS:])) for m in members
+           if m.size > MAX_REPEATS]
+    out += [np.array(list(itertools.combinations(m.tolist(), 2)), dtype=np.int64).reshape(-1, 2) for m in capped
+            if m.size > 1]
+    for p, q in near_duplicate_pairs(values, threshold, bands).tolist():
+        a, b = capped[p], capped[q]
+        out.append(np.column_stack((a.repeat(b.size), np.tile(b, a.size))))
+    if not out:
+        return np.zeros((0, 2), dtype=np.int64)
+    pairs = np.sort(np.concatenate(out).astype(np.int64), axis=1)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+def find_removals(keys: Sequence[str], hashes: Any, thumbs: Sequence[bytes], threshold: int, bands: int | None = None,
+                  max_colour_delta: float | None = DEFAULT_MAX_COLOUR_DELTA) -> list[Removal]:
+    """:func:`near_duplicate_removals` in one process, for tests and benchmarks: the same verdicts on a list.
+
+    ``hashes``: pHashes (either sign convention); ``thumbs``: :func:`thumbnail` s; keys must be distinct."""
+    if not len(keys) == len(thumbs) == np.asarray(hashes).size:
+        raise ValueError(f"{len(keys)} keys, {np.asarray(hashes).size} hashes, {len(thumbs)} thumbnails")
+    h = as_uint64(hashes).ravel()
+    edges = []
+    for i, j in occurrence_pairs(h, threshold, bands).tolist():
+        delta = None if max_colour_delta is None else colour_delta(thumbs[i], thumbs[j])
+        if delta is None or delta <= max_colour_delta:
+            edges.append((keys[i], keys[j], int(hamming_array(h[i], h[j])), delta))
+    return choose_representatives(edges)
 
 
 def near_duplicate_removals(df: Any, threshold: int, bands: int, max_colour_delta: float | None) -> list[Removal]:
@@ -172,7 +223,7 @@ def _bucket_pairs(threshold: int, bands: int) -> Any:
             for members in batch.column(0).to_pylist():
                 keys = [m["key"] for m in members]
                 hashes = as_uint64(np.array([m["_phash"] for m in members], dtype=np.int64))
-                for i, j in near_duplicate_pairs(hashes, threshold, bands):
+                for i, j in occurrence_pairs(hashes, threshold, bands).tolist():
                     a, b = sorted((keys[int(i)], keys[int(j)]))
                     a_out.append(a)
                     b_out.append(b)
