@@ -10,10 +10,11 @@ import pytest
 from PIL import Image
 
 from witbuild.dedup.near import (
-    DEFAULT_MAX_COLOUR_DELTA,
     MAX_REPEATS,
+    ColourDiff,
+    ColourLimits,
     choose_representatives,
-    colour_delta,
+    colour_diff,
     find_removals,
     image_signature,
     occurrence_pairs,
@@ -41,9 +42,10 @@ def _signatures(data: list[bytes]) -> tuple[list[int], list[bytes]]:
 
 def test_config_defaults() -> None:
     cfg = DedupConfig()
-    assert cfg.colour_check and cfg.colour_max_delta == DEFAULT_MAX_COLOUR_DELTA
-    with pytest.raises(ValueError):
-        DedupConfig(colour_max_delta=0)
+    assert cfg.colour_check and ColourLimits(cfg.colour_max_mean, cfg.colour_max_tail) == ColourLimits()
+    for bad in ({"colour_max_mean": 0}, {"colour_max_tail": -1}):
+        with pytest.raises(ValueError):
+            DedupConfig(**bad)
 
 
 def test_signature_is_one_decode_of_phash_and_thumbnail() -> None:
@@ -51,35 +53,41 @@ def test_signature_is_one_decode_of_phash_and_thumbnail() -> None:
     h, thumb = image_signature(encode(img, "png"))  # type: ignore[misc]
     assert h == phash64(img) and thumb == thumbnail(img) and len(thumb) == 16 * 16 * 3
     assert image_signature(b"not an image") is None
-    assert colour_delta(thumb, thumb) == 0.0
+    assert colour_diff(thumb, thumb) == ColourDiff(0.0, 0.0)
 
 
-def _verdicts(pairs, max_colour_delta: float | None = DEFAULT_MAX_COLOUR_DELTA) -> list[bool]:
+def _verdicts(pairs, limits: ColourLimits | None = ColourLimits()) -> list[bool]:
     """Per pair, on its own: does the step remove b as a near duplicate of a?"""
     out = []
     for p in pairs:
         hashes, thumbs = _signatures([p.a, p.b])
-        removed = find_removals(["a", "b"], hashes, thumbs, THRESHOLD, max_colour_delta=max_colour_delta)
+        removed = find_removals(["a", "b"], hashes, thumbs, THRESHOLD, limits=limits)
         assert [(r.key, r.duplicate_of) for r in removed] in ([], [("b", "a")])
         out.append(bool(removed))
     return out
 
 
 def test_every_kind_of_copy_is_removed(pairs) -> None:
-    """Each copy that pHash finds is removed: the check rejects none (pHash's own misses, mostly 3-5% crops, are
-    not the check's to recover); and some copies of every kind are found."""
+    """Copies of every kind are removed, and the check rejects almost none of those pHash finds (pHash's own misses,
+    mostly 3-5% crops, are not the check's to recover). Measured here: 172 of the 180 copies within 4 pHash bits,
+    171 removed; the one kept is a 3-5% crop of a picture with thin lines and text (ΔE mean 3.5, p95 25.8 > 20)."""
     copies = [p for p in pairs if p.duplicate]
     assert {p.kind for p in copies} == set(COPY_KINDS)
     by_phash, checked = _verdicts(copies, None), _verdicts(copies)
-    assert checked == by_phash
+    assert all(b for b, c in zip(by_phash, checked, strict=True) if c)  # the check only ever keeps more
+    assert sum(by_phash) - sum(checked) <= 2, (sum(by_phash), sum(checked))
     assert {p.kind for p, removed in zip(copies, checked, strict=True) if removed} == set(COPY_KINDS)
+    for kind in COPY_KINDS:  # measured: 29-30 of 30 of each kind removed, crops 23
+        found = sum(c for p, c in zip(copies, checked, strict=True) if p.kind == kind)
+        assert found >= (20 if kind == "crop" else 28), (kind, found)
 
 
 def test_colour_variants_and_distinct_drawings_kept(pairs) -> None:
     """Measured on these 30 + 30 mined pairs (all within 4 pHash bits, so pHash alone removes every one):
-    colour variants' delta 8.8..102, every one kept; distinct single-shape drawings 0.97..30.3, 17 of 30 above
-    the default 4.0 (the copies pHash finds here: ≤ 3.47). The bound leaves room for a few pairs to cross the
-    threshold with another Pillow or libjpeg."""
+    colour variants ΔE mean 8.8-102, p95 33-145: every one kept; distinct single-shape drawings mean 0.9-30,
+    p95 4.9-35: 18 of 30 kept (the rest: the same shape 10-15% larger or smaller, or a pentagon and a hexagon,
+    which differ by less than a 5% crop does at 16×16). The bounds leave room for a few pairs to cross a limit
+    with another Pillow or libjpeg."""
     kept = {}
     for kind in ("colour_variant", "distinct_drawing"):
         negatives = [p for p in pairs if p.kind == kind]
@@ -87,7 +95,7 @@ def test_colour_variants_and_distinct_drawings_kept(pairs) -> None:
         assert all(_verdicts(negatives, None))
         kept[kind] = sum(not removed for removed in _verdicts(negatives))
     assert kept["colour_variant"] == 30
-    assert kept["distinct_drawing"] >= 13, kept
+    assert kept["distinct_drawing"] >= 14, kept
 
 
 def test_chain_keeps_the_far_end() -> None:
@@ -97,7 +105,7 @@ def test_chain_keeps_the_far_end() -> None:
     b, c = a ^ 0xF, a ^ 0xFF  # 4 and 8 bits from a, 4 from each other
     removed = find_removals(["A", "B", "C"], [a, b, c], [thumb] * 3, THRESHOLD)
     assert [(r.key, r.duplicate_of, r.phash_distance) for r in removed] == [("B", "A", 4)]
-    edges = [("A", "B", 4, 1.0), ("B", "C", 4, 1.0), ("C", "D", 2, 1.0), ("D", "E", 1, 1.0)]
+    edges = [("A", "B", 4, None), ("B", "C", 4, None), ("C", "D", 2, None), ("D", "E", 1, None)]
     got = [(r.key, r.duplicate_of) for r in choose_representatives(edges)]
     assert got == [("B", "A"), ("D", "C")]  # E's only neighbour D was removed: E stays
 

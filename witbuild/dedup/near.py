@@ -3,11 +3,12 @@
 pHash sees grey levels only and its 4-bit neighbourhood is wide for simple graphics: a red and a blue star of
 one outline hash alike, and so do many distinct icons on plain backgrounds. Two rules make a removal safe:
 
-1. **A second, independent check** on every pair the LSH verified (never on all pairs): the mean CIELAB colour
+1. **A second, independent check** on every pair the LSH verified (never on all pairs): the CIELAB colour
    difference (ΔE) of the two images' 16×16 thumbnails, each pixel compared with the closest of the 3×3
    neighbouring pixels of the other thumbnail (a 1-5% crop moves content by under one thumbnail pixel) after one
-   brightness gain (a brighter copy is still a copy). Copies (resized, re-encoded, PNG↔JPEG, cropped,
-   brightened) measure ≤ 3.2, colour variants of one outline ≥ 7 (``benchmarks/bench_dedup.py``).
+   brightness gain (a brighter copy is still a copy). A removal needs both a small mean ΔE (the picture as a
+   whole) and a small 95th percentile (no recoloured shape covering 5% of it). Measured limits and spreads:
+   ``DedupConfig.colour_max_mean`` / ``colour_max_tail`` and ``benchmarks/bench_dedup.py``.
 2. **No chained removals**: in a stable order (smallest key first) each sample not yet removed is kept and
    removes its near duplicates that are not yet decided. Every removed sample is thus within the thresholds of
    the kept sample it is recorded against; in a chain A~B~C with C far from A, A and C stay.
@@ -38,17 +39,25 @@ log = logging.getLogger(__name__)
 THUMB_SIDE = 16  # thumbnail side in pixels: 768 bytes of RGB per image
 THUMB_BYTES = THUMB_SIDE * THUMB_SIDE * 3
 MAX_REPEATS = 64  # items of one hash value checked pairwise (see occurrence_pairs)
-DEFAULT_MAX_COLOUR_DELTA = 4.0  # mean ΔE; see DedupConfig.colour_max_delta for the measured spread
+DEFAULT_MAX_MEAN = 5.0  # ΔE; DedupConfig.colour_max_mean and colour_max_tail give the measured spread
+DEFAULT_MAX_TAIL = 20.0
 
 _SRGB_TO_XYZ = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
 _WHITE = np.array([0.95047, 1.0, 1.08883])
+_XYZ_OVER_WHITE = (_SRGB_TO_XYZ / _WHITE[:, None]).T  # linear RGB rows @ this = XYZ / white
+_F_TO_LAB = np.array([[0.0, 500.0, 0.0], [116.0, -500.0, 200.0], [0.0, 0.0, -200.0]])  # f(X, Y, Z) -> L, a, b
+_LAB_OFFSET = np.array([-16.0, 0.0, 0.0])
+_SRGB = np.arange(256) / 255.0
+_LINEAR = np.where(_SRGB > 0.04045, ((_SRGB + 0.055) / 1.055) ** 2.4, _SRGB / 12.92)  # sRGB byte -> linear light
 
 
 def thumbnail(image: Image.Image) -> bytes:
     """16×16 RGB thumbnail (area average) of the image as :func:`~witbuild.dedup.phash.phash64` sees it."""
     from PIL import Image
 
-    small = hashable_image(image).convert("RGB").resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX)
+    # reducing_gap: an integer box reduction first, then the exact one (half the time; pixels within 1 level)
+    small = hashable_image(image).convert("RGB").resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX,
+                                                        reducing_gap=2.0)
     return small.tobytes()
 
 
@@ -67,39 +76,71 @@ def image_signature(data: bytes) -> tuple[int, bytes] | None:
         return None
 
 
-def _lab(rgb: np.ndarray) -> np.ndarray:
-    """sRGB (0..255, float) to CIELAB (D65): distances there follow perceived colour differences."""
-    c = np.clip(rgb / 255.0, 0.0, 1.0)
-    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
-    xyz = c @ _SRGB_TO_XYZ.T / _WHITE
+def _shift_indices() -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices that move a (side, side) grid by -1..1 pixels each way, the border repeated."""
+    side = THUMB_SIDE
+    grid = np.arange(side)
+    moves = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    rows = np.stack([np.broadcast_to(np.clip(grid + dy, 0, side - 1)[:, None], (side, side)) for dy, _ in moves])
+    cols = np.stack([np.broadcast_to(np.clip(grid + dx, 0, side - 1)[None, :], (side, side)) for _, dx in moves])
+    return rows, cols
+
+
+_SHIFT_ROWS, _SHIFT_COLS = _shift_indices()
+
+
+def _lab(linear: np.ndarray) -> np.ndarray:
+    """Linear RGB (``(n, 3)``, 0..1) to CIELAB (D65): distances there follow perceived colour differences."""
+    xyz = np.minimum(linear, 1.0) @ _XYZ_OVER_WHITE
     f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
-    return np.stack((116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]), 200.0 * (f[..., 1] - f[..., 2])), -1)
+    return f @ _F_TO_LAB + _LAB_OFFSET
 
 
-def _nearest_neighbour_delta(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per pixel of ``a``: the smallest ΔE to the 3×3 neighbourhood of the same pixel in ``b``."""
-    s = a.shape[0]
-    padded = np.pad(b, ((1, 1), (1, 1), (0, 0)), mode="edge")
-    best = np.full(a.shape[:2], np.inf)
-    for dy in range(3):
-        for dx in range(3):
-            best = np.minimum(best, np.linalg.norm(a - padded[dy : dy + s, dx : dx + s], axis=-1))
-    return best
+def _nearest_delta(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per pixel of ``a``: the smallest ΔE to the 3×3 neighbourhood of the same pixel in ``b`` (both
+    ``(side, side, 3)`` CIELAB; the border of ``b`` is repeated)."""
+    shifted = b[_SHIFT_ROWS, _SHIFT_COLS]  # (9, side, side, 3): b moved by -1..1 pixels each way
+    return np.sqrt(((shifted - a) ** 2).sum(axis=-1).min(axis=0))
 
 
-def colour_delta(thumb_a: bytes, thumb_b: bytes) -> float:
-    """Mean shift-tolerant CIELAB ΔE between two :func:`thumbnail` s (0: same picture; see the module docstring).
+@dataclass(frozen=True)
+class ColourDiff:
+    """How two thumbnails differ in colour: ``mean`` ΔE over all pixels, and ``tail``, the 95th percentile
+    (what the most changed 5% of the picture changed by: a small recoloured shape)."""
 
-    ``a`` is first scaled by the one gain that best matches ``b`` (least squares), so a uniform brightness
-    change costs nothing while a change of hue does. Symmetric: the two are taken in byte order, and the
-    result is the larger of the two directions."""
+    mean: float
+    tail: float
+
+
+def colour_diff(thumb_a: bytes, thumb_b: bytes) -> ColourDiff:
+    """Shift-tolerant CIELAB ΔE between two :func:`thumbnail` s (0: the same picture; see the module docstring).
+
+    ``a`` is first scaled by the one gain (on its sRGB values, least squares) that best matches ``b``, so a
+    uniform brightness change costs little while a change of hue does not go away. Symmetric: the two are taken
+    in byte order, and each pixel's ΔE is the larger of the two directions."""
     if thumb_a > thumb_b:
         thumb_a, thumb_b = thumb_b, thumb_a
-    a = np.frombuffer(thumb_a, dtype=np.uint8).reshape(THUMB_SIDE, THUMB_SIDE, 3).astype(np.float64)
-    b = np.frombuffer(thumb_b, dtype=np.uint8).reshape(THUMB_SIDE, THUMB_SIDE, 3).astype(np.float64)
+    a = np.frombuffer(thumb_a, dtype=np.uint8).astype(np.float64).reshape(-1, 3)
+    b = np.frombuffer(thumb_b, dtype=np.uint8).astype(np.float64).reshape(-1, 3)
     gain = float((a * b).sum() / max(float((a * a).sum()), 1e-9))
-    la, lb = _lab(a * gain), _lab(b)
-    return float(max(_nearest_neighbour_delta(la, lb).mean(), _nearest_neighbour_delta(lb, la).mean()))
+    a = np.minimum(a * gain, 255.0) / 255.0
+    a = np.where(a > 0.04045, ((a + 0.055) / 1.055) ** 2.4, a / 12.92)
+    side = (THUMB_SIDE, THUMB_SIDE, 3)
+    la = _lab(a).reshape(side)
+    lb = _lab(_LINEAR[np.frombuffer(thumb_b, dtype=np.uint8)].reshape(-1, 3)).reshape(side)
+    ab, ba = _nearest_delta(la, lb), _nearest_delta(lb, la)
+    return ColourDiff(float(max(ab.mean(), ba.mean())), float(np.percentile(np.maximum(ab, ba), 95)))
+
+
+@dataclass(frozen=True)
+class ColourLimits:
+    """Largest :class:`ColourDiff` of near duplicates (``DedupConfig.colour_max_mean`` / ``colour_max_tail``)."""
+
+    mean: float = DEFAULT_MAX_MEAN
+    tail: float = DEFAULT_MAX_TAIL
+
+    def allows(self, diff: ColourDiff) -> bool:
+        return diff.mean <= self.mean and diff.tail <= self.tail
 
 
 @dataclass(frozen=True)
@@ -109,17 +150,17 @@ class Removal:
     key: str
     duplicate_of: str
     phash_distance: int
-    colour_delta: float | None  # None when the colour check is off
+    colour: ColourDiff | None  # None when the colour check is off
 
 
-def choose_representatives(edges: Iterable[tuple[str, str, int, float | None]]) -> list[Removal]:
-    """Greedy, chain-free removals from verified near-duplicate pairs ``(key_a, key_b, bits, delta)``.
+def choose_representatives(edges: Iterable[tuple[str, str, int, ColourDiff | None]]) -> list[Removal]:
+    """Greedy, chain-free removals from verified near-duplicate pairs ``(key_a, key_b, bits, colour)``.
 
     Keys are visited in sorted order; a key not removed yet is kept and removes every not-yet-removed neighbour
     with a larger key. So each removal names a kept neighbour, and the result does not depend on input order.
     Returned sorted by key."""
     unique = {(min(a, b), max(a, b)): (bits, delta) for a, b, bits, delta in edges if a != b}
-    adjacent: dict[str, list[tuple[str, int, float | None]]] = {}
+    adjacent: dict[str, list[tuple[str, int, ColourDiff | None]]] = {}
     for (a, b), (bits, delta) in sorted(unique.items()):
         adjacent.setdefault(a, []).append((b, bits, delta))
         adjacent.setdefault(b, []).append((a, bits, delta))
@@ -127,7 +168,7 @@ def choose_representatives(edges: Iterable[tuple[str, str, int, float | None]]) 
     for key in sorted(adjacent):
         if key in removed:
             continue
-        for other, bits, delta in sorted(adjacent[key]):
+        for other, bits, delta in sorted(adjacent[key], key=lambda e: e[0]):
             if other > key and other not in removed:
                 removed[other] = Removal(other, key, bits, delta)
     return [removed[k] for k in sorted(removed)]
@@ -164,7 +205,7 @@ def occurrence_pairs(hashes: Any, threshold: int, bands: int | None = None) -> n
 
 
 def find_removals(keys: Sequence[str], hashes: Any, thumbs: Sequence[bytes], threshold: int, bands: int | None = None,
-                  max_colour_delta: float | None = DEFAULT_MAX_COLOUR_DELTA) -> list[Removal]:
+                  limits: ColourLimits | None = ColourLimits()) -> list[Removal]:
     """:func:`near_duplicate_removals` in one process, for tests and benchmarks: the same verdicts on a list.
 
     ``hashes``: pHashes (either sign convention); ``thumbs``: :func:`thumbnail` s; keys must be distinct."""
@@ -173,19 +214,19 @@ def find_removals(keys: Sequence[str], hashes: Any, thumbs: Sequence[bytes], thr
     h = as_uint64(hashes).ravel()
     edges = []
     for i, j in occurrence_pairs(h, threshold, bands).tolist():
-        delta = None if max_colour_delta is None else colour_delta(thumbs[i], thumbs[j])
-        if delta is None or delta <= max_colour_delta:
-            edges.append((keys[i], keys[j], int(hamming_array(h[i], h[j])), delta))
+        diff = None if limits is None else colour_diff(thumbs[i], thumbs[j])
+        if limits is None or limits.allows(diff):  # type: ignore[arg-type]
+            edges.append((keys[i], keys[j], int(hamming_array(h[i], h[j])), diff))
     return choose_representatives(edges)
 
 
-def near_duplicate_removals(df: Any, threshold: int, bands: int, max_colour_delta: float | None) -> list[Removal]:
+def near_duplicate_removals(df: Any, threshold: int, bands: int, limits: ColourLimits | None) -> list[Removal]:
     """Removals among the rows of Spark DataFrame ``df`` (``key``, ``_phash`` signed, ``_thumb``).
 
     Banded LSH in Spark: one row per (band, band value), buckets verified by Hamming distance
     (:func:`~witbuild.dedup.phash.near_duplicate_pairs`); the verified pairs are joined to both thumbnails and
     colour-checked in Spark; only the pairs that pass travel to the driver, which chooses representatives.
-    ``max_colour_delta`` None: pHash alone decides (no colour check)."""
+    ``limits`` None: pHash alone decides (no colour check)."""
     from pyspark.sql import functions as F
 
     shift = [64 * i // bands for i in range(bands + 1)]
@@ -201,15 +242,15 @@ def near_duplicate_removals(df: Any, threshold: int, bands: int, max_colour_delt
                .filter(F.size("members") > 1).select("members"))
     pairs = buckets.mapInArrow(_bucket_pairs(threshold, bands), "a string, b string, bits int")
     pairs = pairs.groupBy("a", "b").agg(F.min("bits").alias("bits"))  # a pair found in several bands
-    if max_colour_delta is None:
+    if limits is None:
         return choose_representatives((r["a"], r["b"], int(r["bits"]), None) for r in pairs.collect())
     thumbs = df.select("key", "_thumb")
     joined = (pairs.join(thumbs.withColumnRenamed("key", "a").withColumnRenamed("_thumb", "ta"), "a")
               .join(thumbs.withColumnRenamed("key", "b").withColumnRenamed("_thumb", "tb"), "b")
               .select("a", "b", "bits", "ta", "tb"))
-    checked = joined.mapInArrow(_colour_check, "a string, b string, bits int, delta double")
-    passed = checked.filter(F.col("delta") <= F.lit(float(max_colour_delta))).collect()
-    return choose_representatives((r["a"], r["b"], int(r["bits"]), float(r["delta"])) for r in passed)
+    checked = joined.mapInArrow(_colour_check, "a string, b string, bits int, mean double, tail double")
+    passed = checked.filter((F.col("mean") <= F.lit(limits.mean)) & (F.col("tail") <= F.lit(limits.tail))).collect()
+    return choose_representatives((r["a"], r["b"], int(r["bits"]), ColourDiff(r["mean"], r["tail"])) for r in passed)
 
 
 def _bucket_pairs(threshold: int, bands: int) -> Any:
@@ -234,12 +275,15 @@ def _bucket_pairs(threshold: int, bands: int) -> Any:
 
 
 def _colour_check(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """The Spark task adding :func:`colour_delta` to each verified pair (``a, b, bits, ta, tb``)."""
+    """The Spark task adding :func:`colour_diff` to each verified pair (``a, b, bits, ta, tb``); a missing
+    thumbnail counts as infinitely different (the pair stays)."""
     for batch in batches:
         ta, tb = batch.column("ta").to_pylist(), batch.column("tb").to_pylist()
-        deltas = [colour_delta(x, y) if x and y else float("inf") for x, y in zip(ta, tb, strict=True)]
+        diffs = [colour_diff(x, y) if x and y else ColourDiff(float("inf"), float("inf"))
+                 for x, y in zip(ta, tb, strict=True)]
         yield pa.RecordBatch.from_pydict({"a": batch.column("a"), "b": batch.column("b"), "bits": batch.column("bits"),
-                                          "delta": pa.array(deltas, pa.float64())})
+                                          "mean": pa.array([d.mean for d in diffs], pa.float64()),
+                                          "tail": pa.array([d.tail for d in diffs], pa.float64())})
 
 
 def removal_record(spark: Any, removals: list[Removal], samples: Any) -> Any:
@@ -249,8 +293,10 @@ def removal_record(spark: Any, removals: list[Removal], samples: Any) -> Any:
 
     from witbuild import schemas
 
-    rows = [(r.key, r.duplicate_of, r.phash_distance, r.colour_delta) for r in removals]
-    pairs = spark.createDataFrame(rows, "key string, duplicate_of string, phash_distance int, colour_delta double")
+    rows = [(r.key, r.duplicate_of, r.phash_distance, r.colour.mean if r.colour else None,
+             r.colour.tail if r.colour else None) for r in removals]
+    pairs = spark.createDataFrame(rows, "key string, duplicate_of string, phash_distance int, colour_mean double, "
+                                        "colour_tail double")
     info = samples.select("key", "shard", "url", "text", "phash")
     kept = samples.select(F.col("key").alias("duplicate_of"), F.col("shard").alias("duplicate_of_shard"),
                           F.col("url").alias("duplicate_of_url"))

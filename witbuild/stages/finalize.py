@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from witbuild import schemas
 from witbuild.counters import StageCounts
-from witbuild.dedup.near import image_signature, near_duplicate_removals, removal_record
+from witbuild.dedup.near import ColourLimits, image_signature, near_duplicate_removals, removal_record
 from witbuild.dedup.phash import near_any, phash_bytes, resolve_bands
 from witbuild.layout import NEAR_DUPLICATES_DIR
 from witbuild.spark import counted, fs_and_path, read_task_counts
@@ -206,8 +206,8 @@ def run_finalize(ctx: StageContext) -> StageCounts:
             n = kept
         if cfg.near_dup:
             bands = resolve_bands(cfg.phash_threshold, cfg.phash_bands)
-            removals = near_duplicate_removals(current, cfg.phash_threshold, bands,
-                                               cfg.colour_max_delta if cfg.colour_check else None)
+            limits = ColourLimits(cfg.colour_max_mean, cfg.colour_max_tail) if cfg.colour_check else None
+            removals = near_duplicate_removals(current, cfg.phash_threshold, bands, limits)
             (removal_record(spark, removals, current).coalesce(1).sortWithinPartitions("key")
              .write.mode("overwrite").parquet(f"{ctx.output}/{NEAR_DUPLICATES_DIR}"))
             drops = [r.key for r in removals]
