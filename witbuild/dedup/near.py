@@ -13,8 +13,8 @@ one outline hash alike, and so do many distinct icons on plain backgrounds. Two 
    removes its near duplicates that are not yet decided. Every removed sample is thus within the thresholds of
    the kept sample it is recorded against; in a chain A~B~C with C far from A, A and C stay.
 
-The thumbnail is computed when finalize decodes an image for its pHash (one decode, ~0.15 ms more per image);
-the comparison runs only on verified candidate pairs.
+The thumbnail is computed when finalize decodes an image for its pHash (one decode; ~0.1 ms more per image
+of 256×192, measured by ``benchmarks/bench_dedup.py``); the comparison runs only on verified candidate pairs.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 THUMB_SIDE = 16  # thumbnail side in pixels: 768 bytes of RGB per image
-THUMB_BYTES = THUMB_SIDE * THUMB_SIDE * 3
 PAIR_BATCH = 256  # pairs colour-checked at once (~30 MB of float64 intermediates)
 MAX_REPEATS = 64  # items of one hash value checked pairwise (see occurrence_pairs)
 DEFAULT_MAX_MEAN = 5.0  # ΔE; DedupConfig.colour_max_mean and colour_max_tail give the measured spread
@@ -56,11 +55,10 @@ def thumbnail(image: Image.Image) -> bytes:
     """16×16 RGB thumbnail (area average) of the image as :func:`~witbuild.dedup.phash.phash64` sees it."""
     from PIL import Image
 
-    # reducing_gap: an integer box reduction first, then the exact one (half the time; pixels within 1 level)
     seen = hashable_image(image)
-    small = (seen if seen.mode == "RGB" else seen.convert("RGB")).resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX,
-                                                        reducing_gap=2.0)
-    return small.tobytes()
+    rgb = seen if seen.mode == "RGB" else seen.convert("RGB")
+    # reducing_gap: an integer box reduction first, then the exact one (half the time; pixels within 1 level)
+    return rgb.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX, reducing_gap=2.0).tobytes()
 
 
 def image_signature(data: bytes) -> tuple[int, bytes] | None:
@@ -187,7 +185,8 @@ def occurrence_pairs(hashes: Any, threshold: int, bands: int | None = None) -> n
     :func:`~witbuild.dedup.phash.near_duplicate_pairs` pairs only the first occurrences of two hash values (and
     each repeat with its first): enough for groups, not for a second check, which may reject the first pair and
     accept another. Values repeated more than ``MAX_REPEATS`` times are expanded through their first
-    ``MAX_REPEATS`` items only (the rest keep the star to the first): blank images must not cost k² checks."""
+    ``MAX_REPEATS`` items only (the rest keep the star to the first): blank images must not cost k² checks.
+    Items are taken in the order given: callers sort them by key, so the capped set does not depend on tasks."""
     h = as_uint64(hashes).ravel()
     if h.size < 2:
         return np.zeros((0, 2), dtype=np.int64)
@@ -218,7 +217,9 @@ def find_removals(keys: Sequence[str], hashes: Any, thumbs: Sequence[bytes], thr
     ``hashes``: pHashes (either sign convention); ``thumbs``: :func:`thumbnail` s; keys must be distinct."""
     if not len(keys) == len(thumbs) == np.asarray(hashes).size:
         raise ValueError(f"{len(keys)} keys, {np.asarray(hashes).size} hashes, {len(thumbs)} thumbnails")
-    h = as_uint64(hashes).ravel()
+    order = sorted(range(len(keys)), key=keys.__getitem__)  # as the Spark path: repeats capped by key order
+    keys, thumbs = [keys[i] for i in order], [thumbs[i] for i in order]
+    h = as_uint64(hashes).ravel()[order]
     pairs = occurrence_pairs(h, threshold, bands)
     bits = hamming_array(h[pairs[:, 0]], h[pairs[:, 1]]).tolist()
     if limits is None:
@@ -272,6 +273,7 @@ def _bucket_pairs(threshold: int, bands: int) -> Any:
             b_out: list[str] = []
             d_out: list[int] = []
             for members in batch.column(0).to_pylist():
+                members = sorted(members, key=lambda m: m["key"])  # collect_list's order depends on the tasks
                 keys = [m["key"] for m in members]
                 hashes = as_uint64(np.array([m["_phash"] for m in members], dtype=np.int64))
                 for i, j in occurrence_pairs(hashes, threshold, bands).tolist():
