@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 THUMB_SIDE = 16  # thumbnail side in pixels: 768 bytes of RGB per image
+BROADCAST_ROWS = 100_000  # pairs or removals joined by broadcast (≤ ~80 MB with two thumbnails a row)
 PAIR_BATCH = 256  # pairs colour-checked at once (~30 MB of float64 intermediates)
 MAX_REPEATS = 64  # items of one hash value checked pairwise (see occurrence_pairs)
 DEFAULT_MAX_MEAN = 5.0  # ΔE; DedupConfig.colour_max_mean and colour_max_tail give the measured spread
@@ -234,10 +235,37 @@ def find_removals(keys: Sequence[str], hashes: Any, thumbs: Sequence[bytes], thr
 def near_duplicate_removals(df: Any, threshold: int, bands: int, limits: ColourLimits | None) -> list[Removal]:
     """Removals among the rows of Spark DataFrame ``df`` (``key``, ``_phash`` signed, ``_thumb``).
 
-    Banded LSH in Spark: one row per (band, band value), buckets verified by Hamming distance
-    (:func:`~witbuild.dedup.phash.near_duplicate_pairs`); the verified pairs are joined to both thumbnails and
-    colour-checked in Spark; only the pairs that pass travel to the driver, which chooses representatives.
-    ``limits`` None: pHash alone decides (no colour check)."""
+    Banded LSH in Spark: one row per (band, band value), buckets verified by Hamming distance; only the verified
+    pairs travel to the driver (as many as any grouping needs). They go back to Spark to be joined with both
+    thumbnails and colour-checked there (the thumbnails never reach the driver); the driver then chooses
+    representatives. ``limits`` None: pHash alone decides (no colour check)."""
+    from pyspark.sql import functions as F
+
+    pairs = [(r["a"], r["b"], int(r["bits"])) for r in _verified_pairs(df, threshold, bands).collect()]
+    if limits is None or not pairs:
+        return choose_representatives((a, b, bits, None) for a, b, bits in pairs)
+    small = _hint(len(pairs))
+    pairs_df = df.sparkSession.createDataFrame(pairs, "a string, b string, bits int")
+    thumbs = df.select("key", "_thumb")
+    with_a = thumbs.withColumnRenamed("key", "a").withColumnRenamed("_thumb", "ta").join(small(pairs_df), "a")
+    joined = (thumbs.withColumnRenamed("key", "b").withColumnRenamed("_thumb", "tb").join(small(with_a), "b")
+              .select("a", "b", "bits", "ta", "tb"))
+    checked = joined.mapInArrow(_colour_check, "a string, b string, bits int, mean double, tail double")
+    passed = checked.filter((F.col("mean") <= F.lit(limits.mean)) & (F.col("tail") <= F.lit(limits.tail))).collect()
+    return choose_representatives((r["a"], r["b"], int(r["bits"]), ColourDiff(r["mean"], r["tail"])) for r in passed)
+
+
+def _hint(rows: int) -> Any:
+    """``F.broadcast`` for a side of at most ``BROADCAST_ROWS`` rows (the big side is then not shuffled, which
+    on a small build is most of the cost), else no hint."""
+    from pyspark.sql import functions as F
+
+    return F.broadcast if rows <= BROADCAST_ROWS else (lambda frame: frame)
+
+
+def _verified_pairs(df: Any, threshold: int, bands: int) -> Any:
+    """DataFrame ``a, b, bits`` (a < b) of the pairs within ``threshold`` bits: banded LSH buckets in Spark,
+    each verified by :func:`_bucket_pairs`; a pair found in several bands once."""
     from pyspark.sql import functions as F
 
     shift = [64 * i // bands for i in range(bands + 1)]
@@ -252,16 +280,7 @@ def near_duplicate_removals(df: Any, threshold: int, bands: int, limits: ColourL
     buckets = (banded.groupBy("band", "value").agg(F.collect_list(F.struct("key", "_phash")).alias("members"))
                .filter(F.size("members") > 1).select("members"))
     pairs = buckets.mapInArrow(_bucket_pairs(threshold, bands), "a string, b string, bits int")
-    pairs = pairs.groupBy("a", "b").agg(F.min("bits").alias("bits"))  # a pair found in several bands
-    if limits is None:
-        return choose_representatives((r["a"], r["b"], int(r["bits"]), None) for r in pairs.collect())
-    thumbs = df.select("key", "_thumb")
-    joined = (pairs.join(thumbs.withColumnRenamed("key", "a").withColumnRenamed("_thumb", "ta"), "a")
-              .join(thumbs.withColumnRenamed("key", "b").withColumnRenamed("_thumb", "tb"), "b")
-              .select("a", "b", "bits", "ta", "tb"))
-    checked = joined.mapInArrow(_colour_check, "a string, b string, bits int, mean double, tail double")
-    passed = checked.filter((F.col("mean") <= F.lit(limits.mean)) & (F.col("tail") <= F.lit(limits.tail))).collect()
-    return choose_representatives((r["a"], r["b"], int(r["bits"]), ColourDiff(r["mean"], r["tail"])) for r in passed)
+    return pairs.groupBy("a", "b").agg(F.min("bits").alias("bits"))
 
 
 def _bucket_pairs(threshold: int, bands: int) -> Any:
@@ -307,11 +326,15 @@ def removal_record(spark: Any, removals: list[Removal], samples: Any) -> Any:
 
     from witbuild import schemas
 
+    table = schemas.load("near_duplicates")
+    if not removals:
+        return spark.createDataFrame([], table.spark())
     rows = [(r.key, r.duplicate_of, r.phash_distance, r.colour.mean if r.colour else None,
              r.colour.tail if r.colour else None) for r in removals]
     pairs = spark.createDataFrame(rows, "key string, duplicate_of string, phash_distance int, colour_mean double, "
                                         "colour_tail double")
-    info = samples.select("key", "shard", "url", "text", "phash")
+    small = _hint(len(rows))
+    info = samples.select("key", "shard", "url", "text", "phash").join(small(pairs), "key")
     kept = samples.select(F.col("key").alias("duplicate_of"), F.col("shard").alias("duplicate_of_shard"),
                           F.col("url").alias("duplicate_of_url"))
-    return pairs.join(info, "key").join(kept, "duplicate_of").select(*schemas.load("near_duplicates").names)
+    return kept.join(small(info), "duplicate_of").select(*table.names)
