@@ -146,3 +146,19 @@ def test_signature_survives_odd_modes() -> None:
     Image.new("RGBA", (40, 30), (255, 0, 0, 0)).save(buf, "PNG")  # fully transparent: white on a page
     _, thumb = image_signature(buf.getvalue())  # type: ignore[misc]
     assert set(thumb) == {255}
+
+
+def test_empty_record_is_written_without_spark(tmp_path) -> None:
+    """No removal: the record is still there (stats can tell "none removed" from "not recorded"), empty."""
+    import pyarrow.parquet as pq
+
+    from witbuild import schemas
+    from witbuild.dedup.near import write_removal_record
+    from witbuild.stats import near_dups
+
+    folder = tmp_path / "stages" / "finalize" / "near_duplicates.parquet"
+    write_removal_record(None, [], None, str(folder))
+    table = pq.read_table(folder)
+    assert table.num_rows == 0 and table.schema.names == schemas.load("near_duplicates").names
+    section = near_dups.collect(tmp_path)
+    assert section is not None and (section["removed"], section["examples"]) == (0, [])

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from witbuild.dedup.phash import as_uint64, hamming_array, hashable_image, near_duplicate_pairs, phash64
 
@@ -319,16 +320,26 @@ def _colour_check(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]
                                           "tail": pa.array([d.tail for d in diffs], pa.float64())})
 
 
-def removal_record(spark: Any, removals: list[Removal], samples: Any) -> Any:
-    """The ``near_duplicates`` table (schemas/near_duplicates.json) as a Spark DataFrame, one row per removal:
-    the removed sample, the kept one it duplicates and the two distances; ``samples`` holds both."""
+def write_removal_record(spark: Any, removals: list[Removal], samples: Any, path: str) -> None:
+    """Write the ``near_duplicates`` table (schemas/near_duplicates.json) to folder ``path``: one row per
+    removal, the removed sample, the kept one it duplicates and the two distances, sorted by key, one file.
+
+    ``samples`` (Spark) holds both sides' url, text, shard. No removal: the empty table is written from the
+    driver, without a Spark job (most small builds)."""
     from pyspark.sql import functions as F
 
     from witbuild import schemas
+    from witbuild.layout import SUCCESS_FILE
+    from witbuild.spark import fs_and_path
 
     table = schemas.load("near_duplicates")
     if not removals:
-        return spark.createDataFrame([], table.spark())
+        fs, folder = fs_and_path(path)
+        fs.makedirs(folder, exist_ok=True)
+        with fs.open(f"{folder}/part-00000.parquet", "wb") as fh:
+            pq.write_table(table.empty_table(), fh)
+        fs.touch(f"{folder}/{SUCCESS_FILE}")
+        return
     rows = [(r.key, r.duplicate_of, r.phash_distance, r.colour.mean if r.colour else None,
              r.colour.tail if r.colour else None) for r in removals]
     pairs = spark.createDataFrame(rows, "key string, duplicate_of string, phash_distance int, colour_mean double, "
@@ -337,4 +348,5 @@ def removal_record(spark: Any, removals: list[Removal], samples: Any) -> Any:
     info = samples.select("key", "shard", "url", "text", "phash").join(small(pairs), "key")
     kept = samples.select(F.col("key").alias("duplicate_of"), F.col("shard").alias("duplicate_of_shard"),
                           F.col("url").alias("duplicate_of_url"))
-    return kept.join(small(info), "duplicate_of").select(*table.names)
+    record = kept.join(small(info), "duplicate_of").select(*table.names)
+    record.coalesce(1).sortWithinPartitions("key").write.mode("overwrite").parquet(path)

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from witbuild import schemas
 from witbuild.counters import StageCounts
-from witbuild.dedup.near import ColourLimits, image_signature, near_duplicate_removals, removal_record
+from witbuild.dedup.near import ColourLimits, image_signature, near_duplicate_removals, write_removal_record
 from witbuild.dedup.phash import near_any, phash_bytes, resolve_bands
 from witbuild.layout import NEAR_DUPLICATES_DIR
 from witbuild.spark import counted, fs_and_path, read_task_counts
@@ -208,8 +208,7 @@ def run_finalize(ctx: StageContext) -> StageCounts:
             bands = resolve_bands(cfg.phash_threshold, cfg.phash_bands)
             limits = ColourLimits(cfg.colour_max_mean, cfg.colour_max_tail) if cfg.colour_check else None
             removals = near_duplicate_removals(current, cfg.phash_threshold, bands, limits)
-            (removal_record(spark, removals, current).coalesce(1).sortWithinPartitions("key")
-             .write.mode("overwrite").parquet(f"{ctx.output}/{NEAR_DUPLICATES_DIR}"))
+            write_removal_record(spark, removals, current, f"{ctx.output}/{NEAR_DUPLICATES_DIR}")
             drops = [r.key for r in removals]
             if drops:
                 drop_df = spark.createDataFrame([(k,) for k in drops], "key string")
