@@ -13,8 +13,8 @@ one outline hash alike, and so do many distinct icons on plain backgrounds. Two 
    removes its near duplicates that are not yet decided. Every removed sample is thus within the thresholds of
    the kept sample it is recorded against; in a chain A~B~C with C far from A, A and C stay.
 
-The thumbnail is computed when finalize decodes an image for its pHash (one decode; ~0.1 ms more per image
-of 256×192, measured by ``benchmarks/bench_dedup.py``); the comparison runs only on verified candidate pairs.
+The thumbnail is computed when finalize decodes an image for its pHash (one decode; 0.1-0.2 ms more per
+256×192 image, measured by ``benchmarks/bench_dedup.py``); the comparison runs only on verified candidate pairs.
 """
 
 from __future__ import annotations

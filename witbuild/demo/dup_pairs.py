@@ -93,7 +93,8 @@ def _photo(name: str, rng: random.Random) -> Image.Image:
 
 
 def _originals(rng: random.Random, n: int, photos: bool) -> Iterator[tuple[str, Image.Image]]:
-    """``n`` source pictures: drawings (half), the demo's random pictures, digits and photos."""
+    """``n`` source pictures, in turn: drawings (twice), the demo's random pictures, digits, photos (twice, when
+    available)."""
     for i in range(n):
         pick = i % 6 if photos else i % 4
         if pick in (0, 1):
