@@ -1,4 +1,15 @@
-"""Near-duplicate dedup over synthetic pHashes at n, 2n, 4n items: time and memory (the aim: linear).
+"""Near-duplicate dedup: verdict quality on labelled image pairs, and LSH scaling over synthetic pHashes.
+
+Quality (first; ``--quality-only`` stops there, ``--skip-quality`` skips it): a labelled pair set generated at
+run time (``witbuild.demo.dup_pairs``: true copies — resized, re-encoded, PNG→JPEG, JPEG→PNG, 1-5% crops,
+±6-10% brightness — and hard negatives — colour variants of one outline and distinct single-shape drawings,
+both mined within the pHash threshold, and two views of one photo when scikit-image is installed). It prints,
+per kind and overall, what pHash alone removes (before) and what pHash + the colour check removes (after):
+precision and recall, the ΔE spread behind the config defaults, how many removals leave no image of their
+original in one deduplicated set (chains), and finalize's per-image CPU cost before and after (decode + pHash
+[+ thumbnail], and the verdicts) on that set and on a web-like set with few near pairs.
+
+Scaling: over synthetic pHashes at n, 2n, 4n items, time and memory (the aim: linear).
 
 Default n = 1M, so 1M, 2M and 4M items (``--n`` to change). Each size runs in a fresh subprocess and times
 ``near_duplicate_keep_mask(keys, hashes)`` at the default config (threshold 4, 5 bands, ``MAX_BUCKET``,
@@ -17,8 +28,9 @@ counters (candidate pairs compared, pairs verified, pairs pruned as already join
 For reference, one plain ``np.argsort`` of the same hashes is timed too: on a small-cache machine even that
 grows faster than n, and the search does ~30 sort-and-gather passes.
 
-    .venv/bin/python benchmarks/bench_dedup.py                 # 1M, 2M, 4M
-    .venv/bin/python benchmarks/bench_dedup.py --n 250000      # 250k, 500k, 1M
+    .venv/bin/python benchmarks/bench_dedup.py                 # quality, then 1M, 2M, 4M
+    .venv/bin/python benchmarks/bench_dedup.py --n 250000      # quality, then 250k, 500k, 1M
+    .venv/bin/python benchmarks/bench_dedup.py --quality-only --per-kind 80 --quality-seed 1
 
 Prints a table and writes ``benchmarks/_data/bench_dedup.json``.
 """
@@ -172,11 +184,31 @@ def main() -> None:
     ap.add_argument("--threshold", type=int, default=phash.DEFAULT_THRESHOLD)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=2, help="runs per size; the lowest CPU time is kept")
+    ap.add_argument("--per-kind", type=int, default=60, help="labelled pairs per kind (quality)")
+    ap.add_argument("--quality-seed", type=int, default=0, help="seed of the labelled pairs")
+    ap.add_argument("--quality-only", action="store_true", help="measure verdict quality only")
+    ap.add_argument("--skip-quality", action="store_true", help="measure LSH scaling only")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode: one size, JSON on stdout
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.threshold, args.seed, args.repeat)))
         return
+    if not args.skip_quality:
+        import _dedup_quality
+
+        from witbuild.dedup.near import ColourLimits
+        from witbuild.dedup.urls import DedupConfig
+
+        cfg = DedupConfig(phash_threshold=args.threshold)
+        quality = _dedup_quality.run(args.per_kind, args.quality_seed, args.threshold,
+                                     ColourLimits(cfg.colour_max_mean, cfg.colour_max_tail))
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        path = DATA_DIR / "bench_dedup_quality.json"
+        path.write_text(json.dumps({"benchmark": "bench_dedup quality", "machine": machine(), **quality},
+                                   indent=2) + "\n")
+        print(f"wrote {path.relative_to(ROOT)}\n")
+        if args.quality_only:
+            return
 
     info = machine()
     print(f"near_duplicate_keep_mask, threshold {args.threshold}, bands {args.threshold + 1}, "

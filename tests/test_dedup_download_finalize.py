@@ -165,6 +165,15 @@ def test_planted_duplicates_removed_distinct_kept(built):
     c = results["finalize"].counts
     assert (c.rows_in, c.rows_out) == (13, 9)
     assert c.dropped == {"duplicate_image_sha256": 2, "near_duplicate_phash": 2}
+    # each near-duplicate removal is recorded with the kept sample it duplicates, a picture of its own group
+    record = pq.read_table(out / "stages" / "finalize" / "near_duplicates.parquet").to_pylist()
+    kept_keys = {r["key"] for r in index}
+    assert len(record) == 2
+    for r in record:
+        assert r["key"] not in kept_keys and r["duplicate_of"] in kept_keys, r
+        assert any({name(r["url"]), name(r["duplicate_of_url"])} <= g for g in groups), r
+        assert r["phash_distance"] <= 4 and r["colour_mean"] <= 5.0 and r["colour_tail"] <= 20.0, r
+        assert (out / "stages" / "download" / r["shard"]).is_file()
 
 
 def test_shards_decode_with_webdataset_and_a_torch_dataloader(built):

@@ -10,7 +10,9 @@ A build folder looks like this (``<output>`` is ``BuildConfig.output``, local or
                                    _counts.json (COUNTS_FILE), _fingerprint.json (FINGERPRINT_FILE)
       stages/_tmp/<name>/          a stage being written; renamed to stages/<name>/ when it has finished
       stages/balance/_entry_counts.parquet   per-entry counts before/after balancing (ENTRY_COUNTS_FILE)
-      stages/finalize/             the dataset: {shard}.tar, index.parquet/ (INDEX_DIR), sizes.json (SIZES_FILE)
+      stages/finalize/             the dataset: {shard}.tar, index.parquet/ (INDEX_DIR), sizes.json (SIZES_FILE),
+                                   near_duplicates.parquet/: removed near duplicates and what they duplicate
+                                   (NEAR_DUPLICATES_DIR)
 
 Code that reads or writes any of these names imports it from here, so that a change of layout is one edit.
 """
@@ -33,6 +35,7 @@ ENTRY_COUNTS_FILE = "_entry_counts.parquet"
 FINALIZE_STAGE = "finalize"
 INDEX_DIR = "index.parquet"
 SIZES_FILE = "sizes.json"
+NEAR_DUPLICATES_DIR = "near_duplicates.parquet"
 
 #: Extensions an image member of a WebDataset sample may have (img2dataset writes jpg, png or webp; a user's
 #: own shards may hold the others). Finalize and stats both read images by these.

@@ -3,9 +3,9 @@
 1. One Spark task per downloaded shard reads its tar and its metadata: a row per sample with
    the sha256 of the downloaded bytes and the pHash of the stored image.
 2. Exact duplicates (same sha256) across shards: the smallest key stays.
-3. Near duplicates: banded LSH on the 64-bit pHash — bucket by band value in Spark, verify the
-   Hamming distance inside each bucket, join the pairs into groups on the driver (only the pairs
-   travel there), keep the smallest key of each group.
+3. Near duplicates (:mod:`witbuild.dedup.near`): banded LSH on the 64-bit pHash, a colour check of
+   16×16 thumbnails on the verified pairs, representatives chosen greedily in key order (no chained
+   removals); each removal is recorded with its kept counterpart in ``near_duplicates.parquet``.
 4. Optional decontamination against a folder of evaluation images.
 5. Shards are rewritten so each final tar holds exactly the kept samples (a filtered manifest
    would leave dropped images inside the tars that every loader reads and skips: wasted I/O on
@@ -36,7 +36,9 @@ import pyarrow.parquet as pq
 
 from witbuild import layout, schemas
 from witbuild.counters import StageCounts
-from witbuild.dedup.phash import connected_components, near_any, near_duplicate_pairs, phash_bytes, resolve_bands
+from witbuild.dedup.near import ColourLimits, image_signature, near_duplicate_removals, write_removal_record
+from witbuild.dedup.phash import near_any, phash_bytes, resolve_bands
+from witbuild.layout import NEAR_DUPLICATES_DIR
 from witbuild.spark import counted, fs_and_path, read_task_counts
 
 if TYPE_CHECKING:
@@ -57,7 +59,8 @@ def _unsigned(h: int) -> int:
 
 
 def samples_schema() -> pa.Schema:
-    return schemas.load("index").arrow().append(pa.field("_phash", pa.int64(), nullable=False))
+    return (schemas.load("index").arrow().append(pa.field("_phash", pa.int64(), nullable=False))
+            .append(pa.field("_thumb", pa.binary(), nullable=False)))
 
 
 def read_tar_members(path: str) -> dict[str, dict[str, bytes]]:
@@ -98,62 +101,22 @@ def shard_samples(shard_tar: str, counts: StageCounts, out_schema: pa.Schema) ->
         if image is None:
             counts.drop("missing_in_tar")
             continue
-        h = phash_bytes(image)
-        if h is None:
+        signature = image_signature(image)
+        if signature is None:
             counts.drop("undecodable_image")
             continue
+        h, thumb = signature
         values = {
             "key": row["key"], "shard": name, "url": row["url"], "text": row.get("caption") or "",
             "uid": row.get("uid") or "", "page_url": row.get("page_url"), "matched": row.get("matched"),
             "lang": row.get("lang"), "width": row.get("width"), "height": row.get("height"),
             "original_width": row.get("original_width"), "original_height": row.get("original_height"),
             "sha256": row.get("sha256") or "", "phash": f"{h:016x}", "_phash": _signed(h),
+            "_thumb": thumb,
         }
         for k, v in values.items():
             cols[k].append(v)
     return pa.RecordBatch.from_pydict(cols, schema=out_schema)
-
-
-def _near_duplicate_drops(df: Any, threshold: int, bands: int) -> list[str]:
-    """Keys to drop as near duplicates (all but the smallest key of each group)."""
-    from pyspark.sql import functions as F
-
-    shift = [64 * i // bands for i in range(bands + 1)]
-    parts = []
-    for i in range(bands):
-        width = shift[i + 1] - shift[i]
-        band = F.shiftrightunsigned("_phash", 64 - shift[i + 1]).bitwiseAND(F.lit((1 << width) - 1))
-        parts.append(df.select("key", "_phash", F.lit(i).alias("band"), band.alias("value")))
-    banded = parts[0]
-    for p in parts[1:]:
-        banded = banded.unionByName(p)
-    buckets = (banded.groupBy("band", "value").agg(F.collect_list(F.struct("key", "_phash")).alias("members"))
-               .filter(F.size("members") > 1).select("members"))
-
-    def pairs(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            a_out: list[str] = []
-            b_out: list[str] = []
-            for members in batch.column(0).to_pylist():
-                keys = [m["key"] for m in members]
-                hashes = np.array([_unsigned(m["_phash"]) for m in members], dtype=np.uint64)
-                for i, j in near_duplicate_pairs(hashes, threshold, bands):
-                    a, b = sorted((keys[int(i)], keys[int(j)]))
-                    a_out.append(a)
-                    b_out.append(b)
-            yield pa.RecordBatch.from_pydict({"a": a_out, "b": b_out})
-
-    edges = buckets.mapInArrow(pairs, "a string, b string").distinct().collect()
-    if not edges:
-        return []
-    keys = sorted({e["a"] for e in edges} | {e["b"] for e in edges})
-    index = {k: i for i, k in enumerate(keys)}
-    pair_array = np.array([(index[e["a"]], index[e["b"]]) for e in edges], dtype=np.int64)
-    labels = connected_components(len(keys), pair_array)
-    keep: dict[int, str] = {}
-    for k, label in zip(keys, labels, strict=True):  # keys are sorted: the first seen is the smallest
-        keep.setdefault(int(label), k)
-    return [k for k, label in zip(keys, labels, strict=True) if keep[int(label)] != k]
 
 
 def _eval_hashes(folder: str) -> np.ndarray:
@@ -241,7 +204,10 @@ def run_finalize(ctx: StageContext) -> StageCounts:
             n = kept
         if cfg.near_dup:
             bands = resolve_bands(cfg.phash_threshold, cfg.phash_bands)
-            drops = _near_duplicate_drops(current, cfg.phash_threshold, bands)
+            limits = ColourLimits(cfg.colour_max_mean, cfg.colour_max_tail) if cfg.colour_check else None
+            removals = near_duplicate_removals(current, cfg.phash_threshold, bands, limits)
+            write_removal_record(spark, removals, current, f"{ctx.output}/{NEAR_DUPLICATES_DIR}")
+            drops = [r.key for r in removals]
             if drops:
                 drop_df = spark.createDataFrame([(k,) for k in drops], "key string")
                 current = current.join(F.broadcast(drop_df) if len(drops) < 1_000_000 else drop_df, "key",

@@ -36,6 +36,7 @@ from witbuild import __version__
 from witbuild import layout as build_layout
 from witbuild.config import STAGES
 from witbuild.download import error_class
+from witbuild.stats import near_dups
 from witbuild.stats.dists import IntDist, RatioDist, concentration, rank_frequency
 from witbuild.stats.options import TarCheck
 from witbuild.stats.textlen import char_counts, word_counts
@@ -944,6 +945,7 @@ def collect_stats(path: Path | str, *, top: int = 20, tar_check: TarCheck = TarC
         "images": images,
         "queries": queries,
         "duplicates": duplicates,
+        "near_duplicates": near_dups.collect(root) if layout.kind in ("build", "final") else None,
         "tars": {"mode": tar_check.value, "checked": len(results)},
     }
 

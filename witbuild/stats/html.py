@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from witbuild.stats import near_dups
 from witbuild.stats.render import DIST_COLUMNS, fmt, human_bytes, pct
 
 log = logging.getLogger(__name__)
@@ -323,6 +324,7 @@ def render_html(r: dict[str, Any]) -> str:
             ["stage", "layer", "on", "removed", "of stage input"],
             [[(x["stage"], False), (x["layer"], False), (fmt(x["enabled"]), False), (fmt(x["removed"]), True),
               (pct(x["share"]), True)] for x in r["duplicates"]]))
+    parts.append(near_dups.html_section(r))
     parts.append(f"<p class=meta>tars checked: {r['tars']['checked']:,} ({e(r['tars']['mode'])})</p>")
     body = "\n".join(p for p in parts if p)
     return (f"<!doctype html>\n<html lang=en><head><meta charset=utf-8><title>witbuild stats — {e(r['path'])}"

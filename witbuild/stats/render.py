@@ -12,6 +12,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from witbuild.stats import near_dups
+
 SPARK = "▁▂▃▄▅▆▇█"
 DIST_COLUMNS = ("min", "p5", "p25", "p50", "p75", "p95", "max", "mean")
 TOP_LANGUAGES = 15
@@ -210,6 +212,9 @@ def renderables(r: dict[str, Any]) -> list[Any]:
         out.append(queries_group(r["queries"]))
     if r["duplicates"]:
         out.append(duplicates_table(r["duplicates"]))
+    if r.get("near_duplicates"):
+        out.append(Group(Text("Near duplicates removed, with their kept counterpart", style="bold"),
+                         *(Text(line) for line in near_dups.text_lines(r["near_duplicates"]))))
     out.append(Text(f"tars checked: {r['tars']['checked']:,} ({r['tars']['mode']})", style="dim"))
     return out
 

@@ -1,0 +1,67 @@
+"""``witbuild stats`` shows near-duplicate removals with their kept counterpart (counts, examples, thumbnails)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from PIL import Image
+
+from tests.test_stats import SHARD0, SHARD1, make_build, run_cli, sample_members, validate, write_tar
+from witbuild import schemas
+from witbuild.demo.images import draw_shapes, encode
+
+
+def _with_record(build: Path) -> Path:
+    """The hand-made build plus one near-duplicate removal: 00010001 (only in the download stage's tar) as a
+    duplicate of the kept 00000000, both real JPEGs."""
+    picture = draw_shapes("star", "red", 1)
+    kept_jpg, removed_jpg = encode(picture, "jpg", 90), encode(picture.resize((200, 150)), "jpg", 70)
+    final = sample_members(SHARD0[:3], "jpg") | {"00000000.jpg": kept_jpg}
+    write_tar(build / "stages" / "finalize" / "00000.tar", final)
+    download = sample_members(SHARD1, "jpg") | {"00010001.jpg": removed_jpg}
+    write_tar(build / "stages" / "download" / "00001.tar", download)
+    record = build / "stages" / "finalize" / "near_duplicates.parquet"
+    record.mkdir()
+    pq.write_table(schemas.load("near_duplicates").table({
+        "key": ["00010001"], "shard": ["00001.tar"], "url": ["http://img.test/f.jpeg"], "text": ["tree tree"],
+        "phash": ["0123456789abcdef"], "duplicate_of": ["00000000"], "duplicate_of_shard": ["00000.tar"],
+        "duplicate_of_url": ["http://img.test/a.jpg"], "phash_distance": [2], "colour_mean": [0.8],
+        "colour_tail": [3.5]}), record / "part-00000-x.snappy.parquet")
+    return build
+
+
+def test_report_terminal_and_html_show_the_pairs(tmp_path: Path) -> None:
+    build = _with_record(make_build(tmp_path / "build"))
+    code, out, err = run_cli(str(build), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    validate(report)
+    nd = report["near_duplicates"]
+    assert (nd["removed"], nd["kept_counterparts"], nd["by_phash_distance"]) == (1, 1, [{"bits": 2, "count": 1}])
+    assert nd["source"] == "stages/finalize/near_duplicates.parquet"
+    assert [(e["key"], e["duplicate_of"]) for e in nd["examples"]] == [("00010001", "00000000")]
+
+    code, out, err = run_cli(str(build))
+    assert code == 0, err
+    assert "1 removed as near duplicates of 1 kept samples" in out and "→ kept 00000000" in out
+
+    page = tmp_path / "report.html"
+    code, _, err = run_cli(str(build), "--html", str(page))
+    assert code == 0, err
+    thumbs = re.findall(r'<img class="thumb"[^>]* alt="([^"]*)" src="data:image/jpeg;base64,([^"]+)"',
+                        page.read_text())
+    assert [alt for alt, _ in thumbs] == ["removed 00010001", "kept 00000000"]
+    for _, data in thumbs:
+        assert Image.open(io.BytesIO(base64.b64decode(data))).format == "JPEG"
+
+
+def test_build_without_a_record_has_no_section(tmp_path: Path) -> None:
+    build = make_build(tmp_path / "build")
+    code, out, err = run_cli(str(build), "--json")
+    assert code == 0, err
+    assert json.loads(out)["near_duplicates"] is None

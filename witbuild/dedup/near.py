@@ -1,0 +1,352 @@
+"""Near-duplicate verdicts: a colour check on pHash candidate pairs, and representatives without chains.
+
+pHash sees grey levels only and its 4-bit neighbourhood is wide for simple graphics: a red and a blue star of
+one outline hash alike, and so do many distinct icons on plain backgrounds. Two rules make a removal safe:
+
+1. **A second, independent check** on every pair the LSH verified (never on all pairs): the CIELAB colour
+   difference (ΔE) of the two images' 16×16 thumbnails, each pixel compared with the closest of the 3×3
+   neighbouring pixels of the other thumbnail (a 1-5% crop moves content by under one thumbnail pixel) after one
+   brightness gain (a brighter copy is still a copy). A removal needs both a small mean ΔE (the picture as a
+   whole) and a small 95th percentile (no recoloured shape covering 5% of it). Measured limits and spreads:
+   ``DedupConfig.colour_max_mean`` / ``colour_max_tail`` and ``benchmarks/bench_dedup.py``.
+2. **No chained removals**: in a stable order (smallest key first) each sample not yet removed is kept and
+   removes its near duplicates that are not yet decided. Every removed sample is thus within the thresholds of
+   the kept sample it is recorded against; in a chain A~B~C with C far from A, A and C stay.
+
+The thumbnail is computed when finalize decodes an image for its pHash (one decode; 0.1-0.2 ms more per
+256×192 image, measured by ``benchmarks/bench_dedup.py``); the comparison runs only on verified candidate pairs.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from witbuild.dedup.phash import as_uint64, hamming_array, hashable_image, near_duplicate_pairs, phash64
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+THUMB_SIDE = 16  # thumbnail side in pixels: 768 bytes of RGB per image
+BROADCAST_ROWS = 100_000  # pairs or removals joined by broadcast (≤ ~80 MB with two thumbnails a row)
+PAIR_BATCH = 256  # pairs colour-checked at once (~30 MB of float64 intermediates)
+MAX_REPEATS = 64  # items of one hash value checked pairwise (see occurrence_pairs)
+DEFAULT_MAX_MEAN = 5.0  # ΔE; DedupConfig.colour_max_mean and colour_max_tail give the measured spread
+DEFAULT_MAX_TAIL = 20.0
+
+_SRGB_TO_XYZ = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+_WHITE = np.array([0.95047, 1.0, 1.08883])
+_XYZ_OVER_WHITE = (_SRGB_TO_XYZ / _WHITE[:, None]).T  # linear RGB rows @ this = XYZ / white
+_F_TO_LAB = np.array([[0.0, 500.0, 0.0], [116.0, -500.0, 200.0], [0.0, 0.0, -200.0]])  # f(X, Y, Z) -> L, a, b
+_LAB_OFFSET = np.array([-16.0, 0.0, 0.0])
+_SRGB = np.arange(256) / 255.0
+_LINEAR = np.where(_SRGB > 0.04045, ((_SRGB + 0.055) / 1.055) ** 2.4, _SRGB / 12.92)  # sRGB byte -> linear light
+
+
+def thumbnail(image: Image.Image) -> bytes:
+    """16×16 RGB thumbnail (area average) of the image as :func:`~witbuild.dedup.phash.phash64` sees it."""
+    from PIL import Image
+
+    seen = hashable_image(image)
+    rgb = seen if seen.mode == "RGB" else seen.convert("RGB")
+    # reducing_gap: an integer box reduction first, then the exact one (half the time; pixels within 1 level)
+    return rgb.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX, reducing_gap=2.0).tobytes()
+
+
+def image_signature(data: bytes) -> tuple[int, bytes] | None:
+    """(pHash, thumbnail) of encoded image bytes from one decode; None when Pillow cannot decode them.
+
+    Never raises: one bad download must not fail a Spark task."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            seen = hashable_image(im)  # converted once: both functions take L/RGB as they are
+            return phash64(seen), thumbnail(seen)
+    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, DecompressionBombError)
+        log.debug("image_signature: undecodable image: %s: %s", type(exc).__name__, exc)
+        return None
+
+
+def _lab(linear: np.ndarray) -> np.ndarray:
+    """Linear RGB (``(..., 3)``, 0..1) to CIELAB (D65): distances there follow perceived colour differences."""
+    xyz = np.minimum(linear, 1.0) @ _XYZ_OVER_WHITE
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
+    return f @ _F_TO_LAB + _LAB_OFFSET
+
+
+def _nearest_delta(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per pixel of ``a``: the smallest ΔE to the 3×3 neighbourhood of the same pixel in ``b`` (both
+    ``(pairs, side, side, 3)`` CIELAB; the border of ``b`` is repeated)."""
+    s = THUMB_SIDE
+    padded = np.pad(b, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    best = np.full(a.shape[:3], np.inf)
+    for dy in range(3):
+        for dx in range(3):
+            d = padded[:, dy : dy + s, dx : dx + s] - a
+            np.minimum(best, np.einsum("...c,...c->...", d, d), out=best)
+    return np.sqrt(best)
+
+
+@dataclass(frozen=True)
+class ColourDiff:
+    """How two thumbnails differ in colour: ``mean`` ΔE over all pixels, and ``tail``, the 95th percentile
+    (what the most changed 5% of the picture changed by: a small recoloured shape)."""
+
+    mean: float
+    tail: float
+
+
+def colour_diff(thumb_a: bytes, thumb_b: bytes) -> ColourDiff:
+    """:func:`colour_diffs` of one pair."""
+    return colour_diffs([thumb_a], [thumb_b])[0]
+
+
+def colour_diffs(thumbs_a: Sequence[bytes], thumbs_b: Sequence[bytes]) -> list[ColourDiff]:
+    """Shift-tolerant CIELAB ΔE between pairs of :func:`thumbnail` s (0: the same picture; module docstring).
+
+    In each pair ``a`` is first scaled by the one gain (on its sRGB values, least squares) that best matches
+    ``b``, so a uniform brightness change costs little while a change of hue does not go away. Symmetric: the
+    two are taken in byte order, and each pixel's ΔE is the larger of the two directions. Vectorised over the
+    pairs (``PAIR_BATCH`` at a time): one pair alone costs numpy's call overhead ~40 times."""
+    out: list[ColourDiff] = []
+    for start in range(0, len(thumbs_a), PAIR_BATCH):
+        firsts, seconds = [], []
+        for x, y in zip(thumbs_a[start : start + PAIR_BATCH], thumbs_b[start : start + PAIR_BATCH], strict=True):
+            firsts.append(min(x, y))
+            seconds.append(max(x, y))
+        a = np.frombuffer(b"".join(firsts), dtype=np.uint8).reshape(len(firsts), -1, 3).astype(np.float64)
+        b = np.frombuffer(b"".join(seconds), dtype=np.uint8).reshape(len(firsts), -1, 3)
+        gain = (a * b).sum(axis=(1, 2)) / np.maximum((a * a).sum(axis=(1, 2)), 1e-9)
+        a = np.minimum(a * gain[:, None, None], 255.0) / 255.0
+        a = np.where(a > 0.04045, ((a + 0.055) / 1.055) ** 2.4, a / 12.92)
+        side = (len(firsts), THUMB_SIDE, THUMB_SIDE, 3)
+        la, lb = _lab(a).reshape(side), _lab(_LINEAR[b]).reshape(side)
+        ab, ba = _nearest_delta(la, lb), _nearest_delta(lb, la)
+        means = np.maximum(ab.mean(axis=(1, 2)), ba.mean(axis=(1, 2)))
+        tails = np.percentile(np.maximum(ab, ba).reshape(len(firsts), -1), 95, axis=1)
+        out += [ColourDiff(float(m), float(t)) for m, t in zip(means, tails, strict=True)]
+    return out
+
+
+@dataclass(frozen=True)
+class ColourLimits:
+    """Largest :class:`ColourDiff` of near duplicates (``DedupConfig.colour_max_mean`` / ``colour_max_tail``)."""
+
+    mean: float = DEFAULT_MAX_MEAN
+    tail: float = DEFAULT_MAX_TAIL
+
+    def allows(self, diff: ColourDiff) -> bool:
+        return diff.mean <= self.mean and diff.tail <= self.tail
+
+
+@dataclass(frozen=True)
+class Removal:
+    """A removed near duplicate and the kept sample it duplicates."""
+
+    key: str
+    duplicate_of: str
+    phash_distance: int
+    colour: ColourDiff | None  # None when the colour check is off
+
+
+def choose_representatives(edges: Iterable[tuple[str, str, int, ColourDiff | None]]) -> list[Removal]:
+    """Greedy, chain-free removals from verified near-duplicate pairs ``(key_a, key_b, bits, colour)``.
+
+    Keys are visited in sorted order; a key not removed yet is kept and removes every not-yet-removed neighbour
+    with a larger key. So each removal names a kept neighbour, and the result does not depend on input order.
+    Returned sorted by key."""
+    unique = {(min(a, b), max(a, b)): (bits, delta) for a, b, bits, delta in edges if a != b}
+    adjacent: dict[str, list[tuple[str, int, ColourDiff | None]]] = {}
+    for (a, b), (bits, delta) in sorted(unique.items()):
+        adjacent.setdefault(a, []).append((b, bits, delta))
+        adjacent.setdefault(b, []).append((a, bits, delta))
+    removed: dict[str, Removal] = {}
+    for key in sorted(adjacent):
+        if key in removed:
+            continue
+        for other, bits, delta in sorted(adjacent[key], key=lambda e: e[0]):
+            if other > key and other not in removed:
+                removed[other] = Removal(other, key, bits, delta)
+    return [removed[k] for k in sorted(removed)]
+
+
+def occurrence_pairs(hashes: Any, threshold: int, bands: int | None = None) -> np.ndarray:
+    """``(m, 2)`` pairs ``(i, j)``, i < j, of items within ``threshold`` bits, between every occurrence.
+
+    :func:`~witbuild.dedup.phash.near_duplicate_pairs` pairs only the first occurrences of two hash values (and
+    each repeat with its first): enough for groups, not for a second check, which may reject the first pair and
+    accept another. Values repeated more than ``MAX_REPEATS`` times are expanded through their first
+    ``MAX_REPEATS`` items only (the rest keep the star to the first): blank images must not cost k² checks.
+    Items are taken in the order given: callers sort them by key, so the capped set does not depend on tasks."""
+    h = as_uint64(hashes).ravel()
+    if h.size < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    values, inv = np.unique(h, return_inverse=True)
+    inv = inv.ravel()
+    order = np.argsort(inv, kind="stable")
+    starts = np.searchsorted(inv[order], np.arange(values.size))
+    ends = np.append(starts[1:], h.size)
+    members = [order[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    capped = [m[:MAX_REPEATS] for m in members]
+    out = [np.column_stack((m[0].repeat(m.size - MAX_REPEATS), m[MAX_REPEATS:])) for m in members
+           if m.size > MAX_REPEATS]
+    out += [np.array(list(itertools.combinations(m.tolist(), 2)), dtype=np.int64).reshape(-1, 2) for m in capped
+            if m.size > 1]
+    for p, q in near_duplicate_pairs(values, threshold, bands).tolist():
+        a, b = capped[p], capped[q]
+        out.append(np.column_stack((a.repeat(b.size), np.tile(b, a.size))))
+    if not out:
+        return np.zeros((0, 2), dtype=np.int64)
+    pairs = np.sort(np.concatenate(out).astype(np.int64), axis=1)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+def find_removals(keys: Sequence[str], hashes: Any, thumbs: Sequence[bytes], threshold: int, bands: int | None = None,
+                  limits: ColourLimits | None = ColourLimits()) -> list[Removal]:
+    """:func:`near_duplicate_removals` in one process, for tests and benchmarks: the same verdicts on a list.
+
+    ``hashes``: pHashes (either sign convention); ``thumbs``: :func:`thumbnail` s; keys must be distinct."""
+    if not len(keys) == len(thumbs) == np.asarray(hashes).size:
+        raise ValueError(f"{len(keys)} keys, {np.asarray(hashes).size} hashes, {len(thumbs)} thumbnails")
+    order = sorted(range(len(keys)), key=keys.__getitem__)  # as the Spark path: repeats capped by key order
+    keys, thumbs = [keys[i] for i in order], [thumbs[i] for i in order]
+    h = as_uint64(hashes).ravel()[order]
+    pairs = occurrence_pairs(h, threshold, bands)
+    bits = hamming_array(h[pairs[:, 0]], h[pairs[:, 1]]).tolist()
+    if limits is None:
+        diffs: list[ColourDiff | None] = [None] * len(pairs)
+    else:
+        diffs = list(colour_diffs([thumbs[i] for i in pairs[:, 0]], [thumbs[j] for j in pairs[:, 1]]))
+    edges = [(keys[i], keys[j], d, diff) for (i, j), d, diff in zip(pairs.tolist(), bits, diffs, strict=True)
+             if limits is None or limits.allows(diff)]  # type: ignore[arg-type]
+    return choose_representatives(edges)
+
+
+def near_duplicate_removals(df: Any, threshold: int, bands: int, limits: ColourLimits | None) -> list[Removal]:
+    """Removals among the rows of Spark DataFrame ``df`` (``key``, ``_phash`` signed, ``_thumb``).
+
+    Banded LSH in Spark: one row per (band, band value), buckets verified by Hamming distance; only the verified
+    pairs travel to the driver (as many as any grouping needs). They go back to Spark to be joined with both
+    thumbnails and colour-checked there (the thumbnails never reach the driver); the driver then chooses
+    representatives. ``limits`` None: pHash alone decides (no colour check)."""
+    from pyspark.sql import functions as F
+
+    pairs = [(r["a"], r["b"], int(r["bits"])) for r in _verified_pairs(df, threshold, bands).collect()]
+    if limits is None or not pairs:
+        return choose_representatives((a, b, bits, None) for a, b, bits in pairs)
+    small = _hint(len(pairs))
+    pairs_df = df.sparkSession.createDataFrame(pairs, "a string, b string, bits int")
+    thumbs = df.select("key", "_thumb")
+    with_a = thumbs.withColumnRenamed("key", "a").withColumnRenamed("_thumb", "ta").join(small(pairs_df), "a")
+    joined = (thumbs.withColumnRenamed("key", "b").withColumnRenamed("_thumb", "tb").join(small(with_a), "b")
+              .select("a", "b", "bits", "ta", "tb"))
+    checked = joined.mapInArrow(_colour_check, "a string, b string, bits int, mean double, tail double")
+    passed = checked.filter((F.col("mean") <= F.lit(limits.mean)) & (F.col("tail") <= F.lit(limits.tail))).collect()
+    return choose_representatives((r["a"], r["b"], int(r["bits"]), ColourDiff(r["mean"], r["tail"])) for r in passed)
+
+
+def _hint(rows: int) -> Any:
+    """``F.broadcast`` for a side of at most ``BROADCAST_ROWS`` rows (the big side is then not shuffled, which
+    on a small build is most of the cost), else no hint."""
+    from pyspark.sql import functions as F
+
+    return F.broadcast if rows <= BROADCAST_ROWS else (lambda frame: frame)
+
+
+def _verified_pairs(df: Any, threshold: int, bands: int) -> Any:
+    """DataFrame ``a, b, bits`` (a < b) of the pairs within ``threshold`` bits: banded LSH buckets in Spark,
+    each verified by :func:`_bucket_pairs`; a pair found in several bands once."""
+    from pyspark.sql import functions as F
+
+    shift = [64 * i // bands for i in range(bands + 1)]
+    parts = []
+    for i in range(bands):
+        width = shift[i + 1] - shift[i]
+        band = F.shiftrightunsigned("_phash", 64 - shift[i + 1]).bitwiseAND(F.lit((1 << width) - 1))
+        parts.append(df.select("key", "_phash", F.lit(i).alias("band"), band.alias("value")))
+    banded = parts[0]
+    for p in parts[1:]:
+        banded = banded.unionByName(p)
+    buckets = (banded.groupBy("band", "value").agg(F.collect_list(F.struct("key", "_phash")).alias("members"))
+               .filter(F.size("members") > 1).select("members"))
+    pairs = buckets.mapInArrow(_bucket_pairs(threshold, bands), "a string, b string, bits int")
+    return pairs.groupBy("a", "b").agg(F.min("bits").alias("bits"))
+
+
+def _bucket_pairs(threshold: int, bands: int) -> Any:
+    """The Spark task verifying one LSH bucket per input row: its pairs within ``threshold`` bits, a < b."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            a_out: list[str] = []
+            b_out: list[str] = []
+            d_out: list[int] = []
+            for members in batch.column(0).to_pylist():
+                members = sorted(members, key=lambda m: m["key"])  # collect_list's order depends on the tasks
+                keys = [m["key"] for m in members]
+                hashes = as_uint64(np.array([m["_phash"] for m in members], dtype=np.int64))
+                for i, j in occurrence_pairs(hashes, threshold, bands).tolist():
+                    a, b = sorted((keys[int(i)], keys[int(j)]))
+                    a_out.append(a)
+                    b_out.append(b)
+                    d_out.append(int(hamming_array(hashes[i], hashes[j])))
+            yield pa.RecordBatch.from_pydict({"a": a_out, "b": b_out, "bits": pa.array(d_out, pa.int32())})
+
+    return run
+
+
+def _colour_check(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The Spark task adding :func:`colour_diffs` to each verified pair (``a, b, bits, ta, tb``); a missing
+    thumbnail counts as infinitely different (the pair stays)."""
+    for batch in batches:
+        ta, tb = batch.column("ta").to_pylist(), batch.column("tb").to_pylist()
+        ok = [i for i, (x, y) in enumerate(zip(ta, tb, strict=True)) if x and y]
+        diffs = [ColourDiff(float("inf"), float("inf"))] * len(ta)
+        for i, d in zip(ok, colour_diffs([ta[i] for i in ok], [tb[i] for i in ok]), strict=True):
+            diffs[i] = d
+        yield pa.RecordBatch.from_pydict({"a": batch.column("a"), "b": batch.column("b"), "bits": batch.column("bits"),
+                                          "mean": pa.array([d.mean for d in diffs], pa.float64()),
+                                          "tail": pa.array([d.tail for d in diffs], pa.float64())})
+
+
+def write_removal_record(spark: Any, removals: list[Removal], samples: Any, path: str) -> None:
+    """Write the ``near_duplicates`` table (schemas/near_duplicates.json) to folder ``path``: one row per
+    removal, the removed sample, the kept one it duplicates and the two distances, sorted by key, one file.
+
+    ``samples`` (Spark) holds both sides' url, text, shard. No removal: the empty table is written from the
+    driver, without a Spark job (most small builds)."""
+    from pyspark.sql import functions as F
+
+    from witbuild import schemas
+    from witbuild.layout import SUCCESS_FILE
+    from witbuild.spark import fs_and_path
+
+    table = schemas.load("near_duplicates")
+    if not removals:
+        fs, folder = fs_and_path(path)
+        fs.makedirs(folder, exist_ok=True)
+        with fs.open(f"{folder}/part-00000.parquet", "wb") as fh:
+            pq.write_table(table.empty_table(), fh)
+        fs.touch(f"{folder}/{SUCCESS_FILE}")
+        return
+    rows = [(r.key, r.duplicate_of, r.phash_distance, r.colour.mean if r.colour else None,
+             r.colour.tail if r.colour else None) for r in removals]
+    pairs = spark.createDataFrame(rows, "key string, duplicate_of string, phash_distance int, colour_mean double, "
+                                        "colour_tail double")
+    small = _hint(len(rows))
+    info = samples.select("key", "shard", "url", "text", "phash").join(small(pairs), "key")
+    kept = samples.select(F.col("key").alias("duplicate_of"), F.col("shard").alias("duplicate_of_shard"),
+                          F.col("url").alias("duplicate_of_url"))
+    record = kept.join(small(info), "duplicate_of").select(*table.names)
+    record.coalesce(1).sortWithinPartitions("key").write.mode("overwrite").parquet(path)
