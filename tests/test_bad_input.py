@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 import random
+import uuid
 
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
@@ -16,10 +17,14 @@ from witbuild.extract import extract_file
 
 
 def response(url: str, body: bytes, content_type: str = "text/html; charset=utf-8", gz: bool = True) -> bytes:
+    """One response record, the same bytes on every run (a fixed record id and date: where a test cuts a member
+    must not move from run to run)."""
     buf = io.BytesIO()
     writer = WARCWriter(buf, gzip=gz)
     headers = StatusAndHeaders("200 OK", [("Content-Type", content_type)], protocol="HTTP/1.1")
-    writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=headers))
+    fixed = {"WARC-Record-ID": f"<urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, url)}>", "WARC-Date": "2026-01-01T00:00:00Z"}
+    writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=headers,
+                                                  warc_headers_dict=fixed))
     return buf.getvalue()
 
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from witbuild import schemas
+from witbuild import layout, schemas
 from witbuild.config import load_config
 from witbuild.counters import StageCounts
 from witbuild.demo.images import FAULT_EXPECT, FAULTS, ImageServer, encode, skimage_image
@@ -212,6 +212,8 @@ def test_killed_download_resumes_without_losing_or_repeating(spark, built, serve
     (other / "stages" / "download").rename(tmp)
     (tmp / "_SUCCESS").unlink(missing_ok=True)
     (tmp / COUNTS_FILE).unlink()
+    # the fingerprint a killed attempt leaves beside its temporary folder (a config change would start over)
+    (tmp / layout.FINGERPRINT_FILE).rename(layout.stage_resume_fingerprint(str(other), "download"))
     (tmp / "00001_stats.json").unlink()
     data = (tmp / "00001.tar").read_bytes()
     (tmp / "00001.tar").write_bytes(data[: len(data) // 2])
