@@ -25,12 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
 
 from protego import Protego
 
 from witbuild.layout import ROBOTS_DISALLOWED, ROBOTS_UNREACHABLE
 from witbuild.network import Policy, guarded_opener, numeric_ipv4
+from witbuild.sources.urls import DEFAULT_PORTS, split_origin
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +62,16 @@ class RobotsAnswer:
 def origin_of(url: str | None) -> str | None:
     """``scheme://host[:port]`` of an http(s) URL, lower case and without the default port; None otherwise.
     robots.txt is per origin (RFC 9309 2.3): ``http://h`` and ``https://h`` and ``h:8080`` each have their own."""
-    if not url:
+    split = split_origin(url) if url else None
+    if split is None:
         return None
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    host = parts.hostname
-    if scheme not in ("http", "https") or not host:
-        return None
+    scheme, host, port = split
     try:  # one origin for every spelling of a numeric host (2130706433 is 127.0.0.1), as browsers have it
         v4 = numeric_ipv4(host)
     except ValueError:
         return None
     host = str(v4) if v4 is not None else f"[{host}]" if ":" in host else host
-    default = 80 if scheme == "http" else 443
-    return f"{scheme}://{host}" + ("" if port in (None, default) else f":{port}")
+    return f"{scheme}://{host}" + ("" if port == DEFAULT_PORTS[scheme] else f":{port}")
 
 
 def user_agent_string(token: str) -> str:

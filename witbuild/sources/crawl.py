@@ -41,11 +41,10 @@ from witbuild.config import CrawlConfig
 from witbuild.counters import StageCounts
 from witbuild.network import NetworkConfig, address_allowed, allow_networks, host_refusal
 from witbuild.sources.html import decode_html, is_html
-from witbuild.sources.urls import resolve
+from witbuild.sources.urls import DEFAULT_PORTS, resolve, split_origin
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _READ_CHUNK = 64 * 1024
 # Response headers that describe the wire form of the body; the stored body is decoded, so they
 # are kept under another name (as Common Crawl does) and a true Content-Length is added.
@@ -58,39 +57,25 @@ _FRONTIER_FACTOR = 4  # queue at most this many URLs per page of budget, against
 # Addresses and URLs
 
 
-def _split_origin(url: str) -> tuple[str, str, int] | None:
-    """(scheme, host, port) of an http(s) URL, lower-cased; None when it is not one."""
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").rstrip(".")
-    if scheme not in _DEFAULT_PORTS or not host or any(c.isspace() for c in parts.netloc):
-        return None
-    return scheme, host, port if port is not None else _DEFAULT_PORTS[scheme]
-
-
 def _origin_key(scheme: str, host: str, port: int) -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def _host_key(url: str) -> str | None:
-    origin = _split_origin(url)
+    origin = split_origin(url)
     return _origin_key(*origin) if origin else None
 
 
 def _normalize(url: str) -> str | None:
     """A canonical form for dedup and fetching: no fragment, lower-case scheme and host, no
     default port, '/' for an empty path. None for anything but a usable http(s) URL."""
-    origin = _split_origin(url)
+    origin = split_origin(url)
     if origin is None:
         return None
     scheme, host, port = origin
     parts = urlsplit(urldefrag(url.strip())[0])
     netloc = f"[{host}]" if ":" in host else host
-    if port != _DEFAULT_PORTS[scheme]:
+    if port != DEFAULT_PORTS[scheme]:
         netloc = f"{netloc}:{port}"
     return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
 
@@ -328,7 +313,7 @@ class _HostCrawl:
     def _checked_ip(self, url: str) -> str:
         """Resolve the URL's host and return the address to pin, refusing if ANY resolved
         address is not allowed (a host that also resolves to 10.x is treated as hostile)."""
-        origin = _split_origin(url)
+        origin = split_origin(url)
         if origin is None:
             raise _Refused("non_http_url", f"not an http(s) URL: {url}")
         _, host, port = origin

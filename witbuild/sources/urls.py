@@ -10,6 +10,23 @@ RASTER_EXCLUDED_SUFFIXES = (".svg", ".svgz")
 _HTTP = re.compile(r"(https?)://([^/?#]*)([^?#]*)")
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def split_origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL, lower-cased, the port filled in; None when it is not one."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    if scheme not in DEFAULT_PORTS or not host or any(c.isspace() for c in parts.netloc):
+        return None
+    return scheme, host, port if port is not None else DEFAULT_PORTS[scheme]
+
+
 def target_uri(value: object) -> str | None:
     """A WARC-Target-URI as a plain URL: WARC/1.0's grammar writes it as ``<uri>`` (wget, some
     Heritrix versions); WARC/1.1 and Common Crawl write it bare. None when absent or empty."""
