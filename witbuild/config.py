@@ -21,11 +21,12 @@ from witbuild.text.filters import FilterConfig
 from witbuild.text.langid import LangIdConfig
 from witbuild.yaml_io import apply_sets, read_raw_config
 
-#: (section, key, new place) of settings that moved: an old config gets an error naming the new key.
+#: (section, key, new place, why) of settings that moved: an old config gets an error naming the new key.
 MOVED_KEYS = (
-    ("match", "max_entries", "querylist.max_entries"),
-    ("match", "max_entry_chars", "querylist.max_entry_chars"),
-    ("extract", "max_text_chars", "filter.max_chars"),
+    ("match", "max_entries", "querylist.max_entries", "one setting for built lists and user files"),
+    ("match", "max_entry_chars", "querylist.max_entry_chars", "one setting for built lists and user files"),
+    ("extract", "max_text_chars", "filter.max_chars", "one truncation setting, applied once"),
+    ("crawl", "allow_addresses", "network.allow_addresses", "one policy for the crawl and the download stage"),
 )
 
 __all__ = ["STAGES", "BuildConfig", "apply_sets", "load_config", "read_raw_config", "split_inputs"]
@@ -125,15 +126,11 @@ class BuildConfig(_Section):
         """A key that moved gets an error naming its new place, not a bare 'extra inputs are not permitted'."""
         if not isinstance(data, dict):
             return data
-        for section, key, new in MOVED_KEYS:
+        for section, key, new, why in MOVED_KEYS:
             old = data.get(section)
             if isinstance(old, dict) and key in old:
-                raise ValueError(f"{section}.{key} moved to {new} (one setting for one thing): write {new} instead")
-        crawl = data.get("crawl")
-        if isinstance(crawl, dict) and "allow_addresses" in crawl:
-            raise ValueError("crawl.allow_addresses moved to network.allow_addresses (one policy for the crawl "
-                             "and the download stage): write network: {allow_addresses: [...]} or "
-                             "--set network.allow_addresses=[...]")
+                raise ValueError(f"{section}.{key} moved to {new} ({why}): write {new} instead "
+                                 f"(or --set {new}=...)")
         return data
 
     @model_validator(mode="after")
