@@ -162,3 +162,23 @@ def test_empty_record_is_written_without_spark(tmp_path) -> None:
     assert table.num_rows == 0 and table.schema.names == schemas.load("near_duplicates").names
     section = near_dups.collect(tmp_path)
     assert section is not None and (section["removed"], section["examples"]) == (0, [])
+
+
+def test_bucket_task_batches_share_one_schema() -> None:
+    """A Spark task's batches must have one schema: a batch of buckets without any verified pair (first here)
+    and one with a pair both come out typed as the declared pair schema."""
+    import pyarrow as pa
+
+    from witbuild.dedup.near import PAIR_SCHEMA, _bucket_pairs
+
+    member = pa.struct([("key", pa.string()), ("_phash", pa.int64())])
+
+    def batch(buckets: list[list[tuple[str, int]]]) -> pa.RecordBatch:
+        rows = [[{"key": k, "_phash": h} for k, h in b] for b in buckets]
+        return pa.RecordBatch.from_pydict({"members": pa.array(rows, pa.list_(member))})
+
+    far = [("a", 0), ("b", (1 << 40) - 1)]  # 40 bits apart: no pair
+    near = [("d", 7), ("c", 6)]  # one bit apart
+    out = list(_bucket_pairs(THRESHOLD, THRESHOLD + 1)(iter([batch([far]), batch([near])])))
+    assert [b.schema for b in out] == [PAIR_SCHEMA, PAIR_SCHEMA]
+    assert out[0].num_rows == 0 and out[1].to_pylist() == [{"a": "c", "b": "d", "bits": 1}]

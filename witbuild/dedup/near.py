@@ -41,6 +41,7 @@ THUMB_SIDE = 16  # thumbnail side in pixels: 768 bytes of RGB per image
 BROADCAST_ROWS = 100_000  # pairs or removals joined by broadcast (≤ ~80 MB with two thumbnails a row)
 CHECK_PAIRS_PER_TASK = 20_000  # colour checks per Spark task (~3 s of one core)
 PAIR_BATCH = 256  # pairs colour-checked at once (~30 MB of float64 intermediates)
+PAIR_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("bits", pa.int32())])  # verified pairs
 MAX_REPEATS = 64  # items of one hash value checked pairwise (see occurrence_pairs)
 DEFAULT_MAX_MEAN = 5.0  # ΔE; DedupConfig.colour_max_mean and colour_max_tail give the measured spread
 DEFAULT_MAX_TAIL = 20.0
@@ -309,7 +310,9 @@ def _bucket_pairs(threshold: int, bands: int) -> Any:
                     a_out.append(a)
                     b_out.append(b)
                     d_out.append(int(hamming_array(hashes[i], hashes[j])))
-            yield pa.RecordBatch.from_pydict({"a": a_out, "b": b_out, "bits": pa.array(d_out, pa.int32())})
+            # typed columns: a batch of buckets without any pair would otherwise get null-typed columns, and
+            # Arrow refuses a task's later batches whose schema differs from its first
+            yield pa.RecordBatch.from_pydict({"a": a_out, "b": b_out, "bits": d_out}, schema=PAIR_SCHEMA)
 
     return run
 
