@@ -18,6 +18,8 @@ from witbuild.dedup.near import (
     find_removals,
     image_signature,
     occurrence_pairs,
+    reduce_factor,
+    reduced_image,
     thumbnail,
 )
 from witbuild.dedup.phash import phash64
@@ -49,11 +51,29 @@ def test_config_defaults() -> None:
 
 
 def test_signature_is_one_decode_of_phash_and_thumbnail() -> None:
-    img = draw_shapes("star", "red", 1)
+    img = draw_shapes("star", "red", 1)  # 320×240: reduced by 2 to 160×120 (not by 4: 60 < 64 rows)
+    assert reduce_factor(img.size) == 2 and reduce_factor((512, 512)) == 8 and reduce_factor((127, 900)) == 1
     h, thumb = image_signature(encode(img, "png"))  # type: ignore[misc]
-    assert h == phash64(img) and thumb == thumbnail(img) and len(thumb) == 16 * 16 * 3
+    small = img.reduce(2)
+    assert h == phash64(small) and thumb == thumbnail(small) and len(thumb) == 16 * 16 * 3
     assert image_signature(b"not an image") is None
     assert colour_diff(thumb, thumb) == ColourDiff(0.0, 0.0)
+
+
+def test_jpeg_signature_is_its_scaled_decode() -> None:
+    """A JPEG is decoded at the reduced scale (libjpeg's DCT scaling), and lands where a full decode reduced
+    by the same box factor lands: same pHash within a bit or two, thumbnails within a few ΔE."""
+    img = draw_shapes("circle", "blue", 3)
+    data = encode(img, "jpg")
+    with Image.open(io.BytesIO(data)) as im:
+        full = im.convert("RGB")
+    with Image.open(io.BytesIO(data)) as im:
+        scaled = reduced_image(im).copy()  # decoded while the file is open
+    assert scaled.size == (160, 120) == full.reduce(2).size
+    h, thumb = image_signature(data)  # type: ignore[misc]
+    assert h == phash64(scaled) and thumb == thumbnail(scaled)
+    assert bin(h ^ phash64(full.reduce(2))).count("1") <= 2
+    assert colour_diff(thumb, thumbnail(full.reduce(2))).mean < 2.0
 
 
 def _verdicts(pairs, limits: ColourLimits | None = ColourLimits()) -> list[bool]:
@@ -69,15 +89,16 @@ def _verdicts(pairs, limits: ColourLimits | None = ColourLimits()) -> list[bool]
 
 def test_every_kind_of_copy_is_removed(pairs) -> None:
     """Copies of every kind are removed, and the check rejects almost none of those pHash finds (pHash's own misses,
-    mostly 3-5% crops, are not the check's to recover). Measured here: 172 of the 180 copies within 4 pHash bits,
-    171 removed; the one kept is a 3-5% crop of a picture with thin lines and text (ΔE mean 3.5, p95 25.8 > 20)."""
+    mostly 3-5% crops, are not the check's to recover). Measured here (fixed seed, the same on every run): 172 of the
+    180 copies within 4 pHash bits, 169 removed; the three kept are 3-5% crops whose cut edge moves 5% of the
+    picture (ΔE mean 2.8-3.6, p95 20.8-26.1 > 20)."""
     copies = [p for p in pairs if p.duplicate]
     assert {p.kind for p in copies} == set(COPY_KINDS)
     by_phash, checked = _verdicts(copies, None), _verdicts(copies)
     assert all(b for b, c in zip(by_phash, checked, strict=True) if c)  # the check only ever keeps more
-    assert sum(by_phash) - sum(checked) <= 2, (sum(by_phash), sum(checked))
+    assert sum(by_phash) - sum(checked) <= 3, (sum(by_phash), sum(checked))
     assert {p.kind for p, removed in zip(copies, checked, strict=True) if removed} == set(COPY_KINDS)
-    for kind in COPY_KINDS:  # measured: 29-30 of 30 of each kind removed, crops 23
+    for kind in COPY_KINDS:  # measured: 29-30 of 30 of each kind removed, crops 21
         found = sum(c for p, c in zip(copies, checked, strict=True) if p.kind == kind)
         assert found >= (20 if kind == "crop" else 28), (kind, found)
 

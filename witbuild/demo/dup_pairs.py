@@ -215,13 +215,19 @@ def labelled_pairs(per_kind: int = 60, seed: int = 0, photos: bool | None = None
                    hard_within: int | None = None, max_tries: int = 40) -> list[LabelledPair]:
     """``per_kind`` pairs of each copy kind (over varied originals) and of each hard-negative kind.
 
-    ``hard_within``: keep only drawn negatives (``MINED``) whose pHashes are at most that many bits apart (the
-    ones a grey-level hash alone would remove; most random drawings are far apart), drawing up to
+    ``hard_within``: keep only drawn negatives (``MINED``) whose pHashes (as finalize computes them) are at most
+    that many bits apart (the ones a grey-level hash alone would remove; most random drawings are far apart),
+    drawing up to
     ``max_tries × per_kind`` candidates per kind, so a kind may come back with fewer pairs. Same-scene photos
     are not mined: pHash alone rarely puts them within a few bits (1 in 1,600 at 4 bits, measured).
     ``photos``: use scikit-image's photos (default: when installed); without them there are no same-scene pairs.
     """
-    from witbuild.dedup.phash import hamming, phash_bytes
+    from witbuild.dedup.near import image_signature
+    from witbuild.dedup.phash import hamming
+
+    def phash_of(data: bytes) -> int:  # the hash finalize computes for a downloaded image
+        signature = image_signature(data)
+        return signature[0] if signature else 0
 
     photos = photos_available() if photos is None else photos
     rng = random.Random(seed)
@@ -238,7 +244,7 @@ def labelled_pairs(per_kind: int = 60, seed: int = 0, photos: bool | None = None
         mine = hard_within is not None and kind in MINED
         for _ in range(per_kind * (max_tries if mine else 1)):
             name, a, b = make(rng)
-            if mine and hamming(phash_bytes(a) or 0, phash_bytes(b) or 0) > hard_within:  # type: ignore[operator]
+            if mine and hamming(phash_of(a), phash_of(b)) > hard_within:
                 continue
             out.append(LabelledPair(kind, False, name, a, b))
             found += 1

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from witbuild import layout, schemas
 from witbuild.counters import StageCounts
 from witbuild.dedup.near import ColourLimits, image_signature, near_duplicate_removals, write_removal_record
-from witbuild.dedup.phash import near_any, phash_bytes, resolve_bands
+from witbuild.dedup.phash import near_any, resolve_bands
 from witbuild.layout import NEAR_DUPLICATES_DIR
 from witbuild.spark import counted, fs_and_path, read_task_counts
 
@@ -122,10 +122,10 @@ def shard_samples(shard_tar: str, counts: StageCounts, out_schema: pa.Schema) ->
 def _eval_hashes(folder: str) -> np.ndarray:
     hashes = []
     for path in sorted(Path(folder).rglob("*")):
-        if path.is_file():
-            h = phash_bytes(path.read_bytes())
-            if h is not None:
-                hashes.append(h)
+        if path.is_file():  # hashed as the downloads are (image_signature's reduced decode)
+            signature = image_signature(path.read_bytes())
+            if signature is not None:
+                hashes.append(signature[0])
     if not hashes:
         raise ValueError(f"dedup.decontaminate: no readable image in {folder}")
     return np.array(hashes, dtype=np.uint64)
@@ -173,9 +173,38 @@ def _rewrite_shards(kept: Any, source_dir: str, out_dir: str, n_shards: int) -> 
     return {r["shard"]: int(r["n"]) for r in sorted(rows, key=lambda r: r["shard"])}
 
 
-def run_finalize(ctx: StageContext) -> StageCounts:
-    from pyspark.sql import Window
+def _drop_exact_duplicates(samples: Any) -> tuple[Any, int]:
+    """``samples`` without the rows whose image bytes (sha256) an earlier key has; returns it and the rows dropped.
+
+    Only (sha256, key) travels through the shuffle, and only the rows of duplicated bytes are joined back (a
+    window over whole rows, thumbnails included, cost more than the rest of the step on 10,000 images)."""
     from pyspark.sql import functions as F
+
+    groups = (samples.select("sha256", "key").groupBy("sha256")
+              .agg(F.min("key").alias("keep"), F.count(F.lit(1)).alias("n")).filter("n > 1").cache())
+    try:
+        dropped = int(groups.agg(F.sum(F.col("n") - 1)).collect()[0][0] or 0)
+        if not dropped:
+            return samples, 0
+        drops = (samples.select("sha256", "key").join(groups.select("sha256", "keep"), "sha256")
+                 .filter("key != keep").select("key"))
+        drop_keys = [r["key"] for r in drops.collect()]
+    finally:
+        groups.unpersist()
+    return _without_keys(samples, drop_keys), dropped
+
+
+def _without_keys(df: Any, keys: list[str]) -> Any:
+    """``df`` without the rows whose ``key`` is in ``keys`` (a broadcast anti-join while the keys are few)."""
+    from pyspark.sql import functions as F
+
+    if not keys:
+        return df
+    drop_df = df.sparkSession.createDataFrame([(k,) for k in keys], "key string")
+    return df.join(F.broadcast(drop_df) if len(keys) < 1_000_000 else drop_df, "key", "left_anti")
+
+
+def run_finalize(ctx: StageContext) -> StageCounts:
 
     cfg = ctx.cfg.dedup
     spark = ctx.spark
@@ -197,21 +226,16 @@ def run_finalize(ctx: StageContext) -> StageCounts:
         counts = read_task_counts(ctx.counts_dir)
         current = samples
         if cfg.exact_image:
-            rank = F.row_number().over(Window.partitionBy("sha256").orderBy("key"))
-            current = current.withColumn("_r", rank).filter("_r = 1").drop("_r").cache()
-            kept = current.count()
-            counts.drop("duplicate_image_sha256", n - kept)
-            n = kept
+            current, dropped = _drop_exact_duplicates(samples)
+            counts.drop("duplicate_image_sha256", dropped)
+            n -= dropped
         if cfg.near_dup:
             bands = resolve_bands(cfg.phash_threshold, cfg.phash_bands)
             limits = ColourLimits(cfg.colour_max_mean, cfg.colour_max_tail) if cfg.colour_check else None
             removals = near_duplicate_removals(current, cfg.phash_threshold, bands, limits)
             write_removal_record(spark, removals, current, f"{ctx.output}/{NEAR_DUPLICATES_DIR}")
             drops = [r.key for r in removals]
-            if drops:
-                drop_df = spark.createDataFrame([(k,) for k in drops], "key string")
-                current = current.join(F.broadcast(drop_df) if len(drops) < 1_000_000 else drop_df, "key",
-                                       "left_anti")
+            current = _without_keys(current, drops)
             counts.drop("near_duplicate_phash", len(drops))
             n -= len(drops)
         if cfg.decontaminate:
