@@ -94,3 +94,19 @@ def test_spark_submit_env_fills_in_only_what_is_missing(monkeypatch):
     assert (Path(env["SPARK_HOME"]) / "bin" / "spark-class").is_file()
     assert env["PYSPARK_PYTHON"] == sys.executable and env["SPARK_LOCAL_IP"] == "127.0.0.1"
     assert env["SPARK_CONF_DIR"] == "/somewhere/else"
+
+
+def test_local_shuffles_are_sized_to_the_cores_unless_chosen(spark):
+    """Spark's 200 shuffle partitions are for clusters; a local session gets 4 per core, a chosen number stays."""
+    from witbuild.spark import LOCAL_SHUFFLE_PARTITIONS_PER_CORE, _size_local_shuffles
+
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    try:
+        _size_local_shuffles(spark, {})
+        expected = LOCAL_SHUFFLE_PARTITIONS_PER_CORE * spark.sparkContext.defaultParallelism
+        assert spark.conf.get("spark.sql.shuffle.partitions") == str(expected)
+        spark.conf.set("spark.sql.shuffle.partitions", "3")
+        _size_local_shuffles(spark, {"spark.sql.shuffle.partitions": "3"})
+        assert spark.conf.get("spark.sql.shuffle.partitions") == "3"
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", before)
