@@ -481,21 +481,9 @@ def stage_table(report: dict, phases: dict[str, dict], total: float, names: tupl
 
 def run_plain(url_list: Path, out: Path, cfg: Any, processes: int) -> float:
     """img2dataset as bench_download.py runs it: multiprocessing, one process per core, the build's settings."""
-    import img2dataset
+    from bench_download import run_plain as plain
 
-    started = time.perf_counter()
-    img2dataset.download(
-        url_list=str(url_list), input_format="parquet", url_col="url", caption_col="text",
-        save_additional_columns=list(cfg.extra_columns), output_folder=str(out), output_format="webdataset",
-        distributor="multiprocessing", processes_count=processes, thread_count=cfg.thread_count,
-        number_sample_per_shard=cfg.number_sample_per_shard, image_size=cfg.image_size,
-        resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,
-        encode_format=cfg.encode_format, encode_quality=cfg.encode_quality, timeout=cfg.timeout,
-        retries=cfg.retries, min_image_size=cfg.min_image_size, max_aspect_ratio=cfg.max_aspect_ratio,
-        max_image_area=cfg.max_image_area, user_agent_token=cfg.user_agent_token, compute_hash="sha256",
-        enable_wandb=False,
-    )
-    return time.perf_counter() - started
+    return plain(url_list, out, cfg, processes)
 
 
 def plain_successes(out: Path) -> int:
