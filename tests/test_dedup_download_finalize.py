@@ -79,7 +79,8 @@ def built(spark, server, tmp_path_factory):
         pair(server.url("/img/chelsea.jpg").replace("http://", "HTTP://") + "#top",
              "a photo of the chelsea sample image"),
         pair(server.url("/img/chelsea.jpg"), "a photo of the chelsea sample image"),
-        # the same image with a second, distinct text: kept (one_text_per_image is off)
+        # the same image with a second, distinct text: one_text_per_image is off, but exact_image is on, so the URL
+        # is fetched once, with the text first in the shuffled order (the sample finalize would keep)
         pair(server.url("/img/rocket.jpg"), "a rocket on the launch pad"),
     ]
     rows += [pair(server.url(path), f"fault image {path}") for path in FAULTS]
@@ -92,13 +93,21 @@ def built(spark, server, tmp_path_factory):
     return out, cfg, results, rows
 
 
-def test_dedup_layers_and_shuffle(built):
-    out, _, results, rows = built
+def test_dedup_layers_and_shuffle(spark, built):
+    from pyspark.sql import functions as F
+
+    out, cfg, results, rows = built
     c = results["dedup"].counts
     assert c.rows_in == len(rows)
-    assert c.dropped == {"duplicate_url_text": 2}
+    assert c.dropped == {"duplicate_url_text": 2, "repeated_url": 1}
+    assert c.info["fetch_url_once"] is True
     kept = pq.read_table(out / "stages" / "dedup").to_pylist()
-    assert len(kept) == len(rows) - 2 and len({r["uid"] for r in kept}) == len(kept)
+    assert len(kept) == len(rows) - 3 and len({r["uid"] for r in kept}) == len(kept)
+    rockets = [r["uid"] for r in rows if r["url"].endswith("/rocket.jpg")]
+    order = spark.createDataFrame([(u,) for u in rockets], ["uid"]).select(
+        "uid", F.xxhash64("uid", F.lit(cfg.dedup.shuffle_seed)).alias("h")).collect()
+    first = min(order, key=lambda r: (r["h"], r["uid"]))["uid"]
+    assert [r["uid"] for r in kept if r["url"].endswith("/rocket.jpg")] == [first]
     assert [r["uid"] for r in kept] != sorted(r["uid"] for r in kept)  # shuffled, not in uid order
 
 
@@ -147,24 +156,23 @@ def test_planted_duplicates_removed_distinct_kept(built):
     name = lambda url: url.rsplit("/", 1)[1].split("#")[0]  # noqa: E731
     meta = [r for p in sorted((out / "stages" / "download").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
     ok = [r for r in meta if r["status"] == "success"]
-    # downloaded, by hand: the 5 distinct photos, the mirror, the small copy, coffee.png, rocket's second text and
+    # downloaded, by hand: the 5 distinct photos, the mirror, the small copy, coffee.png and
     # the 4 faults that decode (cmyk, animated, alpha, drip)
     assert sorted(name(r["url"]) for r in ok) == sorted(
-        [f"{n}.jpg" for n in DISTINCT] + ["astronaut-mirror.jpg", "astronaut-small.jpg", "coffee.png", "rocket.jpg",
+        [f"{n}.jpg" for n in DISTINCT] + ["astronaut-mirror.jpg", "astronaut-small.jpg", "coffee.png",
                                           "cmyk.jpg", "animated.gif", "alpha.png", "drip.jpg"])
-    # one picture each, by hand: astronaut and its mirror are the same bytes, as are the two rocket pairs (dedup kept
-    # both texts, finalize keeps one image); astronaut-small and coffee.png are near copies. Each group keeps the
+    # one picture each, by hand: astronaut and its mirror are the same bytes; astronaut-small and coffee.png are
+    # near copies. Each group keeps the
     # sample with the smallest key (the download's keys follow the seeded shuffle).
-    groups = [{"astronaut.jpg", "astronaut-mirror.jpg", "astronaut-small.jpg"}, {"coffee.jpg", "coffee.png"},
-              {"rocket.jpg"}]
+    groups = [{"astronaut.jpg", "astronaut-mirror.jpg", "astronaut-small.jpg"}, {"coffee.jpg", "coffee.png"}]
     survivors = {min((r["key"], name(r["url"]), r["caption"]) for r in ok if name(r["url"]) in g) for g in groups}
     survivors |= {(r["key"], name(r["url"]), r["caption"]) for r in ok if not any(name(r["url"]) in g for g in groups)}
     index = pq.read_table(out / "stages" / "finalize" / "index.parquet").to_pylist()
     assert sorted((r["key"], name(r["url"]), r["text"]) for r in index) == sorted(survivors)
-    assert len(index) == 13 - 4
+    assert len(index) == 12 - 3
     c = results["finalize"].counts
-    assert (c.rows_in, c.rows_out) == (13, 9)
-    assert c.dropped == {"duplicate_image_sha256": 2, "near_duplicate_phash": 2}
+    assert (c.rows_in, c.rows_out) == (12, 9)
+    assert c.dropped == {"duplicate_image_sha256": 1, "near_duplicate_phash": 2}
     # each near-duplicate removal is recorded with the kept sample it duplicates, a picture of its own group
     record = pq.read_table(out / "stages" / "finalize" / "near_duplicates.parquet").to_pylist()
     kept_keys = {r["key"] for r in index}

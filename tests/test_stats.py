@@ -292,6 +292,7 @@ def test_build_numbers_match_hand_computed_values(build: Path) -> None:
     # duplicates removed by each layer (the build config says which layers were on)
     assert [(x["stage"], x["layer"], x["enabled"], x["removed"]) for x in r["duplicates"]] == [
         ("dedup", "duplicate_url_text", True, 1), ("dedup", "duplicate_url", False, 0),
+        ("dedup", "repeated_url", None, 0),  # a build whose dedup counts do not say whether each URL was fetched once
         ("finalize", "duplicate_image_sha256", True, 1), ("finalize", "near_duplicate_phash", True, 0),
         ("finalize", "eval_contamination", False, 0)]
     assert r["tars"] == {"mode": "quick", "checked": 2}
@@ -349,7 +350,7 @@ def test_build_without_finalize_uses_the_download_successes(tmp_path: Path) -> N
     assert r["dataset"]["stage"] == "download" and r["totals"]["samples"] == 5
     assert r["totals"]["samples_per_shard"] == {"shards": 2, "min": 2, "median": 2.5, "max": 3, "mean": 2.5}
     assert r["captions"]["words"]["max"] == 6 and r["downloads"]["rows"] == 8
-    assert [x["layer"] for x in r["duplicates"]] == ["duplicate_url_text", "duplicate_url"]
+    assert [x["layer"] for x in r["duplicates"]] == ["duplicate_url_text", "duplicate_url", "repeated_url"]
     assert r["queries"]["final"]["total"] == 2 + 1 + 3 + 1 + 2  # the 5 successes' matched lists
     validate(r)
 

@@ -92,8 +92,8 @@ class DedupConfig(BaseModel):
 
     one_text_per_image: bool = Field(
         False,
-        description="False: an image keeps each of its distinct texts (exact dedup on (normalised URL, text)); "
-        "True: one pair per normalised URL.",
+        description="False: an image keeps each of its distinct texts (exact dedup on (normalised URL, text)), "
+        "unless exact_image is on, which fetches each URL once; True: one pair per normalised URL.",
     )
     shuffle_seed: int = Field(0, description="Seed of the global shuffle before download.")
     phash_threshold: int = Field(
@@ -140,7 +140,9 @@ class DedupConfig(BaseModel):
         "colour variants 31-149. With both defaults 433 of those 437 copies are removed, all 80 colour "
         "variants and 35 of 71 distinct single-shape drawings within 4 pHash bits are kept.",
     )
-    exact_image: bool = Field(True, description="Drop samples whose image bytes (sha256) were already seen.")
+    exact_image: bool = Field(
+        True, description="Drop samples whose image bytes (sha256) were already seen; with it on, a URL repeated "
+        "with other texts is fetched once (the dedup stage drops the repeats as repeated_url).")
 
     @model_validator(mode="after")
     def _bands_cover_threshold(self) -> DedupConfig:

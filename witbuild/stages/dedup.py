@@ -1,12 +1,16 @@
 """Stage dedup: exact duplicates removed before any image is fetched, then a seeded global shuffle.
 
 Layers, each counted: (normalised URL, text) — the same pair seen on many pages; then, when
-``dedup.one_text_per_image`` is set, one pair per normalised URL. Within a duplicate group the pair
-with the smallest uid stays, and among pairs of one uid (the same URL and text on several pages) the one
-first in ``TIE_BREAK`` order: the kept row, page_url and all, does not depend on partitioning or on the
-order Spark's shuffle delivers rows in (``row_number`` over a non-unique order picks any). The survivors are
-ordered by a hash of (uid, seed) and written as files of ``ROWS_PER_FILE`` rows: img2dataset turns
-each file into shards in that order, so shards mix sites instead of bunching them.
+``dedup.one_text_per_image`` is set, one pair per normalised URL (``duplicate_url``); otherwise, when
+``dedup.exact_image`` is set, also one pair per normalised URL (``repeated_url``): finalize would drop every
+further fetch of the URL as a sha256 duplicate of the first, so the URL is fetched once, and the pair kept
+is the one first in the shuffled order, the one finalize would have kept. Within a ``duplicate_url_text``
+or ``duplicate_url`` group the pair with the smallest uid stays, and among pairs of one uid (the same URL
+and text on several pages) the one first in ``TIE_BREAK`` order: the kept row, page_url and all, does not
+depend on partitioning or on the order Spark's shuffle delivers rows in (``row_number`` over a non-unique
+order picks any). The survivors are ordered by a hash of (uid, seed) and written as files of
+``ROWS_PER_FILE`` rows: img2dataset turns each file into shards in that order, so shards mix sites instead
+of bunching them.
 """
 
 from __future__ import annotations
@@ -48,9 +52,13 @@ def run_dedup(ctx: StageContext) -> StageCounts:
     order = ["uid", *(c for c in TIE_BREAK if c in columns)]
     pair_rank = F.row_number().over(Window.partitionBy("url_key", "text").orderBy(*order))
     ranked = keyed.withColumn("_pair_rank", pair_rank)
-    if cfg.one_text_per_image:
+    shuffle = F.xxhash64("uid", F.lit(cfg.shuffle_seed))
+    url_reason = "duplicate_url" if cfg.one_text_per_image else "repeated_url"
+    once = cfg.one_text_per_image or cfg.exact_image
+    if once:
+        first = [*order] if cfg.one_text_per_image else [shuffle, *order]
         ranked = ranked.withColumn("_url_rank", F.row_number().over(Window.partitionBy("url_key").orderBy(
-            F.col("_pair_rank") > 1, *order)))
+            F.col("_pair_rank") > 1, *first)))
     else:
         ranked = ranked.withColumn("_url_rank", F.lit(1))
     ranked = ranked.cache()
@@ -65,7 +73,6 @@ def run_dedup(ctx: StageContext) -> StageCounts:
         dup_pair, dup_url = int(totals["dup_pair"] or 0), int(totals["dup_url"] or 0)
         rows_out = rows_in - dup_pair - dup_url
         files = max(1, math.ceil(rows_out / ROWS_PER_FILE))
-        shuffle = F.xxhash64("uid", F.lit(cfg.shuffle_seed))
         (kept.withColumn("_order", shuffle).repartitionByRange(files, "_order", "uid")
          .sortWithinPartitions("_order", "uid").drop("_order")
          .write.mode("overwrite").parquet(ctx.output))
@@ -73,7 +80,8 @@ def run_dedup(ctx: StageContext) -> StageCounts:
         ranked.unpersist()
     counts = StageCounts(rows_in=rows_in, rows_out=rows_out)
     counts.drop("duplicate_url_text", dup_pair)
-    counts.drop("duplicate_url", dup_url)
+    counts.drop(url_reason, dup_url)
     counts.info.update({"one_text_per_image": cfg.one_text_per_image, "shuffle_seed": cfg.shuffle_seed,
+                        "fetch_url_once": once and not cfg.one_text_per_image,
                         "files": files})
     return counts

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -37,6 +38,7 @@ from witbuild.robots import (
     user_agent_string,
 )
 from witbuild.spark import fs_and_path
+from witbuild.stages.dedup import ROWS_PER_FILE
 
 ROBOTS_DIR = "_robots"  # inside the stage folder: what each image host's robots.txt said
 ROW, ORIGIN, DROP = "_row", "_origin", "_drop"
@@ -132,8 +134,11 @@ def prepare_input(ctx: StageContext, fs: Any, out: str, dst: str) -> tuple[Stage
             kept = r["count"]
         else:
             counts.drop(r[DROP], r["count"])
-    (table.where(F.col(DROP).isNull()).orderBy(ROW).select(*[f.name for f in out_fields])
-     .write.mode("overwrite").parquet(fs.unstrip_protocol(dst)))
+    # files of ROWS_PER_FILE rows, as the dedup stage wrote them: img2dataset cuts its shards per file, so the
+    # cuts must not follow the shuffle-partition count (that would make the shards depend on the machine's cores)
+    files = max(1, math.ceil(kept / ROWS_PER_FILE))
+    (table.where(F.col(DROP).isNull()).repartitionByRange(files, ROW).sortWithinPartitions(ROW)
+     .select(*[f.name for f in out_fields]).write.mode("overwrite").parquet(fs.unstrip_protocol(dst)))
     fs.rm(decided, recursive=True)
     for reason, n in sorted(counts.dropped.items()):
         log.warning("download: %d rows not fetched: %s", n, reason)

@@ -579,7 +579,8 @@ def read_funnel(root: Path) -> tuple[list[dict[str, Any]], str] | None:
 
 # Layers of each dedup stage, and the build config switch that turns each on (None: always on)
 DEDUP_LAYERS: dict[str, tuple[tuple[str, str | None], ...]] = {
-    "dedup": (("duplicate_url_text", None), ("duplicate_url", "one_text_per_image")),
+    "dedup": (("duplicate_url_text", None), ("duplicate_url", "one_text_per_image"),
+              ("repeated_url", "fetch_url_once")),
     FINALIZE_DIR: (("duplicate_image_sha256", "exact_image"), ("near_duplicate_phash", "near_dup"),
                    ("eval_contamination", "decontaminate")),
 }
@@ -610,7 +611,7 @@ def duplicate_layers(funnel: list[dict[str, Any]], dedup_cfg: dict[str, Any] | N
         for reason, switch in [*known, *((r, None) for r in extra)]:
             if switch is None:
                 enabled: bool | None = True if reason in dict(known) else None
-            elif switch == "one_text_per_image" and switch in st["info"]:
+            elif switch in st["info"]:
                 enabled = bool(st["info"][switch])
             else:
                 enabled = bool(dedup_cfg.get(switch)) if dedup_cfg and switch in dedup_cfg else None
