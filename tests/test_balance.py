@@ -210,3 +210,7 @@ def test_config() -> None:
         BalanceConfig(seed=-1)
     with pytest.raises(ValidationError):
         BalanceConfig(tt=5)
+    assert BalanceConfig(method="uniform", target_size=100).method == "uniform"
+    for bad in ({"method": "uniform"}, {"method": "uniform", "t": 5}, {"method": "random", "target_size": 5}):
+        with pytest.raises(ValidationError, match=r"uniform|method"):
+            BalanceConfig(**bad)

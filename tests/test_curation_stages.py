@@ -142,6 +142,32 @@ def test_target_size_solves_t(spark, built, tmp_path):
     assert abs(len(read(other, "balance")) - target) < 5 * np.sqrt(target)
 
 
+def test_uniform_method_samples_the_pool_without_balancing(spark, built, tmp_path):
+    out, cfg, _ = built
+    import shutil
+
+    other = tmp_path / "uniform"
+    shutil.copytree(out, other, ignore=shutil.ignore_patterns("balance"))
+    matched = read(out, "match")
+    target = len(matched) // 3
+    cfg2 = cfg.model_copy(update={"output": str(other), "balance": cfg.balance.model_copy(
+        update={"t": None, "target_size": target, "method": "uniform"})})
+    info = run_build(spark, cfg2, until_stage="balance")[-1].counts.info
+    q = target / len(matched)
+    assert info["method"] == "uniform" and info["keep_probability"] == pytest.approx(q, abs=1e-6)
+    kept = read(other, "balance")
+    assert abs(len(kept) - target) < 5 * np.sqrt(target)
+    assert [r["keep_probability"] for r in kept] == pytest.approx([q] * len(kept))
+    # no entry is capped: the most matched entry keeps its share of the pool (MetaCLIP with t=40 cuts it)
+    top = np.bincount([e for r in matched for e in r["matched"]]).argmax()
+    share = lambda rows: sum(top in r["matched"] for r in rows) / len(rows)  # noqa: E731
+    n_top = sum(top in r["matched"] for r in matched)
+    assert n_top > 3 * 40 and abs(share(kept) - share(matched)) < 5 * np.sqrt(share(matched) / len(kept))
+    assert share(read(out, "balance")) < share(matched)
+    entry_rows = pq.read_table(other / "stages" / "balance" / "_entry_counts.parquet").to_pylist()
+    assert [r["probability"] for r in entry_rows] == pytest.approx([q] * len(entry_rows))
+
+
 def test_from_stage_redoes_that_stage_and_needs_the_earlier_ones(spark, built, tmp_path):
     out, cfg, _ = built
     before = sorted(r["uid"] for r in read(out, "balance"))

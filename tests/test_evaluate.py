@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from trainer.data import MEAN, STD
-from trainer.evaluate import evaluate, linear_probe, retrieval, zero_shot
+from trainer.evaluate import evaluate, head_tail, linear_probe, read_class_counts, retrieval, zero_shot
 
 SIZE = 8  # the stand-in model's image size: every picture here is one flat colour
 DIM = 32
@@ -193,8 +193,10 @@ def class_model(shown_as, spread: float = 0.25) -> tuple[StandInModel, WordToken
 def test_zero_shot_on_separable_features_is_perfect(labelled):
     model, tok = class_model(lambda c, k: c)
     z = zero_shot(model, tok, labelled)
+    per_class = z.pop("per_class")
     assert z == {"top1": 1.0, "top5": 1.0, "images": len(CLASSES) * PER_CLASS, "classes": len(CLASSES),
                  "chance": 1 / len(CLASSES), "templates": len(TEMPLATES)}
+    assert per_class == {c: {"images": PER_CLASS, "correct": PER_CLASS, "accuracy": 1.0} for c in CLASSES}
 
 
 def test_zero_shot_counts_exactly_the_misread_class(labelled):
@@ -202,6 +204,25 @@ def test_zero_shot_counts_exactly_the_misread_class(labelled):
     model, tok = class_model(lambda c, k: 2 if c == 7 else c)
     z = zero_shot(model, tok, labelled)
     assert z["top1"] == pytest.approx(44 / 48)
+    assert {c: v["accuracy"] for c, v in z["per_class"].items()} == {c: 0.0 if c == "c7" else 1.0 for c in CLASSES}
+
+
+def test_head_and_tail_thirds_by_pool_frequency(labelled, tmp_path):
+    # c7 (misread) is the rarest class; c0..c3 the most frequent: the tail third holds c7, the head third does not
+    model, tok = class_model(lambda c, k: 2 if c == 7 else c)
+    counts = {c: 100 - 5 * i for i, c in enumerate(f"c{j}" for j in range(12))}
+    counts["c7"] = 1
+    (tmp_path / "counts.json").write_text(json.dumps(counts))
+    z = evaluate(model, tok, zeroshot_dir=str(labelled), do_probe=False,
+                 class_counts=read_class_counts(tmp_path / "counts.json"))["zeroshot"]
+    assert z["head"]["classes"] == ["c0", "c1", "c2", "c3"] and z["head"]["top1"] == 1.0
+    assert z["tail"]["classes"] == ["c9", "c10", "c11", "c7"] and z["tail"]["top1"] == pytest.approx(3 / 4)
+    assert z["tail"]["pairs"] == [55, 50, 45, 1]
+    with pytest.raises(ValueError, match="lack 1 evaluated classes: c5"):
+        head_tail(z["per_class"], {c: n for c, n in counts.items() if c != "c5"})
+    (tmp_path / "bad.json").write_text(json.dumps({"c0": -1}))
+    with pytest.raises(ValueError, match="non-negative integers"):
+        read_class_counts(tmp_path / "bad.json")
 
 
 def test_zero_shot_at_chance_when_pictures_carry_no_class(labelled):

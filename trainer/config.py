@@ -73,6 +73,8 @@ class EvalSection(Section):
     linear_probe: bool = True
     batch_size: int = Field(256, ge=1, description="Images or texts per forward pass in evaluation.")
     max_retrieval_pairs: int = Field(5000, ge=10)
+    class_counts: str | None = Field(None, description="JSON {class: pairs in the training pool} of the zero-shot "
+                                                       "classes: adds head/tail (most/least frequent third) accuracy.")
 
 
 class TrainConfig(Section):

@@ -6,7 +6,9 @@
 - zero-shot: each class is the mean of its prompt embeddings (class names × templates, from the
   folder's ``zeroshot.json`` when there), an image gets the most similar class;
 - retrieval: R@1/5/10 both ways over the held-out pairs (the shards or the share of samples training left out);
-- linear probe: logistic regression on frozen image features, half of each class to fit, half to test.
+- linear probe: logistic regression on frozen image features, half of each class to fit, half to test;
+- per class: zero-shot accuracy of each class, and, given each class's number of pairs in the training pool
+  (``eval.class_counts``), the mean per-class accuracy of the most frequent third (head) and the rarest third (tail).
 """
 
 from __future__ import annotations
@@ -104,12 +106,51 @@ def zero_shot(model: CLIP, tokenizer: TextTokenizer, folder: str | Path, device=
     img = encode_images(model, images, model.cfg.vision_cfg.image_size, device, batch_size)
     scores = img @ class_emb.T
     y = torch.tensor(labels)
-    top1 = (scores.argmax(1) == y).float().mean().item()
+    hit = scores.argmax(1) == y
+    top1 = hit.float().mean().item()
     out = {"top1": top1, "images": len(labels), "classes": len(classes), "chance": 1 / len(classes),
-           "templates": len(templates)}
+           "templates": len(templates), "per_class": per_class_accuracy(hit.tolist(), labels, classes)}
     if len(classes) > 5:
         out["top5"] = (scores.topk(5, dim=1).indices == y[:, None]).any(1).float().mean().item()
     return out
+
+
+def per_class_accuracy(hits: list[bool], labels: list[int], classes: list[str]) -> dict[str, dict]:
+    """``{class: {"images", "correct", "accuracy"}}``: a mean over all images hides what the rare classes get."""
+    out = {c: {"images": 0, "correct": 0} for c in classes}
+    for hit, label in zip(hits, labels, strict=True):
+        out[classes[label]]["images"] += 1
+        out[classes[label]]["correct"] += int(hit)
+    for v in out.values():
+        v["accuracy"] = v["correct"] / v["images"] if v["images"] else None
+    return out
+
+
+def head_tail(per_class: dict[str, dict], counts: dict[str, int]) -> dict:
+    """Mean per-class accuracy over the most frequent third of the classes (by pairs in the training pool) and
+    the rarest third; ties in count are ordered by class name, so the split is the same for every run."""
+    missing = sorted(set(per_class) - set(counts))
+    if missing:
+        raise ValueError(f"class counts lack {len(missing)} evaluated classes: {', '.join(missing[:5])}")
+    order = sorted(per_class, key=lambda c: (-counts[c], c))
+    third = max(1, len(order) // 3)
+    out: dict = {}
+    for name, group in (("head", order[:third]), ("tail", order[-third:])):
+        acc = [per_class[c]["accuracy"] for c in group if per_class[c]["accuracy"] is not None]
+        out[name] = {"top1": float(np.mean(acc)) if acc else None, "classes": group,
+                     "pairs": [int(counts[c]) for c in group]}
+    return out
+
+
+def read_class_counts(path: str | Path) -> dict[str, int]:
+    """A JSON object ``{class: pairs in the training pool}``."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable JSON object of class counts ({exc})") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, int) and v >= 0 for v in raw.values()):
+        raise ValueError(f"{path}: class counts must be a JSON object of non-negative integers")
+    return {str(k): int(v) for k, v in raw.items()}
 
 
 def linear_probe(model: CLIP, folder: str | Path, device="cpu", _loaded: tuple | None = None,
@@ -165,14 +206,17 @@ def retrieval(model: CLIP, tokenizer: TextTokenizer, shards: list[Path], device=
 def evaluate(model: CLIP, tokenizer: TextTokenizer, device="cpu", zeroshot_dir: str | None = None,
              heldout: list[Path] | None = None, do_retrieval: bool = True, do_probe: bool = True,
              max_pairs: int = 5000, caption_key: str = "txt", holdout_fraction: float = 0.0,
-             batch_size: int = BATCH) -> dict:
+             batch_size: int = BATCH, class_counts: dict[str, int] | None = None) -> dict:
     """Zero-shot and the linear probe on ``zeroshot_dir``, retrieval on ``heldout`` (its held-out share of samples
-    when ``holdout_fraction``); ``batch_size`` images or texts per forward pass."""
+    when ``holdout_fraction``); ``batch_size`` images or texts per forward pass; with ``class_counts`` also the
+    zero-shot accuracy of the head and tail classes."""
     model.eval()
     results: dict[str, dict] = {}
     if zeroshot_dir:
         loaded = _load_folder(zeroshot_dir)
         results["zeroshot"] = zero_shot(model, tokenizer, zeroshot_dir, device, _loaded=loaded, batch_size=batch_size)
+        if class_counts is not None:
+            results["zeroshot"].update(head_tail(results["zeroshot"]["per_class"], class_counts))
         if do_probe:
             results["linear_probe"] = linear_probe(model, zeroshot_dir, device, _loaded=loaded, batch_size=batch_size)
     if do_retrieval and heldout:
@@ -187,6 +231,9 @@ def format_results(results: dict) -> str:
         z = results["zeroshot"]
         lines.append(f"zero-shot top-1 {z['top1']:.1%} on {z['images']} images, {z['classes']} classes "
                      f"(chance {z['chance']:.1%})" + (f", top-5 {z['top5']:.1%}" if "top5" in z else ""))
+        if z.get("head", {}).get("top1") is not None and z.get("tail", {}).get("top1") is not None:
+            lines.append(f"zero-shot per-class mean: head third {z['head']['top1']:.1%}, "
+                         f"tail third {z['tail']['top1']:.1%}")
     if "linear_probe" in results:
         p = results["linear_probe"]
         lines.append(f"linear probe top-1 {p['top1']:.1%} (fit {p['fit']}, test {p['test']})")
@@ -223,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="Score this share of the samples, chosen by key as training does (default: the run's).")
     ap.add_argument("--batch-size", type=int, help="Images or texts per forward pass (default: the run's "
                                                    "eval.batch_size).")
+    ap.add_argument("--class-counts", help="JSON {class: pairs in the training pool}: adds head/tail zero-shot "
+                                           "(default: the run's eval.class_counts).")
     ap.add_argument("--out", help="Write the results as JSON here.")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
@@ -232,10 +281,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = saved_config(ckpt["config"])
         split = heldout_of(args.data, ckpt["config"], args.holdout_shards, args.holdout_fraction) if args.data \
             else None
+        counts_file = args.class_counts or cfg.eval.class_counts
         results = evaluate(model, tokenizer, args.device, args.zeroshot or cfg.eval.zeroshot_dir,
                            split.heldout if split else None, caption_key=cfg.data.caption_key,
                            holdout_fraction=split.fraction if split else 0.0,
-                           batch_size=args.batch_size or cfg.eval.batch_size)
+                           batch_size=args.batch_size or cfg.eval.batch_size,
+                           class_counts=read_class_counts(counts_file) if counts_file else None)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

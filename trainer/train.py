@@ -45,7 +45,7 @@ from trainer.data import (
     split_data,
     train_batches,
 )
-from trainer.evaluate import evaluate, format_results, resolve_checkpoint
+from trainer.evaluate import evaluate, format_results, read_class_counts, resolve_checkpoint
 from trainer.loss import make_loss
 from trainer.model import CLIP, ModelConfig, load_model_config, train_flops_per_sample
 from trainer.tokenizer import TextTokenizer, load_clip_bpe, train_bpe
@@ -553,7 +553,8 @@ def final_evaluation(t: Trainer, step: int, skipped_total: dict[str, int]) -> No
         return
     results = evaluate(t.model, t.tokenizer, t.device, cfg.eval.zeroshot_dir, t.split.heldout, cfg.eval.retrieval,
                        cfg.eval.linear_probe, cfg.eval.max_retrieval_pairs, cfg.data.caption_key,
-                       holdout_fraction=t.split.fraction, batch_size=cfg.eval.batch_size)
+                       holdout_fraction=t.split.fraction, batch_size=cfg.eval.batch_size,
+                       class_counts=read_class_counts(cfg.eval.class_counts) if cfg.eval.class_counts else None)
     results["step"], results["skipped_rank0"] = step, skipped_total
     (t.run_dir / "eval.json").write_text(json.dumps(results, indent=2))
     print(format_results(results), flush=True)

@@ -28,7 +28,7 @@ import itertools
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -63,9 +63,17 @@ class BalanceConfig(BaseModel):
         "solved for it from the pool's counts. Exclusive with t.",
     )
     seed: int = Field(0, ge=0, lt=2**64, description="Seed of the per-(pair, entry) draws.")
+    method: Literal["metaclip", "uniform"] = Field(
+        "metaclip",
+        description="metaclip: cap each entry at t; uniform: no balancing, every matched pair kept with the same "
+        "probability target_size / pool (the unbalanced control of an experiment at equal size; needs target_size).",
+    )
 
     @model_validator(mode="after")
     def _t_or_target(self) -> BalanceConfig:
+        if self.method == "uniform" and (self.target_size is None or self.t is not None):
+            raise ValueError("balance.method=uniform keeps a uniform random sample of the pool: set "
+                             "balance.target_size (its expected size) and leave balance.t unset")
         if self.t is not None and self.target_size is not None:
             raise ValueError(
                 f"balance.t ({self.t}) and balance.target_size ({self.target_size}) are both set: set one of them "

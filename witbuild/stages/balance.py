@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,12 +51,20 @@ class BalancePlan:
     head: int  # entries with c_e > t (sampled down)
     tail: int  # entries with 0 < c_e <= t (kept whole)
     unused: int  # entries no pair matches
+    uniform: float | None = None  # method=uniform: every pair's keep probability (t then plays no part)
 
     def info(self) -> dict[str, Any]:
-        return {"t": round(self.t, 3), "pool": self.pool, "expected_size": round(self.expected_size, 1),
-                "head_entries": self.head, "tail_entries": self.tail, "unused_entries": self.unused}
+        if self.uniform is not None:
+            return {"method": "uniform", "keep_probability": round(self.uniform, 6), "pool": self.pool,
+                    "expected_size": round(self.expected_size, 1)}
+        return {"method": "metaclip", "t": round(self.t, 3), "pool": self.pool,
+                "expected_size": round(self.expected_size, 1), "head_entries": self.head, "tail_entries": self.tail,
+                "unused_entries": self.unused}
 
     def describe(self) -> str:
+        if self.uniform is not None:
+            return (f"uniform sample (no balancing): every matched pair kept with probability {self.uniform:.4f}, "
+                    f"expected size {self.expected_size:,.0f} of {self.pool:,}")
         return (f"t = {self.t:,.1f}: expected size {self.expected_size:,.0f} of {self.pool:,} matched pairs "
                 f"({self.expected_size / max(self.pool, 1):.1%}); head entries (c_e > t, sampled down): "
                 f"{self.head:,}; tail entries (kept whole): {self.tail:,}; entries never matched: {self.unused:,}")
@@ -89,6 +98,9 @@ def _expected_size(df: Any, p: np.ndarray) -> float:
 def plan_balance(df: Any, n_entries: int, cfg: BalanceConfig) -> BalancePlan:
     counts = entry_counts(df, n_entries)
     pool = df.count()
+    if cfg.method == "uniform":
+        q = min(1.0, cfg.target_size / max(pool, 1))
+        return BalancePlan(counts, math.inf, pool, q * pool, 0, int((counts > 0).sum()), int((counts == 0).sum()), q)
     if cfg.target_size is not None:
         fraction = min(1.0, SOLVE_SAMPLE_ROWS / max(pool, 1))
         sample_df = df.select("matched") if fraction >= 1.0 else df.select("matched").sample(fraction=fraction,
@@ -104,9 +116,14 @@ def plan_balance(df: Any, n_entries: int, cfg: BalanceConfig) -> BalancePlan:
 
 
 def balance_arrow(batch: pa.RecordBatch, p: np.ndarray, seed: int, counts: StageCounts,
-                  out_schema: pa.Schema) -> pa.RecordBatch:
+                  out_schema: pa.Schema, uniform: float | None = None) -> pa.RecordBatch:
+    """The pairs of ``batch`` that MetaCLIP's draws keep; with ``uniform`` those whose one draw (the draw of entry
+    0, whatever the pair matched) falls below it, so the sample is as seeded and reproducible as balancing."""
     counts.rows_in += batch.num_rows
     matched = batch.column("matched").to_pylist()
+    if uniform is not None:
+        matched = [[0]] * batch.num_rows
+        p = np.array([uniform])
     keep = balance_batch(batch.column("uid").to_pylist(), matched, p, seed)
     prob = keep_probabilities(matched, p)
     n = int(keep.sum())
@@ -127,7 +144,7 @@ def run_balance(ctx: StageContext) -> StageCounts:
     df = ctx.spark.read.parquet(ctx.previous)
     plan = plan_balance(df, len(entries), cfg.balance)
     log.info("balance: %s", plan.describe())
-    p = entry_probabilities(plan.counts, plan.t)
+    p = entry_probabilities(plan.counts, plan.t) if plan.uniform is None else np.full(len(entries), plan.uniform)
     p_bc = ctx.spark.sparkContext.broadcast(p)
     seed = cfg.balance.seed
     out_schema = schemas.load("balanced")
@@ -135,7 +152,7 @@ def run_balance(ctx: StageContext) -> StageCounts:
 
     def task(batches: Iterator[pa.RecordBatch], counts: StageCounts) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            yield balance_arrow(batch, p_bc.value, seed, counts, arrow_schema)
+            yield balance_arrow(batch, p_bc.value, seed, counts, arrow_schema, plan.uniform)
 
     counts = ctx.map_batches(task, df)
     p_bc.unpersist()
