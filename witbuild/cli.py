@@ -150,6 +150,35 @@ def demo(
     raise typer.Exit(rc)
 
 
+@app.command()
+def experiment(
+    config: Path = typer.Argument(..., help="Experiment config (YAML): build config, variants, seeds, training."),
+    sets: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override an experiment config value, "
+                                   "e.g. --set seeds=[0,1,2,3,4]. Repeatable."),
+) -> None:
+    """Measure what curation buys: build the variants of one pool (raw: a uniform sample at the balanced size;
+    balanced: MetaCLIP balancing; any named in the config), train the same model on each with every seed,
+    evaluate all on the same held-out folder, and report means with 95% intervals and seed-paired differences
+    (terminal table, experiment.json, report.html)."""
+    from witbuild.experiment.config import ExperimentError, load_experiment_config
+    from witbuild.experiment.report import format_table
+    from witbuild.experiment.run import run_experiment
+
+    if not config.is_file():
+        typer.echo(f"error: experiment config not found: {config}", err=True)
+        raise typer.Exit(2)
+    try:
+        cfg = load_experiment_config(config, sets)
+        summary = run_experiment(cfg)
+    except ExperimentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(format_table(summary))
+    typer.echo(f"report: {Path(cfg.output) / 'report.html'}, {Path(cfg.output) / 'experiment.json'}")
+    if all(v.get("error") for v in summary["variants"].values()):
+        raise typer.Exit(1)
+
+
 querylist_app = typer.Typer(no_args_is_help=True, help="Query lists: the entries captions are matched against.")
 app.add_typer(querylist_app, name="querylist")
 
