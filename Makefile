@@ -1,5 +1,6 @@
 # make test  — create .venv, install everything, run the test suite
 # make demo  — create .venv, install everything, build a dataset from the bundled demo web, train CLIP on it
+# make experiment — balanced vs raw (uniform sample, equal size) on the demo web: 3 seeds each, a report with intervals
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 export SPARK_CONF_DIR := $(abspath witbuild/spark_conf)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install test test-fast demo lint clean
+.PHONY: install test test-fast demo experiment lint clean
 
 $(VENV)/.installed: pyproject.toml
 	# headless Chromium renders the stats report in a test (skipped when it cannot be installed)
@@ -47,5 +48,9 @@ demo: install
 		--data $(DEMO_OUT)/build --config tiny-cpu --output $(DEMO_OUT)/train \
 		--set eval.zeroshot_dir=$(DEMO_OUT)/eval/digits
 
+EXPERIMENT_OUT ?= experiment-out
+experiment: install
+	OMP_NUM_THREADS=1 $(VENV)/bin/witbuild experiment configs/experiment-demo.yaml --set output=$(EXPERIMENT_OUT)
+
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache
+	rm -rf $(DEMO_OUT) $(EXPERIMENT_OUT) .pytest_cache
