@@ -18,7 +18,7 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from witbuild.cli import app
-from witbuild.demo.eval_images import ZEROSHOT_FILE, write_eval_digits, write_eval_shapes, zeroshot_spec
+from witbuild.demo.eval_images import ZEROSHOT_FILE, write_eval_colours, write_eval_digits, zeroshot_spec
 from witbuild.demo.images import (
     COLOURS,
     DIGIT_WORDS,
@@ -260,24 +260,27 @@ def test_eval_folder_layout_and_prompts_fit_the_captions(tmp_path, pages):
         assert any(ph in t for t in texts for ph in phrases), template
 
 
-def test_eval_shapes_are_a_long_tailed_concept_set_never_on_the_web(tmp_path, pages):
+def test_eval_colours_are_a_long_tailed_concept_set_never_on_the_web(tmp_path, pages):
     import hashlib
 
-    counts = write_eval_shapes(tmp_path / "a", per_class=6)
-    assert counts == {s: 6 for s in SHAPES}
-    write_eval_shapes(tmp_path / "b", per_class=6)
+    counts = write_eval_colours(tmp_path / "a", per_class=3)
+    assert counts == {c: 3 for c in COLOURS if c != "white"}
+    write_eval_colours(tmp_path / "b", per_class=3)
     digest = lambda root: {p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
                            for p in sorted(root.rglob("*")) if p.is_file()}
     assert digest(tmp_path / "a") == digest(tmp_path / "b")  # same bytes every run
     spec = json.loads((tmp_path / "a" / ZEROSHOT_FILE).read_text())
-    assert spec["classnames"] == {s: s for s in SHAPES} and all(t.count("{}") == 1 for t in spec["templates"])
+    assert spec["classnames"] == {c: c for c in counts} and all(t.count("{}") == 1 for t in spec["templates"])
+    # the picture shows its class: the most common pixel that is not the white background is the class colour
+    img = np.asarray(Image.open(tmp_path / "a" / "plum" / "000.png").convert("RGB")).reshape(-1, 3)
+    colours, n = np.unique(img[(img != COLOURS["white"]).any(1)], axis=0, return_counts=True)
+    assert tuple(colours[n.argmax()]) == COLOURS["plum"]
     # none of them is a picture of the web (the web draws layouts 0-3)
     drawn = [parse_image_stem(img.content)[1] for _, img in pictures(pages, "drawn")]
     assert drawn and max(layout for *_, layout in drawn) < 4
-    # the web shows the shapes along a steep long tail: the head class on many times more pages than the tail
-    per_shape = Counter(shape for shape, *_ in drawn)
-    assert set(per_shape) == set(SHAPES)
-    assert per_shape["circle"] >= 20 * min(per_shape.values()) and min(per_shape.values()) >= 10
+    # the web shows the colours along a steep long tail: the head class on many times more pictures than the tail
+    per_colour = Counter(colour for _, colour, *_ in drawn)
+    assert per_colour["red"] >= 50 * min(per_colour[c] for c in counts) and len(set(per_colour) & set(counts)) >= 40
 
 
 def test_demo_web_command_writes_warc_wat_and_eval_folder(tmp_path):

@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from witbuild.cli import app
-from witbuild.demo.images import SHAPES
+from witbuild.demo.eval_images import eval_colour_classes
 from witbuild.experiment.run import run_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,9 +118,10 @@ def test_small_experiment_end_to_end(tmp_path):
     assert "strict" in r.output and "raw (baseline)" in r.output
     assert set(summary["differences"]["balanced"]) >= {"zeroshot", "head", "tail", "linear_probe"}
     assert summary["differences"]["balanced"]["tail"]["seeds"] == [0, 1]
-    # head and tail come from the pool's frequencies of the 17 shapes
+    # head and tail come from the pool's frequencies of the 43 colours
     counts = json.loads((out / "class_counts.json").read_text())
-    assert set(counts) == set(SHAPES) and counts["circle"] > 5 * max(counts["trapezoid"], 1)
+    assert set(counts) == set(eval_colour_classes()) and counts["red"] > 10 * max(counts["plum"], 1)
     ev = json.loads((out / "variants" / "balanced" / "runs" / "seed0" / "eval.json").read_text())
-    assert ev["zeroshot"]["tail"]["classes"][-1] in SHAPES and ev["zeroshot"]["classes"] == len(SHAPES)
+    assert ev["zeroshot"]["classes"] == 43 and ev["zeroshot"]["head"]["classes"][0] == "red"
+    assert len(ev["zeroshot"]["tail"]["classes"]) == 43 // 3
     assert "data:image/png;base64," in (out / "report.html").read_text()

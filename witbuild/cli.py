@@ -34,8 +34,8 @@ def demo_web(
     site: str = typer.Option("http://demo.witbuild.test", help="scheme://host[:port] of the pages' URLs."),
 ) -> None:
     """Write a synthetic web (pages with images and captions of every kind) as WARC and WAT files, and the
-    held-out digits and shapes as labelled folders (eval/digits, eval/shapes) for zero-shot evaluation."""
-    from witbuild.demo.eval_images import write_eval_digits, write_eval_shapes
+    held-out digits and colours as labelled folders (eval/digits, eval/colours) for zero-shot evaluation."""
+    from witbuild.demo.eval_images import write_eval_colours, write_eval_digits
     from witbuild.demo.web import generate_pages, summarize, write_warc, write_wat
 
     out.mkdir(parents=True, exist_ok=True)
@@ -44,10 +44,10 @@ def demo_web(
     write_warc(page_list, warc)
     write_wat(page_list, wat)
     held_out = sum(write_eval_digits(out / "eval" / "digits").values())
-    shapes = write_eval_shapes(out / "eval" / "shapes")
+    colours = write_eval_colours(out / "eval" / "colours")
     typer.echo(f"wrote {warc} and {wat}: {_describe(summarize(page_list))}; "
-               f"{held_out} held-out digits in {out / 'eval' / 'digits'}; {sum(shapes.values())} held-out drawings "
-               f"of {len(shapes)} shapes in {out / 'eval' / 'shapes'}")
+               f"{held_out} held-out digits in {out / 'eval' / 'digits'}; {sum(colours.values())} held-out drawings "
+               f"in {len(colours)} colours in {out / 'eval' / 'colours'}")
 
 
 def _describe(figures: dict[str, int]) -> str:
@@ -107,14 +107,14 @@ def demo(
                              "config) builds the same dataset on every run."),
 ) -> None:
     """Build a dataset from the bundled demo web: write it as WARC/WAT, serve it (pages, images,
-    robots.txt) on 127.0.0.1, and run the build job on it with spark-submit. The held-out digits and shapes go to
-    <out>/eval/digits and <out>/eval/shapes for zero-shot evaluation."""
+    robots.txt) on 127.0.0.1, and run the build job on it with spark-submit. The held-out digits and colours go to
+    <out>/eval/digits and <out>/eval/colours for zero-shot evaluation."""
     import errno
     import subprocess
     import sys
 
     import witbuild.job
-    from witbuild.demo.eval_images import write_eval_digits, write_eval_shapes
+    from witbuild.demo.eval_images import write_eval_colours, write_eval_digits
     from witbuild.demo.server import DemoWebServer, demo_job_settings
     from witbuild.demo.web import summarize, write_warc, write_wat
     from witbuild.spark import spark_submit_env
@@ -136,10 +136,10 @@ def demo(
         write_warc(page_list, web_dir / "demo-00000.warc.gz")
         write_wat(page_list, web_dir / "demo-00000.warc.wat.gz")
         held_out = sum(write_eval_digits(out / "eval" / "digits").values())
-        shapes = sum(write_eval_shapes(out / "eval" / "shapes").values())
+        colours = sum(write_eval_colours(out / "eval" / "colours").values())
         typer.echo(f"demo web: {_describe(summarize(page_list))}; served at {web.site}; WARC and WAT in {web_dir}; "
-                   f"{held_out} held-out digits in {out / 'eval' / 'digits'}, {shapes} held-out shape drawings in "
-                   f"{out / 'eval' / 'shapes'}")
+                   f"{held_out} held-out digits in {out / 'eval' / 'digits'}, {colours} held-out colour drawings in "
+                   f"{out / 'eval' / 'colours'}")
         source = web.seed_url if crawl else str(web_dir / "demo-00000.warc.gz")
         cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", master,
                "--driver-memory", "1g", "--executor-memory", "1g", witbuild.job.__file__,

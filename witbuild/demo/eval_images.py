@@ -3,10 +3,10 @@
 - digits: the demo web never shows the digits with ``index % 5 == 0``
   (:func:`witbuild.demo.images.is_heldout_digit`), so a model trained on it is scored on scans it has not seen,
   rendered exactly like the web's (``digit_image`` at 224×224).
-- shapes: the web's drawings pick their shape from a steep Zipf law (circles on hundreds of pages, trapezoids on a
-  few), so the 17 shape classes are a long-tailed concept set: what balancing should help is the tail. Each class
-  gets drawings the web never shows (layouts the web does not use), in colours, counts and backgrounds drawn
-  uniformly, so a class is recognised by its shape alone.
+- colours: the web's drawings pick their colour from a steep Zipf law (red on hundreds of pages, plum or tan on a
+  few), so the 43 colours other than white are a long-tailed concept set, and one a small model can see: what
+  balancing should help is the tail. Each class gets drawings the web never shows (layouts the web does not use)
+  of a uniformly drawn shape in that colour on white, so a class is recognised by its colour alone.
 
 The prompt templates follow the phrasings of the web's captions.
 """
@@ -21,7 +21,6 @@ from witbuild.demo.images import (
     COLOURS,
     DIGIT_WORDS,
     SHAPES,
-    colour_distance,
     digit_image,
     digit_label,
     draw_shapes,
@@ -60,34 +59,35 @@ def write_eval_digits(folder: str | Path, size: int = EVAL_SIZE) -> dict[str, in
     return per_label
 
 
-SHAPES_PER_CLASS = 24
+COLOURS_PER_CLASS = 12
 HELDOUT_LAYOUT_FROM = 1000  # the web draws layouts 0-3 (web._drawn_params): these pictures never appear on it
-SHAPE_TEMPLATES: tuple[str, ...] = (
-    "a {}.",
-    "drawing of a {}.",
-    "a {} on a plain background.",
+COLOUR_TEMPLATES: tuple[str, ...] = (
+    "a {} shape.",
+    "drawing of a {} shape.",
+    "a {} shape on a white background.",
     "a {} icon.",
-    "a simple drawing of a {} shape.",
+    "{} shapes.",
 )
-_MIN_CONTRAST = 150.0
 
 
-def write_eval_shapes(folder: str | Path, per_class: int = SHAPES_PER_CLASS) -> dict[str, int]:
-    """Write ``folder/<shape>/<i>.png`` (one to three shapes of a uniformly drawn colour on white or a contrasting
-    colour) for every shape and ``folder/zeroshot.json``; returns the images per class. Same bytes every run."""
+def eval_colour_classes() -> list[str]:
+    """Every colour of the web's drawings but white (the held-out pictures are on white)."""
+    return [c for c in COLOURS if c != "white"]
+
+
+def write_eval_colours(folder: str | Path, per_class: int = COLOURS_PER_CLASS) -> dict[str, int]:
+    """Write ``folder/<colour>/<i>.png`` (one or two shapes of a uniformly drawn kind in that colour, on white) for
+    every colour class and ``folder/zeroshot.json``; returns the images per class. Same bytes every run."""
     root = Path(folder)
-    rng = random.Random("eval-shapes")
-    names = sorted(COLOURS)
+    rng = random.Random("eval-colours")
+    shapes = sorted(SHAPES)
     out: dict[str, int] = {}
-    for shape in SHAPES:
-        (root / shape).mkdir(parents=True, exist_ok=True)
+    for colour in eval_colour_classes():
+        (root / colour).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            colour = rng.choice(names)
-            backgrounds = [b for b in names if colour_distance(COLOURS[colour], COLOURS[b]) >= _MIN_CONTRAST]
-            background = "white" if "white" in backgrounds and rng.random() < 0.5 else rng.choice(backgrounds)
-            img = draw_shapes(shape, colour, rng.randint(1, 3), background, HELDOUT_LAYOUT_FROM + i)
-            img.save(root / shape / f"{i:03d}.png", format="PNG")
-        out[shape] = per_class
-    spec = {"classnames": {s: s for s in SHAPES}, "templates": list(SHAPE_TEMPLATES)}
+            img = draw_shapes(rng.choice(shapes), colour, rng.randint(1, 2), "white", HELDOUT_LAYOUT_FROM + i)
+            img.save(root / colour / f"{i:03d}.png", format="PNG")
+        out[colour] = per_class
+    spec = {"classnames": {c: c for c in out}, "templates": list(COLOUR_TEMPLATES)}
     (root / ZEROSHOT_FILE).write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
     return out

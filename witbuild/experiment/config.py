@@ -51,7 +51,7 @@ class ExperimentConfig(BaseModel):
     train_sets: list[str] = Field([], description="--set overrides of the training config, the same for every run.")
     nproc: int = Field(2, ge=1, description="Training processes per run (torchrun).")
     zeroshot_dir: str | None = Field(None, description="Held-out labelled folder <class>/<image> (+ zeroshot.json); "
-                                                       "default with demo_web: the demo's eval/shapes.")
+                                                       "default with demo_web: the demo's eval/colours.")
 
     @field_validator("variants")
     @classmethod
@@ -74,7 +74,7 @@ class ExperimentConfig(BaseModel):
         if self.zeroshot_dir:
             return Path(self.zeroshot_dir)
         if self.demo_web is not None:
-            return Path(self.output) / "eval" / "shapes"
+            return Path(self.output) / "eval" / "colours"
         raise ExperimentError("zeroshot_dir is not set: name a held-out labelled folder <class>/<image>")
 
     def variant_sets(self) -> dict[str, list[str]]:

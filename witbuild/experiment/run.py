@@ -94,7 +94,7 @@ def _build_inputs(cfg: ExperimentConfig, out: Path) -> Iterator[list[str]]:
         return
     import errno
 
-    from witbuild.demo.eval_images import write_eval_digits, write_eval_shapes
+    from witbuild.demo.eval_images import write_eval_colours, write_eval_digits
     from witbuild.demo.server import DemoWebServer
     from witbuild.demo.web import write_warc
 
@@ -109,7 +109,7 @@ def _build_inputs(cfg: ExperimentConfig, out: Path) -> Iterator[list[str]]:
         warc.parent.mkdir(parents=True, exist_ok=True)
         write_warc(list(web.pages.values()), warc)
         write_eval_digits(out / "eval" / "digits")
-        write_eval_shapes(out / "eval" / "shapes")
+        write_eval_colours(out / "eval" / "colours")
         yield [str(warc)]
 
 
