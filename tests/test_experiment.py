@@ -113,6 +113,10 @@ def test_small_experiment_end_to_end(tmp_path):
         assert v[name]["error"] is None and sorted(v[name]["runs"]) == ["0", "1"]
         for run in v[name]["runs"].values():
             assert all(run[m] is not None for m in ("zeroshot", "head", "tail", "linear_probe")), run
+    # one download cache: raw fetched only what balanced had not (its other images came from the cache)
+    assert v["balanced"]["dataset"]["image_requests"] >= v["balanced"]["dataset"]["downloaded"]
+    assert v["raw"]["dataset"]["image_requests"] < 0.8 * v["raw"]["dataset"]["downloaded"]
+    assert list((out / "download-cache").rglob("*.body"))
     # the failing variant says why and leaves the others' results
     assert v["strict"]["error"] and not v["strict"]["runs"]
     assert "strict" in r.output and "raw (baseline)" in r.output

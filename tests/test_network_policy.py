@@ -27,7 +27,7 @@ from warcio.warcwriter import WARCWriter
 
 from tests.conftest import run_job
 from witbuild.config import load_config
-from witbuild.download import GuardedDownloader, error_class
+from witbuild.download import GuardedDownloader, ResponseCache, ResponseKeeper, TdmReservationProcessor, error_class
 from witbuild.network import (
     NetworkConfig,
     address_allowed,
@@ -306,6 +306,55 @@ def test_img2dataset_download_image_uses_the_guarded_opener(servers) -> None:
         type(h).__name__.startswith("_Guarded") for h in urllib.request._opener.handlers)  # type: ignore[attr-defined]
 
 
+def test_response_cache_fetches_each_url_once(servers, tmp_path) -> None:
+    """img2dataset's download function behind the cache: a second fetch of a URL is answered from disk, with the
+    same bytes and headers; a redirect is replayed hop by hop; errors and opted-out answers are never kept."""
+    from img2dataset.downloader import download_image
+
+    a, _ = servers
+    a.redirects["/moved.jpg"] = a.url("/img/target.jpg")
+    extra = (TdmReservationProcessor(), ResponseCache(str(tmp_path)), ResponseKeeper(str(tmp_path)))
+    for _ in range(2):
+        with guarded_urlopen(["127.0.0.1"], extra=extra):
+            _, stream, err = download_image((0, a.url("/img/one.jpg")), 5, "witbuild", None)
+            assert err is None and stream.read() == jpeg()
+            _, stream, err = download_image((1, a.url("/moved.jpg")), 5, "witbuild", None)
+            assert err is None and stream.read() == jpeg()
+            _, stream, err = download_image((2, a.url("/gone.jpg")), 5, "witbuild", None)
+            assert stream is None and error_class(err) == "http_404", err
+            r = urllib.request.urlopen(a.url("/img/one.jpg"), timeout=5)
+            assert r.status == 200 and r.headers["Content-Type"] == "image/jpeg"
+    # the first round fetched one.jpg, the redirect and its target, and the 404; the second only the redirect
+    # (3xx answers are not kept) and the 404 again
+    assert sorted(a.hits) == sorted(["/img/one.jpg", "/moved.jpg", "/img/target.jpg", "/gone.jpg",
+                                     "/moved.jpg", "/gone.jpg"])
+    assert len(list(tmp_path.rglob("*.json"))) == 2 and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_response_cache_keeps_no_opted_out_answer(tmp_path) -> None:
+    class Reserved(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("tdm-reservation", "1")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"no")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Reserved)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        extra = (TdmReservationProcessor(), ResponseCache(str(tmp_path)), ResponseKeeper(str(tmp_path)))
+        with guarded_urlopen(["127.0.0.1"], extra=extra), pytest.raises(urllib.error.URLError, match="opted out"):
+            urllib.request.urlopen(f"http://127.0.0.1:{httpd.server_address[1]}/x.jpg", timeout=5)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert not list(tmp_path.rglob("*.body"))
+
+
 def test_guarded_opener_handles_no_ftp_or_file_urls() -> None:
     with pytest.raises(urllib.error.URLError, match="unknown url type"):
         guarded_opener().open("file:///etc/hostname", timeout=5)
@@ -321,6 +370,9 @@ def test_guarded_downloader_pickles_and_guards_the_call() -> None:
     wrapped = pickle.loads(pickle.dumps(GuardedDownloader(_probe, ("127.0.0.1",))))
     assert wrapped.allow == ("127.0.0.1",)
     assert "_GuardedHTTPHandler" in wrapped(None) and "_GuardedHTTPSHandler" in wrapped(None)
+    assert "ResponseCache" not in wrapped(None)
+    cached = pickle.loads(pickle.dumps(GuardedDownloader(_probe, ("127.0.0.1",), "/tmp/cache")))
+    assert "ResponseCache" in cached(None) and "ResponseKeeper" in cached(None)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,10 +3,15 @@ failures by class."""
 
 from __future__ import annotations
 
+import hashlib
+import http.client
+import io
+import json
 import os
 import re
 import urllib.error
 import urllib.request
+import urllib.response
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -48,6 +53,10 @@ class DownloadConfig(BaseModel):
     number_sample_per_shard: int = Field(10_000, ge=1)
     thread_count: int = Field(32, ge=1, description="Download threads per Spark task.")
     subjob_size: int = Field(1000, ge=1, description="Shards handed to Spark per job.")
+    cache_dir: str | None = Field(
+        None, description="Keep every successful (2xx) response here by URL, and answer a later request for the "
+        "URL from it instead of the network: builds that share it fetch each image once (witbuild experiment's "
+        "variants do). Answers stay as first fetched, so leave it unset for a build that must see the web now.")
     extra_columns: list[str] = Field(
         default_factory=lambda: ["uid", "page_url", "matched", "lang"],
         description="Pair columns carried into each sample's json and the shard metadata.",
@@ -118,6 +127,76 @@ class TdmReservationProcessor(urllib.request.BaseHandler):
     https_response = http_response
 
 
+def _cache_paths(folder: str, url: str) -> tuple[str, str]:
+    h = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+    base = os.path.join(folder, h[:2], h)
+    return base + ".body", base + ".json"
+
+
+class ResponseCache(urllib.request.BaseHandler):
+    """Answers a GET from the response kept on disk for its URL (:class:`ResponseKeeper`), before any handler
+    opens a socket. Every response processor (the opt-out check included) still sees the answer, and
+    redirects are replayed hop by hop (only 2xx answers are kept)."""
+
+    handler_order = 100  # before urllib's HTTP handlers (500): a kept answer never reaches the network
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def http_open(self, request: urllib.request.Request) -> Any:
+        if request.get_method() != "GET":
+            return None
+        body_path, meta_path = _cache_paths(self.folder, request.full_url)
+        try:
+            with open(meta_path, encoding="utf-8") as fh:
+                meta = json.load(fh)
+            with open(body_path, "rb") as fh:
+                body = fh.read()
+        except (OSError, ValueError):
+            return None
+        headers = http.client.HTTPMessage()
+        for k, v in meta["headers"]:
+            headers[k] = v
+        response = urllib.response.addinfourl(io.BytesIO(body), headers, request.full_url, meta["status"])
+        response.msg = meta.get("reason", "OK")
+        response.from_cache = True  # type: ignore[attr-defined]
+        return response
+
+    https_open = http_open
+
+
+class ResponseKeeper(urllib.request.BaseHandler):
+    """Keeps a 2xx answer to a GET on disk under the sha256 of its URL, after the other processors accepted it
+    (an opted-out answer is never kept). Files are written under a temporary name and renamed, the headers
+    last, so concurrent workers never read half an entry."""
+
+    handler_order = 900  # after the opt-out check (500), before urllib's error processing (1000)
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def http_response(self, request: urllib.request.Request, response: Any) -> Any:
+        status = getattr(response, "status", None) or response.getcode()
+        if getattr(response, "from_cache", False) or request.get_method() != "GET" or not 200 <= status < 300:
+            return response
+        body = response.read()
+        response.close()
+        body_path, meta_path = _cache_paths(self.folder, request.full_url)
+        os.makedirs(os.path.dirname(body_path), exist_ok=True)
+        meta = {"url": request.full_url, "status": status, "reason": getattr(response, "reason", "OK"),
+                "headers": list(response.headers.items())}
+        for path, data in ((body_path, body), (meta_path, json.dumps(meta).encode())):
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        replay = urllib.response.addinfourl(io.BytesIO(body), response.headers, response.url, status)
+        replay.msg = meta["reason"]
+        return replay
+
+    https_response = http_response
+
+
 class GuardedDownloader:
     """img2dataset's ``Downloader`` with the build's network policy around every shard it downloads.
 
@@ -126,12 +205,16 @@ class GuardedDownloader:
     driver would not reach them; this wrapper is pickled in its place and installs the guarded urllib opener
     in that process, around the call that runs the download threads."""
 
-    def __init__(self, inner: Callable[[Any], Any], allow: tuple[str, ...]) -> None:
+    def __init__(self, inner: Callable[[Any], Any], allow: tuple[str, ...], cache_dir: str | None = None) -> None:
         self.inner = inner
         self.allow = allow
+        self.cache_dir = cache_dir
 
     def __call__(self, row: Any) -> Any:
-        with guarded_urlopen(self.allow, extra=(TdmReservationProcessor(),)):
+        extra: tuple[urllib.request.BaseHandler, ...] = (TdmReservationProcessor(),)
+        if self.cache_dir:
+            extra += (ResponseCache(self.cache_dir), ResponseKeeper(self.cache_dir))
+        with guarded_urlopen(self.allow, extra=extra):
             return self.inner(row)
 
 
@@ -139,7 +222,7 @@ _DISTRIBUTORS = ("pyspark_distributor", "multiprocessing_distributor")
 
 
 @contextmanager
-def img2dataset_guarded(policy: Policy) -> Iterator[None]:
+def img2dataset_guarded(policy: Policy, cache_dir: str | None = None) -> Iterator[None]:
     """Within the block, ``img2dataset.download`` hands its distributor a :class:`GuardedDownloader`.
 
     img2dataset has no hook for the downloader itself, but ``download()`` looks its distributor function
@@ -154,7 +237,7 @@ def img2dataset_guarded(policy: Policy) -> Iterator[None]:
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         def distributor(processes_count: Any, downloader: Any, *args: Any, **kw: Any) -> Any:
-            return fn(processes_count, GuardedDownloader(downloader, allow), *args, **kw)
+            return fn(processes_count, GuardedDownloader(downloader, allow, cache_dir), *args, **kw)
         return distributor
 
     for name, fn in originals.items():

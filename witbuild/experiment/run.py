@@ -51,12 +51,15 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         from witbuild.demo.server import demo_job_settings
 
         cfg = cfg.model_copy(update={"build_sets": [*demo_job_settings(cfg.demo_web.pages)[1::2], *cfg.build_sets]})
+    # every variant's download keeps its answers in one cache, so an image two variants share is fetched once
+    cache = (out / "download-cache").resolve()
+    cfg = cfg.model_copy(update={"build_sets": [*cfg.build_sets, f"download.cache_dir={cache}"]})
     check_variants(cfg, cfg.inputs or (["demo-00000.warc.gz"] if cfg.demo_web else None))
     if cfg.zeroshot_dir:
         check_heldout(cfg.heldout_dir())
     started = time.monotonic()
     seconds: dict[str, Any] = {"builds": {}, "training": {}}
-    with _build_inputs(cfg, out) as inputs:
+    with _build_inputs(cfg, out) as (inputs, served):
         heldout = cfg.heldout_dir().resolve()
         _, names = check_heldout(heldout)
         configs = check_variants(cfg, inputs)
@@ -70,9 +73,11 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         variants = {name: {"sets": sets, "dataset": {}, "runs": {}, "error": None}
                     for name, sets in cfg.variant_sets().items()}
         for name in (BALANCED, BASELINE, *cfg.variants):
-            t0 = time.monotonic()
+            t0, before = time.monotonic(), len(served)
             _build_variant(spark, cfg, inputs, name, variants, pool, out)
             seconds["builds"][name] = round(time.monotonic() - t0, 1)
+            if cfg.demo_web is not None:  # what reached the server: the cache answers the rest
+                variants[name]["dataset"]["image_requests"] = sum("/img/" in p for p in served[before:])
     for name, v in variants.items():
         if v["error"] is None:
             t0 = time.monotonic()
@@ -86,11 +91,11 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
 
 
 @contextlib.contextmanager
-def _build_inputs(cfg: ExperimentConfig, out: Path) -> Iterator[list[str]]:
-    """The build's inputs; with ``demo_web`` the demo web is written and served (on 127.0.0.1, for the downloads)
-    while the variants are built, and its held-out folders are written."""
+def _build_inputs(cfg: ExperimentConfig, out: Path) -> Iterator[tuple[list[str], list[str]]]:
+    """The build's inputs and the paths the demo server was asked for; with ``demo_web`` the demo web is written
+    and served (on 127.0.0.1, for the downloads) while the variants are built, and its held-out folders written."""
     if cfg.demo_web is None:
-        yield list(cfg.inputs)
+        yield list(cfg.inputs), []
         return
     import errno
 
@@ -110,7 +115,7 @@ def _build_inputs(cfg: ExperimentConfig, out: Path) -> Iterator[list[str]]:
         write_warc(list(web.pages.values()), warc)
         write_eval_digits(out / "eval" / "digits")
         write_eval_colours(out / "eval" / "colours")
-        yield [str(warc)]
+        yield [str(warc)], web.requests
 
 
 def _build_pool(spark: Any, base: Any, folder: Path) -> Path:

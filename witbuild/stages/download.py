@@ -82,7 +82,7 @@ def run_download(ctx: StageContext) -> StageCounts:
     allowed_dir = f"{out.rstrip('/')}.input"
     counts, kept = prepare_input(ctx, fs, out, allowed_dir)
     if kept:
-        with img2dataset_guarded(ctx.cfg.network):
+        with img2dataset_guarded(ctx.cfg.network, ctx.cfg.download.cache_dir):
             _img2dataset(img2dataset, fs.unstrip_protocol(allowed_dir), ctx)
     fs.rm(allowed_dir, recursive=True)
     # the funnel, from the shard metadata img2dataset wrote (every input row is in one of them)
