@@ -92,8 +92,17 @@ def test_schema_table_helper_rejects_missing_columns():
 def test_shipped_configs_are_valid():
     from pathlib import Path
 
+    from witbuild.experiment.config import check_train_config, check_variants, load_experiment_config
+
     configs = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
     assert configs
+    experiments = [p for p in configs if p.name.startswith("experiment")]
+    assert experiments
     for path in configs:
+        if path in experiments:  # an experiment config names a build config and variants of it
+            exp = load_experiment_config(path)
+            check_variants(exp, ["any.warc.gz"])
+            check_train_config(exp)
+            continue
         cfg = load_config(path)
         assert cfg.output and (cfg.input.paths or cfg.input.seeds)
