@@ -133,9 +133,9 @@ def check_heldout(folder: Path) -> tuple[list[str], dict[str, str]]:
     if not folder.is_dir():
         raise ExperimentError(f"held-out folder {folder} does not exist")
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    if not classes or not any(_images(folder / c) for c in classes):
-        raise ExperimentError(f"held-out folder {folder} has no labels: it needs one sub-folder of images per class")
     empty = [c for c in classes if not _images(folder / c)]
+    if len(empty) == len(classes):
+        raise ExperimentError(f"held-out folder {folder} has no labels: it needs one sub-folder of images per class")
     if empty:
         raise ExperimentError(f"held-out folder {folder}: class(es) without images: {', '.join(empty[:5])}")
     names: dict[str, str] = {}
@@ -153,4 +153,7 @@ def check_heldout(folder: Path) -> tuple[list[str], dict[str, str]]:
 
 
 def _images(folder: Path) -> bool:
-    return any(p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp") for p in folder.iterdir())
+    """Whether the folder holds an image the trainer's evaluation reads (the same suffixes as it)."""
+    from trainer.data import IMAGE_SUFFIXES
+
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
