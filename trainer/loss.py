@@ -22,11 +22,37 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+class _GatherSync(torch.autograd.Function):
+    """All ranks' ``x`` concatenated along dim 0 by blocking collectives; the backward sums every rank's gradient
+    of the gathered tensor (one all_reduce) and keeps this rank's rows, which is a reduce-scatter."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        rank, size = world()
+        ctx.rank, ctx.rows = rank, x.shape[0]
+        out = x.new_empty((size * x.shape[0], *x.shape[1:]))
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # the newer name first
+        gather(out, x.contiguous())
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad.narrow(0, ctx.rank * ctx.rows, ctx.rows)
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """All ranks' ``x`` concatenated along dim 0, differentiable; ``x`` itself in one process."""
+    """All ranks' ``x`` concatenated along dim 0, differentiable; ``x`` itself in one process.
+
+    On gloo the gather is blocking: torch's functional (async) autograd gather corrupts the heap there, a crash
+    once every few thousand steps (SIGSEGV or a glibc abort, torch 2.13). On NCCL the functional collective stays,
+    because ``torch.compile`` traces it into the step."""
     _, size = world()
     if size == 1:
         return x
+    if dist.get_backend() == dist.Backend.GLOO:
+        return _GatherSync.apply(x)
     from torch.distributed import _functional_collectives as fc
 
     # all_gather_tensor_autograd is the older, deprecated name of the same collective
