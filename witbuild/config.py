@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from witbuild import __version__
 from witbuild.curate.balance import BalanceConfig
+from witbuild.curate.clip_score import ClipScoreConfig
 from witbuild.curate.match import MatchConfig
 from witbuild.curate.querylist import QueryListConfig
 from witbuild.dedup.urls import DedupConfig
@@ -118,6 +119,10 @@ class BuildConfig(_Section):
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     download: DownloadConfig = Field(default_factory=DownloadConfig)
+    clip_score: ClipScoreConfig = Field(
+        default_factory=ClipScoreConfig,
+        description="Score every final sample with a CLIP checkpoint and keep the best-aligned ones (finalize).",
+    )
     spark: SparkConfig = Field(default_factory=SparkConfig)
 
     @model_validator(mode="before")

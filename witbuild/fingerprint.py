@@ -116,9 +116,38 @@ def _external(cfg: BuildConfig, st: Stage, previous: str | None) -> dict[str, st
         return {"langid_model": file_digest(model)}
     if st.name == "match":
         return {"querylist": querylist_fingerprint(cfg, previous).digest}
-    if st.name == "finalize" and cfg.dedup.decontaminate:
-        return {"decontaminate": folder_digest(cfg.dedup.decontaminate)}
+    if st.name == "finalize":
+        return _finalize_external(cfg)
     return {}
+
+
+def _finalize_external(cfg: BuildConfig) -> dict[str, str]:
+    """The decontamination images and the scoring checkpoint's files, by content: a checkpoint retrained under
+    the same path (``…/latest`` moves on) redoes finalize."""
+    out = {}
+    if cfg.dedup.decontaminate:
+        out["decontaminate"] = folder_digest(cfg.dedup.decontaminate)
+    score = cfg.clip_score
+    if score.checkpoint:
+        out["clip_checkpoint"] = file_digest(_checkpoint_file(score.checkpoint, score.model_json is None))
+    if score.model_json:
+        named = Path(__file__).resolve().parent.parent / "trainer" / "configs" / "models" / f"{score.model_json}.json"
+        out["clip_model_json"] = file_digest(score.model_json if Path(score.model_json).is_file() else named)
+    if score.bpe_vocab:
+        out["clip_bpe_vocab"] = file_digest(score.bpe_vocab)
+    return out
+
+
+def _checkpoint_file(path: str, ours: bool) -> str:
+    """The file a checkpoint setting names (a run folder or ``…/latest`` of our trainer resolved to its step)."""
+    if not ours:
+        return path
+    try:
+        from trainer.evaluate import resolve_checkpoint
+
+        return str(resolve_checkpoint(path))
+    except (FileNotFoundError, ImportError):  # the job's start says so with its own error
+        return path
 
 
 def stage_fingerprints(cfg: BuildConfig) -> dict[str, Fingerprint]:

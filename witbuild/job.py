@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
             value = getattr(getattr(cfg, section), key)
             if value and not Path(value).is_file():
                 raise InputError(f"{name}: file not found: {value}")
+        if cfg.clip_score.enabled:  # a checkpoint that is missing, unreadable or not its model: before Spark
+            from witbuild.curate.clip_score import load_scorer
+
+            load_scorer(cfg.clip_score)
         from witbuild.pipeline import check_stages
 
         check_stages(cfg.output, args.until_stage, args.from_stage)

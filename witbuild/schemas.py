@@ -25,6 +25,7 @@ _SCALARS: dict[str, pa.DataType] = {
     "float32": pa.float32(),
     "float64": pa.float64(),
     "bool": pa.bool_(),
+    "binary": pa.binary(),
     "timestamp": pa.timestamp("us", tz="UTC"),
 }
 

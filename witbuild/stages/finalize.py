@@ -7,7 +7,8 @@
    16×16 thumbnails on the verified pairs, representatives chosen greedily in key order (no chained
    removals); each removal is recorded with its kept counterpart in ``near_duplicates.parquet``.
 4. Optional decontamination against a folder of evaluation images.
-5. Shards are rewritten so each final tar holds exactly the kept samples (a filtered manifest
+5. Optional CLIP score of every kept sample, and the filters on it (:mod:`witbuild.stages.finalize_score`).
+6. Shards are rewritten so each final tar holds exactly the kept samples (a filtered manifest
    would leave dropped images inside the tars that every loader reads and skips: wasted I/O on
    every epoch and a dataset that still ships what it claims to have removed);
    ``sizes.json`` (samples per tar, as open_clip reads it) and ``index.parquet`` (one row per
@@ -40,6 +41,7 @@ from witbuild.dedup.near import ColourLimits, image_signature, near_duplicate_re
 from witbuild.dedup.phash import near_any, resolve_bands
 from witbuild.layout import NEAR_DUPLICATES_DIR
 from witbuild.spark import counted, fs_and_path, read_task_counts
+from witbuild.stages.finalize_score import SCORE_COLUMNS, score_and_filter, with_empty_scores
 
 if TYPE_CHECKING:
     from witbuild.stages.context import StageContext
@@ -59,7 +61,10 @@ def _unsigned(h: int) -> int:
 
 
 def samples_schema() -> pa.Schema:
-    return (schemas.load("index").arrow().append(pa.field("_phash", pa.int64(), nullable=False))
+    """Rows read from the downloaded shards: index.parquet's columns but the scores, and the dedup signature."""
+    index = schemas.load("index").arrow()
+    return (pa.schema([f for f in index if f.name not in SCORE_COLUMNS], metadata=index.metadata)
+            .append(pa.field("_phash", pa.int64(), nullable=False))
             .append(pa.field("_thumb", pa.binary(), nullable=False)))
 
 
@@ -221,6 +226,7 @@ def run_finalize(ctx: StageContext) -> StageCounts:
 
     samples = (spark.sparkContext.parallelize([(t,) for t in tars], max(1, len(tars))).toDF(["tar"])
                .mapInArrow(counted(read_task, ctx.counts_dir), from_arrow_schema(schema))).cache()
+    cached = [samples]
     try:
         n = samples.count()
         counts = read_task_counts(ctx.counts_dir)
@@ -252,13 +258,19 @@ def run_finalize(ctx: StageContext) -> StageCounts:
             n = current.count()
             counts.drop("eval_contamination", before - n)
 
+        if ctx.cfg.clip_score.enabled:
+            current, scored_frames = score_and_filter(current, ctx.cfg.clip_score, ctx.previous, len(tars), counts)
+            cached += scored_frames
+        else:
+            current = with_empty_scores(current)
         index_cols = schemas.load("index").names
         # by shard, not round-robin: which rows land in which file then does not depend on task timing
         (current.select(*index_cols).repartition(max(1, len(tars)), "shard").sortWithinPartitions("shard", "key")
          .write.mode("overwrite").parquet(f"{ctx.output}/{INDEX_DIR}"))
         sizes = _rewrite_shards(current, ctx.previous, ctx.output, max(1, len(tars)))
     finally:
-        samples.unpersist()
+        for frame in cached:
+            frame.unpersist()
     out_fs, out = fs_and_path(ctx.output)
     with out_fs.open(f"{out}/{SIZES_FILE}", "w") as fh:
         json.dump(sizes, fh, indent=1)

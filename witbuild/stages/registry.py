@@ -61,7 +61,7 @@ REGISTRY: tuple[Stage, ...] = (
     Stage("download", "dedup", "witbuild.stages.download:run_download",
           ("download", "network", "crawl.read_timeout", "crawl.total_timeout", "crawl.max_page_bytes"),
           resumable=True),
-    Stage("finalize", "download", "witbuild.stages.finalize:run_finalize", ("dedup",), "index"),
+    Stage("finalize", "download", "witbuild.stages.finalize:run_finalize", ("dedup", "clip_score"), "index"),
 )
 
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in REGISTRY)
