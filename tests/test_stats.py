@@ -162,7 +162,9 @@ def make_build(out: Path, until: str = "finalize") -> Path:
                 "page_url": ["http://page.test/"] * len(rows), "matched": [r[10] for r in rows],
                 "lang": [r[9] for r in rows], "width": [r[5] for r in rows], "height": [r[6] for r in rows],
                 "original_width": [r[7] for r in rows], "original_height": [r[8] for r in rows],
-                "sha256": [f"{j:064x}" for j in range(len(rows))], "phash": ["0" * 16] * len(rows)}),
+                "sha256": [f"{j:064x}" for j in range(len(rows))], "phash": ["0" * 16] * len(rows),
+                "clip_score": [0.25 + 0.125 * i + 0.0625 * j for j in range(len(rows))],
+                "clip_embedding": [None] * len(rows)}),
                 index / f"part-{i:05d}-x.zstd.parquet")
         (fin / "sizes.json").write_text(json.dumps({s: len(r) for s, r in FINAL.items()}))
     report = {"witbuild_version": "0.1.0", "spark_version": "4.3.0", "output": str(out),
@@ -212,6 +214,9 @@ def test_build_numbers_match_hand_computed_values(build: Path) -> None:
     assert r["dataset"] == {"kind": "build", "dataset_dir": "stages/finalize", "stage": "finalize",
                             "samples_from": "stages/finalize/index.parquet", "has_images": True}
     assert r["notes"] == [] and r["warnings"] == []
+    sc = r["clip_scores"]  # index scores 0.25, 0.3125, 0.375 (shard 0) and 0.375 (shard 1)
+    assert (sc["count"], sc["min"], sc["max"], sc["mean"]) == (4, 0.25, 0.375, 0.3281)
+    assert sc["percentiles"]["p50"] == pytest.approx(0.3125, abs=6e-4) and sum(sc["histogram"]["counts"]) == 4
 
     tot = r["totals"]
     assert (tot["samples"], tot["shards"], tot["parquet_files"]) == (4, 2, 2)

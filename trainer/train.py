@@ -560,5 +560,22 @@ def final_evaluation(t: Trainer, step: int, skipped_total: dict[str, int]) -> No
     print(format_results(results), flush=True)
 
 
+def exit_process(code: int) -> None:
+    """Leave a distributed worker without the interpreter's finalization.
+
+    gloo's worker threads drop their finished collectives on their own; a collective run inside autograd's backward
+    holds a Python reference, and when that drop comes after the interpreter began finalizing, taking the GIL ends
+    the thread inside a noexcept destructor: ``terminate called without an active exception`` (SIGABRT) once every
+    ~15 runs, after all the work was done. Everything the run writes is written and closed by now, so the process
+    flushes its streams and exits at once."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    if "RANK" in os.environ:  # started by torchrun
+        exit_process(exit_code)
+    sys.exit(exit_code)

@@ -37,7 +37,7 @@ from witbuild import layout as build_layout
 from witbuild.config import STAGES
 from witbuild.download import error_class
 from witbuild.stats import near_dups
-from witbuild.stats.dists import IntDist, RatioDist, concentration, rank_frequency
+from witbuild.stats.dists import IntDist, RatioDist, ScoreDist, concentration, rank_frequency
 from witbuild.stats.options import TarCheck
 from witbuild.stats.textlen import char_counts, word_counts
 
@@ -95,6 +95,7 @@ class SampleStats:
     source_formats: Counter = field(default_factory=Counter)
     per_shard: Counter = field(default_factory=Counter)
     entry_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    clip_scores: ScoreDist = field(default_factory=ScoreDist)
 
     def merge(self, o: SampleStats) -> None:
         self.samples += o.samples
@@ -110,6 +111,7 @@ class SampleStats:
         self.source_formats.update(o.source_formats)
         self.per_shard.update(o.per_shard)
         self.entry_counts = _add_counts(self.entry_counts, o.entry_counts)
+        self.clip_scores.merge(o.clip_scores)
 
 
 @dataclass
@@ -213,6 +215,8 @@ def _fold_samples(s: SampleStats, batch: pa.RecordBatch, caption: str | None, im
     if final_matched and "matched" in names:
         flat = pc.list_flatten(batch.column("matched")).drop_null()
         s.entry_counts = _bincount_into(s.entry_counts, flat.to_numpy(zero_copy_only=False).astype(np.int64))
+    if "clip_score" in names:
+        s.clip_scores.add(batch.column("clip_score").drop_null().to_numpy(zero_copy_only=False))
     if shard is not None:
         s.per_shard[shard] += n
     elif "shard" in names:
@@ -239,7 +243,7 @@ _ROLE_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     # role: (required columns, optional columns, what the file should be)
     "img2dataset": (IMG2DATASET_REQUIRED, ("caption", "lang", "matched"), "img2dataset shard metadata"),
     "downloads": (("status", "error_message"), (), "img2dataset shard metadata"),
-    "index": (INDEX_REQUIRED, ("lang", "matched", "url"), "a witbuild index (schemas/index.json)"),
+    "index": (INDEX_REQUIRED, ("lang", "matched", "url", "clip_score"), "a witbuild index (schemas/index.json)"),
     "stage": (("text",), ("lang",), "a witbuild stage output"),
     "matched": (("matched",), (), "a witbuild match stage output"),
     "match_stage": (("text", "matched"), ("lang",), "a witbuild match stage output"),
@@ -265,6 +269,10 @@ def _column_casts(task: FileTask, schema: pa.Schema, columns: list[str], what: s
             ok, expected = pa.types.is_integer(t) or pa.types.is_null(t), "integer"
             if pa.types.is_null(t):
                 casts[name] = pa.int64()
+        elif name == "clip_score":
+            ok, expected = pa.types.is_floating(t) or pa.types.is_null(t), "float"
+            if pa.types.is_null(t):
+                casts[name] = pa.float32()
         else:  # matched
             ok, expected = pa.types.is_null(t) or ((pa.types.is_list(t) or pa.types.is_large_list(t))
                                                    and pa.types.is_integer(t.value_type)), "list<int32>"
@@ -947,6 +955,7 @@ def collect_stats(path: Path | str, *, top: int = 20, tar_check: TarCheck = TarC
         "queries": queries,
         "duplicates": duplicates,
         "near_duplicates": near_dups.collect(root) if layout.kind in ("build", "final") else None,
+        "clip_scores": s.clip_scores.summary(),
         "tars": {"mode": tar_check.value, "checked": len(results)},
     }
 

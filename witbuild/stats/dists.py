@@ -21,6 +21,8 @@ RATIO_STEP = 0.002  # fine bins of ln(ratio): ratio percentiles are exact to ±0
 RATIO_LIMIT = math.log(1024.0)
 RATIO_BINS_PER_OCTAVE = 4  # coarse histogram of ratios: quarter octaves (×1.19)
 RATIO_OCTAVES = 5  # coarse histogram spans 1/32 .. 32, with under- and overflow
+SCORE_STEP = 0.001  # fine bins of a cosine similarity in [-1, 1]: score percentiles are exact to ±0.0005
+SCORE_WIDTHS = (0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5)  # histogram bin widths to choose from
 
 
 def nearest_rank(cumulative: np.ndarray, n: int, q: float) -> int:
@@ -155,6 +157,61 @@ class RatioDist:
                 "histogram": {"edges": edges, "counts": inner[first: last + 1].tolist(),
                               "underflow": int(self.coarse[0]), "overflow": int(self.coarse[-1])},
                 "resolution": f"percentiles ±{RATIO_STEP / 2:.1%}"}
+
+
+def _score_bins() -> int:
+    return round(2 / SCORE_STEP) + 1
+
+
+@dataclass
+class ScoreDist:
+    """Cosine similarities (CLIP scores, in [-1, 1]): fine bins for percentiles, a histogram over the range used."""
+
+    fine: np.ndarray = field(default_factory=lambda: np.zeros(_score_bins(), dtype=np.int64))
+    n: int = 0
+    total: float = 0.0
+    lo: float | None = None
+    hi: float | None = None
+
+    def add(self, scores: np.ndarray) -> None:
+        scores = np.asarray(scores, dtype=np.float64)
+        scores = scores[np.isfinite(scores)]
+        if len(scores) == 0:
+            return
+        idx = np.clip(np.rint((scores + 1.0) / SCORE_STEP).astype(np.int64), 0, len(self.fine) - 1)
+        self.fine += np.bincount(idx, minlength=len(self.fine))
+        self.n += len(scores)
+        self.total += float(scores.sum())
+        lo, hi = float(scores.min()), float(scores.max())
+        self.lo = lo if self.lo is None else min(self.lo, lo)
+        self.hi = hi if self.hi is None else max(self.hi, hi)
+
+    def merge(self, other: ScoreDist) -> None:
+        if other.n == 0:
+            return
+        self.fine += other.fine
+        self.n += other.n
+        self.total += other.total
+        self.lo = other.lo if self.lo is None else min(self.lo, other.lo)  # type: ignore[type-var]
+        self.hi = other.hi if self.hi is None else max(self.hi, other.hi)  # type: ignore[type-var]
+
+    def summary(self) -> dict[str, Any] | None:
+        if self.n == 0:
+            return None
+        cum = np.cumsum(self.fine)
+        pct = {f"p{p}": round(nearest_rank(cum, self.n, p / 100) * SCORE_STEP - 1.0, 4) for p in PERCENTILES}
+        lo, hi = float(self.lo), float(self.hi)  # type: ignore[arg-type]
+        width = next((w for w in SCORE_WIDTHS if (hi - lo) / w < MAX_BINS), SCORE_WIDTHS[-1])
+        start = math.floor(lo / width + 1e-9) * width
+        nbins = max(1, math.floor((hi - start) / width + 1e-9) + 1)
+        values = np.arange(len(self.fine)) * SCORE_STEP - 1.0
+        which = np.clip(np.floor((values - start) / width + 1e-9).astype(np.int64), 0, nbins - 1)
+        counts = np.bincount(which, weights=self.fine, minlength=nbins).astype(np.int64)
+        return {"count": self.n, "min": round(lo, 4), "max": round(hi, 4), "mean": round(self.total / self.n, 4),
+                "percentiles": pct,
+                "histogram": {"edges": [round(start + i * width, 4) for i in range(nbins + 1)],
+                              "counts": counts[:nbins].tolist(), "underflow": 0, "overflow": 0},
+                "resolution": f"percentiles ±{SCORE_STEP / 2}"}
 
 
 def concentration(x: np.ndarray) -> dict[str, Any] | None:

@@ -275,6 +275,15 @@ def _images_html(r: dict[str, Any]) -> list[str]:
     return parts
 
 
+def _scores_html(r: dict[str, Any]) -> list[str]:
+    """The CLIP score distribution (a build with clip_score on)."""
+    sc = r.get("clip_scores")
+    if not sc:
+        return []
+    return [f"<h2>CLIP scores</h2><p>{sc['count']:,} samples scored (image–caption cosine similarity)</p>",
+            plot_histograms("CLIP score", [("cosine similarity", sc)]) or "", _dist_rows([("score", sc)])]
+
+
 def _queries_html(r: dict[str, Any]) -> list[str]:
     """The query list before and after balancing."""
     e = html.escape
@@ -316,7 +325,8 @@ def render_html(r: dict[str, Any]) -> str:
     parts += [f"<p class=note>note: {e(n)}</p>" for n in r["notes"]]
     parts += [f"<p class=warn>warning: {e(w)}</p>" for w in r["warnings"]]
 
-    for section in (_totals_html, _funnel_html, _downloads_html, _captions_html, _images_html, _queries_html):
+    for section in (_totals_html, _funnel_html, _downloads_html, _captions_html, _images_html, _scores_html,
+                    _queries_html):
         parts += section(r)
 
     if r["duplicates"]:

@@ -208,6 +208,9 @@ def renderables(r: dict[str, Any]) -> list[Any]:
             out.append(shares_table(f"Stored formats ({fm['stored_method']})", "format", fm["stored"], 10))
         if fm["source"]:
             out.append(shares_table("Source formats (URL extension)", "format", fm["source"], 10))
+    if r.get("clip_scores"):
+        sc = r["clip_scores"]
+        out.append(dist_table(f"CLIP scores ({sc['count']:,} scored; {sc['resolution']})", [("score", sc)]))
     if r["queries"]:
         out.append(queries_group(r["queries"]))
     if r["duplicates"]:
