@@ -24,6 +24,7 @@ from witbuild.curate.clip_score import (
     embedding_bytes,
     load_scorer,
     score_cutoff,
+    semantic_duplicates,
 )
 
 MICRO = ROOT / "tests" / "data" / "openclip_micro"  # made by open_clip 3.3 itself: see make_reference.py there
@@ -165,3 +166,28 @@ def test_keep_fraction_cutoff_keeps_the_best_fraction():
         cut = score_cutoff(scores, fraction)
         assert (scores >= cut).sum() == int(np.ceil(1001 * fraction))
     assert (np.array([0.1, 0.5, 0.5, 0.5, 0.9]) >= score_cutoff(np.array([0.1, 0.5, 0.5, 0.5, 0.9]), 0.4)).sum() == 4
+
+
+def test_semantic_duplicates_keep_one_of_each_group_without_chains():
+    """Planted groups of near-identical embeddings: one of each group stays, every removal names a kept member
+    within the threshold, and a chain a~b~c with a far from c does not remove both b and c."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(5, 16))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    keys, rows = [], []
+    for g, v in enumerate(base):
+        for j in range(4):  # 4 copies, cosine > 0.999 to their group's vector
+            keys.append(f"g{g}-{j}")
+            rows.append(v + 0.01 * rng.normal(size=16) / 4)
+    found = semantic_duplicates(keys, np.array(rows), eps=0.01)
+    removed = {k for k, _, _ in found}
+    assert len(found) == 15 and all(k.split("-")[0] == kept.split("-")[0] for k, kept, _ in found)
+    assert not removed & {kept for _, kept, _ in found}
+    assert all(s > 0.99 for _, _, s in found)
+    assert semantic_duplicates(keys[::-1], np.array(rows[::-1]), eps=0.01) == found  # input order does not matter
+    # a chain: a~b (0.995), b~c (0.995), a vs c (0.98): b goes, c stays with a or the other way round, never both
+    a = np.array([1.0, 0.0, 0.0])
+    b = np.array([np.cos(0.1), np.sin(0.1), 0.0])
+    c = np.array([np.cos(0.2), np.sin(0.2), 0.0])
+    chain = semantic_duplicates(["a", "b", "c"], np.stack([a, b, c]), eps=0.01)
+    assert len(chain) == 1 and chain[0][0] == "b"

@@ -12,7 +12,8 @@ A build folder looks like this (``<output>`` is ``BuildConfig.output``, local or
       stages/balance/_entry_counts.parquet   per-entry counts before/after balancing (ENTRY_COUNTS_FILE)
       stages/finalize/             the dataset: {shard}.tar, index.parquet/ (INDEX_DIR), sizes.json (SIZES_FILE),
                                    near_duplicates.parquet/: removed near duplicates and what they duplicate
-                                   (NEAR_DUPLICATES_DIR)
+                                   (NEAR_DUPLICATES_DIR), semantic_duplicates.parquet/: samples semantic dedup
+                                   removed (SEMANTIC_DUPLICATES_DIR; clip_score.semdedup_eps)
 
 Code that reads or writes any of these names imports it from here, so that a change of layout is one edit.
 """
@@ -36,6 +37,7 @@ FINALIZE_STAGE = "finalize"
 INDEX_DIR = "index.parquet"
 SIZES_FILE = "sizes.json"
 NEAR_DUPLICATES_DIR = "near_duplicates.parquet"
+SEMANTIC_DUPLICATES_DIR = "semantic_duplicates.parquet"
 
 #: Extensions an image member of a WebDataset sample may have (img2dataset writes jpg, png or webp; a user's
 #: own shards may hold the others). Finalize and stats both read images by these.

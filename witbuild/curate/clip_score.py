@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SEMDEDUP_CLUSTER_SIZE = 1_000  # samples per k-means cluster by default: pairwise similarities stay ~10⁶ per cluster
+
 
 class ClipScoreConfig(BaseModel):
     """Scoring every final sample with a CLIP checkpoint, and keeping the best-aligned pairs (finalize)."""
@@ -49,14 +51,22 @@ class ClipScoreConfig(BaseModel):
         None, gt=0, le=1, description="Keep the best-scoring fraction of the samples (DataComp: 0.3): the ones "
         "at or above the (1 - fraction) quantile of the scores.")
     embeddings: bool = Field(False, description="Also store each image's embedding (float16) in index.parquet.")
+    semdedup_eps: float | None = Field(
+        None, gt=0, lt=1, description="Semantic dedup (SemDeDup): within each k-means cluster of the image "
+        "embeddings, a sample whose cosine similarity to a kept one exceeds 1 - eps is dropped (semantic_duplicate). "
+        "None: off.")
+    semdedup_clusters: int | None = Field(
+        None, ge=1, description="k-means clusters for semantic dedup; None: one per SEMDEDUP_CLUSTER_SIZE samples.")
+    semdedup_seed: int = Field(0, description="Seed of the k-means initialisation.")
     batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: the executor's GPU when it has one, else the CPU (one thread per Spark task).")
 
     @model_validator(mode="after")
     def _consistent(self) -> ClipScoreConfig:
-        if self.checkpoint is None and (self.min is not None or self.keep_fraction is not None or self.embeddings):
-            raise ValueError("clip_score.min, keep_fraction and embeddings need clip_score.checkpoint")
+        if self.checkpoint is None and (self.min is not None or self.keep_fraction is not None or self.embeddings
+                                        or self.semdedup_eps is not None):
+            raise ValueError("clip_score.min, keep_fraction, embeddings and semdedup_eps need clip_score.checkpoint")
         if (self.model_json is None) != (self.bpe_vocab is None):
             raise ValueError("an open_clip checkpoint needs both clip_score.model_json and clip_score.bpe_vocab")
         return self
@@ -231,3 +241,37 @@ def score_cutoff(scores: np.ndarray, fraction: float) -> float:
         return -math.inf
     k = max(1, math.ceil(scores.size * fraction - 1e-9))
     return float(np.partition(scores, scores.size - k)[scores.size - k])
+
+
+def semdedup_clusters(cfg: ClipScoreConfig, rows: int) -> int:
+    """k of the k-means: the configured one, else one cluster per ``SEMDEDUP_CLUSTER_SIZE`` samples."""
+    k = cfg.semdedup_clusters or round(rows / SEMDEDUP_CLUSTER_SIZE)
+    return max(1, min(k, rows))
+
+
+def semantic_duplicates(keys: list[str], embeddings: np.ndarray, eps: float) -> list[tuple[str, str, float]]:
+    """(removed key, kept key, cosine similarity) within one cluster: SemDeDup without chains.
+
+    Members are visited farthest from the cluster's centroid first (SemDeDup's default: the least prototypical
+    example of a group of duplicates is the one kept), ties by key; each is kept unless its cosine similarity to an
+    already kept member exceeds ``1 - eps``, and is then recorded against the most similar kept one. So every
+    removal has a kept counterpart within the threshold, whatever the order of the input."""
+    if len(keys) < 2:
+        return []
+    e = embeddings.astype(np.float32) / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    centroid = e.mean(axis=0)
+    centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
+    to_centroid = e @ centroid
+    order = sorted(range(len(keys)), key=lambda i: (float(to_centroid[i]), keys[i]))
+    sims = e @ e.T
+    kept: list[int] = []
+    out: list[tuple[str, str, float]] = []
+    for i in order:
+        if kept:
+            row = sims[i, kept]
+            j = int(np.argmax(row))
+            if row[j] > 1.0 - eps:
+                out.append((keys[i], keys[kept[j]], float(row[j])))
+                continue
+        kept.append(i)
+    return sorted(out)

@@ -134,6 +134,37 @@ def _copy(kind: str, img: Image.Image, rng: random.Random) -> tuple[bytes, bytes
     raise ValueError(f"unknown copy kind {kind!r}; choose from {COPY_KINDS}")
 
 
+SEMANTIC_COPY_KINDS: tuple[str, ...] = ("crop_large", "rotate", "jitter")
+
+
+def semantic_copy(kind: str, img: Image.Image, rng: random.Random) -> Image.Image:
+    """Copies a grey-level hash mostly misses but a person (and a good image embedding) calls the same picture:
+    8-15% cropped off, rotated by 4-6 degrees, or brightness and contrast both changed by 15-20%."""
+    w, h = img.size
+    if kind == "crop_large":
+        f = rng.uniform(0.08, 0.15)
+        dx, dy = round(w * f), round(h * f)
+        left, top = rng.randint(0, dx), rng.randint(0, dy)
+        return img.crop((left, top, w - (dx - left), h - (dy - top)))
+    if kind == "rotate":
+        return img.rotate(rng.choice((-6, -4, 4, 6)), resample=Image.Resampling.BICUBIC, fillcolor=img.getpixel((0, 0)))
+    if kind == "jitter":
+        brighter = ImageEnhance.Brightness(img).enhance(rng.choice((0.8, 0.85, 1.15, 1.2)))
+        return ImageEnhance.Contrast(brighter).enhance(rng.choice((0.8, 1.2)))
+    raise ValueError(f"unknown semantic copy kind {kind!r}; choose from {SEMANTIC_COPY_KINDS}")
+
+
+def originals(n: int, seed: int = 0) -> list[tuple[str, Image.Image]]:
+    """``n`` source pictures (drawings, the demo's random pictures, digits), RGB, from a seed."""
+    return [(name, img.convert("RGB")) for name, img in _originals(random.Random(seed), n, photos=False)]
+
+
+def colour_variants(n: int, seed: int = 0) -> list[tuple[str, bytes, bytes]]:
+    """``n`` pairs of one outline in two colours (encoded JPEGs): what a dedup step must keep."""
+    rng = random.Random(seed)
+    return [_colour_variant(rng) for _ in range(n)]
+
+
 def _colour_variant(rng: random.Random) -> tuple[str, bytes, bytes]:
     """One outline in two colours: the shapes recoloured, or for a third of the pairs the background."""
     args = _random_drawing(rng)

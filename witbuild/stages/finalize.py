@@ -259,7 +259,8 @@ def run_finalize(ctx: StageContext) -> StageCounts:
             counts.drop("eval_contamination", before - n)
 
         if ctx.cfg.clip_score.enabled:
-            current, scored_frames = score_and_filter(current, ctx.cfg.clip_score, ctx.previous, len(tars), counts)
+            current, scored_frames = score_and_filter(current, ctx.cfg.clip_score, ctx.previous, len(tars), counts,
+                                                     ctx.output)
             cached += scored_frames
         else:
             current = with_empty_scores(current)

@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from witbuild.curate.clip_score import EXACT_CUTOFF_ROWS, ClipScoreConfig, cached_scorer, embedding_bytes, score_cutoff
+from witbuild.curate.clip_score import (
+    EXACT_CUTOFF_ROWS,
+    ClipScoreConfig,
+    cached_scorer,
+    decode_embedding,
+    embedding_bytes,
+    score_cutoff,
+    semantic_duplicates,
+    semdedup_clusters,
+)
 
 if TYPE_CHECKING:
     from witbuild.counters import StageCounts
@@ -52,8 +61,8 @@ def score_task(cfg: ClipScoreConfig, source_dir: str) -> Any:
                       (members.get(key, {}) for key, _ in rows)]
             scores, image_emb = scorer.score(images, [text for _, text in rows])
             emb_iter = iter(image_emb)
-            embeddings = [embedding_bytes(next(emb_iter)) if s is not None and cfg.embeddings else None
-                          for s in scores]
+            keep_emb = cfg.embeddings or cfg.semdedup_eps is not None
+            embeddings = [embedding_bytes(next(emb_iter)) if s is not None and keep_emb else None for s in scores]
             yield pa.RecordBatch.from_pydict({"key": [k for k, _ in rows], "clip_score": scores,
                                               "clip_embedding": embeddings}, schema=SCORE_SCHEMA)
 
@@ -68,25 +77,41 @@ def with_empty_scores(df: Any) -> Any:
                                                                              F.lit(None).cast("binary"))
 
 
-def score_and_filter(samples: Any, cfg: ClipScoreConfig, source_dir: str, n_shards: int,
-                     counts: StageCounts) -> tuple[Any, list[Any]]:
-    """``samples`` with their scores, without the undecodable and the low-scoring ones; returns it and the
+def score_and_filter(samples: Any, cfg: ClipScoreConfig, source_dir: str, n_shards: int, counts: StageCounts,
+                     output: str) -> tuple[Any, list[Any]]:
+    """``samples`` with their scores, without the undecodable ones, the semantic duplicates (``semdedup_eps``,
+    recorded in ``output``/SEMANTIC_DUPLICATES_DIR) and the low-scoring ones, in that order; returns it and the
     DataFrames it cached (the caller unpersists them once the shards are written)."""
     from pyspark.sql import functions as F
+
+    from witbuild.layout import SEMANTIC_DUPLICATES_DIR
 
     scores = (samples.select("shard", "key", "text").repartition(max(1, n_shards), "shard")
               .mapInArrow(score_task(cfg, source_dir), SCORE_DDL)).cache()
     scored = samples.join(scores, "key").cache()
+    cached = [scores, scored]
     n = scored.count()
     unscored = scored.filter(F.col("clip_score").isNull()).count()
     counts.drop("undecodable_image", unscored)
     kept = scored.filter(F.col("clip_score").isNotNull())
+    before = n - unscored
+    if cfg.semdedup_eps is not None:
+        removals = semantic_removals(kept, cfg, before).cache()
+        cached.append(removals)
+        removed = removals.count()
+        counts.drop("semantic_duplicate", removed)
+        counts.info["semdedup_clusters"] = semdedup_clusters(cfg, before)
+        removals.coalesce(1).sortWithinPartitions("key").write.mode("overwrite").parquet(
+            f"{output}/{SEMANTIC_DUPLICATES_DIR}")
+        kept = kept.join(removals.select("key"), "key", "left_anti")
+        before -= removed
+        if not cfg.embeddings:
+            kept = kept.withColumn("clip_embedding", F.lit(None).cast("binary"))
     cut = cfg.min if cfg.min is not None else -np.inf
     if cfg.keep_fraction is not None:
-        cutoff = _fraction_cutoff(kept, n - unscored, cfg.keep_fraction)
+        cutoff = _fraction_cutoff(kept, before, cfg.keep_fraction)
         counts.info["clip_score_cutoff"] = round(cutoff, 6)
         cut = max(cut, cutoff)
-    before = n - unscored
     if np.isfinite(cut):
         kept = kept.filter(F.col("clip_score") >= F.lit(float(cut)))
     after = kept.count()
@@ -95,7 +120,60 @@ def score_and_filter(samples: Any, cfg: ClipScoreConfig, source_dir: str, n_shar
     counts.info.update({"clip_score_mean": round(float(stats["mean"] or 0.0), 6),
                         "clip_score_min_kept": round(float(stats["min"] or 0.0), 6)})
     log.info("clip score: %d scored, %d undecodable, %d below %.4f", n - unscored, unscored, before - after, cut)
-    return kept, [scores, scored]
+    return kept, cached
+
+
+SEMDUP_DDL = "key string, duplicate_of string, similarity float, cluster int"
+
+
+def semantic_removals(scored: Any, cfg: ClipScoreConfig, rows: int) -> Any:
+    """DataFrame ``SEMDUP_DDL``: SemDeDup's removals among ``scored`` (its ``clip_embedding`` column).
+
+    k-means is Spark's (``pyspark.ml``, cosine distance, seeded); each cluster's pairwise similarities are then
+    computed in one task (:func:`~witbuild.curate.clip_score.semantic_duplicates`)."""
+    from pyspark.ml.clustering import KMeans
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    k = semdedup_clusters(cfg, rows)
+    emb = scored.select("key", "clip_embedding")
+    if k > 1:  # Spark's KMeans needs k ≥ 2; one cluster is everything
+        vectors = (emb.mapInArrow(_as_float_arrays, "key string, features array<float>")
+                   .withColumn("features", array_to_vector("features")))
+        model = KMeans(k=k, seed=cfg.semdedup_seed, distanceMeasure="cosine", maxIter=20).fit(vectors)
+        clusters = model.transform(vectors).select("key", F.col("prediction").cast("int").alias("cluster"))
+        emb = emb.join(clusters, "key")
+    else:
+        emb = emb.withColumn("cluster", F.lit(0))
+    slots = 2 * scored.sparkSession.sparkContext.defaultParallelism
+    return emb.repartition(max(1, min(k, slots)), "cluster").mapInArrow(_semdedup_task(float(cfg.semdedup_eps)),
+                                                                         SEMDUP_DDL)
+
+
+def _as_float_arrays(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        vectors = [decode_embedding(b).tolist() for b in batch.column("clip_embedding").to_pylist()]
+        yield pa.RecordBatch.from_pydict({"key": batch.column("key"),
+                                          "features": pa.array(vectors, pa.list_(pa.float32()))})
+
+
+def _semdedup_task(eps: float) -> Any:
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        by_cluster: dict[int, list[tuple[str, bytes]]] = {}
+        for batch in batches:
+            for c, k, e in zip(*(batch.column(n).to_pylist() for n in ("cluster", "key", "clip_embedding")),
+                               strict=True):
+                by_cluster.setdefault(c, []).append((k, e))
+        for c in sorted(by_cluster):
+            rows = sorted(by_cluster[c])
+            found = semantic_duplicates([k for k, _ in rows], np.stack([decode_embedding(e) for _, e in rows]), eps)
+            yield pa.RecordBatch.from_pydict(
+                {"key": [r[0] for r in found], "duplicate_of": [r[1] for r in found],
+                 "similarity": pa.array([r[2] for r in found], pa.float32()), "cluster": [c] * len(found)},
+                schema=pa.schema([("key", pa.string()), ("duplicate_of", pa.string()), ("similarity", pa.float32()),
+                                  ("cluster", pa.int32())]))
+
+    return run
 
 
 def _fraction_cutoff(scored: Any, rows: int, fraction: float) -> float:
