@@ -5,6 +5,7 @@ the real trainer under torchrun (2 gloo processes) per variant, and the report."
 from __future__ import annotations
 
 import json
+import math
 import socket
 from pathlib import Path
 
@@ -46,6 +47,9 @@ def run_cli(*args: str):
     ({"variants": {"raw": ["balance.t=5"]}}, "variant 'raw' is built in"),
     ({"variants": {"Bad Name": []}}, "variant name 'Bad Name'"),
     ({"seeds": [1, 1]}, "seeds repeat"),
+    ({"variants": {"bootstrap": []}}, "variant 'bootstrap' is built in"),
+    ({"bootstrap": {"seed": 7}}, "bootstrap.seed 7 is not one of seeds [0]"),
+    ({"bootstrap": {"keep_fraction": 1.5}}, "bootstrap.keep_fraction"),
     ({"train_sets": ["optim.lrr=1"]}, "error: training config: optim.lrr"),
     ({"zeroshot_dir": "nowhere"}, "held-out folder nowhere does not exist"),
 ])
@@ -91,6 +95,7 @@ def test_small_experiment_end_to_end(tmp_path):
     cfg = write_config(
         tmp_path / "exp.yaml", inputs=[], demo_web={"pages": 300, "seed": 0, "port": free_port()}, seeds=[0, 1],
         variants={"strict": ["filter.min_words=1000"]},  # every caption filtered out: nothing to train on
+        bootstrap={"keep_fraction": 0.5},
         train_sets=["steps=16", "log_every=8", "checkpoint_every=16", "optim.warmup_steps=4", "data.batch_size=16",
                     "data.workers=0", "data.holdout_shards=0", "data.shuffle_buffer=64"])
     r = run_cli(str(cfg))
@@ -99,7 +104,7 @@ def test_small_experiment_end_to_end(tmp_path):
     saved = json.loads((out / "experiment.json").read_text())
     results, summary = saved["results"], saved["summary"]
     v = results["variants"]
-    assert list(v) == ["raw", "balanced", "strict"]
+    assert list(v) == ["raw", "balanced", "strict", "bootstrap"]
     # one pool: both variants balanced the same matched pairs; raw sampled to balanced's size, without a cap
     assert v["raw"]["dataset"]["pool_pairs"] == v["balanced"]["dataset"]["pool_pairs"] > 0
     size = v["balanced"]["dataset"]["balanced_pairs"]
@@ -117,6 +122,17 @@ def test_small_experiment_end_to_end(tmp_path):
     assert v["balanced"]["dataset"]["image_requests"] >= v["balanced"]["dataset"]["downloaded"]
     assert v["raw"]["dataset"]["image_requests"] < 0.8 * v["raw"]["dataset"]["downloaded"]
     assert list((out / "download-cache").rglob("*.body"))
+    # bootstrap: the balanced build's samples scored by the balanced model of seed 0, the best half trained on again
+    boot, bal = v["bootstrap"], v["balanced"]
+    seed0 = out / "variants" / "balanced" / "runs" / "seed0"
+    assert boot["error"] is None and sorted(boot["runs"]) == ["0", "1"], boot
+    assert f"clip_score.checkpoint={seed0.resolve()}" in boot["sets"]
+    assert boot["dataset"]["samples"] == math.ceil(bal["dataset"]["samples"] * 0.5)
+    assert boot["dataset"]["low_clip_score"] == bal["dataset"]["samples"] - boot["dataset"]["samples"]
+    assert boot["dataset"]["downloaded"] == bal["dataset"]["downloaded"]  # the balanced download, not fetched again
+    index = pq.read_table(out / "variants" / "bootstrap" / "build" / "stages" / "finalize" / "index.parquet")
+    assert index.num_rows == boot["dataset"]["samples"] and index.column("clip_score").null_count == 0
+    assert "bootstrap" in summary["differences"]
     # the failing variant says why and leaves the others' results
     assert v["strict"]["error"] and not v["strict"]["runs"]
     assert "strict" in r.output and "raw (baseline)" in r.output

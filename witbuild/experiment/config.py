@@ -13,12 +13,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from witbuild.demo import DEMO_PORT
 from witbuild.yaml_io import read_raw_config
 
-BASELINE, BALANCED = "raw", "balanced"
+BASELINE, BALANCED, BOOTSTRAP = "raw", "balanced", "bootstrap"
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 
@@ -33,6 +33,16 @@ class DemoWebSection(BaseModel):
     pages: int = Field(2000, ge=10)
     seed: int = 0
     port: int = Field(DEMO_PORT, ge=1, le=65535)
+
+
+class BootstrapSection(BaseModel):
+    """The bootstrap variant: the model trained on the balanced variant scores that build's samples, the best
+    ``keep_fraction`` of them are kept (finalize's clip_score), and the same training runs on what is left."""
+
+    model_config = ConfigDict(extra="forbid")
+    keep_fraction: float = Field(0.5, gt=0, lt=1, description="clip_score.keep_fraction of the bootstrap variant.")
+    seed: int | None = Field(None, description="The balanced variant's training seed whose checkpoint scores; "
+                                               "default: the first of seeds.")
 
 
 class ExperimentConfig(BaseModel):
@@ -52,12 +62,15 @@ class ExperimentConfig(BaseModel):
     nproc: int = Field(2, ge=1, description="Training processes per run (torchrun).")
     zeroshot_dir: str | None = Field(None, description="Held-out labelled folder <class>/<image> (+ zeroshot.json); "
                                                        "default with demo_web: the demo's eval/colours.")
+    bootstrap: BootstrapSection | None = Field(
+        None, description="Add the 'bootstrap' variant: filter the balanced build with the model trained on it "
+                          "(CLIP score, keep_fraction), then train again at the same budget.")
 
     @field_validator("variants")
     @classmethod
     def _names(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
         for name in v:
-            if name in (BASELINE, BALANCED):
+            if name in (BASELINE, BALANCED, BOOTSTRAP):
                 raise ValueError(f"variant {name!r} is built in: name yours otherwise")
             if not NAME.match(name):
                 raise ValueError(f"variant name {name!r}: use lower-case letters, digits, '-' and '_' (≤ 40)")
@@ -69,6 +82,16 @@ class ExperimentConfig(BaseModel):
         if len(set(v)) != len(v):
             raise ValueError(f"seeds repeat: {v}")
         return v
+
+    @model_validator(mode="after")
+    def _bootstrap_seed(self) -> ExperimentConfig:
+        if self.bootstrap is not None and self.bootstrap.seed is not None and self.bootstrap.seed not in self.seeds:
+            raise ValueError(f"bootstrap.seed {self.bootstrap.seed} is not one of seeds {self.seeds}")
+        return self
+
+    def bootstrap_seed(self) -> int:
+        assert self.bootstrap is not None
+        return self.seeds[0] if self.bootstrap.seed is None else self.bootstrap.seed
 
     def heldout_dir(self) -> Path:
         if self.zeroshot_dir:

@@ -24,6 +24,7 @@ from typing import Any
 from witbuild.experiment.config import (
     BALANCED,
     BASELINE,
+    BOOTSTRAP,
     ExperimentConfig,
     ExperimentError,
     check_heldout,
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "trainer" / "train.py"
 POOL_STAGES = ("extract", "filter", "match")
+BOOTSTRAP_STAGES = ("extract", "filter", "match", "balance", "dedup", "download")  # reused from balanced
 CLASS_COUNTS_FILE = "class_counts.json"
 
 
@@ -83,6 +85,14 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
             t0 = time.monotonic()
             _train_variant(cfg, name, v, out, heldout, counts_file)
             seconds["training"][name] = round(time.monotonic() - t0, 1)
+    if cfg.bootstrap is not None:
+        t0 = time.monotonic()
+        _build_bootstrap(spark, cfg, inputs, variants, out)
+        seconds["builds"][BOOTSTRAP] = round(time.monotonic() - t0, 1)
+        if variants[BOOTSTRAP]["error"] is None:
+            t0 = time.monotonic()
+            _train_variant(cfg, BOOTSTRAP, variants[BOOTSTRAP], out, heldout, counts_file)
+            seconds["training"][BOOTSTRAP] = round(time.monotonic() - t0, 1)
     seconds["total"] = round(time.monotonic() - started, 1)
     results = {"baseline": BASELINE, "seeds": cfg.seeds, "variants": variants, "heldout": str(heldout),
                "class_counts": counts, "train_config": cfg.train_config, "train_sets": cfg.train_sets,
@@ -140,7 +150,7 @@ def class_counts(spark: Any, matched: Path, names: dict[str, str]) -> dict[str, 
 
 
 def _build_variant(spark: Any, cfg: ExperimentConfig, inputs: list[str], name: str, variants: dict, pool: Path,
-                   out: Path) -> None:
+                   out: Path, stages: tuple[str, ...] = POOL_STAGES) -> None:
     from witbuild.config import load_config
     from witbuild.pipeline import run_build
 
@@ -153,7 +163,7 @@ def _build_variant(spark: Any, cfg: ExperimentConfig, inputs: list[str], name: s
         v["sets"] = [*v["sets"], f"balance.target_size={size}"]
     folder = out / "variants" / name / "build"
     try:
-        _seed_pool_stages(pool, folder)
+        _seed_stages(pool, folder, stages)
         vcfg = load_config(cfg.build_config, inputs=inputs or None, output=str(folder),
                            sets=[*cfg.build_sets, *v["sets"]])
         log.info("experiment: building variant %s (%s)", name, " ".join(v["sets"]) or "the build config as it is")
@@ -164,18 +174,37 @@ def _build_variant(spark: Any, cfg: ExperimentConfig, inputs: list[str], name: s
         return
     v["dataset"] = {"pool_pairs": results["balance"].rows_in, "balanced_pairs": results["balance"].rows_out,
                     "downloaded": results["download"].rows_out, "samples": results["finalize"].rows_out}
+    if "low_clip_score" in results["finalize"].dropped:
+        v["dataset"]["low_clip_score"] = results["finalize"].dropped["low_clip_score"]
     v["build"] = str(folder)
 
 
-def _seed_pool_stages(pool: Path, folder: Path) -> None:
-    """The pool's finished stages and query list in the variant's build folder (hard links where possible)."""
-    for rel in [*(Path("stages") / s for s in POOL_STAGES), Path("querylist")]:
+def _build_bootstrap(spark: Any, cfg: ExperimentConfig, inputs: list[str], variants: dict, out: Path) -> None:
+    """The bootstrap variant: the balanced build's stages up to download reused, finalize redone with the balanced
+    model (seed ``cfg.bootstrap_seed()``) scoring every sample and keeping the best ``keep_fraction``. Nothing is
+    fetched again: the download stage is the balanced variant's."""
+    assert cfg.bootstrap is not None
+    seed = cfg.bootstrap_seed()
+    run = (out / "variants" / BALANCED / "runs" / f"seed{seed}").resolve()
+    v = variants[BOOTSTRAP] = {"sets": [f"clip_score.checkpoint={run}",
+                                        f"clip_score.keep_fraction={cfg.bootstrap.keep_fraction}"],
+                               "dataset": {}, "runs": {}, "error": None}
+    if variants[BALANCED]["error"] is not None or str(seed) not in variants[BALANCED]["runs"]:
+        v["error"] = f"the balanced variant has no trained model of seed {seed} to score with"
+        return
+    _build_variant(spark, cfg, inputs, BOOTSTRAP, variants, out / "variants" / BALANCED / "build", out,
+                   stages=BOOTSTRAP_STAGES)
+
+
+def _seed_stages(source: Path, folder: Path, stages: tuple[str, ...]) -> None:
+    """Finished stages and the query list of ``source`` in the variant's build folder (hard links where possible)."""
+    for rel in [*(Path("stages") / s for s in stages), Path("querylist")]:
         dst = folder / rel
         if dst.exists():
             shutil.rmtree(dst)
-        if (pool / rel).exists():
+        if (source / rel).exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(pool / rel, dst, copy_function=_link_or_copy)
+            shutil.copytree(source / rel, dst, copy_function=_link_or_copy)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
