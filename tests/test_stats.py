@@ -449,6 +449,11 @@ def test_html_report_embeds_its_plots(build: Path, tmp_path: Path) -> None:
         img = Image.open(io.BytesIO(base64.b64decode(data)))
         assert img.format == "PNG" and img.width > 300 and img.height > 100
     assert "src=\"http" not in text and "<script" not in text  # self-contained
+    # the gallery: every group with its captions; these fixture images do not decode and say so, the page renders
+    gallery = text[text.index("<h2>Samples</h2>"):]
+    for title in ("A random sample", "Highest CLIP scores", "Lowest CLIP scores", "Head query entry 'cat'"):
+        assert title.replace("'", "&#x27;") in gallery, title
+    assert "a red cat" in gallery and "not decodable" in gallery
 
 
 def _chromium() -> str | None:
@@ -644,3 +649,21 @@ def test_real_img2dataset_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert {x["format"]: x["count"] for x in r["images"]["formats"]["stored"]} == {"jpg": 6}  # re-encoded
     assert {x["format"]: x["count"] for x in r["images"]["formats"]["source"]} == {
         "jpg": 3, "png": 1, "webp": 1, "gif": 1}
+
+
+def test_gallery_chooses_random_extremes_head_and_tail() -> None:
+    from witbuild.stats.gallery import EXTREMES, RANDOM, choose
+
+    rows = [{"key": f"{i:08d}", "shard": "00000.tar", "text": f"t{i}", "clip_score": i / 100,
+             "matched": [0] if i % 2 else [1 + i % 7]} for i in range(50)]
+    groups = dict(choose(rows, ["zero", "one"]))
+    assert len(groups["A random sample"]) == RANDOM
+    assert choose(rows[::-1], ["zero", "one"])[0][1] == groups["A random sample"]  # not the input order
+    assert [r["key"] for r in groups["Highest CLIP scores"]] == [f"{i:08d}" for i in range(49, 49 - EXTREMES, -1)]
+    assert [r["key"] for r in groups["Lowest CLIP scores"]] == [f"{i:08d}" for i in range(EXTREMES)]
+    head = next(t for t in groups if t.startswith("Head"))
+    assert head == "Head query entry 'zero' (25 samples)" and all(r["matched"] == [0] for r in groups[head])
+    tail = next(t for t in groups if t.startswith("Tail"))
+    assert tail == "Tail query entries entry 2 (3), entry 4 (3), entry 6 (3)"  # the fewest samples; no name: an id
+    assert len(groups[tail]) == 6 and {r["matched"][0] for r in groups[tail]} == {2, 4, 6}
+    assert [t for t, _ in choose([{**r, "clip_score": None, "matched": None} for r in rows], [])] == ["A random sample"]

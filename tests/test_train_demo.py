@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -144,6 +145,18 @@ def test_clip_score_with_the_trained_model_keeps_the_best_aligned_half(demo_buil
           f"matched higher for {(matched > shuffled).mean():.1%} of {len(matched)} images")
     assert (matched > shuffled).mean() >= MIN_MATCHED_WINS
     assert matched.mean() - shuffled.mean() >= MIN_MEAN_GAP
+
+    # witbuild stats: the score distribution, and thumbnails of the best and the worst scored samples
+    from witbuild.stats.collect import collect_stats
+    from witbuild.stats.gallery import EXTREMES, RANDOM
+    from witbuild.stats.html import render_html
+
+    report = collect_stats(build)
+    assert report["clip_scores"]["count"] == len(index)
+    assert report["clip_scores"]["min"] == pytest.approx(float(index.clip_score.min()), abs=1e-4)
+    page = render_html(report)
+    thumbs = re.findall(r'<img class="thumb"[^>]*src="data:image/jpeg;base64,', page)
+    assert len(thumbs) >= RANDOM + 2 * EXTREMES and "Lowest CLIP scores" in page
 
 
 # SemDeDup with the demo-trained tiny model (clip_score.semdedup_eps = SEMDEDUP_EPS, 4 k-means clusters) on 60

@@ -284,6 +284,13 @@ def _scores_html(r: dict[str, Any]) -> list[str]:
             plot_histograms("CLIP score", [("cosine similarity", sc)]) or "", _dist_rows([("score", sc)])]
 
 
+def _gallery_html(r: dict[str, Any]) -> list[str]:
+    """Sample thumbnails with captions (witbuild/stats/gallery.py)."""
+    from witbuild.stats import gallery
+
+    return [gallery.html_section(r)]
+
+
 def _queries_html(r: dict[str, Any]) -> list[str]:
     """The query list before and after balancing."""
     e = html.escape
@@ -325,8 +332,8 @@ def render_html(r: dict[str, Any]) -> str:
     parts += [f"<p class=note>note: {e(n)}</p>" for n in r["notes"]]
     parts += [f"<p class=warn>warning: {e(w)}</p>" for w in r["warnings"]]
 
-    for section in (_totals_html, _funnel_html, _downloads_html, _captions_html, _images_html, _scores_html,
-                    _queries_html):
+    for section in (_totals_html, _funnel_html, _gallery_html, _downloads_html, _captions_html, _images_html,
+                    _scores_html, _queries_html):
         parts += section(r)
 
     if r["duplicates"]:
