@@ -111,10 +111,11 @@ def test_score_is_the_trainers_own_cosine(our_checkpoint):
 
 
 def test_an_undecodable_image_gets_no_score_and_the_rest_do(our_checkpoint):
-    scorer = load_scorer(ClipScoreConfig(checkpoint=str(our_checkpoint)))
-    scores, emb = scorer.score([_jpeg((200, 10, 10)), b"\xff\xd8 truncated jpeg", b""], TEXTS[:3])
-    assert scores[0] is not None and scores[1] is None and scores[2] is None
-    assert emb.shape == (1, scorer.embed_dim)
+    scorer = load_scorer(ClipScoreConfig(checkpoint=str(our_checkpoint), batch_size=2))  # a batch of bad ones too
+    scores, emb = scorer.score([_jpeg((200, 10, 10)), b"\xff\xd8 truncated jpeg", b"", b"GIF89a", _jpeg((9, 9, 9))],
+                               TEXTS[:5])
+    assert [s is not None for s in scores] == [True, False, False, False, True]
+    assert emb.shape == (2, scorer.embed_dim)
 
 
 def test_open_clip_checkpoint_scores_through_the_clip_tokenizer(tmp_path):
