@@ -1,6 +1,6 @@
 # make test  — create .venv, install everything, run the test suite
 # make demo  — create .venv, install everything, build a dataset from the bundled demo web, train CLIP on it
-# make experiment — balanced vs raw (uniform sample, equal size) on the demo web: 3 seeds each, a report with intervals
+# make experiment — balanced vs raw (uniform sample, equal size) and the bootstrap filter on the demo web: 3 seeds each, a report with intervals
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
