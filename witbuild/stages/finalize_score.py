@@ -110,7 +110,8 @@ def score_and_filter(samples: Any, cfg: ClipScoreConfig, source_dir: str, n_shar
     cut = cfg.min if cfg.min is not None else -np.inf
     if cfg.keep_fraction is not None:
         cutoff = _fraction_cutoff(kept, before, cfg.keep_fraction)
-        counts.info["clip_score_cutoff"] = round(cutoff, 6)
+        if np.isfinite(cutoff):  # no sample left: no cutoff (and no -inf in the report's JSON)
+            counts.info["clip_score_cutoff"] = round(cutoff, 6)
         cut = max(cut, cutoff)
     if np.isfinite(cut):
         kept = kept.filter(F.col("clip_score") >= F.lit(float(cut)))
