@@ -53,8 +53,8 @@ def test_report_terminal_and_html_show_the_pairs(tmp_path: Path) -> None:
     page = tmp_path / "report.html"
     code, _, err = run_cli(str(build), "--html", str(page))
     assert code == 0, err
-    thumbs = re.findall(r'<img class="thumb"[^>]* alt="([^"]*)" src="data:image/jpeg;base64,([^"]+)"',
-                        page.read_text())
+    section = page.read_text().split("<h2>Near duplicates removed", 1)[1]  # the gallery above has thumbnails too
+    thumbs = re.findall(r'<img class="thumb"[^>]* alt="([^"]*)" src="data:image/jpeg;base64,([^"]+)"', section)
     assert [alt for alt, _ in thumbs] == ["removed 00010001", "kept 00000000"]
     for _, data in thumbs:
         assert Image.open(io.BytesIO(base64.b64decode(data))).format == "JPEG"
