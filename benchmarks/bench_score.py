@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _machine import machine_info  # noqa: E402
 from _openclip import _caption, _jpeg  # noqa: E402
 
+from trainer.data import normalize  # noqa: E402
 from trainer.model import CLIP, load_model_config  # noqa: E402
 from trainer.tokenizer import train_bpe  # noqa: E402
 from witbuild.curate.clip_score import ClipScoreConfig, load_scorer  # noqa: E402
@@ -63,8 +64,8 @@ def measure(model: str, images: list[bytes], captions: list[str], batch: int, fo
     tensors = [scorer.image_tensor(b) for b in images]
     t1 = time.perf_counter()
     with torch.inference_mode():
-        for i in range(0, len(tensors), batch):
-            scorer.model.encode_image(torch.stack(tensors[i: i + batch]))
+        for i in range(0, len(tensors), batch):  # normalising the batch counts as the tower's
+            scorer.model.encode_image(normalize(torch.stack(tensors[i: i + batch])))
         t2 = time.perf_counter()
         for i in range(0, len(captions), batch):
             scorer.model.encode_text(scorer.tokenizer(captions[i: i + batch]))

@@ -94,23 +94,27 @@ class Scorer:
         return int(self.model.cfg.embed_dim)
 
     def image_tensor(self, data: bytes) -> torch.Tensor | None:
-        """The evaluation view of one encoded image (None when Pillow cannot decode it)."""
-        from trainer.data import center_square, open_rgb, to_tensor
+        """The evaluation view of one encoded image as uint8 (None when Pillow cannot decode it); :meth:`embed`
+        normalises a whole batch at once, as the trainer's loader does."""
+        from trainer.data import center_square, open_rgb, to_uint8
 
         try:
-            return to_tensor(center_square(open_rgb(data, self.image_size), self.image_size))
+            return to_uint8(center_square(open_rgb(data, self.image_size), self.image_size))
         except Exception as exc:  # Pillow raises many types; one bad image must not fail a Spark task
             log.debug("clip_score: undecodable image: %s: %s", type(exc).__name__, exc)
             return None
 
     def embed(self, images: list[torch.Tensor], texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised float32 (image, text) embeddings of equally long lists, ``batch_size`` at a time."""
+        """Normalised float32 (image, text) embeddings of equally long lists (uint8 images from :meth:`image_tensor`),
+        ``batch_size`` at a time."""
         import torch
+
+        from trainer.data import normalize
 
         out_i, out_t = [], []
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                x = torch.stack(images[start: start + self.batch_size]).to(self.device)
+                x = normalize(torch.stack(images[start: start + self.batch_size]).to(self.device))
                 tokens = self.tokenizer(texts[start: start + self.batch_size]).to(self.device)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                     out_i.append(self.model.encode_image(x).float().cpu())
