@@ -131,7 +131,9 @@ def _finalize_external(cfg: BuildConfig) -> dict[str, str]:
     if score.checkpoint:
         out["clip_checkpoint"] = file_digest(_checkpoint_file(score.checkpoint, score.model_json is None))
     if score.model_json:
-        named = Path(__file__).resolve().parent.parent / "trainer" / "configs" / "models" / f"{score.model_json}.json"
+        from trainer.model import MODEL_DIR  # a name: the model JSON the trainer resolves it to
+
+        named = MODEL_DIR / f"{score.model_json}.json"
         out["clip_model_json"] = file_digest(score.model_json if Path(score.model_json).is_file() else named)
     if score.bpe_vocab:
         out["clip_bpe_vocab"] = file_digest(score.bpe_vocab)

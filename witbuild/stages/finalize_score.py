@@ -54,6 +54,7 @@ def score_task(cfg: ClipScoreConfig, source_dir: str) -> Any:
         if not by_shard:
             return
         scorer = cached_scorer(cfg)
+        keep_emb = cfg.embeddings or cfg.semdedup_eps is not None
         for shard in sorted(by_shard):
             rows = sorted(by_shard[shard])
             members = read_tar_members(f"{source_dir}/{shard}")
@@ -61,7 +62,6 @@ def score_task(cfg: ClipScoreConfig, source_dir: str) -> Any:
                       (members.get(key, {}) for key, _ in rows)]
             scores, image_emb = scorer.score(images, [text for _, text in rows])
             emb_iter = iter(image_emb)
-            keep_emb = cfg.embeddings or cfg.semdedup_eps is not None
             embeddings = [embedding_bytes(next(emb_iter)) if s is not None and keep_emb else None for s in scores]
             yield pa.RecordBatch.from_pydict({"key": [k for k, _ in rows], "clip_score": scores,
                                               "clip_embedding": embeddings}, schema=SCORE_SCHEMA)
@@ -124,7 +124,9 @@ def score_and_filter(samples: Any, cfg: ClipScoreConfig, source_dir: str, n_shar
     return kept, cached
 
 
-SEMDUP_DDL = "key string, duplicate_of string, similarity float, cluster int"
+SEMDUP_SCHEMA = pa.schema([("key", pa.string()), ("duplicate_of", pa.string()), ("similarity", pa.float32()),
+                           ("cluster", pa.int32())])
+SEMDUP_DDL = "key string, duplicate_of string, similarity float, cluster int"  # the same columns for Spark
 
 
 def semantic_removals(scored: Any, cfg: ClipScoreConfig, rows: int) -> Any:
@@ -170,9 +172,7 @@ def _semdedup_task(eps: float) -> Any:
             found = semantic_duplicates([k for k, _ in rows], np.stack([decode_embedding(e) for _, e in rows]), eps)
             yield pa.RecordBatch.from_pydict(
                 {"key": [r[0] for r in found], "duplicate_of": [r[1] for r in found],
-                 "similarity": pa.array([r[2] for r in found], pa.float32()), "cluster": [c] * len(found)},
-                schema=pa.schema([("key", pa.string()), ("duplicate_of", pa.string()), ("similarity", pa.float32()),
-                                  ("cluster", pa.int32())]))
+                 "similarity": [r[2] for r in found], "cluster": [c] * len(found)}, schema=SEMDUP_SCHEMA)
 
     return run
 

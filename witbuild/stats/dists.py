@@ -100,16 +100,35 @@ def _ratio_bins() -> int:
 
 
 @dataclass
-class RatioDist:
+class _FloatMoments:
+    """Count, sum, min and max of the float values a distribution has seen (mergeable)."""
+
+    n: int = 0
+    total: float = 0.0
+    lo: float | None = None
+    hi: float | None = None
+
+    def _note(self, values: np.ndarray) -> None:
+        self.n += len(values)
+        self.total += float(values.sum())
+        lo, hi = float(values.min()), float(values.max())
+        self.lo = lo if self.lo is None else min(self.lo, lo)
+        self.hi = hi if self.hi is None else max(self.hi, hi)
+
+    def _merge_moments(self, other: _FloatMoments) -> None:
+        self.n += other.n
+        self.total += other.total
+        self.lo = other.lo if self.lo is None else min(self.lo, other.lo)  # type: ignore[type-var]
+        self.hi = other.hi if self.hi is None else max(self.hi, other.hi)  # type: ignore[type-var]
+
+
+@dataclass
+class RatioDist(_FloatMoments):
     """Positive ratios (aspect = width / height): fine ln-bins for percentiles, a quarter-octave histogram."""
 
     fine: np.ndarray = field(default_factory=lambda: np.zeros(_ratio_bins(), dtype=np.int64))
     coarse: np.ndarray = field(default_factory=lambda: np.zeros(
         2 * RATIO_OCTAVES * RATIO_BINS_PER_OCTAVE + 2, dtype=np.int64))  # [underflow, bins..., overflow]
-    n: int = 0
-    total: float = 0.0
-    lo: float | None = None
-    hi: float | None = None
 
     def add(self, ratios: np.ndarray) -> None:
         ratios = np.asarray(ratios, dtype=np.float64)
@@ -124,21 +143,14 @@ class RatioDist:
         # quarter-octave bin of log2(r); a tiny epsilon keeps exact powers of 2^(1/4) in the bin they start
         coarse = np.floor(np.log2(ratios) * RATIO_BINS_PER_OCTAVE + 1e-9).astype(np.int64)
         self.coarse += np.bincount(np.clip(coarse + k + 1, 0, 2 * k + 1), minlength=len(self.coarse))
-        self.n += len(ratios)
-        self.total += float(ratios.sum())
-        lo, hi = float(ratios.min()), float(ratios.max())
-        self.lo = lo if self.lo is None else min(self.lo, lo)
-        self.hi = hi if self.hi is None else max(self.hi, hi)
+        self._note(ratios)
 
     def merge(self, other: RatioDist) -> None:
         if other.n == 0:
             return
         self.fine += other.fine
         self.coarse += other.coarse
-        self.n += other.n
-        self.total += other.total
-        self.lo = other.lo if self.lo is None else min(self.lo, other.lo)  # type: ignore[type-var]
-        self.hi = other.hi if self.hi is None else max(self.hi, other.hi)  # type: ignore[type-var]
+        self._merge_moments(other)
 
     def summary(self) -> dict[str, Any] | None:
         if self.n == 0:
@@ -164,14 +176,10 @@ def _score_bins() -> int:
 
 
 @dataclass
-class ScoreDist:
+class ScoreDist(_FloatMoments):
     """Cosine similarities (CLIP scores, in [-1, 1]): fine bins for percentiles, a histogram over the range used."""
 
     fine: np.ndarray = field(default_factory=lambda: np.zeros(_score_bins(), dtype=np.int64))
-    n: int = 0
-    total: float = 0.0
-    lo: float | None = None
-    hi: float | None = None
 
     def add(self, scores: np.ndarray) -> None:
         scores = np.asarray(scores, dtype=np.float64)
@@ -180,20 +188,13 @@ class ScoreDist:
             return
         idx = np.clip(np.rint((scores + 1.0) / SCORE_STEP).astype(np.int64), 0, len(self.fine) - 1)
         self.fine += np.bincount(idx, minlength=len(self.fine))
-        self.n += len(scores)
-        self.total += float(scores.sum())
-        lo, hi = float(scores.min()), float(scores.max())
-        self.lo = lo if self.lo is None else min(self.lo, lo)
-        self.hi = hi if self.hi is None else max(self.hi, hi)
+        self._note(scores)
 
     def merge(self, other: ScoreDist) -> None:
         if other.n == 0:
             return
         self.fine += other.fine
-        self.n += other.n
-        self.total += other.total
-        self.lo = other.lo if self.lo is None else min(self.lo, other.lo)  # type: ignore[type-var]
-        self.hi = other.hi if self.hi is None else max(self.hi, other.hi)  # type: ignore[type-var]
+        self._merge_moments(other)
 
     def summary(self) -> dict[str, Any] | None:
         if self.n == 0:
