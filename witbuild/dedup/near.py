@@ -30,7 +30,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from witbuild.dedup.phash import as_uint64, hamming_array, hashable_image, near_duplicate_pairs, phash64
+from witbuild.dedup.phash import (
+    as_uint64,
+    hamming_array,
+    hashable_image,
+    near_duplicate_pairs,
+    phash64_batch,
+    phash_grey,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -92,15 +99,31 @@ def reduced_image(im: Image.Image) -> Image.Image:
 
 def image_signature(data: bytes) -> tuple[int, bytes] | None:
     """(pHash, thumbnail) of encoded image bytes from one reduced decode (:func:`reduced_image`); None when
-    Pillow cannot decode them.
+    Pillow cannot decode them. Never raises: one bad download must not fail a Spark task."""
+    return image_signatures([data])[0]
 
-    Never raises: one bad download must not fail a Spark task."""
+
+def image_signatures(images: Sequence[bytes]) -> list[tuple[int, bytes] | None]:
+    """:func:`image_signature` of each of ``images``, the pHashes computed together (:func:`phash64_batch`)."""
+    greys: list[np.ndarray] = []
+    thumbs: list[bytes | None] = []
+    for data in images:
+        decoded = _decode_reduced(data)
+        thumbs.append(decoded[1] if decoded else None)
+        if decoded:
+            greys.append(decoded[0])
+    hashes = iter(phash64_batch(greys))
+    return [(next(hashes), thumb) if thumb is not None else None for thumb in thumbs]
+
+
+def _decode_reduced(data: bytes) -> tuple[np.ndarray, bytes] | None:
+    """(pHash input pixels, thumbnail) of one image, or None when Pillow cannot decode it."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            seen = reduced_image(im)  # converted once: both functions take L/RGB as they are
-            return phash64(seen), thumbnail(seen)
+            seen = reduced_image(im)  # converted once: both take L/RGB as they are
+            return phash_grey(seen), thumbnail(seen)
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, DecompressionBombError)
         log.debug("image_signature: undecodable image: %s: %s", type(exc).__name__, exc)
         return None

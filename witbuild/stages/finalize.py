@@ -23,10 +23,8 @@ reading the shards in order (or with a seeded shuffle buffer) then sees the same
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,11 +35,18 @@ import pyarrow.parquet as pq
 
 from witbuild import layout, schemas
 from witbuild.counters import StageCounts
-from witbuild.dedup.near import ColourLimits, image_signature, near_duplicate_removals, write_removal_record
+from witbuild.dedup.near import (
+    ColourLimits,
+    image_signature,
+    image_signatures,
+    near_duplicate_removals,
+    write_removal_record,
+)
 from witbuild.dedup.phash import near_any, resolve_bands
 from witbuild.layout import NEAR_DUPLICATES_DIR
 from witbuild.spark import counted, fs_and_path, read_task_counts
 from witbuild.stages.finalize_score import SCORE_COLUMNS, score_and_filter, with_empty_scores
+from witbuild.tar_io import iter_files, read_entry, tar_entries, write_tar
 
 if TYPE_CHECKING:
     from witbuild.stages.context import StageContext
@@ -72,14 +77,10 @@ def read_tar_members(path: str) -> dict[str, dict[str, bytes]]:
     """{key: {extension: bytes}} of a WebDataset tar."""
     fs, p = fs_and_path(path)
     out: dict[str, dict[str, bytes]] = {}
-    with fs.open(p, "rb") as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.rpartition("/")[2].partition(".")
-            data = tar.extractfile(member)
-            if data is not None:
-                out.setdefault(key, {})[ext] = data.read()
+    with fs.open(p, "rb") as fh:
+        for entry, data in iter_files(fh):
+            key, _, ext = entry.name.rpartition("/")[2].partition(".")
+            out.setdefault(key, {})[ext] = data
     return out
 
 
@@ -97,6 +98,7 @@ def shard_samples(shard_tar: str, counts: StageCounts, out_schema: pa.Schema) ->
         log.error("cannot read shard %s: %s", shard_tar, exc)
         counts.event("unreadable_shards")
         return pa.RecordBatch.from_pydict(cols, schema=out_schema)
+    rows, images = [], []
     for row in meta.to_pylist():
         if row.get("status") != "success":
             continue
@@ -106,7 +108,9 @@ def shard_samples(shard_tar: str, counts: StageCounts, out_schema: pa.Schema) ->
         if image is None:
             counts.drop("missing_in_tar")
             continue
-        signature = image_signature(image)
+        rows.append(row)
+        images.append(image)
+    for row, signature in zip(rows, image_signatures(images), strict=True):
         if signature is None:
             counts.drop("undecodable_image")
             continue
@@ -140,25 +144,16 @@ def rewrite_shard(src_path: str, dst_path: str, wanted: set[str]) -> int:
     """Copy the samples of tar ``src_path`` whose key is in ``wanted`` to ``dst_path``; returns the images written.
 
     Members go in name order (key order, each sample's files together), not in the order img2dataset wrote them
-    (the order its downloads finished), and with ``MEMBER_MTIME`` as their time: equal inputs give equal bytes.
-    """
+    (the order its downloads finished), and with ``MEMBER_MTIME`` as their time and no PAX time record (a float
+    time of writing would override it): equal inputs give equal bytes."""
     fs_in, src = fs_and_path(src_path)
     fs_out, dst = fs_and_path(dst_path)
-    written = 0
-    with fs_in.open(src, "rb") as fin, tarfile.open(fileobj=fin, mode="r:*") as tin, \
-            fs_out.open(dst, "wb") as fout, tarfile.open(fileobj=fout, mode="w") as tout:
-        members = sorted((m for m in tin.getmembers()  # headers only: the data is read below, seeking to it
-                          if m.isfile() and m.name.rpartition("/")[2].partition(".")[0] in wanted),
-                         key=lambda m: m.name)
-        for member in members:
-            data = tin.extractfile(member)
-            member.mtime = MEMBER_MTIME
-            # a float time of writing travels in the PAX header, which would override mtime
-            member.pax_headers = {k: v for k, v in member.pax_headers.items() if k not in ("mtime", "atime", "ctime")}
-            tout.addfile(member, io.BytesIO(data.read()) if data is not None else None)
-            if member.name.endswith(tuple(f".{e}" for e in IMAGE_EXTS)):
-                written += 1
-    return written
+    image_suffixes = tuple(f".{e}" for e in IMAGE_EXTS)
+    with fs_in.open(src, "rb") as fin, fs_out.open(dst, "wb") as fout:
+        entries = sorted((e for e in tar_entries(fin) if e.name.rpartition("/")[2].partition(".")[0] in wanted),
+                         key=lambda e: e.name)
+        write_tar(fout, ((e, read_entry(fin, e)) for e in entries), MEMBER_MTIME)
+    return sum(1 for e in entries if e.name.endswith(image_suffixes))
 
 
 def _rewrite_shards(kept: Any, source_dir: str, out_dir: str, n_shards: int) -> dict[str, int]:
