@@ -13,16 +13,18 @@ from witbuild.dedup.near import (
     MAX_REPEATS,
     ColourDiff,
     ColourLimits,
+    bucket_pairs,
     choose_representatives,
     colour_diff,
     find_removals,
     image_signature,
+    image_signatures,
     occurrence_pairs,
     reduce_factor,
     reduced_image,
     thumbnail,
 )
-from witbuild.dedup.phash import phash64
+from witbuild.dedup.phash import hamming_array, phash64, to_signed64
 from witbuild.dedup.urls import DedupConfig
 from witbuild.demo.dup_pairs import COPY_KINDS, labelled_pairs
 from witbuild.demo.images import draw_shapes, encode
@@ -203,3 +205,36 @@ def test_bucket_task_batches_share_one_schema() -> None:
     out = list(_bucket_pairs(THRESHOLD, THRESHOLD + 1)(iter([batch([far]), batch([near])])))
     assert [b.schema for b in out] == [PAIR_SCHEMA, PAIR_SCHEMA]
     assert out[0].num_rows == 0 and out[1].to_pylist() == [{"a": "c", "b": "d", "bits": 1}]
+
+
+@pytest.mark.parametrize("size", [2, 3, 17, MAX_REPEATS, MAX_REPEATS + 1, 300])
+def test_bucket_pairs_are_the_occurrence_pairs(size) -> None:
+    """Small buckets are compared pair by pair in Python, large ones through occurrence_pairs: the same pairs."""
+    rng = np.random.default_rng(size)
+    base = rng.integers(0, 2**63, 4, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    flips = np.uint64(1) << rng.integers(0, 64, (size, 3)).astype(np.uint64)
+    hashes = base[rng.integers(0, 4, size)] ^ np.where(rng.random((size, 3)) < 0.4, flips, np.uint64(0)).astype(
+        np.uint64).sum(axis=1, dtype=np.uint64)  # near groups, repeats and strangers
+    hashes[1] = hashes[0] ^ np.uint64(1 << 40)  # at least one pair in every bucket
+    keys = sorted(f"{i:09d}" for i in rng.permutation(size))
+    signed = [to_signed64(int(h)) for h in hashes]
+    pairs = occurrence_pairs(hashes, 2, 3)
+    expected = sorted((keys[i], keys[j], int(hamming_array(hashes[i], hashes[j]))) for i, j in pairs.tolist())
+    got = bucket_pairs(keys, signed, 2, 3)
+    assert sorted(got) == expected and len(set(got)) == len(got)
+    assert got and all(a < b for a, b, _ in got)
+
+
+def test_signatures_of_a_batch_are_those_of_each_image() -> None:
+    """image_signatures computes the pHashes of a batch together; each equals imagehash's, unreadable ones None."""
+    from witbuild.demo.images import draw_image
+
+    images = [encode(draw_image(i, (96 + 40 * i, 80 + 16 * i)), "jpeg" if i % 2 else "png") for i in range(12)]
+    images.insert(5, b"broken")
+    batch = image_signatures(images)
+    assert batch == [image_signature(d) for d in images]
+    assert batch[5] is None and sum(s is None for s in batch) == 1
+    for data, signature in zip(images, batch, strict=True):
+        if signature is not None:
+            with Image.open(io.BytesIO(data)) as im:
+                assert signature[0] == phash64(reduced_image(im))

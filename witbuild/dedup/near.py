@@ -136,17 +136,23 @@ def _lab(linear: np.ndarray) -> np.ndarray:
     return f @ _F_TO_LAB + _LAB_OFFSET
 
 
-def _nearest_delta(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per pixel of ``a``: the smallest ΔE to the 3×3 neighbourhood of the same pixel in ``b`` (both
-    ``(pairs, side, side, 3)`` CIELAB; the border of ``b`` is repeated)."""
+def _nearest_deltas(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel of ``a``, the smallest ΔE to the 3×3 neighbourhood of the same pixel in ``b``, and the same per
+    pixel of ``b`` against ``a`` (both ``(pairs, side, side, 3)`` CIELAB). A neighbour outside the thumbnail
+    counts as the border pixel it would repeat, which is itself a neighbour, so only the neighbours inside are
+    compared; each squared distance is computed once and serves both directions."""
     s = THUMB_SIDE
-    padded = np.pad(b, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-    best = np.full(a.shape[:3], np.inf)
-    for dy in range(3):
-        for dx in range(3):
-            d = padded[:, dy : dy + s, dx : dx + s] - a
-            np.minimum(best, np.einsum("...c,...c->...", d, d), out=best)
-    return np.sqrt(best)
+    ab = np.full(a.shape[:3], np.inf)
+    ba = np.full(a.shape[:3], np.inf)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            ys, xs = slice(max(0, -dy), s - max(0, dy)), slice(max(0, -dx), s - max(0, dx))  # p: p + (dy, dx) inside
+            yt, xt = slice(ys.start + dy, ys.stop + dy), slice(xs.start + dx, xs.stop + dx)  # p + (dy, dx)
+            d = b[:, yt, xt] - a[:, ys, xs]
+            sq = np.einsum("...c,...c->...", d, d)
+            np.minimum(ab[:, ys, xs], sq, out=ab[:, ys, xs])
+            np.minimum(ba[:, yt, xt], sq, out=ba[:, yt, xt])
+    return np.sqrt(ab), np.sqrt(ba)
 
 
 @dataclass(frozen=True)
@@ -183,7 +189,7 @@ def colour_diffs(thumbs_a: Sequence[bytes], thumbs_b: Sequence[bytes]) -> list[C
         a = np.where(a > 0.04045, ((a + 0.055) / 1.055) ** 2.4, a / 12.92)
         side = (len(firsts), THUMB_SIDE, THUMB_SIDE, 3)
         la, lb = _lab(a).reshape(side), _lab(_LINEAR[b]).reshape(side)
-        ab, ba = _nearest_delta(la, lb), _nearest_delta(lb, la)
+        ab, ba = _nearest_deltas(la, lb)
         means = np.maximum(ab.mean(axis=(1, 2)), ba.mean(axis=(1, 2)))
         tails = np.percentile(np.maximum(ab, ba).reshape(len(firsts), -1), 95, axis=1)
         out += [ColourDiff(float(m), float(t)) for m, t in zip(means, tails, strict=True)]
@@ -287,24 +293,34 @@ def find_removals(keys: Sequence[str], hashes: Any, thumbs: Sequence[bytes], thr
 def near_duplicate_removals(df: Any, threshold: int, bands: int, limits: ColourLimits | None) -> list[Removal]:
     """Removals among the rows of Spark DataFrame ``df`` (``key``, ``_phash`` signed, ``_thumb``).
 
-    Banded LSH in Spark: one row per (band, band value), buckets verified by Hamming distance; only the verified
-    pairs travel to the driver (as many as any grouping needs). They go back to Spark to be joined with both
-    thumbnails and colour-checked there (the thumbnails never reach the driver); the driver then chooses
+    Banded LSH in Spark: one row per (band, band value), buckets verified by Hamming distance. The verified
+    pairs stay in Spark (cached; collecting them and sending them back cost more than finding them), are joined
+    with both thumbnails and colour-checked there; only the pairs that pass reach the driver, which chooses
     representatives. ``limits`` None: pHash alone decides (no colour check)."""
+    verified = _verified_pairs(df, threshold, bands)
+    if limits is None:
+        return choose_representatives((r["a"], r["b"], int(r["bits"]), None) for r in verified.collect())
+    pairs_df = verified.cache()
+    try:
+        return _colour_checked(df, pairs_df, pairs_df.count(), limits)
+    finally:
+        pairs_df.unpersist()
+
+
+def _colour_checked(df: Any, pairs_df: Any, n_pairs: int, limits: ColourLimits) -> list[Removal]:
+    """Removals among the verified pairs (``a, b, bits``) whose thumbnails also pass the colour check."""
     from pyspark.sql import functions as F
 
-    pairs = [(r["a"], r["b"], int(r["bits"])) for r in _verified_pairs(df, threshold, bands).collect()]
-    if limits is None or not pairs:
-        return choose_representatives((a, b, bits, None) for a, b, bits in pairs)
-    small = _hint(len(pairs))
-    pairs_df = df.sparkSession.createDataFrame(pairs, "a string, b string, bits int")
+    if not n_pairs:
+        return []
+    small = _hint(n_pairs)
     thumbs = df.select("key", "_thumb")
     with_a = thumbs.withColumnRenamed("key", "a").withColumnRenamed("_thumb", "ta").join(small(pairs_df), "a")
     joined = (thumbs.withColumnRenamed("key", "b").withColumnRenamed("_thumb", "tb").join(small(with_a), "b")
               .select("a", "b", "bits", "ta", "tb"))
     # as few Python tasks as the pairs need: the join keeps the samples' partitioning (often hundreds of
     # partitions), and a Python task per near-empty partition cost 12 s on 1,500 images with 2 pairs
-    joined = joined.coalesce(max(1, -(-len(pairs) // CHECK_PAIRS_PER_TASK)))
+    joined = joined.coalesce(max(1, -(-n_pairs // CHECK_PAIRS_PER_TASK)))
     checked = joined.mapInArrow(_colour_check, "a string, b string, bits int, mean double, tail double")
     passed = checked.filter((F.col("mean") <= F.lit(limits.mean)) & (F.col("tail") <= F.lit(limits.tail))).collect()
     return choose_representatives((r["a"], r["b"], int(r["bits"]), ColourDiff(r["mean"], r["tail"])) for r in passed)
@@ -352,18 +368,38 @@ def _bucket_pairs(threshold: int, bands: int) -> Any:
             d_out: list[int] = []
             for members in batch.column(0).to_pylist():
                 members = sorted(members, key=lambda m: m["key"])  # collect_list's order depends on the tasks
-                keys = [m["key"] for m in members]
-                hashes = as_uint64(np.array([m["_phash"] for m in members], dtype=np.int64))
-                for i, j in occurrence_pairs(hashes, threshold, bands).tolist():
-                    a, b = sorted((keys[int(i)], keys[int(j)]))
+                for a, b, bits in bucket_pairs([m["key"] for m in members], [m["_phash"] for m in members],
+                                               threshold, bands):
                     a_out.append(a)
                     b_out.append(b)
-                    d_out.append(int(hamming_array(hashes[i], hashes[j])))
+                    d_out.append(bits)
             # typed columns: a batch of buckets without any pair would otherwise get null-typed columns, and
             # Arrow refuses a task's later batches whose schema differs from its first
             yield pa.RecordBatch.from_pydict({"a": a_out, "b": b_out, "bits": d_out}, schema=PAIR_SCHEMA)
 
     return run
+
+
+def bucket_pairs(keys: Sequence[str], hashes: Sequence[int], threshold: int,
+                 bands: int | None = None) -> list[tuple[str, str, int]]:
+    """``(a, b, bits)``, a < b, for the items of one bucket (``keys`` sorted, pHashes of either sign) within
+    ``threshold`` bits: :func:`occurrence_pairs`, which a bucket of at most ``MAX_REPEATS`` items gives as all
+    its pairs within the threshold, so such a bucket (nearly all of them: most hold 2 or 3) is compared pair
+    by pair in Python, without numpy's per-call cost."""
+    unsigned = [h & 0xFFFF_FFFF_FFFF_FFFF for h in hashes]
+    if len(keys) <= MAX_REPEATS:
+        out = []
+        for i, hi in enumerate(unsigned):
+            for j in range(i + 1, len(unsigned)):
+                bits = (hi ^ unsigned[j]).bit_count()
+                if bits <= threshold:
+                    a, b = sorted((keys[i], keys[j]))
+                    out.append((a, b, bits))
+        return out
+    h = np.array(unsigned, dtype=np.uint64)
+    pairs = occurrence_pairs(h, threshold, bands)
+    bits = hamming_array(h[pairs[:, 0]], h[pairs[:, 1]]).tolist()
+    return [(*sorted((keys[i], keys[j])), int(d)) for (i, j), d in zip(pairs.tolist(), bits, strict=True)]
 
 
 def _colour_check(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
