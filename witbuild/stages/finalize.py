@@ -23,6 +23,7 @@ reading the shards in order (or with a seeded shuffle buffer) then sees the same
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Iterator
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTS, SIZES_FILE, INDEX_DIR = layout.IMAGE_EXTS, layout.SIZES_FILE, layout.INDEX_DIR
 MEMBER_MTIME = 0  # modification time of every member of a final tar (the download's clock is not data)
+READ_BUFFER = 1 << 20  # tars are read member by member: small reads through fsspec's file cost ~1/3 more
 
 
 def _signed(h: int) -> int:
@@ -77,7 +79,7 @@ def read_tar_members(path: str) -> dict[str, dict[str, bytes]]:
     """{key: {extension: bytes}} of a WebDataset tar."""
     fs, p = fs_and_path(path)
     out: dict[str, dict[str, bytes]] = {}
-    with fs.open(p, "rb") as fh:
+    with fs.open(p, "rb") as raw, io.BufferedReader(raw, READ_BUFFER) as fh:
         for entry, data in iter_files(fh):
             key, _, ext = entry.name.rpartition("/")[2].partition(".")
             out.setdefault(key, {})[ext] = data
@@ -149,7 +151,7 @@ def rewrite_shard(src_path: str, dst_path: str, wanted: set[str]) -> int:
     fs_in, src = fs_and_path(src_path)
     fs_out, dst = fs_and_path(dst_path)
     image_suffixes = tuple(f".{e}" for e in IMAGE_EXTS)
-    with fs_in.open(src, "rb") as fin, fs_out.open(dst, "wb") as fout:
+    with fs_in.open(src, "rb") as raw, io.BufferedReader(raw, READ_BUFFER) as fin, fs_out.open(dst, "wb") as fout:
         entries = sorted((e for e in tar_entries(fin) if e.name.rpartition("/")[2].partition(".")[0] in wanted),
                          key=lambda e: e.name)
         write_tar(fout, ((e, read_entry(fin, e)) for e in entries), MEMBER_MTIME)
