@@ -158,21 +158,49 @@ def rewrite_shard(src_path: str, dst_path: str, wanted: set[str]) -> int:
     return sum(1 for e in entries if e.name.endswith(image_suffixes))
 
 
-def _rewrite_shards(kept: Any, source_dir: str, out_dir: str, n_shards: int) -> dict[str, int]:
-    """Each source tar copied with only its kept samples (:func:`rewrite_shard`); returns samples per written tar."""
-    from pyspark.sql import functions as F
-
-    per_shard = kept.groupBy("shard").agg(F.collect_list("key").alias("keys"))
+def _write_index_and_shards(kept: Any, source_dir: str, output: str, n_shards: int) -> dict[str, int]:
+    """``index.parquet`` of the ``kept`` rows and each source tar copied with only them (:func:`rewrite_shard`),
+    in one pass: the rows are partitioned by shard and sorted by key (so which rows land in which file does not
+    depend on task timing), and the task writing a partition's index rows rewrites their tars on the way.
+    Returns the samples per written tar."""
+    index_cols = schemas.load("index").names
+    ordered = kept.select(*index_cols).repartition(max(1, n_shards), "shard").sortWithinPartitions("shard", "key")
 
     def rewrite(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        held: list[pa.RecordBatch] = []  # the rows of the current shard, released once its tar is written
         for batch in batches:
-            for shard, keys in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
-                written = rewrite_shard(f"{source_dir}/{shard}", f"{out_dir}/{shard}", set(keys))
-                yield pa.RecordBatch.from_pydict({"shard": [shard], "n": [written]},
-                                                 schema=pa.schema([("shard", pa.string()), ("n", pa.int64())]))
+            shards = batch.column("shard")
+            start = 0
+            for end in [*_run_ends(shards.to_pylist()), batch.num_rows]:
+                if end == start:
+                    continue
+                if held and held[0].column("shard")[0] != shards[start]:
+                    yield from _finish_shard(held, source_dir, output)
+                    held = []
+                held.append(batch.slice(start, end - start))
+                start = end
+        if held:
+            yield from _finish_shard(held, source_dir, output)
 
-    rows = per_shard.repartition(n_shards).mapInArrow(rewrite, "shard string, n long").collect()
-    return {r["shard"]: int(r["n"]) for r in sorted(rows, key=lambda r: r["shard"])}
+    ordered.mapInArrow(rewrite, ordered.schema).write.mode("overwrite").parquet(f"{output}/{INDEX_DIR}")
+    spark = kept.sparkSession
+    counts = spark.read.parquet(f"{output}/{INDEX_DIR}").groupBy("shard").count().collect()
+    return {r["shard"]: int(r["count"]) for r in sorted(counts, key=lambda r: r["shard"])}
+
+
+def _run_ends(values: list[Any]) -> list[int]:
+    """Positions where a run of equal consecutive ``values`` ends (the next run starts)."""
+    return [i for i in range(1, len(values)) if values[i] != values[i - 1]]
+
+
+def _finish_shard(rows: list[pa.RecordBatch], source_dir: str, output: str) -> Iterator[pa.RecordBatch]:
+    """Rewrite the tar of one shard's index rows and pass the rows on; every row must have its image written."""
+    shard = rows[0].column("shard")[0].as_py()
+    keys = {k for batch in rows for k in batch.column("key").to_pylist()}
+    written = rewrite_shard(f"{source_dir}/{shard}", f"{output}/{shard}", keys)
+    if written != len(keys):
+        raise RuntimeError(f"finalize: {shard}: {written} images written for {len(keys)} index rows")
+    yield from rows
 
 
 def _drop_exact_duplicates(samples: Any) -> tuple[Any, int]:
@@ -261,11 +289,7 @@ def run_finalize(ctx: StageContext) -> StageCounts:
             cached += scored_frames
         else:
             current = with_empty_scores(current)
-        index_cols = schemas.load("index").names
-        # by shard, not round-robin: which rows land in which file then does not depend on task timing
-        (current.select(*index_cols).repartition(max(1, len(tars)), "shard").sortWithinPartitions("shard", "key")
-         .write.mode("overwrite").parquet(f"{ctx.output}/{INDEX_DIR}"))
-        sizes = _rewrite_shards(current, ctx.previous, ctx.output, max(1, len(tars)))
+        sizes = _write_index_and_shards(current, ctx.previous, ctx.output, len(tars))
     finally:
         for frame in cached:
             frame.unpersist()
