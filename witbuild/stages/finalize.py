@@ -86,11 +86,16 @@ def read_tar_members(path: str) -> dict[str, dict[str, bytes]]:
     return out
 
 
+_FROM_METADATA = {"caption": "text"}  # img2dataset's column -> ours, where the names differ
+_EMPTY_IF_NULL = ("text", "uid", "sha256")  # non-null columns a row of img2dataset's metadata may lack
+
+
 def shard_samples(shard_tar: str, counts: StageCounts, out_schema: pa.Schema) -> pa.RecordBatch:
     """Rows (``samples_schema``) of one downloaded shard; unreadable parts are counted, not fatal."""
+    import pyarrow.compute as pc
+
     name = shard_tar.rsplit("/", 1)[-1]
     meta_path = shard_tar[: -len(".tar")] + ".parquet"
-    cols: dict[str, list[Any]] = {n: [] for n in out_schema.names}
     try:
         fs, p = fs_and_path(meta_path)
         with fs.open(p, "rb") as fh:
@@ -99,35 +104,33 @@ def shard_samples(shard_tar: str, counts: StageCounts, out_schema: pa.Schema) ->
     except Exception as exc:  # a corrupt tar or metadata file loses this shard only
         log.error("cannot read shard %s: %s", shard_tar, exc)
         counts.event("unreadable_shards")
-        return pa.RecordBatch.from_pydict(cols, schema=out_schema)
-    rows, images = [], []
-    for row in meta.to_pylist():
-        if row.get("status") != "success":
-            continue
-        counts.rows_in += 1
-        files = members.get(row["key"])
-        image = next((files[e] for e in IMAGE_EXTS if files and e in files), None)
-        if image is None:
-            counts.drop("missing_in_tar")
-            continue
-        rows.append(row)
-        images.append(image)
-    for row, signature in zip(rows, image_signatures(images), strict=True):
-        if signature is None:
-            counts.drop("undecodable_image")
-            continue
-        h, thumb = signature
-        values = {
-            "key": row["key"], "shard": name, "url": row["url"], "text": row.get("caption") or "",
-            "uid": row.get("uid") or "", "page_url": row.get("page_url"), "matched": row.get("matched"),
-            "lang": row.get("lang"), "width": row.get("width"), "height": row.get("height"),
-            "original_width": row.get("original_width"), "original_height": row.get("original_height"),
-            "sha256": row.get("sha256") or "", "phash": f"{h:016x}", "_phash": _signed(h),
-            "_thumb": thumb,
-        }
-        for k, v in values.items():
-            cols[k].append(v)
-    return pa.RecordBatch.from_pydict(cols, schema=out_schema)
+        return pa.RecordBatch.from_pylist([], schema=out_schema)
+    meta = meta.filter(pc.equal(meta["status"], "success"))
+    counts.rows_in += meta.num_rows
+    images = [next((files[e] for e in IMAGE_EXTS if e in files), None) if files else None
+              for files in (members.get(k) for k in meta["key"].to_pylist())]
+    counts.drop("missing_in_tar", sum(image is None for image in images))
+    found = iter(image_signatures([image for image in images if image is not None]))
+    signatures = [next(found) if image is not None else None for image in images]
+    counts.drop("undecodable_image", sum(sig is None for sig, image in zip(signatures, images, strict=True)
+                                         if image is not None))
+    meta = meta.filter(pa.array([sig is not None for sig in signatures], pa.bool_()))
+    kept = [sig for sig in signatures if sig is not None]
+    columns = {_FROM_METADATA.get(c, c): meta[c] for c in meta.column_names}
+    columns.update({"shard": pa.array([name] * len(kept), pa.string()),
+                    "phash": pa.array([f"{h:016x}" for h, _ in kept], pa.string()),
+                    "_phash": pa.array([_signed(h) for h, _ in kept], pa.int64()),
+                    "_thumb": pa.array([thumb for _, thumb in kept], pa.binary())})
+    arrays = []
+    for field in out_schema:
+        column = columns.get(field.name)
+        if column is None:  # an extra column this download did not carry
+            column = pa.nulls(len(kept), field.type)
+        if field.name in _EMPTY_IF_NULL:
+            column = pc.fill_null(column.cast(field.type), "")
+        arrays.append(column.cast(field.type))
+    return pa.Table.from_arrays(arrays, schema=out_schema).combine_chunks().to_batches(max_chunksize=None)[0] \
+        if kept else pa.RecordBatch.from_pylist([], schema=out_schema)
 
 
 def _eval_hashes(folder: str) -> np.ndarray:
