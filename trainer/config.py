@@ -65,6 +65,16 @@ class OptimSection(Section):
     warmup_steps: int = Field(100, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final LR of the cosine as a share of lr.")
     grad_clip: float | None = Field(1.0, description="Max gradient norm; null for none.")
+    fused: bool | Literal["auto"] = Field(
+        "auto", description="AdamW's implementation. true: the fused kernel (a few launches per step instead of "
+                            "several per parameter tensor: on CUDA the optimiser step is several times faster); "
+                            "false: torch's default (for-each on CUDA, the per-tensor loop on CPU); auto: fused on "
+                            "CUDA, torch's default on CPU, where a run gives the same numbers as before the option "
+                            "existed. Decided by the run's config on resume too.")
+
+    def use_fused(self, device_type: str) -> bool:
+        """Whether AdamW runs fused on a device of this type ("cuda", "cpu")."""
+        return device_type == "cuda" if self.fused == "auto" else self.fused
 
 
 class EvalSection(Section):
@@ -84,7 +94,18 @@ class TrainConfig(Section):
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
     grad_checkpointing: bool = False
-    compile: bool = False
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile the training step (compile_scope says what); auto: on CUDA, off on CPU, "
+                            "where compiling costs minutes of start-up for little and the eager step is the tested "
+                            "reference.")
+    compile_scope: Literal["step", "model"] = Field(
+        "step", description="step: the step's forward (normalisation, both towers) and its loss compiled as one "
+                            "function, so one graph and one backward graph per step in one process (with DDP, DDP's "
+                            "own forward stays eager and the towers are split at its gradient buckets); model: only "
+                            "the (DDP-wrapped) model, the loss eager.")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile's mode: reduce-overhead adds CUDA graphs (the step's shapes are static: "
+                               "every batch is full), max-autotune also searches matmul kernels (minutes more).")
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -95,6 +116,22 @@ class TrainConfig(Section):
     tokenizer: TokenizerSection = TokenizerSection()
     optim: OptimSection = OptimSection()
     eval: EvalSection = EvalSection()
+
+    @model_validator(mode="after")
+    def _compile_settings_apply(self) -> TrainConfig:
+        """A compile setting next to compile: false would be silently ignored: an error instead (the defaults, which
+        every saved config spells out, are fine)."""
+        if self.compile is False:
+            given = [f"{k}={getattr(self, k)}" for k in ("compile_scope", "compile_mode")
+                     if getattr(self, k) != type(self).model_fields[k].default]
+            if given:
+                raise ValueError(f"{' and '.join(given)} has no effect with compile=false: set compile to true or "
+                                 f"auto, or leave it out")
+        return self
+
+    def use_compile(self, device_type: str) -> bool:
+        """Whether the step is compiled on a device of this type ("cuda", "cpu")."""
+        return device_type == "cuda" if self.compile == "auto" else self.compile
 
 
 def resolve_config_path(name_or_path: str) -> Path:
@@ -120,10 +157,15 @@ def load_train_config(path: str | None, sets: list[str] | None = None,
 
 def upgrade_saved(raw: dict[str, Any]) -> dict[str, Any]:
     """A config saved by an earlier version, in today's terms: runs saved before data.holdout_fraction existed held
-    out whole shards or nothing, so they keep doing that (its default would change what a resumed run trains on)."""
+    out whole shards or nothing, so they keep doing that (its default would change what a resumed run trains on).
+    Runs saved before compile took "auto" (no compile_scope then) had compile false by default: read as auto, so the
+    command line that started such a run still continues it (the same on a CPU; compiled on CUDA, which changes the
+    speed, not what is computed); an explicit ``--set compile=false`` on resume still wins."""
     data = raw.get("data")
     if isinstance(data, dict) and "holdout_fraction" not in data:
         data["holdout_fraction"] = 0.0
+    if "compile_scope" not in raw and raw.get("compile") is False:
+        raw["compile"] = "auto"
     return raw
 
 

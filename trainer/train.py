@@ -3,9 +3,9 @@
     torchrun --nproc_per_node=N trainer/train.py --data BUILD_OUTPUT [--config tiny-cpu] [--set key=value] \\
         [--output runs/NAME] [--resume latest]
 
-One process per device: gloo on CPU, NCCL on CUDA (bf16 autocast), chosen from what the machine
-has. Runs without torchrun too (one process). The run folder holds ``config.yaml``,
-``tokenizer.json``, ``checkpoints/`` (atomic, ``latest.txt`` points at the newest),
+One process per device: gloo on CPU, NCCL on CUDA (bf16 autocast, fused AdamW, the step's forward and loss
+compiled as one function), chosen from what the machine has. Runs without torchrun too (one process). The run
+folder holds ``config.yaml``, ``tokenizer.json``, ``checkpoints/`` (atomic, ``latest.txt`` points at the newest),
 ``log.csv``, ``tb/`` (tensorboard) and ``eval.json``.
 """
 
@@ -33,13 +33,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from trainer.config import TrainConfig, config_differences, dump_yaml, load_train_config
 from trainer.data import (
+    MEAN,
+    STD,
     DataError,
     Split,
     StreamSpec,
     check_captions,
     epoch_steps,
     find_shards,
-    normalize,
     read_captions,
     shard_sizes,
     split_data,
@@ -264,6 +265,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @dataclass
+class Step:
+    """What one optimiser step runs, built once by ``make_step`` (the GPU benchmark builds its probes with it too)."""
+
+    model: CLIP
+    forward_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (uint8 images, tokens) on the device → loss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    grad_clip: float | None
+    device: torch.device
+    cudagraphs: bool = False  # the compiled step replays CUDA graphs: each step must be marked
+
+
+@dataclass
 class Trainer:
     """Everything the training loop and the final evaluation use, built once by ``setup``."""
 
@@ -276,10 +290,7 @@ class Trainer:
     split: Split
     tokenizer: TextTokenizer
     model: CLIP
-    ddp_model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    loss_fn: Callable
+    stepper: Step
     bf16: bool
     start_step: int
     batches: Iterator = field(default_factory=lambda: iter(()))
@@ -294,7 +305,7 @@ class Trainer:
     def state(self, step: int) -> dict:
         """What a checkpoint holds: enough to continue the run exactly, loadable with ``weights_only=True``."""
         return {"step": step, "epoch": step // self.steps_per_epoch, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "optimizer": self.stepper.optimizer.state_dict(), "scheduler": self.stepper.scheduler.state_dict(),
                 "config": self.cfg.model_dump(mode="json"), "model_config": self.mcfg.to_dict(),
                 "tokenizer": self.tokenizer.to_json(), "world_size": self.world}
 
@@ -336,25 +347,21 @@ def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device)
         model.load_state_dict(ckpt["model"])
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    optimizer, scheduler, start_step = make_optimizer(cfg, model, ckpt, world)
+    stepper, start_step = make_step(cfg, model, device, bf16, world, ckpt)
     if ckpt is not None and rank == 0:
         drop_checkpoints_after(run_dir, start_step)
-    ddp_model: torch.nn.Module = model
-    if world > 1:
-        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        ddp_model = torch.compile(ddp_model)
-    t = Trainer(cfg, mcfg, run_dir, rank, world, device, split, tokenizer, model, ddp_model, optimizer, scheduler,
-                make_loss(cfg.loss), bf16, start_step)
+    t = Trainer(cfg, mcfg, run_dir, rank, world, device, split, tokenizer, model, stepper, bf16, start_step)
     samples = start_stream(t)
     t.flops_per_sample = train_flops_per_sample(mcfg)
     t.peak = cfg.peak_flops or measure_peak_flops(device, torch.bfloat16 if bf16 else torch.float32)
     held = (f"{len(split.heldout)} held out" if not split.fraction
             else f"{split.fraction:.1%} of the samples held out by key")
     log.info("model %s: %.2fM parameters, %.3f GFLOP per sample (train); %d train shards (%d samples), "
-             "%s; %d rank(s) × batch %d; %d steps per epoch; %s%s; peak %.1f TFLOP/s per device",
+             "%s; %d rank(s) × batch %d; %d steps per epoch; %s%s, %s AdamW, %s; peak %.1f TFLOP/s per device",
              cfg.model, sum(p.numel() for p in model.parameters()) / 1e6, t.flops_per_sample / 1e9, len(split.train),
              samples, held, world, cfg.data.batch_size, t.steps_per_epoch, device.type, " bf16" if bf16 else " fp32",
+             "fused" if cfg.optim.use_fused(device.type) else "default",
+             f"compiled {cfg.compile_scope} ({cfg.compile_mode})" if cfg.use_compile(device.type) else "eager",
              t.peak / 1e12)
     return t
 
@@ -409,16 +416,17 @@ def tokenizer_and_model_config(cfg: TrainConfig, ckpt: dict | None, split: Split
     return tokenizer, mcfg
 
 
-def make_optimizer(cfg: TrainConfig, model: CLIP, ckpt: dict | None,
-                   world: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, int]:
-    """AdamW and its schedule, restored from ``ckpt`` with the run's config (and any --set) deciding the
-    hyper-parameters; the step to start at."""
+def make_optimizer(cfg: TrainConfig, model: CLIP, ckpt: dict | None, world: int,
+                   fused: bool = False) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, int]:
+    """AdamW (``fused``: the fused kernel, else torch's default implementation) and its schedule, restored from
+    ``ckpt`` with the run's config (and any --set) deciding the hyper-parameters; the step to start at."""
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                  betas=cfg.optim.betas, eps=cfg.optim.eps)
+                                  betas=cfg.optim.betas, eps=cfg.optim.eps, fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     if ckpt is None:
         return optimizer, scheduler, 0
     optimizer.load_state_dict(ckpt["optimizer"])
+    set_fused(optimizer, fused)
     scheduler.load_state_dict(ckpt["scheduler"])
     start_step = int(ckpt["step"])
     # the run's config (with any --set) decides the hyper-parameters, not the values stored in the optimiser
@@ -431,6 +439,58 @@ def make_optimizer(cfg: TrainConfig, model: CLIP, ckpt: dict | None,
         log.warning("resuming a run of %d rank(s) with %d: the data stream differs from an uninterrupted run",
                     ckpt["world_size"], world)
     return optimizer, scheduler, start_step
+
+
+def set_fused(optimizer: torch.optim.Optimizer, fused: bool) -> None:
+    """The implementation this run's config asks for, whatever the checkpoint's groups say (a run saved on a GPU,
+    fused, resumes on a CPU): the flag, and each parameter's step count where that implementation keeps it (fused:
+    on the parameter's device; the others: on the CPU, where reading it costs no device sync)."""
+    for group in optimizer.param_groups:
+        group["fused"] = fused or None
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(device=p.device if fused else "cpu", dtype=torch.float32)
+
+
+def make_forward_loss(ddp_model: torch.nn.Module, model: CLIP, loss_fn: Callable, device: torch.device,
+                      bf16: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The step's forward as one function of (uint8 images, tokens) on the device: normalisation, both towers and
+    the loss, so that compiling it gives one graph. CLIP's mean and std live on the device once: building them per
+    step from host values would be a blocking host-to-device copy, a host sync in every CUDA step."""
+    mean = torch.as_tensor(MEAN, device=device).view(3, 1, 1)
+    std = torch.as_tensor(STD, device=device).view(3, 1, 1)
+
+    def forward_loss(images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        images = (images.float() / 255.0 - mean) / std
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            image_features, text_features = ddp_model(images, tokens)
+            return loss_fn(image_features, text_features, model.logit_scale.exp(), model.logit_bias)
+
+    return forward_loss
+
+
+def make_step(cfg: TrainConfig, model: CLIP, device: torch.device, bf16: bool, world: int = 1,
+              ckpt: dict | None = None) -> tuple[Step, int]:
+    """The optimiser (fused per ``optim.fused``), DDP around the model when there are several ranks, and the
+    forward + loss, compiled per ``compile``; the step to start at.
+
+    With ``compile_scope: step`` the function that calls the DDP-wrapped model and the loss is compiled: in one
+    process that is one graph; under DDP, Dynamo runs DDP's forward eagerly (its reducer's bookkeeping) and compiles
+    the model inside it split at DDP's gradient buckets (DDPOptimizer, torch's documented DDP + compile path), so
+    the gradients are still all-reduced bucket by bucket during the backward."""
+    optimizer, scheduler, start_step = make_optimizer(cfg, model, ckpt, world, fused=cfg.optim.use_fused(device.type))
+    ddp_model: torch.nn.Module = model
+    if world > 1:
+        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    compiled = cfg.use_compile(device.type)
+    if compiled and cfg.compile_scope == "model":
+        ddp_model = torch.compile(ddp_model, mode=cfg.compile_mode)
+    forward_loss = make_forward_loss(ddp_model, model, make_loss(cfg.loss), device, bf16)
+    if compiled and cfg.compile_scope == "step":
+        forward_loss = torch.compile(forward_loss, mode=cfg.compile_mode, dynamic=False)
+    cudagraphs = compiled and device.type == "cuda" and cfg.compile_mode in ("reduce-overhead", "max-autotune")
+    return Step(model, forward_loss, optimizer, scheduler, cfg.optim.grad_clip, device, cudagraphs), start_step
 
 
 def start_stream(t: Trainer) -> int:
@@ -456,7 +516,7 @@ def train_loop(t: Trainer) -> tuple[int, dict[str, int]]:
     """Steps from the start step to ``cfg.steps``; (last step, samples skipped on this rank by reason)."""
     cfg = t.cfg
     runlog = RunLog(t.run_dir, t.start_step, t.rank == 0)
-    t.ddp_model.train()
+    t.model.train()
     skipped_total: dict[str, int] = {}
     window = Window()
     t_start = time.perf_counter()
@@ -468,7 +528,7 @@ def train_loop(t: Trainer) -> tuple[int, dict[str, int]]:
         for k, v in skipped.items():
             skipped_total[k] = skipped_total.get(k, 0) + v
             window.skipped += v
-        loss, lr_used = train_step(t, images, tokens)
+        loss, lr_used = train_step(t.stepper, images, tokens)
         step += 1
         window.steps += 1
         window.loss += loss.detach()
@@ -484,21 +544,21 @@ def train_loop(t: Trainer) -> tuple[int, dict[str, int]]:
     return step, skipped_total
 
 
-def train_step(t: Trainer, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """One optimiser step on a batch; (the loss, the learning rate the step used)."""
-    model = t.model
-    images = normalize(images.to(t.device, non_blocking=True))
-    tokens = tokens.to(t.device, non_blocking=True)
-    with torch.autocast(t.device.type, dtype=torch.bfloat16, enabled=t.bf16):
-        image_features, text_features = t.ddp_model(images, tokens)
-        loss = t.loss_fn(image_features, text_features, model.logit_scale.exp(), model.logit_bias)
-    t.optimizer.zero_grad(set_to_none=True)
+def train_step(s: Step, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """One optimiser step on a batch; (the loss, the learning rate the step used). Nothing here waits for the device:
+    the loss stays a device tensor (the log reads it every ``log_every`` steps), the learning rate is a Python float,
+    gradient clipping and the optimiser never read a value back."""
+    model = s.model
+    if s.cudagraphs:
+        torch.compiler.cudagraph_mark_step_begin()
+    loss = s.forward_loss(images.to(s.device, non_blocking=True), tokens.to(s.device, non_blocking=True))
+    s.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if t.cfg.optim.grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.cfg.optim.grad_clip)
-    t.optimizer.step()
-    lr_used = t.optimizer.param_groups[0]["lr"]
-    t.scheduler.step()
+    if s.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+    s.optimizer.step()
+    lr_used = s.optimizer.param_groups[0]["lr"]
+    s.scheduler.step()
     with torch.no_grad():
         model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
     return loss, lr_used

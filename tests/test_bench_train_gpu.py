@@ -1,0 +1,56 @@
+"""benchmarks/bench_train_gpu.py runs end to end on a CPU (its smoke mode) and reports sane figures."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+BENCH = ROOT / "benchmarks" / "bench_train_gpu.py"
+STEPS = 5
+
+
+@pytest.mark.slow  # two trainer runs in subprocesses
+def test_cpu_smoke_run_reports_every_figure(tmp_path):
+    out = tmp_path / "result.json"
+    cmd = [sys.executable, str(BENCH), "--device", "cpu", "--steps", str(STEPS), "--models", "tiny",
+           "--batch-size", "8", "--workers", "1", "--learn-steps", "5", "--skip-openclip",
+           "--work-dir", str(tmp_path / "work"), "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(out.read_text())
+    assert res["open_clip"]["skipped"] == "--skip-openclip" and res["peak_tflops_measured"] > 0
+    tiny = res["models"]["tiny"]
+    assert tiny["parameters"] > 100_000 and tiny["train_gflop_per_sample"] > 0.1
+    assert set(tiny["probe"]) == {"eager", "fused_adamw"}  # compiling is off on a CPU unless --compile on
+    for name, p in tiny["probe"].items():
+        assert p["samples_per_s"] > 0 and 0 < p["mfu"] < 1, name
+        assert len(p["losses"]) == 3 + 3 and all(math.isfinite(x) for x in p["losses"]), name
+        assert p["host_syncs_per_step"] is None  # counted on CUDA only
+    # one initialisation, the same batches: fused AdamW starts where eager starts and stays within the tolerance
+    assert tiny["probe"]["fused_adamw"]["losses"][0] == tiny["probe"]["eager"]["losses"][0]
+    assert tiny["loss_agreement"]["fused_adamw"]["equal"] and tiny["loss_agreement"]["fused_adamw"]["steps"] == 6
+    ours = tiny["ours"]
+    assert ours["samples_per_s"] > 0 and 0 <= ours["data_wait"] <= 1 and 0 < ours["mfu"] < 1
+    assert ours["steps_measured"] == STEPS - ours["skipped_steps"] > 0 and math.isfinite(ours["last_loss"])
+    assert tiny["open_clip"] is None
+    learning = res["learning"]
+    assert learning["steps"] == 5 and learning["images"] == 360 and learning["classes"] == 10
+    assert 0 <= learning["zeroshot_top1"] <= 1 and learning["ok"] is None  # 5 steps are too few to judge
+    assert "model step only" in proc.stdout and "end to end" in proc.stdout and "learning check" in proc.stdout
+    assert "open_clip_train" in proc.stdout and "skipped: --skip-openclip" in proc.stdout
+
+
+def test_cuda_without_a_device_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    proc = subprocess.run([sys.executable, str(BENCH), "--device", "cuda"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "torch sees no CUDA device" in proc.stderr
