@@ -14,7 +14,6 @@ output is what ``tarfile.addfile`` would write.
 
 from __future__ import annotations
 
-import io
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -167,8 +166,3 @@ def write_tar(out: IO[bytes], members: Iterable[tuple[TarEntry, bytes]], mtime: 
     end = 2 * BLOCK
     out.write(tarfile.NUL * (end + (-(written + end) % RECORD)))
     return n
-
-
-def read_all(data: bytes) -> list[tuple[TarEntry, bytes]]:
-    """:func:`iter_files` of a tar held in memory."""
-    return list(iter_files(io.BytesIO(data)))

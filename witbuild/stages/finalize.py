@@ -129,8 +129,10 @@ def shard_samples(shard_tar: str, counts: StageCounts, out_schema: pa.Schema) ->
         if field.name in _EMPTY_IF_NULL:
             column = pc.fill_null(column.cast(field.type), "")
         arrays.append(column.cast(field.type))
-    return pa.Table.from_arrays(arrays, schema=out_schema).combine_chunks().to_batches(max_chunksize=None)[0] \
-        if kept else pa.RecordBatch.from_pylist([], schema=out_schema)
+    table = pa.Table.from_arrays(arrays, schema=out_schema)
+    if not table.num_rows:  # an empty table has no batch to return
+        return pa.RecordBatch.from_pylist([], schema=out_schema)
+    return table.combine_chunks().to_batches()[0]
 
 
 def _eval_hashes(folder: str) -> np.ndarray:
