@@ -246,3 +246,48 @@ def test_killed_download_resumes_without_losing_or_repeating(spark, built, serve
         assert tar_samples(tar).keys() == tar_samples(other / "stages" / "finalize" / tar.name).keys()
         for k, files in tar_samples(tar).items():
             assert files["jpg"] == tar_samples(other / "stages" / "finalize" / tar.name)[k]["jpg"]
+
+
+def test_decontamination_and_both_ways_of_writing_the_shards_agree(spark, built, tmp_path, monkeypatch):
+    """An evaluation image's re-encoded copy among the downloads is dropped; the shards written in place (the
+    drops sent to each shard's task) and through a shuffle by shard (the path of scored builds and of more
+    than ``BROADCAST_KEYS`` drops) are the same bytes."""
+    from witbuild.stages import finalize
+
+    out, cfg, _, _ = built
+    evals = tmp_path / "eval"
+    evals.mkdir()
+    rocket = skimage_image("rocket")
+    rocket.resize((rocket.width // 2, rocket.height // 2), Image.LANCZOS).save(evals / "rocket.png")
+    (evals / "notes.txt").write_text("not an image: skipped")
+    runs = {}
+    for name, limit in (("in_place", finalize.BROADCAST_KEYS), ("shuffled", 0)):
+        copy = tmp_path / name
+        shutil.copytree(out, copy)
+        monkeypatch.setattr(finalize, "BROADCAST_KEYS", limit)
+        dedup = cfg.dedup.model_copy(update={"decontaminate": str(evals)})
+        counts = {r.name: r for r in run_build(spark, cfg.model_copy(update={"output": str(copy), "dedup": dedup}),
+                                               from_stage="finalize")}["finalize"].counts
+        final = copy / "stages" / "finalize"
+        runs[name] = (counts, pq.read_table(final / "index.parquet").sort_by("key").to_pylist(),
+                      (final / "sizes.json").read_text(), {t.name: t.read_bytes() for t in sorted(final.glob("*.tar"))})
+    counts, index, _, tars = runs["in_place"]
+    assert counts.dropped == {"duplicate_image_sha256": 1, "near_duplicate_phash": 2, "eval_contamination": 1}
+    assert (counts.rows_in, counts.rows_out) == (12, 8)
+    before = pq.read_table(out / "stages" / "finalize" / "index.parquet").to_pylist()
+    gone = {r["key"] for r in before} - {r["key"] for r in index}
+    assert [r["url"].rsplit("/", 1)[1] for r in before if r["key"] in gone] == ["rocket.jpg"]
+    assert not any(k.startswith(tuple(gone)) for data in tars.values() for k in tar_samples_of(data))
+    assert runs["shuffled"][0].dropped == counts.dropped
+    assert runs["shuffled"][1:] == runs["in_place"][1:]
+
+
+def tar_samples_of(data: bytes) -> dict[str, dict[str, bytes]]:
+    import io
+
+    out: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for m in tar.getmembers():
+            key, _, ext = m.name.partition(".")
+            out.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    return out

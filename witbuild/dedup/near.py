@@ -313,14 +313,20 @@ def _colour_checked(df: Any, pairs_df: Any, n_pairs: int, limits: ColourLimits) 
 
     if not n_pairs:
         return []
-    small = _hint(n_pairs)
+    tasks = max(2 * df.sparkSession.sparkContext.defaultParallelism, -(-n_pairs // CHECK_PAIRS_PER_TASK))
     thumbs = df.select("key", "_thumb")
-    with_a = thumbs.withColumnRenamed("key", "a").withColumnRenamed("_thumb", "ta").join(small(pairs_df), "a")
-    joined = (thumbs.withColumnRenamed("key", "b").withColumnRenamed("_thumb", "tb").join(small(with_a), "b")
-              .select("a", "b", "bits", "ta", "tb"))
-    # as few Python tasks as the pairs need: the join keeps the samples' partitioning (often hundreds of
-    # partitions), and a Python task per near-empty partition cost 12 s on 1,500 images with 2 pairs
-    joined = joined.coalesce(max(1, -(-n_pairs // CHECK_PAIRS_PER_TASK)))
+    thumbs_a = thumbs.withColumnRenamed("key", "a").withColumnRenamed("_thumb", "ta")
+    thumbs_b = thumbs.withColumnRenamed("key", "b").withColumnRenamed("_thumb", "tb")
+    if n_pairs <= BROADCAST_ROWS:  # the samples are not shuffled; the joined rows keep their partitioning
+        with_a = thumbs_a.join(F.broadcast(pairs_df), "a")
+        joined = thumbs_b.join(F.broadcast(with_a), "b")
+        # as few Python tasks as the pairs need: the samples often have hundreds of partitions, and a Python
+        # task per near-empty partition cost 12 s on 1,500 images with 2 pairs
+        joined = joined.coalesce(tasks)
+    else:  # both sides partitioned by b into equal tasks (left to Spark, 391,000 pairs became 3 uneven tasks)
+        with_a = thumbs_a.join(pairs_df, "a")
+        joined = thumbs_b.repartition(tasks, "b").join(with_a.repartition(tasks, "b"), "b")
+    joined = joined.select("a", "b", "bits", "ta", "tb")
     checked = joined.mapInArrow(_colour_check, "a string, b string, bits int, mean double, tail double")
     passed = checked.filter((F.col("mean") <= F.lit(limits.mean)) & (F.col("tail") <= F.lit(limits.tail))).collect()
     return choose_representatives((r["a"], r["b"], int(r["bits"]), ColourDiff(r["mean"], r["tail"])) for r in passed)

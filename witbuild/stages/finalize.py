@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTS, SIZES_FILE, INDEX_DIR = layout.IMAGE_EXTS, layout.SIZES_FILE, layout.INDEX_DIR
 MEMBER_MTIME = 0  # modification time of every member of a final tar (the download's clock is not data)
+BROADCAST_KEYS = 1_000_000  # dropped keys sent to every task (a set) up to this many, else joined away
 READ_BUFFER = 1 << 20  # tars are read member by member: small reads through fsspec's file cost ~1/3 more
 
 
@@ -163,13 +164,19 @@ def rewrite_shard(src_path: str, dst_path: str, wanted: set[str]) -> int:
     return sum(1 for e in entries if e.name.endswith(image_suffixes))
 
 
-def _write_index_and_shards(kept: Any, source_dir: str, output: str, n_shards: int) -> dict[str, int]:
+def _write_index_and_shards(kept: Any, source_dir: str, output: str, n_shards: int,
+                            by_shard: bool = False) -> dict[str, int]:
     """``index.parquet`` of the ``kept`` rows and each source tar copied with only them (:func:`rewrite_shard`),
-    in one pass: the rows are partitioned by shard and sorted by key (so which rows land in which file does not
-    depend on task timing), and the task writing a partition's index rows rewrites their tars on the way.
-    Returns the samples per written tar."""
+    in one pass: the task writing a partition's index rows (sorted by shard and key, so which rows land in which
+    file does not depend on task timing) rewrites their tars on the way. Returns the samples per written tar.
+
+    ``by_shard``: ``kept`` is already one shard per partition (:func:`_kept_in_place`), so no shuffle is needed;
+    else the rows are partitioned by shard first."""
     index_cols = schemas.load("index").names
-    ordered = kept.select(*index_cols).repartition(max(1, n_shards), "shard").sortWithinPartitions("shard", "key")
+    ordered = kept.select(*index_cols)
+    if not by_shard:
+        ordered = ordered.repartition(max(1, n_shards), "shard")
+    ordered = ordered.sortWithinPartitions("shard", "key")
 
     def rewrite(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         held: list[pa.RecordBatch] = []  # the rows of the current shard, released once its tar is written
@@ -193,6 +200,20 @@ def _write_index_and_shards(kept: Any, source_dir: str, output: str, n_shards: i
     return {r["shard"]: int(r["count"]) for r in sorted(counts, key=lambda r: r["shard"])}
 
 
+def _kept_in_place(samples: Any, drops: set[str]) -> Any:
+    """``samples`` (one downloaded shard per partition) without the ``drops`` keys, filtered inside each
+    partition: the rows keep their partitioning by construction, so the shards are rewritten without a shuffle
+    (which cost more than the copying itself: ~100 shuffle blocks per task)."""
+    dropped = samples.sparkSession.sparkContext.broadcast(frozenset(drops))
+
+    def without(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            keys = dropped.value
+            yield batch.filter(pa.array([k not in keys for k in batch.column("key").to_pylist()], pa.bool_()))
+
+    return samples.mapInArrow(without, samples.schema)
+
+
 def _run_ends(values: list[Any]) -> list[int]:
     """Positions where a run of equal consecutive ``values`` ends (the next run starts)."""
     return [i for i in range(1, len(values)) if values[i] != values[i - 1]]
@@ -208,25 +229,23 @@ def _finish_shard(rows: list[pa.RecordBatch], source_dir: str, output: str) -> I
     yield from rows
 
 
-def _drop_exact_duplicates(samples: Any) -> tuple[Any, int]:
-    """``samples`` without the rows whose image bytes (sha256) an earlier key has; returns it and the rows dropped.
+def _exact_duplicates(samples: Any) -> list[str]:
+    """Keys of the rows whose image bytes (sha256) a smaller key has.
 
     Only (sha256, key) travels through the shuffle, and only the rows of duplicated bytes are joined back (a
     window over whole rows, thumbnails included, cost more than the rest of the step on 10,000 images)."""
     from pyspark.sql import functions as F
 
-    groups = (samples.select("sha256", "key").groupBy("sha256")
-              .agg(F.min("key").alias("keep"), F.count(F.lit(1)).alias("n")).filter("n > 1").cache())
+    pairs = samples.select("sha256", "key")
+    groups = (pairs.groupBy("sha256").agg(F.min("key").alias("keep"), F.count(F.lit(1)).alias("n"))
+              .filter("n > 1").cache())
     try:
-        dropped = int(groups.agg(F.sum(F.col("n") - 1)).collect()[0][0] or 0)
-        if not dropped:
-            return samples, 0
-        drops = (samples.select("sha256", "key").join(groups.select("sha256", "keep"), "sha256")
-                 .filter("key != keep").select("key"))
-        drop_keys = [r["key"] for r in drops.collect()]
+        if not groups.agg(F.sum(F.col("n") - 1)).collect()[0][0]:
+            return []
+        drops = pairs.join(groups.select("sha256", "keep"), "sha256").filter("key != keep").select("key")
+        return sorted(r["key"] for r in drops.collect())
     finally:
         groups.unpersist()
-    return _without_keys(samples, drop_keys), dropped
 
 
 def _without_keys(df: Any, keys: list[str]) -> Any:
@@ -236,7 +255,20 @@ def _without_keys(df: Any, keys: list[str]) -> Any:
     if not keys:
         return df
     drop_df = df.sparkSession.createDataFrame([(k,) for k in keys], "key string")
-    return df.join(F.broadcast(drop_df) if len(keys) < 1_000_000 else drop_df, "key", "left_anti")
+    return df.join(F.broadcast(drop_df) if len(keys) < BROADCAST_KEYS else drop_df, "key", "left_anti")
+
+
+def _contaminated(frame: Any, folder: str, threshold: int, bands: int) -> list[str]:
+    """Keys of the rows of ``frame`` whose pHash is within ``threshold`` bits of an image of ``folder``."""
+    ref = frame.sparkSession.sparkContext.broadcast(_eval_hashes(folder))
+
+    def find(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            h = np.array([_unsigned(x) for x in batch.column("_phash").to_pylist()], dtype=np.uint64)
+            near = pa.array(near_any(h, ref.value, threshold, bands), pa.bool_())
+            yield pa.RecordBatch.from_arrays([batch.column("key").filter(near)], names=["key"])
+
+    return sorted(r["key"] for r in frame.select("key", "_phash").mapInArrow(find, "key string").collect())
 
 
 def run_finalize(ctx: StageContext) -> StageCounts:
@@ -254,47 +286,47 @@ def run_finalize(ctx: StageContext) -> StageCounts:
             for tar in batch.column(0).to_pylist():
                 yield shard_samples(tar, counts, schema)
 
-    samples = (spark.sparkContext.parallelize([(t,) for t in tars], max(1, len(tars))).toDF(["tar"])
+    # one tar per partition (what _kept_in_place relies on); a schema given, so no job infers it
+    tar_rows = spark.sparkContext.parallelize([(t,) for t in tars], max(1, len(tars)))
+    samples = (spark.createDataFrame(tar_rows, "tar string")
                .mapInArrow(counted(read_task, ctx.counts_dir), from_arrow_schema(schema))).cache()
     cached = [samples]
     try:
-        n = samples.count()
+        samples.count()
         counts = read_task_counts(ctx.counts_dir)
+        drops: set[str] = set()  # every verdict of dedup and decontamination, as keys
         current = samples
         if cfg.exact_image:
-            current, dropped = _drop_exact_duplicates(samples)
-            counts.drop("duplicate_image_sha256", dropped)
-            n -= dropped
+            exact = _exact_duplicates(samples)
+            counts.drop("duplicate_image_sha256", len(exact))
+            drops.update(exact)
+            current = _without_keys(current, exact)
         if cfg.near_dup:
             bands = resolve_bands(cfg.phash_threshold, cfg.phash_bands)
             limits = ColourLimits(cfg.colour_max_mean, cfg.colour_max_tail) if cfg.colour_check else None
             removals = near_duplicate_removals(current, cfg.phash_threshold, bands, limits)
             write_removal_record(spark, removals, current, f"{ctx.output}/{NEAR_DUPLICATES_DIR}")
-            drops = [r.key for r in removals]
-            current = _without_keys(current, drops)
-            counts.drop("near_duplicate_phash", len(drops))
-            n -= len(drops)
+            near = [r.key for r in removals]
+            counts.drop("near_duplicate_phash", len(near))
+            drops.update(near)
+            current = _without_keys(current, near)
         if cfg.decontaminate:
-            before = n
-            ref = spark.sparkContext.broadcast(_eval_hashes(cfg.decontaminate))
-            threshold, bands = cfg.phash_threshold, resolve_bands(cfg.phash_threshold, cfg.phash_bands)
-
-            def clean(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-                for batch in batches:
-                    h = np.array([_unsigned(x) for x in batch.column("_phash").to_pylist()], dtype=np.uint64)
-                    yield batch.filter(pa.array(~near_any(h, ref.value, threshold, bands)))
-
-            current = current.mapInArrow(clean, current.schema).cache()
-            n = current.count()
-            counts.drop("eval_contamination", before - n)
+            contaminated = _contaminated(current, cfg.decontaminate, cfg.phash_threshold,
+                                         resolve_bands(cfg.phash_threshold, cfg.phash_bands))
+            counts.drop("eval_contamination", len(contaminated))
+            drops.update(contaminated)
+            current = _without_keys(current, contaminated)
 
         if ctx.cfg.clip_score.enabled:
             current, scored_frames = score_and_filter(current, ctx.cfg.clip_score, ctx.previous, len(tars), counts,
                                                      ctx.output)
             cached += scored_frames
+            kept, by_shard = current, False
+        elif len(drops) < BROADCAST_KEYS:
+            kept, by_shard = with_empty_scores(_kept_in_place(samples, drops)), True
         else:
-            current = with_empty_scores(current)
-        sizes = _write_index_and_shards(current, ctx.previous, ctx.output, len(tars))
+            kept, by_shard = with_empty_scores(current), False
+        sizes = _write_index_and_shards(kept, ctx.previous, ctx.output, len(tars), by_shard)
     finally:
         for frame in cached:
             frame.unpersist()
