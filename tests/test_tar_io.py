@@ -136,3 +136,26 @@ def test_write_tar_is_what_tarfile_writes_and_gnu_tar_reads(tmp_path):
         out.mkdir()
         subprocess.run(["tar", "-xf", str(archive), "-C", str(out)], check=True)
         assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == FILES
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_filled_headers_equal_tarfiles_own(seed):
+    """Every header write_tar fills from a template is the one ``TarInfo.tobuf`` builds; members that need a PAX
+    record (long or non-ASCII names and owners, huge ids or sizes) are left to tarfile."""
+    import random
+
+    rng = random.Random(seed)
+    templates: dict = {}
+    filled = 0
+    for _ in range(3000):
+        name = rng.choice(["a", "000012345.jpg", "x" * 100, "x" * 101, "dir/sub/ü.txt", "sp ace.txt",
+                           "k" * rng.randint(1, 120)])
+        size = rng.choice([0, 1, 511, 512, 513, rng.randint(0, 10**7), 8**11 - 1, 8**11])
+        entry = tar_io.TarEntry(name, 0, size, rng.choice([0o644, 0o600, 0o755]), rng.choice([0, 1000, 8**7 + 5]),
+                                rng.choice([0, 50]), rng.choice(["", "root", "u" * 40, "é"]), rng.choice(["", "g"]))
+        mtime = rng.choice([0, 1_700_000_000])
+        header = tar_io._filled_header(templates, entry, size, mtime)
+        if header is not None:
+            filled += 1
+            assert header == tar_io._tarfile_header(entry, size, mtime), (entry, size, mtime)
+    assert 500 < filled < 2500  # both ways taken

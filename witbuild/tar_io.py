@@ -9,7 +9,9 @@ which stays the reference: both must list the same members (``tests/test_tar_io.
 GNU tar, Python's ``tarfile`` in its three formats and img2dataset).
 
 :func:`write_tar` writes members with headers that ``tarfile`` itself builds (``TarInfo.tobuf``), so the
-output is what ``tarfile.addfile`` would write.
+output is what ``tarfile.addfile`` would write. A member that needs no PAX record (an ASCII name of at most 100
+bytes, a size under 8 GiB) gets a copy of one such header, built once per owner and mode, with its name, size
+and checksum filled in: ``tobuf`` per member cost more than copying the member's data.
 """
 
 from __future__ import annotations
@@ -151,11 +153,9 @@ def write_tar(out: IO[bytes], members: Iterable[tuple[TarEntry, bytes]], mtime: 
     and no other PAX record than ``tarfile`` needs for the name; returns the members written."""
     n = 0
     written = 0
+    templates: dict[tuple, bytes | None] = {}
     for entry, data in members:
-        info = tarfile.TarInfo(entry.name)
-        info.size, info.mtime, info.mode = len(data), mtime, entry.mode
-        info.uid, info.gid, info.uname, info.gname = entry.uid, entry.gid, entry.uname, entry.gname
-        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        header = _filled_header(templates, entry, len(data), mtime) or _tarfile_header(entry, len(data), mtime)
         pad = -len(data) % BLOCK
         out.write(header)
         out.write(data)
@@ -166,3 +166,35 @@ def write_tar(out: IO[bytes], members: Iterable[tuple[TarEntry, bytes]], mtime: 
     end = 2 * BLOCK
     out.write(tarfile.NUL * (end + (-(written + end) % RECORD)))
     return n
+
+
+def _tarfile_header(entry: TarEntry, size: int, mtime: int, name: str | None = None) -> bytes:
+    info = tarfile.TarInfo(entry.name if name is None else name)
+    info.size, info.mtime, info.mode = size, mtime, entry.mode
+    info.uid, info.gid, info.uname, info.gname = entry.uid, entry.gid, entry.uname, entry.gname
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+_NAME, _SIZE, _CHKSUM = slice(0, 100), slice(124, 136), slice(148, 156)  # ustar header fields
+_MAX_SIZE = 8**11  # an 11-digit octal size; larger ones need a PAX record
+
+
+def _filled_header(templates: dict[tuple, bytes | None], entry: TarEntry, size: int, mtime: int) -> bytes | None:
+    """``tarfile``'s header for ``entry`` from a template of the same owner, mode and time (name, size and
+    checksum replaced, as ``tarfile`` writes them); None when the member needs a PAX record."""
+    name = entry.name.encode("ascii", "replace")
+    if len(name) > 100 or not entry.name.isascii() or size >= _MAX_SIZE:
+        return None
+    key = (entry.mode, entry.uid, entry.gid, entry.uname, entry.gname, mtime)
+    if key not in templates:
+        template = _tarfile_header(entry, 0, mtime, name="t")
+        templates[key] = template if len(template) == BLOCK else None  # owner fields that need PAX: tarfile's
+    template = templates[key]
+    if template is None:
+        return None
+    header = bytearray(template)
+    header[_NAME] = name.ljust(100, tarfile.NUL)
+    header[_SIZE] = b"%011o\0" % size
+    header[_CHKSUM] = b" " * 8
+    header[148:155] = b"%06o\0" % sum(header)
+    return bytes(header)

@@ -165,53 +165,39 @@ def rewrite_shard(src_path: str, dst_path: str, wanted: set[str]) -> int:
 
 
 def _write_index_and_shards(kept: Any, source_dir: str, output: str, n_shards: int,
-                            by_shard: bool = False) -> dict[str, int]:
+                            in_place_drops: set[str] | None = None) -> dict[str, int]:
     """``index.parquet`` of the ``kept`` rows and each source tar copied with only them (:func:`rewrite_shard`),
     in one pass: the task writing a partition's index rows (sorted by shard and key, so which rows land in which
     file does not depend on task timing) rewrites their tars on the way. Returns the samples per written tar.
 
-    ``by_shard``: ``kept`` is already one shard per partition (:func:`_kept_in_place`), so no shuffle is needed;
-    else the rows are partitioned by shard first."""
+    ``in_place_drops``: ``kept`` is the read's output, one shard per partition by construction, and the task
+    itself leaves these keys out: no shuffle (it cost more than the copying: ~100 shuffle blocks per task) and
+    no second Python step. None: ``kept`` holds exactly the kept rows and is partitioned by shard first."""
     index_cols = schemas.load("index").names
-    ordered = kept.select(*index_cols)
-    if not by_shard:
-        ordered = ordered.repartition(max(1, n_shards), "shard")
-    ordered = ordered.sortWithinPartitions("shard", "key")
+    rows = kept.select(*index_cols)
+    if in_place_drops is None:
+        rows = rows.repartition(max(1, n_shards), "shard")
+    dropped = kept.sparkSession.sparkContext.broadcast(frozenset(in_place_drops or ()))
 
     def rewrite(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        held: list[pa.RecordBatch] = []  # the rows of the current shard, released once its tar is written
-        for batch in batches:
-            shards = batch.column("shard")
-            start = 0
-            for end in [*_run_ends(shards.to_pylist()), batch.num_rows]:
-                if end == start:
-                    continue
-                if held and held[0].column("shard")[0] != shards[start]:
-                    yield from _finish_shard(held, source_dir, output)
-                    held = []
-                held.append(batch.slice(start, end - start))
-                start = end
-        if held:
-            yield from _finish_shard(held, source_dir, output)
+        held = list(batches)
+        if not held:
+            return
+        table = pa.Table.from_batches(held)
+        keys = dropped.value
+        if keys:
+            table = table.filter(pa.array([k not in keys for k in table.column("key").to_pylist()], pa.bool_()))
+        table = table.sort_by([("shard", "ascending"), ("key", "ascending")]).combine_chunks()
+        shards = table.column("shard").to_pylist()
+        start = 0
+        for end in [*_run_ends(shards), len(shards)] if shards else []:
+            yield from _finish_shard(table.slice(start, end - start), source_dir, output)
+            start = end
 
-    ordered.mapInArrow(rewrite, ordered.schema).write.mode("overwrite").parquet(f"{output}/{INDEX_DIR}")
+    rows.mapInArrow(rewrite, rows.schema).write.mode("overwrite").parquet(f"{output}/{INDEX_DIR}")
     spark = kept.sparkSession
     counts = spark.read.parquet(f"{output}/{INDEX_DIR}").groupBy("shard").count().collect()
     return {r["shard"]: int(r["count"]) for r in sorted(counts, key=lambda r: r["shard"])}
-
-
-def _kept_in_place(samples: Any, drops: set[str]) -> Any:
-    """``samples`` (one downloaded shard per partition) without the ``drops`` keys, filtered inside each
-    partition: the rows keep their partitioning by construction, so the shards are rewritten without a shuffle
-    (which cost more than the copying itself: ~100 shuffle blocks per task)."""
-    dropped = samples.sparkSession.sparkContext.broadcast(frozenset(drops))
-
-    def without(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            keys = dropped.value
-            yield batch.filter(pa.array([k not in keys for k in batch.column("key").to_pylist()], pa.bool_()))
-
-    return samples.mapInArrow(without, samples.schema)
 
 
 def _run_ends(values: list[Any]) -> list[int]:
@@ -219,14 +205,14 @@ def _run_ends(values: list[Any]) -> list[int]:
     return [i for i in range(1, len(values)) if values[i] != values[i - 1]]
 
 
-def _finish_shard(rows: list[pa.RecordBatch], source_dir: str, output: str) -> Iterator[pa.RecordBatch]:
+def _finish_shard(rows: pa.Table, source_dir: str, output: str) -> Iterator[pa.RecordBatch]:
     """Rewrite the tar of one shard's index rows and pass the rows on; every row must have its image written."""
-    shard = rows[0].column("shard")[0].as_py()
-    keys = {k for batch in rows for k in batch.column("key").to_pylist()}
+    shard = rows.column("shard")[0].as_py()
+    keys = set(rows.column("key").to_pylist())
     written = rewrite_shard(f"{source_dir}/{shard}", f"{output}/{shard}", keys)
     if written != len(keys):
         raise RuntimeError(f"finalize: {shard}: {written} images written for {len(keys)} index rows")
-    yield from rows
+    yield from rows.to_batches()
 
 
 def _exact_duplicates(samples: Any) -> list[str]:
@@ -286,7 +272,7 @@ def run_finalize(ctx: StageContext) -> StageCounts:
             for tar in batch.column(0).to_pylist():
                 yield shard_samples(tar, counts, schema)
 
-    # one tar per partition (what _kept_in_place relies on); a schema given, so no job infers it
+    # one tar per partition (what the in-place rewrite relies on); a schema given, so no job infers it
     tar_rows = spark.sparkContext.parallelize([(t,) for t in tars], max(1, len(tars)))
     samples = (spark.createDataFrame(tar_rows, "tar string")
                .mapInArrow(counted(read_task, ctx.counts_dir), from_arrow_schema(schema))).cache()
@@ -321,12 +307,11 @@ def run_finalize(ctx: StageContext) -> StageCounts:
             current, scored_frames = score_and_filter(current, ctx.cfg.clip_score, ctx.previous, len(tars), counts,
                                                      ctx.output)
             cached += scored_frames
-            kept, by_shard = current, False
+            sizes = _write_index_and_shards(current, ctx.previous, ctx.output, len(tars))
         elif len(drops) < BROADCAST_KEYS:
-            kept, by_shard = with_empty_scores(_kept_in_place(samples, drops)), True
+            sizes = _write_index_and_shards(with_empty_scores(samples), ctx.previous, ctx.output, len(tars), drops)
         else:
-            kept, by_shard = with_empty_scores(current), False
-        sizes = _write_index_and_shards(kept, ctx.previous, ctx.output, len(tars), by_shard)
+            sizes = _write_index_and_shards(with_empty_scores(current), ctx.previous, ctx.output, len(tars))
     finally:
         for frame in cached:
             frame.unpersist()
