@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from witbuild.dedup.colour_bound import certainly_apart
 from witbuild.dedup.phash import (
     as_uint64,
     hamming_array,
@@ -327,7 +328,7 @@ def _colour_checked(df: Any, pairs_df: Any, n_pairs: int, limits: ColourLimits) 
         with_a = thumbs_a.join(pairs_df, "a")
         joined = thumbs_b.repartition(tasks, "b").join(with_a.repartition(tasks, "b"), "b")
     joined = joined.select("a", "b", "bits", "ta", "tb")
-    checked = joined.mapInArrow(_colour_check, "a string, b string, bits int, mean double, tail double")
+    checked = joined.mapInArrow(_colour_check(limits), "a string, b string, bits int, mean double, tail double")
     passed = checked.filter((F.col("mean") <= F.lit(limits.mean)) & (F.col("tail") <= F.lit(limits.tail))).collect()
     return choose_representatives((r["a"], r["b"], int(r["bits"]), ColourDiff(r["mean"], r["tail"])) for r in passed)
 
@@ -408,18 +409,26 @@ def bucket_pairs(keys: Sequence[str], hashes: Sequence[int], threshold: int,
     return [(*sorted((keys[i], keys[j])), int(d)) for (i, j), d in zip(pairs.tolist(), bits, strict=True)]
 
 
-def _colour_check(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """The Spark task adding :func:`colour_diffs` to each verified pair (``a, b, bits, ta, tb``); a missing
-    thumbnail counts as infinitely different (the pair stays)."""
-    for batch in batches:
-        ta, tb = batch.column("ta").to_pylist(), batch.column("tb").to_pylist()
-        ok = [i for i, (x, y) in enumerate(zip(ta, tb, strict=True)) if x and y]
-        diffs = [ColourDiff(float("inf"), float("inf"))] * len(ta)
-        for i, d in zip(ok, colour_diffs([ta[i] for i in ok], [tb[i] for i in ok]), strict=True):
-            diffs[i] = d
-        yield pa.RecordBatch.from_pydict({"a": batch.column("a"), "b": batch.column("b"), "bits": batch.column("bits"),
-                                          "mean": pa.array([d.mean for d in diffs], pa.float64()),
-                                          "tail": pa.array([d.tail for d in diffs], pa.float64())})
+def _colour_check(limits: ColourLimits) -> Any:
+    """The Spark task adding :func:`colour_diffs` to the verified pairs (``a, b, bits, ta, tb``) that might pass
+    ``limits``; the pairs that certainly fail (:func:`~witbuild.dedup.colour_bound.certainly_apart`, most of them)
+    are left out. A missing thumbnail counts as infinitely different (the pair stays)."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            ta, tb = batch.column("ta").to_pylist(), batch.column("tb").to_pylist()
+            both = [i for i, (x, y) in enumerate(zip(ta, tb, strict=True)) if x and y]
+            apart = certainly_apart([ta[i] for i in both], [tb[i] for i in both], THUMB_SIDE, limits.mean,
+                                    limits.tail)
+            close = [i for i, far in zip(both, apart.tolist(), strict=True) if not far]
+            diffs = colour_diffs([ta[i] for i in close], [tb[i] for i in close])
+            rows = pa.array(close, pa.int64())
+            yield pa.RecordBatch.from_pydict({"a": batch.column("a").take(rows), "b": batch.column("b").take(rows),
+                                              "bits": batch.column("bits").take(rows),
+                                              "mean": pa.array([d.mean for d in diffs], pa.float64()),
+                                              "tail": pa.array([d.tail for d in diffs], pa.float64())})
+
+    return run
 
 
 def write_removal_record(spark: Any, removals: list[Removal], samples: Any, path: str) -> None:

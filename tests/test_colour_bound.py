@@ -1,0 +1,88 @@
+"""The colour check's early rejection never rejects a pair the exact check passes, and rejects the far ones.
+
+The reference is ``colour_diffs`` (numpy, vectorised), which the bound's loop does not call; the pairs are the
+labelled copies, colour variants and pHash-mined distinct drawings of ``witbuild.demo.dup_pairs``, plus noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from witbuild.dedup import colour_bound
+from witbuild.dedup.colour_bound import certainly_apart
+from witbuild.dedup.near import (
+    THUMB_SIDE,
+    ColourLimits,
+    colour_diffs,
+    find_removals,
+    image_signature,
+    near_duplicate_removals,
+)
+from witbuild.demo.dup_pairs import labelled_pairs
+
+pytestmark = pytest.mark.skipif(colour_bound.numba is None, reason="numba is not installed")
+
+
+@pytest.fixture(scope="module")
+def thumbs():
+    """Thumbnail pairs of every labelled kind, and both orders of each pair."""
+    a, b = [], []
+    for p in labelled_pairs(12, seed=5, photos=False, hard_within=4, max_tries=60):
+        sa, sb = image_signature(p.a), image_signature(p.b)
+        a += [sa[1], sb[1]]
+        b += [sb[1], sa[1]]
+    return a, b
+
+
+def _exact(thumbs):
+    diffs = colour_diffs(*thumbs)
+    return np.array([d.mean for d in diffs]), np.array([d.tail for d in diffs])
+
+
+@pytest.mark.parametrize("limits", [(5.0, 20.0), (1.0, 5.0), (2.0, 40.0), (30.0, 80.0), (0.0, 0.0)])
+def test_rejected_pairs_fail_the_exact_check(thumbs, limits) -> None:
+    mean, tail = _exact(thumbs)
+    apart = certainly_apart(*thumbs, THUMB_SIDE, *limits)
+    fails = (mean > limits[0]) | (tail > limits[1])
+    assert not (apart & ~fails).any()
+    assert apart.sum() >= fails.sum() - 5, (apart.sum(), fails.sum())  # measured: all but 0-2 of 6-180 failing
+
+
+def test_a_pair_exactly_at_its_limits_is_not_rejected(thumbs) -> None:
+    """Each pair's own exact values as the limits: it passes (≤), so the bound must let it through; a hair below
+    either limit it fails, and is rejected unless its pixels sit too close to the limit to prove it."""
+    mean, tail = _exact(thumbs)
+    for i in range(len(mean)):
+        one = ([thumbs[0][i]], [thumbs[1][i]])
+        assert not certainly_apart(*one, THUMB_SIDE, mean[i], tail[i])[0], i
+        assert certainly_apart(*one, THUMB_SIDE, mean[i] - 0.05, np.inf)[0] or mean[i] < 0.05, i
+
+
+def test_noise_is_rejected_early() -> None:
+    rng = np.random.default_rng(0)
+    a = [rng.integers(0, 256, THUMB_SIDE * THUMB_SIDE * 3, dtype=np.uint8).tobytes() for _ in range(50)]
+    b = [rng.integers(0, 256, THUMB_SIDE * THUMB_SIDE * 3, dtype=np.uint8).tobytes() for _ in range(50)]
+    assert certainly_apart(a, b, THUMB_SIDE, 5.0, 20.0).all()
+    assert not certainly_apart(a, a, THUMB_SIDE, 0.0, 0.0).any()  # identical thumbnails: ΔE 0 everywhere
+    assert certainly_apart([], [], THUMB_SIDE, 5.0, 20.0).shape == (0,)
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_spark_removals_equal_the_in_process_reference(spark) -> None:
+    """near_duplicate_removals (LSH in Spark, the bound, then the exact check) against find_removals (every
+    candidate pair through colour_diffs), on labelled pairs hashed together, so that groups and chains form."""
+    keys, hashes, thumbs = [], [], []
+    for n, p in enumerate(labelled_pairs(10, seed=11, photos=False, hard_within=4, max_tries=60)):
+        for side, data in (("a", p.a), ("b", p.b)):
+            h, t = image_signature(data)
+            keys.append(f"{n:04d}{side}")
+            hashes.append(h - (1 << 64) if h >= 1 << 63 else h)
+            thumbs.append(t)
+    df = spark.createDataFrame(list(zip(keys, hashes, thumbs, strict=True)), "key string, _phash long, _thumb binary")
+    expected = find_removals(keys, hashes, thumbs, 4, 5, ColourLimits())
+    got = near_duplicate_removals(df, 4, 5, ColourLimits())
+    assert [(r.key, r.duplicate_of, r.phash_distance) for r in got] == \
+        [(r.key, r.duplicate_of, r.phash_distance) for r in expected]
+    assert [r.colour for r in got] == [r.colour for r in expected]  # the exact values, bit for bit
+    assert expected  # the set holds duplicates to find
