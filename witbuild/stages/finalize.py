@@ -281,9 +281,11 @@ def run_finalize(ctx: StageContext) -> StageCounts:
         samples.count()
         counts = read_task_counts(ctx.counts_dir)
         drops: set[str] = set()  # every verdict of dedup and decontamination, as keys
-        current = samples
+        # dedup reads the cached rows in a few tasks: a Python or shuffle task per shard costs ~0.1 s of overhead
+        # for a few ms of work, in each of the half dozen jobs below
+        current = samples.coalesce(2 * spark.sparkContext.defaultParallelism)
         if cfg.exact_image:
-            exact = _exact_duplicates(samples)
+            exact = _exact_duplicates(current)
             counts.drop("duplicate_image_sha256", len(exact))
             drops.update(exact)
             current = _without_keys(current, exact)
