@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS, SIZES_FILE, INDEX_DIR = layout.IMAGE_EXTS, layout.SIZES_FILE, layout.INDEX_DIR
 MEMBER_MTIME = 0  # modification time of every member of a final tar (the download's clock is not data)
 BROADCAST_KEYS = 1_000_000  # dropped keys sent to every task (a set) up to this many, else joined away
+UNCOMPRESSED_CACHE = ("spark.sql.inMemoryColumnarStorage.compressed", "false")
 READ_BUFFER = 1 << 20  # tars are read member by member: small reads through fsspec's file cost ~1/3 more
 
 
@@ -277,8 +278,13 @@ def run_finalize(ctx: StageContext) -> StageCounts:
     samples = (spark.createDataFrame(tar_rows, "tar string")
                .mapInArrow(counted(read_task, ctx.counts_dir), from_arrow_schema(schema))).cache()
     cached = [samples]
+    # the cached rows are mostly thumbnails and hashes, which Spark's columnar compression cannot shrink: trying
+    # cost ~8% of finalize's CPU at 100,000 images (benchmarks/README.md)
+    compressed = spark.conf.get(UNCOMPRESSED_CACHE[0], "true")
+    spark.conf.set(*UNCOMPRESSED_CACHE)
     try:
         samples.count()
+        spark.conf.set(UNCOMPRESSED_CACHE[0], compressed)
         counts = read_task_counts(ctx.counts_dir)
         drops: set[str] = set()  # every verdict of dedup and decontamination, as keys
         # dedup reads the cached rows in a few tasks: a Python or shuffle task per shard costs ~0.1 s of overhead
@@ -315,6 +321,7 @@ def run_finalize(ctx: StageContext) -> StageCounts:
         else:
             sizes = _write_index_and_shards(with_empty_scores(current), ctx.previous, ctx.output, len(tars))
     finally:
+        spark.conf.set(UNCOMPRESSED_CACHE[0], compressed)
         for frame in cached:
             frame.unpersist()
     out_fs, out = fs_and_path(ctx.output)
