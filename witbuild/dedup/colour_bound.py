@@ -18,13 +18,14 @@ verdicts and recorded values are those of ``colour_diffs`` alone (tested on rand
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from witbuild.dedup.near import _LINEAR, _XYZ_OVER_WHITE
+
+_M = np.ascontiguousarray(_XYZ_OVER_WHITE)  # linear RGB row @ _M = XYZ / white (a transposed view there)
 
 MARGIN = 1e-6  # ΔE; the loop and numpy differ by ~1e-12 on values of at most a few hundred
 CHECK_EVERY = 8  # pixels between two tests of the bounds
@@ -61,13 +62,6 @@ def _spread_order(side: int) -> np.ndarray:
     rev = [int(f"{i:0{bits}b}"[::-1], 2) for i in range(1 << bits)]
     rows = [r for r in rev if r < side]
     return np.array([y * side + x for y in rows for x in rows], dtype=np.int64)
-
-
-_SRGB_TO_XYZ = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
-_WHITE = np.array([0.95047, 1.0, 1.08883])
-_M = np.ascontiguousarray((_SRGB_TO_XYZ / _WHITE[:, None]).T)  # linear RGB row @ _M = XYZ / white
-_SRGB = np.arange(256) / 255.0
-_LINEAR = np.where(_SRGB > 0.04045, ((_SRGB + 0.055) / 1.055) ** 2.4, _SRGB / 12.92)
 
 
 def _lab_of(r: float, g: float, b: float, out: np.ndarray, i: int) -> None:

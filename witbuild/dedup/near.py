@@ -30,7 +30,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from witbuild.dedup.colour_bound import certainly_apart
 from witbuild.dedup.phash import (
     as_uint64,
     hamming_array,
@@ -413,6 +412,8 @@ def _colour_check(limits: ColourLimits) -> Any:
     """The Spark task adding :func:`colour_diffs` to the verified pairs (``a, b, bits, ta, tb``) that might pass
     ``limits``; the pairs that certainly fail (:func:`~witbuild.dedup.colour_bound.certainly_apart`, most of them)
     are left out. A missing thumbnail counts as infinitely different (the pair stays)."""
+
+    from witbuild.dedup.colour_bound import certainly_apart  # it reads this module's colour constants
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
