@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tarfile
 
@@ -291,3 +292,32 @@ def tar_samples_of(data: bytes) -> dict[str, dict[str, bytes]]:
             key, _, ext = m.name.partition(".")
             out.setdefault(key, {})[ext] = tar.extractfile(m).read()
     return out
+
+
+def test_signatures_saved_at_download_are_what_decoding_the_tars_gives(spark, built, tmp_path):
+    """Each shard's pHashes and thumbnails, saved as img2dataset wrote it, spare finalize a decode of every image;
+    without them (shards from another tool or an older download) finalize decodes the tars and writes the same
+    bytes, index and near-duplicate record."""
+    from witbuild.dedup.shard_signatures import signatures_path
+
+    out, cfg, results, _ = built
+    tars = sorted((out / "stages" / "download").glob("*.tar"))
+    assert len(tars) > 1 and all(os.path.exists(signatures_path(str(t))) for t in tars)
+    assert results["finalize"].counts.events["shards_signed_at_download"] == len(tars)
+    copy = tmp_path / "decoded"
+    shutil.copytree(out, copy)
+    for saved in (copy / "stages" / "download").glob("*_signatures.arrow"):
+        saved.unlink()
+    counts = {r.name: r for r in run_build(spark, cfg.model_copy(update={"output": str(copy)}),
+                                           from_stage="finalize")}["finalize"].counts
+    assert "shards_signed_at_download" not in counts.events
+    assert (counts.rows_in, counts.rows_out, counts.dropped) == (
+        results["finalize"].counts.rows_in, results["finalize"].counts.rows_out, results["finalize"].counts.dropped)
+
+    def outputs(root):
+        final = root / "stages" / "finalize"
+        near = pq.read_table(final / layout.NEAR_DUPLICATES_DIR).sort_by("key").to_pylist()
+        return (pq.read_table(final / "index.parquet").sort_by("key").to_pylist(), near,
+                (final / "sizes.json").read_text(), {t.name: t.read_bytes() for t in sorted(final.glob("*.tar"))})
+
+    assert outputs(copy) == outputs(out)

@@ -222,13 +222,18 @@ _DISTRIBUTORS = ("pyspark_distributor", "multiprocessing_distributor")
 
 
 @contextmanager
-def img2dataset_guarded(policy: Policy, cache_dir: str | None = None) -> Iterator[None]:
-    """Within the block, ``img2dataset.download`` hands its distributor a :class:`GuardedDownloader`.
+def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool = False) -> Iterator[None]:
+    """Within the block, ``img2dataset.download`` hands its distributor a :class:`GuardedDownloader`; with
+    ``sign``, its WebDataset writer also saves each shard's dedup signatures (witbuild/dedup/shard_signatures.py).
 
     img2dataset has no hook for the downloader itself, but ``download()`` looks its distributor function
     up in ``img2dataset.main`` when called; wrapping that function (and restoring it afterwards) keeps
     img2dataset's own code and options untouched."""
     import importlib
+
+    from img2dataset.writer import WebDatasetSampleWriter
+
+    from witbuild.dedup.shard_signatures import SigningWriterClass
 
     # ``import img2dataset.main`` would give the package's ``main`` function, which shadows the module's name
     i2d_main = importlib.import_module("img2dataset.main")
@@ -237,6 +242,8 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None) -> Iterato
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         def distributor(processes_count: Any, downloader: Any, *args: Any, **kw: Any) -> Any:
+            if sign and downloader.sample_writer_class is WebDatasetSampleWriter:
+                downloader.sample_writer_class = SigningWriterClass(WebDatasetSampleWriter)
             return fn(processes_count, GuardedDownloader(downloader, allow, cache_dir), *args, **kw)
         return distributor
 

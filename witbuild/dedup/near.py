@@ -13,8 +13,9 @@ one outline hash alike, and so do many distinct icons on plain backgrounds. Two 
    removes its near duplicates that are not yet decided. Every removed sample is thus within the thresholds of
    the kept sample it is recorded against; in a chain A~B~C with C far from A, A and C stay.
 
-The thumbnail is computed when finalize decodes an image for its pHash (one decode; 0.1-0.2 ms more per
-256×192 image, measured by ``benchmarks/bench_dedup.py``); the comparison runs only on verified candidate pairs.
+The thumbnail is computed when an image is decoded for its pHash (one decode, by the download as it writes the
+shard, see ``shard_signatures.py``, else by finalize; 0.1-0.2 ms more per 256×192 image, measured by
+``benchmarks/bench_dedup.py``); the comparison runs only on verified candidate pairs.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 HASH_SIDE = 64  # images are hashed reduced to no less than this per side: 2× what pHash looks at (32×32)
 THUMB_SIDE = 16  # thumbnail side in pixels: 768 bytes of RGB per image
+# names what image_signatures computes; signatures saved under another version are computed again
+SIGNATURE_VERSION = f"phash-reduced{HASH_SIDE}-thumb{THUMB_SIDE}-1"
 BROADCAST_ROWS = 100_000  # pairs or removals joined by broadcast (≤ ~80 MB with two thumbnails a row)
 CHECK_PAIRS_PER_TASK = 20_000  # colour checks per Spark task (~3 s of one core)
 PAIR_BATCH = 256  # pairs colour-checked at once (~30 MB of float64 intermediates)
@@ -105,19 +108,18 @@ def image_signature(data: bytes) -> tuple[int, bytes] | None:
 
 def image_signatures(images: Sequence[bytes]) -> list[tuple[int, bytes] | None]:
     """:func:`image_signature` of each of ``images``, the pHashes computed together (:func:`phash64_batch`)."""
-    greys: list[np.ndarray] = []
-    thumbs: list[bytes | None] = []
-    for data in images:
-        decoded = _decode_reduced(data)
-        thumbs.append(decoded[1] if decoded else None)
-        if decoded:
-            greys.append(decoded[0])
-    hashes = iter(phash64_batch(greys))
-    return [(next(hashes), thumb) if thumb is not None else None for thumb in thumbs]
+    return signatures_from_inputs([signature_inputs(data) for data in images])
 
 
-def _decode_reduced(data: bytes) -> tuple[np.ndarray, bytes] | None:
-    """(pHash input pixels, thumbnail) of one image, or None when Pillow cannot decode it."""
+def signatures_from_inputs(inputs: Sequence[tuple[np.ndarray, bytes] | None]) -> list[tuple[int, bytes] | None]:
+    """(pHash, thumbnail) from :func:`signature_inputs` results, the pHashes computed together."""
+    hashes = iter(phash64_batch([got[0] for got in inputs if got is not None]))
+    return [(next(hashes), got[1]) if got is not None else None for got in inputs]
+
+
+def signature_inputs(data: bytes) -> tuple[np.ndarray, bytes] | None:
+    """(pHash input pixels, thumbnail) of one image from one reduced decode, or None when Pillow cannot decode
+    it: the per-image part of :func:`image_signatures`, which can run as images arrive."""
     from PIL import Image
 
     try:

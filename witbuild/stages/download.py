@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from witbuild import layout
 from witbuild.counters import StageCounts
+from witbuild.dedup.shard_signatures import SUFFIX as SIGNATURES_SUFFIX
 from witbuild.download import apply_env, error_class, img2dataset_guarded
 from witbuild.network import BLOCKED_ADDRESS, allow_tuple, url_refusal
 from witbuild.robots import (
@@ -62,7 +63,7 @@ def forget_damaged_shards(fs: Any, folder: str) -> list[str]:
         except (ValueError, OSError):
             shard = path.rsplit("/", 1)[-1].split("_", 1)[0]
             damaged.append(shard)
-            for ext in ("_stats.json", ".tar", ".parquet"):
+            for ext in ("_stats.json", ".tar", ".parquet", SIGNATURES_SUFFIX):
                 if fs.exists(f"{folder}/{shard}{ext}"):
                     fs.rm(f"{folder}/{shard}{ext}")
     if damaged:
@@ -82,7 +83,8 @@ def run_download(ctx: StageContext) -> StageCounts:
     allowed_dir = f"{out.rstrip('/')}.input"
     counts, kept = prepare_input(ctx, fs, out, allowed_dir)
     if kept:
-        with img2dataset_guarded(ctx.cfg.network, ctx.cfg.download.cache_dir):
+        # finalize's pHashes and thumbnails, computed as each image is written (witbuild/dedup/shard_signatures.py)
+        with img2dataset_guarded(ctx.cfg.network, ctx.cfg.download.cache_dir, sign=True):
             _img2dataset(img2dataset, fs.unstrip_protocol(allowed_dir), ctx)
     fs.rm(allowed_dir, recursive=True)
     # the funnel, from the shard metadata img2dataset wrote (every input row is in one of them)

@@ -44,6 +44,7 @@ from witbuild.dedup.near import (
     write_removal_record,
 )
 from witbuild.dedup.phash import near_any, resolve_bands
+from witbuild.dedup.shard_signatures import read_signatures
 from witbuild.layout import NEAR_DUPLICATES_DIR
 from witbuild.spark import counted, fs_and_path, read_task_counts
 from witbuild.stages.finalize_score import SCORE_COLUMNS, score_and_filter, with_empty_scores
@@ -102,20 +103,13 @@ def shard_samples(shard_tar: str, counts: StageCounts, out_schema: pa.Schema) ->
         fs, p = fs_and_path(meta_path)
         with fs.open(p, "rb") as fh:
             meta = pq.read_table(fh)
-        members = read_tar_members(shard_tar)
+        meta = meta.filter(pc.equal(meta["status"], "success"))
+        signatures = _shard_signatures(shard_tar, meta["key"].to_pylist(), counts)
     except Exception as exc:  # a corrupt tar or metadata file loses this shard only
         log.error("cannot read shard %s: %s", shard_tar, exc)
         counts.event("unreadable_shards")
         return pa.RecordBatch.from_pylist([], schema=out_schema)
-    meta = meta.filter(pc.equal(meta["status"], "success"))
     counts.rows_in += meta.num_rows
-    images = [next((files[e] for e in IMAGE_EXTS if e in files), None) if files else None
-              for files in (members.get(k) for k in meta["key"].to_pylist())]
-    counts.drop("missing_in_tar", sum(image is None for image in images))
-    found = iter(image_signatures([image for image in images if image is not None]))
-    signatures = [next(found) if image is not None else None for image in images]
-    counts.drop("undecodable_image", sum(sig is None for sig, image in zip(signatures, images, strict=True)
-                                         if image is not None))
     meta = meta.filter(pa.array([sig is not None for sig in signatures], pa.bool_()))
     kept = [sig for sig in signatures if sig is not None]
     columns = {_FROM_METADATA.get(c, c): meta[c] for c in meta.column_names}
@@ -135,6 +129,26 @@ def shard_samples(shard_tar: str, counts: StageCounts, out_schema: pa.Schema) ->
     if not table.num_rows:  # an empty table has no batch to return
         return pa.RecordBatch.from_pylist([], schema=out_schema)
     return table.combine_chunks().to_batches()[0]
+
+
+def _shard_signatures(shard_tar: str, keys: list[str], counts: StageCounts) -> list[tuple[int, bytes] | None]:
+    """(pHash, thumbnail) of each key's image, None where it is missing from the tar or undecodable (counted):
+    from the signatures the download saved when they cover every key, else by decoding the tar."""
+    saved = read_signatures(shard_tar)
+    if saved is not None and all(k in saved for k in keys):
+        signatures = [saved[k] for k in keys]
+        counts.drop("undecodable_image", sum(sig is None for sig in signatures))
+        counts.event("shards_signed_at_download")
+        return signatures
+    members = read_tar_members(shard_tar)
+    images = [next((files[e] for e in IMAGE_EXTS if e in files), None) if files else None
+              for files in (members.get(k) for k in keys)]
+    counts.drop("missing_in_tar", sum(image is None for image in images))
+    found = iter(image_signatures([image for image in images if image is not None]))
+    signatures = [next(found) if image is not None else None for image in images]
+    counts.drop("undecodable_image", sum(sig is None for sig, image in zip(signatures, images, strict=True)
+                                         if image is not None))
+    return signatures
 
 
 def _eval_hashes(folder: str) -> np.ndarray:

@@ -1,0 +1,111 @@
+"""Dedup signatures of downloaded images, computed while img2dataset writes them.
+
+Finalize needs each image's pHash and colour thumbnail (:func:`~witbuild.dedup.near.image_signatures`). Read
+back from the tars, that meant reading every shard again and decoding every image in a pass of its own
+(~45% of finalize at 100,000 images, ``benchmarks/README.md``). :class:`SigningWriterClass` stands in for
+img2dataset's sample writer class: each encoded image it writes into the tar is also decoded at reduced scale
+right there, and when the shard closes ``{shard}_signatures.arrow`` is written beside it. The signatures are of
+the very bytes in the tar, by the same function, so they are the numbers finalize would compute. (Decoding in a
+thread of its own instead made the download ~40% slower at 100,000 images on 2 cores: the download process's
+Python threads already compete for the GIL, and one more busy thread delayed them all.)
+
+Finalize trusts a signatures file only when it matches its shard: same signature version
+(:data:`~witbuild.dedup.near.SIGNATURE_VERSION`) and the tar's size as it was when the file was written.
+Otherwise, or when there is none (shards from another tool or an older download), it decodes the tar.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pyarrow as pa
+
+from witbuild.dedup.near import SIGNATURE_VERSION, signature_inputs, signatures_from_inputs
+from witbuild.dedup.phash import to_signed64
+from witbuild.spark import fs_and_path
+
+log = logging.getLogger(__name__)
+
+SUFFIX = "_signatures.arrow"  # beside {shard}.tar; not *.parquet, which readers take for shard metadata
+SCHEMA = pa.schema([("key", pa.string()), ("phash", pa.int64()), ("thumb", pa.binary())])  # null: undecodable
+
+
+def signatures_path(shard_tar: str) -> str:
+    return shard_tar[: -len(".tar")] + SUFFIX
+
+
+class SigningWriterClass:
+    """Called like img2dataset's sample writer class, it makes a :class:`SigningWriter` around one of its
+    writers. An instance, not a class, because img2dataset pickles it to the download processes."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, shard_id: int, output_folder: str, save_caption: bool, oom_shard_count: int,
+                 schema: pa.Schema, encode_format: str) -> SigningWriter:
+        writer = self.inner(shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format)
+        shard_name = f"{shard_id:0{oom_shard_count}d}"
+        return SigningWriter(writer, f"{output_folder.rstrip('/')}/{shard_name}.tar")
+
+
+class SigningWriter:
+    """img2dataset's writer, plus the signature of each image it writes (see the module docstring)."""
+
+    def __init__(self, inner: Any, tar_path: str) -> None:
+        self.inner = inner
+        self.tar_path = tar_path
+        self.keys: list[str] = []
+        self.inputs: list[Any] = []
+        fs, tar = fs_and_path(tar_path)
+        if fs.exists(signatures_path(tar)):  # an interrupted attempt's: never beside the tar written now
+            fs.rm_file(signatures_path(tar))
+
+    def write(self, img_str: bytes | None, key: str, caption: Any, meta: dict[str, Any]) -> None:
+        self.inner.write(img_str, key, caption, meta)
+        if img_str is not None:  # written into the tar
+            self.keys.append(key)
+            self.inputs.append(signature_inputs(img_str))
+
+    def close(self) -> None:
+        self.inner.close()
+        try:
+            self._write_signatures()
+        except Exception as exc:  # the shard is complete without them: finalize decodes it instead
+            log.warning("cannot write the signatures of %s: %s", self.tar_path, exc)
+
+    def _write_signatures(self) -> None:
+        signatures = signatures_from_inputs(self.inputs)
+        fs, tar = fs_and_path(self.tar_path)
+        meta = {"signature_version": SIGNATURE_VERSION, "tar_bytes": str(fs.size(tar))}
+        table = pa.table({"key": pa.array(self.keys, pa.string()),
+                          "phash": pa.array([to_signed64(s[0]) if s else None for s in signatures], pa.int64()),
+                          "thumb": pa.array([s[1] if s else None for s in signatures], pa.binary())},
+                         schema=SCHEMA.with_metadata(meta))
+        tmp = f"{signatures_path(tar)}.tmp"
+        with fs.open(tmp, "wb") as fh, pa.ipc.new_file(fh, table.schema) as out:
+            out.write_table(table)
+        fs.mv(tmp, signatures_path(tar))
+
+
+def read_signatures(shard_tar: str) -> dict[str, tuple[int, bytes] | None] | None:
+    """{key: (unsigned pHash, thumbnail), or None when undecodable} for every image written into the tar, from
+    its signatures file; None when there is no file, or it does not match the tar (then finalize decodes)."""
+    fs, tar = fs_and_path(shard_tar)
+    path = signatures_path(tar)
+    try:
+        if not fs.exists(path):
+            return None
+        with fs.open(path, "rb") as fh:
+            table = pa.ipc.open_file(fh).read_all()
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        if meta.get("signature_version") != SIGNATURE_VERSION or meta.get("tar_bytes") != str(fs.size(tar)):
+            log.info("%s does not match its shard (version %s, tar changed?): decoding the tar instead", path,
+                     meta.get("signature_version"))
+            return None
+        keys, hashes, thumbs = (table.column(c).to_pylist() for c in ("key", "phash", "thumb"))
+    except Exception as exc:  # a damaged file costs a decode of the tar, not the shard
+        log.warning("cannot read %s (%s): decoding the tar instead", path, exc)
+        return None
+    return {k: ((h + (1 << 64)) % (1 << 64), t) if h is not None and t is not None else None
+            for k, h, t in zip(keys, hashes, thumbs, strict=True)}
