@@ -59,6 +59,10 @@ IMAGE_EXTS, SIZES_FILE, INDEX_DIR = layout.IMAGE_EXTS, layout.SIZES_FILE, layout
 MEMBER_MTIME = 0  # modification time of every member of a final tar (the download's clock is not data)
 BROADCAST_KEYS = 1_000_000  # dropped keys sent to every task (a set) up to this many, else joined away
 UNCOMPRESSED_CACHE = ("spark.sql.inMemoryColumnarStorage.compressed", "false")
+# shards read, and rewritten, by one Spark task: a Python task costs ~0.1-0.2 s of start-up and transfer here
+# (104 tasks: 22 s to read 100,000 images' rows whose Python work is ~3 CPU s); a fixed number, so which shards
+# share an index.parquet file does not depend on the cores
+SHARDS_PER_TASK = 8
 READ_BUFFER = 1 << 20  # tars are read member by member: small reads through fsspec's file cost ~1/3 more
 
 
@@ -185,7 +189,7 @@ def _write_index_and_shards(kept: Any, source_dir: str, output: str, n_shards: i
     in one pass: the task writing a partition's index rows (sorted by shard and key, so which rows land in which
     file does not depend on task timing) rewrites their tars on the way. Returns the samples per written tar.
 
-    ``in_place_drops``: ``kept`` is the read's output, one shard per partition by construction, and the task
+    ``in_place_drops``: ``kept`` is the read's output, whole shards per partition by construction, and the task
     itself leaves these keys out: no shuffle (it cost more than the copying: ~100 shuffle blocks per task) and
     no second Python step. None: ``kept`` holds exactly the kept rows and is partitioned by shard first."""
     index_cols = schemas.load("index").names
@@ -282,14 +286,18 @@ def run_finalize(ctx: StageContext) -> StageCounts:
     schema = samples_schema()
     from pyspark.sql.pandas.types import from_arrow_schema
 
+    paths = spark.sparkContext.broadcast(tars)
+
     def read_task(batches: Iterator[pa.RecordBatch], counts: StageCounts) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            for tar in batch.column(0).to_pylist():
-                yield shard_samples(tar, counts, schema)
+            for i in batch.column(0).to_pylist():
+                yield shard_samples(paths.value[i], counts, schema)
 
-    # one tar per partition (what the in-place rewrite relies on); a schema given, so no job infers it
-    tar_rows = spark.sparkContext.parallelize([(t,) for t in tars], max(1, len(tars)))
-    samples = (spark.createDataFrame(tar_rows, "tar string")
+    # whole shards per partition (what the in-place rewrite relies on), a run of SHARDS_PER_TASK consecutive
+    # ones: a range's partitions are contiguous, and its rows come from the JVM (an RDD of Python rows costs a
+    # Python step more per task)
+    tasks = max(1, -(-len(tars) // SHARDS_PER_TASK))
+    samples = (spark.range(len(tars), numPartitions=tasks)
                .mapInArrow(counted(read_task, ctx.counts_dir), from_arrow_schema(schema))).cache()
     cached = [samples]
     # the cached rows are mostly thumbnails and hashes, which Spark's columnar compression cannot shrink: trying
