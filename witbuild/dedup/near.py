@@ -454,11 +454,14 @@ def write_removal_record(spark: Any, removals: list[Removal], samples: Any, path
             pq.write_table(table.empty_table(), fh)
         fs.touch(f"{folder}/{SUCCESS_FILE}")
         return
-    rows = [(r.key, r.duplicate_of, r.phash_distance, r.colour.mean if r.colour else None,
-             r.colour.tail if r.colour else None) for r in removals]
-    pairs = spark.createDataFrame(rows, "key string, duplicate_of string, phash_distance int, colour_mean double, "
-                                        "colour_tail double")
-    small = _hint(len(rows))
+    # an Arrow table goes to the JVM as it is; a list of tuples would be a Python RDD, a Python task to read it
+    pairs = spark.createDataFrame(pa.table({
+        "key": pa.array([r.key for r in removals], pa.string()),
+        "duplicate_of": pa.array([r.duplicate_of for r in removals], pa.string()),
+        "phash_distance": pa.array([r.phash_distance for r in removals], pa.int32()),
+        "colour_mean": pa.array([r.colour.mean if r.colour else None for r in removals], pa.float64()),
+        "colour_tail": pa.array([r.colour.tail if r.colour else None for r in removals], pa.float64())}))
+    small = _hint(len(removals))
     info = samples.select("key", "shard", "url", "text", "phash").join(small(pairs), "key")
     kept = samples.select(F.col("key").alias("duplicate_of"), F.col("shard").alias("duplicate_of_shard"),
                           F.col("url").alias("duplicate_of_url"))

@@ -259,7 +259,7 @@ def _without_keys(df: Any, keys: list[str]) -> Any:
 
     if not keys:
         return df
-    drop_df = df.sparkSession.createDataFrame([(k,) for k in keys], "key string")
+    drop_df = df.sparkSession.createDataFrame(pa.table({"key": pa.array(keys, pa.string())}))  # no Python task
     return df.join(F.broadcast(drop_df) if len(keys) < BROADCAST_KEYS else drop_df, "key", "left_anti")
 
 
