@@ -6,8 +6,8 @@ For each N of ``--sizes`` (N: distinct images the download stage's URL list shou
    English natural caption are on it (those are what the filter and match stages keep), and written as
    gzip WARC files of at most ``PAGES_PER_WARC`` pages, at least two per core (the extract stage reads one file
    per task);
-2. its images are served on 127.0.0.1 by ``DemoWebServer`` on a port the OS assigns, every image drawn
-   beforehand (see below);
+2. its images are served on 127.0.0.1 by ``DemoWebServer`` on a port the OS assigns (``--port`` fixes it: the
+   URLs carry it, so only runs on one port see the same input), every image drawn beforehand (see below);
 3. the real job runs through ``spark-submit`` (``local[2]``, 1 GB driver and executor, configs/demo.yaml,
    ``demo_job_settings`` and ``balance.t`` so large that balancing keeps every matched pair), from the WARC
    files through every stage, while the summed RSS of the spark-submit process tree (driver JVM, Python driver,
@@ -275,15 +275,15 @@ class PrerenderedImages:
 
 
 @contextlib.contextmanager
-def image_server() -> Iterator[tuple[Any, PrerenderedImages]]:
-    """``DemoWebServer`` on a port of 127.0.0.1 the OS assigns, serving what the yielded lookup holds (fill its
-    ``images`` once the web, whose URLs carry the port, is generated)."""
+def image_server(port: int = 0) -> Iterator[tuple[Any, PrerenderedImages]]:
+    """``DemoWebServer`` on ``port`` of 127.0.0.1 (0: one the OS assigns), serving what the yielded lookup holds
+    (fill its ``images`` once the web, whose URLs carry the port, is generated)."""
     from witbuild.demo import server as server_mod
 
     lookup = PrerenderedImages({}, server_mod.demo_image)
     original, server_mod.demo_image = server_mod.demo_image, lookup
     try:
-        with server_mod.DemoWebServer(n_pages=1, port=0) as web:
+        with server_mod.DemoWebServer(n_pages=1, port=port) as web:
             yield web, lookup
     finally:
         server_mod.demo_image = original
@@ -302,12 +302,18 @@ def _cpu_busy() -> float:
 
 
 class TreeSampler(threading.Thread):
-    """Every ``SAMPLE_S`` s: the RSS of each process of a tree by role, the tree's CPU seconds (reaped children's
-    included: pyspark's daemon waits for the workers it forks) and the machine's busy CPU seconds."""
+    """Every ``SAMPLE_S`` s: the RSS of each process of a tree by role, the tree's CPU seconds and the machine's
+    busy CPU seconds.
+
+    The tree's CPU seconds are each process's own, as last seen, summed over every process seen so far: a
+    process that has ended keeps counting what it used, so the sum never goes back (summing the live processes'
+    times with their reaped children's went negative when workers ended whose parent had not reaped them: -8.5
+    cores over a 100k finalize). A process that lives less than ``SAMPLE_S`` is missed."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True, name="rss-sampler")
         self.pid, self.samples, self.roles, self.others = pid, [], {}, set()
+        self.cpu_seen: dict[tuple, float] = {}
         self.stopped = threading.Event()
 
     def role(self, proc: Any) -> str:
@@ -326,15 +332,15 @@ class TreeSampler(threading.Thread):
         import psutil
 
         by_role: dict[str, float] = {}
-        cpu = 0.0
         for proc in [root, *root.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
                 with proc.oneshot():
                     rss, t = proc.memory_info().rss, proc.cpu_times()
                     role = self.role(proc)
+                    key = (proc.pid, proc.create_time())
                 by_role[role] = by_role.get(role, 0) + rss / MB
-                cpu += t.user + t.system + t.children_user + t.children_system
-        return by_role, cpu
+                self.cpu_seen[key] = t.user + t.system
+        return by_role, sum(self.cpu_seen.values())
 
     def run(self) -> None:
         import psutil
@@ -558,7 +564,7 @@ def bench_size(n: int, args: argparse.Namespace, cores: int, work: Path) -> dict
     from witbuild.config import load_config
     from witbuild.download import apply_env
 
-    with image_server() as (server, lookup):
+    with image_server(args.port) as (server, lookup):
         web_fig = generate_web(work / "web", server.site, args.seed, cores, images=n)
         stems = web_fig.pop("stems")
         print(f"N={n:,}: web of {web_fig['pages']:,} pages, {web_fig['distinct_images']:,} distinct images "
@@ -738,6 +744,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pool", type=int, default=0, help="also run the CPU stages on >= this many extracted pairs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--master", default="local[2]")
+    p.add_argument("--port", type=int, default=0,
+                   help="the image server's port (default: any free one). Every URL carries it, and with them the "
+                        "pairs' uids, the shuffle and the shards' keys: give one to compare two runs on the same input")
     p.add_argument("--per-shard", type=int, default=None,
                    help="download.number_sample_per_shard (default: the config's, 250)")
     p.add_argument("--balance-t", type=int, default=KEEP_ALL_T, help="balance.t (default: keep every pair)")

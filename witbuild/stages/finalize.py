@@ -1,7 +1,8 @@
 """Stage finalize: image-level dedup and the dataset in the format training reads.
 
-1. One Spark task per downloaded shard reads its tar and its metadata: a row per sample with
-   the sha256 of the downloaded bytes and the pHash of the stored image.
+1. Spark tasks of ``SHARDS_PER_TASK`` downloaded shards each read their metadata and the signatures the
+   download saved (or decode their tars): a row per sample with the sha256 of the downloaded bytes and the
+   pHash and thumbnail of the stored image.
 2. Exact duplicates (same sha256) across shards: the smallest key stays.
 3. Near duplicates (:mod:`witbuild.dedup.near`): banded LSH on the 64-bit pHash, a colour check of
    16×16 thumbnails on the verified pairs, representatives chosen greedily in key order (no chained
