@@ -47,8 +47,20 @@ log = logging.getLogger(__name__)
 
 HASH_SIDE = 64  # images are hashed reduced to no less than this per side: 2× what pHash looks at (32×32)
 THUMB_SIDE = 16  # thumbnail side in pixels: 768 bytes of RGB per image
-# names what image_signatures computes; signatures saved under another version are computed again
-SIGNATURE_VERSION = f"phash-reduced{HASH_SIDE}-thumb{THUMB_SIDE}-1"
+def _pillow_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pillow")
+    except PackageNotFoundError:  # pragma: no cover - Pillow comes with the download extra
+        return "none"
+
+
+# names what image_signatures computes; signatures saved under another version are computed again. Pillow's
+# version is part of it: its resampling changes between versions (13.0 makes the vertical pass first when the
+# height shrinks by more than twice the width's pixels, older ones always the horizontal one; the rounding in
+# between differs), so its pixels, and the hashes, are those of one version
+SIGNATURE_VERSION = f"phash-reduced{HASH_SIDE}-thumb{THUMB_SIDE}-1-pillow{_pillow_version()}"
 BROADCAST_ROWS = 100_000  # pairs or removals joined by broadcast (≤ ~80 MB with two thumbnails a row)
 CHECK_PAIRS_PER_TASK = 20_000  # colour checks per Spark task (~3 s of one core)
 PAIR_BATCH = 256  # pairs colour-checked at once (~30 MB of float64 intermediates)
