@@ -478,4 +478,5 @@ def write_removal_record(spark: Any, removals: list[Removal], samples: Any, path
     kept = samples.select(F.col("key").alias("duplicate_of"), F.col("shard").alias("duplicate_of_shard"),
                           F.col("url").alias("duplicate_of_url"))
     record = kept.join(small(info), "duplicate_of").select(*table.names)
-    record.coalesce(1).sortWithinPartitions("key").write.mode("overwrite").parquet(path)
+    # one shuffled partition: coalesce(1) would run the joins above it in a single task too
+    record.repartition(1).sortWithinPartitions("key").write.mode("overwrite").parquet(path)
