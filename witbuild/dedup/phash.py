@@ -173,6 +173,11 @@ def as_uint64(hashes: Any) -> np.ndarray:
     raise TypeError(f"hashes must be integers, got dtype {arr.dtype}")
 
 
+def to_unsigned64(h: int) -> int:
+    """The unsigned 64-bit hash with the same bits as ``h`` (of either sign convention)."""
+    return h & _FULL
+
+
 def to_signed64(h: int) -> int:
     """The signed 64-bit value with the same bits as hash ``h`` (what a Spark LongType column stores)."""
     h &= _FULL

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from witbuild.dedup.near import SIGNATURE_VERSION, signature_inputs, signatures_from_inputs
-from witbuild.dedup.phash import to_signed64
+from witbuild.dedup.phash import to_signed64, to_unsigned64
 from witbuild.spark import fs_and_path
 
 log = logging.getLogger(__name__)
@@ -108,5 +108,5 @@ def read_signatures(shard_tar: str) -> dict[str, tuple[int, bytes] | None] | Non
     except Exception as exc:  # a damaged file costs a decode of the tar, not the shard
         log.warning("cannot read %s (%s): decoding the tar instead", path, exc)
         return None
-    return {k: ((h + (1 << 64)) % (1 << 64), t) if h is not None and t is not None else None
+    return {k: (to_unsigned64(h), t) if h is not None and t is not None else None
             for k, h, t in zip(keys, hashes, thumbs, strict=True)}

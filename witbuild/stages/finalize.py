@@ -44,7 +44,7 @@ from witbuild.dedup.near import (
     near_duplicate_removals,
     write_removal_record,
 )
-from witbuild.dedup.phash import near_any, resolve_bands
+from witbuild.dedup.phash import as_uint64, near_any, resolve_bands, to_signed64
 from witbuild.dedup.shard_signatures import read_signatures
 from witbuild.layout import NEAR_DUPLICATES_DIR
 from witbuild.spark import counted, fs_and_path, read_task_counts
@@ -65,14 +65,6 @@ UNCOMPRESSED_CACHE = ("spark.sql.inMemoryColumnarStorage.compressed", "false")
 # share an index.parquet file does not depend on the cores
 SHARDS_PER_TASK = 8
 READ_BUFFER = 1 << 20  # tars are read member by member: small reads through fsspec's file cost ~1/3 more
-
-
-def _signed(h: int) -> int:
-    return h - (1 << 64) if h >= 1 << 63 else h
-
-
-def _unsigned(h: int) -> int:
-    return h + (1 << 64) if h < 0 else h
 
 
 def samples_schema() -> pa.Schema:
@@ -120,7 +112,7 @@ def shard_samples(shard_tar: str, counts: StageCounts, out_schema: pa.Schema) ->
     columns = {_FROM_METADATA.get(c, c): meta[c] for c in meta.column_names}
     columns.update({"shard": pa.array([name] * len(kept), pa.string()),
                     "phash": pa.array([f"{h:016x}" for h, _ in kept], pa.string()),
-                    "_phash": pa.array([_signed(h) for h, _ in kept], pa.int64()),
+                    "_phash": pa.array([to_signed64(h) for h, _ in kept], pa.int64()),
                     "_thumb": pa.array([thumb for _, thumb in kept], pa.binary())})
     arrays = []
     for field in out_schema:
@@ -270,7 +262,7 @@ def _contaminated(frame: Any, folder: str, threshold: int, bands: int) -> list[s
 
     def find(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            h = np.array([_unsigned(x) for x in batch.column("_phash").to_pylist()], dtype=np.uint64)
+            h = as_uint64(batch.column("_phash").to_numpy())
             near = pa.array(near_any(h, ref.value, threshold, bands), pa.bool_())
             yield pa.RecordBatch.from_arrays([batch.column("key").filter(near)], names=["key"])
 
