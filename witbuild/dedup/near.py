@@ -47,6 +47,15 @@ log = logging.getLogger(__name__)
 
 HASH_SIDE = 64  # images are hashed reduced to no less than this per side: 2× what pHash looks at (32×32)
 THUMB_SIDE = 16  # thumbnail side in pixels: 768 bytes of RGB per image
+BROADCAST_ROWS = 100_000  # pairs or removals joined by broadcast (≤ ~80 MB with two thumbnails a row)
+CHECK_PAIRS_PER_TASK = 20_000  # colour checks per Spark task (~3 s of one core)
+PAIR_BATCH = 256  # pairs colour-checked at once (~30 MB of float64 intermediates)
+PAIR_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("bits", pa.int32())])  # verified pairs
+MAX_REPEATS = 64  # items of one hash value checked pairwise (see occurrence_pairs)
+DEFAULT_MAX_MEAN = 5.0  # ΔE; DedupConfig.colour_max_mean and colour_max_tail give the measured spread
+DEFAULT_MAX_TAIL = 20.0
+
+
 def _pillow_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -61,13 +70,6 @@ def _pillow_version() -> str:
 # height shrinks by more than twice the width's pixels, older ones always the horizontal one; the rounding in
 # between differs), so its pixels, and the hashes, are those of one version
 SIGNATURE_VERSION = f"phash-reduced{HASH_SIDE}-thumb{THUMB_SIDE}-1-pillow{_pillow_version()}"
-BROADCAST_ROWS = 100_000  # pairs or removals joined by broadcast (≤ ~80 MB with two thumbnails a row)
-CHECK_PAIRS_PER_TASK = 20_000  # colour checks per Spark task (~3 s of one core)
-PAIR_BATCH = 256  # pairs colour-checked at once (~30 MB of float64 intermediates)
-PAIR_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("bits", pa.int32())])  # verified pairs
-MAX_REPEATS = 64  # items of one hash value checked pairwise (see occurrence_pairs)
-DEFAULT_MAX_MEAN = 5.0  # ΔE; DedupConfig.colour_max_mean and colour_max_tail give the measured spread
-DEFAULT_MAX_TAIL = 20.0
 
 _SRGB_TO_XYZ = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
 _WHITE = np.array([0.95047, 1.0, 1.08883])
