@@ -583,9 +583,72 @@ def bench_size(n: int, args: argparse.Namespace, cores: int, work: Path) -> dict
         cfg = load_config(layout.config_path(str(build))).download
         apply_env(cfg)
         print(f"plain img2dataset on the same list ({source}) ...", flush=True)
-        plain_s = run_plain(url_list, work / "plain", cfg, cores)
+        plain = timed_plain(url_list, work / "plain", cfg, cores)
+        rounds = [round_figures(1, "build first", fig["stages"], plain)]
+        for r in range(2, args.rounds + 1):
+            rounds.append(repeat_round(r, work, sets, args, url_list, cfg, cores))
         misses = lookup.misses
-    return size_figures(n, web_fig, run, fig, url_list, source, plain_s, plain_successes(work / "plain"), misses)
+    out = size_figures(n, web_fig, run, fig, url_list, source, plain["seconds"], plain_successes(work / "plain"),
+                       misses)
+    out["plain_img2dataset"]["machine_cpu_seconds"] = plain["machine_cpu_seconds"]
+    out["rounds"] = {"each": rounds, **rounds_summary(rounds)}
+    return out
+
+
+def timed_plain(url_list: Path, out: Path, cfg: Any, cores: int) -> dict:
+    """Plain img2dataset's seconds and the whole machine's busy CPU seconds meanwhile (the server's included)."""
+    busy = _cpu_busy()
+    seconds = run_plain(url_list, out, cfg, cores)
+    return {"seconds": round(seconds, 2), "machine_cpu_seconds": round(_cpu_busy() - busy, 1),
+            "successes": plain_successes(out)}
+
+
+def repeat_round(r: int, work: Path, sets: list[str], args: argparse.Namespace, url_list: Path, cfg: Any,
+                 cores: int) -> dict:
+    """Round ``r`` on the same input: plain img2dataset and the build again from dedup (``--from-stage dedup``),
+    the order alternating (even rounds plain first) so that a drift of the machine's speed during the rounds
+    weighs on both alike."""
+    build, folder = work / "build", work / f"plain-{r}"
+    order = ("plain", "build") if r % 2 == 0 else ("build", "plain")
+    stages: dict[str, dict] = {}
+    plain: dict = {}
+    for step in order:
+        print(f"round {r}/{args.rounds}: {step} ...", flush=True)
+        if step == "plain":
+            plain = timed_plain(url_list, folder, cfg, cores)
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            cmd = [*job_command(work / "web", build, sets, args.master, STAGES[-1]), "--from-stage", POST_STAGES[0]]
+            run = run_job(cmd, work / f"build-{r}.log", None)
+            report = finished_job(run, build, POST_STAGES)
+            windows = stage_windows(run, report)
+            stages = stage_table(report, phase_figures(run.samples, windows), run.wall, POST_STAGES)
+    return round_figures(r, f"{order[0]} first", stages, plain)
+
+
+def round_figures(r: int, order: str, stages: dict[str, dict], plain: dict) -> dict:
+    """One round's dedup, download and finalize seconds (and busy CPU seconds of the machine) against plain's."""
+    post = sum(stages[s]["seconds"] for s in POST_STAGES)
+    cpu = [stages[s]["machine_cores_busy"] and stages[s]["machine_cores_busy"] * stages[s]["seconds"]
+           for s in POST_STAGES]
+    return {"round": r, "order": order, **{s: stages[s]["seconds"] for s in POST_STAGES}, "post": round(post, 2),
+            "plain": plain["seconds"], "post_over_plain": round(post / plain["seconds"], 3),
+            "download_over_plain": round(stages["download"]["seconds"] / plain["seconds"], 3),
+            "post_machine_cpu_seconds": round(sum(cpu), 1) if all(cpu) else None,
+            "plain_machine_cpu_seconds": plain["machine_cpu_seconds"],
+            "kept": stages["finalize"]["rows_out"], "plain_successes": plain["successes"]}
+
+
+def rounds_summary(rounds: list[dict]) -> dict:
+    """post / plain over all rounds: of the summed seconds, the median of the rounds, the lowest and highest."""
+    ratios = sorted(r["post_over_plain"] for r in rounds)
+    cpu = [(r["post_machine_cpu_seconds"], r["plain_machine_cpu_seconds"]) for r in rounds]
+    return {"post_over_plain_summed": round(sum(r["post"] for r in rounds) / sum(r["plain"] for r in rounds), 3),
+            "post_over_plain_median": round(ratios[len(ratios) // 2] if len(ratios) % 2
+                                            else (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2, 3),
+            "post_over_plain_min": ratios[0], "post_over_plain_max": ratios[-1],
+            "machine_cpu_post_over_plain": round(sum(a for a, _ in cpu) / sum(b for _, b in cpu), 3)
+            if all(a and b for a, b in cpu) else None}
 
 
 def run_figures(run: JobRun, fig: dict) -> dict:
@@ -701,8 +764,27 @@ def print_size(fig: dict) -> None:
     print(f"dedup+download+finalize {o['post_seconds']:.1f} s over plain img2dataset {p['seconds']:.1f} s: "
           f"{o['post_over_plain']:.2f}x ({o['post_over_plain'] - 1:+.0%}); download stage alone "
           f"{o['download_seconds']:.1f} s: {o['download_over_plain']:.2f}x ({o['download_over_plain'] - 1:+.0%})")
+    print_rounds(fig["rounds"])
     if fig["server_prerender_misses"]:
         print(f"note: {fig['server_prerender_misses']:,} requests were not prerendered (drawn on request)")
+
+
+def print_rounds(rounds: dict) -> None:
+    each = rounds["each"]
+    if len(each) < 2:
+        return
+    print(f"\n{'round':>5}  {'order':<12}{'dedup':>8}{'download':>10}{'finalize':>10}{'post':>8}{'plain':>8}"
+          f"{'post/plain':>12}{'download/plain':>16}{'CPU s post/plain':>18}{'kept':>9}")
+    for r in each:
+        cpu = (f"{r['post_machine_cpu_seconds']:.0f}/{r['plain_machine_cpu_seconds']:.0f}"
+               if r["post_machine_cpu_seconds"] else "-")
+        print(f"{r['round']:>5}  {r['order']:<12}{r['dedup']:>8.1f}{r['download']:>10.1f}{r['finalize']:>10.1f}"
+              f"{r['post']:>8.1f}{r['plain']:>8.1f}{r['post_over_plain']:>11.2f}x{r['download_over_plain']:>15.2f}x"
+              f"{cpu:>18}{r['kept']:>9,}")
+    print(f"post / plain over {len(each)} rounds: {rounds['post_over_plain_summed']:.2f}x of the summed seconds, "
+          f"median {rounds['post_over_plain_median']:.2f}x (from {rounds['post_over_plain_min']:.2f}x to "
+          f"{rounds['post_over_plain_max']:.2f}x); busy CPU seconds of the machine "
+          f"{_f(rounds['machine_cpu_post_over_plain'], '.2f')}x")
 
 
 def print_summary(sizes: list[dict], rows: list[dict]) -> None:
@@ -747,6 +829,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=0,
                    help="the image server's port (default: any free one). Every URL carries it, and with them the "
                         "pairs' uids, the shuffle and the shards' keys: give one to compare two runs on the same input")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="at each N, run plain img2dataset and the build from dedup again, alternately, until this "
+                        "many rounds of both (same server, same input): post / plain from several runs")
     p.add_argument("--per-shard", type=int, default=None,
                    help="download.number_sample_per_shard (default: the config's, 250)")
     p.add_argument("--balance-t", type=int, default=KEEP_ALL_T, help="balance.t (default: keep every pair)")

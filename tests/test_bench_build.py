@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.spark]  # two spark-submit builds: ~3 min on 2 cores
+pytestmark = [pytest.mark.slow, pytest.mark.spark]  # three spark-submit runs: ~4 min on 2 cores
 
 STAGES = ("extract", "filter", "match", "balance", "dedup", "download", "finalize")
 STAGE_FIELDS = ("rows_in", "rows_out", "seconds", "rows_per_s", "share", "peak_rss_mb")
@@ -19,7 +19,7 @@ STAGE_FIELDS = ("rows_in", "rows_out", "seconds", "rows_per_s", "share", "peak_r
 
 def test_bench_build_smoke(tmp_path):
     out = tmp_path / "bench_build.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_build.py"), "--sizes", "300", "--pool", "2000",
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_build.py"), "--sizes", "300", "--rounds", "2", "--pool", "2000",
            "--json", str(out), "--data-dir", str(tmp_path / "data")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=os.environ.copy())
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -41,6 +41,16 @@ def test_bench_build_smoke(tmp_path):
     assert size["build"]["peak_rss_mb"] >= max(st["peak_rss_mb"] for st in size["stages"].values())
     assert size["build"]["peak_by_role_mb"].get("jvm", 0) > 0
     assert size["build"]["peak_by_role_mb"].get("python_workers", 0) > 0
+
+    first, second = size["rounds"]["each"]  # round 2: plain img2dataset, then the build again from dedup
+    assert (first["order"], second["order"]) == ("build first", "plain first")
+    assert first["post_over_plain"] == size["overhead"]["post_over_plain"]
+    assert second["kept"] == first["kept"] == size["stages"]["finalize"]["rows_out"]  # same input, same output
+    assert second["plain_successes"] == first["plain_successes"] == plain["successes"]
+    assert all(second[s] > 0 for s in ("dedup", "download", "finalize", "plain"))
+    ratios = (first["post_over_plain"], second["post_over_plain"])
+    assert size["rounds"]["post_over_plain_min"] == min(ratios) and size["rounds"]["post_over_plain_max"] == max(ratios)
+    assert "post / plain over 2 rounds" in proc.stdout
 
     pool = fig["pool"]
     assert list(pool["stages"]) == list(STAGES[:5])
