@@ -42,7 +42,7 @@ def test_bench_build_smoke(tmp_path):
     assert size["build"]["peak_by_role_mb"].get("jvm", 0) > 0
     assert size["build"]["peak_by_role_mb"].get("python_workers", 0) > 0
 
-    first, second = size["rounds"]["each"]  # round 2: plain img2dataset, then the build again from dedup
+    first, second = size["rounds"]["each"]  # round 2: plain img2dataset, then the build again from balance
     assert (first["order"], second["order"]) == ("build first", "plain first")
     assert first["post_over_plain"] == size["overhead"]["post_over_plain"]
     assert second["kept"] == first["kept"] == size["stages"]["finalize"]["rows_out"]  # same input, same output
