@@ -13,7 +13,9 @@ For each N of ``--sizes`` (N: distinct images the download stage's URL list shou
    files through every stage, while the summed RSS of the spark-submit process tree (driver JVM, Python driver,
    Python workers) is sampled every ``SAMPLE_S`` seconds;
 4. plain img2dataset (``distributor="multiprocessing"``, one process per core, the build's download settings)
-   fetches the same URL list the download stage gave img2dataset, from the same server.
+   fetches the same URL list the download stage gave img2dataset, from the same server;
+5. with ``--rounds K``, K - 1 more rounds of both on that input, alternately (the build again from balance),
+   and post / plain over all rounds: one round's ratio moves with the machine's speed between its two runs.
 
 More distinct images. The demo draws a picture from its name (shape, colour, count, background, layout), and
 names are chosen Zipf-like among 4 layouts: distinct drawings saturate (20,000 pages show ~26,000 distinct
