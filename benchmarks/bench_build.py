@@ -67,6 +67,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -591,8 +592,7 @@ def bench_size(n: int, args: argparse.Namespace, cores: int, work: Path) -> dict
         for r in range(2, args.rounds + 1):
             rounds.append(repeat_round(r, work, sets, args, url_list, cfg, cores))
         misses = lookup.misses
-    out = size_figures(n, web_fig, run, fig, url_list, source, plain["seconds"], plain_successes(work / "plain"),
-                       misses)
+    out = size_figures(n, web_fig, run, fig, url_list, source, plain["seconds"], plain["successes"], misses)
     out["plain_img2dataset"]["machine_cpu_seconds"] = plain["machine_cpu_seconds"]
     out["rounds"] = {"each": rounds, **rounds_summary(rounds)}
     return out
@@ -648,8 +648,7 @@ def rounds_summary(rounds: list[dict]) -> dict:
     ratios = sorted(r["post_over_plain"] for r in rounds)
     cpu = [(r["post_machine_cpu_seconds"], r["plain_machine_cpu_seconds"]) for r in rounds]
     return {"post_over_plain_summed": round(sum(r["post"] for r in rounds) / sum(r["plain"] for r in rounds), 3),
-            "post_over_plain_median": round(ratios[len(ratios) // 2] if len(ratios) % 2
-                                            else (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2, 3),
+            "post_over_plain_median": round(statistics.median(ratios), 3),
             "post_over_plain_min": ratios[0], "post_over_plain_max": ratios[-1],
             "machine_cpu_post_over_plain": round(sum(a for a, _ in cpu) / sum(b for _, b in cpu), 3)
             if all(a and b for a, b in cpu) else None}

@@ -19,8 +19,8 @@ STAGE_FIELDS = ("rows_in", "rows_out", "seconds", "rows_per_s", "share", "peak_r
 
 def test_bench_build_smoke(tmp_path):
     out = tmp_path / "bench_build.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_build.py"), "--sizes", "300", "--rounds", "2", "--pool", "2000",
-           "--json", str(out), "--data-dir", str(tmp_path / "data")]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_build.py"), "--sizes", "300", "--rounds", "2",
+           "--pool", "2000", "--json", str(out), "--data-dir", str(tmp_path / "data")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=os.environ.copy())
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     fig = json.loads(out.read_text())
