@@ -290,3 +290,28 @@ def test_stats_list_rows_dropped_before_the_download() -> None:
         ("robots_disallowed", 4), ("robots_unreachable", 2), ("blocked_address", 1), ("opted_out", 1)]
     why = {f["class"]: f["examples"][0]["message"] for f in section["failures_by_class"]}
     assert "robots.txt" in why["robots_disallowed"] and "tdm-reservation" in why["opted_out"]
+
+
+# every spelling here must get the answer the URL's own parse gives, whatever the memo already holds
+TAG_URLS = [
+    "http://127.0.0.1:8080/a.jpg", "http://127.0.0.1:8080/b.jpg?x=1", "HTTP://127.0.0.1:8080/c", "http://127.0.0.1:80/",
+    "http://127.0.0.1/", "http://2130706433:8080/a.jpg", "http://0x7f.1/a.jpg", "http://127.1:8080#frag",
+    "http://127.0.0.1:8080?q", "http://127.0.0.1:8080", "http://127.0.0.1:/a", "http://127.0.0.1:99999/a",
+    "http://user:pw@127.0.0.1:8080/a", "http://127.0.0.1:8080\\@evil.example/a", " http://127.0.0.1:8080/a",
+    "http://127.0.0.1:8080/a ", "http://127.0.0.1\t:8080/a", "http://Img.Example.COM./a.jpg", "https://img.example.com/a",
+    "https://img.example.com:443/b", "ftp://img.example.com/a", "http://[::1]:8080/a", "http://localhost/a",
+    "http://169.254.169.254/latest", "http://10.0.0.1:8080/a", "http:///a.jpg", "http://-bad-.example/a", "", None,
+]
+
+
+def test_url_tags_match_a_whole_parse_of_each_url() -> None:
+    from witbuild.stages.download import _parsed_tags, url_tags
+
+    memo: dict[str, Any] = {}
+    for allow in (ALLOW_LOOPBACK, ()):
+        memo.clear()
+        for url in TAG_URLS * 2:  # the second time round every plain authority is in the memo
+            assert url_tags(url, allow, memo) == _parsed_tags(url, allow), url
+    assert len(memo) >= 8  # the plain authorities were memoised, not all parsed whole
+    assert url_tags("http://127.0.0.1:8080/a.jpg", ALLOW_LOOPBACK, {}) == (None, "http://127.0.0.1:8080")
+    assert url_tags("http://127.0.0.1:8080/a.jpg", (), {}) == ("blocked_address", None)
