@@ -86,3 +86,19 @@ def test_spark_removals_equal_the_in_process_reference(spark) -> None:
         [(r.key, r.duplicate_of, r.phash_distance) for r in expected]
     assert [r.colour for r in got] == [r.colour for r in expected]  # the exact values, bit for bit
     assert expected  # the set holds duplicates to find
+
+
+@pytest.mark.parametrize("base, ink", [(250, (250, 0, 0)), (10, (250, 250, 0))])
+def test_a_colour_only_one_direction_sees_is_proved(base, ink) -> None:
+    """A short line on a plain ground against the plain ground: pixels of the line find no ink near them in the
+    other image, while every pixel of the plain one finds ground near it. The bound goes one way first (from the
+    image with the smaller bytes, which gets the gain: the line's with red ink on white, the plain one's with
+    yellow on black), and must still reach the other direction, which the exact mean takes when it is larger."""
+    plain = np.full((THUMB_SIDE, THUMB_SIDE, 3), base, dtype=np.uint8)
+    line = plain.copy()
+    line[:8, 7] = ink
+    diff = colour_diffs([line.tobytes()], [plain.tobytes()])[0]
+    assert diff.mean > 1.0 and diff.tail < diff.mean  # 8 of 256 pixels: the 95th percentile misses them
+    for pair in ([line.tobytes()], [plain.tobytes()]), ([plain.tobytes()], [line.tobytes()]):
+        assert certainly_apart(*pair, THUMB_SIDE, diff.mean - 0.05, np.inf)[0]
+        assert not certainly_apart(*pair, THUMB_SIDE, diff.mean, diff.tail)[0]

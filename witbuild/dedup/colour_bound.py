@@ -4,12 +4,19 @@
 Most pHash-near pairs of simple graphics are recoloured copies, far from passing (on the 100k benchmark web,
 94% of 391,000 candidate pairs fail, half of them with a mean ΔE above 59 against a limit of 5). This module
 computes the same per-pixel ΔE as ``colour_diffs`` (the same gain, the same CIELAB, the same 3×3 neighbourhoods,
-in float64), one pixel at a time in a spread order, and stops as soon as the pixels seen so far prove that the
-pair fails:
+in float64) and stops as soon as the pixels seen so far prove that the pair fails:
 
 - the mean of a direction exceeds its limit once the sum of the pixels seen, divided by all pixels, does (every
   pixel's ΔE is ≥ 0, so the pixels not seen can only add);
 - the 95th percentile (linear interpolation) exceeds its limit once more pixels than the top 5% exceed it.
+
+It goes one direction first: the pixels of the thumbnail that gets the gain, in a spread order, each against
+the other's 3×3 neighbourhood. The exact check takes the larger of the two directions (for the mean, and per
+pixel for the percentile), so one direction bounds it, and each pixel costs one CIELAB conversion: the other
+thumbnail's CIELAB does not depend on the pair and is computed once per distinct image. A pair this does not
+stop has all its CIELAB by then; the other direction and the per-pixel maximum then cost only distances, so
+the verdicts are those of checking both directions pixel by pixel (at 100k, 17 µs a pair against 31 for the
+two directions at once; the same rejections on 200,000 real pairs).
 
 A pair is rejected only when a bound exceeds the limit by ``MARGIN``, far more than the rounding that separates
 this loop from numpy's vectorised arithmetic, so every pair the exact check would pass reaches it, and the
@@ -45,14 +52,18 @@ def certainly_apart(thumbs_a: Sequence[bytes], thumbs_b: Sequence[bytes], side: 
     n = len(thumbs_a)
     if numba is None or n == 0:
         return np.zeros(n, dtype=bool)
-    firsts = b"".join(min(x, y) for x, y in zip(thumbs_a, thumbs_b, strict=True))
-    seconds = b"".join(max(x, y) for x, y in zip(thumbs_a, thumbs_b, strict=True))
-    a = np.frombuffer(firsts, dtype=np.uint8).reshape(n, side, side, 3)
-    b = np.frombuffer(seconds, dtype=np.uint8).reshape(n, side, side, 3)
+    firsts = [min(x, y) for x, y in zip(thumbs_a, thumbs_b, strict=True)]
+    seconds = [max(x, y) for x, y in zip(thumbs_a, thumbs_b, strict=True)]
+    a = np.frombuffer(b"".join(firsts), dtype=np.uint8).reshape(n, side, side, 3)
+    b = np.frombuffer(b"".join(seconds), dtype=np.uint8).reshape(n, side, side, 3)
+    # the second thumbnail of a pair has no gain: its CIELAB is the image's own, computed once per distinct image
+    distinct: dict[bytes, int] = {}
+    b_index = np.fromiter((distinct.setdefault(y, len(distinct)) for y in seconds), dtype=np.int64, count=n)
+    lab_b = _labs(np.frombuffer(b"".join(distinct), dtype=np.uint8).reshape(len(distinct), side * side, 3))
     pixels = side * side
     above = pixels - math.floor(tail_q / 100.0 * (pixels - 1))  # this many values above x: the percentile is too
     out = np.zeros(n, dtype=bool)
-    _apart(a, b, _spread_order(side), max_mean + MARGIN, max_tail + MARGIN, above, out)
+    _apart(a, b, b_index, lab_b, _spread_order(side), max_mean + MARGIN, max_tail + MARGIN, above, out)
     return out
 
 
@@ -82,39 +93,18 @@ def _lab_of(r: float, g: float, b: float, out: np.ndarray, i: int) -> None:
     out[i, 2] = 200.0 * fy - 200.0 * fz
 
 
+def _labs(images: np.ndarray) -> np.ndarray:
+    """CIELAB of every pixel of ``(m, pixels, 3)`` sRGB bytes, as ``_lab_of`` computes it (the loop's numbers)."""
+    out = np.empty(images.shape)
+    for i in range(images.shape[0]):
+        for p in range(images.shape[1]):
+            _lab_of(_LINEAR[images[i, p, 0]], _LINEAR[images[i, p, 1]], _LINEAR[images[i, p, 2]], out[i], p)
+    return out
+
+
 def _gained_linear(v: float, gain: float) -> float:
     x = min(v * gain, 255.0) / 255.0
     return ((x + 0.055) / 1.055) ** 2.4 if x > 0.04045 else x / 12.92
-
-
-def _fill_lab(pa_: np.ndarray, pb_: np.ndarray, gain: float, y: int, x: int, idx: int, lab_a: np.ndarray,
-              lab_b: np.ndarray, done: np.ndarray) -> None:
-    """CIELAB of pixel (y, x) of both thumbnails (``a`` with its gain), once per pair."""
-    if done[idx]:
-        return
-    _lab_of(_gained_linear(float(pa_[y, x, 0]), gain), _gained_linear(float(pa_[y, x, 1]), gain),
-            _gained_linear(float(pa_[y, x, 2]), gain), lab_a, idx)
-    _lab_of(_LINEAR[pb_[y, x, 0]], _LINEAR[pb_[y, x, 1]], _LINEAR[pb_[y, x, 2]], lab_b, idx)
-    done[idx] = True
-
-
-def _pixel_deltas(pa_: np.ndarray, pb_: np.ndarray, gain: float, p: int, lab_a: np.ndarray, lab_b: np.ndarray,
-                  done: np.ndarray) -> tuple[float, float]:
-    """Pixel ``p``'s ΔE in both directions: ``a`` against ``b``'s 3×3 neighbourhood, and ``b`` against ``a``'s."""
-    side = pa_.shape[0]
-    py, px = p // side, p % side
-    _fill_lab(pa_, pb_, gain, py, px, p, lab_a, lab_b, done)
-    best_ab = np.inf
-    best_ba = np.inf
-    for qy in range(max(0, py - 1), min(side, py + 2)):
-        for qx in range(max(0, px - 1), min(side, px + 2)):
-            q = qy * side + qx
-            _fill_lab(pa_, pb_, gain, qy, qx, q, lab_a, lab_b, done)
-            d0, d1, d2 = lab_b[q, 0] - lab_a[p, 0], lab_b[q, 1] - lab_a[p, 1], lab_b[q, 2] - lab_a[p, 2]
-            best_ab = min(best_ab, d0 * d0 + d1 * d1 + d2 * d2)
-            e0, e1, e2 = lab_b[p, 0] - lab_a[q, 0], lab_b[p, 1] - lab_a[q, 1], lab_b[p, 2] - lab_a[q, 2]
-            best_ba = min(best_ba, e0 * e0 + e1 * e1 + e2 * e2)
-    return math.sqrt(best_ab), math.sqrt(best_ba)
 
 
 def _gain(pa_: np.ndarray, pb_: np.ndarray) -> float:
@@ -130,34 +120,66 @@ def _gain(pa_: np.ndarray, pb_: np.ndarray) -> float:
     return num / max(den, 1e-9)
 
 
-def _apart_py(a: np.ndarray, b: np.ndarray, order: np.ndarray, max_mean: float, max_tail: float, above: int,
-              out: np.ndarray) -> None:
+def _pair_apart(a: np.ndarray, lab_b: np.ndarray, gain: float, order: np.ndarray, max_mean: float,
+                max_tail: float, above: int, lab_a: np.ndarray, d_ab: np.ndarray) -> bool:
+    """One pair's proof. First one direction, pixels of ``a`` (with its gain) in ``order`` against ``b``'s 3×3
+    neighbourhoods (``lab_b`` given: one CIELAB a pixel): the exact check takes the larger of the two directions
+    for the mean and per pixel, so this direction alone bounds it, and stops most pairs within a few dozen
+    pixels. A pair it cannot stop has all of ``a``'s CIELAB by then, so the other direction, and each pixel's
+    larger ΔE, cost only distances."""
+    side = a.shape[0]
+    pixels = side * side
+    total = 0.0
+    over = 0
+    for step in range(pixels):
+        p = order[step]
+        py, px = p // side, p % side
+        _lab_of(_gained_linear(float(a[py, px, 0]), gain), _gained_linear(float(a[py, px, 1]), gain),
+                _gained_linear(float(a[py, px, 2]), gain), lab_a, p)
+        best = np.inf
+        for qy in range(max(0, py - 1), min(side, py + 2)):
+            for qx in range(max(0, px - 1), min(side, px + 2)):
+                q = qy * side + qx
+                d0, d1, d2 = lab_b[q, 0] - lab_a[p, 0], lab_b[q, 1] - lab_a[p, 1], lab_b[q, 2] - lab_a[p, 2]
+                best = min(best, d0 * d0 + d1 * d1 + d2 * d2)
+        d_ab[p] = math.sqrt(best)
+        total += d_ab[p]
+        over += d_ab[p] > max_tail
+        checked = (step + 1) % CHECK_EVERY == 0 or step == pixels - 1
+        if checked and (total > max_mean * pixels or over >= above):
+            return True
+    total = 0.0
+    over = 0
+    for p in range(pixels):
+        py, px = p // side, p % side
+        best = np.inf
+        for qy in range(max(0, py - 1), min(side, py + 2)):
+            for qx in range(max(0, px - 1), min(side, px + 2)):
+                q = qy * side + qx
+                e0, e1, e2 = lab_b[p, 0] - lab_a[q, 0], lab_b[p, 1] - lab_a[q, 1], lab_b[p, 2] - lab_a[q, 2]
+                best = min(best, e0 * e0 + e1 * e1 + e2 * e2)
+        d_ba = math.sqrt(best)
+        total += d_ba
+        over += max(d_ab[p], d_ba) > max_tail
+    return total > max_mean * pixels or over >= above
+
+
+def _apart_py(a: np.ndarray, b: np.ndarray, b_index: np.ndarray, lab_b: np.ndarray, order: np.ndarray,
+              max_mean: float, max_tail: float, above: int, out: np.ndarray) -> None:
     """The loop numba compiles (plain Python: readable, and testable without numba)."""
     pixels = a.shape[1] * a.shape[2]
     lab_a = np.empty((pixels, 3))
-    lab_b = np.empty((pixels, 3))
-    done = np.zeros(pixels, dtype=np.bool_)
+    d_ab = np.empty(pixels)
     for pair in range(a.shape[0]):
         gain = _gain(a[pair], b[pair])
-        done[:] = False
-        sum_ab = 0.0
-        sum_ba = 0.0
-        over = 0
-        for step in range(pixels):
-            d_ab, d_ba = _pixel_deltas(a[pair], b[pair], gain, order[step], lab_a, lab_b, done)
-            sum_ab += d_ab
-            sum_ba += d_ba
-            over += max(d_ab, d_ba) > max_tail
-            checked = (step + 1) % CHECK_EVERY == 0 or step == pixels - 1
-            if checked and (sum_ab > max_mean * pixels or sum_ba > max_mean * pixels or over >= above):
-                out[pair] = True
-                break
+        out[pair] = _pair_apart(a[pair], lab_b[b_index[pair]], gain, order, max_mean, max_tail, above, lab_a, d_ab)
 
 
 if numba is not None:
     _inline = numba.njit(cache=True, nogil=True, inline="always")  # numba's calls between functions cost 2×
-    _lab_of, _gained_linear, _fill_lab = _inline(_lab_of), _inline(_gained_linear), _inline(_fill_lab)
-    _pixel_deltas, _gain = _inline(_pixel_deltas), _inline(_gain)
+    _lab_of, _gained_linear, _gain = _inline(_lab_of), _inline(_gained_linear), _inline(_gain)
+    _pair_apart = _inline(_pair_apart)
+    _labs = numba.njit(cache=True, nogil=True)(_labs)
     _apart = numba.njit(cache=True, nogil=True)(_apart_py)
 else:  # pragma: no cover
     _apart = _apart_py
