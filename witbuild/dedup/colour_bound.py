@@ -120,6 +120,18 @@ def _gain(pa_: np.ndarray, pb_: np.ndarray) -> float:
     return num / max(den, 1e-9)
 
 
+def _nearest_sq(colour: np.ndarray, grid: np.ndarray, py: int, px: int, side: int) -> float:
+    """The smallest squared CIELAB distance from ``colour`` to the pixels of ``grid`` (``(pixels, 3)``) in the 3×3
+    neighbourhood of (py, px)."""
+    best = np.inf
+    for qy in range(max(0, py - 1), min(side, py + 2)):
+        for qx in range(max(0, px - 1), min(side, px + 2)):
+            q = qy * side + qx
+            d0, d1, d2 = grid[q, 0] - colour[0], grid[q, 1] - colour[1], grid[q, 2] - colour[2]
+            best = min(best, d0 * d0 + d1 * d1 + d2 * d2)
+    return best
+
+
 def _pair_apart(a: np.ndarray, lab_b: np.ndarray, gain: float, order: np.ndarray, max_mean: float,
                 max_tail: float, above: int, lab_a: np.ndarray, d_ab: np.ndarray) -> bool:
     """One pair's proof. First one direction, pixels of ``a`` (with its gain) in ``order`` against ``b``'s 3×3
@@ -136,13 +148,7 @@ def _pair_apart(a: np.ndarray, lab_b: np.ndarray, gain: float, order: np.ndarray
         py, px = p // side, p % side
         _lab_of(_gained_linear(float(a[py, px, 0]), gain), _gained_linear(float(a[py, px, 1]), gain),
                 _gained_linear(float(a[py, px, 2]), gain), lab_a, p)
-        best = np.inf
-        for qy in range(max(0, py - 1), min(side, py + 2)):
-            for qx in range(max(0, px - 1), min(side, px + 2)):
-                q = qy * side + qx
-                d0, d1, d2 = lab_b[q, 0] - lab_a[p, 0], lab_b[q, 1] - lab_a[p, 1], lab_b[q, 2] - lab_a[p, 2]
-                best = min(best, d0 * d0 + d1 * d1 + d2 * d2)
-        d_ab[p] = math.sqrt(best)
+        d_ab[p] = math.sqrt(_nearest_sq(lab_a[p], lab_b, py, px, side))
         total += d_ab[p]
         over += d_ab[p] > max_tail
         checked = (step + 1) % CHECK_EVERY == 0 or step == pixels - 1
@@ -152,13 +158,7 @@ def _pair_apart(a: np.ndarray, lab_b: np.ndarray, gain: float, order: np.ndarray
     over = 0
     for p in range(pixels):
         py, px = p // side, p % side
-        best = np.inf
-        for qy in range(max(0, py - 1), min(side, py + 2)):
-            for qx in range(max(0, px - 1), min(side, px + 2)):
-                q = qy * side + qx
-                e0, e1, e2 = lab_b[p, 0] - lab_a[q, 0], lab_b[p, 1] - lab_a[q, 1], lab_b[p, 2] - lab_a[q, 2]
-                best = min(best, e0 * e0 + e1 * e1 + e2 * e2)
-        d_ba = math.sqrt(best)
+        d_ba = math.sqrt(_nearest_sq(lab_b[p], lab_a, py, px, side))
         total += d_ba
         over += max(d_ab[p], d_ba) > max_tail
     return total > max_mean * pixels or over >= above
@@ -178,7 +178,7 @@ def _apart_py(a: np.ndarray, b: np.ndarray, b_index: np.ndarray, lab_b: np.ndarr
 if numba is not None:
     _inline = numba.njit(cache=True, nogil=True, inline="always")  # numba's calls between functions cost 2×
     _lab_of, _gained_linear, _gain = _inline(_lab_of), _inline(_gained_linear), _inline(_gain)
-    _pair_apart = _inline(_pair_apart)
+    _nearest_sq, _pair_apart = _inline(_nearest_sq), _inline(_pair_apart)
     _labs = numba.njit(cache=True, nogil=True)(_labs)
     _apart = numba.njit(cache=True, nogil=True)(_apart_py)
 else:  # pragma: no cover
