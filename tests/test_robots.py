@@ -300,11 +300,13 @@ TAG_URLS = [
     "http://user:pw@127.0.0.1:8080/a", "http://127.0.0.1:8080\\@evil.example/a", " http://127.0.0.1:8080/a",
     "http://127.0.0.1:8080/a ", "http://127.0.0.1\t:8080/a", "http://Img.Example.COM./a.jpg", "https://img.example.com/a",
     "https://img.example.com:443/b", "ftp://img.example.com/a", "http://[::1]:8080/a", "http://localhost/a",
-    "http://169.254.169.254/latest", "http://10.0.0.1:8080/a", "http:///a.jpg", "http://-bad-.example/a", "", None,
+    "http://169.254.169.254/latest", "http://10.0.0.1:8080/a", "http:///a.jpg", "http://-bad-.example/a",
+    "http://127.0.0.1:8080\n", "http://127.0.0.1:8080\n/a", "", None,
 ]
 
 
-def test_url_tags_match_a_whole_parse_of_each_url() -> None:
+def test_url_tags_match_a_whole_parse_of_each_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    from witbuild.stages import download
     from witbuild.stages.download import _parsed_tags, url_tags
 
     memo: dict[str, Any] = {}
@@ -315,3 +317,8 @@ def test_url_tags_match_a_whole_parse_of_each_url() -> None:
     assert len(memo) >= 8  # the plain authorities were memoised, not all parsed whole
     assert url_tags("http://127.0.0.1:8080/a.jpg", ALLOW_LOOPBACK, {}) == (None, "http://127.0.0.1:8080")
     assert url_tags("http://127.0.0.1:8080/a.jpg", (), {}) == ("blocked_address", None)
+    monkeypatch.setattr(download, "MEMO_AUTHORITIES", 3)  # a memo at its bound starts afresh, answers unchanged
+    memo.clear()
+    for url in TAG_URLS * 2:
+        assert url_tags(url, ALLOW_LOOPBACK, memo) == _parsed_tags(url, ALLOW_LOOPBACK), url
+        assert len(memo) <= 3

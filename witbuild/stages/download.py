@@ -156,7 +156,8 @@ def prepare_input(ctx: StageContext, fs: Any, out: str, dst: str) -> tuple[Stage
 
 # ``scheme://authority`` of a URL whose authority is plain (letters, digits, dots, hyphens, an optional port) and
 # ends where every parser ends it: what the policy and the origin depend on, so one answer serves all its URLs
-_PLAIN_AUTHORITY = re.compile(r"https?://[A-Za-z0-9.\-]+(?::[0-9]*)?(?=[/?#]|$)", re.ASCII)
+_PLAIN_AUTHORITY = re.compile(r"https?://[A-Za-z0-9.\-]+(?::[0-9]*)?(?=[/?#]|\Z)", re.ASCII)
+MEMO_AUTHORITIES = 65_536  # a task's memo starts afresh past this many (a crawl of many hosts stays bounded)
 
 
 def url_tags(url: str | None, allow: tuple[str, ...], memo: dict[str, tuple[str | None, str | None]]
@@ -169,6 +170,8 @@ def url_tags(url: str | None, allow: tuple[str, ...], memo: dict[str, tuple[str 
         prefix = found.group(0)
         tags = memo.get(prefix)
         if tags is None:
+            if len(memo) >= MEMO_AUTHORITIES:
+                memo.clear()
             tags = memo[prefix] = _parsed_tags(prefix + "/", allow)
         return tags
     return _parsed_tags(url, allow)
