@@ -279,15 +279,16 @@ class PrerenderedImages:
 
 
 @contextlib.contextmanager
-def image_server(port: int = 0) -> Iterator[tuple[Any, PrerenderedImages]]:
+def image_server(port: int = 0, image_delay_s: float = 0.0) -> Iterator[tuple[Any, PrerenderedImages]]:
     """``DemoWebServer`` on ``port`` of 127.0.0.1 (0: one the OS assigns), serving what the yielded lookup holds
-    (fill its ``images`` once the web, whose URLs carry the port, is generated)."""
+    (fill its ``images`` once the web, whose URLs carry the port, is generated); each image answered after
+    ``image_delay_s``, as a distant host would."""
     from witbuild.demo import server as server_mod
 
     lookup = PrerenderedImages({}, server_mod.demo_image)
     original, server_mod.demo_image = server_mod.demo_image, lookup
     try:
-        with server_mod.DemoWebServer(n_pages=1, port=port) as web:
+        with server_mod.DemoWebServer(n_pages=1, port=port, image_delay_s=image_delay_s) as web:
             yield web, lookup
     finally:
         server_mod.demo_image = original
@@ -568,7 +569,7 @@ def bench_size(n: int, args: argparse.Namespace, cores: int, work: Path) -> dict
     from witbuild.config import load_config
     from witbuild.download import apply_env
 
-    with image_server(args.port) as (server, lookup):
+    with image_server(args.port, args.image_delay_ms / 1000.0) as (server, lookup):
         web_fig = generate_web(work / "web", server.site, args.seed, cores, images=n)
         stems = web_fig.pop("stems")
         print(f"N={n:,}: web of {web_fig['pages']:,} pages, {web_fig['distinct_images']:,} distinct images "
@@ -835,6 +836,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=1,
                    help="at each N, run plain img2dataset and the build from balance again, alternately, until this "
                         "many rounds of both (same server, same input): post / plain from several runs")
+    p.add_argument("--image-delay-ms", type=float, default=0.0,
+                   help="the image server waits this long before each image (default 0: loopback speed, where the "
+                        "download is CPU-bound; a few hundred ms makes it wait on the network, as on the web)")
     p.add_argument("--per-shard", type=int, default=None,
                    help="download.number_sample_per_shard (default: the config's, 250)")
     p.add_argument("--balance-t", type=int, default=KEEP_ALL_T, help="balance.t (default: keep every pair)")
@@ -856,7 +860,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     out: dict[str, Any] = {"machine": machine_info(), "versions": versions(), "config": str(CONFIG.relative_to(ROOT)),
-                           "master": args.master, "balance_t": args.balance_t, "sizes": [], "pool": None}
+                           "master": args.master, "balance_t": args.balance_t, "image_delay_ms": args.image_delay_ms,
+                           "sizes": [], "pool": None}
     for n in args.sizes:
         work = Path(tempfile.mkdtemp(prefix=f"bench-build-{n}-"))
         try:

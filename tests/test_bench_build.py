@@ -20,11 +20,12 @@ STAGE_FIELDS = ("rows_in", "rows_out", "seconds", "rows_per_s", "share", "peak_r
 def test_bench_build_smoke(tmp_path):
     out = tmp_path / "bench_build.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_build.py"), "--sizes", "300", "--rounds", "2",
-           "--pool", "2000", "--json", str(out), "--data-dir", str(tmp_path / "data")]
+           "--pool", "2000", "--image-delay-ms", "2", "--json", str(out), "--data-dir", str(tmp_path / "data")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=os.environ.copy())
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     fig = json.loads(out.read_text())
     assert fig["machine"]["nproc"] >= 1
+    assert fig["image_delay_ms"] == 2.0  # recorded with the figures
 
     (size,) = fig["sizes"]
     assert set(size["stages"]) == set(STAGES)  # every stage ran (the script fails when one did not)
