@@ -116,3 +116,18 @@ def test_final_shards_are_the_same_bytes_whatever_order_the_downloads_finished_i
         members = tar.getmembers()
     assert [m.name for m in members] == sorted(f"{k:09d}.{ext}" for k in (0, 2, 3, 4) for ext in ("jpg", "json", "txt"))
     assert {m.mtime for m in members} == {MEMBER_MTIME} and not any(m.pax_headers for m in members)
+
+
+def test_a_shard_on_another_filesystem_is_rewritten_to_the_same_bytes(tmp_path):
+    """Local tars are mapped, any other fsspec file is read whole: both ways write the same tar."""
+    import fsspec
+
+    _downloaded_shard(tmp_path / "a.tar", [3, 0, 4, 1, 2])
+    wanted = {f"{k:09d}" for k in (0, 2, 4)}
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/rewrite/a.tar", (tmp_path / "a.tar").read_bytes())
+    assert rewrite_shard("memory://rewrite/a.tar", "memory://rewrite/a-final.tar", wanted) == 3
+    assert rewrite_shard(str(tmp_path / "a.tar"), str(tmp_path / "a-final.tar"), wanted) == 3
+    assert memory.cat("/rewrite/a-final.tar") == (tmp_path / "a-final.tar").read_bytes()
+    (tmp_path / "empty.tar").write_bytes(b"")
+    assert rewrite_shard(str(tmp_path / "empty.tar"), str(tmp_path / "empty-final.tar"), wanted) == 0

@@ -27,9 +27,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import mmap
+import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -165,15 +168,34 @@ def rewrite_shard(src_path: str, dst_path: str, wanted: set[str]) -> int:
 
     Members go in name order (key order, each sample's files together), not in the order img2dataset wrote them
     (the order its downloads finished), and with ``MEMBER_MTIME`` as their time and no PAX time record (a float
-    time of writing would override it): equal inputs give equal bytes."""
-    fs_in, src = fs_and_path(src_path)
+    time of writing would override it): equal inputs give equal bytes. Name order is a random walk through the
+    source, so it is read whole (:func:`_whole_tar`): through a read buffer every member's seek refilled it."""
     fs_out, dst = fs_and_path(dst_path)
     image_suffixes = tuple(f".{e}" for e in IMAGE_EXTS)
-    with fs_in.open(src, "rb") as raw, io.BufferedReader(raw, READ_BUFFER) as fin, fs_out.open(dst, "wb") as fout:
+    with _whole_tar(src_path) as fin, fs_out.open(dst, "wb") as fout:
         entries = sorted((e for e in tar_entries(fin) if e.name.rpartition("/")[2].partition(".")[0] in wanted),
                          key=lambda e: e.name)
         write_tar(fout, ((e, read_entry(fin, e)) for e in entries), MEMBER_MTIME)
     return sum(1 for e in entries if e.name.endswith(image_suffixes))
+
+
+@contextmanager
+def _whole_tar(path: str) -> Iterator[IO[bytes]]:
+    """The tar at ``path`` as a seekable file held whole: a local file mapped (its pages are the OS's file cache,
+    not the task's memory), any other read in one request."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, p = fs_and_path(path)
+    if not isinstance(fs, LocalFileSystem):
+        with fs.open(p, "rb") as fh:
+            yield io.BytesIO(fh.read())
+        return
+    with open(p, "rb") as fh:
+        if not os.fstat(fh.fileno()).st_size:  # an empty file cannot be mapped
+            yield io.BytesIO(b"")
+            return
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            yield mapped  # type: ignore[misc]  # mmap reads, seeks and tells as a file does
 
 
 def _write_index_and_shards(kept: Any, source_dir: str, output: str, n_shards: int,
