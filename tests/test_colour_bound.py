@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from witbuild.dedup import colour_bound
+from witbuild.dedup import colour_bound, near
 from witbuild.dedup.colour_bound import certainly_apart
 from witbuild.dedup.near import (
     THUMB_SIDE,
@@ -69,9 +69,12 @@ def test_noise_is_rejected_early() -> None:
 
 @pytest.mark.slow
 @pytest.mark.spark
-def test_spark_removals_equal_the_in_process_reference(spark) -> None:
+@pytest.mark.parametrize("broadcast_rows", [near.BROADCAST_ROWS, 0])
+def test_spark_removals_equal_the_in_process_reference(spark, monkeypatch, broadcast_rows) -> None:
     """near_duplicate_removals (LSH in Spark, the bound, then the exact check) against find_removals (every
-    candidate pair through colour_diffs), on labelled pairs hashed together, so that groups and chains form."""
+    candidate pair through colour_diffs), on labelled pairs hashed together, so that groups and chains form.
+    Both ways of bringing thumbnails to the pairs: broadcast joins (few pairs) and tasks by group (many)."""
+    monkeypatch.setattr(near, "BROADCAST_ROWS", broadcast_rows)
     keys, hashes, thumbs = [], [], []
     for n, p in enumerate(labelled_pairs(10, seed=11, photos=False, hard_within=4, max_tries=60)):
         for side, data in (("a", p.a), ("b", p.b)):

@@ -196,15 +196,39 @@ def test_bucket_task_batches_share_one_schema() -> None:
 
     member = pa.struct([("key", pa.string()), ("_phash", pa.int64())])
 
-    def batch(buckets: list[list[tuple[str, int]]]) -> pa.RecordBatch:
+    def batch(buckets: list[list[tuple[str, int]]], band: int = 0) -> pa.RecordBatch:
         rows = [[{"key": k, "_phash": h} for k, h in b] for b in buckets]
-        return pa.RecordBatch.from_pydict({"members": pa.array(rows, pa.list_(member))})
+        return pa.RecordBatch.from_pydict({"band": pa.array([band] * len(rows), pa.int32()),
+                                           "members": pa.array(rows, pa.list_(member))})
 
     far = [("a", 0), ("b", (1 << 40) - 1)]  # 40 bits apart: no pair
     near = [("d", 7), ("c", 6)]  # one bit apart
     out = list(_bucket_pairs(THRESHOLD, THRESHOLD + 1)(iter([batch([far]), batch([near])])))
     assert [b.schema for b in out] == [PAIR_SCHEMA, PAIR_SCHEMA]
-    assert out[0].num_rows == 0 and out[1].to_pylist() == [{"a": "c", "b": "d", "bits": 1}]
+    assert out[0].num_rows == 0 and out[1].to_pylist() == [{"a": "c", "b": "d", "bits": 1, "ha": 6}]
+
+
+@pytest.mark.parametrize("size", [4, MAX_REPEATS + 1, 300])
+def test_equal_hashes_are_paired_in_the_first_band_only(size) -> None:
+    """A pair of equal hashes is in every band's bucket, and comes out of band 0's alone; pairs of different
+    hashes come out of each band they share (their duplicates are merged later)."""
+    import pyarrow as pa
+
+    from witbuild.dedup.near import _bucket_pairs
+
+    member = pa.struct([("key", pa.string()), ("_phash", pa.int64())])
+    members = [{"key": f"{i:04d}", "_phash": 5 if i % 3 else 4} for i in range(size)]  # 4 and 5: one bit apart
+
+    def pairs(band: int) -> list[tuple[str, str, int]]:
+        batch = pa.RecordBatch.from_pydict({"band": pa.array([band], pa.int32()),
+                                            "members": pa.array([members], pa.list_(member))})
+        return [(r["a"], r["b"], r["bits"]) for b in _bucket_pairs(THRESHOLD, THRESHOLD + 1)(iter([batch]))
+                for r in b.to_pylist()]
+
+    first, later = pairs(0), pairs(3)
+    assert later == [p for p in first if p[2]] and any(not p[2] for p in first)
+    keys, hashes = [m["key"] for m in members], [m["_phash"] for m in members]
+    assert sorted(first) == sorted(bucket_pairs(keys, hashes, THRESHOLD, THRESHOLD + 1))
 
 
 @pytest.mark.parametrize("size", [2, 3, 17, MAX_REPEATS, MAX_REPEATS + 1, 300])

@@ -49,8 +49,11 @@ HASH_SIDE = 64  # images are hashed reduced to no less than this per side: 2× w
 THUMB_SIDE = 16  # thumbnail side in pixels: 768 bytes of RGB per image
 BROADCAST_ROWS = 100_000  # pairs or removals joined by broadcast (≤ ~80 MB with two thumbnails a row)
 CHECK_PAIRS_PER_TASK = 20_000  # colour checks per Spark task (~3 s of one core)
+CHECKED_SCHEMA = "a string, b string, bits int, mean double, tail double"  # colour-checked pairs
 PAIR_BATCH = 256  # pairs colour-checked at once (~30 MB of float64 intermediates)
-PAIR_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("bits", pa.int32())])  # verified pairs
+# verified pairs, with the pHash of a: the pairs of one group of equal hashes share it, so their colour check
+# gets each thumbnail of the group once (see _checked_in_groups)
+PAIR_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("bits", pa.int32()), ("ha", pa.int64())])
 MAX_REPEATS = 64  # items of one hash value checked pairwise (see occurrence_pairs)
 DEFAULT_MAX_MEAN = 5.0  # ΔE; DedupConfig.colour_max_mean and colour_max_tail give the measured spread
 DEFAULT_MAX_TAIL = 20.0
@@ -324,28 +327,71 @@ def near_duplicate_removals(df: Any, threshold: int, bands: int, limits: ColourL
 
 
 def _colour_checked(df: Any, pairs_df: Any, n_pairs: int, limits: ColourLimits) -> list[Removal]:
-    """Removals among the verified pairs (``a, b, bits``) whose thumbnails also pass the colour check."""
+    """Removals among the verified pairs (``a, b, bits, ha``) whose thumbnails also pass the colour check."""
     from pyspark.sql import functions as F
 
     if not n_pairs:
         return []
     tasks = max(2 * df.sparkSession.sparkContext.defaultParallelism, -(-n_pairs // CHECK_PAIRS_PER_TASK))
     thumbs = df.select("key", "_thumb")
-    thumbs_a = thumbs.withColumnRenamed("key", "a").withColumnRenamed("_thumb", "ta")
-    thumbs_b = thumbs.withColumnRenamed("key", "b").withColumnRenamed("_thumb", "tb")
     if n_pairs <= BROADCAST_ROWS:  # the samples are not shuffled; the joined rows keep their partitioning
+        pairs_df = pairs_df.select("a", "b", "bits")
+        thumbs_a = thumbs.withColumnRenamed("key", "a").withColumnRenamed("_thumb", "ta")
+        thumbs_b = thumbs.withColumnRenamed("key", "b").withColumnRenamed("_thumb", "tb")
         with_a = thumbs_a.join(F.broadcast(pairs_df), "a")
         joined = thumbs_b.join(F.broadcast(with_a), "b")
         # as few Python tasks as the pairs need: the samples often have hundreds of partitions, and a Python
         # task per near-empty partition cost 12 s on 1,500 images with 2 pairs
-        joined = joined.coalesce(tasks)
-    else:  # both sides partitioned by b into equal tasks (left to Spark, 391,000 pairs became 3 uneven tasks)
-        with_a = thumbs_a.join(pairs_df, "a")
-        joined = thumbs_b.repartition(tasks, "b").join(with_a.repartition(tasks, "b"), "b")
-    joined = joined.select("a", "b", "bits", "ta", "tb")
-    checked = joined.mapInArrow(_colour_check(limits), "a string, b string, bits int, mean double, tail double")
+        joined = joined.coalesce(tasks).select("a", "b", "bits", "ta", "tb")
+        checked = joined.mapInArrow(_colour_check(limits), CHECKED_SCHEMA)
+    else:
+        checked = _checked_in_groups(thumbs, pairs_df, tasks, limits)
     passed = checked.filter((F.col("mean") <= F.lit(limits.mean)) & (F.col("tail") <= F.lit(limits.tail))).collect()
     return choose_representatives((r["a"], r["b"], int(r["bits"]), ColourDiff(r["mean"], r["tail"])) for r in passed)
+
+
+def _checked_in_groups(thumbs: Any, pairs_df: Any, tasks: int, limits: ColourLimits) -> Any:
+    """The colour check of many pairs, each task sent its pairs and every thumbnail they name once.
+
+    Joined to each pair, both thumbnails travelled once per pair: 391,000 pairs made ~600 MB, where the groups
+    of equal hashes behind most pairs (up to ``MAX_REPEATS`` items, every pair among them) name each thumbnail
+    many times. Pairs go to tasks by the pHash of ``a``, so a group's pairs and thumbnails meet in one task."""
+    from pyspark.sql import functions as F
+
+    pairs = pairs_df.select("ha", "a", "b", "bits")
+    wanted = pairs.select("ha", F.col("a").alias("key")).union(pairs.select("ha", F.col("b").alias("key")))
+    sent = wanted.distinct().join(thumbs, "key").select("ha", F.lit(None).cast("string").alias("a"),
+                                                         F.lit(None).cast("string").alias("b"),
+                                                         F.lit(None).cast("int").alias("bits"), "key", "_thumb")
+    rows = pairs.select("ha", "a", "b", "bits", F.lit(None).cast("string").alias("key"),
+                        F.lit(None).cast("binary").alias("_thumb")).unionByName(sent)
+    return rows.repartition(tasks, "ha").mapInArrow(_grouped_colour_check(limits), CHECKED_SCHEMA)
+
+
+def _grouped_colour_check(limits: ColourLimits) -> Any:
+    """The Spark task of :func:`_checked_in_groups`: its rows are its pairs (``key`` null) and the thumbnails
+    they name (``a`` null), in any order, so it holds them all before checking ``CHECK_PAIRS_PER_TASK`` at once."""
+    import pyarrow.compute as pc
+
+    check = _colour_check(limits)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        table = pa.Table.from_batches(list(batches)).combine_chunks()
+        if not table.num_rows:
+            return
+        is_thumb = pc.is_valid(table.column("key"))
+        thumbs = table.filter(is_thumb)
+        lookup = dict(zip(thumbs.column("key").to_pylist(), thumbs.column("_thumb").to_pylist(), strict=True))
+        pairs = table.filter(pc.invert(is_thumb)).select(["a", "b", "bits"])
+        for start in range(0, pairs.num_rows, CHECK_PAIRS_PER_TASK):
+            chunk = pairs.slice(start, CHECK_PAIRS_PER_TASK)
+            ta = pa.array([lookup.get(k) for k in chunk.column("a").to_pylist()], pa.binary())
+            tb = pa.array([lookup.get(k) for k in chunk.column("b").to_pylist()], pa.binary())
+            columns = [c.combine_chunks() for c in chunk.columns]
+            batch = pa.RecordBatch.from_arrays([*columns, ta, tb], names=["a", "b", "bits", "ta", "tb"])
+            yield from check(iter([batch]))
+
+    return run
 
 
 def _hint(rows: int) -> Any:
@@ -357,7 +403,7 @@ def _hint(rows: int) -> Any:
 
 
 def _verified_pairs(df: Any, threshold: int, bands: int) -> Any:
-    """DataFrame ``a, b, bits`` (a < b) of the pairs within ``threshold`` bits: banded LSH buckets in Spark,
+    """DataFrame ``a, b, ha, bits`` (a < b) of the pairs within ``threshold`` bits: banded LSH buckets in Spark,
     each verified by :func:`_bucket_pairs`; a pair found in several bands once."""
     from pyspark.sql import functions as F
 
@@ -375,29 +421,39 @@ def _verified_pairs(df: Any, threshold: int, bands: int) -> Any:
     for p in parts[1:]:
         banded = banded.unionByName(p)
     buckets = (banded.groupBy("band", "value").agg(F.collect_list(F.struct("key", "_phash")).alias("members"))
-               .filter(F.size("members") > 1).select("members"))
-    pairs = buckets.mapInArrow(_bucket_pairs(threshold, bands), "a string, b string, bits int")
-    return pairs.groupBy("a", "b").agg(F.min("bits").alias("bits"))
+               .filter(F.size("members") > 1).select("band", "members"))
+    pairs = buckets.mapInArrow(_bucket_pairs(threshold, bands), "a string, b string, bits int, ha long")
+    return pairs.groupBy("a", "b", "ha").agg(F.min("bits").alias("bits"))  # ha: a's pHash, one per a
 
 
 def _bucket_pairs(threshold: int, bands: int) -> Any:
-    """The Spark task verifying one LSH bucket per input row: its pairs within ``threshold`` bits, a < b."""
+    """The Spark task verifying one LSH bucket per input row (``band``, ``members``): its pairs within
+    ``threshold`` bits, a < b, and the pHash of a.
+
+    Two equal hashes share every band, and every bucket holding them pairs them alike (:func:`bucket_pairs`: the
+    repeats of one value are capped in key order, whatever else the bucket holds), so only band 0 gives their
+    pair: most verified pairs are of equal hashes, and each came out once per band (×5 at 4 bits)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             a_out: list[str] = []
             b_out: list[str] = []
             d_out: list[int] = []
-            for members in batch.column(0).to_pylist():
+            h_out: list[int] = []
+            for band, members in zip(batch.column("band").to_pylist(), batch.column("members").to_pylist(),
+                                     strict=True):
                 members = sorted(members, key=lambda m: m["key"])  # collect_list's order depends on the tasks
-                for a, b, bits in bucket_pairs([m["key"] for m in members], [m["_phash"] for m in members],
-                                               threshold, bands):
+                hashes = {m["key"]: m["_phash"] for m in members}
+                for a, b, bits in bucket_pairs(list(hashes), list(hashes.values()), threshold, bands):
+                    if not bits and band:
+                        continue
                     a_out.append(a)
                     b_out.append(b)
                     d_out.append(bits)
+                    h_out.append(hashes[a])
             # typed columns: a batch of buckets without any pair would otherwise get null-typed columns, and
             # Arrow refuses a task's later batches whose schema differs from its first
-            yield pa.RecordBatch.from_pydict({"a": a_out, "b": b_out, "bits": d_out}, schema=PAIR_SCHEMA)
+            yield pa.RecordBatch.from_pydict({"a": a_out, "b": b_out, "bits": d_out, "ha": h_out}, schema=PAIR_SCHEMA)
 
     return run
 
