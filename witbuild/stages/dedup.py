@@ -48,7 +48,8 @@ def run_dedup(ctx: StageContext) -> StageCounts:
     df = ctx.spark.read.parquet(ctx.previous)
     columns = df.columns
     keyed_schema = StructType([*df.schema.fields, StructField("url_key", StringType(), False)])
-    keyed = df.mapInArrow(_with_url_key, keyed_schema)
+    # one shuffle for both windows: rows of one url_key in one partition also hold each (url_key, text) group
+    keyed = df.mapInArrow(_with_url_key, keyed_schema).repartition("url_key")
     order = ["uid", *(c for c in TIE_BREAK if c in columns)]
     pair_rank = F.row_number().over(Window.partitionBy("url_key", "text").orderBy(*order))
     ranked = keyed.withColumn("_pair_rank", pair_rank)
