@@ -105,3 +105,33 @@ def test_a_colour_only_one_direction_sees_is_proved(base, ink) -> None:
     for pair in ([line.tobytes()], [plain.tobytes()]), ([plain.tobytes()], [line.tobytes()]):
         assert certainly_apart(*pair, THUMB_SIDE, diff.mean - 0.05, np.inf)[0]
         assert not certainly_apart(*pair, THUMB_SIDE, diff.mean, diff.tail)[0]
+
+
+def test_a_task_of_pairs_and_thumbnails_checks_each_pair_as_colour_diffs_does(thumbs) -> None:
+    """The grouped colour check gets its pairs and the thumbnails they name in any order, each thumbnail once:
+    the pairs it passes on carry colour_diffs' values, the ones it leaves out fail the limits, and a pair whose
+    thumbnail is missing is left out (it stays)."""
+    import pyarrow as pa
+
+    limits = ColourLimits()
+    a, b = thumbs
+    keys = {}
+    for t in [*a, *b]:
+        keys.setdefault(t, f"k{len(keys):04d}")
+    pairs = [(keys[x], keys[y]) for x, y in zip(a, b, strict=True) if keys[x] != keys[y]]
+    pairs.append((keys[a[0]], "missing"))
+    thumb_rows = [(k, t) for t, k in keys.items()]
+    rows = [{"ha": 0, "a": x, "b": y, "bits": 1, "key": None, "_thumb": None} for x, y in pairs]
+    rows += [{"ha": 0, "a": None, "b": None, "bits": None, "key": k, "_thumb": t} for k, t in thumb_rows]
+    rng = np.random.default_rng(0)
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    table = pa.Table.from_pylist(rows)
+    out = pa.Table.from_batches(list(near._grouped_colour_check(limits)(iter(table.to_batches(max_chunksize=7)))))
+    got = {(r["a"], r["b"]): (r["mean"], r["tail"]) for r in out.to_pylist()}
+    by_key = {k: t for k, t in thumb_rows}
+    known = [(x, y) for x, y in pairs if y != "missing"]
+    diffs = colour_diffs([by_key[x] for x, _ in known], [by_key[y] for _, y in known])
+    for pair, diff in zip(known, diffs, strict=True):
+        if limits.allows(diff) or pair in got:
+            assert got[pair] == (diff.mean, diff.tail)
+    assert (keys[a[0]], "missing") not in got and any(limits.allows(d) for d in diffs)

@@ -262,3 +262,18 @@ def test_signatures_of_a_batch_are_those_of_each_image() -> None:
         if signature is not None:
             with Image.open(io.BytesIO(data)) as im:
                 assert signature[0] == phash64(reduced_image(im))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_small_buckets_compared_by_value_give_the_pairs_of_each_item(seed) -> None:
+    """_pairs_by_value compares distinct values, bucket_pairs every two items: the same pairs, either sign."""
+    from witbuild.dedup.near import _pairs_by_value
+
+    rng = np.random.default_rng(seed)
+    base = int(rng.integers(0, 2**62))
+    values = [base ^ (1 << int(b)) for b in rng.integers(0, 64, 6)] + [base, base ^ 0b111, base ^ 0b11111]
+    hashes = [to_signed64(values[int(i)]) for i in rng.integers(0, len(values), MAX_REPEATS)]
+    keys = [f"{i:05d}" for i in range(len(hashes))]
+    every = bucket_pairs(keys, hashes, THRESHOLD, THRESHOLD + 1)
+    assert sorted(_pairs_by_value(keys, hashes, THRESHOLD, equal=True)) == sorted(every)
+    assert sorted(_pairs_by_value(keys, hashes, THRESHOLD, equal=False)) == sorted(p for p in every if p[2])

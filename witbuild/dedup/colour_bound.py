@@ -52,18 +52,31 @@ def certainly_apart(thumbs_a: Sequence[bytes], thumbs_b: Sequence[bytes], side: 
     n = len(thumbs_a)
     if numba is None or n == 0:
         return np.zeros(n, dtype=bool)
-    firsts = [min(x, y) for x, y in zip(thumbs_a, thumbs_b, strict=True)]
-    seconds = [max(x, y) for x, y in zip(thumbs_a, thumbs_b, strict=True)]
-    a = np.frombuffer(b"".join(firsts), dtype=np.uint8).reshape(n, side, side, 3)
-    b = np.frombuffer(b"".join(seconds), dtype=np.uint8).reshape(n, side, side, 3)
-    # the second thumbnail of a pair has no gain: its CIELAB is the image's own, computed once per distinct image
     distinct: dict[bytes, int] = {}
-    b_index = np.fromiter((distinct.setdefault(y, len(distinct)) for y in seconds), dtype=np.int64, count=n)
-    lab_b = _labs(np.frombuffer(b"".join(distinct), dtype=np.uint8).reshape(len(distinct), side * side, 3))
+    firsts = np.fromiter((distinct.setdefault(min(x, y), len(distinct)) for x, y in zip(thumbs_a, thumbs_b,
+                                                                                       strict=True)), np.int64, n)
+    seconds = np.fromiter((distinct.setdefault(max(x, y), len(distinct)) for x, y in zip(thumbs_a, thumbs_b,
+                                                                                        strict=True)), np.int64, n)
+    thumbs = np.frombuffer(b"".join(distinct), dtype=np.uint8).reshape(len(distinct), side * side * 3)
+    return certainly_apart_rows(thumbs, firsts, seconds, side, max_mean, max_tail, tail_q)
+
+
+def certainly_apart_rows(thumbs: np.ndarray, firsts: np.ndarray, seconds: np.ndarray, side: int, max_mean: float,
+                         max_tail: float, tail_q: float = 95.0) -> np.ndarray:
+    """:func:`certainly_apart` of the pairs ``(thumbs[firsts[i]], thumbs[seconds[i]])``, each already ordered
+    (``firsts[i]``'s bytes ≤ ``seconds[i]``'s). ``thumbs``: one row of RGB bytes per distinct image, so a task
+    holds each thumbnail once however many pairs name it."""
+    n = len(firsts)
+    if numba is None or n == 0:
+        return np.zeros(n, dtype=bool)
+    images = np.ascontiguousarray(thumbs, dtype=np.uint8).reshape(len(thumbs), side, side, 3)
+    # the second thumbnail of a pair has no gain: its CIELAB is the image's own, computed once per distinct image
+    labs = _labs(images.reshape(len(thumbs), side * side, 3))
     pixels = side * side
     above = pixels - math.floor(tail_q / 100.0 * (pixels - 1))  # this many values above x: the percentile is too
     out = np.zeros(n, dtype=bool)
-    _apart(a, b, b_index, lab_b, _spread_order(side), max_mean + MARGIN, max_tail + MARGIN, above, out)
+    _apart(images, np.asarray(firsts, np.int64), np.asarray(seconds, np.int64), labs, _spread_order(side),
+           max_mean + MARGIN, max_tail + MARGIN, above, out)
     return out
 
 
@@ -164,15 +177,16 @@ def _pair_apart(a: np.ndarray, lab_b: np.ndarray, gain: float, order: np.ndarray
     return total > max_mean * pixels or over >= above
 
 
-def _apart_py(a: np.ndarray, b: np.ndarray, b_index: np.ndarray, lab_b: np.ndarray, order: np.ndarray,
+def _apart_py(images: np.ndarray, firsts: np.ndarray, seconds: np.ndarray, labs: np.ndarray, order: np.ndarray,
               max_mean: float, max_tail: float, above: int, out: np.ndarray) -> None:
     """The loop numba compiles (plain Python: readable, and testable without numba)."""
-    pixels = a.shape[1] * a.shape[2]
+    pixels = images.shape[1] * images.shape[2]
     lab_a = np.empty((pixels, 3))
     d_ab = np.empty(pixels)
-    for pair in range(a.shape[0]):
-        gain = _gain(a[pair], b[pair])
-        out[pair] = _pair_apart(a[pair], lab_b[b_index[pair]], gain, order, max_mean, max_tail, above, lab_a, d_ab)
+    for pair in range(firsts.shape[0]):
+        a, b = images[firsts[pair]], images[seconds[pair]]
+        gain = _gain(a, b)
+        out[pair] = _pair_apart(a, labs[seconds[pair]], gain, order, max_mean, max_tail, above, lab_a, d_ab)
 
 
 if numba is not None:

@@ -370,26 +370,39 @@ def _checked_in_groups(thumbs: Any, pairs_df: Any, tasks: int, limits: ColourLim
 
 def _grouped_colour_check(limits: ColourLimits) -> Any:
     """The Spark task of :func:`_checked_in_groups`: its rows are its pairs (``key`` null) and the thumbnails
-    they name (``a`` null), in any order, so it holds them all before checking ``CHECK_PAIRS_PER_TASK`` at once."""
+    they name (``a`` null), in any order, so it holds them all, each thumbnail once (a row of one array, in
+    bytes order: ``colour_diffs`` gives the gain to the smaller one), and the pairs as row numbers. A key
+    without a thumbnail counts as infinitely different (the pair stays)."""
     import pyarrow.compute as pc
 
-    check = _colour_check(limits)
+    from witbuild.dedup.colour_bound import certainly_apart_rows  # it reads this module's colour constants
+
+    size = THUMB_SIDE * THUMB_SIDE * 3
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        table = pa.Table.from_batches(list(batches)).combine_chunks()
+        table = pa.Table.from_batches(list(batches))
         if not table.num_rows:
             return
         is_thumb = pc.is_valid(table.column("key"))
         thumbs = table.filter(is_thumb)
-        lookup = dict(zip(thumbs.column("key").to_pylist(), thumbs.column("_thumb").to_pylist(), strict=True))
-        pairs = table.filter(pc.invert(is_thumb)).select(["a", "b", "bits"])
-        for start in range(0, pairs.num_rows, CHECK_PAIRS_PER_TASK):
-            chunk = pairs.slice(start, CHECK_PAIRS_PER_TASK)
-            ta = pa.array([lookup.get(k) for k in chunk.column("a").to_pylist()], pa.binary())
-            tb = pa.array([lookup.get(k) for k in chunk.column("b").to_pylist()], pa.binary())
-            columns = [c.combine_chunks() for c in chunk.columns]
-            batch = pa.RecordBatch.from_arrays([*columns, ta, tb], names=["a", "b", "bits", "ta", "tb"])
-            yield from check(iter([batch]))
+        pairs = {c: table.column(c).filter(pc.invert(is_thumb)).combine_chunks() for c in ("a", "b", "bits")}
+        keys, data = thumbs.column("key").to_pylist(), thumbs.column("_thumb").to_pylist()
+        ranked = sorted((i for i in range(len(keys)) if data[i] is not None and len(data[i]) == size),
+                        key=data.__getitem__)
+        row = {keys[i]: r for r, i in enumerate(ranked)}
+        images = np.frombuffer(b"".join(data[i] for i in ranked), np.uint8).reshape(len(ranked), size)
+        ia, ib = (np.fromiter((row.get(k, -1) for k in pairs[c].to_pylist()), np.int64, len(pairs[c]))
+                  for c in ("a", "b"))
+        both = np.flatnonzero((ia >= 0) & (ib >= 0))
+        firsts, seconds = np.minimum(ia[both], ib[both]), np.maximum(ia[both], ib[both])
+        apart = certainly_apart_rows(images, firsts, seconds, THUMB_SIDE, limits.mean, limits.tail)
+        near = np.flatnonzero(~apart)
+        diffs = colour_diffs([images[firsts[i]].tobytes() for i in near], [images[seconds[i]].tobytes() for i in near])
+        rows = pa.array(both[near], pa.int64())
+        yield pa.RecordBatch.from_pydict({"a": pairs["a"].take(rows), "b": pairs["b"].take(rows),
+                                          "bits": pairs["bits"].take(rows),
+                                          "mean": pa.array([d.mean for d in diffs], pa.float64()),
+                                          "tail": pa.array([d.tail for d in diffs], pa.float64())})
 
     return run
 
@@ -444,9 +457,12 @@ def _bucket_pairs(threshold: int, bands: int) -> Any:
                                      strict=True):
                 members = sorted(members, key=lambda m: m["key"])  # collect_list's order depends on the tasks
                 hashes = {m["key"]: m["_phash"] for m in members}
-                for a, b, bits in bucket_pairs(list(hashes), list(hashes.values()), threshold, bands):
-                    if not bits and band:
-                        continue
+                if len(hashes) <= MAX_REPEATS:  # bucket_pairs' pairs, each value's own ones in band 0 only
+                    found = _pairs_by_value(list(hashes), list(hashes.values()), threshold, equal=not band)
+                else:
+                    found = [p for p in bucket_pairs(list(hashes), list(hashes.values()), threshold, bands)
+                             if p[2] or not band]
+                for a, b, bits in found:
                     a_out.append(a)
                     b_out.append(b)
                     d_out.append(bits)
@@ -456,6 +472,26 @@ def _bucket_pairs(threshold: int, bands: int) -> Any:
             yield pa.RecordBatch.from_pydict({"a": a_out, "b": b_out, "bits": d_out, "ha": h_out}, schema=PAIR_SCHEMA)
 
     return run
+
+
+def _pairs_by_value(keys: Sequence[str], hashes: Sequence[int], threshold: int,
+                    equal: bool) -> list[tuple[str, str, int]]:
+    """Every pair ``(a, b, bits)``, a < b, of the items (``keys`` sorted) within ``threshold`` bits, the pairs of
+    equal hashes only when ``equal``: as :func:`bucket_pairs` on a bucket of at most ``MAX_REPEATS`` items, but
+    the distinct values are compared, not the items (a bucket is often one value many times)."""
+    by_value: dict[int, list[str]] = {}
+    for key, h in zip(keys, hashes, strict=True):
+        by_value.setdefault(h & 0xFFFF_FFFF_FFFF_FFFF, []).append(key)
+    groups = list(by_value.items())
+    out: list[tuple[str, str, int]] = []
+    for i, (value, group) in enumerate(groups):
+        if equal:
+            out.extend((a, b, 0) for a, b in itertools.combinations(group, 2))
+        for other, others in groups[i + 1 :]:
+            bits = (value ^ other).bit_count()
+            if bits <= threshold:
+                out.extend((a, b, bits) if a < b else (b, a, bits) for a in group for b in others)
+    return out
 
 
 def bucket_pairs(keys: Sequence[str], hashes: Sequence[int], threshold: int,

@@ -252,20 +252,13 @@ def _finish_shard(rows: pa.Table, source_dir: str, output: str) -> Iterator[pa.R
 def _exact_duplicates(samples: Any) -> list[str]:
     """Keys of the rows whose image bytes (sha256) a smaller key has.
 
-    Only (sha256, key) travels through the shuffle, and only the rows of duplicated bytes are joined back (a
-    window over whole rows, thumbnails included, cost more than the rest of the step on 10,000 images)."""
+    Only (sha256, key) travels through the shuffle (a window over whole rows, thumbnails included, cost more
+    than the rest of the step on 10,000 images), in one job: only the keys of repeated bytes reach the driver."""
     from pyspark.sql import functions as F
 
-    pairs = samples.select("sha256", "key")
-    groups = (pairs.groupBy("sha256").agg(F.min("key").alias("keep"), F.count(F.lit(1)).alias("n"))
-              .filter("n > 1").cache())
-    try:
-        if not groups.agg(F.sum(F.col("n") - 1)).collect()[0][0]:
-            return []
-        drops = pairs.join(groups.select("sha256", "keep"), "sha256").filter("key != keep").select("key")
-        return sorted(r["key"] for r in drops.collect())
-    finally:
-        groups.unpersist()
+    groups = (samples.groupBy("sha256").agg(F.collect_list("key").alias("keys"))
+              .filter(F.size("keys") > 1).select("keys"))
+    return sorted(k for row in groups.collect() for k in sorted(row["keys"])[1:])
 
 
 def _without_keys(df: Any, keys: list[str]) -> Any:
