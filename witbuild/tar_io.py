@@ -77,6 +77,7 @@ def _pax_records(data: bytes) -> dict[str, str]:
 def _fast_entries(fh: IO[bytes]) -> list[TarEntry]:
     entries: list[TarEntry] = []
     pax: dict[str, str] = {}
+    owners: dict[bytes, tuple[int, int, int, str, str]] = {}
     pos = fh.tell()
     while True:
         header = fh.read(BLOCK)
@@ -100,10 +101,13 @@ def _fast_entries(fh: IO[bytes]) -> list[TarEntry]:
         name = pax.get("path", f"{prefix}/{name}" if prefix else name)
         if kind in _FILE_TYPES and not name.endswith("/"):
             size = int(pax.get("size", size))
-            entries.append(TarEntry(name, data_at, size, _octal(header[100:108]),
-                                    int(pax.get("uid", _octal(header[108:116]))),
-                                    int(pax.get("gid", _octal(header[116:124]))),
-                                    pax.get("uname", _text(header[265:297])), pax.get("gname", _text(header[297:329]))))
+            owner = header[100:124] + header[265:329]  # mode, uid, gid, uname, gname: one or two kinds per tar
+            if owner not in owners:
+                owners[owner] = (_octal(header[100:108]), _octal(header[108:116]), _octal(header[116:124]),
+                                 _text(header[265:297]), _text(header[297:329]))
+            mode, uid, gid, uname, gname = owners[owner]
+            entries.append(TarEntry(name, data_at, size, mode, int(pax.get("uid", uid)), int(pax.get("gid", gid)),
+                                    pax.get("uname", uname), pax.get("gname", gname)))
             pos = data_at + _padded(size)
         else:
             pos = data_at  # directories and links carry no data
