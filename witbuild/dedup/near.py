@@ -313,9 +313,10 @@ def near_duplicate_removals(df: Any, threshold: int, bands: int, limits: ColourL
     """Removals among the rows of Spark DataFrame ``df`` (``key``, ``_phash`` signed, ``_thumb``).
 
     Banded LSH in Spark: one row per (band, band value), buckets verified by Hamming distance. The verified
-    pairs stay in Spark (cached; collecting them and sending them back cost more than finding them), are joined
-    with both thumbnails and colour-checked there; only the pairs that pass reach the driver, which chooses
-    representatives. ``limits`` None: pHash alone decides (no colour check)."""
+    pairs stay in Spark (cached; collecting them and sending them back cost more than finding them) and are
+    colour-checked there, with both thumbnails joined to each of a few pairs, or many pairs in tasks that get
+    each thumbnail they need once (:func:`_checked_in_groups`); only the pairs that pass reach the driver, which
+    chooses representatives. ``limits`` None: pHash alone decides (no colour check)."""
     verified = _verified_pairs(df, threshold, bands)
     if limits is None:
         return choose_representatives((r["a"], r["b"], int(r["bits"]), None) for r in verified.collect())
