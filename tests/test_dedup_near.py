@@ -24,7 +24,7 @@ from witbuild.dedup.near import (
     reduced_image,
     thumbnail,
 )
-from witbuild.dedup.phash import hamming_array, phash64, to_signed64
+from witbuild.dedup.phash import as_uint64, hamming_array, phash64, to_signed64
 from witbuild.dedup.urls import DedupConfig
 from witbuild.demo.dup_pairs import COPY_KINDS, labelled_pairs
 from witbuild.demo.images import draw_shapes, encode
@@ -266,14 +266,14 @@ def test_signatures_of_a_batch_are_those_of_each_image() -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_small_buckets_compared_by_value_give_the_pairs_of_each_item(seed) -> None:
-    """_pairs_by_value compares distinct values, bucket_pairs every two items: the same pairs, either sign."""
-    from witbuild.dedup.near import _pairs_by_value
-
+    """A small bucket's distinct values are compared, not its items: the pairs of every two items within the
+    threshold (either sign), with or without those of equal hashes."""
     rng = np.random.default_rng(seed)
     base = int(rng.integers(0, 2**62))
     values = [base ^ (1 << int(b)) for b in rng.integers(0, 64, 6)] + [base, base ^ 0b111, base ^ 0b11111]
     hashes = [to_signed64(values[int(i)]) for i in rng.integers(0, len(values), MAX_REPEATS)]
     keys = [f"{i:05d}" for i in range(len(hashes))]
-    every = bucket_pairs(keys, hashes, THRESHOLD, THRESHOLD + 1)
-    assert sorted(_pairs_by_value(keys, hashes, THRESHOLD, equal=True)) == sorted(every)
-    assert sorted(_pairs_by_value(keys, hashes, THRESHOLD, equal=False)) == sorted(p for p in every if p[2])
+    every = [(keys[i], keys[j], d) for i in range(len(keys)) for j in range(i + 1, len(keys))
+             if (d := int(hamming_array(as_uint64([hashes[i]]), as_uint64([hashes[j]]))[0])) <= THRESHOLD]
+    assert sorted(bucket_pairs(keys, hashes, THRESHOLD, THRESHOLD + 1)) == sorted(every)
+    assert sorted(bucket_pairs(keys, hashes, THRESHOLD, THRESHOLD + 1, equal=False)) == sorted(p for p in every if p[2])

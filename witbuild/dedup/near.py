@@ -458,12 +458,7 @@ def _bucket_pairs(threshold: int, bands: int) -> Any:
                                      strict=True):
                 members = sorted(members, key=lambda m: m["key"])  # collect_list's order depends on the tasks
                 hashes = {m["key"]: m["_phash"] for m in members}
-                if len(hashes) <= MAX_REPEATS:  # bucket_pairs' pairs, each value's own ones in band 0 only
-                    found = _pairs_by_value(list(hashes), list(hashes.values()), threshold, equal=not band)
-                else:
-                    found = [p for p in bucket_pairs(list(hashes), list(hashes.values()), threshold, bands)
-                             if p[2] or not band]
-                for a, b, bits in found:
+                for a, b, bits in bucket_pairs(list(hashes), list(hashes.values()), threshold, bands, equal=not band):
                     a_out.append(a)
                     b_out.append(b)
                     d_out.append(bits)
@@ -475,14 +470,30 @@ def _bucket_pairs(threshold: int, bands: int) -> Any:
     return run
 
 
-def _pairs_by_value(keys: Sequence[str], hashes: Sequence[int], threshold: int,
+def bucket_pairs(keys: Sequence[str], hashes: Sequence[int], threshold: int, bands: int | None = None,
+                 equal: bool = True) -> list[tuple[str, str, int]]:
+    """``(a, b, bits)``, a < b, for the items of one bucket (``keys`` sorted, pHashes of either sign) within
+    ``threshold`` bits: :func:`occurrence_pairs`, which a bucket of at most ``MAX_REPEATS`` items gives as all
+    its pairs within the threshold, so such a bucket (nearly all of them: most hold 2 or 3) is compared in
+    Python, without numpy's per-call cost, value by value (a bucket is often one value many times). ``equal``
+    False leaves out the pairs of equal hashes."""
+    unsigned = [h & 0xFFFF_FFFF_FFFF_FFFF for h in hashes]
+    if len(keys) <= MAX_REPEATS:
+        return _pairs_by_value(keys, unsigned, threshold, equal)
+    h = np.array(unsigned, dtype=np.uint64)
+    pairs = occurrence_pairs(h, threshold, bands)
+    bits = hamming_array(h[pairs[:, 0]], h[pairs[:, 1]]).tolist()
+    return [(*sorted((keys[i], keys[j])), int(d)) for (i, j), d in zip(pairs.tolist(), bits, strict=True)
+            if d or equal]
+
+
+def _pairs_by_value(keys: Sequence[str], unsigned: Sequence[int], threshold: int,
                     equal: bool) -> list[tuple[str, str, int]]:
-    """Every pair ``(a, b, bits)``, a < b, of the items (``keys`` sorted) within ``threshold`` bits, the pairs of
-    equal hashes only when ``equal``: as :func:`bucket_pairs` on a bucket of at most ``MAX_REPEATS`` items, but
-    the distinct values are compared, not the items (a bucket is often one value many times)."""
+    """Every pair ``(a, b, bits)``, a < b, of the items (``keys`` sorted, unsigned pHashes) within ``threshold``
+    bits, the pairs of equal hashes only when ``equal``; the distinct values are compared, not the items."""
     by_value: dict[int, list[str]] = {}
-    for key, h in zip(keys, hashes, strict=True):
-        by_value.setdefault(h & 0xFFFF_FFFF_FFFF_FFFF, []).append(key)
+    for key, h in zip(keys, unsigned, strict=True):
+        by_value.setdefault(h, []).append(key)
     groups = list(by_value.items())
     out: list[tuple[str, str, int]] = []
     for i, (value, group) in enumerate(groups):
@@ -493,28 +504,6 @@ def _pairs_by_value(keys: Sequence[str], hashes: Sequence[int], threshold: int,
             if bits <= threshold:
                 out.extend((a, b, bits) if a < b else (b, a, bits) for a in group for b in others)
     return out
-
-
-def bucket_pairs(keys: Sequence[str], hashes: Sequence[int], threshold: int,
-                 bands: int | None = None) -> list[tuple[str, str, int]]:
-    """``(a, b, bits)``, a < b, for the items of one bucket (``keys`` sorted, pHashes of either sign) within
-    ``threshold`` bits: :func:`occurrence_pairs`, which a bucket of at most ``MAX_REPEATS`` items gives as all
-    its pairs within the threshold, so such a bucket (nearly all of them: most hold 2 or 3) is compared pair
-    by pair in Python, without numpy's per-call cost."""
-    unsigned = [h & 0xFFFF_FFFF_FFFF_FFFF for h in hashes]
-    if len(keys) <= MAX_REPEATS:
-        out = []
-        for i, hi in enumerate(unsigned):
-            for j in range(i + 1, len(unsigned)):
-                bits = (hi ^ unsigned[j]).bit_count()
-                if bits <= threshold:
-                    a, b = sorted((keys[i], keys[j]))
-                    out.append((a, b, bits))
-        return out
-    h = np.array(unsigned, dtype=np.uint64)
-    pairs = occurrence_pairs(h, threshold, bands)
-    bits = hamming_array(h[pairs[:, 0]], h[pairs[:, 1]]).tolist()
-    return [(*sorted((keys[i], keys[j])), int(d)) for (i, j), d in zip(pairs.tolist(), bits, strict=True)]
 
 
 def _colour_check(limits: ColourLimits) -> Any:
