@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -349,6 +350,52 @@ def test_robots_fetch_error_is_unreachable(site: Site, tmp_path: Path) -> None:
     assert site.paths() == ["/robots.txt"]
     assert counts.events["fetch_error"] == 1 and counts.events["robots_unreachable"] == 1
     assert out.exists()
+
+
+def test_robots_cut_off_by_the_total_timeout_disallows_all(site: Site, tmp_path: Path) -> None:
+    """The rule that matters may be the line that never came: a robots.txt cut off in time is unreachable."""
+    def route(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "text/plain")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        try:
+            for line in (b"User-agent: *\n", *[b"#\n"] * 8, b"Disallow: /secret\n"):
+                h.wfile.write(line)
+                h.wfile.flush()
+                time.sleep(0.3)
+        except OSError:
+            pass
+
+    site.routes["/robots.txt"] = route
+    site.routes["/"] = links("/secret")
+    site.routes["/secret"] = page("x")
+    counts, _ = crawl(site, tmp_path, total_timeout=1.0)
+    assert site.paths() == ["/robots.txt"]
+    assert counts.events["robots_unreachable"] == 1 and counts.events["fetch_timeout"] == 1
+
+
+def test_robots_redirected_to_an_unreachable_target_disallows_all(site: Site, tmp_path: Path) -> None:
+    """RFC 9309 2.3.1.4: robots.txt that cannot be reached disallows everything, also behind a redirect."""
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    site.routes["/robots.txt"] = redirect(f"http://127.0.0.1:{port}/robots.txt", 301)
+    site.routes["/"] = page("x")
+    counts, _ = crawl(site, tmp_path)
+    assert site.paths() == ["/robots.txt"]
+    assert counts.events["robots_unreachable"] == 1 and counts.events["robots_missing"] == 0
+
+
+def test_robots_with_a_byte_order_mark_is_honoured(site: Site, tmp_path: Path) -> None:
+    site.routes["/robots.txt"] = lambda h: send(h, 200, "\ufeffUser-agent: *\nDisallow: /private\n".encode(),
+                                                 "text/plain")
+    site.routes["/"] = links("/private", "/public")
+    site.routes["/private"] = page("no")
+    site.routes["/public"] = page("yes")
+    counts, _ = crawl(site, tmp_path)
+    assert sorted(site.paths()) == ["/", "/public", "/robots.txt"]
+    assert counts.events["robots_disallowed"] == 1
 
 
 def test_crawl_host_rejects_seeds_of_several_hosts(tmp_path: Path) -> None:

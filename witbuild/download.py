@@ -14,12 +14,13 @@ import urllib.request
 import urllib.response
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from witbuild.layout import OPTED_OUT
-from witbuild.network import BLOCKED_ADDRESS, Policy, allow_tuple, guarded_urlopen
+from witbuild.network import BLOCKED_ADDRESS, BodyLimit, Policy, allow_tuple, guarded_urlopen
 
 # img2dataset decodes with OpenCV; OpenCV's own pixel cap stops a decompression bomb before it
 # allocates gigabytes (PIL's default cap is the same order: 89,478,485 pixels).
@@ -37,7 +38,14 @@ class DownloadConfig(BaseModel):
     resize_only_if_bigger: bool = True
     encode_format: str = Field("jpg", description="jpg, png or webp.")
     encode_quality: int = Field(95, ge=1, le=100)
-    timeout: int = Field(10, ge=1, description="Seconds per request.")
+    timeout: int = Field(10, ge=1, description="Seconds a request may wait for the server at each step (the "
+                         "connection, each read).")
+    total_timeout: float = Field(60.0, gt=0, description="Seconds one image's whole exchange may take (connection, "
+                                 "headers, redirects, body), however slowly the server sends it (error class "
+                                 "timeout).")
+    max_image_bytes: int = Field(32 * 1024 * 1024, ge=1, description="A larger image body is refused before or "
+                                 "while it is read (error class body_too_large): each download thread holds at "
+                                 "most this much.")
     retries: int = Field(1, ge=0)
     min_image_size: int = Field(200, ge=0, description="Shorter side in pixels of the original image "
                                 "(DataComp 'basic': 200).")
@@ -84,6 +92,7 @@ _ERROR_CLASSES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("http_403", r"\b403\b"),
         ("http_4xx", r"HTTP Error 4\d\d"),
         ("http_5xx", r"HTTP Error 5\d\d"),
+        ("body_too_large", r"body too large"),
         ("redirect_loop", r"redirect|infinite loop"),
         ("timeout", r"timed? ?out|timeout"),
         ("aspect_ratio", r"aspect ratio"),
@@ -197,6 +206,20 @@ class ResponseKeeper(urllib.request.BaseHandler):
     https_response = http_response
 
 
+@dataclass(frozen=True)
+class ImageLimits:
+    """How long and how much one image download may take (``download.total_timeout``, ``max_image_bytes``):
+    img2dataset's own timeout applies to each read, so a server dripping bytes, or sending gigabytes, would hold a
+    download thread (and its memory) for as long as it likes."""
+
+    total_timeout: float = 60.0
+    max_bytes: int = 32 * 1024 * 1024
+
+    @classmethod
+    def of(cls, cfg: DownloadConfig) -> ImageLimits:
+        return cls(cfg.total_timeout, cfg.max_image_bytes)
+
+
 class GuardedDownloader:
     """img2dataset's ``Downloader`` with the build's network policy around every shard it downloads.
 
@@ -205,16 +228,18 @@ class GuardedDownloader:
     driver would not reach them; this wrapper is pickled in its place and installs the guarded urllib opener
     in that process, around the call that runs the download threads."""
 
-    def __init__(self, inner: Callable[[Any], Any], allow: tuple[str, ...], cache_dir: str | None = None) -> None:
+    def __init__(self, inner: Callable[[Any], Any], allow: tuple[str, ...], cache_dir: str | None = None,
+                 limits: ImageLimits | None = None) -> None:
         self.inner = inner
         self.allow = allow
         self.cache_dir = cache_dir
+        self.limits = limits or ImageLimits()
 
     def __call__(self, row: Any) -> Any:
-        extra: tuple[urllib.request.BaseHandler, ...] = (TdmReservationProcessor(),)
+        extra: tuple[urllib.request.BaseHandler, ...] = (TdmReservationProcessor(), BodyLimit(self.limits.max_bytes))
         if self.cache_dir:
             extra += (ResponseCache(self.cache_dir), ResponseKeeper(self.cache_dir))
-        with guarded_urlopen(self.allow, extra=extra):
+        with guarded_urlopen(self.allow, extra=extra, total_timeout=self.limits.total_timeout):
             return self.inner(row)
 
 
@@ -222,7 +247,8 @@ _DISTRIBUTORS = ("pyspark_distributor", "multiprocessing_distributor")
 
 
 @contextmanager
-def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool = False) -> Iterator[None]:
+def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool = False,
+                        limits: ImageLimits | None = None) -> Iterator[None]:
     """Within the block, ``img2dataset.download`` hands its distributor a :class:`GuardedDownloader`; with
     ``sign``, its WebDataset writer also saves each shard's dedup signatures (witbuild/dedup/shard_signatures.py).
 
@@ -244,7 +270,7 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
         def distributor(processes_count: Any, downloader: Any, *args: Any, **kw: Any) -> Any:
             if sign and downloader.sample_writer_class is WebDatasetSampleWriter:
                 downloader.sample_writer_class = SigningWriterClass(WebDatasetSampleWriter)
-            return fn(processes_count, GuardedDownloader(downloader, allow, cache_dir), *args, **kw)
+            return fn(processes_count, GuardedDownloader(downloader, allow, cache_dir, limits), *args, **kw)
         return distributor
 
     for name, fn in originals.items():

@@ -16,12 +16,22 @@ reserved and unique-local addresses, and IPv6 forms that embed a refused IPv4 ad
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import http.client
+import io
 import ipaddress
+import itertools
+import os
 import re
 import socket
+import threading
+import time
 import unicodedata
+import urllib.error
 import urllib.request
+import urllib.response
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache, partial
@@ -129,6 +139,8 @@ def _range_refusal(ip: IPAddress) -> str | None:
         return "broadcast"
     if isinstance(ip, ipaddress.IPv6Address) and ip in ipaddress.IPv6Network("fc00::/7"):
         return "unique_local"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:  # fec0::/10: deprecated, still routed inside
+        return "site_local"
     if ip.is_reserved:
         return "reserved"
     if ip.is_private:
@@ -296,16 +308,117 @@ def guarded_create_connection(address: tuple[str, int], timeout: Any = socket._G
     raise error if error is not None else OSError(f"getaddrinfo returned no address for {host}")
 
 
-class _GuardedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, *args: Any, allow: tuple[str, ...] = (), **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self._create_connection = partial(guarded_create_connection, allow=allow)
+class Deadline:
+    """When one connection's exchange must be over; ``fired`` once its socket was shut down for it."""
+
+    __slots__ = ("at", "fired", "sock")
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.fired = False
+        self.sock: weakref.ref[socket.socket] | None = None
 
 
-class _GuardedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, allow: tuple[str, ...] = (), **kw: Any) -> None:
-        super().__init__(*args, **kw)
+class _DeadlineWatch:
+    """One thread per process that shuts a connection's socket down at its deadline, which wakes a reader
+    blocked on it: a server that drips a byte per read timeout never trips the read timeout itself. One
+    thread and a heap, not a timer thread per request: images come hundreds a second."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        threading.Thread(target=self._run, name="witbuild-deadlines", daemon=True).start()
+
+    def watch(self, sock: socket.socket, deadline: Deadline) -> None:
+        deadline.sock = weakref.ref(sock)
+        with self._cond:
+            heapq.heappush(self._heap, (deadline.at, next(self._seq), deadline))
+            if self._heap[0][2] is deadline:
+                self._cond.notify()
+
+    def _next_due(self) -> Deadline:
+        with self._cond:
+            while True:
+                wait = self._heap[0][0] - time.monotonic() if self._heap else None
+                if wait is not None and wait <= 0:
+                    return heapq.heappop(self._heap)[2]
+                self._cond.wait(wait)
+
+    def _run(self) -> None:
+        while True:
+            due = self._next_due()
+            sock = due.sock() if due.sock is not None else None
+            if sock is None or sock.fileno() < 0:  # the exchange ended and its socket is closed
+                continue
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+                due.fired = True
+
+
+_watch: tuple[int, _DeadlineWatch] | None = None
+_watch_lock = threading.Lock()
+
+
+def _deadline_watch() -> _DeadlineWatch:
+    """This process's watch (a forked child starts its own: the parent's thread is not in it)."""
+    global _watch
+    with _watch_lock:
+        if _watch is None or _watch[0] != os.getpid():
+            _watch = (os.getpid(), _DeadlineWatch())
+        return _watch[1]
+
+
+class _GuardedConnectionMixin:
+    """Connects through :func:`guarded_create_connection` and puts the socket (the TLS one for https) under
+    the request's deadline, if it has one."""
+
+    sock: socket.socket | None
+
+    def _guard(self, allow: tuple[str, ...], deadline: Deadline | None) -> None:
         self._create_connection = partial(guarded_create_connection, allow=allow)
+        self.deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        if self.deadline is not None and self.sock is not None:
+            _deadline_watch().watch(self.sock, self.deadline)
+
+
+class _GuardedHTTPConnection(_GuardedConnectionMixin, http.client.HTTPConnection):
+    def __init__(self, *args: Any, allow: tuple[str, ...] = (), deadline: Deadline | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._guard(allow, deadline)
+
+
+class _GuardedHTTPSConnection(_GuardedConnectionMixin, http.client.HTTPSConnection):
+    def __init__(self, *args: Any, allow: tuple[str, ...] = (), deadline: Deadline | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._guard(allow, deadline)
+
+
+class TotalTimeoutError(TimeoutError):
+    """An exchange cut off at its deadline; the message says 'timed out' (error class timeout)."""
+
+
+def request_deadline(request: urllib.request.Request) -> Deadline | None:
+    """The deadline :class:`_RequestCheck` gave the request (and its redirect hops), if any."""
+    return getattr(request, "witbuild_deadline", None)
+
+
+def _open_guarded(handler: urllib.request.AbstractHTTPHandler, connection: type, request: urllib.request.Request,
+                  allow: tuple[str, ...], **kw: Any) -> http.client.HTTPResponse:
+    deadline = request_deadline(request)
+    try:
+        response = handler.do_open(partial(connection, allow=allow, deadline=deadline), request, **kw)  # type: ignore[arg-type]
+    except OSError as exc:  # urllib's URLError too: a cut-off exchange says so, not "connection reset"
+        if deadline is not None and deadline.fired:
+            raise TotalTimeoutError(f"timed out: no answer from {request.host} within the total timeout") from exc
+        raise
+    if deadline is not None and deadline.fired:  # headers cut off mid-way read as if they had ended there
+        response.close()
+        raise TotalTimeoutError(f"timed out: headers from {request.host} not complete within the total timeout")
+    return response
 
 
 class _GuardedHTTPHandler(urllib.request.HTTPHandler):
@@ -314,7 +427,7 @@ class _GuardedHTTPHandler(urllib.request.HTTPHandler):
         self.allow = allow
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(partial(_GuardedHTTPConnection, allow=self.allow), req)  # type: ignore[arg-type]
+        return _open_guarded(self, _GuardedHTTPConnection, req, self.allow)
 
 
 class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
@@ -323,32 +436,129 @@ class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
         self.allow = allow
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(partial(_GuardedHTTPSConnection, allow=self.allow), req,  # type: ignore[arg-type]
-                            context=self._context)  # type: ignore[attr-defined]
+        return _open_guarded(self, _GuardedHTTPSConnection, req, self.allow,
+                             context=self._context)  # type: ignore[attr-defined]
 
 
-def guarded_opener(policy: Policy = (),
-                   extra: Sequence[urllib.request.BaseHandler] = ()) -> urllib.request.OpenerDirector:
-    """A urllib opener whose every connection, redirect hops included, goes through the policy. Only
-    http and https: ftp, file and data URLs (reachable by redirect in urllib's default opener) are not
-    handled at all. ``extra`` handlers (e.g. a response processor for opt-out headers) are added last."""
+class _RequestCheck(urllib.request.BaseHandler):
+    """Runs on every request, redirect hops included, before any handler opens a socket: the literal check of
+    the URL's host (with a proxy from the environment, the socket goes to the proxy, and this is the only check
+    of the host), and the deadline of the whole exchange, which a redirect hop inherits."""
+
+    handler_order = 50  # before every other pre-processor and opener
+
+    def __init__(self, allow: tuple[str, ...], total_timeout: float | None) -> None:
+        self.allow = allow
+        self.total_timeout = total_timeout
+
+    def http_request(self, request: urllib.request.Request) -> urllib.request.Request:
+        reason = url_refusal(request.full_url, self.allow)
+        if reason is not None:  # as urllib reports a refusal at the socket
+            raise urllib.error.URLError(BlockedAddressError(f"blocked address: {request.host} refused ({reason}); "
+                                                            "see network.allow_addresses"))
+        if self.total_timeout is not None and request_deadline(request) is None:
+            request.witbuild_deadline = Deadline(time.monotonic() + self.total_timeout)  # type: ignore[attr-defined]
+        return request
+
+    https_request = http_request
+
+
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects, the next hop keeping the first request's deadline."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and request_deadline(req) is not None:
+            new.witbuild_deadline = request_deadline(req)  # type: ignore[attr-defined]
+        return new
+
+
+def guarded_opener(policy: Policy = (), extra: Sequence[urllib.request.BaseHandler] = (),
+                   total_timeout: float | None = None) -> urllib.request.OpenerDirector:
+    """A urllib opener whose every request, redirect hops included, goes through the policy: the URL's host
+    literally, then every address it resolves to at the socket. Only http and https: ftp, file and data URLs
+    (reachable by redirect in urllib's default opener) are not handled at all. ``total_timeout``: seconds the
+    whole exchange (connection, headers, redirects; a body read through :class:`BodyLimit`) may take, however
+    the server drips its bytes. ``extra`` handlers (e.g. a response processor for opt-out headers) are added
+    last."""
     allow = allow_tuple(policy)
     allow_networks(allow)
     opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), _GuardedHTTPHandler(allow),
-                    _GuardedHTTPSHandler(allow), urllib.request.HTTPDefaultErrorHandler(),
-                    urllib.request.HTTPRedirectHandler(), urllib.request.HTTPErrorProcessor(), *extra):
+    for handler in (_RequestCheck(allow, total_timeout), urllib.request.ProxyHandler(),
+                    urllib.request.UnknownHandler(), _GuardedHTTPHandler(allow), _GuardedHTTPSHandler(allow),
+                    urllib.request.HTTPDefaultErrorHandler(), _RedirectHandler(), urllib.request.HTTPErrorProcessor(),
+                    *extra):
         opener.add_handler(handler)
     return opener
 
 
+class BodyTooLargeError(OSError):
+    """A body over the byte cap; the message says 'body too large' (error class body_too_large)."""
+
+
+class BodyLimit(urllib.request.BaseHandler):
+    """Reads a successful response's body within ``max_bytes`` and the request's deadline, refusing a larger or
+    slower one (a declared Content-Length over the cap before any byte is read), and hands on a replay of it.
+    The handlers after it (and img2dataset's ``r.read()``) then never hold more than the cap."""
+
+    handler_order = 600  # after the opt-out check (500): an opted-out body is never read
+
+    def __init__(self, max_bytes: int, chunk: int = 1 << 16) -> None:
+        self.max_bytes = max_bytes
+        self.chunk = chunk
+
+    def http_response(self, request: urllib.request.Request, response: Any) -> Any:
+        status = getattr(response, "status", None) or response.getcode()
+        if getattr(response, "from_cache", False) or not 200 <= status < 300:
+            return response
+        with contextlib.closing(response):
+            body = self._read(request, response)
+        replay = urllib.response.addinfourl(io.BytesIO(body), response.headers, response.url, status)
+        replay.msg = getattr(response, "reason", "OK")
+        return replay
+
+    https_response = http_response
+
+    def _read(self, request: urllib.request.Request, response: Any) -> bytes:
+        declared = response.headers.get("Content-Length", "").strip()
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise BodyTooLargeError(f"body too large: Content-Length {declared} > {self.max_bytes} bytes")
+        deadline = request_deadline(request)
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                part = response.read1(self.chunk)
+            except (OSError, http.client.HTTPException) as exc:
+                if deadline is not None and deadline.fired:
+                    raise TotalTimeoutError(f"timed out: body of {request.full_url} not complete within the "
+                                            "total timeout") from exc
+                raise
+            if not part:  # read1 ends quietly where read() would complain: a short body is no body
+                if deadline is not None and deadline.fired:
+                    raise TotalTimeoutError(f"timed out: body of {request.full_url} not complete within the "
+                                            "total timeout")
+                missing = getattr(response, "length", None)
+                if missing:
+                    raise http.client.IncompleteRead(b"".join(parts), missing)
+                return b"".join(parts)
+            size += len(part)
+            if size > self.max_bytes:
+                raise BodyTooLargeError(f"body too large: over {self.max_bytes} bytes")
+            if deadline is not None and time.monotonic() > deadline.at:
+                raise TotalTimeoutError(f"timed out: body of {request.full_url} not complete within the total "
+                                        "timeout")
+            parts.append(part)
+
+
 @contextmanager
-def guarded_urlopen(policy: Policy = (), extra: Sequence[urllib.request.BaseHandler] = ()
-                    ) -> Iterator[urllib.request.OpenerDirector]:
+def guarded_urlopen(policy: Policy = (), extra: Sequence[urllib.request.BaseHandler] = (),
+                    total_timeout: float | None = None) -> Iterator[urllib.request.OpenerDirector]:
     """Within the block, ``urllib.request.urlopen`` (what img2dataset's downloader calls from its threads)
     uses :func:`guarded_opener`; the process's previous opener comes back afterwards."""
     previous = urllib.request._opener  # type: ignore[attr-defined]
-    opener = guarded_opener(policy, extra)
+    opener = guarded_opener(policy, extra, total_timeout)
     urllib.request.install_opener(opener)
     try:
         yield opener

@@ -16,6 +16,7 @@ img2dataset by name is honoured too.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 import urllib.error
@@ -29,7 +30,7 @@ from typing import Any
 from protego import Protego
 
 from witbuild.layout import ROBOTS_DISALLOWED, ROBOTS_UNREACHABLE
-from witbuild.network import Policy, guarded_opener, numeric_ipv4
+from witbuild.network import Policy, guarded_opener, numeric_ipv4, request_deadline
 from witbuild.sources.urls import DEFAULT_PORTS, split_origin
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,17 @@ def origin_of(url: str | None) -> str | None:
     if split is None:
         return None
     scheme, host, port = split
-    try:  # one origin for every spelling of a numeric host (2130706433 is 127.0.0.1), as browsers have it
-        v4 = numeric_ipv4(host)
-    except ValueError:
-        return None
-    host = str(v4) if v4 is not None else f"[{host}]" if ":" in host else host
+    if ":" in host:  # IPv6, one spelling per address (::ffff:1.1.1.1 and ::ffff:101:101 are one origin)
+        try:
+            host = f"[{ipaddress.IPv6Address(host.split('%', 1)[0])}]"
+        except ValueError:
+            return None
+    else:  # one origin for every spelling of a numeric host (2130706433 is 127.0.0.1), as browsers have it
+        try:
+            v4 = numeric_ipv4(host)
+        except ValueError:
+            return None
+        host = str(v4) if v4 is not None else host
     return f"{scheme}://{host}" + ("" if port == DEFAULT_PORTS[scheme] else f":{port}")
 
 
@@ -99,13 +106,16 @@ def _read_capped(response: Any, limits: RobotsLimits, deadline: float) -> tuple[
 def fetch_robots(origin: str, policy: Policy, limits: RobotsLimits, user_agent: str) -> RobotsAnswer:
     """The robots.txt of ``origin`` under the network policy; never raises for what a server does."""
     url = f"{origin}/robots.txt"
-    opener = guarded_opener(policy)
+    opener = guarded_opener(policy, total_timeout=limits.total_timeout)  # headers, redirects and body
     request = urllib.request.Request(url, headers={"User-Agent": user_agent})
     deadline = time.monotonic() + limits.total_timeout
     try:
         with opener.open(request, timeout=limits.timeout) as response:
             body, cut = _read_capped(response, limits, deadline)
             status = int(response.status)
+        cut_off = request_deadline(request)
+        if cut_off is not None and cut_off.fired:  # its socket was shut at the deadline: the end came early
+            raise TimeoutError(f"robots.txt not complete after total_timeout={limits.total_timeout}s")
     except urllib.error.HTTPError as exc:
         exc.close()
         if exc.code == 429 or exc.code >= 500:
@@ -114,7 +124,7 @@ def fetch_robots(origin: str, policy: Policy, limits: RobotsLimits, user_agent: 
     except Exception as exc:  # a stranger's server: every other failure means "unreachable"
         reason = getattr(exc, "reason", exc)
         return RobotsAnswer(origin, UNREACHABLE, None, "", error=f"{type(exc).__name__}: {reason}"[:300])
-    return RobotsAnswer(origin, OK, status, body.decode("utf-8", errors="replace"), oversize=cut)
+    return RobotsAnswer(origin, OK, status, body.decode("utf-8-sig", errors="replace"), oversize=cut)
 
 
 def fetch_all(origins: Sequence[str], policy: Policy, limits: RobotsLimits, user_agent: str,
@@ -128,7 +138,7 @@ def fetch_all(origins: Sequence[str], policy: Policy, limits: RobotsLimits, user
 
 @lru_cache(maxsize=4096)
 def _parsed(body: str) -> Protego:
-    return Protego.parse(body)
+    return Protego.parse(body.removeprefix("\ufeff"))  # a byte-order mark would hide the first line's rule
 
 
 def robots_refusal(url: str, outcome: str | None, body: str | None, tokens: Iterable[str]) -> str | None:

@@ -237,10 +237,33 @@ class _Exchange:
     headers: list[tuple[str, str]]
     body: bytes
     truncated: str | None = None
+    next_hop_failed: bool = False  # a redirect whose target was refused or could not be fetched
 
     def header(self, name: str) -> str | None:
         name = name.lower()
         return next((v for k, v in self.headers if k.lower() == name), None)
+
+
+def _robots_unreachable(ex: _Exchange | None) -> str | None:
+    """Why a robots.txt answer means "unreachable" (RFC 9309 2.3.1.4: disallow all), or None. A file cut off
+    by the total timeout or a disconnect is not the whole file (its last rules may be the ones that matter), and a
+    redirect whose next hop failed or was refused never reached a file; one cut at the size cap is parsed."""
+    if ex is None:
+        return "no response"
+    if ex.status == 429 or ex.status >= 500:
+        return f"HTTP {ex.status}"
+    if ex.truncated in ("time", "disconnect"):
+        return f"cut off ({ex.truncated})"
+    if ex.status in _REDIRECT_STATUSES and ex.next_hop_failed:
+        return "redirect target unreachable"
+    return None
+
+
+def _hop_failed(last: _Exchange | None) -> _Exchange | None:
+    """The chain's last answer (a redirect, or None at the first URL), marked: its target was never fetched."""
+    if last is not None:
+        last.next_hop_failed = True
+    return last
 
 
 @dataclass
@@ -290,18 +313,19 @@ class _HostCrawl:
             return
         url = f"{self.key}/robots.txt"
         ex = self.fetch_chain(_normalize(url) or url, robots=True)  # fetch errors are counted there: None
-        if ex is None or ex.status == 429 or ex.status >= 500:
+        why = _robots_unreachable(ex)
+        if why is not None:
             self.robots = _Robots(disallow_all=True)
             self.counts.event("robots_unreachable")
-            log.warning("robots.txt of %s unreachable (%s): not crawling the host", self.key,
-                        ex.status if ex else "no response")
+            log.warning("robots.txt of %s unreachable (%s): not crawling the host", self.key, why)
             return
+        assert ex is not None
         if ex.status in _REDIRECT_STATUSES or ex.status >= 400:
             self.counts.event("robots_missing")
             log.info("robots.txt of %s unavailable (HTTP %d): all allowed", self.key, ex.status)
             return
         parser = RobotFileParser(url)
-        parser.parse(ex.body.decode("utf-8", errors="replace").splitlines())
+        parser.parse(ex.body.decode("utf-8-sig", errors="replace").splitlines())  # a BOM would hide line 1
         delay = parser.crawl_delay(self.ua_token)
         self.robots = _Robots(parser=parser)
         if delay is not None and float(delay) > self.delay:
@@ -427,7 +451,7 @@ class _HostCrawl:
                 if hop:
                     self.counts.event("redirect_refused")
                 log.warning("refused %s%s: %s", "redirect " if hop else "", current, exc)
-                return last
+                return _hop_failed(last)
             if hop and _host_key(current) != self.key:
                 self.counts.event("redirect_offsite")  # followed (address-checked), its links are not
             chain.append(current)
@@ -438,9 +462,9 @@ class _HostCrawl:
                 self.counts.event("fetch_error")
                 log.warning("error fetching %s: %s: %s", current, type(exc).__name__, exc,
                             exc_info=log.isEnabledFor(logging.DEBUG))
-                return last
+                return _hop_failed(last)
             if ex is None:
-                return last
+                return _hop_failed(last)
             try:
                 self._write(ex)
             except OSError as exc:

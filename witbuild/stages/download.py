@@ -29,7 +29,7 @@ import pyarrow as pa
 from witbuild import layout
 from witbuild.counters import StageCounts
 from witbuild.dedup.shard_signatures import SUFFIX as SIGNATURES_SUFFIX
-from witbuild.download import apply_env, error_class, img2dataset_guarded
+from witbuild.download import ImageLimits, apply_env, error_class, img2dataset_guarded
 from witbuild.network import BLOCKED_ADDRESS, allow_tuple, url_refusal
 from witbuild.robots import (
     RobotsLimits,
@@ -85,7 +85,7 @@ def run_download(ctx: StageContext) -> StageCounts:
     counts, kept = prepare_input(ctx, fs, out, allowed_dir)
     if kept:
         # finalize's pHashes and thumbnails, computed as each image is written (witbuild/dedup/shard_signatures.py)
-        with img2dataset_guarded(ctx.cfg.network, ctx.cfg.download.cache_dir, sign=True):
+        with img2dataset_guarded(ctx.cfg.network, cfg.cache_dir, sign=True, limits=ImageLimits.of(cfg)):
             _img2dataset(img2dataset, fs.unstrip_protocol(allowed_dir), ctx)
     fs.rm(allowed_dir, recursive=True)
     # the funnel, from the shard metadata img2dataset wrote (every input row is in one of them)
