@@ -158,14 +158,46 @@ def test_fast_resolver_and_classifier_agree_with_urllib():
     bases = ["http://h.org/a/b/page.html", "https://h.org", "https://h.org/dir/", "http://h.org:8080/a/b?q=1#f",
              "https://user@h.org/x/y/", "http://h.org/a/b/c/d.php;p=1"]
     parts = ["img", "a", "..", ".", "b c", "x.jpg", "y.SVG", "z.png?w=1", "#frag", "?q=2", "%20", "é.jpg", "a:b",
-             "", "~u", "x.svg#a", "index"]
+             "", "~u", "x.svg#a", "index", "a\tb", "x\n.jpg", ".\r\n.", "\t", "sv\ng"]
     prefixes = ["", "/", "//cdn.org/", "./", "../", "http://o.org/", "https://o.org:443/", "HTTP://O.org/",
-                "ftp://f/", "mailto:", "  "]
-    for _ in range(20000):
+                "ftp://f/", "mailto:", "  ", "\t", "\n//cdn.org/", "ht\ttp://o.org/", "https:/\n/o.org/",
+                "/\t/cdn.org/", ".\n./", "java\tscript:", " \r\nhttp://o.org/"]
+    suffixes = ["", "", "", "\n", " \t", "\r\n"]
+    # urljoin deletes tab and newlines only where it parses (not from an absolute URL of another
+    # scheme than the base, which it returns as given); WHATWG deletes them everywhere
+    tab_or_newline = str.maketrans("", "", "\t\n\r")
+    for _ in range(30000):
         base = rng.choice(bases)
-        url = rng.choice(prefixes) + "/".join(rng.choice(parts) for _ in range(rng.randint(0, 4)))
+        url = (rng.choice(prefixes) + "/".join(rng.choice(parts) for _ in range(rng.randint(0, 4)))
+               + rng.choice(suffixes))
         if not url.strip():
             continue
-        expected = urljoin(base, url.strip())
+        expected = urljoin(base, url.strip()).translate(tab_or_newline)
         assert Resolver(base).resolve(url) == expected, (base, url)
+        assert resolve(url, base) == expected, (base, url)
         assert classify(expected) == _classify_slow(expected), expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("http://h.org/a\n.jpg", ("http://h.org/a.jpg", None)),
+    ("/a\t.jpg", ("http://example.org/a.jpg", None)),
+    ("\x00 /a.jpg\x1f", ("http://example.org/a.jpg", None)),
+    ("\u00a0img/b.jpg\u3000", ("http://example.org/dir/img/b.jpg", None)),
+    ("https://h.org/long/\r\n  path.jpg", ("https://h.org/long/  path.jpg", None)),
+    ("//cdn.org/\nlogo.sv\ng", (None, "svg")),
+    ("java\nscript:alert(1)", (None, "javascript_url")),
+    ("\tdata:image/gif;base64,R0lGOD", (None, "data_url")),
+    ("\x01\t\n", (None, "no_url")),
+])
+def test_image_urls_lose_tab_newlines_and_edge_controls(raw, expected):
+    """As a browser's URL parser reads them: tab/CR/LF anywhere, C0 controls and spaces at the ends."""
+    from witbuild.sources.urls import Resolver
+
+    assert Resolver(PAGE).image_url(raw) == expected
+
+
+def test_page_images_with_newlines_in_urls():
+    refs, _, counts = refs_of('<img src="http://h.org/a\n.jpg" alt="nl"><img src="/a\t.jpg" alt="tab">'
+                              '<img src="java\nscript:alert(1)" alt="js">')
+    assert [r[0] for r in refs] == ["http://h.org/a.jpg", "http://example.org/a.jpg"]
+    assert counts.dropped == {"javascript_url": 1}

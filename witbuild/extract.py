@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ import pyarrow as pa
 from witbuild import schemas
 from witbuild.config import ExtractConfig
 from witbuild.counters import StageCounts
-from witbuild.sources.html import ImageRef, decode_html, is_html, page_images
+from witbuild.sources.html import ImageRef, decode_html, is_html, may_be_utf16, page_images
 from witbuild.sources.http_body import http_payload
 from witbuild.sources.warc import WarcRecord, iter_records
 from witbuild.sources.wat import WAT_IMAGE_MARK, wat_images
@@ -91,9 +92,17 @@ class _BatchBuilder:
         return batch
 
 
-def _may_have_img(body: bytes) -> bool:
-    """Cheap pre-check so pages without images skip decoding and parsing."""
-    return b"<img" in body or b"<IMG" in body or b"<Img" in body
+# Tag names are case-insensitive, and parsers read <image> as <img> (HTML's tree construction)
+_IMG_TAG = re.compile(rb"<im(?:g|age)", re.IGNORECASE)
+
+
+def _may_have_img(body: bytes, http_charset: str | None) -> bool:
+    """Cheap pre-check so pages without images skip decoding and parsing.
+
+    UTF-16 pages (a BOM or a declared charset says so) have no ASCII tag bytes: they are parsed.
+    The plain search first finds most pages' tags faster than the regular expression does.
+    """
+    return b"<img" in body or _IMG_TAG.search(body) is not None or may_be_utf16(body, http_charset)
 
 
 def _warc_page(rec: WarcRecord, cfg: ExtractConfig, counts: StageCounts,
@@ -114,7 +123,7 @@ def _warc_page(rec: WarcRecord, cfg: ExtractConfig, counts: StageCounts,
         counts.event("non_html_responses")
         return None
     counts.event("html_pages")
-    if not _may_have_img(body):
+    if not _may_have_img(body, rec.charset):
         return None
     try:
         html = decode_html(body, rec.charset, counts)

@@ -34,31 +34,102 @@ def is_html(content_type: str | None, body_head: bytes) -> bool:
             return True
         if ct not in ("", "application/octet-stream", "unknown/unknown", "text/plain"):
             return False
-    head = body_head[:1024].lstrip().lower()
+    head = _ascii_head(body_head[:1024]).lstrip().lower()
     return any(tag in head for tag in _SNIFF_TAGS)
 
 
-def _valid_charset(label: str | None) -> str | None:
+def _ascii_head(head: bytes) -> bytes:
+    """The first bytes with the NUL halves of UTF-16 characters removed, so that ASCII tags show."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return head[2:].replace(b"\x00", b"")
+    return head
+
+
+# Byte order marks, which win over any declared charset (HTML's encoding sniffing, step 1)
+_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+# Python codec names the WHATWG label table lacks, as Python-written servers send them, mapped to
+# the WHATWG label of the same encoding; other Python names (latin-1, windows_1251, cp936,
+# euc-cn) reach a WHATWG label through Python's own canonical name (iso8859-1, cp1251, gbk, gb2312).
+_PYTHON_NAME_LABELS = {"cp949": "euc-kr", "cp932": "shift_jis", "cp950": "big5", "big5hkscs": "big5",
+                       "utf-8-sig": "utf-8"}
+# WHATWG decodes these encodings with the vendors' supersets; the plain Python codecs of the same
+# names lack the extension characters (UHC hangul, NEC/IBM kanji, HKSCS) real pages use.
+_WHATWG_DECODERS = {"euc_kr": "cp949", "shift_jis": "cp932", "gbk": "gb18030", "big5": "big5hkscs",
+                    "iso8859-11": "cp874"}
+
+
+def charset_encoding(label: str | None) -> str | None:
+    """The encoding a charset label names, by the WHATWG label table; None for a label it lacks.
+
+    An unknown label is no charset (browsers then read ``<meta>`` and guess): mapping it to
+    UTF-8 would turn every byte of a legacy page into U+FFFD. Python codec names are accepted
+    where they name an encoding of the table.
+    """
     if not label:
         return None
-    label = label.strip().strip("\"'")
+    label = label.strip().strip("\"'").strip()
+    if not label:
+        return None
+    return map_encoding_to_html5(label, fallback_utf8=False) or _python_name_encoding(label)
+
+
+def _python_name_encoding(label: str) -> str | None:
+    """The WHATWG encoding of a Python codec name (``latin-1``, ``cp949``); None for codecs outside the table."""
     try:
-        codecs.lookup(label)
+        name = codecs.lookup(label).name
     except LookupError:
         return None
-    return map_encoding_to_html5(label)
+    return map_encoding_to_html5(_PYTHON_NAME_LABELS.get(name, name), fallback_utf8=False)
+
+
+def bom_encoding(body: bytes) -> tuple[str | None, int]:
+    """(encoding, BOM length) of a body that starts with a byte order mark; (None, 0) otherwise."""
+    for bom, encoding in _BOMS:
+        if body.startswith(bom):
+            return encoding, len(bom)
+    return None, 0
+
+
+def may_be_utf16(body: bytes, http_charset: str | None) -> bool:
+    """Whether the page will decode as UTF-16 (BOM, else HTTP charset), whose tags are no ASCII bytes."""
+    if body.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return True
+    if body.startswith(b"\xef\xbb\xbf"):
+        return False
+    encoding = charset_encoding(http_charset)
+    return encoding is not None and encoding.startswith("utf-16")
+
+
+def _sniffed_encoding(body: bytes) -> str:
+    """Encoding from ``<meta>``, else detection, for a page without BOM or usable HTTP charset.
+
+    A ``<meta>`` that says UTF-16 is readable as ASCII, so the page cannot be UTF-16: the HTML
+    spec reads it as UTF-8. A real UTF-16 page has NUL bytes beside its ASCII characters.
+    """
+    encoding = detect_encoding(body, max_len=65536, from_html_meta=True)
+    if encoding.startswith("utf-16") and b"\x00" not in body[:1024]:
+        return "utf-8"
+    return encoding
 
 
 def decode_html(body: bytes, http_charset: str | None, counts: StageCounts | None = None) -> str:
-    """Decode a page: the HTTP charset, else ``<meta>`` charset, else detection (uchardet).
+    """Decode a page the way the HTML spec sniffs its encoding: a byte order mark, else the HTTP
+    charset, else a ``<meta>`` charset, else detection (uchardet).
 
     Invalid byte sequences become U+FFFD rather than losing the page.
     """
-    encoding = _valid_charset(http_charset)
-    if http_charset and encoding is None and counts is not None:
+    declared = charset_encoding(http_charset)
+    if http_charset and declared is None and counts is not None:
         counts.event("bad_http_charset")
-    if encoding is None:
-        encoding = detect_encoding(body, max_len=65536, from_html_meta=True)
+    encoding, bom_length = bom_encoding(body)
+    if bom_length:
+        body = body[bom_length:]
+    encoding = encoding or declared or _sniffed_encoding(body)
+    return _decode(body, _WHATWG_DECODERS.get(encoding, encoding), counts)
+
+
+def _decode(body: bytes, encoding: str, counts: StageCounts | None) -> str:
+    """``body`` in ``encoding`` (UTF-8 when Python lacks it), invalid bytes replaced and counted."""
     try:
         codecs.lookup(encoding)
     except LookupError:

@@ -10,20 +10,21 @@ looks like markup is used as it is, and counted.
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 import zlib
+from collections.abc import Iterator
 
 import brotli
-from resiliparse.parse.http import iterate_http_chunks
 
 from witbuild.counters import StageCounts
 
 log = logging.getLogger(__name__)
 
-_CHUNK_SIZE_LINE = re.compile(rb"[0-9A-Fa-f]{1,16}[ \t]*(;[^\r\n]*)?\r?\n")
-_MARKUP = re.compile(rb"^\s*(<|\xef\xbb\xbf\s*<)")
+# A chunk-size line, its extensions dropped; bare LF ends it as well as CRLF, as browsers accept
+_CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")
+# the start of a page stored decoded: markup, after a UTF-8 or UTF-16 byte order mark if any
+_MARKUP = re.compile(rb"^\s*(<|\xef\xbb\xbf\s*<)|^(\xff\xfe<\x00|\xfe\xff\x00<)")
 
 
 class ContentDecodeError(ValueError):
@@ -38,10 +39,36 @@ def _codings(header: str | None) -> list[str]:
 
 
 def dechunk(body: bytes) -> bytes:
-    """The payload of a chunked transfer coding (RFC 9112 §7.1); trailers are dropped."""
-    if not _CHUNK_SIZE_LINE.match(body):
+    """The payload of a chunked transfer coding (RFC 9112 §7.1); trailers are dropped.
+
+    Chunk lines may end in a bare LF. A body cut short gives the chunks read up to the damage;
+    one that gives nothing although its first chunk is not the last is not chunked at all.
+    """
+    first = _CHUNK_SIZE_LINE.match(body)
+    if first is None:
         raise ContentDecodeError("no chunk-size line at the start of a chunked body")
-    return b"".join(iterate_http_chunks(io.BytesIO(body)))
+    payload = b"".join(_chunks(body))
+    if not payload and int(first.group(1), 16):
+        raise ContentDecodeError("a chunked body without chunk data")
+    return payload
+
+
+def _chunks(body: bytes) -> Iterator[bytes]:
+    """The chunks' data in order, up to the last chunk, the end of the body or the first malformed line."""
+    pos = 0
+    while (line := _CHUNK_SIZE_LINE.match(body, pos)) is not None:
+        size = int(line.group(1), 16)
+        if size == 0:
+            return
+        start = line.end()
+        yield body[start:start + size]
+        pos = start + size
+        if body.startswith(b"\r\n", pos):
+            pos += 2
+        elif body.startswith(b"\n", pos):
+            pos += 1
+        else:  # cut short, or a size that does not fit the data
+            return
 
 
 def _inflate(body: bytes, wbits: int, limit: int) -> bytes:
@@ -49,10 +76,24 @@ def _inflate(body: bytes, wbits: int, limit: int) -> bytes:
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:
-    try:
-        return _inflate(body, 31, limit)
-    except zlib.error as exc:
-        raise ContentDecodeError(f"gzip: {exc}") from exc
+    """Every gzip member of the body, concatenated (RFC 1952 §2.2; servers that compress as they
+    stream write one member per flush); bytes after the last member that are no gzip are ignored."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        inflater = zlib.decompressobj(31)
+        try:
+            part = inflater.decompress(body, limit + 1 - size)
+        except zlib.error as exc:
+            if parts:
+                break
+            raise ContentDecodeError(f"gzip: {exc}") from exc
+        parts.append(part)
+        size += len(part)
+        body = inflater.unused_data
+        if not body or not inflater.eof or size > limit:
+            break
+    return b"".join(parts)
 
 
 def _deflate(body: bytes, limit: int) -> bytes:
@@ -93,7 +134,9 @@ def http_payload(body: bytes, transfer_encoding: str | None, content_encoding: s
     (neither decodable nor markup: skipped) and ``body_cut_at_max_bytes`` (decoded beyond ``max_bytes``).
     """
     te, ce = _codings(transfer_encoding), _codings(content_encoding)
-    steps = [("chunked", c) for c in reversed(te) if c == "chunked"] + [("content", c) for c in reversed(ce)]
+    # a transfer coding other than chunked (``gzip, chunked``) compresses like a content coding
+    steps = [("chunked" if c == "chunked" else "content", c) for c in reversed(te)]
+    steps += [("content", c) for c in reversed(ce)]
     for kind, coding in steps:
         try:
             body = dechunk(body) if kind == "chunked" else decode_content(body, coding, max_bytes)
