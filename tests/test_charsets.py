@@ -192,3 +192,16 @@ def test_extract_file_finds_the_images_of_utf16_and_image_tag_pages(tmp_path: Pa
         ("http://e.org/image.html", "image tag"),
     ])
     assert {r["url"] for r in rows} == {"http://e.org/a.jpg"}
+
+
+@pytest.mark.parametrize(("label", "codec"), [("x-gbk", "gbk"), ("x-sjis", "shift_jis"), ("windows-874", "cp874"),
+                                              ("latin1", "cp1252")])
+def test_a_warc_header_charset_reaches_the_decoder_whatever_its_spelling(tmp_path: Path, label: str, codec: str):
+    """WHATWG labels Python lacks (x-gbk, x-sjis) and Python names the table lacks (latin1) name the page's
+    encoding from the WARC's HTTP header too: decoded as UTF-8, every non-ASCII alt would come out as U+FFFD."""
+    text = {"gbk": "中文图片", "shift_jis": "日本語の画像", "cp874": "ภาพ", "cp1252": "Café crème"}[codec]
+    path = tmp_path / "label.warc"
+    path.write_bytes(warc_response("http://e.org/p.html", f"text/html; charset={label}",
+                                   page(alt=text).encode(codec)))
+    rows = [r for batch in extract_file(str(path), ExtractConfig(), StageCounts()) for r in batch.to_pylist()]
+    assert [r["text"] for r in rows] == [text]

@@ -20,7 +20,6 @@ page to the header block.
 
 from __future__ import annotations
 
-import codecs
 import logging
 import re
 import tempfile
@@ -33,6 +32,7 @@ from typing import BinaryIO, NamedTuple
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 from witbuild.counters import StageCounts
+from witbuild.sources.html import charset_encoding
 from witbuild.sources.urls import target_uri
 
 log = logging.getLogger(__name__)
@@ -595,16 +595,13 @@ def _status_code(line: str) -> int | None:
 
 
 def _charset(content_type: str | None) -> str | None:
-    """The ``charset`` parameter of a Content-Type, lower-cased; None when absent or unknown to
-    Python (the page's ``<meta>`` or detection then decide)."""
+    """The ``charset`` parameter of a Content-Type, lower-cased; None when absent or naming no encoding
+    (:func:`~witbuild.sources.html.charset_encoding`: WHATWG labels such as ``x-gbk`` included; the page's
+    ``<meta>`` or detection then decide)."""
     if not content_type:
         return None
     m = _CHARSET.search(content_type)
     if m is None:
         return None
     label = m.group(1).strip().strip("\"'").lower()
-    try:
-        codecs.lookup(label)
-    except LookupError:
-        return None
-    return label
+    return label if charset_encoding(label) is not None else None
