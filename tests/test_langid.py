@@ -138,6 +138,22 @@ def test_empty_newlines_and_bad_unicode(identifier: LanguageIdentifier) -> None:
     assert identifier.predict_columns([]) == ([], [])
 
 
+@pytest.mark.parametrize(("caption", "lang"), [
+    ("WEDDING DRESS WITH LONG SLEEVES", "en"),  # as written: ja 0.80
+    ("HAPPY BIRTHDAY CAKE WITH CANDLES", "en"),  # it 0.52
+    ("VINTAGE WOODEN CHAIR FOR SALE", "en"),  # uk 0.21
+    ("VESTIDO DE NOVIA CON MANGAS LARGAS", "es"),  # de 0.82
+    ("ROBE DE MARIÉE À MANCHES LONGUES", "fr"),
+])
+def test_captions_in_capitals_alone_get_their_language(identifier: LanguageIdentifier, caption: str,
+                                                       lang: str) -> None:
+    """The shipped model takes all-capital lines for other languages; they are identified in lower case."""
+    assert identifier.predict([caption])[0][0] == lang
+    assert identifier.predict([caption]) == identifier.predict([caption.lower()])
+    mixed = "Wedding dress with LONG sleeves"  # anything not all capitals is read as written (other scores)
+    assert identifier.predict([mixed]) != identifier.predict([mixed.lower()])
+
+
 def test_model_loaded_once_per_path(identifier: LanguageIdentifier) -> None:
     again = LanguageIdentifier(str(langid.default_model_path()))
     assert again.model is identifier.model

@@ -105,10 +105,14 @@ def load_model(path: str | os.PathLike[str] | None = None) -> Any:
 
 
 def _clean_for_fasttext(text: object) -> str:
-    """One line of valid UTF-8: fastText raises on newlines and on strings with lone surrogates."""
+    """One line of valid UTF-8: fastText raises on newlines and on strings with lone surrogates. A caption in
+    capitals alone is read in lower case: the model saw few such lines and takes them for anything
+    ("WEDDING DRESS WITH LONG SLEEVES": ja 0.80; in lower case en 0.73). The caption itself is unchanged."""
     if text is None:
         return ""
     s = text if isinstance(text, str) else str(text)
+    if s.isupper():
+        s = s.lower()
     if "\n" in s or "\r" in s:
         s = s.replace("\r", " ").replace("\n", " ")
     if not s.isascii():
