@@ -1,10 +1,12 @@
 """Finalize's read of one downloaded shard (``shard_samples``): a row per decodable image, every other row of the
-metadata counted by reason, columns img2dataset did not write left null, a broken shard lost alone."""
+metadata counted by reason, columns img2dataset did not write left null, a broken shard lost alone (its rows
+counted in and dropped by reason)."""
 
 from __future__ import annotations
 
 import io
 import tarfile
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -66,4 +68,90 @@ def test_extra_columns_travel_and_a_broken_shard_is_lost_alone(tmp_path):
     counts = StageCounts()
     batch = shard_samples(str(tmp_path / "00000.tar"), counts, samples_schema())
     assert batch.num_rows == 0 and batch.schema.equals(samples_schema())
-    assert counts.events == {"unreadable_shards": 1}
+    assert (counts.rows_in, dict(counts.dropped), dict(counts.events)) == (
+        1, {"unreadable_shard": 1}, {"unreadable_shards": 1})
+
+
+def _two_images(tmp_path) -> str:
+    members = {f"{i:09d}.jpg": encode(draw_image(20 + i, (96, 96)), "jpeg") for i in range(2)}
+    return _shard(tmp_path, members, [_row(f"{i:09d}") for i in range(2)] + [_row("000000009", "failed_to_download")])
+
+
+def test_a_missing_tar_drops_its_success_rows(tmp_path):
+    tar = _two_images(tmp_path)
+    (tmp_path / "00000.tar").unlink()
+    counts = StageCounts()
+    assert shard_samples(tar, counts, samples_schema()).num_rows == 0
+    assert (counts.rows_in, dict(counts.dropped), dict(counts.events)) == (
+        2, {"missing_shard": 2}, {"missing_shards": 1})
+
+
+def test_unreadable_or_missing_metadata_counts_from_the_stats_file(tmp_path):
+    tar = _two_images(tmp_path)
+    (tmp_path / "00000_stats.json").write_text('{"count": 3, "successes": 2}')
+    (tmp_path / "00000.parquet").write_bytes(b"not parquet")
+    counts = StageCounts()
+    shard_samples(tar, counts, samples_schema())
+    assert (counts.rows_in, dict(counts.dropped)) == (2, {"unreadable_shard": 2})
+    (tmp_path / "00000.parquet").unlink()
+    counts = StageCounts()
+    shard_samples(tar, counts, samples_schema())
+    assert (counts.rows_in, dict(counts.dropped)) == (2, {"missing_shard": 2})
+
+
+def _cut_mid_member(tar_path: str) -> None:
+    """Cut the tar inside its last image's data: the reader raises there (a cut between members reads as a
+    shorter tar, whose absent images count as missing_in_tar)."""
+    path = Path(tar_path)
+    with tarfile.open(path) as tar:
+        last = [m for m in tar.getmembers() if m.name.endswith(".jpg")][-1]
+    path.write_bytes(path.read_bytes()[: last.offset_data + last.size // 2])
+
+
+class _Written:
+    """Stands in for img2dataset's writer of a tar that is already on disk."""
+
+    def write(self, *args) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _save_signatures(tar_path: str) -> None:
+    """The signatures file the download saves beside a tar, for its images."""
+    from witbuild.dedup.shard_signatures import SigningWriter
+
+    writer = SigningWriter(_Written(), tar_path)
+    with tarfile.open(tar_path) as tar:
+        for m in tar.getmembers():
+            if m.name.endswith(".jpg"):
+                writer.write(tar.extractfile(m).read(), m.name.split(".")[0], None, {})
+    writer.close()
+
+
+def test_a_truncated_tar_is_accounted_alike_with_or_without_saved_signatures(tmp_path):
+    tar = _two_images(tmp_path)
+    _save_signatures(tar)
+    signed = StageCounts()
+    assert shard_samples(tar, signed, samples_schema()).num_rows == 2
+    assert signed.events == {"shards_signed_at_download": 1}
+    _cut_mid_member(tar)
+    results = []
+    for saved in (True, False):
+        if not saved:
+            (tmp_path / "00000_signatures.arrow").unlink()
+        counts = StageCounts()
+        assert shard_samples(tar, counts, samples_schema()).num_rows == 0
+        results.append((counts.rows_in, dict(counts.dropped), dict(counts.events)))
+    assert results == [(2, {"unreadable_shard": 2}, {"unreadable_shards": 1})] * 2
+
+
+def test_shards_are_listed_from_their_metadata(tmp_path):
+    from witbuild.stages.finalize import list_shards
+
+    for name in ("00000.tar", "00000.parquet", "00000_stats.json", "00000_signatures.arrow", "00001.parquet",
+                 "00002_stats.json", "00003.tar", "_counts.json", "_SUCCESS"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "_robots").mkdir()
+    assert list_shards(str(tmp_path)) == [str(tmp_path / f"0000{i}.tar") for i in range(4)]

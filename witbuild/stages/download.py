@@ -6,6 +6,10 @@ temporary folder survives a killed build, and img2dataset's incremental mode ski
 have their stats file, so a re-run fetches only the unfinished shards; a shard cut mid-way has no
 stats file and is redone from scratch, so every sample ends up in exactly one tar.
 
+img2dataset retries a shard that failed once, and then only prints that it gave up. So the stage checks that
+every shard it cut from its input has its stats file (:func:`check_finished`): if not, it fails naming the
+missing shards and rows, and stays unfinished, so that running the build again fetches just those shards.
+
 Before img2dataset starts, a Spark step decides which rows may be fetched at all (:func:`prepare_input`):
 rows whose URL host is a refused address in any spelling are dropped (``blocked_address``, never fetched,
 witbuild/network.py), then each remaining image host's robots.txt is fetched once (witbuild/robots.py; kept in
@@ -42,6 +46,9 @@ from witbuild.robots import (
 from witbuild.spark import fs_and_path
 from witbuild.stages.dedup import ROWS_PER_FILE
 
+# img2dataset's files of one shard (its default ``oom_shard_count`` names them with 5 digits)
+META_SUFFIX, STATS_SUFFIX, SHARD_DIGITS = ".parquet", "_stats.json", 5
+NOT_WRITTEN = "not_written"  # a row of a finished shard that img2dataset did not write into its metadata
 ROBOTS_DIR = "_robots"  # inside the stage folder: what each image host's robots.txt said
 ROW, ORIGIN, DROP = "_row", "_origin", "_drop"
 ROBOTS_SCHEMA = pa.schema([(ORIGIN, pa.string()), ("outcome", pa.string()), ("status", pa.int32()),
@@ -83,26 +90,83 @@ def run_download(ctx: StageContext) -> StageCounts:
     # a sibling of the (resumable) temporary folder: img2dataset's own files stay alone in ``out``
     allowed_dir = f"{out.rstrip('/')}.input"
     counts, kept = prepare_input(ctx, fs, out, allowed_dir)
-    if kept:
-        # finalize's pHashes and thumbnails, computed as each image is written (witbuild/dedup/shard_signatures.py)
-        with img2dataset_guarded(ctx.cfg.network, cfg.cache_dir, sign=True, limits=ImageLimits.of(cfg)):
-            _img2dataset(img2dataset, fs.unstrip_protocol(allowed_dir), ctx)
-    fs.rm(allowed_dir, recursive=True)
-    # the funnel, from the shard metadata img2dataset wrote (every input row is in one of them)
-    names = sorted(fs.ls(out, detail=False))
-    parquets = [fs.unstrip_protocol(p) for p in names if p.endswith(".parquet")]
+    try:
+        expected = expected_shards(fs, allowed_dir, cfg.number_sample_per_shard) if kept else {}
+        if kept:
+            # finalize's pHashes and thumbnails, computed as each image is written (witbuild/dedup/shard_signatures.py)
+            with img2dataset_guarded(ctx.cfg.network, cfg.cache_dir, sign=True, limits=ImageLimits.of(cfg)):
+                _img2dataset(img2dataset, fs.unstrip_protocol(allowed_dir), ctx)
+    finally:
+        fs.rm(allowed_dir, recursive=True)
+    finished = check_finished(fs, out, expected)
+    # the funnel, from the metadata of the shards img2dataset finished (every row it was given is in one of them)
+    parquets = [fs.unstrip_protocol(f"{out}/{name}{META_SUFFIX}") for name in sorted(finished)]
     rows = (ctx.spark.read.parquet(*parquets).groupBy("status", "error_message").count().collect()
             if parquets else [])
-    counts.rows_in = counts.rows_dropped  # img2dataset's metadata holds every row it was given
+    counts.rows_in = counts.rows_dropped + kept
     for r in rows:
-        counts.rows_in += r["count"]
         if r["status"] == "success":
             counts.rows_out += r["count"]
         else:
             counts.drop(error_class(r["error_message"]), r["count"])
-    n_tars = sum(1 for p in names if p.endswith(".tar"))
-    counts.info.update({"shards": n_tars, "image_size": cfg.image_size, "resize_mode": cfg.resize_mode})
+    _count_unwritten(counts, kept - sum(r["count"] for r in rows))
+    counts.info.update({"shards": len(finished), "image_size": cfg.image_size, "resize_mode": cfg.resize_mode})
     return counts
+
+
+class ShardsIncompleteError(RuntimeError):
+    """The shards img2dataset left do not hold the rows it was given (it gave up on some and only printed so):
+    the stage must not finish without them."""
+
+
+def expected_shards(fs: Any, input_dir: str, per_shard: int) -> dict[str, int]:
+    """{shard name: rows} img2dataset cuts from the input files in ``input_dir``: as its ``Reader`` does, each
+    file (in name order) into shards of ``per_shard`` rows, the ids running on from file to file."""
+    import pyarrow.parquet as pq
+
+    shards: dict[str, int] = {}
+    for path in sorted(fs.glob(input_dir.rstrip("/") + "/*.parquet")):
+        with fs.open(path, "rb") as fh:
+            rows = pq.ParquetFile(fh).metadata.num_rows
+        for start in range(0, rows, per_shard):
+            shards[f"{len(shards):0{SHARD_DIGITS}d}"] = min(per_shard, rows - start)
+    return shards
+
+
+def check_finished(fs: Any, out: str, expected: dict[str, int]) -> list[str]:
+    """The shards img2dataset finished (their stats file, written last, is there); raises
+    :class:`ShardsIncompleteError` if any of ``expected`` is not among them, or if a finished shard is not one
+    of them (a cut from other input: its rows would be counted twice or for nothing)."""
+    finished = sorted(p.rsplit("/", 1)[-1][: -len(STATS_SUFFIX)] for p in fs.glob(f"{out}/*{STATS_SUFFIX}"))
+    unfinished = sorted(set(expected) - set(finished))
+    if unfinished:
+        rows = sum(expected[name] for name in unfinished)
+        raise ShardsIncompleteError(
+            f"download: img2dataset did not finish {len(unfinished)} of {len(expected)} shards "
+            f"({_names(unfinished)}): {rows} of {sum(expected.values())} rows are in no shard. The stage is left "
+            "unfinished; run the build again to fetch these shards (the finished ones are kept and skipped).")
+    foreign = sorted(set(finished) - set(expected))
+    if foreign:
+        raise ShardsIncompleteError(
+            f"download: {out} holds shards this input does not cut ({_names(foreign)}); redo the stage with "
+            "--from-stage download")
+    return finished
+
+
+def _names(shards: list[str], shown: int = 10) -> str:
+    more = f", … {len(shards) - shown} more" if len(shards) > shown else ""
+    return ", ".join(shards[:shown]) + more
+
+
+def _count_unwritten(counts: StageCounts, n: int) -> None:
+    """Rows of finished shards that are missing from their metadata: img2dataset lost them while writing (it
+    prints ``Sample … failed``); fetching the shard again would not bring them back, so they are dropped."""
+    if n > 0:
+        log.error("download: %d rows are missing from the metadata of finished shards (img2dataset could not "
+                  "write them): dropped as %s", n, NOT_WRITTEN)
+        counts.drop(NOT_WRITTEN, n)
+    elif n < 0:
+        raise ShardsIncompleteError(f"download: the shards' metadata holds {-n} rows more than img2dataset was given")
 
 
 def prepare_input(ctx: StageContext, fs: Any, out: str, dst: str) -> tuple[StageCounts, int]:

@@ -2,7 +2,9 @@
 
 1. Spark tasks of ``SHARDS_PER_TASK`` downloaded shards each read their metadata and the signatures the
    download saved (or decode their tars): a row per sample with the sha256 of the downloaded bytes and the
-   pHash and thumbnail of the stored image.
+   pHash and thumbnail of the stored image. Shards are listed from their metadata, not their tars, so every
+   image the download wrote is counted in: a shard whose tar is missing or unreadable has its rows dropped as
+   ``missing_shard`` / ``unreadable_shard``, and finalize's rows in are the download's rows out.
 2. Exact duplicates (same sha256) across shards: the smallest key stays.
 3. Near duplicates (:mod:`witbuild.dedup.near`): banded LSH on the 64-bit pHash, a colour check of
    16×16 thumbnails on the verified pairs, representatives chosen greedily in key order (no chained
@@ -91,25 +93,91 @@ def read_tar_members(path: str) -> dict[str, dict[str, bytes]]:
 
 _FROM_METADATA = {"caption": "text"}  # img2dataset's column -> ours, where the names differ
 _EMPTY_IF_NULL = ("text", "uid", "sha256")  # non-null columns a row of img2dataset's metadata may lack
+# img2dataset's files of one shard: metadata of every row, the samples, and the stats it writes last
+META_SUFFIX, TAR_SUFFIX, STATS_SUFFIX = ".parquet", ".tar", "_stats.json"
+MISSING_SHARD, UNREADABLE_SHARD = "missing_shard", "unreadable_shard"  # drop reasons of a shard lost whole
+
+
+def list_shards(folder: str) -> list[str]:
+    """The tar path of every shard in the download's ``folder`` that has a metadata, stats or tar file.
+
+    Listed from the metadata, not from the tars: a shard whose tar is gone must still be read, so that its rows
+    are counted (as ``missing_shard``) instead of vanishing between the download's count and finalize's."""
+    fs, src = fs_and_path(folder)
+    prefix = (fs.unstrip_protocol(src) if "://" in folder else src).rstrip("/")
+    names = set()
+    for path in fs.ls(src, detail=False):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith(("_", ".")):  # the stage's own files (_counts.json, _robots/, ...)
+            continue
+        for suffix in (META_SUFFIX, STATS_SUFFIX, TAR_SUFFIX):
+            if name.endswith(suffix):
+                names.add(name[: -len(suffix)])
+    return [f"{prefix}/{name}{TAR_SUFFIX}" for name in sorted(names)]
 
 
 def shard_samples(shard_tar: str, counts: StageCounts, out_schema: pa.Schema) -> pa.RecordBatch:
-    """Rows (``samples_schema``) of one downloaded shard; unreadable parts are counted, not fatal."""
+    """Rows (``samples_schema``) of one downloaded shard. Every success row of its metadata is counted in
+    ``rows_in`` and is either returned or dropped by reason; a shard that is missing or cannot be read is lost
+    alone, its rows dropped as ``missing_shard`` / ``unreadable_shard`` (the rest of the work goes on)."""
+    empty = pa.RecordBatch.from_pylist([], schema=out_schema)
+    base = shard_tar[: -len(TAR_SUFFIX)]
+    try:
+        meta = _success_rows(base + META_SUFFIX)
+    except Exception as exc:  # counted from the stats file, which img2dataset writes beside it
+        reason = MISSING_SHARD if isinstance(exc, FileNotFoundError) else UNREADABLE_SHARD
+        _lose_shard(counts, reason, _stats_successes(base + STATS_SUFFIX), f"{base}{META_SUFFIX}: {exc}")
+        return empty
+    fs, tar = fs_and_path(shard_tar)
+    if not fs.exists(tar):
+        _lose_shard(counts, MISSING_SHARD, meta.num_rows, f"{shard_tar}: no such file")
+        return empty
+    read = StageCounts()  # the shard's drops count only if the whole shard could be read
+    try:
+        signatures = _shard_signatures(shard_tar, meta["key"].to_pylist(), read)
+    except Exception as exc:  # a corrupt tar loses this shard only
+        _lose_shard(counts, UNREADABLE_SHARD, meta.num_rows, f"{shard_tar}: {exc}")
+        return empty
+    counts.merge(read)
+    counts.rows_in += meta.num_rows
+    return _sample_batch(shard_tar.rsplit("/", 1)[-1], meta, signatures, out_schema)
+
+
+def _success_rows(meta_path: str) -> pa.Table:
+    """The rows of a shard's metadata that img2dataset wrote into its tar (status ``success``)."""
     import pyarrow.compute as pc
 
-    name = shard_tar.rsplit("/", 1)[-1]
-    meta_path = shard_tar[: -len(".tar")] + ".parquet"
+    fs, p = fs_and_path(meta_path)
+    with fs.open(p, "rb") as fh:
+        meta = pq.read_table(fh)
+    return meta.filter(pc.equal(meta["status"], "success"))
+
+
+def _stats_successes(stats_path: str) -> int:
+    """Successes in a shard's stats file: its row count when the metadata cannot be read (0 if neither can;
+    the download's recorded total still catches those rows, :func:`_reconcile_with_download`)."""
     try:
-        fs, p = fs_and_path(meta_path)
-        with fs.open(p, "rb") as fh:
-            meta = pq.read_table(fh)
-        meta = meta.filter(pc.equal(meta["status"], "success"))
-        signatures = _shard_signatures(shard_tar, meta["key"].to_pylist(), counts)
-    except Exception as exc:  # a corrupt tar or metadata file loses this shard only
-        log.error("cannot read shard %s: %s", shard_tar, exc)
-        counts.event("unreadable_shards")
-        return pa.RecordBatch.from_pylist([], schema=out_schema)
-    counts.rows_in += meta.num_rows
+        fs, p = fs_and_path(stats_path)
+        with fs.open(p, "r") as fh:
+            return int(json.load(fh)["successes"])
+    except Exception as exc:
+        log.error("finalize: cannot read %s either (%s): this shard's rows are not known here", stats_path, exc)
+        return 0
+
+
+def _lose_shard(counts: StageCounts, reason: str, rows: int, detail: str) -> None:
+    """Count a shard lost whole: its rows in and dropped under ``reason``, and one ``{reason}s`` event."""
+    log.error("finalize: shard lost, %d rows dropped as %s: %s", rows, reason, detail)
+    counts.rows_in += rows
+    counts.drop(reason, rows)
+    counts.event(f"{reason}s")
+
+
+def _sample_batch(name: str, meta: pa.Table, signatures: list[tuple[int, bytes] | None],
+                  out_schema: pa.Schema) -> pa.RecordBatch:
+    """The rows of ``meta`` whose image has a signature, in ``out_schema``."""
+    import pyarrow.compute as pc
+
     meta = meta.filter(pa.array([sig is not None for sig in signatures], pa.bool_()))
     kept = [sig for sig in signatures if sig is not None]
     columns = {_FROM_METADATA.get(c, c): meta[c] for c in meta.column_names}
@@ -143,7 +211,11 @@ def _shard_signatures(shard_tar: str, keys: list[str], counts: StageCounts) -> l
     members = read_tar_members(shard_tar)
     images = [next((files[e] for e in IMAGE_EXTS if e in files), None) if files else None
               for files in (members.get(k) for k in keys)]
-    counts.drop("missing_in_tar", sum(image is None for image in images))
+    missing = sum(image is None for image in images)
+    if missing:  # a tar cut short, or rewritten since the download
+        log.warning("finalize: %s lacks %d of the %d images its metadata lists (missing_in_tar)", shard_tar,
+                    missing, len(keys))
+    counts.drop("missing_in_tar", missing)
     found = iter(image_signatures([image for image in images if image is not None]))
     signatures = [next(found) if image is not None else None for image in images]
     counts.drop("undecodable_image", sum(sig is None for sig, image in zip(signatures, images, strict=True)
@@ -284,13 +356,32 @@ def _contaminated(frame: Any, folder: str, threshold: int, bands: int) -> list[s
     return sorted(r["key"] for r in frame.select("key", "_phash").mapInArrow(find, "key string").collect())
 
 
+def _reconcile_with_download(counts: StageCounts, download_dir: str) -> StageCounts:
+    """``counts`` with the success rows the download recorded (its ``_counts.json``) but no shard here holds
+    (every file of a shard removed, or both its metadata and stats unreadable) dropped as ``missing_shard``:
+    finalize's rows in are then the download's rows out."""
+    fs, src = fs_and_path(download_dir)
+    path = f"{src.rstrip('/')}/{layout.COUNTS_FILE}"
+    if not fs.exists(path):  # shards from another tool: nothing to hold them to
+        return counts
+    with fs.open(path, "r") as fh:
+        recorded = StageCounts.from_dict(json.load(fh)).rows_out
+    if recorded > counts.rows_in:
+        log.error("finalize: the download wrote %d images, its shards here list %d: %d dropped as %s",
+                  recorded, counts.rows_in, recorded - counts.rows_in, MISSING_SHARD)
+        counts.drop(MISSING_SHARD, recorded - counts.rows_in)
+        counts.rows_in = recorded
+    elif recorded < counts.rows_in:
+        log.warning("finalize: the download wrote %d images, its shards here list %d (shards added since?)",
+                    recorded, counts.rows_in)
+    return counts
+
+
 def run_finalize(ctx: StageContext) -> StageCounts:
 
     cfg = ctx.cfg.dedup
     spark = ctx.spark
-    fs, src = fs_and_path(ctx.previous)
-    tars = sorted(p for p in fs.ls(src, detail=False) if p.endswith(".tar"))
-    tars = [fs.unstrip_protocol(p) if "://" in ctx.previous else p for p in tars]
+    tars = list_shards(ctx.previous)
     schema = samples_schema()
     from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -315,7 +406,7 @@ def run_finalize(ctx: StageContext) -> StageCounts:
     try:
         samples.count()
         spark.conf.set(UNCOMPRESSED_CACHE[0], compressed)
-        counts = read_task_counts(ctx.counts_dir)
+        counts = _reconcile_with_download(read_task_counts(ctx.counts_dir), ctx.previous)
         drops: set[str] = set()  # every verdict of dedup and decontamination, as keys
         # dedup reads the cached rows in a few tasks: a Python or shuffle task per shard costs ~0.1 s of overhead
         # for a few ms of work, in each of the half dozen jobs below
