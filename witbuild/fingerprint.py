@@ -3,11 +3,15 @@
 Each stage's fingerprint holds the values of the config keys it depends on (witbuild/stages/registry.py), the
 fingerprint of the stage it reads (so a change upstream reaches every later stage) and the content hashes of
 the external files it read: the fastText model, the query list (itself fingerprinted from its inputs, the user
-entries file included), the decontamination images. Everything is computed from the config before any stage
-runs, so the pipeline knows up front which finished stages still hold.
+entries file included), the decontamination images. Everything is computed from the config (and the listing of
+the input files) before any stage runs, so the pipeline knows up front which finished stages still hold.
 
-Input WARC/WAT files are fingerprinted by their config (paths, globs), not their bytes: Common Crawl files never
-change under one name, and hashing terabytes on every start would cost more than the build.
+The first stage's input files are fingerprinted by the files the input paths and globs match when the build
+starts (the expansion extract itself makes), each with its size, not by their bytes: hashing terabytes on every
+start would cost more than the build, and Common Crawl files never change under one name. A file added to or
+removed from a globbed folder, or rewritten with another size, redoes extract. Modification times are left out
+on purpose: a fresh clone or a plain copy of unchanged data gives every file a new one, which would redo whole
+builds for nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from witbuild.stages.registry import QUERYLIST_CONFIG, REGISTRY, Stage
+from witbuild.stages.registry import EXECUTION_ONLY, QUERYLIST_CONFIG, REGISTRY, Stage
 
 if TYPE_CHECKING:
     from witbuild.config import BuildConfig
@@ -28,22 +32,41 @@ if TYPE_CHECKING:
 MISSING = "<unset>"
 
 
+#: A file's size where it has none to give: an HTTP URL (no listing; a missing file is counted when read).
+UNKNOWN_SIZE = None
+
+FileSizes = dict[str, int | str | None]  # file -> size in bytes, MISSING, or UNKNOWN_SIZE
+
+
 @dataclass(frozen=True)
 class Fingerprint:
+    """What one stage was made from. ``input_files``: the build's input files, for the stage that reads them
+    (None elsewhere, and left out of the digest then, so that the other stages' digests do not carry it twice:
+    they chain to it through ``input``)."""
+
     config: dict[str, Any]
     input: str | None = None  # the fingerprint hash of what the stage reads
     external: dict[str, str] = field(default_factory=dict)  # name -> content hash
+    input_files: FileSizes | None = None
+
+    def _parts(self) -> dict[str, Any]:
+        parts = {"config": self.config, "input": self.input, "external": self.external}
+        if self.input_files is not None:
+            parts["input_files"] = self.input_files
+        return parts
 
     @property
     def digest(self) -> str:
-        return _hash({"config": self.config, "input": self.input, "external": self.external})
+        return _hash(self._parts())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"digest": self.digest, "config": self.config, "input": self.input, "external": self.external}
+        return {"digest": self.digest, **self._parts()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Fingerprint:
-        return cls(dict(d.get("config") or {}), d.get("input"), dict(d.get("external") or {}))
+        files = d.get("input_files")
+        return cls(dict(d.get("config") or {}), d.get("input"), dict(d.get("external") or {}),
+                   dict(files) if files is not None else None)
 
 
 def _hash(obj: Any) -> str:
@@ -62,10 +85,49 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
 def config_slice(cfg: BuildConfig, keys: tuple[str, ...]) -> dict[str, Any]:
-    """The flattened config values under any of ``keys`` (sections or dotted fields)."""
+    """The flattened config values under any of ``keys`` (sections or dotted fields), less the execution-only
+    ones: a stage that claims a whole section (download) must not be redone, nor its unfinished work thrown
+    away, because a setting of how it runs (its thread count) changed."""
     flat = flatten(cfg.model_dump(mode="json"))
-    return {k: v for k, v in sorted(flat.items()) if any(k == p or k.startswith(p + ".") for p in keys)}
+    return {k: v for k, v in sorted(flat.items()) if _under(k, keys) and not _under(k, EXECUTION_ONLY)}
+
+
+def _file_size(name: str) -> int | str | None:
+    """A file's size from its filesystem (an object store's usually answers from the listing the glob just made)."""
+    if name.startswith(("http://", "https://")):
+        return UNKNOWN_SIZE
+    import fsspec
+
+    try:
+        if "://" not in name:  # expand_inputs gives local files as plain paths
+            return os.path.getsize(name)
+        fs, path = fsspec.core.url_to_fs(name)
+        return int(fs.size(path))
+    except (OSError, ValueError, TypeError):
+        return MISSING
+
+
+def input_files(patterns: list[str]) -> FileSizes:
+    """Every file the input paths, globs and folders match now, sorted, with its size; a path that matches
+    nothing is kept under its own name as MISSING (extract reports it when it runs). Each pattern is expanded on
+    its own, by the expansion extract makes, so one missing path does not hide the others."""
+    from witbuild.sources.inputs import InputError, expand_inputs
+
+    found: FileSizes = {}
+    for pattern in patterns:
+        try:
+            names = expand_inputs([pattern])
+        except InputError:
+            found[pattern] = MISSING
+            continue
+        for name in names:
+            found[name] = _file_size(name)
+    return dict(sorted(found.items()))
 
 
 @lru_cache(maxsize=64)
@@ -152,17 +214,26 @@ def _checkpoint_file(path: str, ours: bool) -> str:
         return path
 
 
+def _input_files(cfg: BuildConfig, st: Stage) -> FileSizes | None:
+    """The input files of the stage that reads the build's inputs (the one that reads no other stage)."""
+    if st.reads is not None or not cfg.input.paths:
+        return None
+    return input_files(cfg.input.paths)
+
+
 def stage_fingerprints(cfg: BuildConfig) -> dict[str, Fingerprint]:
     """Every stage's fingerprint under ``cfg``, in stage order (each one chained to the one it reads)."""
     out: dict[str, Fingerprint] = {}
     for st in REGISTRY:
         previous = out[st.reads].digest if st.reads else None
-        out[st.name] = Fingerprint(config_slice(cfg, st.config_keys(cfg)), previous, _external(cfg, st, previous))
+        out[st.name] = Fingerprint(config_slice(cfg, st.config_keys(cfg)), previous, _external(cfg, st, previous),
+                                   _input_files(cfg, st))
     return out
 
 
 def changes(old: Fingerprint, new: Fingerprint) -> list[str]:
-    """What differs, for people: ``filter.min_words 3 → 5``, ``langid_model changed``, ``input changed``."""
+    """What differs, for people: ``filter.min_words 3 → 5``, ``langid_model changed``, ``input files added:
+    web/b.warc.gz``, ``its input changed``."""
     out = []
     for key in sorted(set(old.config) | set(new.config)):
         a, b = old.config.get(key, MISSING), new.config.get(key, MISSING)
@@ -171,6 +242,37 @@ def changes(old: Fingerprint, new: Fingerprint) -> list[str]:
     for key in sorted(set(old.external) | set(new.external)):
         if old.external.get(key) != new.external.get(key):
             out.append(f"{key} changed")
+    out += input_file_changes(old, new)
     if not out and old.input != new.input:
         out.append("its input changed")
+    return out
+
+
+def _show_size(size: int | str | None) -> str:
+    if size == MISSING:
+        return "missing"
+    return "size unknown" if size is UNKNOWN_SIZE else f"{size:,} bytes"
+
+
+def _listed(names: list[str], most: int = 3) -> str:
+    """A few names, and how many more: a folder of 90,000 WAT files must not flood the log."""
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most:,} more" if len(names) > most else "")
+
+
+def input_file_changes(old: Fingerprint, new: Fingerprint) -> list[str]:
+    """Which input files were added, removed or changed (another size, or now missing) since ``old``."""
+    a, b = old.input_files, new.input_files
+    if a == b:
+        return []
+    if a is None and old.config.get("input.paths"):
+        return ["input files not recorded (made by an older witbuild, which fingerprinted the input paths only)"]
+    a, b = a or {}, b or {}
+    added = [n for n in b if n not in a]
+    removed = [n for n in a if n not in b]
+    changed = [f"{n} ({_show_size(a[n])} → {_show_size(b[n])})" for n in b if n in a and a[n] != b[n]]
+    out = []
+    for what, names in (("added", added), ("removed", removed), ("changed", changed)):
+        if names:
+            out.append(f"input files {what}: {_listed(names)}")
     return out

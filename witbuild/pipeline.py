@@ -5,7 +5,11 @@ A stage writes under ``<output>/stages/_tmp/<name>/``; only when it has finished
 ``_SUCCESS`` plus our ``_counts.json`` and ``_fingerprint.json``) is the folder renamed to its final name,
 so a killed build never leaves a partial output that a re-run could take for a finished one. A finished
 stage whose fingerprint (witbuild/fingerprint.py) differs from the one the config gives now is redone with
-every later stage.
+every later stage; those past ``--until-stage`` are removed and named, not redone.
+
+The counts chain: each stage reads exactly the rows the stage before it wrote, so a stage whose ``rows_in`` is
+not its upstream's ``rows_out`` lost or invented rows on the way, and the build fails before it is marked
+finished.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from witbuild.stages.registry import REGISTRY, STAGE_NAMES, Stage, later_stages,
 log = logging.getLogger(__name__)
 
 COUNTS_FILE = layout.COUNTS_FILE
-__all__ = ["COUNTS_FILE", "StageContext", "StageResult", "run_build"]
+__all__ = ["COUNTS_FILE", "CountsChainError", "StageContext", "StageResult", "run_build"]
 
 StageFn = Callable[[StageContext], StageCounts | None]
 
@@ -42,6 +46,21 @@ class StageResult:
     counts: StageCounts
     seconds: float
     skipped: bool
+
+
+class CountsChainError(RuntimeError):
+    """A stage read another number of rows than the stage before it wrote."""
+
+
+def check_chain(upstream: StageResult | None, name: str, counts: StageCounts) -> None:
+    """Fail when ``counts.rows_in`` is not what ``upstream`` wrote. Every stage reads all of its upstream's rows,
+    whatever each calls them (download's rows are finalize's images), so no pair of stages is exempt; the first
+    stage reads the build's inputs and has nothing to chain to."""
+    if upstream is None or counts.rows_in == upstream.counts.rows_out:
+        return
+    raise CountsChainError(
+        f"the counts do not chain: {upstream.name} wrote {upstream.counts.rows_out:,} {upstream.counts.unit} but "
+        f"{name} read {counts.rows_in:,} {counts.unit}; {name} is left unfinished (a re-run redoes it)")
 
 
 def is_finished(output: str, name: str) -> bool:
@@ -95,7 +114,12 @@ def resumes(st: Stage, output: str, fp: Fingerprint) -> bool:
     return kept is not None and kept.digest == fp.digest
 
 
-def run_stage(spark: Any, cfg: BuildConfig, st: Stage, fp: Fingerprint, previous: str | None) -> StageResult:
+def run_stage(spark: Any, cfg: BuildConfig, st: Stage, fp: Fingerprint, previous: str | None,
+              upstream: StageResult | None = None) -> StageResult:
+    """Run one stage into its temporary folder and rename it when it has finished; a finished stage is skipped.
+
+    ``upstream``: the result of the stage it reads, whose ``rows_out`` its ``rows_in`` must equal (checked before
+    the rename, so a stage with broken counts is never taken for a finished one)."""
     out = cfg.output
     if is_finished(out, st.name):
         log.info("stage %s already finished; skipping", st.name)
@@ -108,6 +132,7 @@ def run_stage(spark: Any, cfg: BuildConfig, st: Stage, fp: Fingerprint, previous
         save_fingerprint(layout.stage_resume_fingerprint(out, st.name), fp)
     started = time.monotonic()
     counts = st.load()(StageContext(spark, cfg, tmp, counts_dir, previous, st.name)) or read_task_counts(counts_dir)
+    check_chain(upstream, st.name, counts)
     fs, tmp_path = fs_and_path(tmp)
     with fs.open(f"{tmp_path}/{COUNTS_FILE}", "w") as fh:
         json.dump(counts.to_dict(), fh, indent=1)
@@ -179,12 +204,54 @@ def first_stale_stage(output: str, expected: dict[str, Fingerprint]) -> tuple[st
     return None
 
 
-def clear_stages(output: str, first: str) -> None:
-    """Remove the outputs of ``first`` and every later stage (finished and temporary)."""
-    for name in later_stages(first):
+def clear_stages(output: str, names: tuple[str, ...]) -> None:
+    """Remove the outputs of the stages ``names`` (finished and temporary)."""
+    for name in names:
         _remove(layout.stage_dir(output, name))
         _remove(layout.stage_tmp_dir(output, name))
         _remove(layout.stage_resume_fingerprint(output, name))
+
+
+def _exists(path: str) -> bool:
+    fs, p = fs_and_path(path)
+    return fs.exists(p)
+
+
+def present_stages(output: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Those of ``names`` with a folder in the build, finished or not."""
+    return tuple(n for n in names if _exists(layout.stage_dir(output, n)) or _exists(layout.stage_tmp_dir(output, n)))
+
+
+def past(last: str) -> tuple[str, ...]:
+    """The stages after ``last``."""
+    return STAGE_NAMES[STAGE_NAMES.index(last) + 1:]
+
+
+def redo_stale(output: str, name: str, what: list[str], last: str) -> None:
+    """Remove the stale stage ``name`` and every later one, and say which of them this run redoes (up to ``last``)
+    and which it only removes (past ``--until-stage``). Those are removed, not kept: the dataset in
+    ``stages/finalize`` is what training and ``witbuild stats`` read, and one made under other settings than
+    the build's config says must not be there to be read."""
+    why = "; ".join(what)
+    redone = later_stages(name, last) if STAGE_NAMES.index(name) <= STAGE_NAMES.index(last) else ()
+    removed = present_stages(output, tuple(n for n in later_stages(name) if n not in redone))
+    clear_stages(output, later_stages(name))
+    if redone:
+        log.warning("%s: redoing %s", why, ", ".join(redone))
+    if removed:
+        log.warning("%s: removed %s, stale, not redone (past --until-stage %s)", why, ", ".join(removed), last)
+
+
+def redo_from(output: str, first: str, last: str) -> None:
+    """``--from-stage``: remove ``first`` and every later stage. Those past ``last`` are removed too, not kept:
+    ``--from-stage`` redoes work for a reason no fingerprint holds (new code, a stage adopted from an older build),
+    so a later run could not tell that they were made from the old outputs."""
+    log.info("--from-stage %s: redoing %s", first, ", ".join(later_stages(first, last)))
+    removed = present_stages(output, past(last))
+    clear_stages(output, later_stages(first))
+    if removed:
+        log.warning("--from-stage %s: removed %s, not redone (past --until-stage %s)", first, ", ".join(removed),
+                    last)
 
 
 def run_build(
@@ -198,25 +265,27 @@ def run_build(
     """Run the stages up to ``until_stage`` (inclusive), skipping finished ones made under the same config.
 
     A finished stage whose fingerprint changed (its config, its input, a file it read) is redone with every
-    later stage, and the log says what changed. ``from_stage`` redoes that stage and every later one; the
-    stages before it must have finished.
+    later stage (those past ``until_stage`` removed, not redone), and the log says what changed. ``from_stage``
+    redoes that stage and every later one; the stages before it must have finished. Each stage that runs must
+    read as many rows as the one before it wrote (CountsChainError).
     """
     last = until_stage or STAGE_NAMES[-1]
     check_stages(cfg.output, until_stage, from_stage)
     expected = stage_fingerprints(cfg)
     stale = first_stale_stage(cfg.output, expected)
     if stale is not None and (from_stage is None or STAGE_NAMES.index(stale[0]) < STAGE_NAMES.index(from_stage)):
-        name, what = stale
-        log.warning("%s: redoing %s", "; ".join(what), ", ".join(later_stages(name, last)))
-        clear_stages(cfg.output, name)
+        redo_stale(cfg.output, *stale, last)
     if from_stage is not None:
-        clear_stages(cfg.output, from_stage)
+        redo_from(cfg.output, from_stage, last)
     save_config(cfg)
     results: list[StageResult] = []
+    done: dict[str, StageResult] = {}
     previous: str | None = None
     for st in REGISTRY[: STAGE_NAMES.index(last) + 1]:
-        result = run_stage(spark, cfg, st, expected[st.name], previous)
+        upstream = done[st.reads] if st.reads else None
+        result = run_stage(spark, cfg, st, expected[st.name], previous, upstream)
         results.append(result)
+        done[st.name] = result
         if on_stage:
             on_stage(result)
         previous = layout.stage_dir(cfg.output, st.name)

@@ -2,7 +2,7 @@
 
 Config validation, the pipeline, the job's CLI options, fingerprints and ``witbuild stats`` all read this list.
 Adding a stage is one entry here plus its module under ``witbuild/stages/``; a new config field is claimed by
-the stages whose output it changes (``tests/test_stage_registry.py`` fails for a field no stage claims and that
+the stages whose output it changes (``tests/test_fingerprints.py`` fails for a field no stage claims and that
 is not listed in :data:`EXECUTION_ONLY`), so no setting can change a build without redoing what it affects.
 
 This module imports no stage code (the functions are named, not imported), so anything may import it.
@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from witbuild.config import BuildConfig
 
-#: Settings that change how a build runs, never what it writes: no fingerprint holds them.
+#: Settings that change how a build runs, never what it writes: no fingerprint holds them, even where a stage claims
+#: their whole section (witbuild.fingerprint.config_slice leaves them out), so changing them neither redoes a stage
+#: nor throws away a killed stage's resumable work.
 EXECUTION_ONLY = ("output", "spark", "download.thread_count", "download.subjob_size", "crawl.warc_dir")
 #: The query list's own inputs (witbuild/curate/querylist_artifact.py); match depends on its content.
 QUERYLIST_CONFIG = ("querylist", "match.entries_path")

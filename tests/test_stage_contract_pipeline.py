@@ -1,0 +1,146 @@
+"""The pipeline's side of the stage contract, with stand-in stage functions (no Spark): what happens to a stale
+stage past ``--until-stage``, what ``--from-stage`` removes and says, and the chain of counts from stage to stage."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from witbuild import layout
+from witbuild.config import BuildConfig, load_config
+from witbuild.counters import StageCounts
+from witbuild.pipeline import CountsChainError, StageResult, check_chain, run_build
+from witbuild.stages.context import StageContext
+from witbuild.stages.registry import STAGE_NAMES, Stage
+
+ROWS = {"extract": (20, 16), "filter": (16, 12), "match": (12, 12), "balance": (12, 9), "dedup": (9, 8),
+        "download": (8, 7), "finalize": (7, 6)}  # rows in, rows out: each stage reads what the one before wrote
+
+
+def fake_stage(rows: dict[str, tuple[int, int]]) -> Callable[[StageContext], StageCounts]:
+    """A stage function that writes one file and returns the given counts."""
+    def run(ctx: StageContext) -> StageCounts:
+        folder = Path(ctx.output)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "part.txt").write_text(ctx.name or "", encoding="utf-8")
+        rows_in, rows_out = rows[ctx.name or ""]
+        counts = StageCounts(rows_in=rows_in, rows_out=rows_out)
+        counts.drop("some_reason", rows_in - rows_out)
+        return counts
+    return run
+
+
+@pytest.fixture
+def stages(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[int, int]]:
+    """Every stage runs the stand-in; a test changes the counts a stage returns through the dict."""
+    rows = dict(ROWS)
+    monkeypatch.setattr(Stage, "load", lambda self: fake_stage(rows))
+    return rows
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Path:
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "a.warc.gz").write_bytes(b"a")
+    return tmp_path / "web"
+
+
+def config(web: Path, out: Path, *sets: str) -> BuildConfig:
+    return load_config(inputs=[str(web / "*.warc.gz")], output=str(out), sets=list(sets))
+
+
+def recorded_digest(out: Path, name: str) -> str:
+    return json.loads((out / "stages" / name / layout.FINGERPRINT_FILE).read_text())["digest"]
+
+
+def ran(results: list[StageResult]) -> list[str]:
+    return [r.name for r in results if not r.skipped]
+
+
+# --------------------------------------------------------------------------------------------
+# A stale stage past --until-stage
+
+
+def test_a_stale_stage_past_until_stage_is_removed_and_named(stages, web: Path, tmp_path: Path, caplog) -> None:
+    """The stale dataset must not stay where training reads it; the log names what went and why."""
+    out = tmp_path / "out"
+    assert ran(run_build(None, config(web, out))) == list(STAGE_NAMES)
+    with caplog.at_level(logging.WARNING, logger="witbuild.pipeline"):
+        results = run_build(None, config(web, out, "dedup.phash_threshold=2"), until_stage="dedup")
+    assert ran(results) == []
+    assert "redoing" not in caplog.text  # nothing up to dedup is redone, and no empty list is said
+    assert ("dedup.phash_threshold 4 → 2: removed finalize, stale, not redone (past --until-stage dedup)"
+            in caplog.text)
+    assert not (out / "stages" / "finalize").exists()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="witbuild.pipeline"):
+        assert ran(run_build(None, config(web, out, "dedup.phash_threshold=2"))) == ["finalize"]
+
+
+def test_an_earlier_change_redoes_up_to_until_stage_and_removes_the_rest(stages, web: Path, tmp_path: Path,
+                                                                         caplog) -> None:
+    out = tmp_path / "out"
+    run_build(None, config(web, out))
+    with caplog.at_level(logging.WARNING, logger="witbuild.pipeline"):
+        results = run_build(None, config(web, out, "filter.min_words=4"), until_stage="match")
+    assert ran(results) == ["filter", "match"]
+    assert "filter.min_words 3 → 4: redoing filter, match\n" in caplog.text
+    assert ("filter.min_words 3 → 4: removed balance, dedup, download, finalize, stale, not redone (past "
+            "--until-stage match)") in caplog.text
+    assert not any((out / "stages" / n).exists() for n in ("balance", "dedup", "download", "finalize"))
+    assert ran(run_build(None, config(web, out, "filter.min_words=4"))) == ["balance", "dedup", "download",
+                                                                            "finalize"]
+
+
+def test_from_stage_removes_the_stages_past_until_stage_and_says_so(stages, web: Path, tmp_path: Path,
+                                                                     caplog) -> None:
+    """--from-stage redoes work for a reason no fingerprint holds: what was made from the old output goes."""
+    out = tmp_path / "out"
+    run_build(None, config(web, out))
+    with caplog.at_level(logging.INFO, logger="witbuild.pipeline"):
+        results = run_build(None, config(web, out), from_stage="filter", until_stage="match")
+    assert ran(results) == ["filter", "match"]
+    assert "--from-stage filter: redoing filter, match" in caplog.text
+    assert ("--from-stage filter: removed balance, dedup, download, finalize, not redone (past --until-stage "
+            "match)") in caplog.text
+    assert not any((out / "stages" / n).exists() for n in ("balance", "dedup", "download", "finalize"))
+
+
+# --------------------------------------------------------------------------------------------
+# The counts chain
+
+
+def test_a_stage_that_reads_other_than_its_upstream_wrote_fails_the_build(stages, web: Path,
+                                                                          tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    stages["balance"] = (11, 9)  # match wrote 12
+    with pytest.raises(CountsChainError, match="match wrote 12 rows but balance read 11 rows"):
+        run_build(None, config(web, out))
+    assert (out / "stages" / "match" / layout.SUCCESS_FILE).is_file()
+    assert not (out / "stages" / "balance").exists()  # never taken for finished: a re-run redoes it
+    stages["balance"] = ROWS["balance"]
+    assert ran(run_build(None, config(web, out))) == ["balance", "dedup", "download", "finalize"]
+
+
+def test_the_chain_holds_across_a_change_of_unit() -> None:
+    """Download's rows are finalize's images: the same things, counted under another name."""
+    download = StageResult("download", StageCounts(rows_in=2545, rows_out=2455, unit="rows"), 1.0, False)
+    check_chain(download, "finalize", StageCounts(rows_in=2455, rows_out=2225, unit="images"))
+    with pytest.raises(CountsChainError, match="download wrote 2,455 rows but finalize read 2,400 images"):
+        check_chain(download, "finalize", StageCounts(rows_in=2400, rows_out=2225, unit="images"))
+    check_chain(None, "extract", StageCounts(rows_in=10911, rows_out=9191, unit="images"))  # nothing upstream
+
+
+def test_the_demo_funnel_chains() -> None:
+    """The README's demo funnel (in, out per stage), stage by stage."""
+    funnel = [("extract", 10911, 9191), ("filter", 9191, 6051), ("match", 6051, 6051), ("balance", 6051, 3590),
+              ("dedup", 3590, 2545), ("download", 2545, 2455), ("finalize", 2455, 2225)]
+    upstream = None
+    for name, rows_in, rows_out in funnel:
+        counts = StageCounts(rows_in=rows_in, rows_out=rows_out)
+        check_chain(upstream, name, counts)
+        upstream = StageResult(name, counts, 0.0, False)
