@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from trainer.data import MEAN, STD
-from trainer.evaluate import evaluate, head_tail, linear_probe, read_class_counts, retrieval, zero_shot
+from trainer.evaluate import PROBE_C, evaluate, head_tail, linear_probe, read_class_counts, retrieval, zero_shot
 
 SIZE = 8  # the stand-in model's image size: every picture here is one flat colour
 DIM = 32
@@ -238,7 +238,7 @@ def test_linear_probe_on_separable_features_is_perfect(labelled):
     model, _ = class_model(lambda c, k: c)
     p = linear_probe(model, labelled)
     assert p == {"top1": 1.0, "fit": len(CLASSES) * PER_CLASS // 2, "test": len(CLASSES) * PER_CLASS // 2,
-                 "chance": 1 / len(CLASSES)}
+                 "chance": 1 / len(CLASSES), "C": PROBE_C[0]}  # separable at every C: the smallest is chosen
 
 
 def test_linear_probe_fits_even_pictures_and_tests_odd_ones(labelled):
@@ -246,6 +246,32 @@ def test_linear_probe_fits_even_pictures_and_tests_odd_ones(labelled):
     # gets every test picture wrong
     model, _ = class_model(lambda c, k: (c + 1) % len(CLASSES) if k % 2 else c)
     assert linear_probe(model, labelled)["top1"] == 0.0
+
+
+def test_linear_probe_chooses_its_regularisation_on_the_fit_half(tmp_path):
+    """Features that share one large direction and vary most along another that says nothing of the class (as a
+    CLIP tower's often do): a strong penalty leaves the probe near the class means, which that spread hides; the
+    probe's C, chosen by cross-validation on the fit half alone, weighs the small directions that separate."""
+    from sklearn.linear_model import LogisticRegression
+
+    n_classes, per_class = 4, 12
+    rng = np.random.default_rng(0)
+    shared, spread = rng.normal(size=DIM) * 10, rng.normal(size=DIM)
+    offsets = rng.normal(size=(n_classes, DIM)) * 0.3
+    vectors = np.array([shared + offsets[c] + spread / np.linalg.norm(spread) * rng.normal() * 3
+                        + rng.normal(size=DIM) * 0.02 for c in range(n_classes) for _ in range(per_class)])
+    images = {i: torch.as_tensor(v).float() for i, v in enumerate(vectors)}
+    for c in range(n_classes):
+        (tmp_path / f"k{c}").mkdir()
+        for k in range(per_class):
+            (tmp_path / f"k{c}" / f"{k:02d}.png").write_bytes(png(c * per_class + k))
+    p = linear_probe(StandInModel(images, {}), tmp_path)
+    assert p["top1"] == 1.0 and p["C"] >= 100 and p["C"] in PROBE_C
+    feats = torch.nn.functional.normalize(torch.stack(list(images.values())), dim=1).numpy()
+    y = np.repeat(np.arange(n_classes), per_class)
+    fit = np.tile(np.arange(per_class) % 2 == 0, n_classes)
+    fixed = LogisticRegression(max_iter=5000, C=1.0).fit(feats[fit], y[fit])
+    assert (fixed.predict(feats[~fit]) == y[~fit]).mean() <= 0.9  # what one fixed C measured: 0.875
 
 
 def test_evaluate_runs_all_three_on_one_model(labelled, tmp_path):

@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -153,11 +154,18 @@ def read_class_counts(path: str | Path) -> dict[str, int]:
     return {str(k): int(v) for k, v in raw.items()}
 
 
+PROBE_C = tuple(10.0 ** k for k in range(-2, 5))  # inverse regularisation strengths the probe chooses among
+PROBE_FOLDS = 3
+
+
 def linear_probe(model: CLIP, folder: str | Path, device="cpu", _loaded: tuple | None = None,
                  batch_size: int = BATCH) -> dict:
-    """Logistic regression on frozen features: even-numbered images of each class fit, odd ones test."""
-    from sklearn.linear_model import LogisticRegression
+    """Logistic regression on frozen features: even-numbered images of each class fit, odd ones test.
 
+    The regularisation is chosen as CLIP's protocol does, on the fit half alone: each of ``PROBE_C`` by
+    stratified cross-validation, the best mean accuracy winning (the smaller C on a tie). One fixed C would
+    measure the regulariser as much as the features: unit-norm features give small logits, and C = 1 held a
+    trained demo model at 44% where the chosen C gives 66%."""
     images, labels, classes, _ = _loaded or _load_folder(folder)
     feats = encode_images(model, images, model.cfg.vision_cfg.image_size, device, batch_size).numpy()
     y = np.array(labels)
@@ -166,10 +174,29 @@ def linear_probe(model: CLIP, folder: str | Path, device="cpu", _loaded: tuple |
     for i, label in enumerate(labels):
         fit[i] = seen.get(label, 0) % 2 == 0
         seen[label] = seen.get(label, 0) + 1
-    clf = LogisticRegression(max_iter=2000, C=1.0)
-    clf.fit(feats[fit], y[fit])
+    c = _probe_c(feats[fit], y[fit])
+    clf = _probe(c).fit(feats[fit], y[fit])
     return {"top1": float((clf.predict(feats[~fit]) == y[~fit]).mean()), "fit": int(fit.sum()),
-            "test": int((~fit).sum()), "chance": 1 / len(classes)}
+            "test": int((~fit).sum()), "chance": 1 / len(classes), "C": c}
+
+
+def _probe(c: float) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=5000, C=c)
+
+
+def _probe_c(x: np.ndarray, y: np.ndarray) -> float:
+    """The C of ``PROBE_C`` with the best stratified cross-validated accuracy on (x, y); 1.0 when a class has
+    fewer than two samples to split."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    folds = min(PROBE_FOLDS, int(np.unique(y, return_counts=True)[1].min())) if len(y) else 0
+    if folds < 2 or len(np.unique(y)) < 2:
+        return 1.0
+    splits = StratifiedKFold(n_splits=folds)  # unshuffled: the same folds every run
+    scores = [float(cross_val_score(_probe(c), x, y, cv=splits).mean()) for c in PROBE_C]
+    return PROBE_C[int(np.argmax(scores))]  # the first best: the smaller C
 
 
 def retrieval(model: CLIP, tokenizer: TextTokenizer, shards: list[Path], device="cpu", max_pairs: int = 5000,
