@@ -318,6 +318,11 @@ class Deadline:
         self.fired = False
         self.sock: weakref.ref[socket.socket] | None = None
 
+    def passed(self) -> bool:
+        """Whether the exchange ran into its deadline: a reader woken by the shut socket may look before the watch
+        has said so, so the clock counts too."""
+        return self.fired or time.monotonic() >= self.at
+
 
 class _DeadlineWatch:
     """One thread per process that shuts a connection's socket down at its deadline, which wakes a reader
@@ -351,9 +356,9 @@ class _DeadlineWatch:
             sock = due.sock() if due.sock is not None else None
             if sock is None or sock.fileno() < 0:  # the exchange ended and its socket is closed
                 continue
+            due.fired = True  # before the shutdown wakes the reader
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-                due.fired = True
 
 
 _watch: tuple[int, _DeadlineWatch] | None = None
@@ -412,10 +417,10 @@ def _open_guarded(handler: urllib.request.AbstractHTTPHandler, connection: type,
     try:
         response = handler.do_open(partial(connection, allow=allow, deadline=deadline), request, **kw)  # type: ignore[arg-type]
     except OSError as exc:  # urllib's URLError too: a cut-off exchange says so, not "connection reset"
-        if deadline is not None and deadline.fired:
+        if deadline is not None and deadline.passed():
             raise TotalTimeoutError(f"timed out: no answer from {request.host} within the total timeout") from exc
         raise
-    if deadline is not None and deadline.fired:  # headers cut off mid-way read as if they had ended there
+    if deadline is not None and deadline.passed():  # headers cut off mid-way read as if they had ended there
         response.close()
         raise TotalTimeoutError(f"timed out: headers from {request.host} not complete within the total timeout")
     return response
@@ -531,12 +536,12 @@ class BodyLimit(urllib.request.BaseHandler):
             try:
                 part = response.read1(self.chunk)
             except (OSError, http.client.HTTPException) as exc:
-                if deadline is not None and deadline.fired:
+                if deadline is not None and deadline.passed():
                     raise TotalTimeoutError(f"timed out: body of {request.full_url} not complete within the "
                                             "total timeout") from exc
                 raise
             if not part:  # read1 ends quietly where read() would complain: a short body is no body
-                if deadline is not None and deadline.fired:
+                if deadline is not None and deadline.passed():
                     raise TotalTimeoutError(f"timed out: body of {request.full_url} not complete within the "
                                             "total timeout")
                 missing = getattr(response, "length", None)

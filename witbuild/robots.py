@@ -114,7 +114,7 @@ def fetch_robots(origin: str, policy: Policy, limits: RobotsLimits, user_agent: 
             body, cut = _read_capped(response, limits, deadline)
             status = int(response.status)
         cut_off = request_deadline(request)
-        if cut_off is not None and cut_off.fired:  # its socket was shut at the deadline: the end came early
+        if cut_off is not None and cut_off.passed():  # its socket was shut at the deadline: the end came early
             raise TimeoutError(f"robots.txt not complete after total_timeout={limits.total_timeout}s")
     except urllib.error.HTTPError as exc:
         exc.close()
