@@ -130,6 +130,14 @@ def test_a_crawl_only_build_keeps_its_fingerprints() -> None:
     assert "input_files" not in fps["extract"].to_dict()
 
 
+def test_an_edited_seed_list_redoes_the_crawl(tmp_path: Path) -> None:
+    seeds = write(tmp_path / "seeds.txt", b"https://example.org/\n")
+    cfg = BuildConfig(output="o", input={"paths": [], "seeds_file": str(seeds)})
+    before = stage_fingerprints(cfg)
+    write(seeds, b"https://example.org/\nhttps://example.net/\n")
+    assert changed_stages(before, stage_fingerprints(cfg)) == list(STAGE_NAMES)
+
+
 # --------------------------------------------------------------------------------------------
 # Execution-only settings are in no fingerprint, even under a section a stage claims
 

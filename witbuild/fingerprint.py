@@ -168,6 +168,8 @@ def querylist_fingerprint(cfg: BuildConfig, pool: str | None) -> Fingerprint:
 
 
 def _external(cfg: BuildConfig, st: Stage, previous: str | None) -> dict[str, str]:
+    if st.name == "extract" and cfg.input.seeds_file:  # the seed list by its lines, not its name
+        return {"seeds_file": file_digest(cfg.input.seeds_file)}
     if st.name == "filter":
         from witbuild.text.langid import default_model_path
 
