@@ -33,6 +33,10 @@ COUNTS_FILE = "_counts.json"
 FINGERPRINT_FILE = "_fingerprint.json"
 ENTRY_COUNTS_FILE = "_entry_counts.parquet"
 
+#: The files img2dataset writes for one downloaded shard: every row's metadata, the samples, and the stats it
+#: writes last (a shard with its stats file is finished). The download stage and finalize both list shards by them.
+SHARD_META_SUFFIX, SHARD_TAR_SUFFIX, SHARD_STATS_SUFFIX = ".parquet", ".tar", "_stats.json"
+
 FINALIZE_STAGE = "finalize"
 INDEX_DIR = "index.parquet"
 SIZES_FILE = "sizes.json"

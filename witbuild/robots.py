@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -30,7 +29,7 @@ from typing import Any
 from protego import Protego
 
 from witbuild.layout import ROBOTS_DISALLOWED, ROBOTS_UNREACHABLE
-from witbuild.network import Policy, guarded_opener, numeric_ipv4, request_deadline
+from witbuild.network import Deadline, Policy, guarded_opener, numeric_ipv4, request_deadline
 from witbuild.sources.urls import DEFAULT_PORTS, split_origin
 
 log = logging.getLogger(__name__)
@@ -87,15 +86,15 @@ def user_agent_string(token: str) -> str:
     return f"{ua} (compatible; {token}; +https://github.com/rom1504/img2dataset)" if token else ua
 
 
-def _read_capped(response: Any, limits: RobotsLimits, deadline: float) -> tuple[bytes, bool]:
-    """At most ``max_bytes`` of the body, reading as data comes (a drip cannot outlast the deadline by more than
-    one read timeout); (body, whether it was cut)."""
+def _read_capped(response: Any, limits: RobotsLimits, deadline: Deadline) -> tuple[bytes, bool]:
+    """At most ``max_bytes`` of the body, reading as data comes; (body, whether it was cut). The request's
+    deadline ends a drip: its socket is shut then, and an end that comes after it is no end of the file."""
     parts: list[bytes] = []
     size = 0
     while size <= limits.max_bytes:
-        if time.monotonic() > deadline:
+        chunk = b"" if deadline.passed() else response.read1(CHUNK)
+        if deadline.passed():
             raise TimeoutError(f"robots.txt body not complete after total_timeout={limits.total_timeout}s")
-        chunk = response.read1(CHUNK)
         if not chunk:
             return b"".join(parts), False
         parts.append(chunk)
@@ -108,14 +107,12 @@ def fetch_robots(origin: str, policy: Policy, limits: RobotsLimits, user_agent: 
     url = f"{origin}/robots.txt"
     opener = guarded_opener(policy, total_timeout=limits.total_timeout)  # headers, redirects and body
     request = urllib.request.Request(url, headers={"User-Agent": user_agent})
-    deadline = time.monotonic() + limits.total_timeout
     try:
         with opener.open(request, timeout=limits.timeout) as response:
+            deadline = request_deadline(request)
+            assert deadline is not None  # the opener gives every request one
             body, cut = _read_capped(response, limits, deadline)
             status = int(response.status)
-        cut_off = request_deadline(request)
-        if cut_off is not None and cut_off.passed():  # its socket was shut at the deadline: the end came early
-            raise TimeoutError(f"robots.txt not complete after total_timeout={limits.total_timeout}s")
     except urllib.error.HTTPError as exc:
         exc.close()
         if exc.code == 429 or exc.code >= 500:

@@ -46,8 +46,8 @@ from witbuild.robots import (
 from witbuild.spark import fs_and_path
 from witbuild.stages.dedup import ROWS_PER_FILE
 
-# img2dataset's files of one shard (its default ``oom_shard_count`` names them with 5 digits)
-META_SUFFIX, STATS_SUFFIX, SHARD_DIGITS = ".parquet", "_stats.json", 5
+META_SUFFIX, STATS_SUFFIX = layout.SHARD_META_SUFFIX, layout.SHARD_STATS_SUFFIX
+SHARD_DIGITS = 5  # img2dataset's default ``oom_shard_count`` names shards with 5 digits
 NOT_WRITTEN = "not_written"  # a row of a finished shard that img2dataset did not write into its metadata
 ROBOTS_DIR = "_robots"  # inside the stage folder: what each image host's robots.txt said
 ROW, ORIGIN, DROP = "_row", "_origin", "_drop"

@@ -93,8 +93,7 @@ def read_tar_members(path: str) -> dict[str, dict[str, bytes]]:
 
 _FROM_METADATA = {"caption": "text"}  # img2dataset's column -> ours, where the names differ
 _EMPTY_IF_NULL = ("text", "uid", "sha256")  # non-null columns a row of img2dataset's metadata may lack
-# img2dataset's files of one shard: metadata of every row, the samples, and the stats it writes last
-META_SUFFIX, TAR_SUFFIX, STATS_SUFFIX = ".parquet", ".tar", "_stats.json"
+META_SUFFIX, TAR_SUFFIX, STATS_SUFFIX = layout.SHARD_META_SUFFIX, layout.SHARD_TAR_SUFFIX, layout.SHARD_STATS_SUFFIX
 MISSING_SHARD, UNREADABLE_SHARD = "missing_shard", "unreadable_shard"  # drop reasons of a shard lost whole
 
 
