@@ -6,6 +6,7 @@ robots.txt answers that are cut off, redirected into nothing or start with a byt
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -133,6 +134,8 @@ class _Drip:
 
 HEADER_DRIP = (b"HTTP/1.1 200 OK\r\n", [b"X-Slow: %d\r\n" % i for i in range(40)], 0.25)  # ~10 s of headers
 BODY_DRIP = (b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n", [b"x"] * 40, 0.25)  # ~10 s of body
+UNDECLARED_BODY_DRIP = (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", [b"x"] * 40, 0.25)  # read through the cap
+CHUNKED_BODY_DRIP = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", [b"1\r\nx\r\n"] * 40, 0.25)
 
 
 @pytest.fixture
@@ -160,7 +163,7 @@ def test_robots_txt_with_dripped_headers_is_unreachable_at_the_total_timeout(dri
     assert time.monotonic() - start < 6
 
 
-@pytest.mark.parametrize("drip", [HEADER_DRIP, BODY_DRIP], indirect=True)
+@pytest.mark.parametrize("drip", [HEADER_DRIP, BODY_DRIP, UNDECLARED_BODY_DRIP, CHUNKED_BODY_DRIP], indirect=True)
 def test_img2dataset_download_ends_at_the_total_timeout(drip: _Drip) -> None:
     """img2dataset's own download function, as its threads call it through the downloader's opener: the error
     is classed ``timeout``, and comes ~1 s in."""
@@ -171,6 +174,70 @@ def test_img2dataset_download_ends_at_the_total_timeout(drip: _Drip) -> None:
         _, stream, err = download_image((0, drip.url + "/x.jpg"), 1, "witbuild", None)
     assert stream is None and error_class(err) == "timeout", err
     assert time.monotonic() - start < 6
+
+
+@pytest.mark.parametrize("drip", [(b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n", [b"x"] * 40, 0.05)],
+                         indirect=True)
+def test_a_declared_body_read_in_pieces_ends_at_the_total_timeout(drip: _Drip) -> None:
+    """``read(amt)`` on a cut-off declared body: http.client returns short without a word; it says timed out."""
+    opener = guarded_opener(LOOPBACK, (BodyLimit(1 << 20),), total_timeout=0.5)
+    with opener.open(drip.url + "/x.jpg", timeout=5) as r, pytest.raises(TotalTimeoutError, match="timed out"):
+        while r.read(4):
+            pass
+
+
+def test_a_declared_body_cut_short_is_incomplete_not_a_timeout() -> None:
+    """The server closes after 10 of 40 declared bytes, well within the total timeout."""
+    from img2dataset.downloader import download_image
+
+    server = _Drip(b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n", [b"x" * 10], 0.01)
+    try:
+        with guarded_urlopen(LOOPBACK, extra=(BodyLimit(1 << 20),), total_timeout=30):
+            _, stream, err = download_image((0, server.url + "/x.jpg"), 5, "witbuild", None)
+    finally:
+        server.close()
+    assert stream is None and "IncompleteRead" in err and error_class(err) != "timeout", err
+
+
+def test_a_redirect_hop_keeps_the_first_requests_deadline(recorder: Any) -> None:
+    """A hop to a dripping server ends at the deadline the first request was given."""
+    server = _Drip(*BODY_DRIP)
+    try:
+        recorder.routes["/a.jpg"] = (302, {"Location": server.url + "/b.jpg"}, b"")
+        start = time.monotonic()
+        opener = guarded_opener(LOOPBACK, (BodyLimit(1 << 20),), total_timeout=1.0)
+        with pytest.raises(TotalTimeoutError, match="timed out"), opener.open(_base(recorder) + "/a.jpg",
+                                                                               timeout=5) as r:
+            r.read()
+        assert time.monotonic() - start < 6
+    finally:
+        server.close()
+
+
+def test_deadlines_of_different_spans_each_fire_on_time() -> None:
+    """Each total timeout has its own FIFO in the watch: a short deadline queued after a long one still fires
+    first, and on time (the watch wakes every 20 ms at most)."""
+    slow, quick = _Drip(*BODY_DRIP), _Drip(*BODY_DRIP)
+    ended: dict[str, float] = {}
+
+    def fetch(name: str, url: str, span: float) -> None:
+        start = time.monotonic()
+        opener = guarded_opener(LOOPBACK, (BodyLimit(1 << 20),), total_timeout=span)
+        with contextlib.suppress(TotalTimeoutError), opener.open(url, timeout=5) as r:
+            r.read()
+        ended[name] = time.monotonic() - start
+
+    try:
+        long_one = threading.Thread(target=fetch, args=("long", slow.url + "/x.jpg", 3.0))
+        long_one.start()
+        time.sleep(0.2)
+        fetch("short", quick.url + "/x.jpg", 0.5)
+        long_one.join()
+    finally:
+        slow.close()
+        quick.close()
+    assert 0.5 <= ended["short"] < 1.5, ended
+    assert 3.0 <= ended["long"] < 5.0, ended
 
 
 # ------------------------------------------------------------------------------------------------ body cap

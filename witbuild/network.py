@@ -16,12 +16,11 @@ reserved and unique-local addresses, and IPv6 forms that embed a refused IPv4 ad
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import heapq
 import http.client
 import io
 import ipaddress
-import itertools
 import os
 import re
 import socket
@@ -309,13 +308,16 @@ def guarded_create_connection(address: tuple[str, int], timeout: Any = socket._G
 
 
 class Deadline:
-    """When one connection's exchange must be over; ``fired`` once its socket was shut down for it."""
+    """When one exchange (a request and its redirect hops) must be over; ``fired`` once its socket was shut
+    down for it. ``span``: the total timeout it was given, which files it in the watch's queue for that span."""
 
-    __slots__ = ("at", "fired", "sock")
+    __slots__ = ("at", "fired", "queued", "sock", "span")
 
-    def __init__(self, at: float) -> None:
-        self.at = at
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self.at = time.monotonic() + span
         self.fired = False
+        self.queued = False
         self.sock: weakref.ref[socket.socket] | None = None
 
     def passed(self) -> bool:
@@ -324,41 +326,66 @@ class Deadline:
         return self.fired or time.monotonic() >= self.at
 
 
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 class _DeadlineWatch:
-    """One thread per process that shuts a connection's socket down at its deadline, which wakes a reader
-    blocked on it: a server that drips a byte per read timeout never trips the read timeout itself. One
-    thread and a heap, not a timer thread per request: images come hundreds a second."""
+    """One thread per process that shuts an exchange's current socket down at its deadline, which wakes a reader
+    blocked on it: a server that drips a byte per read timeout never trips the read timeout itself.
+
+    Images come hundreds a second from dozens of threads, so registering must cost next to nothing: deadlines
+    of one span arrive in the order they end, so each span has a FIFO (appending is O(1), and wakes the thread
+    only when that FIFO was empty), and the thread wakes at most every ``GRAIN`` seconds, taking everything due
+    by then at once. A deadline may so fire up to ``GRAIN`` late."""
+
+    GRAIN = 0.02
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Deadline]] = []
-        self._cond = threading.Condition()
-        self._seq = itertools.count()
+        self._queues: dict[float, collections.deque[Deadline]] = {}
+        self._cond = threading.Condition(threading.Lock())
         threading.Thread(target=self._run, name="witbuild-deadlines", daemon=True).start()
 
     def watch(self, sock: socket.socket, deadline: Deadline) -> None:
+        """Puts ``sock`` under ``deadline``; a redirect hop's socket replaces the previous hop's, under the same
+        deadline, queued once."""
         deadline.sock = weakref.ref(sock)
+        if deadline.queued:
+            if deadline.passed():  # the hop connected after the deadline fired for the previous one
+                _shut(sock)
+            return
+        deadline.queued = True
         with self._cond:
-            heapq.heappush(self._heap, (deadline.at, next(self._seq), deadline))
-            if self._heap[0][2] is deadline:
+            queue = self._queues.get(deadline.span)
+            if queue is None:
+                queue = self._queues[deadline.span] = collections.deque()
+            queue.append(deadline)
+            if len(queue) == 1:
                 self._cond.notify()
 
-    def _next_due(self) -> Deadline:
+    def _due(self) -> list[Deadline]:
+        """Waits until some deadline is due, then takes every one due by now from the front of each FIFO."""
         with self._cond:
             while True:
-                wait = self._heap[0][0] - time.monotonic() if self._heap else None
-                if wait is not None and wait <= 0:
-                    return heapq.heappop(self._heap)[2]
-                self._cond.wait(wait)
+                now = time.monotonic()
+                heads = [queue[0].at for queue in self._queues.values() if queue]
+                if heads and min(heads) <= now:
+                    due = []
+                    for queue in self._queues.values():
+                        while queue and queue[0].at <= now:
+                            due.append(queue.popleft())
+                    return due
+                self._cond.wait(min(heads) - now if heads else None)
 
     def _run(self) -> None:
         while True:
-            due = self._next_due()
-            sock = due.sock() if due.sock is not None else None
-            if sock is None or sock.fileno() < 0:  # the exchange ended and its socket is closed
-                continue
-            due.fired = True  # before the shutdown wakes the reader
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            for deadline in self._due():
+                deadline.fired = True  # before the shutdown wakes the reader
+                sock = deadline.sock() if deadline.sock is not None else None
+                if sock is not None and sock.fileno() >= 0:  # else the exchange ended and its socket is closed
+                    _shut(sock)
+            time.sleep(self.GRAIN)
 
 
 _watch: tuple[int, _DeadlineWatch] | None = None
@@ -462,7 +489,7 @@ class _RequestCheck(urllib.request.BaseHandler):
             raise urllib.error.URLError(BlockedAddressError(f"blocked address: {request.host} refused ({reason}); "
                                                             "see network.allow_addresses"))
         if self.total_timeout is not None and request_deadline(request) is None:
-            request.witbuild_deadline = Deadline(time.monotonic() + self.total_timeout)  # type: ignore[attr-defined]
+            request.witbuild_deadline = Deadline(self.total_timeout)  # type: ignore[attr-defined]
         return request
 
     https_request = http_request
@@ -502,10 +529,49 @@ class BodyTooLargeError(OSError):
     """A body over the byte cap; the message says 'body too large' (error class body_too_large)."""
 
 
+class _DeclaredBody:
+    """A response whose body is read as it comes: its Content-Length (checked against the cap) bounds it and the
+    deadline's watch cuts it off in time, so no copy is needed. A read cut off at the deadline says so;
+    http.client would only say IncompleteRead, or (``read(amt)``) return short without a word."""
+
+    def __init__(self, request: urllib.request.Request, response: http.client.HTTPResponse,
+                 deadline: Deadline) -> None:
+        self._request = request
+        self._response = response
+        self._deadline = deadline
+
+    def read(self, amt: int | None = None) -> bytes:
+        try:
+            data = self._response.read(amt)
+        except (OSError, http.client.HTTPException) as exc:
+            if self._deadline.passed():
+                raise _body_timeout(self._request) from exc
+            raise
+        if amt and not data and self._response.length:  # read(amt) ends quietly where read() would complain
+            if self._deadline.passed():
+                raise _body_timeout(self._request)
+            raise http.client.IncompleteRead(b"", self._response.length)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._response, name)
+
+    def __enter__(self) -> _DeclaredBody:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._response.close()
+
+
+def _body_timeout(request: urllib.request.Request) -> TotalTimeoutError:
+    return TotalTimeoutError(f"timed out: body of {request.full_url} not complete within the total timeout")
+
+
 class BodyLimit(urllib.request.BaseHandler):
-    """Reads a successful response's body within ``max_bytes`` and the request's deadline, refusing a larger or
-    slower one (a declared Content-Length over the cap before any byte is read), and hands on a replay of it.
-    The handlers after it (and img2dataset's ``r.read()``) then never hold more than the cap."""
+    """Keeps a successful response's body within ``max_bytes`` and the request's deadline, refusing a larger or
+    slower one, so the handlers after it (and img2dataset's ``r.read()``) never hold more than the cap. A declared
+    Content-Length over the cap is refused before any byte is read; one within it is read as it comes
+    (:class:`_DeclaredBody`). A body of unknown length is read here, through the cap, and handed on as a replay."""
 
     handler_order = 600  # after the opt-out check (500): an opted-out body is never read
 
@@ -517,6 +583,13 @@ class BodyLimit(urllib.request.BaseHandler):
         status = getattr(response, "status", None) or response.getcode()
         if getattr(response, "from_cache", False) or not 200 <= status < 300:
             return response
+        declared = response.headers.get("Content-Length", "").strip()
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response.close()
+            raise BodyTooLargeError(f"body too large: Content-Length {declared} > {self.max_bytes} bytes")
+        if isinstance(response, http.client.HTTPResponse) and not response.chunked and response.length is not None:
+            deadline = request_deadline(request)
+            return response if deadline is None else _DeclaredBody(request, response, deadline)
         with contextlib.closing(response):
             body = self._read(request, response)
         replay = urllib.response.addinfourl(io.BytesIO(body), response.headers, response.url, status)
@@ -526,9 +599,6 @@ class BodyLimit(urllib.request.BaseHandler):
     https_response = http_response
 
     def _read(self, request: urllib.request.Request, response: Any) -> bytes:
-        declared = response.headers.get("Content-Length", "").strip()
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            raise BodyTooLargeError(f"body too large: Content-Length {declared} > {self.max_bytes} bytes")
         deadline = request_deadline(request)
         parts: list[bytes] = []
         size = 0
@@ -537,13 +607,11 @@ class BodyLimit(urllib.request.BaseHandler):
                 part = response.read1(self.chunk)
             except (OSError, http.client.HTTPException) as exc:
                 if deadline is not None and deadline.passed():
-                    raise TotalTimeoutError(f"timed out: body of {request.full_url} not complete within the "
-                                            "total timeout") from exc
+                    raise _body_timeout(request) from exc
                 raise
             if not part:  # read1 ends quietly where read() would complain: a short body is no body
                 if deadline is not None and deadline.passed():
-                    raise TotalTimeoutError(f"timed out: body of {request.full_url} not complete within the "
-                                            "total timeout")
+                    raise _body_timeout(request)
                 missing = getattr(response, "length", None)
                 if missing:
                     raise http.client.IncompleteRead(b"".join(parts), missing)
@@ -552,8 +620,7 @@ class BodyLimit(urllib.request.BaseHandler):
             if size > self.max_bytes:
                 raise BodyTooLargeError(f"body too large: over {self.max_bytes} bytes")
             if deadline is not None and time.monotonic() > deadline.at:
-                raise TotalTimeoutError(f"timed out: body of {request.full_url} not complete within the total "
-                                        "timeout")
+                raise _body_timeout(request)
             parts.append(part)
 
 
