@@ -12,10 +12,12 @@ Synthetic pool (generated inside Spark, written once to ``benchmarks/_data/balan
 holds every parameter): ``spark.range(rows)`` → ``mapInArrow`` → per row a ``uid`` (32 hex characters, like the
 real BLAKE2b uids) and ``matched``: 1..``--max-matched`` (uniform) distinct entry ids, each drawn from a Zipf law
 of exponent ``--zipf`` over ``--entries`` (default 500,000) entries (entry id = frequency rank), sorted as the
-Matcher gives them. The pool has only these two columns (``matched``'s schema types: ``uid`` string,
-``matched`` list<int32>), and the output only ``uid``, ``matched``, ``keep_probability``: the real ``balanced``
-table also carries the candidate columns (url, text, page_url, …), which ``balance_arrow`` copies through
-untouched, so the real stage writes more bytes than this does.
+Matcher gives them. The pool holds only these two columns (``matched``'s schema types: ``uid`` string,
+``matched`` list<int32>); balancing reads each pair's (normalised URL, text), so the timed DataFrame adds a
+``url`` and a ``text`` made from the uid (every pair distinct: the distinct-pair shuffle at its largest). The
+output holds ``uid``, ``matched``, ``url``, ``text`` and ``keep_probability``: the real ``balanced`` table also
+carries the other candidate columns (page_url, …), which ``balance_arrow`` copies through untouched, so the
+real stage writes more bytes than this does.
 
 Reported per phase: wall seconds, rows/s (pairs of the pool per second of wall time on the 2 cores of
 ``local[2]``), and the peak RSS of the whole process tree (this driver, the Spark JVM and its Python workers:
@@ -73,7 +75,8 @@ BALANCED = TableSchema(
     "bench_balanced",
     1,
     "The pool's columns plus keep_probability (the balanced schema's own column).",
-    (*POOL.fields, Field("keep_probability", "float64", False, "P = 1 - prod(1 - p_e)")),
+    (*POOL.fields, Field("url", "string", False, "http://img.example/{uid}.jpg"),
+     Field("text", "string", False, "the uid"), Field("keep_probability", "float64", False, "P = 1 - prod(1 - p_e)")),
 )
 
 
@@ -233,7 +236,11 @@ def main() -> None:
     work = DATA_DIR / f"balance-run-{args.rows}r"
     out_path, counts_dir = work / "balanced.parquet", work / "counts"
     shutil.rmtree(work, ignore_errors=True)
+    from pyspark.sql import functions as F
+
     df = spark.read.parquet(str(pool_path))
+    df = df.select("uid", "matched", F.concat(F.lit("http://img.example/"), "uid", F.lit(".jpg")).alias("url"),
+                   F.col("uid").alias("text"))
     n = args.rows
     results: list[dict] = []
     print(f"timing ({args.master}) ...", flush=True)

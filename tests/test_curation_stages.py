@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -11,6 +12,7 @@ import pytest
 from witbuild.config import load_config
 from witbuild.curate.balance import entry_probabilities, keep_probabilities
 from witbuild.curate.match import naive_match
+from witbuild.dedup.urls import pair_key
 from witbuild.demo.web import generate_pages, write_warc
 from witbuild.pipeline import run_build
 from witbuild.text.filters import check_text
@@ -40,6 +42,11 @@ def built(spark, web, tmp_path_factory):
 
 def read(out, stage):
     return pq.read_table(out / "stages" / stage).to_pylist()
+
+
+def pairs_of(rows):
+    """One row per distinct pair, (normalised URL, text): what balancing counts and samples."""
+    return list({pair_key(r["url"], r["text"]): r for r in rows}.values())
 
 
 def test_funnel_adds_up(built):
@@ -83,29 +90,37 @@ def test_match_equals_metaclip_rule_and_ids_are_the_build_list_lines(built):
 
 
 def test_balance_caps_head_entries_and_writes_entry_counts(built):
+    """c_e, the draws and the kept counts are over distinct pairs, (normalised URL, text): a pair seen on several
+    pages is one pair, whose rows are kept or dropped together."""
     out, _, results = built
     matched = read(out, "match")
     kept = read(out, "balance")
+    pairs = {pair_key(r["url"], r["text"]): r["matched"] for r in matched}
+    kept_pairs = {pair_key(r["url"], r["text"]): r["matched"] for r in kept}
+    assert len(pairs) < len(matched)  # the web repeats some pairs, so the test can tell rows from pairs
     counts = pq.read_table(out / "stages" / "balance" / "_entry_counts.parquet").to_pylist()
     c = np.array([r["count"] for r in counts])
     recount = np.zeros_like(c)
-    for r in matched:
-        recount[r["matched"]] += 1
+    for m in pairs.values():
+        recount[m] += 1
     assert (c == recount).all()
     kept_recount = np.zeros_like(c)
-    for r in kept:
-        kept_recount[r["matched"]] += 1
+    for m in kept_pairs.values():
+        kept_recount[m] += 1
     assert [r["kept"] for r in counts] == kept_recount.tolist()
+    rows_per_pair = Counter(pair_key(r["url"], r["text"]) for r in matched)
+    assert Counter(pair_key(r["url"], r["text"]) for r in kept) == {k: rows_per_pair[k] for k in kept_pairs}
     p = entry_probabilities(c, 40)
     for r in kept:
         assert r["keep_probability"] == pytest.approx(float(keep_probabilities([r["matched"]], p)[0]))
-    expected = float(keep_probabilities([r["matched"] for r in matched], p).sum())
+    expected = float(keep_probabilities(list(pairs.values()), p).sum())
     info = results["balance"].counts.info
     assert info["expected_size"] == pytest.approx(expected, abs=0.1)
-    assert abs(len(kept) - expected) < 5 * np.sqrt(expected)  # Σ P is the expected size
+    assert (info["pool"], info["pool_rows"]) == (len(pairs), len(matched))
+    assert abs(len(kept_pairs) - expected) < 5 * np.sqrt(expected)  # Σ P is the expected number of pairs
     # the tail is kept whole: a pair matching any entry with c_e <= t has P = 1
-    with_tail = [r["uid"] for r in matched if any(c[e] <= 40 for e in r["matched"])]
-    assert with_tail and set(with_tail) <= {r["uid"] for r in kept}
+    with_tail = [k for k, m in pairs.items() if any(c[e] <= 40 for e in m)]
+    assert with_tail and set(with_tail) <= set(kept_pairs)
     assert (c > 40).sum() == info["head_entries"] > 0
 
 
@@ -133,13 +148,13 @@ def test_target_size_solves_t(spark, built, tmp_path):
 
     other = tmp_path / "target"
     shutil.copytree(out, other, ignore=shutil.ignore_patterns("balance"))
-    n_matched = len(read(out, "match"))
+    n_matched = len(pairs_of(read(out, "match")))
     target = n_matched // 3
     cfg2 = cfg.model_copy(update={"output": str(other),
                                   "balance": cfg.balance.model_copy(update={"t": None, "target_size": target})})
     info = run_build(spark, cfg2, until_stage="balance")[-1].counts.info
     assert info["expected_size"] == pytest.approx(target, rel=0.01)
-    assert abs(len(read(other, "balance")) - target) < 5 * np.sqrt(target)
+    assert abs(len(pairs_of(read(other, "balance"))) - target) < 5 * np.sqrt(target)
 
 
 def test_uniform_method_samples_the_pool_without_balancing(spark, built, tmp_path):
@@ -148,22 +163,22 @@ def test_uniform_method_samples_the_pool_without_balancing(spark, built, tmp_pat
 
     other = tmp_path / "uniform"
     shutil.copytree(out, other, ignore=shutil.ignore_patterns("balance"))
-    matched = read(out, "match")
+    matched = pairs_of(read(out, "match"))
     target = len(matched) // 3
     cfg2 = cfg.model_copy(update={"output": str(other), "balance": cfg.balance.model_copy(
         update={"t": None, "target_size": target, "method": "uniform"})})
     info = run_build(spark, cfg2, until_stage="balance")[-1].counts.info
     q = target / len(matched)
     assert info["method"] == "uniform" and info["keep_probability"] == pytest.approx(q, abs=1e-6)
-    kept = read(other, "balance")
-    assert abs(len(kept) - target) < 5 * np.sqrt(target)
+    kept = pairs_of(read(other, "balance"))
+    assert abs(len(kept) - target) < 5 * np.sqrt(target) and info["pairs_out"] == len(kept)
     assert [r["keep_probability"] for r in kept] == pytest.approx([q] * len(kept))
     # no entry is capped: the most matched entry keeps its share of the pool (MetaCLIP with t=40 cuts it)
     top = np.bincount([e for r in matched for e in r["matched"]]).argmax()
     share = lambda rows: sum(top in r["matched"] for r in rows) / len(rows)  # noqa: E731
     n_top = sum(top in r["matched"] for r in matched)
     assert n_top > 3 * 40 and abs(share(kept) - share(matched)) < 5 * np.sqrt(share(matched) / len(kept))
-    assert share(read(out, "balance")) < share(matched)
+    assert share(pairs_of(read(out, "balance"))) < share(matched)
     entry_rows = pq.read_table(other / "stages" / "balance" / "_entry_counts.parquet").to_pylist()
     assert [r["probability"] for r in entry_rows] == pytest.approx([q] * len(entry_rows))
 

@@ -20,7 +20,7 @@ from tests.conftest import DEMO_BUILD_PAGES, DemoBuild
 from witbuild.config import STAGES, load_config
 from witbuild.counters import StageCounts
 from witbuild.curate.balance import entry_probabilities, keep_probabilities
-from witbuild.dedup.urls import normalize_url
+from witbuild.dedup.urls import normalize_url, pair_key
 from witbuild.demo.images import DIGIT_WORDS, digit_image, digit_label, is_heldout_digit
 from witbuild.demo.web import parse_image_stem
 from witbuild.download import error_class
@@ -138,15 +138,20 @@ def test_match_and_balance_numbers_are_the_parquet_recounted(demo_build, disk):
 
     table = pq.read_table(stage_dir(build, "balance") / "_entry_counts.parquet").to_pylist()
     c = np.array([r["count"] for r in table])
-    assert (c == np.bincount([e for r in disk["match"] for e in r["matched"]], minlength=len(entries))).all()
-    kept = np.bincount([e for r in disk["balance"] for e in r["matched"]], minlength=len(entries))
+    # counted over distinct pairs, (normalised URL, text), as MetaCLIP counts its deduplicated pool
+    pairs = {pair_key(r["url"], r["text"]): r["matched"] for r in disk["match"]}
+    kept_pairs = {pair_key(r["url"], r["text"]): r["matched"] for r in disk["balance"]}
+    assert len(pairs) < len(disk["match"])  # the demo web repeats pairs on several pages
+    assert (c == np.bincount([e for m in pairs.values() for e in m], minlength=len(entries))).all()
+    kept = np.bincount([e for m in kept_pairs.values() for e in m], minlength=len(entries))
     assert [r["kept"] for r in table] == kept.tolist()
     t = cfg.balance.t
-    assert balance.info["t"] == t and balance.info["pool"] == len(disk["match"])
+    assert balance.info["t"] == t and balance.info["pool"] == len(pairs)
+    assert balance.info["pool_rows"] == len(disk["match"]) and balance.info["pairs_out"] == len(kept_pairs)
     assert balance.info["head_entries"] == int((c > t).sum())
     assert balance.info["tail_entries"] == int(((c > 0) & (c <= t)).sum())
     assert balance.info["unused_entries"] == int((c == 0).sum())
-    expected = float(keep_probabilities([r["matched"] for r in disk["match"]], entry_probabilities(c, t)).sum())
+    expected = float(keep_probabilities(list(pairs.values()), entry_probabilities(c, t)).sum())
     assert balance.info["expected_size"] == pytest.approx(expected, abs=0.1)
     assert balance.dropped["balanced_out"] == len(disk["match"]) - len(disk["balance"])
     assert balance.rows_out == len(disk["balance"])

@@ -324,3 +324,36 @@ def test_evaluation_encodes_in_batches_of_eval_batch_size(labelled, tmp_path):
     # zero-shot and the probe encode the 48 labelled pictures (7 × 6 + 6), retrieval the 400 pairs (7 × 57 + 1)
     assert model.image_batches == [7] * 6 + [6] + [7] * 6 + [6] + [7] * 57 + [1]
     assert max(model.text_batches) == 7 and sum(model.text_batches) == len(CLASSES) * len(TEMPLATES) + N_PAIRS
+
+
+@pytest.mark.parametrize(("run", "scored", "trained"), [
+    ((2, 0.0), (2, 0.0), False),   # the run's own side
+    ((2, 0.0), (1, 0.0), False),   # fewer of the same last shards
+    ((2, 0.0), (3, 0.0), True),    # a shard the run trained on
+    ((2, 0.0), (0, 0.05), True),   # a share of every shard, trained ones included
+    ((0, 0.1), (0, 0.05), False),  # a smaller share by the same key hash
+    ((0, 0.1), (0, 0.2), True),
+    ((0, 0.1), (1, 0.0), True),    # a whole shard, most of it trained on
+    ((0, 0.0), (0, 0.0), True),    # the run held out nothing: every pair was trained on
+    ((0, 0.0), (1, 0.0), True),
+    ((2, 0.0), (0, 0.0), True),    # nothing held out asked for: all of the data
+])
+def test_scoring_another_holdout_than_the_runs_says_when_it_may_score_trained_pairs(run, scored, trained):
+    from trainer.evaluate import may_score_trained
+
+    assert may_score_trained(run, scored) is trained
+
+
+def test_another_holdout_than_the_runs_is_scored_with_a_warning(tmp_path, caplog):
+    """The held-out side of another holdout than the run's is scored, and said to be no held-out figure."""
+    from trainer.evaluate import heldout_of
+
+    for i in range(4):
+        (tmp_path / f"{i:05d}.tar").write_bytes(b"")
+    saved = {"data": {"holdout_shards": 1}}
+    split, trained = heldout_of(str(tmp_path), saved)
+    assert not trained and [p.name for p in split.heldout] == ["00003.tar"]
+    with caplog.at_level("WARNING", logger="trainer.evaluate"):
+        split, trained = heldout_of(str(tmp_path), saved, holdout_shards=2)
+    assert trained and [p.name for p in split.heldout] == ["00002.tar", "00003.tar"]
+    assert "may have trained on" in caplog.text

@@ -51,6 +51,26 @@ def test_a_new_dedup_setting_redoes_finalize_only() -> None:
     assert [n for n in a if a[n].digest != b[n].digest] == ["finalize"]
 
 
+def test_a_raised_rule_redoes_its_stage_and_those_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage whose code now makes another output from the same input is redone, and says why; rule 1 is in no
+    fingerprint, so the stages whose rule never moved keep the digests of builds made before rules existed."""
+    import dataclasses
+
+    from witbuild.fingerprint import Fingerprint
+    from witbuild.stages import registry
+
+    a = stage_fingerprints(cfg_of())
+    assert registry.stage("balance").rule == 2 and a["balance"].external == {"rule": "2"}
+    assert all("rule" not in fp.external for name, fp in a.items() if registry.stage(name).rule == 1)
+    raised = tuple(dataclasses.replace(st, rule=st.rule + 1) if st.name == "dedup" else st for st in REGISTRY)
+    monkeypatch.setattr("witbuild.fingerprint.REGISTRY", raised)
+    b = stage_fingerprints(cfg_of())
+    assert [n for n in a if a[n].digest != b[n].digest] == ["dedup", "download", "finalize"]
+    assert changes(a["dedup"], b["dedup"]) == ["its rule changed (1 → 2)"]
+    before_rules = Fingerprint(a["balance"].config, a["balance"].input)  # a balance stage made under rule 1
+    assert changes(before_rules, a["balance"]) == ["its rule changed (1 → 2)"]
+
+
 # --------------------------------------------------------------------------------------------
 # Real builds (Spark local[2], in this process)
 

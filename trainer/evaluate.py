@@ -266,25 +266,44 @@ def format_results(results: dict) -> str:
         lines.append(f"linear probe top-1 {p['top1']:.1%} (fit {p['fit']}, test {p['test']})")
     if "retrieval" in results and results["retrieval"].get("pairs", 0) >= 2:
         r = results["retrieval"]
-        lines.append(f"retrieval on {r['pairs']} held-out pairs: image→text R@1/5/10 "
+        side = "pairs that may include trained ones" if r.get("includes_trained_pairs") else "held-out pairs"
+        lines.append(f"retrieval on {r['pairs']} {side}: image→text R@1/5/10 "
                      f"{r['image_to_text_R@1']:.1%}/{r['image_to_text_R@5']:.1%}/{r['image_to_text_R@10']:.1%}, "
                      f"text→image {r['text_to_image_R@1']:.1%}/{r['text_to_image_R@5']:.1%}/"
                      f"{r['text_to_image_R@10']:.1%}")
     return "\n".join(lines)
 
 
+def may_score_trained(run: tuple[int, float], scored: tuple[int, float]) -> bool:
+    """Whether scoring the held-out side of ``scored`` (holdout_shards, holdout_fraction) may score samples a run
+    that held out ``run`` trained on: it does not when its side lies within the run's (fewer of the same last
+    shards, or a smaller share by the same key hash), and it does when the run, or ``scored``, held out nothing."""
+    run_shards, run_fraction = run
+    shards, fraction = scored
+    if shards:
+        return not (run_shards and shards <= run_shards)
+    if fraction:
+        return not (not run_shards and run_fraction and fraction <= run_fraction)
+    return True  # nothing held out: every sample is scored
+
+
 def heldout_of(data: str, saved: dict, holdout_shards: int | None = None,
-               holdout_fraction: float | None = None) -> Split:
-    """The held-out side of a build for a run's saved config (or the holdout given instead); a run that held out
-    nothing is scored on all of the data."""
+               holdout_fraction: float | None = None) -> tuple[Split, bool]:
+    """The held-out side of a build for a run's saved config (or the holdout given instead), and whether it may
+    hold samples the run trained on (then the log warns); a run that held out nothing is scored on all of the
+    data, which it trained on."""
     cfg = saved_config(saved).data
-    if holdout_shards is not None or holdout_fraction is not None:
-        shards_n, fraction = holdout_shards or 0, holdout_fraction or 0.0
-    else:
-        shards_n, fraction = cfg.holdout_shards, cfg.holdout_fraction
+    run = (cfg.holdout_shards, cfg.holdout_fraction)
+    scored = run if holdout_shards is None and holdout_fraction is None else (holdout_shards or 0,
+                                                                            holdout_fraction or 0.0)
     shards = find_shards(data)
-    split = split_data(shards, shards_n, fraction)
-    return split if split.heldout else Split(shards, shards)
+    split = split_data(shards, *scored)
+    trained = may_score_trained(run, scored)
+    if trained:
+        log.warning("retrieval scores pairs the run may have trained on (held out by the run: shards=%d "
+                    "fraction=%g; scored: shards=%d fraction=%g), so its recall is no held-out figure",
+                    *run, *scored)
+    return (split if split.heldout else Split(shards, shards)), trained
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,14 +325,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, tokenizer, ckpt = load_checkpoint(args.checkpoint, args.device)
         cfg = saved_config(ckpt["config"])
-        split = heldout_of(args.data, ckpt["config"], args.holdout_shards, args.holdout_fraction) if args.data \
-            else None
+        split, trained = heldout_of(args.data, ckpt["config"], args.holdout_shards, args.holdout_fraction) \
+            if args.data else (None, False)
         counts_file = args.class_counts or cfg.eval.class_counts
         results = evaluate(model, tokenizer, args.device, args.zeroshot or cfg.eval.zeroshot_dir,
                            split.heldout if split else None, caption_key=cfg.data.caption_key,
                            holdout_fraction=split.fraction if split else 0.0,
                            batch_size=args.batch_size or cfg.eval.batch_size,
                            class_counts=read_class_counts(counts_file) if counts_file else None)
+        if trained and "retrieval" in results:
+            results["retrieval"]["includes_trained_pairs"] = True
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

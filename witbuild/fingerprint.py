@@ -1,9 +1,10 @@
 """What a finished stage was made from, so that a re-run never reuses stale work.
 
-Each stage's fingerprint holds the values of the config keys it depends on (witbuild/stages/registry.py), the
-fingerprint of the stage it reads (so a change upstream reaches every later stage) and the content hashes of
-the external files it read: the fastText model, the query list (itself fingerprinted from its inputs, the user
-entries file included), the decontamination images. Everything is computed from the config (and the listing of
+Each stage's fingerprint holds the values of the config keys it depends on (witbuild/stages/registry.py), its
+rule there (raised when the code computes the stage differently), the fingerprint of the stage it reads (so a
+change upstream reaches every later stage) and the content hashes of the external files it read: the fastText
+model, the query list (itself fingerprinted from its inputs, the user entries file included), the
+decontamination images. Everything is computed from the config (and the listing of
 the input files) before any stage runs, so the pipeline knows up front which finished stages still hold.
 
 The first stage's input files are fingerprinted by the files the input paths and globs match when the build
@@ -168,6 +169,11 @@ def querylist_fingerprint(cfg: BuildConfig, pool: str | None) -> Fingerprint:
 
 
 def _external(cfg: BuildConfig, st: Stage, previous: str | None) -> dict[str, str]:
+    rule = {"rule": str(st.rule)} if st.rule != 1 else {}
+    return {**rule, **_external_files(cfg, st, previous)}
+
+
+def _external_files(cfg: BuildConfig, st: Stage, previous: str | None) -> dict[str, str]:
     if st.name == "extract" and cfg.input.seeds_file:  # the seed list by its lines, not its name
         return {"seeds_file": file_digest(cfg.input.seeds_file)}
     if st.name == "filter":
@@ -242,7 +248,9 @@ def changes(old: Fingerprint, new: Fingerprint) -> list[str]:
         if a != b:
             out.append(f"{key} {json.dumps(a)} → {json.dumps(b)}")
     for key in sorted(set(old.external) | set(new.external)):
-        if old.external.get(key) != new.external.get(key):
+        if key == "rule" and old.external.get(key) != new.external.get(key):
+            out.append(f"its rule changed ({old.external.get(key, '1')} → {new.external.get(key, '1')})")
+        elif old.external.get(key) != new.external.get(key):
             out.append(f"{key} changed")
     out += input_file_changes(old, new)
     if not out and old.input != new.input:

@@ -9,7 +9,7 @@ Pairs matching no entry are dropped. ``sum P`` over the pool is the exact expect
 ``sum_e min(c_e, t) = sum_e c_e p_e``: exact when every pair matches one entry, and an upper bound otherwise
 (union bound: ``P <= sum_{e in E} p_e``).
 
-Draws are a deterministic function of (pair uid, entry id, seed), so a re-run, or a Spark task retried on
+Draws are a deterministic function of (pair id, entry id, seed), so a re-run, or a Spark task retried on
 another executor, keeps exactly the same pairs. The draw is:
 
 - ``h = blake2b(utf8(uid), digest_size=8, key=seed as 8 little-endian bytes)`` read as a little-endian uint64

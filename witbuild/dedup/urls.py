@@ -6,6 +6,7 @@ share. The normalisation below only applies rewrites that cannot change which re
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from urllib.parse import urlsplit
@@ -60,6 +61,14 @@ def normalize_url(url: str) -> str:
         return _PERCENT.sub(lambda m: m.group(0).upper(), out)
     except ValueError:  # urlsplit on a malformed IPv6 literal, or an odd netloc
         return s
+
+
+def pair_key(url: str, text: str) -> str:
+    """The identity of a pair as dedup's first layer sees it, (normalised URL, text), as 32 hex characters:
+    balancing counts and draws pairs by it, so that it works on the pool dedup leaves, as MetaCLIP does. It is
+    the pair's uid (witbuild.extract.uid_of) when the URL is already in normal form."""
+    return hashlib.blake2b(f"{normalize_url(url)}\x00{text}".encode("utf-8", "surrogatepass"),
+                           digest_size=16).hexdigest()
 
 
 def _split_port(hostport: str) -> tuple[str, str | None]:

@@ -172,7 +172,9 @@ def _build_variant(spark: Any, cfg: ExperimentConfig, inputs: list[str], name: s
         log.exception("experiment: variant %s failed to build", name)
         v["error"] = f"build failed: {exc}"
         return
-    v["dataset"] = {"pool_pairs": results["balance"].rows_in, "balanced_pairs": results["balance"].rows_out,
+    balance = results["balance"]  # distinct pairs (what raw's uniform sample draws from), rows where not recorded
+    v["dataset"] = {"pool_pairs": balance.info.get("pool", balance.rows_in),
+                    "balanced_pairs": balance.info.get("pairs_out", balance.rows_out),
                     "downloaded": results["download"].rows_out, "samples": results["finalize"].rows_out}
     if "low_clip_score" in results["finalize"].dropped:
         v["dataset"]["low_clip_score"] = results["finalize"].dropped["low_clip_score"]

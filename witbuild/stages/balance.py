@@ -1,10 +1,15 @@
 """Stage balance: MetaCLIP's balancing at Spark scale.
 
-1. c_e, matches per entry over the whole matched pool (a Spark aggregation, 64-bit);
+1. c_e, distinct pairs per entry over the whole matched pool (a Spark aggregation, 64-bit);
 2. t from the config, or solved by bisection for ``balance.target_size`` on a sample of the pool;
 3. p_e = min(1, t / c_e), broadcast; each pair kept with P = 1 − ∏(1 − p_e), one deterministic draw
-   per (uid, entry, seed) so a re-run keeps the same pairs;
+   per (pair, entry, seed) so a re-run keeps the same pairs;
 4. ``_entry_counts.parquet`` beside the pairs: entry, c_e, p_e and what was kept.
+
+A pair is what dedup's first layer keeps one row of, (normalised URL, text) (:func:`pair_key`): MetaCLIP
+balances a deduplicated pool, and here dedup comes after. Counted once per row, an entry whose captions each
+appear on k pages would keep about t / k distinct pairs instead of t. Every row of a pair gets the same draws,
+so the rows of a pair are kept or dropped together, and after dedup each distinct pair is kept with P.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from witbuild.curate.balance import (
     keep_probabilities,
     solve_t,
 )
+from witbuild.dedup.urls import pair_key
 from witbuild.spark import fs_and_path
 
 if TYPE_CHECKING:
@@ -46,32 +52,58 @@ class BalancePlan:
 
     counts: np.ndarray  # c_e per entry id
     t: float
-    pool: int  # matched pairs
+    pool: int  # distinct matched pairs (:func:`pair_key`)
     expected_size: float  # Σ P over the pool, exact
     head: int  # entries with c_e > t (sampled down)
     tail: int  # entries with 0 < c_e <= t (kept whole)
     unused: int  # entries no pair matches
     uniform: float | None = None  # method=uniform: every pair's keep probability (t then plays no part)
+    rows: int | None = None  # matched rows, a pair seen on several pages once per page
 
     def info(self) -> dict[str, Any]:
         if self.uniform is not None:
             return {"method": "uniform", "keep_probability": round(self.uniform, 6), "pool": self.pool,
-                    "expected_size": round(self.expected_size, 1)}
-        return {"method": "metaclip", "t": round(self.t, 3), "pool": self.pool,
+                    "pool_rows": self.rows, "expected_size": round(self.expected_size, 1)}
+        return {"method": "metaclip", "t": round(self.t, 3), "pool": self.pool, "pool_rows": self.rows,
                 "expected_size": round(self.expected_size, 1), "head_entries": self.head, "tail_entries": self.tail,
                 "unused_entries": self.unused}
 
     def describe(self) -> str:
         if self.uniform is not None:
             return (f"uniform sample (no balancing): every matched pair kept with probability {self.uniform:.4f}, "
-                    f"expected size {self.expected_size:,.0f} of {self.pool:,}")
-        return (f"t = {self.t:,.1f}: expected size {self.expected_size:,.0f} of {self.pool:,} matched pairs "
-                f"({self.expected_size / max(self.pool, 1):.1%}); head entries (c_e > t, sampled down): "
+                    f"expected size {self.expected_size:,.0f} of {self.pool:,} distinct pairs{self._rows()}")
+        return (f"t = {self.t:,.1f}: expected size {self.expected_size:,.0f} of {self.pool:,} distinct matched pairs"
+                f"{self._rows()} ({self.expected_size / max(self.pool, 1):.1%}); head entries (c_e > t, sampled down): "
                 f"{self.head:,}; tail entries (kept whole): {self.tail:,}; entries never matched: {self.unused:,}")
 
 
+    def _rows(self) -> str:
+        return "" if self.rows is None or self.rows == self.pool else f" ({self.rows:,} rows)"
+
+
+def _pair_keys(batch: pa.RecordBatch) -> list[str]:
+    return [pair_key(u, t) for u, t in zip(batch.column("url").to_pylist(), batch.column("text").to_pylist(),
+                                           strict=True)]
+
+
+def distinct_pairs(df: Any) -> Any:
+    """(pair, matched), one row per distinct pair of a matched DataFrame (:func:`pair_key`; the rows of a pair
+    share their text, so their match lists too)."""
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    schema = StructType([StructField("pair", StringType(), False), df.schema["matched"]])
+
+    def keyed(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            yield pa.RecordBatch.from_arrays([pa.array(_pair_keys(batch), pa.string()), batch.column("matched")],
+                                             names=["pair", "matched"])
+
+    return df.select("url", "text", "matched").mapInArrow(keyed, schema).dropDuplicates(["pair"])
+
+
 def entry_counts(df: Any, n_entries: int) -> np.ndarray:
-    """c_e over a matched DataFrame, aggregated by Spark; only ≤ n_entries rows reach the driver."""
+    """c_e over a DataFrame with ``matched`` (:func:`distinct_pairs`' for MetaCLIP's c_e), aggregated by Spark;
+    only ≤ n_entries rows reach the driver."""
     from pyspark.sql import functions as F
 
     rows = df.select(F.explode("matched").alias("e")).groupBy("e").count().collect()
@@ -96,15 +128,26 @@ def _expected_size(df: Any, p: np.ndarray) -> float:
 
 
 def plan_balance(df: Any, n_entries: int, cfg: BalanceConfig) -> BalancePlan:
-    counts = entry_counts(df, n_entries)
-    pool = df.count()
+    """What balancing the matched rows ``df`` will do, over their distinct pairs."""
+    rows = df.count()
+    pairs = distinct_pairs(df).cache()
+    try:
+        return _plan(pairs, n_entries, cfg, rows)
+    finally:
+        pairs.unpersist()
+
+
+def _plan(pairs: Any, n_entries: int, cfg: BalanceConfig, rows: int) -> BalancePlan:
+    counts = entry_counts(pairs, n_entries)
+    pool = pairs.count()
     if cfg.method == "uniform":
         q = min(1.0, cfg.target_size / max(pool, 1))
-        return BalancePlan(counts, math.inf, pool, q * pool, 0, int((counts > 0).sum()), int((counts == 0).sum()), q)
+        return BalancePlan(counts, math.inf, pool, q * pool, 0, int((counts > 0).sum()), int((counts == 0).sum()), q,
+                           rows)
     if cfg.target_size is not None:
         fraction = min(1.0, SOLVE_SAMPLE_ROWS / max(pool, 1))
-        sample_df = df.select("matched") if fraction >= 1.0 else df.select("matched").sample(fraction=fraction,
-                                                                                             seed=cfg.seed)
+        sample_df = pairs.select("matched") if fraction >= 1.0 else pairs.select("matched").sample(
+            fraction=fraction, seed=cfg.seed)
         sample = [r["matched"] for r in sample_df.collect()]
         scale = len(sample) / max(pool, 1)
         t = solve_t(cfg.target_size * scale, counts, matched=sample) if sample else 1.0
@@ -112,19 +155,20 @@ def plan_balance(df: Any, n_entries: int, cfg: BalanceConfig) -> BalancePlan:
         t = float(cfg.fixed_t)
     p = entry_probabilities(counts, t)
     split = head_tail_split(counts, t)
-    return BalancePlan(counts, t, pool, _expected_size(df, p), len(split.head), len(split.tail), len(split.unused))
+    return BalancePlan(counts, t, pool, _expected_size(pairs, p), len(split.head), len(split.tail), len(split.unused),
+                       rows=rows)
 
 
 def balance_arrow(batch: pa.RecordBatch, p: np.ndarray, seed: int, counts: StageCounts,
                   out_schema: pa.Schema, uniform: float | None = None) -> pa.RecordBatch:
-    """The pairs of ``batch`` that MetaCLIP's draws keep; with ``uniform`` those whose one draw (the draw of entry
-    0, whatever the pair matched) falls below it, so the sample is as seeded and reproducible as balancing."""
+    """The rows of ``batch`` whose pair MetaCLIP's draws keep; with ``uniform`` those whose one draw (the draw of
+    entry 0, whatever the pair matched) falls below it, so the sample is as seeded and reproducible as balancing."""
     counts.rows_in += batch.num_rows
     matched = batch.column("matched").to_pylist()
     if uniform is not None:
         matched = [[0]] * batch.num_rows
         p = np.array([uniform])
-    keep = balance_batch(batch.column("uid").to_pylist(), matched, p, seed)
+    keep = balance_batch(_pair_keys(batch), matched, p, seed)
     prob = keep_probabilities(matched, p)
     n = int(keep.sum())
     counts.rows_out += n
@@ -157,7 +201,10 @@ def run_balance(ctx: StageContext) -> StageCounts:
     counts = ctx.map_batches(task, df)
     p_bc.unpersist()
 
-    kept = entry_counts(ctx.spark.read.parquet(ctx.output), len(entries))
+    kept_pairs = distinct_pairs(ctx.spark.read.parquet(ctx.output)).cache()
+    kept = entry_counts(kept_pairs, len(entries))
+    pairs_out = kept_pairs.count()
+    kept_pairs.unpersist()
     table = schemas.load("entry_counts").table({
         "entry_id": list(range(len(entries))), "entry": entries, "count": plan.counts.tolist(),
         "probability": p.tolist(), "kept": kept.tolist()})
@@ -165,5 +212,6 @@ def run_balance(ctx: StageContext) -> StageCounts:
     with fs.open(f"{out}/{ENTRY_COUNTS_FILE}", "wb") as fh:
         pq.write_table(table, fh)
 
-    counts.info.update({**plan.info(), "seed": seed, "querylist_version": manifest["version"]})
+    counts.info.update({**plan.info(), "pairs_out": pairs_out, "seed": seed,
+                        "querylist_version": manifest["version"]})
     return counts

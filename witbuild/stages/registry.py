@@ -32,7 +32,9 @@ class Stage:
 
     ``config`` holds dotted config keys or sections whose values change the stage's output; ``crawl_config``
     is added when the build crawls seeds (the crawl is then part of extract). ``resumable``: the stage's
-    temporary folder survives a failed attempt (it resumes its own work).
+    temporary folder survives a failed attempt (it resumes its own work). ``rule``: raised when the code makes
+    another output from the same input and config, so that a stage finished under the old rule is redone (rule 1
+    is in no fingerprint: stages finished before rules existed keep theirs).
     """
 
     name: str
@@ -42,6 +44,7 @@ class Stage:
     schema: str | None = None  # schemas/<schema>.json of the stage's Parquet output
     crawl_config: tuple[str, ...] = ()
     resumable: bool = False
+    rule: int = 1
 
     def load(self) -> Callable[[Any], Any]:
         module, fn = self.function.split(":")
@@ -57,7 +60,8 @@ REGISTRY: tuple[Stage, ...] = (
           crawl_config=("crawl", "network")),
     Stage("filter", "extract", "witbuild.stages.filter:run_filter", ("filter", "langid"), "filtered"),
     Stage("match", "filter", "witbuild.stages.match:run_match", ("match",), "matched"),
-    Stage("balance", "match", "witbuild.stages.balance:run_balance", ("balance",), "balanced"),
+    # rule 2: c_e and the draws over distinct (normalised URL, text) pairs, not rows
+    Stage("balance", "match", "witbuild.stages.balance:run_balance", ("balance",), "balanced", rule=2),
     Stage("dedup", "balance", "witbuild.stages.dedup:run_dedup", ("dedup.one_text_per_image", "dedup.shuffle_seed",
                                                                   "dedup.exact_image"), "balanced"),
     Stage("download", "dedup", "witbuild.stages.download:run_download",
