@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -166,8 +167,8 @@ def drip_headers(n: int, every: float, drip: Drip | None = None) -> Route:
     return route
 
 
-@pytest.fixture
-def site() -> Iterator[Site]:
+@contextmanager
+def _serving() -> Iterator[Site]:
     server = _Server(("127.0.0.1", 0), _Handler)
     server.site = Site(port=server.server_address[1])
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -178,6 +179,19 @@ def site() -> Iterator[Site]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    with _serving() as served:
+        yield served
+
+
+@pytest.fixture
+def other_site() -> Iterator[Site]:
+    """A second host (127.0.0.1 on another port: another origin, with its own robots.txt)."""
+    with _serving() as served:
+        yield served
 
 
 def cfg(**kw: object) -> CrawlConfig:
@@ -526,6 +540,36 @@ def test_redirect_followed_within_host(site: Site, tmp_path: Path) -> None:
     assert sorted(site.paths()) == ["/", "/a", "/home", "/robots.txt"]
     assert counts.events["redirects_followed"] == 1
     assert responses(out)[site.url("/home")][1] == 200
+
+
+def test_an_offsite_redirect_asks_the_target_hosts_robots_txt(site: Site, other_site: Site, tmp_path: Path) -> None:
+    """A redirect to another host is a request to that host: its robots.txt (fetched once) decides, and its own
+    gap between requests holds (here 0.3 s between its robots.txt and the page)."""
+    other_site.routes["/robots.txt"] = text("User-agent: *\nDisallow: /private\n")
+    other_site.routes["/public"] = page("public")
+    other_site.routes["/private"] = page("private")
+    site.routes["/"] = links("/to-public", "/to-private")
+    site.routes["/to-public"] = redirect(other_site.url("/public"))
+    site.routes["/to-private"] = redirect(other_site.url("/private"))
+    counts, out = crawl(site, tmp_path, delay_seconds=0.3)
+    assert other_site.paths() == ["/robots.txt", "/public"]  # once, and never the disallowed page
+    hits = other_site.hits
+    assert hits[1].t - hits[0].t >= 0.29
+    recs = responses(out)
+    assert recs[other_site.url("/public")][2] == b"public" and other_site.url("/private") not in recs
+    assert counts.events["robots_disallowed"] == 1 and counts.events["redirect_refused"] == 1
+    assert counts.events["redirect_offsite"] == 1 and counts.events["robots_fetched"] == 2
+
+
+def test_an_offsite_host_whose_robots_txt_fails_is_not_fetched(site: Site, other_site: Site, tmp_path: Path) -> None:
+    other_site.routes["/robots.txt"] = text("busy", status=503)
+    other_site.routes["/page"] = page("page")
+    site.routes["/"] = links("/away")
+    site.routes["/away"] = redirect(other_site.url("/page"))
+    counts, _ = crawl(site, tmp_path)
+    assert other_site.paths() == ["/robots.txt"]
+    assert counts.events["robots_unreachable"] == 1 and counts.events["redirect_refused"] == 1
+    assert site.paths() == ["/robots.txt", "/", "/away"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -284,6 +284,7 @@ class _HostCrawl:
     delay: float = 0.0
     last_start: float | None = None
     visited: set[str] = field(default_factory=set)
+    offsite: dict[str, _HostCrawl] = field(default_factory=dict)  # other hosts a redirect led to: their robots.txt
 
     def __post_init__(self) -> None:
         self.ua_token = self.cfg.user_agent.split("/", 1)[0].strip() or "witbuild"
@@ -306,6 +307,20 @@ class _HostCrawl:
             return False
         parser = self.robots.parser
         return parser is None or parser.can_fetch(self.ua_token, url)
+
+    def _host_of(self, url: str) -> _HostCrawl:
+        """Who fetches ``url``: this host, or another one a redirect leads to, with its own robots.txt (fetched
+        once, the first time) and its own gap between requests. A redirect is a new request to its target's
+        host, which has its own say (as a browser's or a polite crawler's)."""
+        key = _host_key(url)
+        if key == self.key:
+            return self
+        other = self.offsite.get(key)
+        if other is None:
+            other = _HostCrawl(cfg=self.cfg, counts=self.counts, writer=self.writer, key=key, network=self.network)
+            self.offsite[key] = other
+            other.load_robots()
+        return other
 
     def load_robots(self) -> None:
         """Fetch and parse /robots.txt (RFC 9309): 4xx allows all, 5xx/429/unreachable disallows all."""
@@ -435,7 +450,7 @@ class _HostCrawl:
 
     def fetch_chain(self, url: str, *, robots: bool = False) -> _Exchange | None:
         """Fetch ``url`` following at most max_redirects redirects by hand, re-checking every
-        hop (scheme, address, robots on our host) and writing every response. Returns the last
+        hop (scheme, address, the robots.txt of the hop's host) and writing every response. Returns the last
         exchange (a 3xx when the chain was stopped), or None when nothing was fetched."""
         chain: list[str] = []
         last: _Exchange | None = None
@@ -443,9 +458,10 @@ class _HostCrawl:
         while True:
             hop = bool(chain)
             try:
-                if hop and not robots and _host_key(current) == self.key and not self._robots_allows(current):
-                    raise _Refused("robots_disallowed", f"robots.txt disallows redirect target {current}")
                 ip = self._checked_ip(current)
+                host = self if robots or not hop else self._host_of(current)
+                if not host._robots_allows(current):
+                    raise _Refused("robots_disallowed", f"robots.txt disallows redirect target {current}")
             except _Refused as exc:
                 self.counts.event(exc.event)
                 if hop:
@@ -457,7 +473,7 @@ class _HostCrawl:
             chain.append(current)
             self.visited.add(current)
             try:
-                ex = self._fetch_one(current, ip)
+                ex = host._fetch_one(current, ip)
             except Exception as exc:  # e.g. a body that fails to decompress: this URL is lost, the crawl is not
                 self.counts.event("fetch_error")
                 log.warning("error fetching %s: %s: %s", current, type(exc).__name__, exc,
