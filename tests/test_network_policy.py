@@ -331,6 +331,24 @@ def test_response_cache_fetches_each_url_once(servers, tmp_path) -> None:
     assert len(list(tmp_path.rglob("*.json"))) == 2 and not list(tmp_path.rglob("*.tmp"))
 
 
+def test_response_cache_replays_only_under_the_policy_it_was_kept_under(servers, tmp_path) -> None:
+    """An answer is replayed only to a build under the policy that let it through: under another policy (one that
+    might refuse the address a name led to) the request goes to the network, through that policy's checks."""
+    a, _ = servers
+    url = a.url("/img/one.jpg")
+    kept = (ResponseCache(str(tmp_path), ("127.0.0.1",)), ResponseKeeper(str(tmp_path), ("127.0.0.1",)))
+    with guarded_urlopen(["127.0.0.1"], extra=kept):
+        assert urllib.request.urlopen(url, timeout=5).read() == jpeg()
+    with guarded_urlopen(["127.0.0.1"], extra=kept):  # the same policy: from the cache
+        assert urllib.request.urlopen(url, timeout=5).read() == jpeg()
+    assert a.hits == ["/img/one.jpg"]
+    other = ("127.0.0.1", "10.0.0.0/8")
+    extra = (ResponseCache(str(tmp_path), other), ResponseKeeper(str(tmp_path), other))
+    with guarded_urlopen(list(other), extra=extra):
+        assert urllib.request.urlopen(url, timeout=5).read() == jpeg()
+    assert a.hits == ["/img/one.jpg", "/img/one.jpg"]  # another policy: fetched again, through its own checks
+
+
 def test_response_cache_keeps_no_opted_out_answer(tmp_path) -> None:
     class Reserved(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

@@ -136,6 +136,15 @@ class TdmReservationProcessor(urllib.request.BaseHandler):
     https_response = http_response
 
 
+def policy_cache_folder(folder: str, allow: tuple[str, ...]) -> str:
+    """The part of a response cache kept under one network policy. An answer is kept after the policy let its
+    fetch through, so it is replayed only under that same policy: a build whose policy refuses an address the
+    answer came from (the literal check of a URL runs before the cache, the connect-time check would not) fetches
+    again, through its own checks."""
+    digest = hashlib.sha256(json.dumps(sorted(allow)).encode()).hexdigest()[:16]
+    return os.path.join(folder, f"policy-{digest}")
+
+
 def _cache_paths(folder: str, url: str) -> tuple[str, str]:
     h = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
     base = os.path.join(folder, h[:2], h)
@@ -149,8 +158,8 @@ class ResponseCache(urllib.request.BaseHandler):
 
     handler_order = 100  # before urllib's HTTP handlers (500): a kept answer never reaches the network
 
-    def __init__(self, folder: str) -> None:
-        self.folder = folder
+    def __init__(self, folder: str, allow: tuple[str, ...] = ()) -> None:
+        self.folder = policy_cache_folder(folder, allow)
 
     def http_open(self, request: urllib.request.Request) -> Any:
         if request.get_method() != "GET":
@@ -181,8 +190,8 @@ class ResponseKeeper(urllib.request.BaseHandler):
 
     handler_order = 900  # after the opt-out check (500), before urllib's error processing (1000)
 
-    def __init__(self, folder: str) -> None:
-        self.folder = folder
+    def __init__(self, folder: str, allow: tuple[str, ...] = ()) -> None:
+        self.folder = policy_cache_folder(folder, allow)
 
     def http_response(self, request: urllib.request.Request, response: Any) -> Any:
         status = getattr(response, "status", None) or response.getcode()
@@ -238,7 +247,7 @@ class GuardedDownloader:
     def __call__(self, row: Any) -> Any:
         extra: tuple[urllib.request.BaseHandler, ...] = (TdmReservationProcessor(), BodyLimit(self.limits.max_bytes))
         if self.cache_dir:
-            extra += (ResponseCache(self.cache_dir), ResponseKeeper(self.cache_dir))
+            extra += (ResponseCache(self.cache_dir, self.allow), ResponseKeeper(self.cache_dir, self.allow))
         with guarded_urlopen(self.allow, extra=extra, total_timeout=self.limits.total_timeout):
             return self.inner(row)
 
