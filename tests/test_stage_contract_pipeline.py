@@ -144,3 +144,49 @@ def test_the_demo_funnel_chains() -> None:
         counts = StageCounts(rows_in=rows_in, rows_out=rows_out)
         check_chain(upstream, name, counts)
         upstream = StageResult(name, counts, 0.0, False)
+
+
+# --------------------------------------------------------------------------------------------
+# A finished stage's files changed on disk
+
+
+def test_an_unchanged_build_redoes_nothing(stages, web: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run_build(None, config(web, out))
+    listed = json.loads((out / "stages" / "match" / layout.FILES_FILE).read_text())
+    assert set(listed) == {"part.txt", layout.SUCCESS_FILE, layout.COUNTS_FILE}
+    assert ran(run_build(None, config(web, out))) == []
+
+
+@pytest.mark.parametrize(("stage", "edit", "said"), [
+    ("match", lambda d: (d / "part.txt").unlink(), "match: 1 file missing since it finished: part.txt"),
+    ("dedup", lambda d: (d / "part-00001.parquet").write_bytes(b"x"),
+     "dedup: 1 file added since it finished: part-00001.parquet"),
+    ("finalize", lambda d: (d / "part.txt").write_text("finalize, edited"),
+     "finalize: 1 file of another size since it finished: part.txt (8 → 16 bytes)"),
+])
+def test_a_finished_stage_whose_files_changed_is_redone_with_every_later_one(stages, web: Path, tmp_path: Path,
+                                                                             caplog, stage, edit, said) -> None:
+    """A deleted part file would be fewer rows read from then on, an added one more, without a word from Spark."""
+    out = tmp_path / "out"
+    run_build(None, config(web, out))
+    edit(out / "stages" / stage)
+    with caplog.at_level(logging.WARNING, logger="witbuild.pipeline"):
+        results = run_build(None, config(web, out))
+    assert ran(results) == list(STAGE_NAMES[STAGE_NAMES.index(stage):])
+    assert f"{said}: redoing" in caplog.text
+    assert ran(run_build(None, config(web, out))) == []
+
+
+def test_a_stage_from_before_listings_is_listed_then_checked(stages, web: Path, tmp_path: Path, caplog) -> None:
+    out = tmp_path / "out"
+    run_build(None, config(web, out))
+    for listing in (out / "stages").glob(f"*/{layout.FILES_FILE}"):
+        listing.unlink()
+    (out / "stages" / "filter" / layout.FINGERPRINT_FILE).unlink()  # adopted: rewritten, which is no change
+    with caplog.at_level(logging.INFO, logger="witbuild.pipeline"):
+        assert ran(run_build(None, config(web, out))) == []
+    assert "stage extract has no _files.json (made by an older witbuild): its files are listed now" in caplog.text
+    assert all((out / "stages" / n / layout.FILES_FILE).is_file() for n in STAGE_NAMES)
+    (out / "stages" / "balance" / "part.txt").unlink()
+    assert ran(run_build(None, config(web, out))) == list(STAGE_NAMES[STAGE_NAMES.index("balance"):])

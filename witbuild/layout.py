@@ -7,7 +7,8 @@ A build folder looks like this (``<output>`` is ``BuildConfig.output``, local or
       build_report.json            every stage's rows in/out and drops (REPORT_FILE)
       querylist/                   entries.txt + manifest.json: what match matched against (QUERYLIST_DIR)
       stages/<name>/               one finished stage: Parquet (or img2dataset shards), _SUCCESS,
-                                   _counts.json (COUNTS_FILE), _fingerprint.json (FINGERPRINT_FILE)
+                                   _counts.json (COUNTS_FILE), _fingerprint.json (FINGERPRINT_FILE),
+                                   _files.json: every file it wrote, with its size (FILES_FILE)
       stages/_tmp/<name>/          a stage being written; renamed to stages/<name>/ when it has finished
       stages/balance/_entry_counts.parquet   per-entry counts before/after balancing (ENTRY_COUNTS_FILE)
       stages/finalize/             the dataset: {shard}.tar, index.parquet/ (INDEX_DIR), sizes.json (SIZES_FILE),
@@ -31,6 +32,7 @@ QUERYLIST_MANIFEST = "manifest.json"
 SUCCESS_FILE = "_SUCCESS"
 COUNTS_FILE = "_counts.json"
 FINGERPRINT_FILE = "_fingerprint.json"
+FILES_FILE = "_files.json"
 ENTRY_COUNTS_FILE = "_entry_counts.parquet"
 
 #: The files img2dataset writes for one downloaded shard: every row's metadata, the samples, and the stats it

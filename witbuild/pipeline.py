@@ -4,8 +4,9 @@ atomically, and never reuses a finished stage made under another config.
 A stage writes under ``<output>/stages/_tmp/<name>/``; only when it has finished (Spark's
 ``_SUCCESS`` plus our ``_counts.json`` and ``_fingerprint.json``) is the folder renamed to its final name,
 so a killed build never leaves a partial output that a re-run could take for a finished one. A finished
-stage whose fingerprint (witbuild/fingerprint.py) differs from the one the config gives now is redone with
-every later stage; those past ``--until-stage`` are removed and named, not redone.
+stage whose fingerprint (witbuild/fingerprint.py) differs from the one the config gives now, or whose files
+changed on disk since it finished (witbuild/stage_files.py), is redone with every later stage; those past
+``--until-stage`` are removed and named, not redone.
 
 The counts chain: each stage reads exactly the rows the stage before it wrote, so a stage whose ``rows_in`` is
 not its upstream's ``rows_out`` lost or invented rows on the way, and the build fails before it is marked
@@ -29,6 +30,7 @@ from witbuild.config import BuildConfig
 from witbuild.counters import StageCounts
 from witbuild.fingerprint import Fingerprint, changes, stage_fingerprints
 from witbuild.spark import fs_and_path, read_task_counts
+from witbuild.stage_files import listing_changes, output_files, read_listing, write_listing
 from witbuild.stages.context import StageContext
 from witbuild.stages.registry import REGISTRY, STAGE_NAMES, Stage, later_stages, stage
 
@@ -139,6 +141,7 @@ def run_stage(spark: Any, cfg: BuildConfig, st: Stage, fp: Fingerprint, previous
     write_fingerprint(tmp, fp)  # after the stage's own writes (Spark's overwrite replaces the folder)
     if not fs.exists(f"{tmp_path}/{layout.SUCCESS_FILE}"):
         fs.touch(f"{tmp_path}/{layout.SUCCESS_FILE}")
+    write_listing(tmp)  # last: every file the stage left, relative to its folder, so the rename keeps it true
     _, final_path = fs_and_path(layout.stage_dir(out, st.name))
     if fs.exists(final_path):  # an unfinished earlier attempt (no _SUCCESS or no counts)
         fs.rm(final_path, recursive=True)
@@ -198,10 +201,26 @@ def first_stale_stage(output: str, expected: dict[str, Fingerprint]) -> tuple[st
             log.warning("stage %s has no %s (made by an older witbuild or by hand): taken as made under this "
                         "config; --from-stage %s redoes it", st.name, layout.FINGERPRINT_FILE, st.name)
             write_fingerprint(folder, expected[st.name])
+            _changed_on_disk(folder, st.name)  # its files listed as they are, too
             continue
         if recorded.digest != expected[st.name].digest:
             return st.name, changes(recorded, expected[st.name])
+        changed = _changed_on_disk(folder, st.name)
+        if changed:
+            return st.name, changed
     return None
+
+
+def _changed_on_disk(folder: str, name: str) -> list[str]:
+    """How a finished stage's files differ from those it left (witbuild/stage_files.py); a stage with no listing
+    (made before listings) is listed now, and said so."""
+    listed = read_listing(folder)
+    if listed is None:
+        log.info("stage %s has no %s (made by an older witbuild): its files are listed now", name,
+                 layout.FILES_FILE)
+        write_listing(folder)
+        return []
+    return [f"{name}: {change}" for change in listing_changes(listed, output_files(folder))]
 
 
 def clear_stages(output: str, names: tuple[str, ...]) -> None:
