@@ -207,6 +207,18 @@ def test_zero_shot_counts_exactly_the_misread_class(labelled):
     assert {c: v["accuracy"] for c, v in z["per_class"].items()} == {c: 0.0 if c == "c7" else 1.0 for c in CLASSES}
 
 
+def test_a_collapsed_model_is_at_chance_in_every_class(labelled):
+    """Every picture and every class prompt on one vector: all classes tie. Taking the first of them would give
+    the first class every picture (100% for it, 0% for the rest, and a head or tail third to match)."""
+    same = random_vectors(1, 5)[0]
+    model = StandInModel({code(c, k): same for c in range(len(CLASSES)) for k in range(PER_CLASS)},
+                         {name: same for name in NAMES})
+    z = zero_shot(model, WordTokenizer(model.vocab), labelled)
+    assert z["top1"] == pytest.approx(1 / len(CLASSES)) and z["top5"] == pytest.approx(5 / len(CLASSES))
+    assert {c: v["accuracy"] for c, v in z["per_class"].items()} == pytest.approx(
+        {c: 1 / len(CLASSES) for c in CLASSES})
+
+
 def test_head_and_tail_thirds_by_pool_frequency(labelled, tmp_path):
     # c7 (misread) is the rarest class; c0..c3 the most frequent: the tail third holds c7, the head third does not
     model, tok = class_model(lambda c, k: 2 if c == 7 else c)

@@ -107,21 +107,31 @@ def zero_shot(model: CLIP, tokenizer: TextTokenizer, folder: str | Path, device=
     img = encode_images(model, images, model.cfg.vision_cfg.image_size, device, batch_size)
     scores = img @ class_emb.T
     y = torch.tensor(labels)
-    hit = scores.argmax(1) == y
-    top1 = hit.float().mean().item()
-    out = {"top1": top1, "images": len(labels), "classes": len(classes), "chance": 1 / len(classes),
+    true = scores.gather(1, y[:, None])
+    hit = rank_credit(scores, true, 1)
+    out = {"top1": hit.mean().item(), "images": len(labels), "classes": len(classes), "chance": 1 / len(classes),
            "templates": len(templates), "per_class": per_class_accuracy(hit.tolist(), labels, classes)}
     if len(classes) > 5:
-        out["top5"] = (scores.topk(5, dim=1).indices == y[:, None]).any(1).float().mean().item()
+        out["top5"] = rank_credit(scores, true, 5).mean().item()
     return out
 
 
-def per_class_accuracy(hits: list[bool], labels: list[int], classes: list[str]) -> dict[str, dict]:
-    """``{class: {"images", "correct", "accuracy"}}``: a mean over all images hides what the rare classes get."""
-    out = {c: {"images": 0, "correct": 0} for c in classes}
+def rank_credit(scores: torch.Tensor, true: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row of ``scores``, the chance that the true candidate (its score in ``true``, one column) is among the
+    top ``k``, its place among the candidates it ties with drawn at random: a tie is a coin toss, not a hit for
+    whichever candidate comes first (a collapsed model ties everything)."""
+    better = (scores > true).sum(1)
+    ties = (scores == true).sum(1) - 1
+    return ((k - better) / (ties + 1)).clamp(0, 1).float()
+
+
+def per_class_accuracy(hits: list[float], labels: list[int], classes: list[str]) -> dict[str, dict]:
+    """``{class: {"images", "correct", "accuracy"}}`` (a tie counts its share of a hit): a mean over all images
+    hides what the rare classes get."""
+    out = {c: {"images": 0, "correct": 0.0} for c in classes}
     for hit, label in zip(hits, labels, strict=True):
         out[classes[label]]["images"] += 1
-        out[classes[label]]["correct"] += int(hit)
+        out[classes[label]]["correct"] += float(hit)
     for v in out.values():
         v["accuracy"] = v["correct"] / v["images"] if v["images"] else None
     return out
@@ -222,11 +232,8 @@ def retrieval(model: CLIP, tokenizer: TextTokenizer, shards: list[Path], device=
     out: dict[str, float | int] = {"pairs": len(texts)}
     for name, s in (("image_to_text", sim), ("text_to_image", sim.T)):
         true = s[truth, truth][:, None]
-        better = (s > true).sum(1)  # candidates that beat the true one
-        ties = (s == true).sum(1) - 1  # candidates as good as it (a collapsed model ties everything)
         for k in (1, 5, 10):
-            # the true one's rank is uniform over its ties: a tie is a coin toss, not a hit
-            out[f"{name}_R@{k}"] = ((k - better) / (ties + 1)).clamp(0, 1).float().mean().item()
+            out[f"{name}_R@{k}"] = rank_credit(s, true, k).mean().item()
     return out
 
 
