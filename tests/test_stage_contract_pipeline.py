@@ -163,7 +163,7 @@ def test_an_unchanged_build_redoes_nothing(stages, web: Path, tmp_path: Path) ->
     ("dedup", lambda d: (d / "part-00001.parquet").write_bytes(b"x"),
      "dedup: 1 file added since it finished: part-00001.parquet"),
     ("finalize", lambda d: (d / "part.txt").write_text("finalize, edited"),
-     "finalize: 1 file of another size since it finished: part.txt (8 → 16 bytes)"),
+     "finalize: 1 file of another size since it finished: part.txt (8 bytes → 16 bytes)"),
 ])
 def test_a_finished_stage_whose_files_changed_is_redone_with_every_later_one(stages, web: Path, tmp_path: Path,
                                                                              caplog, stage, edit, said) -> None:

@@ -264,10 +264,18 @@ def _show_size(size: int | str | None) -> str:
     return "size unknown" if size is UNKNOWN_SIZE else f"{size:,} bytes"
 
 
-def _listed(names: list[str], most: int = 3) -> str:
+def listed_names(names: list[str], most: int = 3) -> str:
     """A few names, and how many more: a folder of 90,000 WAT files must not flood the log."""
     shown = ", ".join(names[:most])
     return shown + (f" and {len(names) - most:,} more" if len(names) > most else "")
+
+
+def size_differences(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """Names in ``b`` only, names in ``a`` only, and names whose size differs, each ``name (size → size)``."""
+    added = [n for n in b if n not in a]
+    removed = [n for n in a if n not in b]
+    changed = [f"{n} ({_show_size(a[n])} → {_show_size(b[n])})" for n in b if n in a and a[n] != b[n]]
+    return added, removed, changed
 
 
 def input_file_changes(old: Fingerprint, new: Fingerprint) -> list[str]:
@@ -277,12 +285,6 @@ def input_file_changes(old: Fingerprint, new: Fingerprint) -> list[str]:
         return []
     if a is None and old.config.get("input.paths"):
         return ["input files not recorded (made by an older witbuild, which fingerprinted the input paths only)"]
-    a, b = a or {}, b or {}
-    added = [n for n in b if n not in a]
-    removed = [n for n in a if n not in b]
-    changed = [f"{n} ({_show_size(a[n])} → {_show_size(b[n])})" for n in b if n in a and a[n] != b[n]]
-    out = []
-    for what, names in (("added", added), ("removed", removed), ("changed", changed)):
-        if names:
-            out.append(f"input files {what}: {_listed(names)}")
-    return out
+    added, removed, changed = size_differences(a or {}, b or {})
+    return [f"input files {what}: {listed_names(names)}"
+            for what, names in (("added", added), ("removed", removed), ("changed", changed)) if names]

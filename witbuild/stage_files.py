@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 
 from witbuild import layout
+from witbuild.fingerprint import listed_names, size_differences
 from witbuild.spark import fs_and_path
 
 #: Files a run may rewrite in a finished stage (an adopted stage's fingerprint, this listing itself).
 UNLISTED = (layout.FINGERPRINT_FILE, layout.FILES_FILE)
-MOST_NAMED = 3
 
 
 def output_files(folder: str) -> dict[str, int]:
@@ -48,18 +48,8 @@ def read_listing(folder: str) -> dict[str, int] | None:
     return {str(k): int(v) for k, v in listed.items()} if isinstance(listed, dict) else None
 
 
-def _named(names: list[str]) -> str:
-    shown = ", ".join(names[:MOST_NAMED])
-    return shown + (f" and {len(names) - MOST_NAMED:,} more" if len(names) > MOST_NAMED else "")
-
-
 def listing_changes(listed: dict[str, int], now: dict[str, int]) -> list[str]:
-    """How the files on disk differ from the listing, for people: ``2 files missing: a, b``."""
-    missing = [n for n in listed if n not in now]
-    added = [n for n in now if n not in listed]
-    resized = [f"{n} ({listed[n]:,} → {now[n]:,} bytes)" for n in listed if n in now and now[n] != listed[n]]
-    out = []
-    for what, names in (("missing", missing), ("added", added), ("of another size", resized)):
-        if names:
-            out.append(f"{len(names):,} file{'s' if len(names) > 1 else ''} {what} since it finished: {_named(names)}")
-    return out
+    """How the files on disk differ from the listing, for people: ``2 files missing since it finished: a, b``."""
+    added, missing, resized = size_differences(listed, now)
+    return [f"{len(names):,} file{'s' if len(names) > 1 else ''} {what} since it finished: {listed_names(names)}"
+            for what, names in (("missing", missing), ("added", added), ("of another size", resized)) if names]
