@@ -56,6 +56,17 @@ class MeasuredRun:
     polls: int
 
 
+def _between_fork_and_exec(p: psutil.Process) -> bool:
+    """A child that still runs its parent's program under another name: the JVM caught between forking to start a
+    process and exec (the child is named after the forking thread, e.g. ``Thread-4``). Its resident pages are the
+    JVM's own, so counting it would count the JVM twice (one run read 4,157 MiB so: java 846, Thread-4 846)."""
+    parent = p.parent()
+    try:
+        return parent is not None and p.exe() == parent.exe() and p.name() != parent.name()
+    except psutil.Error:
+        return False
+
+
 def run_measuring_memory(cmd: list[str], log: Path, timeout: float) -> MeasuredRun:
     """Run ``cmd`` and poll its whole process tree (spark-submit, the JVM, the Python driver, Spark's Python workers
     and whatever they start) every 50 ms, summing the resident set sizes; the largest sum is the peak."""
@@ -73,7 +84,8 @@ def run_measuring_memory(cmd: list[str], log: Path, timeout: float) -> MeasuredR
             with contextlib.suppress(psutil.Error):
                 for p in [root, *root.children(recursive=True)]:
                     with contextlib.suppress(psutil.Error):  # a process may end between listing and reading
-                        seen.append((p.name(), p.memory_info().rss))
+                        if not _between_fork_and_exec(p):
+                            seen.append((p.name(), p.memory_info().rss))
             if sum(rss for _, rss in seen) > peak:
                 peak, at_peak = sum(rss for _, rss in seen), sorted(seen, key=lambda x: -x[1])
             polls += 1

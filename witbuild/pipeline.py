@@ -37,6 +37,8 @@ from witbuild.stages.registry import REGISTRY, STAGE_NAMES, Stage, later_stages,
 log = logging.getLogger(__name__)
 
 COUNTS_FILE = layout.COUNTS_FILE
+#: The files the pipeline writes into a stage's folder as it finishes, each rewritten then.
+BOOKKEEPING = (layout.SUCCESS_FILE, COUNTS_FILE, layout.FINGERPRINT_FILE, layout.FILES_FILE)
 __all__ = ["COUNTS_FILE", "CountsChainError", "StageContext", "StageResult", "run_build"]
 
 StageFn = Callable[[StageContext], StageCounts | None]
@@ -130,6 +132,8 @@ def run_stage(spark: Any, cfg: BuildConfig, st: Stage, fp: Fingerprint, previous
     _remove(counts_dir)
     if not resumes(st, out, fp):
         _remove(tmp)
+    for name in BOOKKEEPING:  # left by an attempt killed as it finished: not the tool's (img2dataset reads *.json)
+        _remove(f"{tmp.rstrip('/')}/{name}")
     if st.resumable:
         save_fingerprint(layout.stage_resume_fingerprint(out, st.name), fp)
     started = time.monotonic()
