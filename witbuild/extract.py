@@ -7,7 +7,6 @@ in one Spark task per input file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import re
 import shutil
@@ -22,6 +21,7 @@ import pyarrow as pa
 from witbuild import schemas
 from witbuild.config import ExtractConfig
 from witbuild.counters import StageCounts
+from witbuild.dedup.urls import uid_of
 from witbuild.sources.html import ImageRef, decode_html, is_html, may_be_utf16, page_images
 from witbuild.sources.http_body import http_payload
 from witbuild.sources.warc import WarcRecord, iter_records
@@ -32,11 +32,6 @@ log = logging.getLogger(__name__)
 WAT_SUFFIXES = (".wat", ".wat.gz")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
-
-
-def uid_of(url: str, text: str) -> str:
-    """Stable pair id: the same (url, text) gets the same id in every build."""
-    return hashlib.blake2b(f"{url}\x00{text}".encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def source_format(path: str) -> str:

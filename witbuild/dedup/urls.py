@@ -63,12 +63,17 @@ def normalize_url(url: str) -> str:
         return s
 
 
+def uid_of(url: str, text: str) -> str:
+    """Stable pair id: the same (url, text) gets the same id in every build (extract gives each row the one of its
+    URL as found on the page)."""
+    return hashlib.blake2b(f"{url}\x00{text}".encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
 def pair_key(url: str, text: str) -> str:
-    """The identity of a pair as dedup's first layer sees it, (normalised URL, text), as 32 hex characters:
-    balancing counts and draws pairs by it, so that it works on the pool dedup leaves, as MetaCLIP does. It is
-    the pair's uid (witbuild.extract.uid_of) when the URL is already in normal form."""
-    return hashlib.blake2b(f"{normalize_url(url)}\x00{text}".encode("utf-8", "surrogatepass"),
-                           digest_size=16).hexdigest()
+    """The identity of a pair as dedup's first layer sees it, (normalised URL, text): balancing counts and draws
+    pairs by it, so that it works on the pool dedup leaves, as MetaCLIP does. It is the row's uid when the URL is
+    already in normal form."""
+    return uid_of(normalize_url(url), text)
 
 
 def _split_port(hostport: str) -> tuple[str, str | None]:

@@ -76,7 +76,6 @@ class BalancePlan:
                 f"{self._rows()} ({self.expected_size / max(self.pool, 1):.1%}); head entries (c_e > t, sampled down): "
                 f"{self.head:,}; tail entries (kept whole): {self.tail:,}; entries never matched: {self.unused:,}")
 
-
     def _rows(self) -> str:
         return "" if self.rows is None or self.rows == self.pool else f" ({self.rows:,} rows)"
 
