@@ -183,7 +183,7 @@ def test_stall_ends_on_stop() -> None:
     srv = ImageServer(stall_s=30).start()
     sock = socket.create_connection((srv.host, srv.port), timeout=5)
     sock.sendall(b"GET /fault/stall.jpg HTTP/1.0\r\nHost: x\r\n\r\n")
-    assert sock.recv(4096).startswith(b"HTTP/1.0 200")
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
     time.sleep(0.3)
     assert srv.busy == 1
     srv.stop()

@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 import urllib.response
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache, partial
 from typing import Any
@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from witbuild import layout
+from witbuild.keepalive import KeptConnections, stale
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -438,11 +439,14 @@ def request_deadline(request: urllib.request.Request) -> Deadline | None:
     return getattr(request, "witbuild_deadline", None)
 
 
-def _open_guarded(handler: urllib.request.AbstractHTTPHandler, connection: type, request: urllib.request.Request,
+def _open_guarded(handler: _KeepAliveMixin, connection: type, request: urllib.request.Request,
                   allow: tuple[str, ...], **kw: Any) -> http.client.HTTPResponse:
     deadline = request_deadline(request)
     try:
-        response = handler.do_open(partial(connection, allow=allow, deadline=deadline), request, **kw)  # type: ignore[arg-type]
+        if request.get_method() in ("GET", "HEAD") and not request.has_proxy():
+            response = handler.open_kept(partial(connection, allow=allow, deadline=deadline), request, **kw)
+        else:
+            response = handler.do_open(partial(connection, allow=allow, deadline=deadline), request, **kw)  # type: ignore[attr-defined]
     except OSError as exc:  # urllib's URLError too: a cut-off exchange says so, not "connection reset"
         if deadline is not None and deadline.passed():
             raise TotalTimeoutError(f"timed out: no answer from {request.host} within the total timeout") from exc
@@ -453,19 +457,93 @@ def _open_guarded(handler: urllib.request.AbstractHTTPHandler, connection: type,
     return response
 
 
-class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+def _released(conn: Any) -> bool:
+    """Frees a kept connection from its last exchange's deadline (that exchange is over); False if the deadline has
+    fired, when the watch may be shutting the socket. The watch marks a deadline fired before it looks up the
+    socket, so once the socket is unset here, a deadline not yet fired can never shut it."""
+    last = conn.deadline
+    if last is None:
+        return True
+    last.sock = None
+    return not last.fired
+
+
+def _rearm(conn: Any, deadline: Deadline | None, timeout: Any) -> None:
+    """Puts a kept connection under the next exchange's deadline and read timeout."""
+    conn.deadline = deadline
+    if deadline is not None:
+        _deadline_watch().watch(conn.sock, deadline)
+    if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT and conn.timeout != timeout:  # type: ignore[attr-defined]
+        conn.timeout = timeout
+        conn.sock.settimeout(timeout)
+
+
+class _KeepAliveMixin:
+    """urllib's ``do_open`` for GETs, with the connection kept for the thread's next request to the same host
+    (:mod:`witbuild.keepalive`); with a proxy, or for other methods, urllib's own ``do_open``."""
+
+    kept: KeptConnections
+
+    def open_kept(self, make: Callable[..., Any], request: urllib.request.Request, **kw: Any
+                  ) -> http.client.HTTPResponse:
+        if not request.host:
+            raise urllib.error.URLError("no host given")
+        headers = dict(request.unredirected_hdrs)
+        headers.update({k: v for k, v in request.headers.items() if k not in headers})
+        headers = {name.title(): value for name, value in headers.items()}
+        conn = self.kept.take(request.host, _released)
+        if conn is not None:
+            _rearm(conn, request_deadline(request), request.timeout)
+            try:
+                response = _send(conn, request, headers)
+            except (OSError, http.client.HTTPException) as exc:
+                if not stale(exc) or (conn.deadline is not None and conn.deadline.passed()):
+                    raise
+                conn = None  # the server closed it while it was kept: once more on a new connection
+        if conn is None:
+            conn = make(request.host, timeout=request.timeout, **kw)
+            response = _send(conn, request, headers)
+        self.kept.keep(request.host, conn, response)
+        response.url = request.get_full_url()  # type: ignore[attr-defined]
+        response.msg = response.reason  # type: ignore[assignment]  # as urllib's do_open: clients read the reason there
+        return response
+
+    def close(self) -> None:
+        self.kept.close()
+        super().close()  # type: ignore[misc]
+
+
+def _send(conn: http.client.HTTPConnection, request: urllib.request.Request, headers: dict[str, str]
+          ) -> http.client.HTTPResponse:
+    """One request on ``conn``, as urllib's ``do_open`` sends it (an error sending it is a URLError); the
+    connection is closed if it fails."""
+    try:
+        try:
+            conn.request(request.get_method(), request.selector, request.data, headers,
+                         encode_chunked=request.has_header("Transfer-encoding"))
+        except OSError as err:
+            raise urllib.error.URLError(err) from err
+        return conn.getresponse()
+    except BaseException:
+        conn.close()
+        raise
+
+
+class _GuardedHTTPHandler(_KeepAliveMixin, urllib.request.HTTPHandler):
     def __init__(self, allow: tuple[str, ...]) -> None:
         super().__init__()
         self.allow = allow
+        self.kept = KeptConnections()
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return _open_guarded(self, _GuardedHTTPConnection, req, self.allow)
 
 
-class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+class _GuardedHTTPSHandler(_KeepAliveMixin, urllib.request.HTTPSHandler):
     def __init__(self, allow: tuple[str, ...]) -> None:
         super().__init__()
         self.allow = allow
+        self.kept = KeptConnections()
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return _open_guarded(self, _GuardedHTTPSConnection, req, self.allow,
@@ -636,3 +714,4 @@ def guarded_urlopen(policy: Policy = (), extra: Sequence[urllib.request.BaseHand
         yield opener
     finally:
         urllib.request.install_opener(previous)
+        opener.close()  # this thread's kept connections; the download threads' closed as they ended

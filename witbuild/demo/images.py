@@ -623,6 +623,8 @@ def _make_handler(server: ImageServer) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "witbuild-images/1"
+        protocol_version = "HTTP/1.1"  # keeps a connection open for the client's next request, as web servers do
+        disable_nagle_algorithm = True  # headers and body go out as written, not after the client's delayed ACK
         timeout = 60  # idle clients cannot pin a thread forever
 
         def do_GET(self) -> None:
@@ -685,7 +687,10 @@ def _make_handler(server: ImageServer) -> type[BaseHTTPRequestHandler]:
                     self.wfile.write(chunk)
                     self.wfile.flush()
                     sent += len(chunk)
-                    if sent >= len(data) or not self._pause(gap_s, deadline):
+                    if sent >= len(data):
+                        break
+                    if not self._pause(gap_s, deadline):
+                        self.close_connection = True  # the body was cut short: the connection cannot go on
                         break
             finally:
                 with server._busy_lock:

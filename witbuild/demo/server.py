@@ -77,6 +77,10 @@ class DemoWebServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keeps a connection open for the client's next request, as web servers do
+            disable_nagle_algorithm = True  # headers and body go out as written, not after the client's delayed ACK
+            timeout = 60  # idle clients cannot pin a thread forever
+
             def do_GET(self) -> None:
                 server.requests.append(self.path)
                 path = self.path.split("?", 1)[0]
