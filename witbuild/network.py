@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from witbuild import layout
 from witbuild.keepalive import KeptConnections, stale
+from witbuild.resolver import getaddrinfo_within
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -265,14 +266,16 @@ class BlockedAddressError(ConnectionError):
     download stage's error classes count it as ``blocked_address``."""
 
 
-def checked_addresses(host: str, port: int, policy: Policy = ()) -> list[tuple[Any, ...]]:
+def checked_addresses(host: str, port: int, policy: Policy = (), timeout: float | None = None
+                      ) -> list[tuple[Any, ...]]:
     """``getaddrinfo`` results for (host, port), all of them allowed; BlockedAddressError if the host is
-    refused literally or ANY resolved address is refused (a host that also resolves to 10.x is hostile)."""
+    refused literally or ANY resolved address is refused (a host that also resolves to 10.x is hostile).
+    ``timeout``: seconds the lookup may take (:func:`witbuild.resolver.getaddrinfo_within`)."""
     allow = allow_tuple(policy)
     reason = host_refusal(host, allow)
     if reason is not None:
         raise BlockedAddressError(f"blocked address: host {host} refused ({reason}); see network.allow_addresses")
-    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    infos = getaddrinfo_within(host, port, timeout)
     for info in infos:
         ip = str(info[4][0])
         reason = address_refusal(ip, allow)
@@ -284,12 +287,16 @@ def checked_addresses(host: str, port: int, policy: Policy = ()) -> list[tuple[A
 
 def guarded_create_connection(address: tuple[str, int], timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT,  # type: ignore[attr-defined]
                               source_address: tuple[str, int] | None = None, *, allow: tuple[str, ...] = (),
-                              **_: Any) -> socket.socket:
+                              deadline: Deadline | None = None, **_: Any) -> socket.socket:
     """``socket.create_connection`` that connects only to addresses the policy allows: it resolves once,
     checks every address, and connects to a checked sockaddr (no second lookup a rebinding DNS could
-    answer differently)."""
+    answer differently). The lookup takes at most ``timeout`` seconds, and never past ``deadline``."""
     host, port = address
-    infos = checked_addresses(host, port, allow)
+    limit = None if timeout is socket._GLOBAL_DEFAULT_TIMEOUT else timeout  # type: ignore[attr-defined]
+    if deadline is not None:
+        left = deadline.at - time.monotonic()
+        limit = left if limit is None else min(limit, left)
+    infos = checked_addresses(host, port, allow, limit)
     error: OSError | None = None
     for af, socktype, proto, _canon, sa in infos:
         sock = None
@@ -409,8 +416,12 @@ class _GuardedConnectionMixin:
     sock: socket.socket | None
 
     def _guard(self, allow: tuple[str, ...], deadline: Deadline | None) -> None:
-        self._create_connection = partial(guarded_create_connection, allow=allow)
+        self._create_connection = self._guarded_create_connection
+        self.allow = allow
         self.deadline = deadline
+
+    def _guarded_create_connection(self, address: tuple[str, int], *args: Any, **kw: Any) -> socket.socket:
+        return guarded_create_connection(address, *args, allow=self.allow, deadline=self.deadline, **kw)
 
     def connect(self) -> None:
         super().connect()  # type: ignore[misc]

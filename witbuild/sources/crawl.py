@@ -40,6 +40,7 @@ from witbuild import __version__
 from witbuild.config import CrawlConfig
 from witbuild.counters import StageCounts
 from witbuild.network import NetworkConfig, address_allowed, allow_networks, host_refusal
+from witbuild.resolver import LookupTimeoutError, getaddrinfo_within
 from witbuild.sources.html import decode_html, is_html
 from witbuild.sources.urls import DEFAULT_PORTS, resolve, split_origin
 
@@ -360,7 +361,9 @@ class _HostCrawl:
         if literal is not None:
             raise _Refused("address_refused", f"{host} is a refused address ({literal})")
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = getaddrinfo_within(host, port, self.cfg.connect_timeout)
+        except LookupTimeoutError as exc:
+            raise _Refused("dns_timeout", f"cannot resolve {host}: {exc}") from exc
         except (socket.gaierror, UnicodeError) as exc:
             raise _Refused("dns_error", f"cannot resolve {host}: {exc}") from exc
         ips = list(dict.fromkeys(str(info[4][0]) for info in infos))
