@@ -21,7 +21,6 @@ import contextlib
 import http.client
 import io
 import ipaddress
-import os
 import re
 import socket
 import threading
@@ -41,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from witbuild import layout
 from witbuild.keepalive import KeptConnections, stale
+from witbuild.per_process import PerProcess
 from witbuild.resolver import getaddrinfo_within
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -396,17 +396,7 @@ class _DeadlineWatch:
             time.sleep(self.GRAIN)
 
 
-_watch: tuple[int, _DeadlineWatch] | None = None
-_watch_lock = threading.Lock()
-
-
-def _deadline_watch() -> _DeadlineWatch:
-    """This process's watch (a forked child starts its own: the parent's thread is not in it)."""
-    global _watch
-    with _watch_lock:
-        if _watch is None or _watch[0] != os.getpid():
-            _watch = (os.getpid(), _DeadlineWatch())
-        return _watch[1]
+_watch = PerProcess(_DeadlineWatch)  # a forked child starts its own: the parent's thread is not in it
 
 
 class _GuardedConnectionMixin:
@@ -426,7 +416,7 @@ class _GuardedConnectionMixin:
     def connect(self) -> None:
         super().connect()  # type: ignore[misc]
         if self.deadline is not None and self.sock is not None:
-            _deadline_watch().watch(self.sock, self.deadline)
+            _watch.get().watch(self.sock, self.deadline)
 
 
 class _GuardedHTTPConnection(_GuardedConnectionMixin, http.client.HTTPConnection):
@@ -483,7 +473,7 @@ def _rearm(conn: Any, deadline: Deadline | None, timeout: Any) -> None:
     """Puts a kept connection under the next exchange's deadline and read timeout."""
     conn.deadline = deadline
     if deadline is not None:
-        _deadline_watch().watch(conn.sock, deadline)
+        _watch.get().watch(conn.sock, deadline)
     if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT and conn.timeout != timeout:  # type: ignore[attr-defined]
         conn.timeout = timeout
         conn.sock.settimeout(timeout)

@@ -8,7 +8,6 @@ limit for the answer; a numeric address needs no lookup and is parsed in place.
 
 from __future__ import annotations
 
-import os
 import queue
 import socket
 import threading
@@ -16,6 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
+
+from witbuild.per_process import PerProcess
 
 #: Lookups one process runs at once; more wait their turn (within their own time limit).
 LOOKUP_THREADS = 8
@@ -49,17 +50,7 @@ class _Lookups:
                 future.set_exception(exc)
 
 
-_lookups: tuple[int, _Lookups] | None = None
-_lookups_lock = threading.Lock()
-
-
-def _pool() -> _Lookups:
-    """This process's lookup threads (a forked child starts its own: the parent's threads are not in it)."""
-    global _lookups
-    with _lookups_lock:
-        if _lookups is None or _lookups[0] != os.getpid():
-            _lookups = (os.getpid(), _Lookups(LOOKUP_THREADS))
-        return _lookups[1]
+_lookups = PerProcess(lambda: _Lookups(LOOKUP_THREADS))
 
 
 def getaddrinfo_within(host: str, port: int | str | None, timeout: float | None,
@@ -72,7 +63,7 @@ def getaddrinfo_within(host: str, port: int | str | None, timeout: float | None,
         pass  # a name: the resolver's
     if timeout is None:
         return socket.getaddrinfo(host, port, 0, socktype)
-    future = _pool().submit(socket.getaddrinfo, host, port, 0, socktype)
+    future = _lookups.get().submit(socket.getaddrinfo, host, port, 0, socktype)
     try:
         return future.result(max(0.0, timeout))
     except FutureTimeout:
