@@ -3,6 +3,7 @@ HTTP/1.1 server on 127.0.0.1 that counts the connections it accepts."""
 
 from __future__ import annotations
 
+import gc
 import http.client
 import http.server
 import threading
@@ -47,6 +48,8 @@ class _CountingServer(http.server.ThreadingHTTPServer):
                 time.sleep(float(query.get("delay", ["0"])[0]))
                 if split.path == "/redirect":
                     self._answer(302, b"moved\n", {"Location": "/ok"})
+                elif split.path == "/robots.txt":
+                    self._answer(200, b"User-agent: *\nDisallow: /private/\n", {})
                 elif split.path == "/ok":
                     self._answer(200, BODY, {})
                 elif split.path == "/close":
@@ -176,3 +179,31 @@ def test_a_kept_connection_still_answers_to_its_own_deadline(server: _CountingSe
         _get(opener, server.url("/ok?delay=3"))
     assert time.monotonic() - started < 2.0
     assert server.connections == 1
+
+
+def _established_to(port: int) -> int:
+    import psutil
+
+    return sum(1 for c in psutil.Process().net_connections(kind="tcp")
+               if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+
+
+def test_closing_the_opener_closes_the_threads_kept_connection(server: _CountingServer) -> None:
+    opener = guarded_opener(LOOPBACK, total_timeout=30)
+    assert _get(opener, server.url("/ok")) == BODY
+    assert _established_to(server.server_address[1]) == 1  # kept for the next request
+    opener.close()
+    assert _established_to(server.server_address[1]) == 0
+
+
+def test_a_robots_fetch_leaves_no_connection_open(server: _CountingServer) -> None:
+    from witbuild.robots import OK, RobotsLimits, fetch_robots
+
+    gc.disable()  # a collection would close a forgotten connection too, and hide that it was forgotten
+    try:
+        answer = fetch_robots(server.url(""), LOOPBACK, RobotsLimits(), "test")
+        assert (answer.outcome, answer.status) == (OK, 200)
+        assert server.requests == 1
+        assert _established_to(server.server_address[1]) == 0
+    finally:
+        gc.enable()

@@ -585,6 +585,15 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
         return new
 
 
+class _GuardedOpener(urllib.request.OpenerDirector):
+    """An opener whose ``close()`` closes the connections its handlers keep for the calling thread (urllib's
+    ``close`` does nothing)."""
+
+    def close(self) -> None:
+        for handler in self.handlers:
+            handler.close()
+
+
 def guarded_opener(policy: Policy = (), extra: Sequence[urllib.request.BaseHandler] = (),
                    total_timeout: float | None = None) -> urllib.request.OpenerDirector:
     """A urllib opener whose every request, redirect hops included, goes through the policy: the URL's host
@@ -595,7 +604,7 @@ def guarded_opener(policy: Policy = (), extra: Sequence[urllib.request.BaseHandl
     last."""
     allow = allow_tuple(policy)
     allow_networks(allow)
-    opener = urllib.request.OpenerDirector()
+    opener = _GuardedOpener()
     for handler in (_RequestCheck(allow, total_timeout), urllib.request.ProxyHandler(),
                     urllib.request.UnknownHandler(), _GuardedHTTPHandler(allow), _GuardedHTTPSHandler(allow),
                     urllib.request.HTTPDefaultErrorHandler(), _RedirectHandler(), urllib.request.HTTPErrorProcessor(),

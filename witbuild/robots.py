@@ -121,6 +121,8 @@ def fetch_robots(origin: str, policy: Policy, limits: RobotsLimits, user_agent: 
     except Exception as exc:  # a stranger's server: every other failure means "unreachable"
         reason = getattr(exc, "reason", exc)
         return RobotsAnswer(origin, UNREACHABLE, None, "", error=f"{type(exc).__name__}: {reason}"[:300])
+    finally:
+        opener.close()  # one file per origin: its kept connection would stay open until garbage collection
     return RobotsAnswer(origin, OK, status, body.decode("utf-8-sig", errors="replace"), oversize=cut)
 
 
