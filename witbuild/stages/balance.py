@@ -136,6 +136,38 @@ def plan_balance(df: Any, n_entries: int, cfg: BalanceConfig) -> BalancePlan:
         pairs.unpersist()
 
 
+def kept_counts(pairs: Any, p: np.ndarray, seed: int, uniform: float | None) -> tuple[np.ndarray, int]:
+    """(kept pairs per entry, kept pairs) of :func:`distinct_pairs` ``pairs``, by the draws :func:`balance_arrow`
+    gives each of their rows (they depend on the pair and its match list only): one pass over the pairs, where
+    counting them back from the written rows would take a read, a hash of every row and a shuffle more."""
+    p_bc = pairs.sparkSession.sparkContext.broadcast(p)
+    n_entries = len(p)
+
+    def sums(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        per_entry, kept = np.zeros(n_entries, dtype=np.int64), 0
+        for batch in batches:
+            matched = batch.column("matched").to_pylist()
+            draw_matched, draw_p = ([[0]] * len(matched), np.array([uniform])) if uniform is not None else (
+                matched, p_bc.value)
+            keep = balance_batch(batch.column("pair").to_pylist(), draw_matched, draw_p, seed)
+            kept += int(keep.sum())
+            ids = [e for m, k in zip(matched, keep, strict=True) if k for e in m]
+            per_entry += np.bincount(np.asarray(ids, dtype=np.int64), minlength=n_entries)
+        found = np.flatnonzero(per_entry)
+        yield pa.RecordBatch.from_pydict({"e": np.append(found, -1), "n": np.append(per_entry[found], kept)},
+                                         schema=pa.schema([("e", pa.int64()), ("n", pa.int64())]))
+
+    rows = pairs.mapInArrow(sums, "e long, n long").groupBy("e").sum("n").collect()
+    p_bc.unpersist()
+    per_entry, kept = np.zeros(n_entries, dtype=np.int64), 0
+    for r in rows:
+        if r["e"] < 0:
+            kept = int(r["sum(n)"])
+        else:
+            per_entry[r["e"]] = r["sum(n)"]
+    return per_entry, kept
+
+
 def _plan(pairs: Any, n_entries: int, cfg: BalanceConfig, rows: int) -> BalancePlan:
     counts = entry_counts(pairs, n_entries)
     pool = pairs.count()
@@ -185,25 +217,26 @@ def run_balance(ctx: StageContext) -> StageCounts:
     cfg = ctx.cfg
     entries, manifest = prepare_querylist(ctx.spark, cfg, None)
     df = ctx.spark.read.parquet(ctx.previous)
-    plan = plan_balance(df, len(entries), cfg.balance)
-    log.info("balance: %s", plan.describe())
-    p = entry_probabilities(plan.counts, plan.t) if plan.uniform is None else np.full(len(entries), plan.uniform)
-    p_bc = ctx.spark.sparkContext.broadcast(p)
-    seed = cfg.balance.seed
-    out_schema = schemas.load("balanced")
-    arrow_schema = out_schema.arrow()
+    rows = df.count()
+    pairs = distinct_pairs(df).cache()  # planned over, then counted again as kept
+    try:
+        plan = _plan(pairs, len(entries), cfg.balance, rows)
+        log.info("balance: %s", plan.describe())
+        p = entry_probabilities(plan.counts, plan.t) if plan.uniform is None else np.full(len(entries), plan.uniform)
+        p_bc = ctx.spark.sparkContext.broadcast(p)
+        seed = cfg.balance.seed
+        out_schema = schemas.load("balanced")
+        arrow_schema = out_schema.arrow()
 
-    def task(batches: Iterator[pa.RecordBatch], counts: StageCounts) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            yield balance_arrow(batch, p_bc.value, seed, counts, arrow_schema, plan.uniform)
+        def task(batches: Iterator[pa.RecordBatch], counts: StageCounts) -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                yield balance_arrow(batch, p_bc.value, seed, counts, arrow_schema, plan.uniform)
 
-    counts = ctx.map_batches(task, df)
-    p_bc.unpersist()
-
-    kept_pairs = distinct_pairs(ctx.spark.read.parquet(ctx.output)).cache()
-    kept = entry_counts(kept_pairs, len(entries))
-    pairs_out = kept_pairs.count()
-    kept_pairs.unpersist()
+        counts = ctx.map_batches(task, df)
+        p_bc.unpersist()
+        kept, pairs_out = kept_counts(pairs, p, seed, plan.uniform)
+    finally:
+        pairs.unpersist()
     table = schemas.load("entry_counts").table({
         "entry_id": list(range(len(entries))), "entry": entries, "count": plan.counts.tolist(),
         "probability": p.tolist(), "kept": kept.tolist()})
