@@ -147,9 +147,7 @@ def kept_counts(pairs: Any, p: np.ndarray, seed: int, uniform: float | None) -> 
         per_entry, kept = np.zeros(n_entries, dtype=np.int64), 0
         for batch in batches:
             matched = batch.column("matched").to_pylist()
-            draw_matched, draw_p = ([[0]] * len(matched), np.array([uniform])) if uniform is not None else (
-                matched, p_bc.value)
-            keep = balance_batch(batch.column("pair").to_pylist(), draw_matched, draw_p, seed)
+            keep = balance_batch(batch.column("pair").to_pylist(), *_draw_inputs(matched, p_bc.value, uniform), seed)
             kept += int(keep.sum())
             ids = [e for m, k in zip(matched, keep, strict=True) if k for e in m]
             per_entry += np.bincount(np.asarray(ids, dtype=np.int64), minlength=n_entries)
@@ -190,15 +188,21 @@ def _plan(pairs: Any, n_entries: int, cfg: BalanceConfig, rows: int) -> BalanceP
                        rows=rows)
 
 
+def _draw_inputs(matched: list[list[int]], p: np.ndarray, uniform: float | None
+                 ) -> tuple[list[list[int]], np.ndarray]:
+    """The match lists and entry probabilities a batch's draws take: with ``uniform``, one draw per pair, the draw
+    of entry 0 whatever the pair matched, kept below ``uniform``."""
+    if uniform is None:
+        return matched, p
+    return [[0]] * len(matched), np.array([uniform])
+
+
 def balance_arrow(batch: pa.RecordBatch, p: np.ndarray, seed: int, counts: StageCounts,
                   out_schema: pa.Schema, uniform: float | None = None) -> pa.RecordBatch:
     """The rows of ``batch`` whose pair MetaCLIP's draws keep; with ``uniform`` those whose one draw (the draw of
     entry 0, whatever the pair matched) falls below it, so the sample is as seeded and reproducible as balancing."""
     counts.rows_in += batch.num_rows
-    matched = batch.column("matched").to_pylist()
-    if uniform is not None:
-        matched = [[0]] * batch.num_rows
-        p = np.array([uniform])
+    matched, p = _draw_inputs(batch.column("matched").to_pylist(), p, uniform)
     keep = balance_batch(_pair_keys(batch), matched, p, seed)
     prob = keep_probabilities(matched, p)
     n = int(keep.sum())
