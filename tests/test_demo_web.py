@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
+import struct
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,6 +234,24 @@ def test_broken_links_answer_404_and_robots_txt_is_served(web, pages):
     for path in ("/pages/img/draw-circle-red-9-blue-0.jpg", "/pages/img/sk-eagle-0.jpg", "/pages/img/digit-9999.jpg",
                  "/pages/img/draw-circle-red-1-red-0.jpg", "/other/digit-0001.jpg"):
         assert demo_image(path) is None, path
+
+
+def test_a_client_resetting_a_kept_connection_is_no_traceback(web, pages, capsys):
+    """A client that closes a kept connection with an error page it did not read sends a reset (img2dataset does
+    not read a 404's body): normal for a server, not a traceback on its error stream."""
+    broken = next(img for p in pages for img in p.images
+                  if img.url and not img.content and img.kind not in ("svg", "data_placeholder"))
+    path = broken.url[len(web.site):] if broken.url.startswith(web.site) else broken.url
+    port = web.httpd.server_address[1]
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            assert sock.recv(12).startswith(b"HTTP/1.1 404")
+            time.sleep(0.05)  # the rest of the answer arrives and stays unread: the close below resets
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    time.sleep(0.3)  # the server's thread reads the reset
+    assert "Traceback" not in capsys.readouterr().err
+    assert get(web, "/robots.txt").status_code == 200
 
 
 def _check_eval_folder(folder: Path) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from witbuild.demo import DEMO_HOST, DEMO_PORT
 from witbuild.demo.images import digit_image, draw_shapes, encode, skimage_web_image
@@ -60,6 +62,13 @@ def demo_job_settings(n_pages: int) -> list[str]:
 
 class _DemoHTTPServer(ThreadingHTTPServer):
     request_queue_size = LISTEN_BACKLOG
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up is normal, not a traceback: one closing a kept connection with a response it did
+        not read (an error page img2dataset did not read) resets it, as a timed-out client does."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class DemoWebServer:
