@@ -385,9 +385,10 @@ class JobRun:
     wall_offset: float  # time.time() - time.monotonic() while it ran: file times to the monotonic clock
 
 
-def job_command(web: Path, build: Path, sets: list[str], master: str, until: str) -> list[str]:
+def job_command(web: Path, build: Path, sets: list[str], master: str, until: str, conf: list[str] = ()) -> list[str]:
     return [str(Path(sys.executable).parent / "spark-submit"), "--master", master,
-            "--driver-memory", "1g", "--executor-memory", "1g", str(JOB), "--config", str(CONFIG),
+            "--driver-memory", "1g", "--executor-memory", "1g", *(a for c in conf for a in ("--conf", c)),
+            str(JOB), "--config", str(CONFIG),
             "--input", str(web), "--output", str(build), "--until-stage", until, *sets]
 
 
@@ -417,6 +418,7 @@ def run_job(cmd: list[str], log: Path, watch: tuple[Path, Path] | None) -> JobRu
     sampler.join()
     if copier:
         copier.join()
+    log.with_suffix(".out").write_text("".join(lines))  # the job's own output, beside Spark's log
     return JobRun(rc, wall, started, done_at, sampler.samples, "".join(lines), log.read_text()[-4000:],
                   sorted(sampler.others), time.time() - time.monotonic())
 
@@ -551,7 +553,7 @@ def finished_job(run: JobRun, build: Path, names: tuple[str, ...]) -> dict:
 def timed_build(web: Path, build: Path, sets: list[str], args: argparse.Namespace, until: str,
                 watch: tuple[Path, Path] | None) -> tuple[JobRun, dict, dict]:
     names = STAGES[: STAGES.index(until) + 1]
-    cmd = job_command(web, build, sets, args.master, until)
+    cmd = job_command(web, build, sets, args.master, until, args.spark_conf)
     print("$ " + " ".join(cmd), flush=True)
     log = build.parent / f"{build.name}.log"
     run = run_job(cmd, log, watch)
@@ -623,7 +625,8 @@ def repeat_round(r: int, work: Path, sets: list[str], args: argparse.Namespace, 
             plain = timed_plain(url_list, folder, cfg, cores)
             shutil.rmtree(folder, ignore_errors=True)
         else:
-            cmd = [*job_command(work / "web", build, sets, args.master, STAGES[-1]), "--from-stage", RERUN_FROM]
+            cmd = [*job_command(work / "web", build, sets, args.master, STAGES[-1], args.spark_conf),
+                   "--from-stage", RERUN_FROM]
             run = run_job(cmd, work / f"build-{r}.log", None)
             report = finished_job(run, build, POST_STAGES)
             windows = stage_windows(run, report)
@@ -842,6 +845,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--per-shard", type=int, default=None,
                    help="download.number_sample_per_shard (default: the config's, 250)")
     p.add_argument("--balance-t", type=int, default=KEEP_ALL_T, help="balance.t (default: keep every pair)")
+    p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Spark setting for the build's spark-submit (repeatable), e.g. "
+                        "spark.eventLog.enabled=true to see where a stage's time goes")
     p.add_argument("--json", type=Path, default=DATA / "bench_build.json")
     p.add_argument("--data-dir", type=Path, default=DATA, help="where the pool's WARC files are cached")
     p.add_argument("--keep", action="store_true", help="keep the work folders (webs, builds, shards)")

@@ -4,6 +4,7 @@ with it member for member, and fall back to it for what it does not read itself.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import subprocess
@@ -114,6 +115,33 @@ def test_unreadable_files_raise_a_tar_error(tmp_path):
     cut.write_bytes(whole.read_bytes()[:3000])  # the data stops mid-member
     with pytest.raises(tarfile.TarError), open(cut, "rb") as fh:
         list(tar_io.iter_files(fh))
+
+
+@pytest.mark.parametrize("member", [0, 1, 2])
+def test_a_header_with_a_wrong_checksum_is_left_to_tarfile(tmp_path, member):
+    """The fast reader checks every header's checksum (all at once, after its walk): one wrong header, wherever
+    it is, hands the file to ``tarfile``, which stops there as it does."""
+    whole = tmp_path / "whole.tar"
+    with tarfile.open(whole, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for i in range(3):
+            info = tarfile.TarInfo(f"{i:06d}.txt")
+            info.size = 700
+            tar.addfile(info, io.BytesIO(bytes([65 + i]) * 700))
+    data = bytearray(whole.read_bytes())
+    header = member * 3 * tarfile.BLOCKSIZE  # each member: its header and two data blocks
+    data[header] ^= 1  # its name's first byte: the stored checksum no longer matches
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(data))
+    assert _fast_works(whole)
+    assert not _fast_works(bad)
+    with open(bad, "rb") as fh:
+        try:
+            listed = [e.name for e in tar_io.tar_entries(fh)]
+        except tarfile.TarError:
+            listed = None
+    with tarfile.open(bad) if member else contextlib.nullcontext() as tar:
+        expected = [m.name for m in tar.getmembers()] if member else None
+    assert listed == expected
 
 
 def test_write_tar_is_what_tarfile_writes_and_gnu_tar_reads(tmp_path):
