@@ -111,7 +111,11 @@ def _labs(images: np.ndarray) -> np.ndarray:
     out = np.empty(images.shape)
     for i in range(images.shape[0]):
         for p in range(images.shape[1]):
-            _lab_of(_LINEAR[images[i, p, 0]], _LINEAR[images[i, p, 1]], _LINEAR[images[i, p, 2]], out[i], p)
+            r, g, b = images[i, p, 0], images[i, p, 1], images[i, p, 2]
+            if p and r == images[i, p - 1, 0] and g == images[i, p - 1, 1] and b == images[i, p - 1, 2]:
+                out[i, p] = out[i, p - 1]  # a run of one colour (a drawing's background): the same numbers
+            else:
+                _lab_of(_LINEAR[r], _LINEAR[g], _LINEAR[b], out[i], p)
     return out
 
 
