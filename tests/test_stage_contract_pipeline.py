@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from witbuild import layout
+from witbuild import layout, pipeline
 from witbuild.config import BuildConfig, load_config
 from witbuild.counters import StageCounts
-from witbuild.pipeline import CountsChainError, StageResult, check_chain, run_build
+from witbuild.pipeline import CountsChainError, StageResult, check_chain, import_ahead, run_build
 from witbuild.stages.context import StageContext
 from witbuild.stages.registry import STAGE_NAMES, Stage
 
@@ -39,7 +40,12 @@ def stages(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[int, int]]:
     """Every stage runs the stand-in; a test changes the counts a stage returns through the dict."""
     rows = dict(ROWS)
     monkeypatch.setattr(Stage, "load", lambda self: fake_stage(rows))
+    monkeypatch.setattr(pipeline, "import_ahead", lambda stages: AHEAD.append([st.name for st in stages]))
+    AHEAD.clear()
     return rows
+
+
+AHEAD: list[list[str]] = []  # the stages each run_build imported ahead
 
 
 @pytest.fixture
@@ -156,6 +162,30 @@ def test_an_unchanged_build_redoes_nothing(stages, web: Path, tmp_path: Path) ->
     listed = json.loads((out / "stages" / "match" / layout.FILES_FILE).read_text())
     assert set(listed) == {"part.txt", layout.SUCCESS_FILE, layout.COUNTS_FILE}
     assert ran(run_build(None, config(web, out))) == []
+    run_build(None, config(web, out), from_stage="download")
+    # the stages after the first to run are imported ahead: none that is skipped, nor the first (it starts at once)
+    assert [list(STAGE_NAMES[1:]), [], ["finalize"]] == AHEAD
+
+
+def test_import_ahead_imports_in_the_background_and_leaves_failures_to_the_stage(tmp_path: Path, monkeypatch,
+                                                                                  caplog) -> None:
+    (tmp_path / "slow_lib_for_test.py").write_text("import time\ntime.sleep(0.2)\nLOADED = True\n")
+    (tmp_path / "broken_stage_for_test.py").write_text("raise ImportError('no such thing')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("slow_lib_for_test", "broken_stage_for_test"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    stages = [Stage("a", None, "broken_stage_for_test:run", ()), Stage("b", "a", "json:loads", (),
+                                                                      imports=("slow_lib_for_test",))]
+    caplog.set_level(logging.DEBUG, logger="witbuild.pipeline")
+    thread = import_ahead(stages)
+    assert thread is not None and thread.daemon
+    assert "slow_lib_for_test" not in sys.modules  # still importing: the caller went on at once
+    thread.join(10)
+    assert sys.modules["slow_lib_for_test"].LOADED
+    assert "broken_stage_for_test" not in sys.modules and "importing broken_stage_for_test ahead failed" in caplog.text
+    with pytest.raises(ImportError, match="no such thing"):
+        stages[0].load()
+    assert import_ahead([]) is None
 
 
 @pytest.mark.parametrize(("stage", "edit", "said"), [

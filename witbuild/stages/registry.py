@@ -45,6 +45,11 @@ class Stage:
     crawl_config: tuple[str, ...] = ()
     resumable: bool = False
     rule: int = 1
+    imports: tuple[str, ...] = ()  # slow libraries its run imports, imported ahead while earlier stages run
+
+    @property
+    def module(self) -> str:
+        return self.function.split(":")[0]
 
     def load(self) -> Callable[[Any], Any]:
         module, fn = self.function.split(":")
@@ -66,7 +71,7 @@ REGISTRY: tuple[Stage, ...] = (
                                                                   "dedup.exact_image"), "balanced"),
     Stage("download", "dedup", "witbuild.stages.download:run_download",
           ("download", "network", "crawl.read_timeout", "crawl.total_timeout", "crawl.max_page_bytes"),
-          resumable=True),
+          resumable=True, imports=("img2dataset",)),  # ~2 s: webdataset, torch, albumentations
     Stage("finalize", "download", "witbuild.stages.finalize:run_finalize", ("dedup", "clip_score"), "index"),
 )
 
