@@ -3,8 +3,10 @@ signatures those of the bytes in the tar, and finalize's read the same rows and 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,9 +16,16 @@ from img2dataset.writer import WebDatasetSampleWriter
 from witbuild.counters import StageCounts
 from witbuild.dedup import shard_signatures
 from witbuild.dedup.near import image_signature
-from witbuild.dedup.shard_signatures import SigningWriterClass, read_signatures, signatures_path
+from witbuild.dedup.shard_signatures import (
+    SigningWriterClass,
+    members_path,
+    read_members,
+    read_signatures,
+    signatures_path,
+)
 from witbuild.demo.images import draw_image, encode
-from witbuild.stages.finalize import read_tar_members, samples_schema, shard_samples
+from witbuild.stages.finalize import read_tar_members, rewrite_shard, samples_schema, shard_samples
+from witbuild.tar_io import entries_match, tar_entries
 
 SCHEMA = pa.schema([("url", pa.string()), ("caption", pa.string()), ("key", pa.string()), ("status", pa.string()),
                     ("error_message", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
@@ -82,7 +91,7 @@ def test_a_new_attempt_at_a_shard_never_keeps_the_last_ones_signatures(tmp_path,
     tar = _write(tmp_path, SigningWriterClass(WebDatasetSampleWriter), images)
     writer = SigningWriterClass(WebDatasetSampleWriter)(0, str(tmp_path), True, 5, SCHEMA, "jpg")
     writer.write(images["000000001"], "000000001", "c", _meta("000000001", True))  # killed before close
-    assert read_signatures(tar) is None
+    assert read_signatures(tar) is None and read_members(tar) is None
     writer.inner.close()
 
 
@@ -106,3 +115,41 @@ def test_finalize_reads_the_same_rows_with_or_without_the_saved_signatures(tmp_p
     assert _read(tar_missing)[1:] == ({"undecodable_image": 1, "missing_in_tar": 1}, {})
     os.remove(signatures_path(tar))  # shards from another tool, or an older download
     assert _read(tar) == (rows, dropped, {})
+
+
+def test_the_saved_member_list_is_the_tars_listing_and_the_rewrite_is_the_same_without_it(tmp_path, images):
+    """The members the writer saved are the tar's own listing (``tar_entries``, on img2dataset's real tar), and
+    finalize's rewrite of the shard writes the same bytes from them as from reading the headers."""
+    tar = _write(tmp_path, SigningWriterClass(WebDatasetSampleWriter), images)
+    with open(tar, "rb") as fh:
+        listed = tar_entries(fh)
+    assert read_members(tar) == listed and len(listed) == 3 * 42  # jpg (or png, gif), txt and json of each
+    wanted = {k for k, v in images.items() if v is not None and int(k) % 3}
+    rewrite_shard(tar, str(tmp_path / "from-list.tar"), wanted)
+    saved = Path(members_path(tar)).read_bytes()
+    os.remove(members_path(tar))
+    assert read_members(tar) is None
+    rewrite_shard(tar, str(tmp_path / "from-headers.tar"), wanted)
+    assert (tmp_path / "from-list.tar").read_bytes() == (tmp_path / "from-headers.tar").read_bytes()
+    with open(members_path(tar), "wb") as fh:
+        fh.write(saved)
+    assert read_members(tar) == listed
+    with open(tar, "rb") as fh:
+        assert entries_match(fh, listed)
+        for shifted in (1, 512, 1536):  # a list that does not describe its tar is not used: the tar is listed
+            assert not entries_match(fh, [dataclasses.replace(e, offset_data=e.offset_data + shifted) for e in listed])
+        assert not entries_match(fh, [dataclasses.replace(listed[0], size=listed[0].size + 1)])
+        assert not entries_match(fh, [dataclasses.replace(listed[0], name="000000099.jpg")])
+    table = pa.ipc.open_file(members_path(tar)).read_all()
+    moved = table.set_column(1, "offset_data", pa.array([o + 512 for o in table.column(1).to_pylist()], pa.int64()))
+    with pa.OSFile(members_path(tar), "wb") as fh, pa.ipc.new_file(fh, moved.schema) as out:
+        out.write_table(moved)  # the tar's size as written, every offset wrong
+    assert read_members(tar) is not None
+    rewrite_shard(tar, str(tmp_path / "from-wrong-list.tar"), wanted)
+    assert (tmp_path / "from-wrong-list.tar").read_bytes() == (tmp_path / "from-headers.tar").read_bytes()
+    with open(tar, "ab") as fh:  # the tar changed after its members were saved: they are not used
+        fh.write(b"\0" * 512)
+    assert read_members(tar) is None
+    with open(members_path(tar), "wb") as fh:
+        fh.write(b"damaged")
+    assert read_members(tar) is None

@@ -154,6 +154,30 @@ def tar_entries(fh: IO[bytes]) -> list[TarEntry]:
         return _tarfile_entries(fh)
 
 
+def entries_match(fh: IO[bytes], entries: list[TarEntry]) -> bool:
+    """Whether each of ``entries`` (saved by another process) lies in the tar as saved: right after a ustar header
+    with its size and, where the name fits the header's name field, its name. A list that does not match its tar
+    would copy the wrong bytes without a word; this costs ~1 µs a member, against ~7 to read the headers. The
+    file's position is left where it was."""
+    start = fh.tell()
+    try:
+        for entry in entries:
+            if entry.offset_data < BLOCK or entry.size < 0:
+                return False
+            fh.seek(entry.offset_data - BLOCK)
+            header = fh.read(BLOCK)
+            if len(header) < BLOCK or header[257:263] not in (b"ustar\x00", b"ustar "):
+                return False
+            if entry.size < _MAX_SIZE and header[_SIZE] != b"%011o\0" % entry.size:
+                return False
+            name = entry.name.encode("utf-8", "surrogateescape")
+            if len(name) < 100 and header[: len(name) + 1] != name + tarfile.NUL:
+                return False
+        return True
+    finally:
+        fh.seek(start)
+
+
 def read_entry(fh: IO[bytes], entry: TarEntry) -> bytes:
     """The data of ``entry`` (from :func:`tar_entries` of the same file)."""
     fh.seek(entry.offset_data)

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from witbuild import layout
 from witbuild.counters import StageCounts
-from witbuild.dedup.shard_signatures import SUFFIX as SIGNATURES_SUFFIX
+from witbuild.dedup.shard_signatures import SUFFIXES as SAVED_SUFFIXES
 from witbuild.download import ImageLimits, apply_env, error_class, img2dataset_guarded
 from witbuild.network import BLOCKED_ADDRESS, allow_tuple, url_refusal
 from witbuild.robots import (
@@ -73,7 +73,7 @@ def forget_damaged_shards(fs: Any, folder: str) -> list[str]:
         except (ValueError, OSError):
             shard = path.rsplit("/", 1)[-1].split("_", 1)[0]
             damaged.append(shard)
-            for ext in ("_stats.json", ".tar", ".parquet", SIGNATURES_SUFFIX):
+            for ext in ("_stats.json", ".tar", ".parquet", *SAVED_SUFFIXES):
                 if fs.exists(f"{folder}/{shard}{ext}"):
                     fs.rm(f"{folder}/{shard}{ext}")
     if damaged:

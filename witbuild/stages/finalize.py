@@ -50,11 +50,11 @@ from witbuild.dedup.near import (
     write_removal_record,
 )
 from witbuild.dedup.phash import as_uint64, near_any, resolve_bands, to_signed64
-from witbuild.dedup.shard_signatures import read_signatures
+from witbuild.dedup.shard_signatures import read_members, read_signatures
 from witbuild.layout import NEAR_DUPLICATES_DIR
 from witbuild.spark import counted, fs_and_path, read_task_counts
 from witbuild.stages.finalize_score import SCORE_COLUMNS, score_and_filter, with_empty_scores
-from witbuild.tar_io import iter_files, read_entry, tar_entries, write_tar
+from witbuild.tar_io import entries_match, iter_files, read_entry, tar_entries, write_tar
 
 if TYPE_CHECKING:
     from witbuild.stages.context import StageContext
@@ -244,8 +244,12 @@ def rewrite_shard(src_path: str, dst_path: str, wanted: set[str]) -> int:
     fs_out, dst = fs_and_path(dst_path)
     image_suffixes = tuple(f".{e}" for e in IMAGE_EXTS)
     with _whole_tar(src_path) as fin, fs_out.open(dst, "wb") as fout:
-        entries = sorted((e for e in tar_entries(fin) if e.name.rpartition("/")[2].partition(".")[0] in wanted),
-                         key=lambda e: e.name)
+        listed = read_members(src_path)  # where the download wrote them; else read from the headers
+        if listed is not None and not entries_match(fin, listed):
+            log.warning("finalize: %s: the saved member list does not match the tar; listing the tar", src_path)
+            listed = None
+        entries = sorted((e for e in (tar_entries(fin) if listed is None else listed)
+                          if e.name.rpartition("/")[2].partition(".")[0] in wanted), key=lambda e: e.name)
         write_tar(fout, ((e, read_entry(fin, e)) for e in entries), MEMBER_MTIME)
     return sum(1 for e in entries if e.name.endswith(image_suffixes))
 
