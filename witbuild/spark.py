@@ -18,7 +18,6 @@ from witbuild.counters import StageCounts
 log = logging.getLogger(__name__)
 
 LOCAL_SHUFFLE_PARTITIONS_PER_CORE = 4
-WARM_TASK_S = 0.1  # each task of import_on_executors holds its core this long: the tasks overlap, one per worker
 DEFAULT_CONF = {
     "spark.sql.session.timeZone": "UTC",
     "spark.ui.showConsoleProgress": "false",
@@ -145,32 +144,3 @@ def counted(
         write(counts)
 
     return run
-
-
-def import_on_executors(spark: Any, modules: tuple[str, ...]) -> None:
-    """Starts importing ``modules`` in a background thread of a Python worker per core, and returns at once.
-
-    A Python worker is forked from Spark's daemon, which imports nothing of ours, and it is reused from task to
-    task: the first task of a stage that imports a slow library pays for it on each core (img2dataset: the first
-    shard of each core took ~5 s instead of ~2.6 at 100,000 images). Started ahead, the import runs while those
-    workers would otherwise wait between tasks. A failed import is left to the task that needs the module."""
-    names = list(modules)
-
-    def start(_: Iterator[int]) -> Iterator[int]:
-        import importlib
-        import threading
-        import time
-
-        def run() -> None:
-            for name in names:
-                try:
-                    importlib.import_module(name)
-                except Exception:  # the task that needs it imports it again and fails there with the real error
-                    continue
-
-        threading.Thread(target=run, name="witbuild-import-ahead", daemon=True).start()
-        time.sleep(WARM_TASK_S)
-        return iter(())
-
-    cores = spark.sparkContext.defaultParallelism
-    spark.sparkContext.parallelize(range(cores), cores).mapPartitions(start).collect()

@@ -44,7 +44,7 @@ from witbuild.robots import (
     robots_refusal,
     user_agent_string,
 )
-from witbuild.spark import fs_and_path, import_on_executors
+from witbuild.spark import fs_and_path
 from witbuild.stages.dedup import ROWS_PER_FILE
 
 META_SUFFIX, STATS_SUFFIX = layout.SHARD_META_SUFFIX, layout.SHARD_STATS_SUFFIX
@@ -52,7 +52,6 @@ SHARD_DIGITS = 5  # img2dataset's default ``oom_shard_count`` names shards with 
 NOT_WRITTEN = "not_written"  # a row of a finished shard that img2dataset did not write into its metadata
 ROBOTS_DIR = "_robots"  # inside the stage folder: what each image host's robots.txt said
 ROW, ORIGIN, DROP = "_row", "_origin", "_drop"
-WORKER_IMPORTS = ("img2dataset", "witbuild.download", "witbuild.dedup.shard_signatures")  # what its tasks unpickle
 ROBOTS_SCHEMA = pa.schema([(ORIGIN, pa.string()), ("outcome", pa.string()), ("status", pa.int32()),
                            ("body", pa.string()), ("oversize", pa.bool_()), ("error", pa.string())])
 
@@ -92,8 +91,6 @@ def run_download(ctx: StageContext) -> StageCounts:
     # a sibling of the (resumable) temporary folder: img2dataset's own files stay alone in ``out``
     allowed_dir = f"{out.rstrip('/')}.input"
     started = time.monotonic()
-    # img2dataset's tasks run in Python workers that have not imported it (~2 s each): they do it meanwhile
-    import_on_executors(ctx.spark, WORKER_IMPORTS)
     counts, kept = prepare_input(ctx, fs, out, allowed_dir)
     prepared = time.monotonic()
     try:
