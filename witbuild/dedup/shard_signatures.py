@@ -144,25 +144,37 @@ def _write_atomically(fs: Any, path: str, table: pa.Table) -> None:
     fs.mv(tmp, path)
 
 
-def read_signatures(shard_tar: str) -> dict[str, tuple[int, bytes] | None] | None:
-    """{key: (unsigned pHash, thumbnail), or None when undecodable} for every image written into the tar, from
-    its signatures file; None when there is no file, or it does not match the tar (then finalize decodes)."""
+def _saved(shard_tar: str, path: str, instead: str) -> tuple[pa.Table, dict[str, str]] | None:
+    """The Arrow table saved at ``path`` beside the tar, and its metadata, when it is there, readable and written
+    for the tar as it is now (its size); else None, logged, and the caller does ``instead``."""
     fs, tar = fs_and_path(shard_tar)
-    path = signatures_path(tar)
     try:
         if not fs.exists(path):
             return None
         with fs.open(path, "rb") as fh:
             table = pa.ipc.open_file(fh).read_all()
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        if meta.get("signature_version") != SIGNATURE_VERSION or meta.get("tar_bytes") != str(fs.size(tar)):
-            log.info("%s does not match its shard (version %s, tar changed?): decoding the tar instead", path,
-                     meta.get("signature_version"))
+        if meta.get("tar_bytes") != str(fs.size(tar)):
+            log.info("%s does not match its shard (tar changed?): %s instead", path, instead)
             return None
-        keys, hashes, thumbs = (table.column(c).to_pylist() for c in ("key", "phash", "thumb"))
-    except Exception as exc:  # a damaged file costs a decode of the tar, not the shard
-        log.warning("cannot read %s (%s): decoding the tar instead", path, exc)
+    except Exception as exc:  # a damaged file costs the caller's way round, not the shard
+        log.warning("cannot read %s (%s): %s instead", path, exc, instead)
         return None
+    return table, meta
+
+
+def read_signatures(shard_tar: str) -> dict[str, tuple[int, bytes] | None] | None:
+    """{key: (unsigned pHash, thumbnail), or None when undecodable} for every image written into the tar, from
+    its signatures file; None when there is no file, or it does not match the tar (then finalize decodes)."""
+    saved = _saved(shard_tar, signatures_path(shard_tar), "decoding the tar")
+    if saved is None:
+        return None
+    table, meta = saved
+    if meta.get("signature_version") != SIGNATURE_VERSION or not table.schema.equals(SCHEMA):
+        log.info("%s: signature version %s, not %s: decoding the tar instead", signatures_path(shard_tar),
+                 meta.get("signature_version"), SIGNATURE_VERSION)
+        return None
+    keys, hashes, thumbs = (table.column(c).to_pylist() for c in ("key", "phash", "thumb"))
     return {k: (to_unsigned64(h), t) if h is not None and t is not None else None
             for k, h, t in zip(keys, hashes, thumbs, strict=True)}
 
@@ -170,19 +182,8 @@ def read_signatures(shard_tar: str) -> dict[str, tuple[int, bytes] | None] | Non
 def read_members(shard_tar: str) -> list[TarEntry] | None:
     """The regular file members of the tar, as :func:`~witbuild.tar_io.tar_entries` lists them, from the file the
     download saved; None when there is none, or it does not match the tar (then the tar is listed)."""
-    fs, tar = fs_and_path(shard_tar)
-    path = members_path(tar)
-    try:
-        if not fs.exists(path):
-            return None
-        with fs.open(path, "rb") as fh:
-            table = pa.ipc.open_file(fh).read_all()
-        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        if meta.get("tar_bytes") != str(fs.size(tar)) or not table.schema.equals(MEMBERS_SCHEMA):
-            log.info("%s does not match its shard (tar changed?): listing the tar instead", path)
-            return None
-        columns = [table.column(f.name).to_pylist() for f in MEMBERS_SCHEMA]
-    except Exception as exc:  # a damaged file costs a listing of the tar, not the shard
-        log.warning("cannot read %s (%s): listing the tar instead", path, exc)
+    saved = _saved(shard_tar, members_path(shard_tar), "listing the tar")
+    if saved is None or not saved[0].schema.equals(MEMBERS_SCHEMA):
         return None
+    columns = [saved[0].column(f.name).to_pylist() for f in MEMBERS_SCHEMA]
     return [TarEntry(*fields) for fields in zip(*columns, strict=True)]
