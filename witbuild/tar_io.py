@@ -166,7 +166,7 @@ def entries_match(fh: IO[bytes], entries: list[TarEntry]) -> bool:
                 return False
             fh.seek(entry.offset_data - BLOCK)
             header = fh.read(BLOCK)
-            if len(header) < BLOCK or header[257:263] not in (b"ustar\x00", b"ustar "):
+            if len(header) < BLOCK or header[257:265] not in (_POSIX_MAGIC, _GNU_MAGIC):
                 return False
             if entry.size < _MAX_SIZE and header[_SIZE] != b"%011o\0" % entry.size:
                 return False

@@ -136,6 +136,7 @@ def _entry_recorder(writer: Any) -> list[TarEntry] | None:
     stream.addfile = addfile  # type: ignore[method-assign]
     return entries
 
+
 def _write_atomically(fs: Any, path: str, table: pa.Table) -> None:
     """``table`` as an Arrow IPC file at ``path``, appearing whole or not at all."""
     tmp = f"{path}.tmp"

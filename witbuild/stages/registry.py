@@ -52,8 +52,7 @@ class Stage:
         return self.function.split(":")[0]
 
     def load(self) -> Callable[[Any], Any]:
-        module, fn = self.function.split(":")
-        return getattr(importlib.import_module(module), fn)
+        return getattr(importlib.import_module(self.module), self.function.split(":")[1])
 
     def config_keys(self, cfg: BuildConfig) -> tuple[str, ...]:
         crawls = bool(cfg.input.seeds or cfg.input.seeds_file)
