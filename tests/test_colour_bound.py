@@ -58,6 +58,15 @@ def test_a_pair_exactly_at_its_limits_is_not_rejected(thumbs) -> None:
         assert certainly_apart(*one, THUMB_SIDE, mean[i] - 0.05, np.inf)[0] or mean[i] < 0.05, i
 
 
+def test_pairs_checked_together_get_the_verdicts_they_get_alone(thumbs) -> None:
+    """Nothing of one pair carries into the next: the CIELAB a pair remembers by colour was computed under its own
+    gain, and a thumbnail met again in another pair (here every one, in both orders) has another gain there."""
+    for limits in ((5.0, 20.0), (30.0, 80.0)):
+        together = certainly_apart(*thumbs, THUMB_SIDE, *limits)
+        alone = [certainly_apart([x], [y], THUMB_SIDE, *limits)[0] for x, y in zip(*thumbs, strict=True)]
+        assert together.tolist() == alone
+
+
 def test_noise_is_rejected_early() -> None:
     rng = np.random.default_rng(0)
     a = [rng.integers(0, 256, THUMB_SIDE * THUMB_SIDE * 3, dtype=np.uint8).tobytes() for _ in range(50)]
