@@ -100,6 +100,42 @@ def test_spark_removals_equal_the_in_process_reference(spark, monkeypatch, broad
     assert expected  # the set holds duplicates to find
 
 
+@pytest.mark.slow
+@pytest.mark.spark
+@pytest.mark.parametrize("broadcast_rows", [near.BROADCAST_ROWS, 0])
+def test_exact_duplicates_found_in_the_lsh_pass_are_those_of_removing_them_first(spark, monkeypatch,
+                                                                              broadcast_rows) -> None:
+    """duplicate_verdicts with exact on: the twins (same sha256) of a smaller key, and the near-duplicate
+    removals among the rest, against removing exact duplicates first and then find_removals. Twins of kept and
+    of removed samples, a twin smaller than the picture's first key, and rows without a sha256 (no twins)."""
+    import hashlib
+
+    from witbuild.dedup.near import duplicate_verdicts
+
+    monkeypatch.setattr(near, "BROADCAST_ROWS", broadcast_rows)
+    rows = []  # key, sha256, pHash (signed), thumbnail
+    for n, p in enumerate(labelled_pairs(10, seed=11, photos=False, hard_within=4, max_tries=60)):
+        for side, data in (("a", p.a), ("b", p.b)):
+            h, t = image_signature(data)
+            sha = hashlib.sha256(data).hexdigest()
+            signed = h - (1 << 64) if h >= 1 << 63 else h
+            rows.append((f"{n:04d}{side}", sha, signed, t))
+            if n % 3 == 0:  # a twin after it, and one before the picture's first key
+                rows += [(f"{n:04d}{side}2", sha, signed, t), (f"{n:04d}0{side}", sha, signed, t)]
+            if n % 4 == 1:  # the same picture with no known bytes: never a twin
+                rows.append((f"{n:04d}{side}9", "", signed, t))
+    first: dict[str, str] = {}
+    twins = sorted(key for key, sha, _, _ in sorted(rows) if sha and first.setdefault(sha, key) != key)
+    rest = [r for r in rows if r[0] not in set(twins)]
+    expected = find_removals([r[0] for r in rest], [r[2] for r in rest], [r[3] for r in rest], 4, 5, ColourLimits())
+    df = spark.createDataFrame(rows, "key string, sha256 string, _phash long, _thumb binary")
+    got_twins, got = duplicate_verdicts(df, 4, 5, ColourLimits(), exact=True)
+    assert got_twins == twins and len(twins) > 10
+    assert [(r.key, r.duplicate_of, r.phash_distance, r.colour) for r in got] == \
+        [(r.key, r.duplicate_of, r.phash_distance, r.colour) for r in expected]
+    assert expected and any(r.key.endswith("9") for r in expected)  # a sha-less copy goes as a near duplicate
+
+
 @pytest.mark.parametrize("base, ink", [(250, (250, 0, 0)), (10, (250, 250, 0))])
 def test_a_colour_only_one_direction_sees_is_proved(base, ink) -> None:
     """A short line on a plain ground against the plain ground: pixels of the line find no ink near them in the

@@ -324,3 +324,20 @@ def test_signatures_saved_at_download_are_what_decoding_the_tars_gives(spark, bu
                 (final / "sizes.json").read_text(), {t.name: t.read_bytes() for t in sorted(final.glob("*.tar"))})
 
     assert outputs(copy) == outputs(out)
+
+
+def test_exact_duplicates_alone_when_near_duplicates_are_off(spark, built, tmp_path):
+    """``dedup.near_dup`` off: the exact duplicates have a job of their own (with near duplicates on they come
+    from the LSH pass) and the same one sample goes; the near copies stay."""
+    out, cfg, _, _ = built
+    copy = tmp_path / "exact_only"
+    shutil.copytree(out, copy)
+    dedup = cfg.dedup.model_copy(update={"near_dup": False})
+    counts = {r.name: r for r in run_build(spark, cfg.model_copy(update={"output": str(copy), "dedup": dedup}),
+                                           from_stage="finalize")}["finalize"].counts
+    assert counts.dropped == {"duplicate_image_sha256": 1}
+    assert (counts.rows_in, counts.rows_out) == (12, 11)
+    both = pq.read_table(out / "stages" / "finalize" / "index.parquet").to_pylist()
+    alone = pq.read_table(copy / "stages" / "finalize" / "index.parquet").to_pylist()
+    near = {r["key"] for r in pq.read_table(out / "stages" / "finalize" / "near_duplicates.parquet").to_pylist()}
+    assert sorted(r["key"] for r in alone) == sorted([r["key"] for r in both] + list(near))

@@ -208,6 +208,29 @@ def test_bucket_task_batches_share_one_schema() -> None:
     assert out[0].num_rows == 0 and out[1].to_pylist() == [{"a": "c", "b": "d", "bits": 1, "ha": 6}]
 
 
+def test_bucket_task_leaves_out_twins_and_names_them_in_band_0() -> None:
+    """With sha256 in the members, a member whose bytes a smaller key has is in no pair; band 0 names it with
+    the smallest key of its bytes, other bands do not; a member without a sha256 is nobody's twin."""
+    import pyarrow as pa
+
+    from witbuild.dedup.near import TWIN_BITS, _bucket_pairs
+
+    member = pa.struct([("key", pa.string()), ("_phash", pa.int64()), ("sha256", pa.string())])
+    members = [{"key": "k3", "_phash": 6, "sha256": "x"}, {"key": "k1", "_phash": 6, "sha256": "x"},
+               {"key": "k2", "_phash": 7, "sha256": "y"}, {"key": "k4", "_phash": 6, "sha256": ""},
+               {"key": "k5", "_phash": 6, "sha256": ""}]
+
+    def rows(band: int) -> list[tuple[str, str, int]]:
+        batch = pa.RecordBatch.from_pydict({"band": pa.array([band], pa.int32()),
+                                            "members": pa.array([members], pa.list_(member))})
+        return sorted((r["a"], r["b"], r["bits"]) for b in _bucket_pairs(THRESHOLD, THRESHOLD + 1, exact=True)(
+            iter([batch])) for r in b.to_pylist())
+
+    pairs = [("k1", "k2", 1), ("k1", "k4", 0), ("k1", "k5", 0), ("k2", "k4", 1), ("k2", "k5", 1), ("k4", "k5", 0)]
+    assert rows(0) == sorted([*pairs, ("k1", "k3", TWIN_BITS)])
+    assert rows(2) == [p for p in pairs if p[2]]
+
+
 @pytest.mark.parametrize("size", [4, MAX_REPEATS + 1, 300])
 def test_equal_hashes_are_paired_in_the_first_band_only(size) -> None:
     """A pair of equal hashes is in every band's bucket, and comes out of band 0's alone; pairs of different

@@ -55,6 +55,7 @@ PAIR_BATCH = 256  # pairs colour-checked at once (~30 MB of float64 intermediate
 # gets each thumbnail of the group once (see _checked_in_groups)
 PAIR_SCHEMA = pa.schema([("a", pa.string()), ("b", pa.string()), ("bits", pa.int32()), ("ha", pa.int64())])
 MAX_REPEATS = 64  # items of one hash value checked pairwise (see occurrence_pairs)
+TWIN_BITS = -1  # ``bits`` of a verified-pairs row that names an exact duplicate (same sha256), not a pair
 DEFAULT_MAX_MEAN = 5.0  # ΔE; DedupConfig.colour_max_mean and colour_max_tail give the measured spread
 DEFAULT_MAX_TAIL = 20.0
 
@@ -317,12 +318,34 @@ def near_duplicate_removals(df: Any, threshold: int, bands: int, limits: ColourL
     colour-checked there, with both thumbnails joined to each of a few pairs, or many pairs in tasks that get
     each thumbnail they need once (:func:`_checked_in_groups`); only the pairs that pass reach the driver, which
     chooses representatives. ``limits`` None: pHash alone decides (no colour check)."""
-    verified = _verified_pairs(df, threshold, bands)
-    if limits is None:
-        return choose_representatives((r["a"], r["b"], int(r["bits"]), None) for r in verified.collect())
+    return duplicate_verdicts(df, threshold, bands, limits, exact=False)[1]
+
+
+def duplicate_verdicts(df: Any, threshold: int, bands: int, limits: ColourLimits | None,
+                       exact: bool) -> tuple[list[str], list[Removal]]:
+    """The exact duplicates (``exact``: the keys whose image bytes a smaller key has) and the near-duplicate
+    removals among the other rows (:func:`near_duplicate_removals`), from one LSH pass; ``df`` also has
+    ``sha256`` when ``exact``.
+
+    Equal bytes have one pHash, so a sample and all its twins meet in every bucket that holds one of them: each
+    bucket leaves out the twins of a smaller key, which gives exactly the pairs of removing exact duplicates
+    first, and band 0's one bucket of their pHash names them (:func:`_bucket_pairs`). A job of its own (a
+    shuffle of every row by sha256, and removing its keys before the LSH) cost ~2 s at 100,000 images."""
+    from pyspark.sql import functions as F
+
+    verified = _verified_pairs(df, threshold, bands, exact)
+    if not exact and limits is None:
+        return [], choose_representatives((r["a"], r["b"], int(r["bits"]), None) for r in verified.collect())
     pairs_df = verified.cache()
     try:
-        return _colour_checked(df, pairs_df, pairs_df.count(), limits)
+        is_twin = F.col("bits") == F.lit(TWIN_BITS)
+        found = pairs_df.agg(F.collect_list(F.when(is_twin, F.col("b"))).alias("twins"),
+                             F.count(F.when(~is_twin, F.lit(1))).alias("pairs")).collect()[0]
+        near_pairs = pairs_df.filter(~is_twin)
+        if limits is None:
+            edges = ((r["a"], r["b"], int(r["bits"]), None) for r in near_pairs.collect())
+            return sorted(found["twins"]), choose_representatives(edges)
+        return sorted(found["twins"]), _colour_checked(df, near_pairs, int(found["pairs"]), limits)
     finally:
         pairs_df.unpersist()
 
@@ -416,12 +439,14 @@ def _hint(rows: int) -> Any:
     return F.broadcast if rows <= BROADCAST_ROWS else (lambda frame: frame)
 
 
-def _verified_pairs(df: Any, threshold: int, bands: int) -> Any:
+def _verified_pairs(df: Any, threshold: int, bands: int, exact: bool = False) -> Any:
     """DataFrame ``a, b, ha, bits`` (a < b) of the pairs within ``threshold`` bits: banded LSH buckets in Spark,
-    each verified by :func:`_bucket_pairs`; a pair found in several bands once."""
+    each verified by :func:`_bucket_pairs`; a pair found in several bands once. ``exact``: twins (same sha256)
+    of a smaller key are in no pair, and come out as rows of ``bits`` ``TWIN_BITS`` (b a twin of a)."""
     from pyspark.sql import functions as F
 
-    keyed = df.select("key", "_phash")
+    columns = ["key", "_phash", *(["sha256"] if exact else [])]
+    keyed = df.select(*columns)
     slots = 2 * df.sparkSession.sparkContext.defaultParallelism
     if keyed.rdd.getNumPartitions() > slots:  # e.g. 200 after a window: × bands map tasks of ~10 ms overhead
         keyed = keyed.coalesce(slots)
@@ -430,23 +455,26 @@ def _verified_pairs(df: Any, threshold: int, bands: int) -> Any:
     for i in range(bands):
         width = shift[i + 1] - shift[i]
         band = F.shiftrightunsigned("_phash", 64 - shift[i + 1]).bitwiseAND(F.lit((1 << width) - 1))
-        parts.append(keyed.select("key", "_phash", F.lit(i).alias("band"), band.alias("value")))
+        parts.append(keyed.select(*columns, F.lit(i).alias("band"), band.alias("value")))
     banded = parts[0]
     for p in parts[1:]:
         banded = banded.unionByName(p)
-    buckets = (banded.groupBy("band", "value").agg(F.collect_list(F.struct("key", "_phash")).alias("members"))
+    buckets = (banded.groupBy("band", "value").agg(F.collect_list(F.struct(*columns)).alias("members"))
                .filter(F.size("members") > 1).select("band", "members"))
-    pairs = buckets.mapInArrow(_bucket_pairs(threshold, bands), "a string, b string, bits int, ha long")
+    pairs = buckets.mapInArrow(_bucket_pairs(threshold, bands, exact), "a string, b string, bits int, ha long")
     return pairs.groupBy("a", "b", "ha").agg(F.min("bits").alias("bits"))  # ha: a's pHash, one per a
 
 
-def _bucket_pairs(threshold: int, bands: int) -> Any:
+def _bucket_pairs(threshold: int, bands: int, exact: bool = False) -> Any:
     """The Spark task verifying one LSH bucket per input row (``band``, ``members``): its pairs within
     ``threshold`` bits, a < b, and the pHash of a.
 
     Two equal hashes share every band, and every bucket holding them pairs them alike (:func:`bucket_pairs`: the
     repeats of one value are capped in key order, whatever else the bucket holds), so only band 0 gives their
-    pair: most verified pairs are of equal hashes, and each came out once per band (×5 at 4 bits)."""
+    pair: most verified pairs are of equal hashes, and each came out once per band (×5 at 4 bits).
+
+    ``exact``: members also carry ``sha256``; a member whose bytes a smaller key of the bucket has is left out
+    (its twins are in every bucket it is in), and band 0 gives it as a row (smaller key, it, ``TWIN_BITS``)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -457,6 +485,19 @@ def _bucket_pairs(threshold: int, bands: int) -> Any:
             for band, members in zip(batch.column("band").to_pylist(), batch.column("members").to_pylist(),
                                      strict=True):
                 members = sorted(members, key=lambda m: m["key"])  # collect_list's order depends on the tasks
+                if exact:
+                    first: dict[str, str] = {}
+                    kept = []
+                    for m in members:
+                        owner = first.setdefault(m["sha256"], m["key"]) if m["sha256"] else m["key"]
+                        if owner == m["key"]:
+                            kept.append(m)
+                        elif not band:
+                            a_out.append(owner)
+                            b_out.append(m["key"])
+                            d_out.append(TWIN_BITS)
+                            h_out.append(m["_phash"])
+                    members = kept
                 hashes = {m["key"]: m["_phash"] for m in members}
                 for a, b, bits in bucket_pairs(list(hashes), list(hashes.values()), threshold, bands, equal=not band):
                     a_out.append(a)

@@ -44,9 +44,9 @@ from witbuild import layout, schemas
 from witbuild.counters import StageCounts
 from witbuild.dedup.near import (
     ColourLimits,
+    duplicate_verdicts,
     image_signature,
     image_signatures,
-    near_duplicate_removals,
     write_removal_record,
 )
 from witbuild.dedup.phash import as_uint64, near_any, resolve_bands, to_signed64
@@ -325,13 +325,14 @@ def _finish_shard(rows: pa.Table, source_dir: str, output: str) -> Iterator[pa.R
 
 
 def _exact_duplicates(samples: Any) -> list[str]:
-    """Keys of the rows whose image bytes (sha256) a smaller key has.
+    """Keys of the rows whose image bytes (sha256) a smaller key has (rows without a sha256 have no twin), when
+    near duplicates are not looked for (else :func:`~witbuild.dedup.near.duplicate_verdicts` finds them).
 
     Only (sha256, key) travels through the shuffle (a window over whole rows, thumbnails included, cost more
     than the rest of the step on 10,000 images), in one job: only the keys of repeated bytes reach the driver."""
     from pyspark.sql import functions as F
 
-    groups = (samples.groupBy("sha256").agg(F.collect_list("key").alias("keys"))
+    groups = (samples.filter(F.col("sha256") != "").groupBy("sha256").agg(F.collect_list("key").alias("keys"))
               .filter(F.size("keys") > 1).select("keys"))
     return sorted(k for row in groups.collect() for k in sorted(row["keys"])[1:])
 
@@ -414,20 +415,22 @@ def run_finalize(ctx: StageContext) -> StageCounts:
         # dedup reads the cached rows in a few tasks: a Python or shuffle task per shard costs ~0.1 s of overhead
         # for a few ms of work, in each of the half dozen jobs below
         current = samples.coalesce(2 * spark.sparkContext.defaultParallelism)
-        if cfg.exact_image:
-            exact = _exact_duplicates(current)
-            counts.drop("duplicate_image_sha256", len(exact))
-            drops.update(exact)
-            current = _without_keys(current, exact)
-        if cfg.near_dup:
+        if cfg.near_dup:  # exact duplicates found in the same pass (duplicate_verdicts)
             bands = resolve_bands(cfg.phash_threshold, cfg.phash_bands)
             limits = ColourLimits(cfg.colour_max_mean, cfg.colour_max_tail) if cfg.colour_check else None
-            removals = near_duplicate_removals(current, cfg.phash_threshold, bands, limits)
+            exact, removals = duplicate_verdicts(current, cfg.phash_threshold, bands, limits, cfg.exact_image)
+        elif cfg.exact_image:
+            exact, removals = _exact_duplicates(current), []
+        else:
+            exact, removals = [], []
+        if cfg.exact_image:
+            counts.drop("duplicate_image_sha256", len(exact))
+        if cfg.near_dup:
             write_removal_record(spark, removals, current, f"{ctx.output}/{NEAR_DUPLICATES_DIR}")
-            near = [r.key for r in removals]
-            counts.drop("near_duplicate_phash", len(near))
-            drops.update(near)
-            current = _without_keys(current, near)
+            counts.drop("near_duplicate_phash", len(removals))
+        drops.update(exact)
+        drops.update(r.key for r in removals)
+        current = _without_keys(current, sorted(drops))  # lazy: runs only where a step below reads it
         if cfg.decontaminate:
             contaminated = _contaminated(current, cfg.decontaminate, cfg.phash_threshold,
                                          resolve_bands(cfg.phash_threshold, cfg.phash_bands))
