@@ -446,19 +446,15 @@ def _verified_pairs(df: Any, threshold: int, bands: int, exact: bool = False) ->
     from pyspark.sql import functions as F
 
     columns = ["key", "_phash", *(["sha256"] if exact else [])]
-    keyed = df.select(*columns)
-    slots = 2 * df.sparkSession.sparkContext.defaultParallelism
-    if keyed.rdd.getNumPartitions() > slots:  # e.g. 200 after a window: × bands map tasks of ~10 ms overhead
-        keyed = keyed.coalesce(slots)
+    # at most 2 map tasks a core (after a window a frame has 200 partitions: tasks of ~10 ms overhead each); one
+    # scan of the rows, each exploded into its bands (a union of one select per band read them once per band)
+    keyed = df.select(*columns).coalesce(2 * df.sparkSession.sparkContext.defaultParallelism)
     shift = [64 * i // bands for i in range(bands + 1)]
-    parts = []
-    for i in range(bands):
-        width = shift[i + 1] - shift[i]
-        band = F.shiftrightunsigned("_phash", 64 - shift[i + 1]).bitwiseAND(F.lit((1 << width) - 1))
-        parts.append(keyed.select(*columns, F.lit(i).alias("band"), band.alias("value")))
-    banded = parts[0]
-    for p in parts[1:]:
-        banded = banded.unionByName(p)
+    values = [F.struct(F.lit(i).alias("band"),
+                       F.shiftrightunsigned("_phash", 64 - shift[i + 1])
+                       .bitwiseAND(F.lit((1 << (shift[i + 1] - shift[i])) - 1)).alias("value"))
+              for i in range(bands)]
+    banded = keyed.select(*columns, F.explode(F.array(*values)).alias("b")).select(*columns, "b.band", "b.value")
     buckets = (banded.groupBy("band", "value").agg(F.collect_list(F.struct(*columns)).alias("members"))
                .filter(F.size("members") > 1).select("band", "members"))
     pairs = buckets.mapInArrow(_bucket_pairs(threshold, bands, exact), "a string, b string, bits int, ha long")
