@@ -195,6 +195,23 @@ def test_near_duplicate_pairs_equal_brute_force(max_bucket: int, max_depth: int,
     assert (labels == connected_components(hashes.size, np.array(sorted(truth)))).all()
 
 
+@pytest.mark.parametrize("max_bucket", [64, 2])
+def test_hashes_that_vary_in_few_bits_give_every_pair(max_bucket: int) -> None:
+    """Distinct hashes that differ in at most ``threshold`` bits overall (the whole set, or an oversized bucket
+    of it) are all within the threshold of each other: every pair, as brute force gives it, not a star (which
+    joins the group but loses pairs that a second check needs)."""
+    rng = np.random.default_rng(7)
+    bits = [1 << int(b) for b in rng.choice(64, 3, replace=False)]
+    clusters = [int(x) for x in rng.integers(0, 2**64, 5, dtype=np.uint64)]
+    for base in ([clusters[0]], clusters):
+        hashes = np.array([c ^ (bits[0] * (k & 1)) ^ (bits[1] * (k >> 1 & 1)) ^ (bits[2] * (k >> 2))
+                           for c in base for k in range(8)], dtype=np.uint64)
+        truth = {(i, j) for i in range(hashes.size) for j in range(i + 1, hashes.size)
+                 if hamming(int(hashes[i]), int(hashes[j])) <= THRESHOLD}
+        assert _pairs(near_duplicate_pairs(hashes, THRESHOLD, max_bucket=max_bucket)) == truth
+        assert len(truth) >= 28 * len(base)  # all 28 pairs of each cluster of 8
+
+
 def test_identical_hashes_grouped_without_pairwise_work() -> None:
     rng = np.random.default_rng(3)
     blank = 0x8000_0000_0000_0000

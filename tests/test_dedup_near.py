@@ -228,30 +228,39 @@ def test_bucket_task_leaves_out_twins_and_names_them_in_band_0() -> None:
 
     pairs = [("k1", "k2", 1), ("k1", "k4", 0), ("k1", "k5", 0), ("k2", "k4", 1), ("k2", "k5", 1), ("k4", "k5", 0)]
     assert rows(0) == sorted([*pairs, ("k1", "k3", TWIN_BITS)])
-    assert rows(2) == [p for p in pairs if p[2]]
+    assert rows(2) == []  # 6 and 7 share band 0: their pairs came out of it
 
 
-@pytest.mark.parametrize("size", [4, MAX_REPEATS + 1, 300])
-def test_equal_hashes_are_paired_in_the_first_band_only(size) -> None:
-    """A pair of equal hashes is in every band's bucket, and comes out of band 0's alone; pairs of different
-    hashes come out of each band they share (their duplicates are merged later)."""
+@pytest.mark.parametrize("size", [4, MAX_REPEATS + 1, 300, 1100])
+def test_each_pair_comes_out_of_the_first_band_its_hashes_share(size) -> None:
+    """Every bucket holding two items pairs them alike (the repeats of a value are capped in key order, whatever
+    else the bucket holds), so a pair comes out of the first band its two hashes share only: equal hashes from
+    band 0, hashes that differ in band 0 from band 1. Over all bands, each of bucket_pairs' pairs once (a
+    bucket of over 1,024 items is compared value by value)."""
     import pyarrow as pa
 
     from witbuild.dedup.near import _bucket_pairs
 
+    bands = THRESHOLD + 1
     member = pa.struct([("key", pa.string()), ("_phash", pa.int64())])
-    members = [{"key": f"{i:04d}", "_phash": 5 if i % 3 else 4} for i in range(size)]  # 4 and 5: one bit apart
+    top = 1 << 62  # a bit of band 0; 4 and 5 differ in the last band
+    members = [{"key": f"{i:04d}", "_phash": (4, 5, top | 4)[i % 3]} for i in range(size)]
 
     def pairs(band: int) -> list[tuple[str, str, int]]:
         batch = pa.RecordBatch.from_pydict({"band": pa.array([band], pa.int32()),
                                             "members": pa.array([members], pa.list_(member))})
-        return [(r["a"], r["b"], r["bits"]) for b in _bucket_pairs(THRESHOLD, THRESHOLD + 1)(iter([batch]))
+        return [(r["a"], r["b"], r["bits"]) for b in _bucket_pairs(THRESHOLD, bands)(iter([batch]))
                 for r in b.to_pylist()]
 
-    first, later = pairs(0), pairs(3)
-    assert later == [p for p in first if p[2]] and any(not p[2] for p in first)
-    keys, hashes = [m["key"] for m in members], [m["_phash"] for m in members]
-    assert sorted(first) == sorted(bucket_pairs(keys, hashes, THRESHOLD, THRESHOLD + 1))
+    def first_band(x: int, y: int) -> int:
+        shift = [64 * i // bands for i in range(bands + 1)]
+        return next(i for i in range(bands) if not ((x ^ y) >> (64 - shift[i + 1])) % (1 << (shift[i + 1] - shift[i])))
+
+    hashes = {m["key"]: m["_phash"] for m in members}
+    expected = bucket_pairs(list(hashes), list(hashes.values()), THRESHOLD, bands)
+    for band in range(bands):
+        assert sorted(pairs(band)) == sorted(p for p in expected if first_band(hashes[p[0]], hashes[p[1]]) == band)
+    assert {first_band(hashes[a], hashes[b]) for a, b, _ in expected} == {0, 1}
 
 
 @pytest.mark.parametrize("size", [2, 3, 17, MAX_REPEATS, MAX_REPEATS + 1, 300])

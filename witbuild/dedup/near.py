@@ -457,52 +457,27 @@ def _verified_pairs(df: Any, threshold: int, bands: int, exact: bool = False) ->
     banded = keyed.select(*columns, F.explode(F.array(*values)).alias("b")).select(*columns, "b.band", "b.value")
     buckets = (banded.groupBy("band", "value").agg(F.collect_list(F.struct(*columns)).alias("members"))
                .filter(F.size("members") > 1).select("band", "members"))
-    pairs = buckets.mapInArrow(_bucket_pairs(threshold, bands, exact), "a string, b string, bits int, ha long")
-    return pairs.groupBy("a", "b", "ha").agg(F.min("bits").alias("bits"))  # ha: a's pHash, one per a
+    # each pair once (from the first band its hashes share); ha: a's pHash
+    return buckets.mapInArrow(_bucket_pairs(threshold, bands, exact), "a string, b string, bits int, ha long")
 
 
 def _bucket_pairs(threshold: int, bands: int, exact: bool = False) -> Any:
     """The Spark task verifying one LSH bucket per input row (``band``, ``members``): its pairs within
     ``threshold`` bits, a < b, and the pHash of a.
 
-    Two equal hashes share every band, and every bucket holding them pairs them alike (:func:`bucket_pairs`: the
-    repeats of one value are capped in key order, whatever else the bucket holds), so only band 0 gives their
-    pair: most verified pairs are of equal hashes, and each came out once per band (×5 at 4 bits).
+    Every bucket holding two items pairs them alike (:func:`bucket_pairs`: the repeats of one value are capped in
+    key order, whatever else the bucket holds), so each pair comes out of the first band its hashes share only
+    (:mod:`witbuild.dedup.bucket_verify`, which verifies a batch of buckets at once): once, and equal hashes from
+    band 0.
 
     ``exact``: members also carry ``sha256``; a member whose bytes a smaller key of the bucket has is left out
     (its twins are in every bucket it is in), and band 0 gives it as a row (smaller key, it, ``TWIN_BITS``)."""
 
+    from witbuild.dedup.bucket_verify import verify_buckets  # it reads this module's constants
+
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            a_out: list[str] = []
-            b_out: list[str] = []
-            d_out: list[int] = []
-            h_out: list[int] = []
-            for band, members in zip(batch.column("band").to_pylist(), batch.column("members").to_pylist(),
-                                     strict=True):
-                members = sorted(members, key=lambda m: m["key"])  # collect_list's order depends on the tasks
-                if exact:
-                    first: dict[str, str] = {}
-                    kept = []
-                    for m in members:
-                        owner = first.setdefault(m["sha256"], m["key"]) if m["sha256"] else m["key"]
-                        if owner == m["key"]:
-                            kept.append(m)
-                        elif not band:
-                            a_out.append(owner)
-                            b_out.append(m["key"])
-                            d_out.append(TWIN_BITS)
-                            h_out.append(m["_phash"])
-                    members = kept
-                hashes = {m["key"]: m["_phash"] for m in members}
-                for a, b, bits in bucket_pairs(list(hashes), list(hashes.values()), threshold, bands, equal=not band):
-                    a_out.append(a)
-                    b_out.append(b)
-                    d_out.append(bits)
-                    h_out.append(hashes[a])
-            # typed columns: a batch of buckets without any pair would otherwise get null-typed columns, and
-            # Arrow refuses a task's later batches whose schema differs from its first
-            yield pa.RecordBatch.from_pydict({"a": a_out, "b": b_out, "bits": d_out, "ha": h_out}, schema=PAIR_SCHEMA)
+            yield verify_buckets(batch, threshold, bands, exact)
 
     return run
 

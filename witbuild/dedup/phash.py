@@ -365,6 +365,14 @@ class _PairSink:
             self.chunks, self.size = [codes], codes.size
             self.limit = max(self.limit, 2 * codes.size)
 
+    def add_cliques(self, sidx: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> None:
+        """Runs ``sidx[start : start + len]`` whose members are all within the threshold of each other: every
+        pair of each (a run of distinct hashes that vary in at most ``threshold`` bits has at most
+        2**threshold members)."""
+        for start, n in zip(starts.tolist(), lens.tolist(), strict=True):
+            i, j = np.triu_indices(n, 1)
+            self.add(sidx[start + i], sidx[start + j])
+
     def pairs(self) -> np.ndarray:
         if not self.chunks:
             return _EMPTY_PAIRS
@@ -391,6 +399,10 @@ class _ComponentSink(_PairSink):
 
     def live_pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return self.comp[a] != self.comp[b]
+
+    def add_cliques(self, sidx: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> None:
+        """A star per run joins it as every pair would."""
+        self.add(np.repeat(sidx[starts], lens - 1), sidx[_concat_ranges(starts + 1, lens - 1)])
 
     def add(self, a: np.ndarray, b: np.ndarray) -> None:
         keep = self.comp[a] != self.comp[b]
@@ -509,7 +521,7 @@ def _node(
     del vals
     star = popcount64(var) <= r  # members agree on all but ≤ r bits: all within r of each other
     if star.any():
-        sink.add(np.repeat(sidx[bst[star]], bln[star] - 1), sidx[_concat_ranges(bst[star] + 1, bln[star] - 1)])
+        sink.add_cliques(sidx, bst[star], bln[star])
     if depth >= max_depth:
         for s, n in zip(bst[~star].tolist(), bln[~star].tolist(), strict=True):
             stats.fallback_buckets += 1
@@ -550,8 +562,8 @@ def _find_pairs(
         return
     varying = _varying(u)
     idx = np.arange(u.size, dtype=np.int64)
-    if varying.bit_count() <= threshold:
-        sink.add(np.zeros(u.size - 1, dtype=np.int64), idx[1:])
+    if varying.bit_count() <= threshold:  # all within the threshold of each other
+        sink.add_cliques(idx, np.zeros(1, np.int64), np.array([u.size], np.int64))
         return
     order = _balance_order(u)
     for mask in _split_bits(varying, bands, order):
