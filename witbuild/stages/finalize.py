@@ -5,7 +5,9 @@
    pHash and thumbnail of the stored image. Shards are listed from their metadata, not their tars, so every
    image the download wrote is counted in: a shard whose tar is missing or unreadable has its rows dropped as
    ``missing_shard`` / ``unreadable_shard``, and finalize's rows in are the download's rows out.
-2. Exact duplicates (same sha256) across shards: the smallest key stays.
+2. Exact duplicates (same sha256) across shards: the smallest key stays. Found in the LSH pass of step 3
+   (equal bytes have one pHash, so twins meet in every bucket; :func:`~witbuild.dedup.near.duplicate_verdicts`),
+   with the same result as removing them first; a job of their own when near duplicates are off.
 3. Near duplicates (:mod:`witbuild.dedup.near`): banded LSH on the 64-bit pHash, a colour check of
    16×16 thumbnails on the verified pairs, representatives chosen greedily in key order (no chained
    removals); each removal is recorded with its kept counterpart in ``near_duplicates.parquet``.
