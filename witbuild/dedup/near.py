@@ -482,40 +482,15 @@ def _bucket_pairs(threshold: int, bands: int, exact: bool = False) -> Any:
     return run
 
 
-def bucket_pairs(keys: Sequence[str], hashes: Sequence[int], threshold: int, bands: int | None = None,
-                 equal: bool = True) -> list[tuple[str, str, int]]:
+def bucket_pairs(keys: Sequence[str], hashes: Sequence[int], threshold: int,
+                 bands: int | None = None) -> list[tuple[str, str, int]]:
     """``(a, b, bits)``, a < b, for the items of one bucket (``keys`` sorted, pHashes of either sign) within
-    ``threshold`` bits: :func:`occurrence_pairs`, which a bucket of at most ``MAX_REPEATS`` items gives as all
-    its pairs within the threshold, so such a bucket (nearly all of them: most hold 2 or 3) is compared in
-    Python, without numpy's per-call cost, value by value (a bucket is often one value many times). ``equal``
-    False leaves out the pairs of equal hashes."""
-    unsigned = [h & 0xFFFF_FFFF_FFFF_FFFF for h in hashes]
-    if len(keys) <= MAX_REPEATS:
-        return _pairs_by_value(keys, unsigned, threshold, equal)
-    h = np.array(unsigned, dtype=np.uint64)
+    ``threshold`` bits: :func:`occurrence_pairs` (the repeats of a value capped in key order). One bucket at a
+    time: the reference :mod:`witbuild.dedup.bucket_verify` gives the pairs of, and its way for crowded buckets."""
+    h = np.array([v & 0xFFFF_FFFF_FFFF_FFFF for v in hashes], dtype=np.uint64)
     pairs = occurrence_pairs(h, threshold, bands)
     bits = hamming_array(h[pairs[:, 0]], h[pairs[:, 1]]).tolist()
-    return [(*sorted((keys[i], keys[j])), int(d)) for (i, j), d in zip(pairs.tolist(), bits, strict=True)
-            if d or equal]
-
-
-def _pairs_by_value(keys: Sequence[str], unsigned: Sequence[int], threshold: int,
-                    equal: bool) -> list[tuple[str, str, int]]:
-    """Every pair ``(a, b, bits)``, a < b, of the items (``keys`` sorted, unsigned pHashes) within ``threshold``
-    bits, the pairs of equal hashes only when ``equal``; the distinct values are compared, not the items."""
-    by_value: dict[int, list[str]] = {}
-    for key, h in zip(keys, unsigned, strict=True):
-        by_value.setdefault(h, []).append(key)
-    groups = list(by_value.items())
-    out: list[tuple[str, str, int]] = []
-    for i, (value, group) in enumerate(groups):
-        if equal:
-            out.extend((a, b, 0) for a, b in itertools.combinations(group, 2))
-        for other, others in groups[i + 1 :]:
-            bits = (value ^ other).bit_count()
-            if bits <= threshold:
-                out.extend((a, b, bits) if a < b else (b, a, bits) for a in group for b in others)
-    return out
+    return [(*sorted((keys[i], keys[j])), int(d)) for (i, j), d in zip(pairs.tolist(), bits, strict=True)]
 
 
 def _colour_check(limits: ColourLimits) -> Any:
