@@ -5,6 +5,8 @@ labelled copies, colour variants and pHash-mined distinct drawings of ``witbuild
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -180,3 +182,17 @@ def test_a_task_of_pairs_and_thumbnails_checks_each_pair_as_colour_diffs_does(th
         if limits.allows(diff) or pair in got:
             assert got[pair] == (diff.mean, diff.tail)
     assert (keys[a[0]], "missing") not in got and any(limits.allows(d) for d in diffs)
+
+
+def test_warm_up_leaves_machine_code_that_another_process_loads(tmp_path) -> None:
+    """The driver's warm-up (``Stage.warm_ups``) is worth its time only if the colour check's tasks, other
+    processes, then load what it compiled instead of compiling again."""
+    import subprocess
+    import sys
+
+    probe = ("from witbuild.dedup import colour_bound as cb; cb.warm_up(); "
+             "print(sum(cb._apart.stats.cache_hits.values()), sum(cb._apart.stats.cache_misses.values()))")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+            for _ in range(2)]
+    assert [r.stdout.split() for r in runs] == [["0", "1"], ["1", "0"]]  # compiled, then loaded

@@ -174,14 +174,21 @@ def test_import_ahead_imports_in_the_background_and_leaves_failures_to_the_stage
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in ("slow_lib_for_test", "broken_stage_for_test"):
         monkeypatch.delitem(sys.modules, name, raising=False)
+    (tmp_path / "warm_lib_for_test.py").write_text("WARM = []\ndef warm():\n    WARM.append(1)\n"
+                                                  "def broken():\n    raise RuntimeError('cold')\n")
+    monkeypatch.delitem(sys.modules, "warm_lib_for_test", raising=False)
     stages = [Stage("a", None, "broken_stage_for_test:run", ()), Stage("b", "a", "json:loads", (),
-                                                                      imports=("slow_lib_for_test",))]
+                                                                      imports=("slow_lib_for_test",),
+                                                                      warm_ups=("warm_lib_for_test:broken",
+                                                                                "warm_lib_for_test:warm"))]
     caplog.set_level(logging.DEBUG, logger="witbuild.pipeline")
     thread = import_ahead(stages)
     assert thread is not None and thread.daemon
     assert "slow_lib_for_test" not in sys.modules  # still importing: the caller went on at once
     thread.join(10)
     assert sys.modules["slow_lib_for_test"].LOADED
+    assert sys.modules["warm_lib_for_test"].WARM == [1]  # after a warm-up that failed (logged, below)
+    assert "warming up warm_lib_for_test:broken ahead failed: cold" in caplog.text
     assert "broken_stage_for_test" not in sys.modules and "importing broken_stage_for_test ahead failed" in caplog.text
     with pytest.raises(ImportError, match="no such thing"):
         stages[0].load()

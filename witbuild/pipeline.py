@@ -121,13 +121,18 @@ def resumes(st: Stage, output: str, fp: Fingerprint) -> bool:
 
 
 def import_ahead(stages: list[Stage]) -> threading.Thread | None:
-    """Imports the code of ``stages`` and the slow libraries they name (``Stage.imports``) in a background thread.
+    """Imports the code of ``stages`` and the slow libraries they name (``Stage.imports``), then calls their
+    warm-ups (``Stage.warm_ups``), in a background thread.
 
     A stage imported its code when it started, on the build's critical path: img2dataset took ~2 s there with a
     core idle (the driver imports; the executors wait). Meanwhile the earlier stages' driver mostly waits on
-    Spark, so the import costs them little. An import that fails here is left to the stage, which raises it."""
+    Spark, so the import costs them little. A warm-up fills a cache the stage's tasks read: numba's machine code
+    of the colour check, which each of finalize's first tasks otherwise compiled at once (~3 s of both cores on
+    a fresh checkout, in local mode; executors on other machines still compile their own once). An import or
+    warm-up that fails here is left to the stage, which meets the real error."""
     modules = list(dict.fromkeys(m for st in stages for m in (st.module, *st.imports)))
-    if not modules:
+    warm_ups = list(dict.fromkeys(w for st in stages for w in st.warm_ups))
+    if not modules and not warm_ups:
         return None
 
     def run() -> None:
@@ -136,6 +141,12 @@ def import_ahead(stages: list[Stage]) -> threading.Thread | None:
                 importlib.import_module(name)
             except Exception as exc:  # the stage imports it again, and fails there with the real error
                 log.debug("importing %s ahead failed: %s", name, exc)
+        for target in warm_ups:
+            module, _, function = target.partition(":")
+            try:
+                getattr(importlib.import_module(module), function)()
+            except Exception as exc:
+                log.debug("warming up %s ahead failed: %s", target, exc)
 
     thread = threading.Thread(target=run, name="witbuild-import-ahead", daemon=True)
     thread.start()

@@ -52,6 +52,7 @@ SHARD_DIGITS = 5  # img2dataset's default ``oom_shard_count`` names shards with 
 NOT_WRITTEN = "not_written"  # a row of a finished shard that img2dataset did not write into its metadata
 ROBOTS_DIR = "_robots"  # inside the stage folder: what each image host's robots.txt said
 ROW, ORIGIN, DROP = "_row", "_origin", "_drop"
+BROADCAST_DROPS = 1_000_000  # rows not to fetch, sent to every task as a set up to this many, else joined away
 ROBOTS_SCHEMA = pa.schema([(ORIGIN, pa.string()), ("outcome", pa.string()), ("status", pa.int32()),
                            ("body", pa.string()), ("oversize", pa.bool_()), ("error", pa.string())])
 
@@ -180,18 +181,19 @@ def prepare_input(ctx: StageContext, fs: Any, out: str, dst: str) -> tuple[Stage
     shards from that order, and its resume relies on the same cut); returns the rows dropped here (counts) and
     the number of rows kept."""
     from pyspark.sql import functions as F
-    from pyspark.sql.types import StringType, StructField, StructType
+    from pyspark.sql.types import LongType, StringType, StructField, StructType
 
     cfg = ctx.cfg
     for leftover in (dst, f"{dst}.decided"):
         if fs.exists(leftover):
             fs.rm(leftover, recursive=True)
-    df = ctx.spark.read.parquet(ctx.previous)
-    out_fields = df.schema.fields
-    tagged = df.withColumn(ROW, F.monotonically_increasing_id())
-    tagged_schema = StructType([*tagged.schema.fields, StructField(ORIGIN, StringType()),
-                                StructField(DROP, StringType())])
-    tagged = tagged.mapInArrow(_tagger(allow_tuple(cfg.network)), tagged_schema)
+    rows = ctx.spark.read.parquet(ctx.previous).withColumn(ROW, F.monotonically_increasing_id())
+    out_names = [c for c in rows.columns if c != ROW]
+    # only (row, url) goes through the Python steps: whole rows, there and back twice, cost more than the
+    # decisions; the rows are read again for the URL list (the same files give the same row ids)
+    tagged_schema = StructType([StructField(ROW, LongType(), False), StructField("url", StringType()),
+                                StructField(ORIGIN, StringType()), StructField(DROP, StringType())])
+    tagged = rows.select(ROW, "url").mapInArrow(_tagger(allow_tuple(cfg.network)), tagged_schema)
     counts = StageCounts()
     decided = f"{dst}.decided"
     if cfg.download.respect_robots:
@@ -200,12 +202,12 @@ def prepare_input(ctx: StageContext, fs: Any, out: str, dst: str) -> tuple[Stage
             robots = _robots_table(ctx, fs, out, tagged)
             judged = tagged.join(robots, on=ORIGIN, how="left").mapInArrow(
                 _robots_judge(agent_tokens(cfg.download.user_agent_token), tagged.schema.names), tagged.schema)
-            judged.write.mode("overwrite").parquet(fs.unstrip_protocol(decided))
+            judged.select(ROW, DROP).write.mode("overwrite").parquet(fs.unstrip_protocol(decided))
             counts.merge(_robots_events(robots))
         finally:
             tagged.unpersist()
     else:
-        tagged.write.mode("overwrite").parquet(fs.unstrip_protocol(decided))
+        tagged.select(ROW, DROP).write.mode("overwrite").parquet(fs.unstrip_protocol(decided))
     table = ctx.spark.read.parquet(fs.unstrip_protocol(decided))
     kept = 0
     for r in table.groupBy(DROP).count().collect():
@@ -213,11 +215,15 @@ def prepare_input(ctx: StageContext, fs: Any, out: str, dst: str) -> tuple[Stage
             kept = r["count"]
         else:
             counts.drop(r[DROP], r["count"])
+    dropped = table.where(F.col(DROP).isNotNull()).select(ROW)
+    if counts.rows_dropped:
+        few = counts.rows_dropped <= BROADCAST_DROPS
+        rows = rows.join(F.broadcast(dropped) if few else dropped, ROW, "left_anti")
     # files of ROWS_PER_FILE rows, as the dedup stage wrote them: img2dataset cuts its shards per file, so the
     # cuts must not follow the shuffle-partition count (that would make the shards depend on the machine's cores)
     files = max(1, math.ceil(kept / ROWS_PER_FILE))
-    (table.where(F.col(DROP).isNull()).repartitionByRange(files, ROW).sortWithinPartitions(ROW)
-     .select(*[f.name for f in out_fields]).write.mode("overwrite").parquet(fs.unstrip_protocol(dst)))
+    (rows.repartitionByRange(files, ROW).sortWithinPartitions(ROW)
+     .select(*out_names).write.mode("overwrite").parquet(fs.unstrip_protocol(dst)))
     fs.rm(decided, recursive=True)
     for reason, n in sorted(counts.dropped.items()):
         log.warning("download: %d rows not fetched: %s", n, reason)
