@@ -190,9 +190,15 @@ def test_warm_up_leaves_machine_code_that_another_process_loads(tmp_path) -> Non
     import subprocess
     import sys
 
-    probe = ("from witbuild.dedup import colour_bound as cb; cb.warm_up(); "
-             "print(sum(cb._apart.stats.cache_hits.values()), sum(cb._apart.stats.cache_misses.values()))")
+    # the second process calls the loops as the colour check does (thumbnails from bytes: read-only arrays) and
+    # with writeable ones; numba compiles per argument type, so a warm-up of other types would not count
+    calls = ("import numpy as np; from witbuild.dedup import colour_bound as cb; "
+             "t = np.frombuffer(bytes(range(256)) * 6, np.uint8).reshape(2, 768); "
+             "cb.certainly_apart([bytes(768)], [bytes(range(256)) * 3], 16, 5.0, 20.0); "
+             "cb.certainly_apart_rows(t.copy(), np.array([0]), np.array([1]), 16, 5.0, 20.0); ")
+    stats = ("print(*(sum(getattr(f.stats, s).values()) for f in (cb._apart, cb._labs) "
+             "for s in ('cache_hits', 'cache_misses')))")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    runs = [subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-            for _ in range(2)]
-    assert [r.stdout.split() for r in runs] == [["0", "1"], ["1", "0"]]  # compiled, then loaded
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+            for code in ("from witbuild.dedup import colour_bound as cb; cb.warm_up(); " + stats, calls + stats)]
+    assert [r.stdout.split() for r in runs] == [["0", "1", "0", "1"], ["1", "0", "1", "0"]]  # compiled; loaded

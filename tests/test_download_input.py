@@ -57,3 +57,23 @@ def test_the_url_list_is_the_allowed_rows_whole_and_in_order(spark, tmp_path: Pa
     assert written.schema.names == table.schema.names
     assert written.to_pylist() == expected.to_pylist()
     assert not Path(f"{tmp_path / 'list'}.decided").exists()
+
+
+def test_the_funnel_reads_the_metadata_of_finished_shards_only(spark, tmp_path: Path) -> None:
+    """Read as the folder when it holds exactly the finished shards' metadata (a listing job fewer), else one by
+    one; the robots.txt table in ``_robots/`` is never read as metadata."""
+    (tmp_path / download.ROBOTS_DIR).mkdir()
+    pq.write_table(pa.table({"status": ["success"] * 5}), tmp_path / download.ROBOTS_DIR / "part-0.parquet")
+    for shard, statuses in (("00000", ["success", "failed_to_download"]), ("00001", ["success"] * 3)):
+        pq.write_table(pa.table({"key": [f"{shard}{i:04d}" for i in range(len(statuses))], "status": statuses,
+                                 "error_message": pa.array([None if s == "success" else "HTTP 404" for s in statuses],
+                                                           pa.string())}),
+                       tmp_path / f"{shard}{download.META_SUFFIX}")
+    fs, out = fs_and_path(str(tmp_path))
+
+    def funnel(finished: list[str]) -> list[tuple]:
+        frame = download._metadata(spark, fs, out, finished)
+        return sorted(tuple(r) for r in frame.groupBy("status", "error_message").count().collect())
+
+    assert funnel(["00000", "00001"]) == [("failed_to_download", "HTTP 404", 1), ("success", None, 4)]
+    assert funnel(["00001"]) == [("success", None, 3)]  # 00000 is not finished: left out

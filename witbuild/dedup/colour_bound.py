@@ -75,14 +75,25 @@ def certainly_apart_rows(thumbs: np.ndarray, firsts: np.ndarray, seconds: np.nda
     n = len(firsts)
     if numba is None or n == 0:
         return np.zeros(n, dtype=bool)
-    images = np.ascontiguousarray(thumbs, dtype=np.uint8).reshape(len(thumbs), side, side, 3)
+    # one type for every caller: numba compiles (and caches) per argument type, a read-only array being one of its
+    # own, so what warm_up compiled ahead is what the tasks load
+    images, firsts, seconds = (_read_only(a, t) for a, t in ((thumbs, np.uint8), (firsts, np.int64),
+                                                              (seconds, np.int64)))
+    images = images.reshape(len(thumbs), side, side, 3)
     # the second thumbnail of a pair has no gain: its CIELAB is the image's own, computed once per distinct image
     labs = _labs(images.reshape(len(thumbs), side * side, 3))
     pixels = side * side
     above = pixels - math.floor(tail_q / 100.0 * (pixels - 1))  # this many values above x: the percentile is too
     out = np.zeros(n, dtype=bool)
-    _apart(images, np.asarray(firsts, np.int64), np.asarray(seconds, np.int64), labs, _spread_order(side),
+    _apart(images, firsts, seconds, labs, _spread_order(side),
            max_mean + MARGIN, max_tail + MARGIN, above, out)
+    return out
+
+
+def _read_only(array: np.ndarray, dtype: type) -> np.ndarray:
+    """A C-contiguous, read-only view (a copy only where the type or layout differ)."""
+    out = np.ascontiguousarray(array, dtype=dtype).view()
+    out.flags.writeable = False
     return out
 
 

@@ -105,9 +105,8 @@ def run_download(ctx: StageContext) -> StageCounts:
     fetched = time.monotonic()
     finished = check_finished(fs, out, expected)
     # the funnel, from the metadata of the shards img2dataset finished (every row it was given is in one of them)
-    parquets = [fs.unstrip_protocol(f"{out}/{name}{META_SUFFIX}") for name in sorted(finished)]
-    rows = (ctx.spark.read.parquet(*parquets).groupBy("status", "error_message").count().collect()
-            if parquets else [])
+    rows = (_metadata(ctx.spark, fs, out, finished).groupBy("status", "error_message").count().collect()
+            if finished else [])
     counts.rows_in = counts.rows_dropped + kept
     for r in rows:
         if r["status"] == "success":
@@ -119,6 +118,15 @@ def run_download(ctx: StageContext) -> StageCounts:
     log.info("download: %.1f s choosing the rows to fetch (policy, robots.txt), %.1f s in img2dataset, %.1f s "
              "reading its metadata back", prepared - started, fetched - prepared, time.monotonic() - fetched)
     return counts
+
+
+def _metadata(spark: Any, fs: Any, out: str, finished: list[str]) -> Any:
+    """The metadata files of the ``finished`` shards, as one DataFrame. Read as the folder when it holds no other
+    metadata file: more than 32 paths named one by one cost a Spark job to list them (~1 s at 104 shards)."""
+    names = [f"{name}{META_SUFFIX}" for name in sorted(finished)]
+    if sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{out}/*{META_SUFFIX}")) == names:
+        return spark.read.option("pathGlobFilter", f"*{META_SUFFIX}").parquet(fs.unstrip_protocol(out))
+    return spark.read.parquet(*(fs.unstrip_protocol(f"{out}/{name}") for name in names))
 
 
 class ShardsIncompleteError(RuntimeError):
