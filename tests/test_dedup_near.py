@@ -283,7 +283,7 @@ def test_signatures_of_a_batch_are_those_of_each_image() -> None:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_small_buckets_compared_by_value_give_the_pairs_of_each_item(seed) -> None:
+def test_a_small_bucket_gives_the_pairs_of_every_two_items(seed) -> None:
     """A bucket of at most MAX_REPEATS items gives the pairs of every two items within the threshold (either
     sign), those of equal hashes included."""
     rng = np.random.default_rng(seed)

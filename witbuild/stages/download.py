@@ -223,8 +223,8 @@ def prepare_input(ctx: StageContext, fs: Any, out: str, dst: str) -> tuple[Stage
             kept = r["count"]
         else:
             counts.drop(r[DROP], r["count"])
-    dropped = table.where(F.col(DROP).isNotNull()).select(ROW)
     if counts.rows_dropped:
+        dropped = table.where(F.col(DROP).isNotNull()).select(ROW)
         few = counts.rows_dropped <= BROADCAST_DROPS
         rows = rows.join(F.broadcast(dropped) if few else dropped, ROW, "left_anti")
     # files of ROWS_PER_FILE rows, as the dedup stage wrote them: img2dataset cuts its shards per file, so the
