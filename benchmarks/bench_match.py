@@ -1,6 +1,8 @@
 """MetaCLIP substring matching per core: ``witbuild.curate.match.Matcher`` vs the naive MetaCLIP loop.
 
-In one process, against a query list of ``--entries`` (default 500,000) entries:
+In one process, against a query list of ``--entries`` (default 500,000) entries, under ``--case-sensitive``
+(``smart``, the build's default: two token tries, the list's cased entries and the rest; ``true``: MetaCLIP's rule,
+one trie; ``false``):
 
 * ``Matcher(entries)``: build seconds, the process's RSS growth once built (and the peak RSS growth while
   building, from ``VmHWM`` reset through ``/proc/self/clear_refs``);
@@ -49,7 +51,7 @@ from _machine import machine_info, status_kb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from witbuild.curate.match import Matcher, naive_match_batch  # noqa: E402
+from witbuild.curate.match import build_matcher, naive_match_batch  # noqa: E402
 from witbuild.curate.querylist import QueryListConfig, assemble, wordfreq_unigrams  # noqa: E402
 from witbuild.demo.web import natural_caption  # noqa: E402
 
@@ -178,6 +180,8 @@ def main() -> None:
     ap.add_argument("--min-zipf", type=float, default=1.0, help="wordfreq unigram threshold (large list)")
     ap.add_argument("--bigram-vocab", type=int, default=10_000, help="most frequent words bigrams are drawn from")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--case-sensitive", choices=("smart", "true", "false"), default="smart",
+                    help="match.case_sensitive (the build's default: smart)")
     ap.add_argument("--out", type=Path, default=DATA_DIR / "bench_match.json")
     args = ap.parse_args()
 
@@ -191,7 +195,8 @@ def main() -> None:
     rss0 = rss_mb()
     can_peak = reset_peak()
     w0, c0 = time.perf_counter(), time.process_time()
-    matcher = Matcher(entries)
+    case = {"true": True, "false": False}.get(args.case_sensitive, args.case_sensitive)
+    matcher = build_matcher(entries, case)
     build_wall, build_cpu = time.perf_counter() - w0, time.process_time() - c0
     peak = peak_mb() if can_peak else None
     gc.collect()
@@ -207,7 +212,7 @@ def main() -> None:
 
     # ---- naive MetaCLIP loop on a subset, and agreement
     naive_subset = captions[: args.naive_captions]
-    nwall, ncpu, naive = timed(lambda: naive_match_batch(naive_subset, entries), 1)
+    nwall, ncpu, naive = timed(lambda: naive_match_batch(naive_subset, entries, case), 1)
     naive_rate = len(naive_subset) / max(nwall, ncpu)
     ac_subset = matcher.match_batch(naive_subset)
     assert ac_subset == naive, "Matcher and the naive MetaCLIP loop disagree"

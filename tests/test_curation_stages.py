@@ -79,14 +79,14 @@ def test_match_equals_metaclip_rule_and_ids_are_the_build_list_lines(built):
     manifest = json.loads((out / "querylist" / "manifest.json").read_text())
     assert manifest["skipped"] == {"blank": 1, "duplicate": 1}
     matched = read(out, "match")
+    rule = {"space_entries": cfg.match.space_entries, "punct": cfg.match.punct}
     for r in matched:
-        assert r["matched"] == naive_match(r["text"], entries, True, space_entries=cfg.match.space_entries,
-                                           punct=cfg.match.punct)
+        assert r["matched"] == naive_match(r["text"], entries, cfg.match.case_sensitive, **rule)
     # one row per uid is not given: the same picture with the same caption on two pages is one uid twice
     matched_uids = {r["uid"] for r in matched}
     unmatched = [r["text"] for r in read(out, "filter") if r["uid"] not in matched_uids]
     assert results["match"].counts.dropped["no_match"] == len(unmatched)
-    assert all(not naive_match(t, entries, True) for t in unmatched)
+    assert all(not naive_match(t, entries, cfg.match.case_sensitive, **rule) for t in unmatched)
 
 
 def test_balance_caps_head_entries_and_writes_entry_counts(built):

@@ -27,6 +27,8 @@ from witbuild.curate.match import (
 # when " entry " is a substring of the result. Case-sensitive unless told otherwise (then both sides lower-cased).
 # With space_entries (witbuild's option, on by default) an entry is spaced like a caption and only that padding (one
 # space each side) dropped before its key is made: "Mr." becomes " Mr .  ", as "Mr." reads in a spaced caption.
+# witbuild's "smart" rule, written out the same way: an entry with a letter that str.lower changes is looked for as
+# written; every other entry in the spaced caption lower-cased.
 _WRAPPED = [",", ".", ";", ":", "?", "!", "`"]
 
 
@@ -39,18 +41,20 @@ def _metaclip_spacing(text: str) -> str:
     return spaced
 
 
-def metaclip_rule(captions: list[str], entries: list[str], case_sensitive: bool,
+def metaclip_rule(captions: list[str], entries: list[str], case_sensitive: bool | str,
                   space_entries: bool) -> list[list[int]]:
-    keys = []
+    keys, lowered = [], []
     for entry in entries:
         key = f" {_metaclip_spacing(entry)[1:-1]} " if space_entries else f" {entry} "
-        keys.append(key if case_sensitive else key.lower())
+        if case_sensitive is False:
+            key = key.lower()
+        keys.append(key)
+        lowered.append(case_sensitive is False or (case_sensitive == "smart" and entry.lower() == entry))
     out = []
     for caption in captions:
         spaced = _metaclip_spacing(caption)
-        if not case_sensitive:
-            spaced = spaced.lower()
-        out.append([i for i, key in enumerate(keys) if key in spaced])
+        texts = (spaced, spaced.lower())
+        out.append([i for i, key in enumerate(keys) if key in texts[lowered[i]]])
     return out
 
 
@@ -63,6 +67,7 @@ def test_the_rule_written_here_on_hand_examples() -> None:
     assert metaclip_rule(["in St. Louis, say \"hi\""], entries, True, True) == [[4, 5]]
     assert metaclip_rule(["in St. Louis, say \"hi\""], entries, True, False) == [[5]]  # "St. Louis" unspaced
     assert metaclip_rule(["Mr. Smith", "Mr.Smith", "Mr."], ["Mr.", "Mr"], True, True) == [[0, 1], [1], [0, 1]]
+    assert metaclip_rule(["I love New York.", "NEW YORK"], entries, "smart", True) == [[0, 1, 2], [1]]
 
 SPECIAL_ENTRIES = [
     "new", "new york", "york", "new york city", "york city", "city", "New York", "NEW YORK",
@@ -137,9 +142,9 @@ def corpus() -> tuple[list[str], list[str]]:
 def expected(corpus: tuple[list[str], list[str]]):
     """MetaCLIP's matches of the corpus per (case_sensitive, space_entries), each worked out once."""
     entries, captions = corpus
-    cache: dict[tuple[bool, bool], list[list[int]]] = {}
+    cache: dict[tuple[bool | str, bool], list[list[int]]] = {}
 
-    def get(case_sensitive: bool, space_entries: bool) -> list[list[int]]:
+    def get(case_sensitive: bool | str, space_entries: bool) -> list[list[int]]:
         if (case_sensitive, space_entries) not in cache:
             cache[case_sensitive, space_entries] = metaclip_rule(captions, entries, case_sensitive, space_entries)
         return cache[case_sensitive, space_entries]
@@ -148,9 +153,9 @@ def expected(corpus: tuple[list[str], list[str]]):
 
 
 @pytest.mark.parametrize("engine", ["tokens", "aho-corasick"])
-@pytest.mark.parametrize("case_sensitive", [True, False])
+@pytest.mark.parametrize("case_sensitive", [True, False, "smart"])
 @pytest.mark.parametrize("space_entries", [True, False])
-def test_matcher_equals_metaclip_rule(corpus: tuple[list[str], list[str]], expected, case_sensitive: bool,
+def test_matcher_equals_metaclip_rule(corpus: tuple[list[str], list[str]], expected, case_sensitive: bool | str,
                                       space_entries: bool, engine: str):
     entries, captions = corpus
     matcher = make_matcher(entries, MatchConfig(case_sensitive=case_sensitive, space_entries=space_entries,
@@ -170,9 +175,9 @@ def test_matcher_equals_metaclip_rule(corpus: tuple[list[str], list[str]], expec
     assert overlapping, "no caption matched the overlapping entries new / new york / york"
 
 
-@pytest.mark.parametrize("case_sensitive", [True, False])
+@pytest.mark.parametrize("case_sensitive", [True, False, "smart"])
 @pytest.mark.parametrize("space_entries", [True, False])
-def test_naive_loop_equals_metaclip_rule(corpus: tuple[list[str], list[str]], expected, case_sensitive: bool,
+def test_naive_loop_equals_metaclip_rule(corpus: tuple[list[str], list[str]], expected, case_sensitive: bool | str,
                                          space_entries: bool):
     """naive_match, the project's reference loop, is MetaCLIP's rule too."""
     entries, captions = corpus
@@ -204,6 +209,36 @@ def test_hand_examples() -> None:
     verbatim = Matcher(entries, space_entries=False)
     assert verbatim.match("Meet me in St. Louis.") == []  # MetaCLIP: such entries can never match
     assert naive_match("Meet me in St. Louis.", entries, space_entries=False) == []
+
+
+def test_smart_case_matches_plain_entries_in_any_case_and_cased_ones_as_written() -> None:
+    """The default rule: a list of lower-case words misses no capitalised caption, and "Apple" stays a brand."""
+    entries = ["golden retriever", "apple", "Apple", "new york", "New York", "us", "iPhone", "東京"]
+    cfg = MatchConfig()
+    assert cfg.case_sensitive == "smart"
+    for engine in ("tokens", "aho-corasick"):
+        m = make_matcher(entries, cfg.model_copy(update={"engine": engine}))
+        assert m.match("Golden Retriever puppy") == [0]  # title case: nothing matched under MetaCLIP's rule
+        assert m.match("GOLDEN RETRIEVER") == [0]
+        assert m.match("Apple pie") == [1, 2]  # the word in any case, the brand as written
+        assert m.match("apple pie") == [1]
+        assert m.match("APPLE") == [1]
+        assert m.match("I love New York.") == [3, 4]
+        assert m.match("new york, new york!") == [3]
+        assert m.match("Made in the US") == [5]
+        assert m.match("an iphone case") == [] and m.match("an iPhone case") == [6]
+        assert m.match("東京の夜") == [] and m.match("東京 tower") == [7]  # uncased scripts are plain entries
+        assert m.match_batch(["", None, "Apple"]) == [[], [], [1, 2]]
+        assert len(m) == len(entries)
+    metaclip = Matcher(entries)  # case_sensitive=True: MetaCLIP's rule
+    assert metaclip.match("Golden Retriever puppy") == [] and metaclip.match("Apple pie") == [2]
+    assert naive_match("Golden Retriever puppy", entries, "smart") == [0]
+
+
+def test_smart_case_with_only_cased_or_only_plain_entries() -> None:
+    assert make_matcher(["Paris"], MatchConfig()).match_batch(["paris", "Paris"]) == [[], [0]]
+    assert make_matcher(["paris"], MatchConfig()).match_batch(["paris", "PARIS"]) == [[0], [0]]
+    assert make_matcher([], MatchConfig()).match_batch(["paris"]) == [[]]
 
 
 def test_duplicate_keys_report_every_entry() -> None:
@@ -272,6 +307,9 @@ def test_matcher_from_config_is_cached(tmp_path: Path) -> None:
     assert matcher_from_config(cfg) is m1
     assert m1.match("I love new york") == [0, 1]
     assert matcher_from_config(MatchConfig(entries_path=str(path), case_sensitive=False)) is not m1
+    assert matcher_from_config(cfg.model_copy(update={"engine": "aho-corasick"})) is not m1
+    assert m1.match("I love New York") == [0, 1]  # the default, smart case
+    assert matcher_from_config(cfg.model_copy(update={"case_sensitive": True})).match("I love New York") == []
     with pytest.raises(ValueError, match="entries_path"):
         matcher_from_config(MatchConfig())
     with pytest.raises(ValidationError):

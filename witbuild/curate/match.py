@@ -25,6 +25,12 @@ Entries that contain the wrapped punctuation ("St. Louis", "e.g.") can never mat
 caption's punctuation is spaced out and the entry's is not. With ``space_entries=True`` (the default) entries
 are spaced the same way, so "St. Louis" matches "... in St. Louis." ; ``space_entries=False`` is MetaCLIP
 verbatim. Both :class:`Matcher` and :func:`naive_match` take the option, and agree for either value.
+
+MetaCLIP matches case-sensitively, which suits metadata that spells case out (Wikipedia titles), but a
+list of lower-cased words (wordfreq's, which ``witbuild querylist build`` uses) then misses every capitalised
+mention: "Golden Retriever puppy" matches neither "golden" nor "retriever". The default rule, "smart" (as editors'
+smart case), matches an entry without capitals against the caption lower-cased and an entry with capitals as
+written (:class:`SmartCaseMatcher`); ``case_sensitive=True`` is MetaCLIP's rule.
 """
 
 from __future__ import annotations
@@ -56,6 +62,15 @@ SKIP_INVALID_UTF8 = "invalid_utf8"
 SKIP_OVER_MAX_ENTRIES = "over_max_entries"
 
 _CHUNK = 4096  # captions per vectorised chunk in Matcher.match_batch
+
+CaseRule = bool | Literal["smart"]
+"""How matching treats case: True (MetaCLIP), False (everything lower-cased) or "smart" (:func:`is_cased`)."""
+
+
+def is_cased(entry: str) -> bool:
+    """Whether an entry spells case out (has a letter that lower-casing changes): under the "smart" rule it matches
+    only as written; any other entry matches a caption lower-cased."""
+    return entry != entry.lower()
 # Separator candidates for joining a chunk's captions: the first one found in no key (and no punct) is used.
 _SEP_CANDIDATES = "\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0e\x0f\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\ufdd0\uffff"
 _NO_TOKEN = -1  # a caption token that is no token of any key
@@ -69,8 +84,13 @@ class MatchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     entries_path: str | None = Field(None, description="The query list: a UTF-8 text file, one entry per line.")
-    case_sensitive: bool = Field(
-        True, description="MetaCLIP matches case-sensitively; False lower-cases captions and entries."
+    case_sensitive: CaseRule = Field(
+        "smart",
+        description="smart: an entry written without capitals matches its words in any case ('dog' matches "
+        "'Dog' and 'DOG'), an entry with capitals only as written ('Apple' not 'apple'), so a list of "
+        "lower-cased words (witbuild querylist build) misses no capitalised caption and a list that "
+        "spells case out keeps its distinctions; true: MetaCLIP's rule, case-sensitive for every entry "
+        "(to reproduce MetaCLIP with its metadata.json); false: captions and entries lower-cased.",
     )
     space_entries: bool = Field(
         True,
@@ -121,7 +141,7 @@ def prepare_text(text: str, *, case_sensitive: bool = True, punct: str = METACLI
 def naive_match(
     text: str,
     entries: Sequence[str],
-    case_sensitive: bool = True,
+    case_sensitive: CaseRule = True,
     *,
     space_entries: bool = True,
     punct: str = METACLIP_PUNCT,
@@ -134,29 +154,35 @@ def naive_match(
 def naive_match_batch(
     texts: Iterable[str],
     entries: Sequence[str],
-    case_sensitive: bool = True,
+    case_sensitive: CaseRule = True,
     *,
     space_entries: bool = True,
     punct: str = METACLIP_PUNCT,
 ) -> list[list[int]]:
-    """:func:`naive_match` per text, with the entry keys built once (as MetaCLIP's global ``spaced_metadata``)."""
-    keys = [entry_key(e, case_sensitive=case_sensitive, space_entries=space_entries, punct=punct) for e in entries]
+    """:func:`naive_match` per text, with the entry keys built once (as MetaCLIP's global ``spaced_metadata``).
+    Under the "smart" rule a cased entry's key is looked for in the spaced caption, any other in it lower-cased."""
+    smart = case_sensitive == "smart"
+    keys = [entry_key(e, case_sensitive=smart or bool(case_sensitive), space_entries=space_entries, punct=punct)
+            for e in entries]
+    as_written = [smart and is_cased(e) for e in entries]
     out = []
     for text in texts:
-        spaced = prepare_text(text, case_sensitive=case_sensitive, punct=punct)
-        out.append([i for i, key in enumerate(keys) if key in spaced])
+        spaced = prepare_text(text, case_sensitive=case_sensitive is not False, punct=punct)
+        lowered = spaced.lower() if smart else spaced
+        out.append([i for i, key in enumerate(keys) if key in (spaced if as_written[i] else lowered)])
     return out
 
 
-def keys_to_ids(entries: Sequence[str], case_sensitive: bool, space_entries: bool, punct: str) -> dict[str, list[int]]:
-    """Each matching key ``" entry "`` and the ids of the entries that share it; empty entries are an error
-    (their key would match any caption with two spaces in a row)."""
+def keys_to_ids(entries: Sequence[str], case_sensitive: bool, space_entries: bool, punct: str,
+                ids: Sequence[int] | None = None) -> dict[str, list[int]]:
+    """Each matching key ``" entry "`` and the ids of the entries that share it (``ids[i]`` for entry i, default
+    i); empty entries are an error (their key would match any caption with two spaces in a row)."""
     ids_by_key: dict[str, list[int]] = {}
     for i, e in enumerate(entries):
         if not e or not e.strip():
-            raise ValueError(f"query list entry {i} is empty or only whitespace")
+            raise ValueError(f"query list entry {i if ids is None else ids[i]} is empty or only whitespace")
         key = entry_key(e, case_sensitive=case_sensitive, space_entries=space_entries, punct=punct)
-        ids_by_key.setdefault(key, []).append(i)
+        ids_by_key.setdefault(key, []).append(i if ids is None else ids[i])
     return ids_by_key
 
 
@@ -165,7 +191,8 @@ class Matcher:
     then match many captions.
 
     Entries that share a key (e.g. "Apple" and "apple" when not case-sensitive) are all reported. Empty or
-    whitespace-only entries are rejected: their key would match any caption with two spaces in a row.
+    whitespace-only entries are rejected: their key would match any caption with two spaces in a row. ``ids``:
+    the id reported for each entry (default its index), for a matcher over part of a list.
     """
 
     def __init__(
@@ -175,12 +202,14 @@ class Matcher:
         *,
         space_entries: bool = True,
         punct: str = METACLIP_PUNCT,
+        ids: Sequence[int] | None = None,
     ) -> None:
         self.entries = list(entries)
         self.case_sensitive = case_sensitive
         self.space_entries = space_entries
         self.punct = punct
-        ids_by_key = keys_to_ids(self.entries, case_sensitive, space_entries, punct)
+        self._id_space = max(ids, default=-1) + 1 if ids is not None else len(self.entries)
+        ids_by_key = keys_to_ids(self.entries, case_sensitive, space_entries, punct, ids)
         self._empty = not ids_by_key
         self._build_trie(ids_by_key)
         logger.info("matcher built: %d entries, %d distinct keys", len(self.entries), len(ids_by_key))
@@ -236,10 +265,6 @@ class Matcher:
             tok[self._sep] = _BOUNDARY
         self._tok = tok
         self._scalar: tuple | None = None  # match()'s plain-Python copy of the trie, built on first use
-
-    @classmethod
-    def from_config(cls, entries: Sequence[str], cfg: MatchConfig) -> Matcher:
-        return cls(entries, cfg.case_sensitive, space_entries=cfg.space_entries, punct=cfg.punct)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -358,7 +383,7 @@ class Matcher:
             cap = np.repeat(cap, lens)
             within = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
             ids = self._ids[np.repeat(self._node_start[hnode], lens) + within]
-        n_entries = len(self.entries)
+        n_entries = self._id_space
         comb = cap * n_entries + ids
         comb.sort()
         if comb.size > 1:
@@ -380,13 +405,14 @@ class AhoCorasickMatcher:
         *,
         space_entries: bool = True,
         punct: str = METACLIP_PUNCT,
+        ids: Sequence[int] | None = None,
     ) -> None:
         import ahocorasick
 
         self.entries = list(entries)
         self.case_sensitive = case_sensitive
         self.punct = punct
-        ids_by_key = keys_to_ids(self.entries, case_sensitive, space_entries, punct)
+        ids_by_key = keys_to_ids(self.entries, case_sensitive, space_entries, punct, ids)
         self._automaton = ahocorasick.Automaton()
         for key, ids in ids_by_key.items():
             self._automaton.add_word(key, tuple(ids))
@@ -411,10 +437,53 @@ class AhoCorasickMatcher:
         return [self.match(t) for t in texts]
 
 
-def make_matcher(entries: Sequence[str], cfg: MatchConfig) -> Matcher | AhoCorasickMatcher:
-    """The matcher ``cfg.engine`` names, built once per process by the caller."""
-    cls = Matcher if cfg.engine == "tokens" else AhoCorasickMatcher
-    return cls(entries, cfg.case_sensitive, space_entries=cfg.space_entries, punct=cfg.punct)
+class SmartCaseMatcher:
+    """The "smart" case rule from two matchers of one engine, each reporting the full list's ids: the cased
+    entries (:func:`is_cased`) matched case-sensitively, the others lower-cased; a caption's ids are the union. A
+    list with only one kind (wordfreq's words are all lower-case) runs one matcher."""
+
+    def __init__(self, engine: type[Matcher | AhoCorasickMatcher], entries: Sequence[str], *,
+                 space_entries: bool = True, punct: str = METACLIP_PUNCT) -> None:
+        self.entries = list(entries)
+        cased = [is_cased(e) for e in self.entries]
+        self._parts = []
+        for as_written in (True, False):
+            ids = [i for i, c in enumerate(cased) if c is as_written]
+            if ids or (not self.entries and not as_written):
+                self._parts.append(engine([self.entries[i] for i in ids], as_written, space_entries=space_entries,
+                                          punct=punct, ids=ids))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def match(self, text: str | None) -> list[int]:
+        """Sorted unique ids of the entries matched in ``text``."""
+        return self.match_batch([text])[0]
+
+    def match_batch(self, texts: Iterable[str | None]) -> list[list[int]]:
+        texts = texts if isinstance(texts, list) else list(texts)
+        if len(self._parts) == 1:
+            return self._parts[0].match_batch(texts)
+        cased, plain = (part.match_batch(texts) for part in self._parts)
+        return [sorted(a + b) if a and b else a or b for a, b in zip(cased, plain, strict=True)]
+
+
+AnyMatcher = Matcher | AhoCorasickMatcher | SmartCaseMatcher
+
+
+def build_matcher(entries: Sequence[str], case_sensitive: CaseRule = "smart", *, engine: str = "tokens",
+                  space_entries: bool = True, punct: str = METACLIP_PUNCT) -> AnyMatcher:
+    """The matcher of an engine ("tokens" or "aho-corasick") under a case rule."""
+    cls = Matcher if engine == "tokens" else AhoCorasickMatcher
+    if case_sensitive == "smart":
+        return SmartCaseMatcher(cls, entries, space_entries=space_entries, punct=punct)
+    return cls(entries, case_sensitive, space_entries=space_entries, punct=punct)
+
+
+def make_matcher(entries: Sequence[str], cfg: MatchConfig) -> AnyMatcher:
+    """The matcher ``cfg`` describes, built once per process by the caller."""
+    return build_matcher(entries, cfg.case_sensitive, engine=cfg.engine, space_entries=cfg.space_entries,
+                         punct=cfg.punct)
 
 
 def load_entries(
@@ -466,28 +535,24 @@ def load_entries(
 def _cached_matcher(
     path: str,
     mtime_ns: int,
-    case_sensitive: bool,
-    space_entries: bool,
-    punct: str,
+    cfg_json: str,
     max_chars: int,
     max_entries: int | None,
-) -> Matcher:
+) -> AnyMatcher:
     entries, _ = load_entries(path, max_chars=max_chars, max_entries=max_entries)
-    return Matcher(entries, case_sensitive, space_entries=space_entries, punct=punct)
+    return make_matcher(entries, MatchConfig.model_validate_json(cfg_json))
 
 
-def matcher_from_config(cfg: MatchConfig, max_chars: int = 200, max_entries: int | None = None) -> Matcher:
-    """The :class:`Matcher` for ``cfg.entries_path``, built once per process (rebuilt if the file changes): what a
-    Spark task calls on each batch. The limits are the build's ``querylist.max_entry_chars``/``max_entries``."""
+def matcher_from_config(cfg: MatchConfig, max_chars: int = 200, max_entries: int | None = None) -> AnyMatcher:
+    """The matcher ``cfg`` describes for its ``entries_path``, built once per process (again when the file
+    changes). The limits are the build's ``querylist.max_entry_chars``/``max_entries``."""
     if cfg.entries_path is None:
         raise ValueError("match.entries_path is not set: no query list to match against")
     path = str(Path(cfg.entries_path).expanduser().resolve())
     return _cached_matcher(
         path,
         os.stat(path).st_mtime_ns,
-        cfg.case_sensitive,
-        cfg.space_entries,
-        cfg.punct,
+        cfg.model_dump_json(exclude={"entries_path"}),
         max_chars,
         max_entries,
     )

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from witbuild import schemas
 from witbuild.counters import StageCounts
-from witbuild.curate.match import AhoCorasickMatcher, MatchConfig, Matcher, make_matcher
+from witbuild.curate.match import AnyMatcher, MatchConfig, make_matcher
 from witbuild.curate.querylist_artifact import prepare_querylist
 
 if TYPE_CHECKING:
@@ -21,10 +21,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_MATCHERS: dict[tuple, Matcher | AhoCorasickMatcher] = {}  # one per executor process and query list version
+_MATCHERS: dict[tuple, AnyMatcher] = {}  # one per executor process and query list version
 
 
-def match_batch(batch: pa.RecordBatch, matcher: Matcher | AhoCorasickMatcher, counts: StageCounts,
+def match_batch(batch: pa.RecordBatch, matcher: AnyMatcher, counts: StageCounts,
                 out_schema: pa.Schema) -> pa.RecordBatch:
     counts.rows_in += batch.num_rows
     matched = matcher.match_batch(batch.column("text").to_pylist())
