@@ -62,6 +62,12 @@ SKIP_INVALID_UTF8 = "invalid_utf8"
 SKIP_OVER_MAX_ENTRIES = "over_max_entries"
 
 _CHUNK = 4096  # captions per vectorised chunk in Matcher.match_batch
+# Separator candidates for joining a chunk's captions: the first one found in no key (and no punct) is used.
+_SEP_CANDIDATES = "\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0e\x0f\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\ufdd0\uffff"
+_NO_TOKEN = -1  # a caption token that is no token of any key
+_BOUNDARY = -2  # the separator between joined captions
+_EDGE_SHIFT = 32  # a trie edge's code: parent node << _EDGE_SHIFT | token id
+
 
 CaseRule = bool | Literal["smart"]
 """How matching treats case: True (MetaCLIP), False (everything lower-cased) or "smart" (:func:`is_cased`)."""
@@ -71,11 +77,6 @@ def is_cased(entry: str) -> bool:
     """Whether an entry spells case out (has a letter that lower-casing changes): under the "smart" rule it matches
     only as written; any other entry matches a caption lower-cased."""
     return entry != entry.lower()
-# Separator candidates for joining a chunk's captions: the first one found in no key (and no punct) is used.
-_SEP_CANDIDATES = "\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0e\x0f\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\ufdd0\uffff"
-_NO_TOKEN = -1  # a caption token that is no token of any key
-_BOUNDARY = -2  # the separator between joined captions
-_EDGE_SHIFT = 32  # a trie edge's code: parent node << _EDGE_SHIFT | token id
 
 
 class MatchConfig(BaseModel):
@@ -414,8 +415,8 @@ class AhoCorasickMatcher:
         self.punct = punct
         ids_by_key = keys_to_ids(self.entries, case_sensitive, space_entries, punct, ids)
         self._automaton = ahocorasick.Automaton()
-        for key, ids in ids_by_key.items():
-            self._automaton.add_word(key, tuple(ids))
+        for key, key_ids in ids_by_key.items():
+            self._automaton.add_word(key, tuple(key_ids))
         if ids_by_key:
             self._automaton.make_automaton()
         self._empty = not ids_by_key
