@@ -201,3 +201,54 @@ def test_page_images_with_newlines_in_urls():
                               '<img src="java\nscript:alert(1)" alt="js">')
     assert [r[0] for r in refs] == ["http://h.org/a.jpg", "http://example.org/a.jpg"]
     assert counts.dropped == {"javascript_url": 1}
+
+
+# ------------------------------------------------------------------------------------------------ <picture>
+# The markup below follows what sites write (MDN's <picture> examples; WordPress's WebP plugins and lazysizes'
+# data-srcset on <source>): the <img> inside is the fallback, and names the image itself in nearly every page.
+
+
+def test_picture_img_with_its_own_src_keeps_it():
+    refs, _, _ = refs_of('<picture><source type="image/webp" srcset="a.webp"><img src="a.jpg" alt="cat"></picture>')
+    assert refs == [("http://example.org/dir/a.jpg", "cat", "alt", "src")]
+
+
+def test_picture_img_without_a_url_takes_the_first_decodable_source():
+    html = ('<picture><source type="image/avif" srcset="a.avif 1x, a2.avif 2x">'
+            '<source type="image/webp" srcset="b.webp 640w, b-large.webp 1280w" media="(min-width: 800px)">'
+            '<source srcset="c.jpg"><img alt="a red boat"></picture>')
+    refs, _, counts = refs_of(html)
+    assert refs == [("http://example.org/dir/b-large.webp", "a red boat", "alt", "source_srcset")]
+    assert counts.rows_in == 1 and counts.rows_out == 1 and counts.rows_dropped == 0
+
+
+def test_picture_lazy_placeholder_takes_the_source_data_srcset():
+    html = ('<picture><source type="image/webp" data-srcset="/img/boat.webp">'
+            '<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" alt="boat" class="lazyload"></picture>')
+    refs, _, _ = refs_of(html)
+    assert refs == [("http://example.org/img/boat.webp", "boat", "alt", "source_data-srcset")]
+
+
+@pytest.mark.parametrize(
+    ("html", "reason"),
+    [
+        ('<picture><source type="image/avif" srcset="a.avif"><img alt="x"></picture>', "no_url"),
+        ('<picture><source srcset="data:image/png;base64,AAAA"><img src="data:image/gif;base64,R0" alt="x">'
+         '</picture>', "data_url"),
+        ('<picture><source srcset="/logo.svg"><img alt="x"></picture>', "no_url"),
+        ('<div><source srcset="a.jpg"><img alt="x"></div>', "no_url"),  # a <source> outside a <picture>
+        ('<picture><source srcset="a.jpg"><img></picture>', "empty_text"),
+    ],
+)
+def test_picture_without_a_usable_source_is_dropped_with_the_img_reason(html, reason):
+    refs, _, counts = refs_of(html)
+    assert refs == []
+    assert counts.dropped == {reason: 1}
+
+
+def test_a_source_of_another_picture_is_never_taken():
+    html = ('<picture><source srcset="one.jpg"><img src="one-fallback.jpg" alt="first"></picture>'
+            '<picture><img alt="second"></picture>')
+    refs, _, counts = refs_of(html)
+    assert refs == [("http://example.org/dir/one-fallback.jpg", "first", "alt", "src")]
+    assert counts.dropped == {"no_url": 1}

@@ -171,6 +171,35 @@ def first_text(attrs: Mapping[str, object], text_attrs: Sequence[str], max_chars
     return "", "none"
 
 
+#: ``<source type>`` values of a ``<picture>`` that the download can decode (PIL without plugins); a source with no
+#: type is taken too, a source of another type (image/avif, image/jxl, image/svg+xml) is passed over.
+PICTURE_SOURCE_TYPES = ("image/jpeg", "image/jpg", "image/png", "image/webp", "image/gif")
+PICTURE_SOURCE_ATTRS = ("srcset", "data-srcset")
+
+
+def picture_source_url(img, resolver: Resolver) -> tuple[str | None, str]:
+    """The image of the ``<picture>`` around ``img`` from its ``<source>`` elements, for an ``<img>`` that names
+    none itself (no ``src``, or only a placeholder): the largest candidate of the first source of a decodable type,
+    as (absolute URL, "source_" + attribute); (None, "") when there is no picture or no usable source."""
+    parent = img.parent
+    if parent is None or parent.tag != "picture":
+        return None, ""
+    for source in parent.iter():
+        if source.tag != "source":
+            continue
+        attrs = source.attributes
+        kind = (attrs.get("type") or "").split(";", 1)[0].strip().lower()
+        if kind and kind not in PICTURE_SOURCE_TYPES:
+            continue
+        for attr in PICTURE_SOURCE_ATTRS:
+            raw = largest_srcset_candidate(attrs.get(attr) or "")
+            if raw:
+                absolute, reason = resolver.image_url(raw)
+                if reason is None:
+                    return absolute, f"source_{attr}"
+    return None, ""
+
+
 def page_images(
     html: str,
     page_url: str,
@@ -185,7 +214,8 @@ def page_images(
     """All usable ``<img>`` references of a page and the page's declared language.
 
     ``counts.rows_in`` grows by the number of ``<img>`` elements; each one either becomes an
-    :class:`ImageRef` (``rows_out``) or is dropped with a reason.
+    :class:`ImageRef` (``rows_out``) or is dropped with a reason. An ``<img>`` inside a ``<picture>`` that names
+    no usable URL itself takes its picture's (:func:`picture_source_url`).
     """
     tree = LexborHTMLParser(html)
     root = tree.css_first("html")
@@ -226,6 +256,8 @@ def page_images(
                 url, url_source = absolute, attr
                 break
             first_reason = first_reason or reason
+        if url is None:
+            url, url_source = picture_source_url(node, resolver)
         if url is None:
             counts.drop(first_reason or "no_url")
             continue

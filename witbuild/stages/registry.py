@@ -61,8 +61,9 @@ class Stage:
 
 
 REGISTRY: tuple[Stage, ...] = (
+    # rule 2: an <img> inside a <picture> that names no usable URL itself takes its picture's <source>
     Stage("extract", None, "witbuild.stages.extract:run_extract", ("input", "extract"), "candidates",
-          crawl_config=("crawl", "network")),
+          crawl_config=("crawl", "network"), rule=2),
     Stage("filter", "extract", "witbuild.stages.filter:run_filter", ("filter", "langid"), "filtered"),
     Stage("match", "filter", "witbuild.stages.match:run_match", ("match",), "matched"),
     # rule 2: c_e and the draws over distinct (normalised URL, text) pairs, not rows
