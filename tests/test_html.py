@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
+from PIL import Image
 
 from witbuild.counters import StageCounts
-from witbuild.sources.html import decode_html, is_html, page_images
+from witbuild.sources.html import PICTURE_SOURCE_TYPES, decode_html, is_html, page_images
 from witbuild.sources.urls import classify, largest_srcset_candidate, parse_srcset, resolve
 
 PAGE = "http://example.org/dir/page.html"
@@ -214,12 +218,27 @@ def test_picture_img_with_its_own_src_keeps_it():
 
 
 def test_picture_img_without_a_url_takes_the_first_decodable_source():
-    html = ('<picture><source type="image/avif" srcset="a.avif 1x, a2.avif 2x">'
+    html = ('<picture><source type="image/jxl" srcset="a.jxl 1x, a2.jxl 2x">'
             '<source type="image/webp" srcset="b.webp 640w, b-large.webp 1280w" media="(min-width: 800px)">'
             '<source srcset="c.jpg"><img alt="a red boat"></picture>')
     refs, _, counts = refs_of(html)
     assert refs == [("http://example.org/dir/b-large.webp", "a red boat", "alt", "source_srcset")]
     assert counts.rows_in == 1 and counts.rows_out == 1 and counts.rows_dropped == 0
+    refs, _, _ = refs_of('<picture><source type="Image/AVIF" srcset="a.avif"><img alt="boat"></picture>')
+    assert refs == [("http://example.org/dir/a.avif", "boat", "alt", "source_srcset")]
+
+
+@pytest.mark.parametrize("mime", PICTURE_SOURCE_TYPES)
+def test_the_download_decodes_every_picture_source_type_taken(mime):
+    """img2dataset decodes what it fetches with OpenCV's imdecode: an image of each type taken from a <source>,
+    written by Pillow, must decode to its pixels there, or the pair would be taken only to fail in the download."""
+    cv2 = pytest.importorskip("cv2")
+    image = Image.new("RGB", (48, 32), (200, 30, 40))
+    buf = io.BytesIO()
+    image.save(buf, {"jpg": "JPEG"}.get(mime.split("/")[1], mime.split("/")[1].upper()))
+    decoded = cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert decoded is not None and decoded.shape[:2] == (32, 48)
+    assert abs(int(decoded[16, 24, 2]) - 200) < 16 and abs(int(decoded[16, 24, 0]) - 40) < 16  # BGR
 
 
 def test_picture_lazy_placeholder_takes_the_source_data_srcset():
@@ -232,7 +251,7 @@ def test_picture_lazy_placeholder_takes_the_source_data_srcset():
 @pytest.mark.parametrize(
     ("html", "reason"),
     [
-        ('<picture><source type="image/avif" srcset="a.avif"><img alt="x"></picture>', "no_url"),
+        ('<picture><source type="image/jxl" srcset="a.jxl"><img alt="x"></picture>', "no_url"),
         ('<picture><source srcset="data:image/png;base64,AAAA"><img src="data:image/gif;base64,R0" alt="x">'
          '</picture>', "data_url"),
         ('<picture><source srcset="/logo.svg"><img alt="x"></picture>', "no_url"),

@@ -171,9 +171,10 @@ def first_text(attrs: Mapping[str, object], text_attrs: Sequence[str], max_chars
     return "", "none"
 
 
-#: ``<source type>`` values of a ``<picture>`` that the download can decode (PIL without plugins); a source with no
-#: type is taken too, a source of another type (image/avif, image/jxl, image/svg+xml) is passed over.
-PICTURE_SOURCE_TYPES = ("image/jpeg", "image/jpg", "image/png", "image/webp", "image/gif")
+#: ``<source type>`` values of a ``<picture>`` whose images the download decodes (img2dataset decodes with OpenCV:
+#: tests/test_html.py checks each one); a source with no type is taken too, one of another type (image/jxl,
+#: image/svg+xml) is passed over.
+PICTURE_SOURCE_TYPES = ("image/jpeg", "image/jpg", "image/png", "image/webp", "image/gif", "image/avif")
 PICTURE_SOURCE_ATTRS = ("srcset", "data-srcset")
 
 
