@@ -87,6 +87,8 @@ def test_match_equals_metaclip_rule_and_ids_are_the_build_list_lines(built):
     unmatched = [r["text"] for r in read(out, "filter") if r["uid"] not in matched_uids]
     assert results["match"].counts.dropped["no_match"] == len(unmatched)
     assert all(not naive_match(t, entries, cfg.match.case_sensitive, **rule) for t in unmatched)
+    info = results["match"].counts.info
+    assert (info["case_rule"], info["case_variant_groups"]) == ("smart", 0)  # "Старый мост" has no lower twin
 
 
 def test_balance_caps_head_entries_and_writes_entry_counts(built):

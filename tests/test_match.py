@@ -13,12 +13,14 @@ from witbuild.curate.match import (
     METACLIP_PUNCT,
     MatchConfig,
     Matcher,
+    case_variants,
     load_entries,
     make_matcher,
     matcher_from_config,
     naive_match,
     naive_match_batch,
     spacing,
+    warn_case_variants,
 )
 
 # MetaCLIP's rule (facebookresearch/MetaCLIP, metaclip/metaclip1/substr_matching.py), written out here with nothing
@@ -239,6 +241,16 @@ def test_smart_case_with_only_cased_or_only_plain_entries() -> None:
     assert make_matcher(["Paris"], MatchConfig()).match_batch(["paris", "Paris"]) == [[], [0]]
     assert make_matcher(["paris"], MatchConfig()).match_batch(["paris", "PARIS"]) == [[0], [0]]
     assert make_matcher([], MatchConfig()).match_batch(["paris"]) == [[]]
+
+
+def test_lists_that_spell_case_out_in_pairs_are_reported_under_smart_case(caplog) -> None:
+    entries = ["apple", "Apple", "APPLE", "Paris", "new york", "New York", "US", "dog"]
+    assert case_variants(entries) == [("apple", "Apple", "APPLE"), ("new york", "New York")]  # not Paris, US
+    with caplog.at_level("WARNING", logger="witbuild.curate.match"):
+        assert warn_case_variants(entries, "smart") == 2
+        assert warn_case_variants(entries, True) == 0 and warn_case_variants(["dog", "Paris"], "smart") == 0
+    assert len(caplog.records) == 1
+    assert "2 groups" in caplog.text and "apple/Apple/APPLE" in caplog.text and "case_sensitive=true" in caplog.text
 
 
 def test_duplicate_keys_report_every_entry() -> None:

@@ -438,6 +438,28 @@ class AhoCorasickMatcher:
         return [self.match(t) for t in texts]
 
 
+def case_variants(entries: Sequence[str]) -> list[tuple[str, ...]]:
+    """Groups of entries that differ only in case and include a lower-case one ("apple", "Apple"), in list order:
+    a list that spells case out this way (MetaCLIP's metadata) means to tell them apart, which the "smart" rule
+    does not do for the lower-case entry (it matches "Apple" in a caption too)."""
+    groups: dict[str, list[str]] = {}
+    for e in entries:
+        groups.setdefault(e.lower(), []).append(e)
+    return [tuple(g) for low, g in groups.items() if len(g) > 1 and low in g]
+
+
+def warn_case_variants(entries: Sequence[str], rule: CaseRule) -> int:
+    """Under the "smart" rule, log the entries of the list that differ only in case (:func:`case_variants`); the
+    number of groups."""
+    groups = case_variants(entries) if rule == "smart" else []
+    if groups:
+        logger.warning(
+            "query list: %d groups of entries differ only in case (e.g. %s); under match.case_sensitive=smart the "
+            "lower-case entry of each matches every casing; set match.case_sensitive=true for MetaCLIP's rule, "
+            "which tells them apart", len(groups), ", ".join("/".join(g) for g in groups[:3]))
+    return len(groups)
+
+
 class SmartCaseMatcher:
     """The "smart" case rule from two matchers of one engine, each reporting the full list's ids: the cased
     entries (:func:`is_cased`) matched case-sensitively, the others lower-cased; a caption's ids are the union. A

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from witbuild import schemas
 from witbuild.counters import StageCounts
-from witbuild.curate.match import AnyMatcher, MatchConfig, make_matcher
+from witbuild.curate.match import AnyMatcher, MatchConfig, make_matcher, warn_case_variants
 from witbuild.curate.querylist_artifact import prepare_querylist
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ def run_match(ctx: StageContext) -> StageCounts:
     entries, manifest = prepare_querylist(ctx.spark, cfg, ctx.previous)
     version = manifest["version"]
     log.info("query list %s: %d entries", version, len(entries))
+    case_variant_groups = warn_case_variants(entries, cfg.match.case_sensitive)
     entries_bc = ctx.spark.sparkContext.broadcast(entries)
     mcfg: MatchConfig = cfg.match
     out_schema = schemas.load("matched")
@@ -58,6 +59,7 @@ def run_match(ctx: StageContext) -> StageCounts:
             yield match_batch(batch, matcher, counts, arrow_schema)
 
     counts = ctx.map_batches(task)
-    counts.info.update({"querylist_version": version, "querylist_entries": len(entries)})
+    counts.info.update({"querylist_version": version, "querylist_entries": len(entries),
+                        "case_rule": mcfg.case_sensitive, "case_variant_groups": case_variant_groups})
     entries_bc.unpersist()
     return counts
