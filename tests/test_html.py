@@ -246,6 +246,9 @@ def test_picture_lazy_placeholder_takes_the_source_data_srcset():
             '<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" alt="boat" class="lazyload"></picture>')
     refs, _, _ = refs_of(html)
     assert refs == [("http://example.org/img/boat.webp", "boat", "alt", "source_data-srcset")]
+    # extract.url_attrs decides for the sources too: without data-srcset the placeholder is all there is
+    refs, _, counts = refs_of(html, url_attrs=("srcset", "src", "data-src"))
+    assert refs == [] and counts.dropped == {"data_url": 1}
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from resiliparse.parse.encoding import detect_encoding, map_encoding_to_html5
-from selectolax.lexbor import LexborHTMLParser
+from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from witbuild.counters import StageCounts
 from witbuild.sources.urls import Resolver, classify, largest_srcset_candidate, resolve
@@ -175,13 +175,13 @@ def first_text(attrs: Mapping[str, object], text_attrs: Sequence[str], max_chars
 #: tests/test_html.py checks each one); a source with no type is taken too, one of another type (image/jxl,
 #: image/svg+xml) is passed over.
 PICTURE_SOURCE_TYPES = ("image/jpeg", "image/jpg", "image/png", "image/webp", "image/gif", "image/avif")
-PICTURE_SOURCE_ATTRS = ("srcset", "data-srcset")
 
 
-def picture_source_url(img, resolver: Resolver) -> tuple[str | None, str]:
+def picture_source_url(img: LexborNode, resolver: Resolver, attrs_in_order: Sequence[str]) -> tuple[str | None, str]:
     """The image of the ``<picture>`` around ``img`` from its ``<source>`` elements, for an ``<img>`` that names
     none itself (no ``src``, or only a placeholder): the largest candidate of the first source of a decodable type,
-    as (absolute URL, "source_" + attribute); (None, "") when there is no picture or no usable source."""
+    from the first of ``attrs_in_order`` (the srcset attributes of ``extract.url_attrs``) it has, as (absolute URL,
+    "source_" + attribute); (None, "") when there is no picture or no usable source."""
     parent = img.parent
     if parent is None or parent.tag != "picture":
         return None, ""
@@ -192,7 +192,7 @@ def picture_source_url(img, resolver: Resolver) -> tuple[str | None, str]:
         kind = (attrs.get("type") or "").split(";", 1)[0].strip().lower()
         if kind and kind not in PICTURE_SOURCE_TYPES:
             continue
-        for attr in PICTURE_SOURCE_ATTRS:
+        for attr in attrs_in_order:
             raw = largest_srcset_candidate(attrs.get(attr) or "")
             if raw:
                 absolute, reason = resolver.image_url(raw)
@@ -237,6 +237,7 @@ def page_images(
             base = resolved
 
     resolver = Resolver(base)
+    source_attrs = [a for a in url_attrs if a.endswith("srcset")]
     refs: list[ImageRef] = []
     for node in tree.css("img"):
         counts.rows_in += 1
@@ -258,7 +259,7 @@ def page_images(
                 break
             first_reason = first_reason or reason
         if url is None:
-            url, url_source = picture_source_url(node, resolver)
+            url, url_source = picture_source_url(node, resolver, source_attrs)
         if url is None:
             counts.drop(first_reason or "no_url")
             continue
