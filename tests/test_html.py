@@ -67,6 +67,13 @@ def test_lazy_loading_placeholder_falls_back_to_data_src():
         ('<img src="   " alt="x">', "no_url"),
         ('<img src="a.jpg">', "empty_text"),
         ('<img src="a.jpg" alt="   ">', "empty_text"),
+        # a <picture> without a usable source: the <img>'s own reason
+        ('<picture><source type="image/jxl" srcset="a.jxl"><img alt="x"></picture>', "no_url"),
+        ('<picture><source srcset="data:image/png;base64,AAAA"><img src="data:image/gif;base64,R0" alt="x">'
+         '</picture>', "data_url"),
+        ('<picture><source srcset="/logo.svg"><img alt="x"></picture>', "no_url"),
+        ('<div><source srcset="a.jpg"><img alt="x"></div>', "no_url"),  # a <source> outside a <picture>
+        ('<picture><source srcset="a.jpg"><img></picture>', "empty_text"),
     ],
 )
 def test_drop_reasons(tag, reason):
@@ -249,23 +256,6 @@ def test_picture_lazy_placeholder_takes_the_source_data_srcset():
     # extract.url_attrs decides for the sources too: without data-srcset the placeholder is all there is
     refs, _, counts = refs_of(html, url_attrs=("srcset", "src", "data-src"))
     assert refs == [] and counts.dropped == {"data_url": 1}
-
-
-@pytest.mark.parametrize(
-    ("html", "reason"),
-    [
-        ('<picture><source type="image/jxl" srcset="a.jxl"><img alt="x"></picture>', "no_url"),
-        ('<picture><source srcset="data:image/png;base64,AAAA"><img src="data:image/gif;base64,R0" alt="x">'
-         '</picture>', "data_url"),
-        ('<picture><source srcset="/logo.svg"><img alt="x"></picture>', "no_url"),
-        ('<div><source srcset="a.jpg"><img alt="x"></div>', "no_url"),  # a <source> outside a <picture>
-        ('<picture><source srcset="a.jpg"><img></picture>', "empty_text"),
-    ],
-)
-def test_picture_without_a_usable_source_is_dropped_with_the_img_reason(html, reason):
-    refs, _, counts = refs_of(html)
-    assert refs == []
-    assert counts.dropped == {reason: 1}
 
 
 def test_a_source_of_another_picture_is_never_taken():
