@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -239,7 +240,6 @@ def test_picture_img_without_a_url_takes_the_first_decodable_source():
 def test_the_download_decodes_every_picture_source_type_taken(mime):
     """img2dataset decodes what it fetches with OpenCV's imdecode: an image of each type taken from a <source>,
     written by Pillow, must decode to its pixels there, or the pair would be taken only to fail in the download."""
-    cv2 = pytest.importorskip("cv2")
     image = Image.new("RGB", (48, 32), (200, 30, 40))
     buf = io.BytesIO()
     image.save(buf, {"jpg": "JPEG"}.get(mime.split("/")[1], mime.split("/")[1].upper()))

@@ -163,12 +163,12 @@ def naive_match_batch(
     """:func:`naive_match` per text, with the entry keys built once (as MetaCLIP's global ``spaced_metadata``).
     Under the "smart" rule a cased entry's key is looked for in the spaced caption, any other in it lower-cased."""
     smart = case_sensitive == "smart"
-    keys = [entry_key(e, case_sensitive=smart or bool(case_sensitive), space_entries=space_entries, punct=punct)
-            for e in entries]
+    keep_case = case_sensitive is not False  # keys and captions as given: True, and "smart" (lowered below)
+    keys = [entry_key(e, case_sensitive=keep_case, space_entries=space_entries, punct=punct) for e in entries]
     as_written = [smart and is_cased(e) for e in entries]
     out = []
     for text in texts:
-        spaced = prepare_text(text, case_sensitive=case_sensitive is not False, punct=punct)
+        spaced = prepare_text(text, case_sensitive=keep_case, punct=punct)
         lowered = spaced.lower() if smart else spaced
         out.append([i for i, key in enumerate(keys) if key in (spaced if as_written[i] else lowered)])
     return out
