@@ -1,8 +1,8 @@
 """MetaCLIP substring matching per core: ``witbuild.curate.match.Matcher`` vs the naive MetaCLIP loop.
 
 In one process, against a query list of ``--entries`` (default 500,000) entries, under ``--case-sensitive``
-(``smart``, the build's default: two token tries, the list's cased entries and the rest; ``true``: MetaCLIP's rule,
-one trie; ``false``):
+(``smart``, the build's default: a token trie per kind of entry the list holds, cased and the rest; ``true``:
+MetaCLIP's rule, one trie; ``false``):
 
 * ``Matcher(entries)``: build seconds, the process's RSS growth once built (and the peak RSS growth while
   building, from ``VmHWM`` reset through ``/proc/self/clear_refs``);
