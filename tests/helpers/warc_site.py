@@ -40,6 +40,10 @@ ROOT = Path(__file__).resolve().parents[2]
 OTHER_HOST = "images.invalid"  # never fetched: no writer follows links off the site, and .invalid never resolves
 
 
+SAME_URL = "=url"  # Img.wat_url: src alone gives the pair's URL
+PIXEL = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"  # lazy loaders' placeholder
+
+
 @dataclass(frozen=True)
 class Img:
     """One ``<img>`` as written in a page, and the pair a correct extractor reports for it.
@@ -47,7 +51,9 @@ class Img:
     ``src`` may hold ``{origin}`` (``http://127.0.0.1:PORT``) or ``{port}``. ``url`` is the expected
     absolute URL, written by hand: a leading ``/`` means "on this site". ``url``/``alt`` are None when the
     image yields no pair (no text). ``alt_html`` is the attribute as written when it differs from ``alt``
-    (entities); ``style`` varies how the tag is written.
+    (entities); ``style`` varies how the tag is written. ``markup`` writes the element whole (srcset, lazy
+    loaders' attributes, ``<picture>``): ``src`` is then its ``src`` attribute as written ("" when it has none),
+    and ``wat_url`` the pair a reader of ``src`` alone reports (None: none), as a WAT's ``IMG@/src`` link has it.
     """
 
     src: str
@@ -55,10 +61,14 @@ class Img:
     alt: str | None
     alt_html: str | None = None
     style: str = "plain"  # plain | upper | single | unquoted
+    markup: str | None = None  # the element as written, when it is more than <img src alt>: {alt} is filled in
+    wat_url: str | None = SAME_URL  # what ``src`` alone gives (a WAT's IMG@/src), when that is not ``url``
 
     def tag(self, origin: str, port: int) -> str:
         src = self.src.format(origin=origin, port=port)
         alt = self.alt_html if self.alt_html is not None else (self.alt or "")
+        if self.markup is not None:
+            return self.markup.format(alt=alt, origin=origin, port=port)
         if self.style == "upper":
             return f'<IMG SRC="{src}" ALT="{alt}">'
         if self.style == "single":
@@ -155,6 +165,23 @@ PAGES: tuple[Page, ...] = (
     Page("/landing.html", "plain", "Where the temporary redirect goes", (
         Img("img/landing.jpg", "/img/landing.jpg", "a picture after a temporary redirect"),
     ), linked=False),
+    Page("/responsive.html", "plain", "Responsive and lazy images", (
+        Img("img/small.jpg", "/img/large.jpg", "the largest candidate of a srcset", wat_url="/img/small.jpg",
+            markup='<img src="img/small.jpg" srcset="img/small.jpg 320w, img/large.jpg 1280w, '
+                   'img/medium.jpg 640w" alt="{alt}" sizes="100vw">'),
+        Img(PIXEL, "/img/lazy.jpg", "a lazily loaded picture", wat_url=None,
+            markup=f'<img src="{PIXEL}" data-src="img/lazy.jpg" alt="{{alt}}" loading="lazy">'),
+        Img("", "/img/photo-2x.webp", "a picture element with a WebP source", wat_url=None,
+            markup='<picture>\n  <source type="image/svg+xml" srcset="img/vector.svg">\n'
+                   '  <source type="image/webp" srcset="img/photo.webp 1x, img/photo-2x.webp 2x">\n'
+                   '  <img alt="{alt}" width="640">\n</picture>'),
+        Img(PIXEL, "/img/art-big.jpg", "a lazily loaded picture element", wat_url=None,
+            markup=f'<picture><source media="(min-width: 800px)" data-srcset="img/art.jpg 800w, '
+                   f'img/art-big.jpg 1600w"><img src="{PIXEL}" alt="{{alt}}" class="lazyload"></picture>'),
+        Img("/img/own.jpg", "/img/own.jpg", "an image in a picture keeps its own source",
+            markup='<picture><source srcset="img/other.webp" type="image/webp">'
+                   '<img src="/img/own.jpg" alt="{alt}"></picture>'),
+    )),
     Page("/twice.html", "plain", "Linked under two URLs", (
         Img("img/twice-a.jpg", "/img/twice-a.jpg", "a page reachable twice"),
         Img("/img/twice-b.jpg", "/img/twice-b.jpg", "the same page under another URL"),
@@ -178,7 +205,7 @@ NOT_PAGES: tuple[NotAPage, ...] = (
 )
 
 ROBOTS = b"User-agent: *\nDisallow: /private/\n"
-IMAGE_SUFFIXES = (".jpg", ".png", ".gif")
+IMAGE_SUFFIXES = (".jpg", ".png", ".gif", ".webp", ".svg")
 CHUNK = 61  # small and odd, so chunk boundaries fall inside <img> tags
 
 
@@ -351,7 +378,11 @@ class WarcSite:
         pages = []
         for page in PAGES:
             pairs = [[self.absolute(i.url), i.alt] for i in page.imgs if i.url is not None and i.alt]
-            pages.extend({"url": u, "delivery": page.delivery, "pairs": pairs} for u in self.page_urls(page))
+            wat = [[self.absolute(u), i.alt] for i in page.imgs
+                   if (u := i.url if i.wat_url == SAME_URL else i.wat_url) is not None and i.alt]
+            extra = {"wat_pairs": wat} if wat != pairs else {}
+            pages.extend({"url": u, "delivery": page.delivery, "pairs": pairs, **extra}
+                         for u in self.page_urls(page))
         not_pages = [{"url": self.url(o.path), "status": o.status,
                       "images": [self.absolute(i.url) for i in o.imgs if i.url]} for o in NOT_PAGES]
         return {"origin": self.origin, "pages": pages, "not_pages": not_pages,
@@ -400,7 +431,7 @@ def run_wget(site: WarcSite, workdir: Path, warc_name: str, *extra: str, start: 
     """
     mirror = workdir / f"{warc_name}-mirror"
     cmd = ["wget", *(("-r", "-l", "inf") if recursive else ()), f"--warc-file={warc_name}", "-e", "robots=off",
-           "-R", "*.jpg,*.png,*.gif", "-q", "-P", mirror.name, *extra, site.url(start)]
+           "-R", "*.jpg,*.png,*.gif,*.webp,*.svg", "-q", "-P", mirror.name, *extra, site.url(start)]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=120)
     # wget exits 8 when some response was an error (our 404 and 500 pages): expected
     if proc.returncode not in (0, 8):
@@ -538,6 +569,8 @@ def _html_metadata(site: WarcSite, target: Page | NotAPage) -> dict[str, Any]:
         head["Base"] = target.base
     links: list[dict[str, str]] = [{"path": "A@/href", "url": "/", "text": "home"}]
     for img in target.imgs:
+        if not img.src:  # an <img> without a src attribute has no IMG@/src link
+            continue
         link = {"path": "IMG@/src", "url": img.src.format(origin=site.origin, port=site.port)}
         if img.alt:
             link["alt"] = img.alt
