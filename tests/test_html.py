@@ -54,6 +54,46 @@ def test_lazy_loading_placeholder_falls_back_to_data_src():
     refs, _, counts = refs_of('<img src="data:image/gif;base64,R0lGOD" data-src="/real.jpg" alt="lazy">')
     assert refs == [("http://example.org/real.jpg", "lazy", "alt", "data-src")]
     assert counts.rows_dropped == 0
+    assert "lazy_url_over_src" not in counts.events  # a data: placeholder was never a usable image
+
+
+# What the common lazy loaders write (their documentation's markup): the image in their attribute, a placeholder
+# in src that is often a real URL. Taking src would pair the caption with the site's blank or "loading" picture.
+LAZY_LOADERS = {
+    "lazysizes": ('<img src="/img/placeholder.png" data-src="/photos/cat.jpg" class="lazyload" alt="a cat">',
+                  "http://example.org/photos/cat.jpg", "data-src"),
+    "lazysizes srcset": ('<img src="/img/lqip.jpg" srcset="/img/lqip.jpg 20w" data-sizes="auto" class="lazyload" '
+                         'data-srcset="/photos/cat-300.jpg 300w, /photos/cat-900.jpg 900w" alt="a cat">',
+                         "http://example.org/photos/cat-900.jpg", "data-srcset"),
+    "jquery lazy load": ('<img class="lazy" src="/images/grey.gif" data-original="/photos/cat.jpg" width="640" '
+                         'height="480" alt="a cat">', "http://example.org/photos/cat.jpg", "data-original"),
+    "wp rocket": ('<img width="640" height="480" src="/wp-content/plugins/rocket/blank.gif" '
+                  'data-lazy-src="/wp-content/uploads/cat.jpg" data-lazy-srcset="/wp-content/uploads/cat.jpg 640w, '
+                  '/wp-content/uploads/cat-1280.jpg 1280w" alt="a cat">',
+                  "http://example.org/wp-content/uploads/cat-1280.jpg", "data-lazy-srcset"),
+}
+
+
+@pytest.mark.parametrize("loader", sorted(LAZY_LOADERS))
+def test_lazy_loaders_image_wins_over_their_placeholder_src(loader: str) -> None:
+    html, url, attr = LAZY_LOADERS[loader]
+    refs, _, counts = refs_of(html)
+    assert refs == [(url, "a cat", "alt", attr)]
+    assert counts.events["lazy_url_over_src"] == 1  # the stage report says how often src was a placeholder
+    # a reader of src alone (cc2dataset, a WAT's IMG@/src) pairs the caption with the placeholder
+    assert refs_of(html, url_attrs=("srcset", "src"))[0][0][0] != url
+
+
+def test_lazy_attribute_naming_the_src_image_counts_no_placeholder():
+    refs, _, counts = refs_of('<img src="/a.jpg" data-src="http://example.org/a.jpg" alt="one image">')
+    assert refs == [("http://example.org/a.jpg", "one image", "alt", "data-src")]
+    assert "lazy_url_over_src" not in counts.events
+
+
+def test_unusable_lazy_attribute_falls_through_to_src():
+    refs, _, counts = refs_of('<img src="/a.jpg" data-src="javascript:void(0)" data-original="  " alt="plain">')
+    assert refs == [("http://example.org/a.jpg", "plain", "alt", "src")]
+    assert counts.rows_dropped == 0
 
 
 @pytest.mark.parametrize(

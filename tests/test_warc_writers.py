@@ -205,7 +205,8 @@ def test_the_writers_stored_what_the_tests_rely_on(written: Archive) -> None:
     responsive = next(r for r in wget if r.type == "response" and r.uri.endswith("/responsive.html"))
     body = stream[responsive.block_start:responsive.end - 4]
     assert all(m in body for m in (b'srcset="img/small.jpg 320w', b'data-src="img/lazy.jpg"',
-                                   b'<source type="image/webp"', b'data-srcset="img/art.jpg 800w'))
+                                   b'<source type="image/webp"', b'data-srcset="img/art.jpg 800w',
+                                   b'data-original="img/original.jpg"', b'data-lazy-src="img/rocket.jpg"'))
 
 
 # --- the committed samples ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from witbuild.curate.querylist import QueryListConfig
 from witbuild.dedup.urls import DedupConfig
 from witbuild.download import DownloadConfig
 from witbuild.network import NetworkConfig
+from witbuild.sources.urls import IMAGE_URL_ATTRS
 from witbuild.stages.registry import STAGE_NAMES as STAGES
 from witbuild.text.filters import FilterConfig
 from witbuild.text.langid import LangIdConfig
@@ -50,9 +51,10 @@ class InputConfig(_Section):
 
 class ExtractConfig(_Section):
     url_attrs: list[str] = Field(
-        default_factory=lambda: ["srcset", "src", "data-src", "data-srcset"],
+        default_factory=lambda: list(IMAGE_URL_ATTRS),
         description="<img> attributes tried in order; the first that gives a usable http(s) URL wins "
-        "(for srcset attributes, the largest candidate).",
+        "(for srcset attributes, the largest candidate). Lazy loaders' attributes come before src and srcset, "
+        "which hold the loader's placeholder until a script swaps them.",
     )
     text_attrs: list[str] = Field(default_factory=lambda: ["alt", "title"])
     keep_empty_text: bool = Field(False, description="Keep images without alt/title text (text is '').")
@@ -62,10 +64,9 @@ class ExtractConfig(_Section):
     @field_validator("url_attrs")
     @classmethod
     def _known_url_attrs(cls, v: list[str]) -> list[str]:
-        allowed = {"src", "data-src", "srcset", "data-srcset", "data-original", "data-lazy-src"}
-        bad = [a for a in v if a not in allowed]
+        bad = [a for a in v if a not in IMAGE_URL_ATTRS]
         if bad or not v:
-            raise ValueError(f"url_attrs must be a non-empty subset of {sorted(allowed)}; got {v}")
+            raise ValueError(f"url_attrs must be a non-empty subset of {sorted(IMAGE_URL_ATTRS)}; got {v}")
         return v
 
 

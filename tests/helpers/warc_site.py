@@ -178,6 +178,14 @@ PAGES: tuple[Page, ...] = (
         Img(PIXEL, "/img/art-big.jpg", "a lazily loaded picture element", wat_url=None,
             markup=f'<picture><source media="(min-width: 800px)" data-srcset="img/art.jpg 800w, '
                    f'img/art-big.jpg 1600w"><img src="{PIXEL}" alt="{{alt}}" class="lazyload"></picture>'),
+        Img("img/placeholder.gif", "/img/sized.jpg", "a lazysizes image over a placeholder file",
+            wat_url="/img/placeholder.gif",
+            markup='<img src="img/placeholder.gif" data-srcset="img/sized-300.jpg 300w, img/sized.jpg 900w" '
+                   'data-sizes="auto" class="lazyload" alt="{alt}">'),
+        Img("/img/grey.gif", "/img/original.jpg", "a jQuery lazy load image", wat_url="/img/grey.gif",
+            markup='<img class="lazy" src="/img/grey.gif" data-original="img/original.jpg" alt="{alt}">'),
+        Img("img/blank.gif", "/img/rocket.jpg", "a WP Rocket lazy image", wat_url="/img/blank.gif",
+            markup='<img src="img/blank.gif" data-lazy-src="img/rocket.jpg" width="640" alt="{alt}">'),
         Img("/img/own.jpg", "/img/own.jpg", "an image in a picture keeps its own source",
             markup='<picture><source srcset="img/other.webp" type="image/webp">'
                    '<img src="/img/own.jpg" alt="{alt}"></picture>'),

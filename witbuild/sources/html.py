@@ -10,7 +10,14 @@ from resiliparse.parse.encoding import detect_encoding, map_encoding_to_html5
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from witbuild.counters import StageCounts
-from witbuild.sources.urls import Resolver, classify, largest_srcset_candidate, resolve
+from witbuild.sources.urls import (
+    IMAGE_URL_ATTRS,
+    LAZY_URL_ATTRS,
+    Resolver,
+    classify,
+    largest_srcset_candidate,
+    resolve,
+)
 
 HTML_CONTENT_TYPES = ("text/html", "application/xhtml+xml", "application/xhtml")
 _SNIFF_TAGS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<div", b"<img", b"<table", b"<p>", b"<meta")
@@ -201,12 +208,22 @@ def picture_source_url(img: LexborNode, resolver: Resolver, attrs_in_order: Sequ
     return None, ""
 
 
+def placeholder_differs(attrs: Mapping[str, str | None], url: str | None, resolver: Resolver) -> bool:
+    """Whether ``src`` names a usable image other than ``url``, the one a lazy loader's attribute gave: the
+    placeholder a reader of ``src`` alone (a WAT's ``IMG@/src``, cc2dataset) would have paired with the text."""
+    raw = attrs.get("src")
+    if not raw or not raw.strip():
+        return False
+    absolute, reason = resolver.image_url(raw)
+    return reason is None and absolute != url
+
+
 def page_images(
     html: str,
     page_url: str,
     counts: StageCounts,
     *,
-    url_attrs: Sequence[str] = ("srcset", "src", "data-src", "data-srcset"),
+    url_attrs: Sequence[str] = IMAGE_URL_ATTRS,
     text_attrs: Sequence[str] = ("alt", "title"),
     keep_empty_text: bool = False,
     max_text_chars: int | None = 4096,
@@ -258,6 +275,8 @@ def page_images(
                 url, url_source = absolute, attr
                 break
             first_reason = first_reason or reason
+        if url_source in LAZY_URL_ATTRS and placeholder_differs(attrs, url, resolver):
+            counts.event("lazy_url_over_src")
         if url is None:
             url, url_source = picture_source_url(node, resolver, source_attrs)
         if url is None:

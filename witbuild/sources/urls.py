@@ -6,6 +6,14 @@ import re
 from urllib.parse import urljoin, urlsplit
 
 RASTER_EXCLUDED_SUFFIXES = (".svg", ".svgz")
+
+#: ``<img>`` (and ``<source>``) attributes that name an image, in the default order of ``extract.url_attrs``. Lazy
+#: loaders' attributes come first: lazysizes and lozad (``data-srcset``, ``data-src``), WP Rocket
+#: (``data-lazy-srcset``, ``data-lazy-src``) and jQuery Lazy Load (``data-original``) keep the image there and a
+#: placeholder in ``src``/``srcset`` until a script swaps them, and the placeholder is often a real URL
+#: (``/blank.gif``, a grey "loading" picture) that would pair every caption of the site with one image.
+LAZY_URL_ATTRS = ("data-srcset", "data-lazy-srcset", "data-src", "data-lazy-src", "data-original")
+IMAGE_URL_ATTRS = (*LAZY_URL_ATTRS, "srcset", "src")
 # scheme://netloc and path of an absolute http(s) URL, split the way urlsplit splits them
 _HTTP = re.compile(r"(https?)://([^/?#]*)([^?#]*)")
 
