@@ -1,8 +1,9 @@
 """MetaCLIP substring matching per core: ``witbuild.curate.match.Matcher`` vs the naive MetaCLIP loop.
 
 In one process, against a query list of ``--entries`` (default 500,000) entries, under ``--case-sensitive``
-(``smart``, the build's default: a token trie per kind of entry the list holds, cased and the rest; ``true``:
-MetaCLIP's rule, one trie; ``false``):
+(``smart``, the build's default: with cased and other entries, one trie of the keys lower-cased, whose hits of cased
+entries are checked against the caption as written; ``true``: MetaCLIP's rule; ``false``), with ``--cased-share``
+of the entries title-cased (default 0: wordfreq's words are all lower-case):
 
 * ``Matcher(entries)``: build seconds, the process's RSS growth once built (and the peak RSS growth while
   building, from ``VmHWM`` reset through ``/proc/self/clear_refs``);
@@ -182,11 +183,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--case-sensitive", choices=("smart", "true", "false"), default="smart",
                     help="match.case_sensitive (the build's default: smart)")
+    ap.add_argument("--cased-share", type=float, default=0.0,
+                    help="share of the entries title-cased (seeded), for a list that spells case out")
     ap.add_argument("--out", type=Path, default=DATA_DIR / "bench_match.json")
     args = ap.parse_args()
 
     print(f"building the query list ({args.entries:,} entries) and {args.captions:,} captions ...", flush=True)
     entries, entries_info = build_entries(args.entries, args.min_zipf, args.bigram_vocab, args.seed)
+    if args.cased_share:
+        rng = random.Random(args.seed + 2)
+        entries = [e.title() if rng.random() < args.cased_share else e for e in entries]
+        entries_info["cased"] = sum(e != e.lower() for e in entries)
     captions = build_captions(max(args.captions, args.naive_captions), args.seed)
     caption_words = sum(len(c.split()) for c in captions[: args.captions]) / max(args.captions, 1)
 

@@ -237,6 +237,20 @@ def test_smart_case_matches_plain_entries_in_any_case_and_cased_ones_as_written(
     assert naive_match("Golden Retriever puppy", entries, "smart") == [0]
 
 
+@pytest.mark.parametrize("engine", ["tokens", "aho-corasick"])
+def test_smart_case_checks_every_token_of_a_cased_entry_as_written(engine: str) -> None:
+    """A cased entry's hit needs each of its tokens as written, wherever in the run the case differs; lower-casing
+    that changes a token's length (İ) or depends on context (final sigma) keeps the caption's tokens in line."""
+    entries = ["New York City", "new", "İstanbul", "istanbul", "ΟΔΟΣ", "οδος", "Dr. Who", "who"]
+    m = make_matcher(entries, MatchConfig(engine=engine))
+    captions = ["New York city", "New york City", "New York City.", "İstanbul at night", "ISTANBUL", "ΟΔΟΣ ΤΕΣΤ",
+                "οδος", "dr. who", "Dr. Who?", "NEW YORK CITY, new"]
+    want = naive_match_batch(captions, entries, "smart")
+    assert want == [[1], [1], [0, 1], [2], [3], [4, 5], [5], [7], [6, 7], [1]]
+    assert m.match_batch(captions) == want
+    assert [m.match(c) for c in captions] == want
+
+
 def test_smart_case_with_only_cased_or_only_plain_entries() -> None:
     assert make_matcher(["Paris"], MatchConfig()).match_batch(["paris", "Paris"]) == [[], [0]]
     assert make_matcher(["paris"], MatchConfig()).match_batch(["paris", "PARIS"]) == [[0], [0]]

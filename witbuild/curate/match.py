@@ -30,7 +30,9 @@ MetaCLIP matches case-sensitively, which suits metadata that spells case out (Wi
 list of lower-cased words (wordfreq's, which ``witbuild querylist build`` uses) then misses every capitalised
 mention: "Golden Retriever puppy" matches neither "golden" nor "retriever". The default rule, "smart" (as editors'
 smart case), matches an entry without capitals against the caption lower-cased and an entry with capitals as
-written (:class:`SmartCaseMatcher`); ``case_sensitive=True`` is MetaCLIP's rule.
+written (:class:`Matcher` walks one lower-cased trie and checks a cased entry's hits against the caption as
+written; :class:`SmartCaseMatcher` does it with two automata for the aho-corasick engine); ``case_sensitive=True``
+is MetaCLIP's rule.
 """
 
 from __future__ import annotations
@@ -194,12 +196,16 @@ class Matcher:
     Entries that share a key (e.g. "Apple" and "apple" when not case-sensitive) are all reported. Empty or
     whitespace-only entries are rejected: their key would match any caption with two spaces in a row. ``ids``:
     the id reported for each entry (default its index), for a matcher over part of a list.
+
+    Under the "smart" rule with both kinds of entry, one trie holds every key lower-cased and the caption is walked
+    lower-cased once; a hit of a cased entry is then kept only if the caption's tokens as written are the entry's
+    (lower-casing keeps the spaces, so the two token lists line up). A list of one kind is one of the plain rules.
     """
 
     def __init__(
         self,
         entries: Sequence[str],
-        case_sensitive: bool = True,
+        case_sensitive: CaseRule = True,
         *,
         space_entries: bool = True,
         punct: str = METACLIP_PUNCT,
@@ -210,7 +216,15 @@ class Matcher:
         self.space_entries = space_entries
         self.punct = punct
         self._id_space = max(ids, default=-1) + 1 if ids is not None else len(self.entries)
-        ids_by_key = keys_to_ids(self.entries, case_sensitive, space_entries, punct, ids)
+        cased = [case_sensitive == "smart" and is_cased(e) for e in self.entries]
+        self._lower = case_sensitive is False or (case_sensitive == "smart" and not all(cased))
+        ids_by_key = keys_to_ids(self.entries, not self._lower, space_entries, punct, ids)
+        # smart, mixed list: the tokens each cased entry's hit must have as written
+        self._as_written: dict[int, list[str]] = {
+            i if ids is None else ids[i]: entry_key(e, space_entries=space_entries, punct=punct)[1:-1].split(" ")
+            for i, e in enumerate(self.entries) if cased[i] and self._lower}
+        self._id_cased = np.zeros(self._id_space, dtype=bool)
+        self._id_cased[list(self._as_written)] = True
         self._empty = not ids_by_key
         self._build_trie(ids_by_key)
         logger.info("matcher built: %d entries, %d distinct keys", len(self.entries), len(ids_by_key))
@@ -286,9 +300,12 @@ class Matcher:
         if self._empty or not text:
             return []
         first, edges, node_ids, has_children = self._scalar_tables()
-        toks = prepare_text(text, case_sensitive=self.case_sensitive, punct=self.punct).split(" ")
+        spaced = spacing(text, self.punct)
+        toks = (spaced.lower() if self._lower else spaced).split(" ")
         tids = list(map(self._tok.get, toks, repeat(_NO_TOKEN)))
         tids[0] = tids[-1] = _NO_TOKEN  # the padding's tokens start or end no match
+        as_written = self._as_written
+        written = spaced.split(" ") if as_written else toks
         found: list[int] = []
         for j in range(1, len(tids) - 1):
             t = tids[j]
@@ -299,7 +316,7 @@ class Matcher:
             while node >= 0:
                 ids = node_ids[node]
                 if ids:
-                    found += ids
+                    found += [i for i in ids if i not in as_written or written[j:k] == as_written[i]]
                 t = tids[k]
                 if t < 0 or not has_children[node]:
                     break
@@ -338,9 +355,7 @@ class Matcher:
             rest = iter(self._match_chunk([t for t, o in zip(texts, own, strict=True) if not o]))
             return [self.match(t) if o else next(rest) for t, o in zip(texts, own, strict=True)]
         spaced = _space_chars(raw, self.punct)
-        if not self.case_sensitive:
-            spaced = spaced.lower()
-        toks = spaced.split(" ")
+        toks = (spaced.lower() if self._lower else spaced).split(" ")
         tids = np.fromiter(map(self._tok.get, toks, repeat(_NO_TOKEN)), np.int64, len(toks))
         bounds = np.flatnonzero(tids == _BOUNDARY)  # n + 1 of them, the first at 0 and the last at the end
 
@@ -381,9 +396,11 @@ class Matcher:
             ids = self._ids[self._node_start[hnode]]
         else:
             lens = self._node_len[hnode]
-            cap = np.repeat(cap, lens)
+            cap, hpos = np.repeat(cap, lens), np.repeat(hpos, lens)
             within = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
             ids = self._ids[np.repeat(self._node_start[hnode], lens) + within]
+        if self._as_written:
+            cap, ids = self._keep_as_written(spaced, hpos, cap, ids)
         n_entries = self._id_space
         comb = cap * n_entries + ids
         comb.sort()
@@ -393,6 +410,24 @@ class Matcher:
         flat = (comb - cap * n_entries).tolist()
         ends = np.cumsum(np.bincount(cap, minlength=n)).tolist()
         return list(map(flat.__getitem__, map(slice, [0, *ends[:-1]], ends)))
+
+
+    def _keep_as_written(self, spaced: str, hpos: np.ndarray, cap: np.ndarray,
+                         ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The hits (caption, id) without those of cased entries whose tokens in ``spaced`` (the chunk spaced, not
+        lower-cased) differ from the entry's as written."""
+        check = np.flatnonzero(self._id_cased[ids])
+        if not check.size:
+            return cap, ids
+        written = spaced.split(" ")
+        as_written = self._as_written
+        wrong = [i for i, p, e in zip(check.tolist(), hpos[check].tolist(), ids[check].tolist(), strict=True)
+                 if written[p : p + len(as_written[e])] != as_written[e]]
+        if not wrong:
+            return cap, ids
+        keep = np.ones(ids.size, dtype=bool)
+        keep[wrong] = False
+        return cap[keep], ids[keep]
 
 
 class AhoCorasickMatcher:
@@ -461,9 +496,9 @@ def warn_case_variants(entries: Sequence[str], rule: CaseRule) -> int:
 
 
 class SmartCaseMatcher:
-    """The "smart" case rule from two matchers of one engine, each reporting the full list's ids: the cased
-    entries (:func:`is_cased`) matched case-sensitively, the others lower-cased; a caption's ids are the union. A
-    list with only one kind (wordfreq's words are all lower-case) runs one matcher."""
+    """The "smart" case rule from two matchers of one engine (the aho-corasick one; :class:`Matcher` does it in one
+    trie), each reporting the full list's ids: the cased entries (:func:`is_cased`) matched case-sensitively, the
+    others lower-cased; a caption's ids are the union. A list with only one kind runs one matcher."""
 
     def __init__(self, engine: type[Matcher | AhoCorasickMatcher], entries: Sequence[str], *,
                  space_entries: bool = True, punct: str = METACLIP_PUNCT) -> None:
@@ -497,10 +532,11 @@ AnyMatcher = Matcher | AhoCorasickMatcher | SmartCaseMatcher
 def build_matcher(entries: Sequence[str], case_sensitive: CaseRule = "smart", *, engine: str = "tokens",
                   space_entries: bool = True, punct: str = METACLIP_PUNCT) -> AnyMatcher:
     """The matcher of an engine ("tokens" or "aho-corasick") under a case rule."""
-    cls = Matcher if engine == "tokens" else AhoCorasickMatcher
+    if engine == "tokens":
+        return Matcher(entries, case_sensitive, space_entries=space_entries, punct=punct)
     if case_sensitive == "smart":
-        return SmartCaseMatcher(cls, entries, space_entries=space_entries, punct=punct)
-    return cls(entries, case_sensitive, space_entries=space_entries, punct=punct)
+        return SmartCaseMatcher(AhoCorasickMatcher, entries, space_entries=space_entries, punct=punct)
+    return AhoCorasickMatcher(entries, case_sensitive, space_entries=space_entries, punct=punct)
 
 
 def make_matcher(entries: Sequence[str], cfg: MatchConfig) -> AnyMatcher:
