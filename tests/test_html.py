@@ -155,6 +155,13 @@ def test_srcset_parsing():
         == "https://h/img,w_900.jpg"
     )
     assert largest_srcset_candidate("  ") is None
+    # the standard drops a candidate with invalid descriptors (checked against Chromium in test_browser_reference)
+    assert parse_srcset("big.jpg 5q, a.jpg 100w 2x, b.jpg 100.5w, c.jpg 2x 100h, d.jpg 1X, e.jpg 0w, ok.jpg") == [
+        ("ok.jpg", 1.0)]
+    assert parse_srcset("a.jpg 1x (foo, bar), b.jpg 200w 100h") == [("b.jpg", 200e6)]
+    assert parse_srcset("a.jpg 1e1x,b.jpg 0x") == [("a.jpg", 10.0), ("b.jpg", 0.0)]
+    assert largest_srcset_candidate("a.jpg 2X") is None  # the <img> then shows its src
+    assert refs_of('<img srcset="a.jpg 2X" src="b.jpg" alt="upper-case unit">')[0][0][0] == "http://example.org/dir/b.jpg"
 
 
 def test_url_helpers():

@@ -194,45 +194,99 @@ def _classify_slow(url: str) -> str | None:
     return None
 
 
-def parse_srcset(srcset: str) -> list[tuple[str, float]]:
-    """Candidates of a ``srcset`` as (url, size): width for ``w`` descriptors, density for ``x``.
+_ASCII_WHITESPACE = " \t\n\f\r"
+_NON_NEGATIVE_INTEGER = re.compile(r"[0-9]+")
+_FLOATING_POINT = re.compile(r"-?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
-    Follows the HTML spec loosely: URLs may contain commas, so a candidate ends at a comma
-    that follows whitespace or ends the URL token.
+
+def parse_srcset(srcset: str) -> list[tuple[str, float]]:
+    """Candidates of a ``srcset`` as (url, size): width for ``w`` descriptors, density for ``x`` (1 when none).
+
+    The HTML standard's parser: a URL runs to whitespace (commas inside it stay, trailing ones end the candidate),
+    descriptors to a comma outside parentheses; a candidate whose descriptors are invalid (an unknown or upper-case
+    unit, a fractional or zero width, both a width and a density, a height without a width) is dropped, as
+    browsers drop it. A width outranks any density: without the page's layout it is the one size known.
     """
     out: list[tuple[str, float]] = []
-    s = srcset.strip()
-    i, n = 0, len(s)
-    while i < n:
-        while i < n and (s[i].isspace() or s[i] == ","):
+    i, n = 0, len(srcset)
+    while True:
+        while i < n and (srcset[i] in _ASCII_WHITESPACE or srcset[i] == ","):
             i += 1
+        if i >= n:
+            return out
         j = i
-        while j < n and not s[j].isspace():
+        while j < n and srcset[j] not in _ASCII_WHITESPACE:
             j += 1
-        url = s[i:j]
-        descriptor = ""
+        url = srcset[i:j]
         if url.endswith(","):
-            url = url.rstrip(",")
+            url, descriptors, i = url.rstrip(","), [], j
         else:
-            k = s.find(",", j)
-            k = n if k < 0 else k
-            descriptor = s[j:k].strip()
-            j = k
-        i = j + 1
-        if not url:
-            continue
-        size = 1.0
-        if descriptor:
-            token = descriptor.split()[0]
-            try:
-                if token[-1] in "wx":
-                    size = float(token[:-1])
-                    if token[-1] == "w":
-                        size *= 1e6  # any width descriptor outranks density descriptors
-            except (ValueError, IndexError):
-                size = 0.0
-        out.append((url, size))
-    return out
+            descriptors, i = _srcset_descriptors(srcset, j)
+        size = _candidate_size(descriptors)
+        if url and size is not None:
+            out.append((url, size))
+
+
+def _srcset_descriptors(s: str, i: int) -> tuple[list[str], int]:
+    """The standard's descriptor tokenizer from ``s[i]``: the descriptors and where the next candidate starts."""
+    out: list[str] = []
+    current = ""
+    state = "in"  # in a descriptor | in parentheses | after a descriptor
+    n = len(s)
+    while True:
+        c = s[i] if i < n else ""
+        if state == "in":
+            if c and c in _ASCII_WHITESPACE:
+                if current:
+                    out.append(current)
+                    current = ""
+                state = "after"
+            elif c == "," or not c:
+                if current:
+                    out.append(current)
+                return out, i + 1
+            else:
+                current += c
+                if c == "(":
+                    state = "parens"
+        elif state == "parens":
+            if not c:
+                out.append(current)
+                return out, i
+            current += c
+            if c == ")":
+                state = "in"
+        elif not c:  # after a descriptor
+            return out, i
+        elif c not in _ASCII_WHITESPACE:
+            state = "in"
+            continue  # the character starts the next descriptor
+        i += 1
+
+
+def _candidate_size(descriptors: list[str]) -> float | None:
+    """The candidate's rank from its descriptors (width × 1e6, else density), None when the standard drops it."""
+    width = density = height = None
+    for d in descriptors:
+        value, unit = d[:-1], d[-1]
+        if unit == "w" and width is None and density is None and _NON_NEGATIVE_INTEGER.fullmatch(value):
+            width = int(value)
+            if width == 0:
+                return None
+        elif unit == "x" and width is None and density is None and height is None \
+                and _FLOATING_POINT.fullmatch(value) and float(value) >= 0:
+            density = float(value)
+        elif unit == "h" and height is None and density is None and _NON_NEGATIVE_INTEGER.fullmatch(value):
+            height = int(value)
+            if height == 0:
+                return None
+        else:
+            return None
+    if height is not None and width is None:
+        return None
+    if width is not None:
+        return width * 1e6
+    return 1.0 if density is None else density
 
 
 def largest_srcset_candidate(srcset: str) -> str | None:

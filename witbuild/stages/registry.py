@@ -62,8 +62,9 @@ class Stage:
 
 REGISTRY: tuple[Stage, ...] = (
     # rule 2: an <img> inside a <picture> that names no usable URL itself takes its picture's <source>
+    # rule 3: srcset candidates with invalid descriptors are dropped, as the HTML standard and browsers drop them
     Stage("extract", None, "witbuild.stages.extract:run_extract", ("input", "extract"), "candidates",
-          crawl_config=("crawl", "network"), rule=2),
+          crawl_config=("crawl", "network"), rule=3),
     Stage("filter", "extract", "witbuild.stages.filter:run_filter", ("filter", "langid"), "filtered"),
     Stage("match", "filter", "witbuild.stages.match:run_match", ("match",), "matched"),
     # rule 2: c_e and the draws over distinct (normalised URL, text) pairs, not rows

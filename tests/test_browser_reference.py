@@ -1,0 +1,287 @@
+"""Extract judged by a browser: headless Chromium, with pages served on 127.0.0.1, says which image an ``<img>``
+shows, and extract must take that one.
+
+**Lazy loaders.** Each page is written the way a loader's documentation writes it: a placeholder in ``src`` (a real
+file, or a ``data:`` pixel) and the image in the loader's attribute. The real scripts
+(``tests/data/lazy_loaders/packages.txt``, packed from npm by ``make install`` into ``.venv/js``) run in the browser.
+Once no image shows a placeholder any more (or after 20 s), the page posts its DOM back, and that DOM is read with
+``src``/``srcset`` alone: what a browser shows. Extract, reading the page as served with its default
+``extract.url_attrs``, must give the same (text, URL) pairs; reading ``src`` and ``srcset`` alone (cc2dataset's rule,
+a WAT's ``IMG@/src``) gives the placeholders instead, so the check can fail. WP Rocket is a WordPress plugin, not an
+npm package: its lazy load is vanilla-lazyload reading ``data-lazy-src`` and ``data-lazy-srcset``, which is how that
+page sets it up.
+
+**srcset.** At a device scale factor of 8 a browser shows a srcset's densest candidate when none reaches 8 (every
+candidate here: densities under 8, widths under 8 × the 1,200 px window at ``sizes="100vw"``), which is the
+candidate extract takes; a srcset with no valid candidate shows ``src``. Each image posts its ``currentSrc``.
+
+Posting back, rather than dumping the DOM after a fixed virtual time, keeps the checks the same on a busy machine
+(a 5 s virtual-time dump caught lazysizes mid-way in 4 runs of 15).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import signal
+import socketserver
+import subprocess
+import tarfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.warc_site import PIXEL, _png
+from witbuild.counters import StageCounts
+from witbuild.sources.html import page_images
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ROOT / "tests" / "data" / "lazy_loaders" / "packages.txt"
+TARBALLS = ROOT / ".venv" / "js"
+SCRIPT_IN_TARBALL = {  # npm package -> the browser build inside its tarball
+    "lazysizes": "package/lazysizes.min.js",
+    "vanilla-lazyload": "package/dist/lazyload.min.js",
+    "lozad": "package/dist/lozad.min.js",
+    "jquery": "package/dist/jquery.min.js",
+    "jquery-lazyload": "package/jquery.lazyload.js",
+}
+SIZE = 'width="120" height="90"'  # every image inside the first screen: the loaders load what is in view
+
+# loader -> (packages whose scripts the page loads, in order; the images; the script that starts the loader)
+LOADERS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "lazysizes": (("lazysizes",), f"""
+<img src="/img/placeholder.gif" data-src="/img/ls-photo.jpg" class="lazyload" alt="a lazysizes photo" {SIZE}>
+<img src="/img/lqip.jpg" data-srcset="/img/ls-set-300.jpg 300w, /img/ls-set-900.jpg 900w" data-sizes="auto"
+     class="lazyload" alt="a lazysizes srcset" {SIZE}>
+<picture><source type="image/webp" data-srcset="/img/ls-pic.webp">
+  <img src="{PIXEL}" data-src="/img/ls-pic.jpg" class="lazyload" alt="a lazysizes picture" {SIZE}></picture>
+""", ""),
+    "vanilla-lazyload": (("vanilla-lazyload",), f"""
+<img class="lazy" src="/img/placeholder.gif" data-src="/img/vl-photo.jpg" alt="a vanilla-lazyload photo" {SIZE}>
+<img class="lazy" src="/img/placeholder.gif" data-src="/img/vl-set-300.jpg"
+     data-srcset="/img/vl-set-300.jpg 300w, /img/vl-set-900.jpg 900w" alt="a vanilla-lazyload srcset" {SIZE}>
+""", 'new LazyLoad({elements_selector: ".lazy"});'),
+    "wp-rocket": (("vanilla-lazyload",), f"""
+<img src="/wp-content/plugins/rocket/blank.gif" data-lazy-src="/img/wp-photo.jpg" alt="a WP Rocket photo" {SIZE}>
+<img src="/wp-content/plugins/rocket/blank.gif" data-lazy-src="/img/wp-set.jpg"
+     data-lazy-srcset="/img/wp-set.jpg 640w, /img/wp-set-1280.jpg 1280w" alt="a WP Rocket srcset" {SIZE}>
+""", 'new LazyLoad({elements_selector: "img[data-lazy-src]", data_src: "lazy-src", data_srcset: "lazy-srcset"});'),
+    "lozad": (("lozad",), f"""
+<img class="lozad" src="/img/placeholder.gif" data-src="/img/lz-photo.jpg" alt="a lozad photo" {SIZE}>
+<img class="lozad" src="/img/placeholder.gif" data-srcset="/img/lz-set-300.jpg 300w, /img/lz-set-900.jpg 900w"
+     alt="a lozad srcset" {SIZE}>
+""", 'lozad(".lozad").observe();'),
+    "jquery-lazyload": (("jquery", "jquery-lazyload"), f"""
+<img class="lazy" src="/img/grey.gif" data-original="/img/jq-photo.jpg" alt="a jQuery Lazy Load photo" {SIZE}>
+""", '$("img.lazy").lazyload();'),
+}
+
+# srcset values as pages write them, and as they break the standard's rules; widths against densities in one set are
+# left out: a browser weighs a width against the layout's width, which extract does not know (it ranks widths first)
+SRCSETS = (
+    "a.jpg 1x, b.jpg 2x, c.jpg 3x",
+    "s.jpg 320w, l.jpg 1280w, m.jpg 640w",
+    "q_auto,f_auto/c.png 1x, q_auto,f_auto/d.png 2x",  # commas inside URLs (image CDNs)
+    "a.jpg 1x,b.jpg 2x",
+    "x.jpg,y.jpg 2x",  # no whitespace: one URL
+    "a.jpg 1x, b.jpg 2x,",
+    "a.jpg 1.5x, b.jpg 2.5x, c.jpg 2x",
+    "a.jpg, b.jpg 2x",  # no descriptor: 1x
+    "a.jpg   2x  , b.jpg 3x",
+    "a.jpg 2x, b.jpg 2x",  # a repeated density: the first
+    "a.jpg 640w, b.jpg 640w",
+    f"{PIXEL} 1x, real.jpg 2x",  # a data: URL's comma
+    "a.jpg 1x,\n b.jpg 2x",
+    "a.jpg 0x, b.jpg 1x",
+    "a.jpg 1e0x, b.jpg 5e-1x",  # exponents
+    ", , a.jpg 1x, , b.jpg 2x",
+    "a.jpg 3x, b.jpg 2x, c.jpg",
+    "a%20b.jpg 2x, c.jpg 1x",
+    "a.jpg 1x (foo, bar), b.jpg 2x",  # a comma in parentheses does not end the descriptors
+    "a.jpg 200w 100h, b.jpg 100w",
+    # candidates the standard drops: what is left wins, and with nothing left the image shows src
+    "big.jpg 5q, small.jpg 1x",
+    "a.jpg 100w 2x, b.jpg 1x",
+    "a.jpg 100.5w, b.jpg 50w",
+    "a.jpg 2x 100h, b.jpg 1x",
+    "a.jpg -2x, b.jpg 1x",
+    "a.jpg 0w, b.jpg 1x",
+    "a.jpg 1X, b.jpg 2X",
+    "a.jpg 7x 7x",
+)
+
+# Posts the body back once every image shows something other than a placeholder (the pages' placeholders are the
+# data: pixel and files named so), or after 20 s: then the test sees what the loader did in that time.
+REPORT_DOM = """(function () {
+  const placeholder = /^data:|[/](placeholder|blank|grey|lqip)[.]/;
+  const t0 = Date.now();
+  (function poll() {
+    const done = [...document.images].every(i => i.complete && i.currentSrc && !placeholder.test(i.currentSrc));
+    if (done || Date.now() - t0 > 20000) fetch("/report", {method: "POST", body: document.body.outerHTML});
+    else setTimeout(poll, 50);
+  })();
+})();"""
+# Posts each image's currentSrc once every image is complete.
+REPORT_CURRENT_SRC = """(function poll() {
+  if ([...document.images].every(i => i.complete))
+    fetch("/report", {method: "POST", body: JSON.stringify([...document.images].map(i => i.currentSrc))});
+  else setTimeout(poll, 50);
+})();"""
+
+
+def loader_page(loader: str, *, report: bool = False) -> str:
+    """A loader's page as the server sends it; ``report``: with the script that posts the DOM back (left out of the
+    page extract reads, so that both read the same markup)."""
+    packages, images, start = LOADERS[loader]
+    tags = "".join(f'<script src="/js/{name}.js"></script>' for name in packages)
+    tail = f"<script>{REPORT_DOM}</script>" if report else ""
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{loader}</title>{tags}</head>'
+            f"<body>{images}<script>{start}</script>{tail}</body></html>")
+
+
+def srcset_page(*, report: bool = False) -> str:
+    imgs = "\n".join(f'<img src="/img/fallback-{i}.jpg" srcset="{html.escape(s)}" sizes="100vw" alt="srcset {i}" '
+                     f"{SIZE}>" for i, s in enumerate(SRCSETS))
+    tail = f"<script>{REPORT_CURRENT_SRC}</script>" if report else ""
+    return f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"></head><body>{imgs}{tail}</body></html>'
+
+
+def page(name: str, *, report: bool = False) -> str | None:
+    if name in LOADERS:
+        return loader_page(name, report=report)
+    return srcset_page(report=report) if name == "srcset" else None
+
+
+class Site:
+    """The pages, the loaders' scripts and an image (a distinct PNG) at every other path, on 127.0.0.1; what the
+    pages post back to ``/report``, by page."""
+
+    def __init__(self) -> None:
+        self.origin = ""
+        self.scripts: dict[str, bytes] = {}
+        self.reports: dict[str, str] = {}
+        self.arrived = threading.Condition()
+
+    def wait_report(self, name: str, timeout: float) -> str | None:
+        with self.arrived:
+            self.arrived.wait_for(lambda: name in self.reports, timeout)
+            return self.reports.get(name)
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    state = Site()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+            name = (self.headers.get("Referer") or "").rsplit("/", 1)[-1]
+            with state.arrived:
+                state.reports[name] = body
+                state.arrived.notify_all()
+            self.send_response(204)
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            served = page(path.lstrip("/"), report=True)
+            if path.startswith("/js/"):
+                body, kind = state.scripts.get(path[4:].removesuffix(".js"), b""), "text/javascript"
+            elif served is not None:
+                body, kind = served.encode(), "text/html; charset=utf-8"
+            else:
+                body, kind = _png(path.encode()), "image/png"
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+
+    server = Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.origin = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None:
+        pytest.skip("chromium not installed: apt-get install -y --no-install-recommends chromium")
+    return found
+
+
+@pytest.fixture(scope="module")
+def loaders(site: Site) -> Site:
+    """The site with each package's browser script, read from the npm tarball ``make install`` packed."""
+    wanted = PACKAGES.read_text().split()
+    paths = {spec.rsplit("@", 1)[0]: TARBALLS / f"{spec.replace('@', '-')}.tgz" for spec in wanted}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        pytest.skip(f"npm tarballs missing ({', '.join(missing)}): make install packs them when npm is on PATH")
+    for name, path in paths.items():
+        with tarfile.open(path) as tar:
+            member = tar.extractfile(SCRIPT_IN_TARBALL[name])
+            assert member is not None, f"{path} has no {SCRIPT_IN_TARBALL[name]}"
+            site.scripts[name] = member.read()
+    return site
+
+
+def browse(browser: str, site: Site, name: str, profile: Path, *flags: str) -> str:
+    """What page ``name`` posts back from headless Chromium. Every host but 127.0.0.1 fails to resolve, so the
+    browser reaches nothing else."""
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", f"--user-data-dir={profile}",
+           "--window-size=1200,900", *flags, f"{site.origin}/{name}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        report = site.wait_report(name, timeout=90)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # chromium and its helper processes
+        _, err = proc.communicate()
+    assert report is not None, f"{name}: nothing posted back in 90 s: {err.decode(errors='replace')[-2000:]}"
+    return report
+
+
+def pairs(markup: str, page_url: str, **kw) -> list[tuple[str, str]]:
+    refs, _ = page_images(markup, page_url, StageCounts(), **kw)
+    return [(r.text, r.url) for r in refs]
+
+
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+def test_extract_takes_the_image_the_loader_shows(loaders: Site, browser: str, loader: str, tmp_path: Path) -> None:
+    url = f"{loaders.origin}/{loader}"
+    served = loader_page(loader)
+    shown = pairs(browse(browser, loaders, loader, tmp_path / "profile"), url, url_attrs=("srcset", "src"))
+    placeholders = pairs(served, url, url_attrs=("srcset", "src"))
+    assert len(shown) == served.count("<img "), f"{loader}: {shown}"
+    assert not set(shown) & set(placeholders), f"{loader}: the loader did not run: {shown}"
+    assert pairs(served, url) == shown
+
+
+def test_srcset_candidate_is_the_one_a_browser_shows_at_the_highest_density(site: Site, browser: str,
+                                                                            tmp_path: Path) -> None:
+    url = f"{site.origin}/srcset"
+    shown = json.loads(browse(browser, site, "srcset", tmp_path / "profile", "--force-device-scale-factor=8"))
+    taken = pairs(srcset_page(), url, url_attrs=("srcset", "src"))
+    assert [t for t, _ in taken] == [f"srcset {i}" for i in range(len(SRCSETS))]
+    wrong = [(s, got, want) for s, (_, got), want in zip(SRCSETS, taken, shown, strict=True) if got != want]
+    assert not wrong, "srcset, extract's candidate, the browser's:\n" + "\n".join(map(repr, wrong))
+    assert sum(u.rsplit("/", 1)[-1].startswith("fallback-") for u in shown) == 2  # no valid candidate: src
