@@ -115,6 +115,19 @@ SRCSETS = (
     "a.jpg 7x 7x",
 )
 
+# image references as pages write them, resolved on a page whose <base href> is itself relative; two spellings are
+# left out: a no-break space at an end (extract trims it, a browser keeps it) and "|" in a path (Chromium
+# percent-encodes it, which the URL standard does not)
+SRCS = (
+    "a.jpg", "/a.jpg", "../../../a.jpg", "./x/../a.jpg", "//{host}/a.jpg", "\\img\\a.jpg", "img\\a.jpg",
+    "a b.jpg", " a.jpg ", "a\tb\n.jpg", "caf\u00e9.jpg", "%7Euser/a.jpg", "a.jpg#frag", "a.jpg?x=1 2", "http:a.jpg",
+    "HTTP://{host}/A.jpg", "http://{host}/./b/../a.jpg", "http://{host}/a%2fb.jpg", "a.jpg?q=\u00e9", "?q=1",
+    "http://{host}//double//slash.jpg", "http://LOCALHOST:{port}/a.jpg", "http://127.0.0.1:80/a.jpg",
+    'a"b.jpg', "a<b>.jpg", "a^b.jpg", "a{{b}}.jpg", "a`b.jpg", "a%zzb.jpg", "/a/%2e%2e/b.jpg", "/a/%2E./b.jpg",
+    "http://0x7f.0.0.1:{port}/hex.jpg", "http://2130706433:{port}/decimal.jpg", "https://{host}/x.jpg",
+    "http://user:pw@{host}/creds.jpg", "http://[::1]:{port}/v6.jpg", "http://B\u00fccher.example/umlaut.jpg",
+)
+
 # Posts the body back once every image shows something other than a placeholder (the pages' placeholders are the
 # data: pixel and files named so), or after 20 s: then the test sees what the loader did in that time.
 REPORT_DOM = """(function () {
@@ -126,6 +139,8 @@ REPORT_DOM = """(function () {
     else setTimeout(poll, 50);
   })();
 })();"""
+# Posts each image's resolved src (the URL the browser fetches), without waiting for the images.
+REPORT_SRC = """fetch("/report", {method: "POST", body: JSON.stringify([...document.images].map(i => i.src))});"""
 # Posts each image's currentSrc once every image is complete.
 REPORT_CURRENT_SRC = """(function poll() {
   if ([...document.images].every(i => i.complete))
@@ -151,9 +166,19 @@ def srcset_page(*, report: bool = False) -> str:
     return f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"></head><body>{imgs}{tail}</body></html>'
 
 
-def page(name: str, *, report: bool = False) -> str | None:
+def urls_page(port: int, *, report: bool = False) -> str:
+    srcs = [s.format(host=f"127.0.0.1:{port}", port=port) for s in SRCS]
+    imgs = "\n".join(f'<img src="{html.escape(s)}" alt="src {i}" {SIZE}>' for i, s in enumerate(srcs))
+    tail = f"<script>{REPORT_SRC}</script>" if report else ""
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><base href="../base/dir/"></head>'
+            f"<body>{imgs}{tail}</body></html>")
+
+
+def page(name: str, port: int, *, report: bool = False) -> str | None:
     if name in LOADERS:
         return loader_page(name, report=report)
+    if name == "urls":
+        return urls_page(port, report=report)
     return srcset_page(report=report) if name == "srcset" else None
 
 
@@ -192,7 +217,7 @@ def site() -> Iterator[Site]:
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
-            served = page(path.lstrip("/"), report=True)
+            served = page(path.rsplit("/", 1)[-1], self.server.server_address[1], report=True)
             if path.startswith("/js/"):
                 body, kind = state.scripts.get(path[4:].removesuffix(".js"), b""), "text/javascript"
             elif served is not None:
@@ -252,7 +277,7 @@ def browse(browser: str, site: Site, name: str, profile: Path, *flags: str) -> s
            "--window-size=1200,900", *flags, f"{site.origin}/{name}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        report = site.wait_report(name, timeout=90)
+        report = site.wait_report(name.rsplit("/", 1)[-1], timeout=90)  # by the page's file name (its Referer)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # chromium and its helper processes
         _, err = proc.communicate()
@@ -285,3 +310,16 @@ def test_srcset_candidate_is_the_one_a_browser_shows_at_the_highest_density(site
     wrong = [(s, got, want) for s, (_, got), want in zip(SRCSETS, taken, shown, strict=True) if got != want]
     assert not wrong, "srcset, extract's candidate, the browser's:\n" + "\n".join(map(repr, wrong))
     assert sum(u.rsplit("/", 1)[-1].startswith("fallback-") for u in shown) == 2  # no valid candidate: src
+
+
+def test_image_urls_resolve_as_a_browser_resolves_them(site: Site, browser: str, tmp_path: Path) -> None:
+    """The URL extract gives each src is the one Chromium fetches (the WHATWG URL standard): backslashes, dot
+    segments, percent-encoding, host case and IDNA, default ports, IPv4 in other notations, a relative base."""
+    url = f"{site.origin}/pages/urls"
+    shown = json.loads(browse(browser, site, "pages/urls", tmp_path / "profile"))
+    port = int(site.origin.rsplit(":", 1)[1])
+    taken = dict(pairs(urls_page(port), url, url_attrs=("src",)))
+    wrong = [(s, taken.get(f"src {i}"), want) for i, (s, want) in enumerate(zip(SRCS, shown, strict=True))
+             if taken.get(f"src {i}") != want]
+    assert not wrong, "src, extract's URL, the browser's:\n" + "\n".join(map(repr, wrong))
+    assert shown[0] == f"{site.origin}/base/dir/a.jpg" and shown[5] == f"{site.origin}/img/a.jpg"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
+
+import ada_url
 
 RASTER_EXCLUDED_SUFFIXES = (".svg", ".svgz")
 
@@ -64,14 +66,17 @@ def clean_url(raw: str) -> str:
 
 
 def resolve(url: str, base: str) -> str | None:
-    """Absolute form of ``url`` against ``base`` (relative and protocol-relative URLs)."""
+    """Absolute form of ``url`` against ``base`` as a browser forms it: the WHATWG URL standard (ada), so
+    backslashes are slashes, dot segments are removed, spaces and non-ASCII characters are percent-encoded, the
+    host is lower-cased (IDNA for non-ASCII names) and a default port dropped. None when no URL results."""
     url = clean_url(url)
-    if url.startswith(("http://", "https://")):
-        return url
     try:
-        return urljoin(base, url)
-    except ValueError:  # e.g. an invalid IPv6 literal
-        return None
+        return ada_url.join_url(base, url)
+    except ValueError:  # an invalid reference, or a base that is no URL (then only an absolute one resolves)
+        try:
+            return ada_url.normalize_url(url)
+        except ValueError:
+            return None
 
 
 def early_reason(raw: str) -> str | None:
@@ -88,74 +93,28 @@ def early_reason(raw: str) -> str | None:
 
 
 class Resolver:
-    """:func:`resolve` against one base, with the base parsed once.
+    """:func:`resolve` against one base, with the checks of an image reference."""
 
-    A page has many images; ``urljoin`` re-parses the base for each. Plain relative forms
-    (``img/a.jpg``, ``/a.jpg``, ``//host/a.jpg``) are joined directly; anything with dot
-    segments, a query-only or fragment-only reference, or a scheme goes through ``urljoin``.
-    """
-
-    __slots__ = ("base", "dir", "origin", "scheme")
+    __slots__ = ("base",)
 
     def __init__(self, base: str):
         self.base = base
-        self.scheme = self.origin = self.dir = None
-        m = _HTTP.match(base)
-        if m is None or not m.group(2) or "[" in m.group(2) or not base.isprintable() or " " in base:
-            return  # anything unusual: every reference goes through urljoin
-        self.scheme = m.group(1)
-        self.origin = f"{m.group(1)}://{m.group(2)}"
-        path = m.group(3) or "/"
-        self.dir = self.origin + path[: path.rfind("/") + 1]
 
     def image_url(self, raw: str) -> tuple[str | None, str | None]:
         """(absolute URL, None) for a usable image reference, else (None, drop reason)."""
-        if raw.startswith(("http://", "https://")):
-            url = clean_url(raw)
-        else:
-            reason = early_reason(raw)
-            if reason is not None:
-                return None, reason
-            url = clean_url(raw)
-            if not url:
-                return None, "no_url"
-            url = self._resolve_clean(url)
-            if url is None:
-                return None, "invalid_url"
+        reason = early_reason(raw)
+        if reason is not None:
+            return None, reason
+        if not clean_url(raw):
+            return None, "no_url"
+        url = resolve(raw, self.base)
+        if url is None:
+            return None, "invalid_url"
         reason = classify(url)
         return (url, None) if reason is None else (None, reason)
 
     def resolve(self, url: str) -> str | None:
-        """Absolute form of ``url`` against the base: :func:`resolve`'s answer, faster."""
-        return self._resolve_clean(clean_url(url))
-
-    def _resolve_clean(self, url: str) -> str | None:
-        """:meth:`resolve` of a URL already passed through :func:`clean_url`."""
-        if url.startswith(("http://", "https://")):
-            return url
-        if self.dir is not None and url and "./" not in url and not url.endswith(".") and url.find("//", 1) < 0:
-            first = url[0]
-            if first == "/":
-                if not url.startswith("//"):
-                    return self.origin + url
-                if len(url) > 2 and url[2] not in "/?#":
-                    return f"{self.scheme}:{url}"
-            elif first not in "?#" and ":" not in url.split("/", 1)[0]:
-                return self.dir + url
-        elif self.dir is not None and url.startswith(("../", "./")):
-            d, rest = self.dir, url
-            while True:
-                if rest.startswith("./"):
-                    rest = rest[2:]
-                elif rest.startswith("../"):
-                    rest = rest[3:]
-                    if len(d) > len(self.origin) + 1:
-                        d = d[: d.rstrip("/").rfind("/") + 1]
-                else:
-                    break
-            if (rest and "./" not in rest and not rest.endswith(".") and "//" not in rest
-                    and rest[0] not in "/?#" and ":" not in rest.split("/", 1)[0]):
-                return d + rest
+        """:func:`resolve` against the base."""
         return resolve(url, self.base)
 
 
