@@ -69,7 +69,11 @@ def resolve(url: str, base: str) -> str | None:
     """Absolute form of ``url`` against ``base`` as a browser forms it: the WHATWG URL standard (ada), so
     backslashes are slashes, dot segments are removed, spaces and non-ASCII characters are percent-encoded, the
     host is lower-cased (IDNA for non-ASCII names) and a default port dropped. None when no URL results."""
-    url = clean_url(url)
+    return _join(base, clean_url(url))
+
+
+def _join(base: str, url: str) -> str | None:
+    """:func:`resolve` of a URL already passed through :func:`clean_url`."""
     try:
         return ada_url.join_url(base, url)
     except ValueError:  # an invalid reference, or a base that is no URL (then only an absolute one resolves)
@@ -102,12 +106,13 @@ class Resolver:
 
     def image_url(self, raw: str) -> tuple[str | None, str | None]:
         """(absolute URL, None) for a usable image reference, else (None, drop reason)."""
-        reason = early_reason(raw)
+        reason = None if raw.startswith(("http://", "https://")) else early_reason(raw)
         if reason is not None:
             return None, reason
-        if not clean_url(raw):
+        url = clean_url(raw)
+        if not url:
             return None, "no_url"
-        url = resolve(raw, self.base)
+        url = _join(self.base, url)
         if url is None:
             return None, "invalid_url"
         reason = classify(url)
