@@ -411,7 +411,6 @@ class Matcher:
         ends = np.cumsum(np.bincount(cap, minlength=n)).tolist()
         return list(map(flat.__getitem__, map(slice, [0, *ends[:-1]], ends)))
 
-
     def _keep_as_written(self, spaced: str, hpos: np.ndarray, cap: np.ndarray,
                          ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The hits (caption, id) without those of cased entries whose tokens in ``spaced`` (the chunk spaced, not

@@ -118,10 +118,6 @@ class Resolver:
         reason = classify(url)
         return (url, None) if reason is None else (None, reason)
 
-    def resolve(self, url: str) -> str | None:
-        """:func:`resolve` against the base."""
-        return resolve(url, self.base)
-
 
 def classify(url: str) -> str | None:
     """Why this URL cannot be an image to download, or None when it can.
