@@ -15,6 +15,13 @@ page sets it up.
 candidate here: densities under 8, widths under 8 × the 1,200 px window at ``sizes="100vw"``), which is the
 candidate extract takes; a srcset with no valid candidate shows ``src``. Each image posts its ``currentSrc``.
 
+**URLs.** The URL each of 37 ``src`` spellings resolves to, against a relative ``<base href>``, is the ``src`` the
+browser reports: the WHATWG URL standard.
+
+**Text.** Pages that declare their encoding in the ways pages and servers do (BOM, HTTP charset, ``<meta>``, labels
+of the WHATWG table, the vendors' decoders) load in frames; each image's ``alt`` as the browser decoded it is the
+text extract must give.
+
 Posting back, rather than dumping the DOM after a fixed virtual time, keeps the checks the same on a busy machine
 (a 5 s virtual-time dump caught lazysizes mid-way in 4 runs of 15).
 """
@@ -38,7 +45,7 @@ import pytest
 
 from tests.helpers.warc_site import PIXEL, _png
 from witbuild.counters import StageCounts
-from witbuild.sources.html import page_images
+from witbuild.sources.html import decode_html, page_images
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ROOT / "tests" / "data" / "lazy_loaders" / "packages.txt"
@@ -128,6 +135,51 @@ SRCS = (
     "http://user:pw@{host}/creds.jpg", "http://[::1]:{port}/v6.jpg", "http://B\u00fccher.example/umlaut.jpg",
 )
 
+RU, ZH, JA = "Старый мост через реку", "山上的老房子和风景", "東京の夜景と桜の写真"
+
+
+def _charset_page(alt: str, head: str = "") -> str:
+    return f'<!DOCTYPE html><html><head>{head}<title>t</title></head><body><img src="a.jpg" alt="{alt}"></body></html>'
+
+
+# (Content-Type, body): pages that declare their encoding, in the ways pages and servers do, each body encoded as
+# a browser reads it; the vendors' extensions (UHC hangul, NEC kanji, HKSCS, GB18030's four-byte characters) too.
+# Undeclared pages are left out: detection is no standard, and a frame without a declaration takes its parent's.
+CHARSET_PAGES: tuple[tuple[str, bytes], ...] = (
+    ("text/html; charset=windows-1251", _charset_page(RU).encode("cp1251")),
+    ("text/html; charset=windows-1251", _charset_page(RU, '<meta charset="utf-8">').encode("cp1251")),
+    ("text/html", _charset_page(ZH, '<meta charset="gbk">').encode("gbk")),
+    ("text/html", _charset_page(ZH + " 𠀀", '<meta charset="gb2312">').encode("gb18030")),
+    ("text/html", _charset_page(JA + " ①", '<meta http-equiv="Content-Type" content="text/html; charset=shift_jis">')
+     .encode("cp932")),
+    ("text/html; charset=iso-8859-1", _charset_page("“quoted” café – dash").encode("cp1252")),
+    ("text/html", _charset_page("café naïve", '<meta charset="utf-16">').encode("utf-8")),
+    ("text/html; charset=windows-1252", b"\xef\xbb\xbf" + _charset_page("café über").encode("utf-8")),
+    ('text/html; charset="utf-8"', _charset_page("café über").encode("utf-8")),
+    ("text/html; charset=foo-bar", _charset_page(RU, '<meta charset="windows-1251">').encode("cp1251")),
+    ("text/html; charset=koi8-r", _charset_page(RU).encode("koi8_r")),
+    ("text/html; charset=koi8-u", _charset_page("Київ і Львів").encode("koi8_u")),
+    ("text/html; charset=ibm866", _charset_page(RU).encode("cp866")),
+    ("text/html; charset=euc-kr", _charset_page("서울의 야경 똠방각하").encode("cp949")),
+    ("text/html; charset=big5", _charset_page("台北的夜景 㗎").encode("big5hkscs")),
+    ("text/html; charset=euc-jp", _charset_page(JA).encode("euc_jp")),
+    ("text/html; charset=iso-2022-jp", _charset_page(JA).encode("iso2022_jp")),
+    ("text/html", ("<!DOCTYPE html><html><head><!--" + "y" * 1500 + '--><meta charset="windows-1251"></head><body>'
+                   f'<img src="a.jpg" alt="{RU}"></body></html>').encode("cp1251")),
+    ("text/html", _charset_page(RU, '<meta charset=" windows-1251 ">').encode("cp1251")),
+    ("text/html; charset=x-mac-cyrillic", _charset_page(RU).encode("mac_cyrillic")),
+    ("text/html; charset=tis-620", _charset_page("ภาพถ่ายกรุงเทพ").encode("cp874")),
+    ("text/html; charset=latin-1", _charset_page("café “q”").encode("cp1252")),
+    ("text/html; charset=windows-1250", _charset_page("Zażółć gęślą jaźń").encode("cp1250")),
+    ("text/html; charset=iso-8859-7", _charset_page("Η Ακρόπολη της Αθήνας").encode("iso8859_7")),
+    ("text/html; charset=windows-1256", _charset_page("صورة مدينة القاهرة").encode("cp1256")),
+    ("text/html; charset=iso-8859-8-i", _charset_page("ירושלים בלילה").encode("iso8859_8")),
+    ("text/html; charset=macintosh", _charset_page("café – “mac”").encode("mac_roman")),
+)
+# Posts the alt of the image in each frame once the frames have loaded.
+REPORT_FRAME_ALTS = """window.addEventListener("load", () => fetch("/report", {method: "POST", body: JSON.stringify(
+  [...document.querySelectorAll("iframe")].map(f => f.contentDocument.querySelector("img").alt))}));"""
+
 # Posts the body back once every image shows something other than a placeholder (the pages' placeholders are the
 # data: pixel and files named so), or after 20 s: then the test sees what the loader did in that time.
 REPORT_DOM = """(function () {
@@ -174,7 +226,15 @@ def urls_page(port: int, *, report: bool = False) -> str:
             f"<body>{imgs}{tail}</body></html>")
 
 
+def charsets_page() -> str:
+    frames = "".join(f'<iframe src="/charset/{i}"></iframe>' for i in range(len(CHARSET_PAGES)))
+    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>{frames}'
+            f"<script>{REPORT_FRAME_ALTS}</script></body></html>")
+
+
 def page(name: str, port: int, *, report: bool = False) -> str | None:
+    if name == "charsets":
+        return charsets_page()
     if name in LOADERS:
         return loader_page(name, report=report)
     if name == "urls":
@@ -220,6 +280,8 @@ def site() -> Iterator[Site]:
             served = page(path.rsplit("/", 1)[-1], self.server.server_address[1], report=True)
             if path.startswith("/js/"):
                 body, kind = state.scripts.get(path[4:].removesuffix(".js"), b""), "text/javascript"
+            elif path.startswith("/charset/"):
+                kind, body = CHARSET_PAGES[int(path.rsplit("/", 1)[1])]
             elif served is not None:
                 body, kind = served.encode(), "text/html; charset=utf-8"
             else:
@@ -323,3 +385,16 @@ def test_image_urls_resolve_as_a_browser_resolves_them(site: Site, browser: str,
              if taken.get(f"src {i}") != want]
     assert not wrong, "src, extract's URL, the browser's:\n" + "\n".join(map(repr, wrong))
     assert shown[0] == f"{site.origin}/base/dir/a.jpg" and shown[5] == f"{site.origin}/img/a.jpg"
+
+
+def test_alt_text_decodes_as_a_browser_decodes_it(site: Site, browser: str, tmp_path: Path) -> None:
+    """The text of each page's image is what Chromium shows: byte order mark, then the HTTP charset, then <meta>,
+    by the WHATWG label table (ISO-8859-1 is windows-1252, a meta UTF-16 is UTF-8) and the vendors' decoders."""
+    shown = json.loads(browse(browser, site, "charsets", tmp_path / "profile"))
+    taken = []
+    for content_type, body in CHARSET_PAGES:
+        charset = content_type.partition("charset=")[2] or None
+        taken.append(pairs(decode_html(body, charset), f"{site.origin}/charset/")[0][0])
+    wrong = [(ct, got, want) for (ct, _), got, want in zip(CHARSET_PAGES, taken, shown, strict=True) if got != want]
+    assert not wrong, "Content-Type, extract's text, the browser's:\n" + "\n".join(map(repr, wrong))
+    assert sum("\ufffd" in t for t in shown) == 0

@@ -102,6 +102,8 @@ def test_python_codec_names_are_read_as_their_whatwg_encoding(label, codec, alt)
     ("windows-874", "cp874", "ภาพถ่ายของแม่น้ำ"),
     ("iso-8859-8-i", "iso8859-8", "תמונה של נהר"),
     ("x-mac-roman", "mac-roman", "Café crème à Noël"),
+    ("x-mac-cyrillic", "mac-cyrillic", "Старый мост"),  # a label resiliparse's table lacks
+    ("X-Mac-Ukrainian", "mac-cyrillic", "Старий міст"),
 ])
 def test_whatwg_labels_python_lacks(label, codec, alt):
     assert alts(page(alt=alt).encode(codec), label)[0] == [alt]

@@ -59,6 +59,8 @@ _BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "
 # euc-cn) reach a WHATWG label through Python's own canonical name (iso8859-1, cp1251, gbk, gb2312).
 _PYTHON_NAME_LABELS = {"cp949": "euc-kr", "cp932": "shift_jis", "cp950": "big5", "big5hkscs": "big5",
                        "utf-8-sig": "utf-8"}
+# WHATWG labels resiliparse's table lacks (found by tests/test_browser_reference.py), and the Python codec of each
+_MISSING_LABELS = {"x-mac-cyrillic": "mac-cyrillic", "x-mac-ukrainian": "mac-cyrillic"}
 # WHATWG decodes these encodings with the vendors' supersets; the plain Python codecs of the same
 # names lack the extension characters (UHC hangul, NEC/IBM kanji, HKSCS) real pages use.
 _WHATWG_DECODERS = {"euc_kr": "cp949", "shift_jis": "cp932", "gbk": "gb18030", "big5": "big5hkscs",
@@ -77,7 +79,8 @@ def charset_encoding(label: str | None) -> str | None:
     label = label.strip().strip("\"'").strip()
     if not label:
         return None
-    return map_encoding_to_html5(label, fallback_utf8=False) or _python_name_encoding(label)
+    return (map_encoding_to_html5(label, fallback_utf8=False) or _MISSING_LABELS.get(label.lower())
+            or _python_name_encoding(label))
 
 
 def _python_name_encoding(label: str) -> str | None:
