@@ -18,6 +18,9 @@ candidate extract takes; a srcset with no valid candidate shows ``src``. Each im
 **URLs.** The URL each of 37 ``src`` spellings resolves to, against a relative ``<base href>``, is the ``src`` the
 browser reports: the WHATWG URL standard.
 
+**Markup.** The ``<img>`` elements of a page of parser corner cases, and their ``alt`` (whitespace collapsed, as
+extract collapses it), are the ones the browser's DOM has.
+
 **Text.** Pages that declare their encoding in the ways pages and servers do (BOM, HTTP charset, ``<meta>``, labels
 of the WHATWG table, the vendors' decoders) load in frames; each image's ``alt`` as the browser decoded it is the
 text extract must give.
@@ -135,6 +138,32 @@ SRCS = (
     "http://user:pw@{host}/creds.jpg", "http://[::1]:{port}/v6.jpg", "http://B\u00fccher.example/umlaut.jpg",
 )
 
+# markup whose <img> elements and alt text only the HTML standard's parser reads right: character references
+# (legacy ones without ";", numeric ones out of range or in the C1 block), attributes given twice or unquoted, the
+# <image> tag, <img> breaking out of <svg> and <math>, and the places where no element is parsed (<template>,
+# <textarea>, <title>, <iframe>, <xmp>) or where one is moved (out of a <table>)
+MARKUP = (
+    '<img src="m1.jpg" alt="fish &amp; chips">', '<img src="m2.jpg" alt="caf&eacute; cr&egrave;me">',
+    '<img src="m3.jpg" alt="&copy 2020 photo">', '<img src="m4.jpg" alt="a&copy=1 b">',
+    '<img src="m5.jpg" alt="&notit; &notin; x">', '<img src="m6.jpg" alt="&#x41;&#66;&#0;&#x110000;&#128;">',
+    '<img src="m7.jpg" alt=unquoted&amp;x title=t>', '<img src="m8.jpg" alt="first" alt="second">',
+    '<IMAGE src="m9.jpg" alt="an image tag">', '<svg><img src="m10.jpg" alt="out of svg"></svg>',
+    '<template><img src="m11.jpg" alt="in a template"></template>', '<img src="m12.jpg" alt="a\nb\tc  d">',
+    '<img src="m13.jpg" alt="&lt;b&gt;bold&lt;/b&gt;">', '<img src="m14.jpg" alt="&nbsp;nbsp&nbsp;">',
+    '<img src="m15.jpg" alt="&AMP;&LT;caps">', '<img src="m16.jpg" alt="&ampx &amp;x">',
+    '<p><img src="m17.jpg" alt="in &lt;p&gt;"</p>', '<img src="m18.jpg" alt=\'single "quoted"\'>',
+    '<img/src="m19.jpg"/alt="slashes">', '<textarea><img src="m20.jpg" alt="in a textarea"></textarea>',
+    '<title><img src="m21.jpg" alt="in a title"></title>', '<select><img src="m22.jpg" alt="in a select"></select>',
+    '<table><img src="m23.jpg" alt="foster parented"><tr><td>x</td></tr></table>',
+    '<img src="m24.jpg" alt="&#x1F600; emoji &#128512;">', '<img src="m25.jpg" alt="cr&#13;lf">',
+    '<math><img src="m26.jpg" alt="out of math"></math>', '<object><img src="m27.jpg" alt="in an object"></object>',
+    '<iframe><img src="m28.jpg" alt="iframe text"></iframe>', '<xmp><img src="m29.jpg" alt="in xmp"></xmp>',
+    '<img src="m30.jpg" alt="&#150; a C1 reference">',
+)
+# Posts each image's src attribute and alt.
+REPORT_ALTS = """fetch("/report", {method: "POST", body: JSON.stringify(
+  [...document.images].map(i => [i.getAttribute("src"), i.alt]))});"""
+
 RU, ZH, JA = "Старый мост через реку", "山上的老房子和风景", "東京の夜景と桜の写真"
 
 
@@ -232,9 +261,16 @@ def charsets_page() -> str:
             f"<script>{REPORT_FRAME_ALTS}</script></body></html>")
 
 
+def markup_page(*, report: bool = False) -> str:
+    tail = f"<script>{REPORT_ALTS}</script>" if report else ""
+    return f'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>{"".join(MARKUP)}{tail}</body></html>'
+
+
 def page(name: str, port: int, *, report: bool = False) -> str | None:
     if name == "charsets":
         return charsets_page()
+    if name == "markup":
+        return markup_page(report=report)
     if name in LOADERS:
         return loader_page(name, report=report)
     if name == "urls":
@@ -398,3 +434,11 @@ def test_alt_text_decodes_as_a_browser_decodes_it(site: Site, browser: str, tmp_
     wrong = [(ct, got, want) for (ct, _), got, want in zip(CHARSET_PAGES, taken, shown, strict=True) if got != want]
     assert not wrong, "Content-Type, extract's text, the browser's:\n" + "\n".join(map(repr, wrong))
     assert sum("\ufffd" in t for t in shown) == 0
+
+
+def test_img_elements_and_their_text_are_the_ones_a_browser_parses(site: Site, browser: str, tmp_path: Path) -> None:
+    shown = {src: " ".join(alt.split()) for src, alt in json.loads(browse(browser, site, "markup", tmp_path / "p"))}
+    taken = {url.rsplit("/", 1)[-1]: text for text, url in pairs(markup_page(), f"{site.origin}/markup",
+                                                                  url_attrs=("src",))}
+    assert taken == shown
+    assert len(shown) == len(MARKUP) - 5  # template, textarea, title, iframe and xmp hold no element
