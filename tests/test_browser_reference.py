@@ -48,7 +48,7 @@ import pytest
 
 from tests.helpers.warc_site import PIXEL, _png
 from witbuild.counters import StageCounts
-from witbuild.sources.html import decode_html, page_images
+from witbuild.sources.html import decode_page, page_images
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ROOT / "tests" / "data" / "lazy_loaders" / "packages.txt"
@@ -167,8 +167,8 @@ REPORT_ALTS = """fetch("/report", {method: "POST", body: JSON.stringify(
 RU, ZH, JA = "Старый мост через реку", "山上的老房子和风景", "東京の夜景と桜の写真"
 
 
-def _charset_page(alt: str, head: str = "") -> str:
-    return f'<!DOCTYPE html><html><head>{head}<title>t</title></head><body><img src="a.jpg" alt="{alt}"></body></html>'
+def _charset_page(alt: str, head: str = "", src: str = "a.jpg") -> str:
+    return f'<!DOCTYPE html><html><head>{head}<title>t</title></head><body><img src="{src}" alt="{alt}"></body></html>'
 
 
 # (Content-Type, body): pages that declare their encoding, in the ways pages and servers do, each body encoded as
@@ -204,10 +204,20 @@ CHARSET_PAGES: tuple[tuple[str, bytes], ...] = (
     ("text/html; charset=windows-1256", _charset_page("صورة مدينة القاهرة").encode("cp1256")),
     ("text/html; charset=iso-8859-8-i", _charset_page("ירושלים בלילה").encode("iso8859_8")),
     ("text/html; charset=macintosh", _charset_page("café – “mac”").encode("mac_roman")),
+    # a URL's query is written in the page's encoding, its path and fragment in UTF-8
+    ("text/html", _charset_page(ZH, '<meta charset="gbk">', "img.php?name=中文&size=2").encode("gbk")),
+    ("text/html", _charset_page(ZH, '<meta charset="gbk">', "a.jpg?q=&#128512;x").encode("gbk")),  # not in GBK
+    ("text/html; charset=shift_jis", _charset_page(JA, src="photo.cgi?q=東京①").encode("cp932")),
+    ("text/html; charset=windows-1251", _charset_page(RU, src="/фото/мост.jpg?q=мост#якорь").encode("cp1251")),
+    ("text/html; charset=euc-kr", _charset_page("서울", src="view?q=서울").encode("cp949")),
+    ("text/html; charset=koi8-r", _charset_page(RU, src="?q=мост").encode("koi8_r")),
+    ("text/html; charset=windows-1252", b"\xef\xbb\xbf" + _charset_page("café", src="a.jpg?q=café").encode("utf-8")),
+    ("text/html; charset=utf-8", _charset_page(ZH, src="a.jpg?q=中文").encode("utf-8")),
 )
-# Posts the alt of the image in each frame once the frames have loaded.
+# Posts the alt and the resolved src of the image in each frame once the frames have loaded.
 REPORT_FRAME_ALTS = """window.addEventListener("load", () => fetch("/report", {method: "POST", body: JSON.stringify(
-  [...document.querySelectorAll("iframe")].map(f => f.contentDocument.querySelector("img").alt))}));"""
+  [...document.querySelectorAll("iframe")].map(f => f.contentDocument.querySelector("img")).map(
+    i => [i.alt, i.src]))}));"""
 
 # Posts the body back once every image shows something other than a placeholder (the pages' placeholders are the
 # data: pixel and files named so), or after 20 s: then the test sees what the loader did in that time.
@@ -423,17 +433,19 @@ def test_image_urls_resolve_as_a_browser_resolves_them(site: Site, browser: str,
     assert shown[0] == f"{site.origin}/base/dir/a.jpg" and shown[5] == f"{site.origin}/img/a.jpg"
 
 
-def test_alt_text_decodes_as_a_browser_decodes_it(site: Site, browser: str, tmp_path: Path) -> None:
+def test_alt_text_and_url_decode_as_a_browser_decodes_them(site: Site, browser: str, tmp_path: Path) -> None:
     """The text of each page's image is what Chromium shows: byte order mark, then the HTTP charset, then <meta>,
-    by the WHATWG label table (ISO-8859-1 is windows-1252, a meta UTF-16 is UTF-8) and the vendors' decoders."""
-    shown = json.loads(browse(browser, site, "charsets", tmp_path / "profile"))
+    by the WHATWG label table (ISO-8859-1 is windows-1252, a meta UTF-16 is UTF-8) and the vendors' decoders; its
+    URL is the one Chromium fetches, with the query written in the page's encoding."""
+    shown = [tuple(p) for p in json.loads(browse(browser, site, "charsets", tmp_path / "profile"))]
     taken = []
-    for content_type, body in CHARSET_PAGES:
-        charset = content_type.partition("charset=")[2] or None
-        taken.append(pairs(decode_html(body, charset), f"{site.origin}/charset/")[0][0])
+    for i, (content_type, body) in enumerate(CHARSET_PAGES):
+        html_text, encoding = decode_page(body, content_type.partition("charset=")[2] or None)
+        taken.append(pairs(html_text, f"{site.origin}/charset/{i}", encoding=encoding)[0])
     wrong = [(ct, got, want) for (ct, _), got, want in zip(CHARSET_PAGES, taken, shown, strict=True) if got != want]
-    assert not wrong, "Content-Type, extract's text, the browser's:\n" + "\n".join(map(repr, wrong))
-    assert sum("\ufffd" in t for t in shown) == 0
+    assert not wrong, "Content-Type, extract's (text, URL), the browser's:\n" + "\n".join(map(repr, wrong))
+    assert sum("\ufffd" in t for t, _ in shown) == 0
+    assert sum("?" in u and "%E" not in u.partition("?")[2] for _, u in shown if "%" in u) >= 5  # legacy queries
 
 
 def test_img_elements_and_their_text_are_the_ones_a_browser_parses(site: Site, browser: str, tmp_path: Path) -> None:

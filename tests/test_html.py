@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from witbuild.counters import StageCounts
-from witbuild.sources.html import PICTURE_SOURCE_TYPES, decode_html, is_html, page_images
+from witbuild.sources.html import PICTURE_SOURCE_TYPES, decode_html, decode_page, is_html, page_images, query_codec
 from witbuild.sources.urls import classify, largest_srcset_candidate, parse_srcset, resolve
 
 PAGE = "http://example.org/dir/page.html"
@@ -177,6 +177,25 @@ def test_url_helpers():
         "https://h.org/x.jpg")
     assert classify("http://[bad/x.jpg") == "invalid_url"
     assert classify("https://h.org/x.svg.png") is None
+
+
+def test_a_legacy_page_writes_its_url_queries_in_its_encoding():
+    """As browsers do (checked against Chromium in test_browser_reference): only the query, and only its non-ASCII
+    characters; a character the encoding lacks as its &#N; reference; UTF-8 and UTF-16 pages write UTF-8."""
+    from witbuild.sources.urls import encode_query
+
+    assert encode_query("/路径.jpg?q=中文&x=1#片", "gbk") == "/路径.jpg?q=%D6%D0%CE%C4&x=1#片"
+    assert encode_query("a.jpg?q=😀", "gbk") == "a.jpg?q=%26%23128512%3B"
+    assert encode_query("a.cgi?q=①", "cp932") == "a.cgi?q=%87@"  # a printable second byte stays
+    assert encode_query("a.jpg#x?q=中", "gbk") == "a.jpg#x?q=中"  # a ? in the fragment starts no query
+    body = '<meta charset="windows-1251"><img src="/фото.jpg?q=мост" alt="мост">'.encode("cp1251")
+    html, encoding = decode_page(body, None)
+    refs, _ = page_images(html, PAGE, StageCounts(), encoding=encoding)
+    assert refs[0].url == "http://example.org/%D1%84%D0%BE%D1%82%D0%BE.jpg?q=%EC%EE%F1%F2"
+    assert page_images(html, PAGE, StageCounts())[0][0].url.endswith("?q=%D0%BC%D0%BE%D1%81%D1%82")  # UTF-8
+    for utf in ("utf-8", "utf-16-le", None):
+        assert query_codec(utf) is None
+    assert (query_codec("gbk"), query_codec("shift_jis"), query_codec("cp1251")) == ("gbk", "cp932", "cp1251")
 
 
 def test_charset_header_then_meta_then_detection():

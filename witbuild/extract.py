@@ -22,7 +22,7 @@ from witbuild import schemas
 from witbuild.config import ExtractConfig
 from witbuild.counters import StageCounts
 from witbuild.dedup.urls import uid_of
-from witbuild.sources.html import ImageRef, decode_html, is_html, may_be_utf16, page_images
+from witbuild.sources.html import ImageRef, decode_page, is_html, may_be_utf16, page_images
 from witbuild.sources.http_body import http_payload
 from witbuild.sources.warc import WarcRecord, iter_records
 from witbuild.sources.wat import WAT_IMAGE_MARK, wat_images
@@ -121,10 +121,10 @@ def _warc_page(rec: WarcRecord, cfg: ExtractConfig, counts: StageCounts,
     if not _may_have_img(body, rec.charset):
         return None
     try:
-        html = decode_html(body, rec.charset, counts)
+        html, encoding = decode_page(body, rec.charset, counts)
         return page_images(html, rec.target_uri, counts, url_attrs=cfg.url_attrs, text_attrs=cfg.text_attrs,
                            keep_empty_text=cfg.keep_empty_text, max_text_chars=None,
-                           content_language=rec.content_language)
+                           content_language=rec.content_language, encoding=encoding)
     except Exception:  # a parser failure on one page must not lose the file
         log.exception("HTML parse failed: %s at %d", path, rec.offset)
         counts.event("html_parse_errors")

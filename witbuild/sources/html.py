@@ -67,6 +67,15 @@ _WHATWG_DECODERS = {"euc_kr": "cp949", "shift_jis": "cp932", "gbk": "gb18030", "
                     "iso8859-11": "cp874"}
 
 
+def query_codec(encoding: str | None) -> str | None:
+    """The Python codec in which a page in ``encoding`` (:func:`decode_page`'s) writes its URLs' queries; None for
+    UTF-8, which the URL standard uses for UTF-8 and UTF-16 pages. A GBK page writes GBK, not the GB18030 its text
+    decodes with; the other encodings write with their decoder."""
+    if not encoding or encoding.startswith(("utf-8", "utf-16")):
+        return None
+    return encoding if encoding == "gbk" else _WHATWG_DECODERS.get(encoding, encoding)
+
+
 def charset_encoding(label: str | None) -> str | None:
     """The encoding a charset label names, by the WHATWG label table; None for a label it lacks.
 
@@ -123,8 +132,14 @@ def _sniffed_encoding(body: bytes) -> str:
 
 
 def decode_html(body: bytes, http_charset: str | None, counts: StageCounts | None = None) -> str:
-    """Decode a page the way the HTML spec sniffs its encoding: a byte order mark, else the HTTP
-    charset, else a ``<meta>`` charset, else detection (uchardet).
+    """:func:`decode_page`'s text."""
+    return decode_page(body, http_charset, counts)[0]
+
+
+def decode_page(body: bytes, http_charset: str | None, counts: StageCounts | None = None) -> tuple[str, str]:
+    """(text, encoding) of a page decoded the way the HTML spec sniffs its encoding: a byte order mark, else the
+    HTTP charset, else a ``<meta>`` charset, else detection (uchardet). The encoding is the page's (its URLs'
+    queries are written in it).
 
     Invalid byte sequences become U+FFFD rather than losing the page.
     """
@@ -135,7 +150,7 @@ def decode_html(body: bytes, http_charset: str | None, counts: StageCounts | Non
     if bom_length:
         body = body[bom_length:]
     encoding = encoding or declared or _sniffed_encoding(body)
-    return _decode(body, _WHATWG_DECODERS.get(encoding, encoding), counts)
+    return _decode(body, _WHATWG_DECODERS.get(encoding, encoding), counts), encoding
 
 
 def _decode(body: bytes, encoding: str, counts: StageCounts | None) -> str:
@@ -231,12 +246,14 @@ def page_images(
     keep_empty_text: bool = False,
     max_text_chars: int | None = 4096,
     content_language: str | None = None,
+    encoding: str | None = None,
 ) -> tuple[list[ImageRef], str | None]:
     """All usable ``<img>`` references of a page and the page's declared language.
 
     ``counts.rows_in`` grows by the number of ``<img>`` elements; each one either becomes an
     :class:`ImageRef` (``rows_out``) or is dropped with a reason. An ``<img>`` inside a ``<picture>`` that names
-    no usable URL itself takes its picture's (:func:`picture_source_url`).
+    no usable URL itself takes its picture's (:func:`picture_source_url`). ``encoding``: the page's, as
+    :func:`decode_page` found it, in which URL queries are written (None: UTF-8).
     """
     tree = LexborHTMLParser(html)
     root = tree.css_first("html")
@@ -256,7 +273,7 @@ def page_images(
         if resolved and classify(resolved) is None:
             base = resolved
 
-    resolver = Resolver(base)
+    resolver = Resolver(base, query_codec(encoding))
     source_attrs = [a for a in url_attrs if a.endswith("srcset")]
     refs: list[ImageRef] = []
     for node in tree.css("img"):

@@ -97,12 +97,15 @@ def early_reason(raw: str) -> str | None:
 
 
 class Resolver:
-    """:func:`resolve` against one base, with the checks of an image reference."""
+    """:func:`resolve` against one base, with the checks of an image reference. ``query_codec``: the Python codec of
+    a page in a legacy encoding, in which a browser percent-encodes the non-ASCII characters of a URL's query (the
+    WHATWG URL standard's document encoding); None: UTF-8, as for UTF-8 and UTF-16 pages."""
 
-    __slots__ = ("base",)
+    __slots__ = ("base", "query_codec")
 
-    def __init__(self, base: str):
+    def __init__(self, base: str, query_codec: str | None = None):
         self.base = base
+        self.query_codec = query_codec
 
     def image_url(self, raw: str) -> tuple[str | None, str | None]:
         """(absolute URL, None) for a usable image reference, else (None, drop reason)."""
@@ -112,11 +115,41 @@ class Resolver:
         url = clean_url(raw)
         if not url:
             return None, "no_url"
+        if self.query_codec is not None and not url.isascii():
+            url = encode_query(url, self.query_codec)
         url = _join(self.base, url)
         if url is None:
             return None, "invalid_url"
         reason = classify(url)
         return (url, None) if reason is None else (None, reason)
+
+
+_SPECIAL_QUERY_SET = b"\"#<>'"  # with the controls, space and non-ASCII bytes
+
+
+def encode_query(url: str, codec: str) -> str:
+    """``url`` with the non-ASCII characters of its query percent-encoded as ``codec`` bytes (a character the codec
+    lacks as ``%26%23N%3B``, its ``&#N;`` reference, as the standard writes it); the rest is left to the URL
+    parser."""
+    q = url.find("?")
+    fragment = url.find("#")
+    if q < 0 or 0 <= fragment < q:
+        return url
+    end = len(url) if fragment < 0 else fragment
+    query = url[q + 1 : end]
+    if query.isascii():
+        return url
+    return f"{url[: q + 1]}{''.join(c if c.isascii() else _query_char(c, codec) for c in query)}{url[end:]}"
+
+
+def _query_char(c: str, codec: str) -> str:
+    """One non-ASCII character of a query in ``codec``, by the special-query percent-encode set (a byte of a
+    multi-byte character may be printable ASCII, as the second of Shift_JIS's ① is "@")."""
+    try:
+        data = c.encode(codec)
+    except UnicodeEncodeError:
+        return f"%26%23{ord(c)}%3B"
+    return "".join(chr(b) if 0x20 < b < 0x7F and b not in _SPECIAL_QUERY_SET else f"%{b:02X}" for b in data)
 
 
 def classify(url: str) -> str | None:

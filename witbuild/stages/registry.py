@@ -62,7 +62,8 @@ class Stage:
 
 REGISTRY: tuple[Stage, ...] = (
     # rule 2: an <img> inside a <picture> that names no usable URL itself takes its picture's <source>
-    # rule 3: srcset candidates with invalid descriptors are dropped, as the HTML standard and browsers drop them
+    # rule 3: srcset candidates with invalid descriptors are dropped, as the HTML standard and browsers drop them;
+    # image URLs are resolved by the WHATWG URL standard, their queries written in the page's encoding
     Stage("extract", None, "witbuild.stages.extract:run_extract", ("input", "extract"), "candidates",
           crawl_config=("crawl", "network"), rule=3),
     Stage("filter", "extract", "witbuild.stages.filter:run_filter", ("filter", "langid"), "filtered"),
