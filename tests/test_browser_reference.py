@@ -23,7 +23,7 @@ extract collapses it), are the ones the browser's DOM has.
 
 **Text.** Pages that declare their encoding in the ways pages and servers do (BOM, HTTP charset, ``<meta>``, labels
 of the WHATWG table, the vendors' decoders) load in frames; each image's ``alt`` as the browser decoded it is the
-text extract must give.
+text extract must give, and its ``src`` the URL (a query's non-ASCII characters are written in the page's encoding).
 
 Posting back, rather than dumping the DOM after a fixed virtual time, keeps the checks the same on a busy machine
 (a 5 s virtual-time dump caught lazysizes mid-way in 4 runs of 15).
