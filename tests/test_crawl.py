@@ -678,6 +678,16 @@ def test_same_host_only_and_dedup(site: Site, tmp_path: Path) -> None:
     assert counts.events["links_offsite"] == 3
 
 
+def test_a_legacy_pages_links_write_their_query_in_its_encoding(site: Site, tmp_path: Path) -> None:
+    """As a browser requests them: a windows-1251 page's link ?q=мост is ?q=%EC%EE%F1%F2, its path is UTF-8."""
+    html = '<html><body><a href="/фото?q=мост">link</a></body></html>'.encode("cp1251")
+    site.routes["/"] = lambda h: send(h, 200, html, "text/html; charset=windows-1251")
+    target = "/%D1%84%D0%BE%D1%82%D0%BE?q=%EC%EE%F1%F2"
+    site.routes[target] = page("the target")
+    crawl(site, tmp_path)
+    assert target in site.paths()
+
+
 def test_non_html_stored_but_not_parsed(site: Site, tmp_path: Path) -> None:
     site.routes["/"] = links("/data.txt")
     site.routes["/data.txt"] = text('<a href="/hidden">not a link in plain text</a>', ctype="application/json")

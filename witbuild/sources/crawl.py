@@ -41,7 +41,7 @@ from witbuild.config import CrawlConfig
 from witbuild.counters import StageCounts
 from witbuild.network import NetworkConfig, address_allowed, allow_networks, host_refusal
 from witbuild.resolver import LookupTimeoutError, getaddrinfo_within
-from witbuild.sources.html import decode_html, is_html
+from witbuild.sources.html import decode_page, is_html, query_codec
 from witbuild.sources.urls import DEFAULT_PORTS, resolve, split_origin
 
 log = logging.getLogger(__name__)
@@ -560,17 +560,19 @@ class _HostCrawl:
         charset = None
         if ctype and "charset=" in ctype.lower():
             charset = ctype.lower().split("charset=", 1)[1].split(";", 1)[0].strip().strip("\"'") or None
-        tree = LexborHTMLParser(decode_html(ex.body, charset, self.counts))
+        html, encoding = decode_page(ex.body, charset, self.counts)
+        tree = LexborHTMLParser(html)
+        codec = query_codec(encoding)  # a legacy page's links write their queries in its encoding
         base = ex.url
         base_node = tree.css_first("base[href]")
         if base_node is not None:
-            base = resolve(base_node.attributes.get("href") or "", ex.url) or ex.url
+            base = resolve(base_node.attributes.get("href") or "", ex.url, codec) or ex.url
         out: list[str] = []
         for node in tree.css("a[href]"):
             href = (node.attributes.get("href") or "").strip()
             if not href or href.startswith("#"):
                 continue
-            target = _normalize(resolve(href, base) or "")
+            target = _normalize(resolve(href, base, codec) or "")
             if target is None:
                 continue
             if _host_key(target) != self.key:

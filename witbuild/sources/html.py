@@ -267,13 +267,14 @@ def page_images(
         lang = clean_lang(content_language)
 
     base = page_url
+    codec = query_codec(encoding)
     base_node = tree.css_first("base[href]")
     if base_node is not None:
-        resolved = resolve(base_node.attributes.get("href") or "", page_url)
+        resolved = resolve(base_node.attributes.get("href") or "", page_url, codec)
         if resolved and classify(resolved) is None:
             base = resolved
 
-    resolver = Resolver(base, query_codec(encoding))
+    resolver = Resolver(base, codec)
     source_attrs = [a for a in url_attrs if a.endswith("srcset")]
     refs: list[ImageRef] = []
     for node in tree.css("img"):

@@ -65,11 +65,15 @@ def clean_url(raw: str) -> str:
     return raw.strip(_EDGE_CHARS)
 
 
-def resolve(url: str, base: str) -> str | None:
+def resolve(url: str, base: str, query_codec: str | None = None) -> str | None:
     """Absolute form of ``url`` against ``base`` as a browser forms it: the WHATWG URL standard (ada), so
-    backslashes are slashes, dot segments are removed, spaces and non-ASCII characters are percent-encoded, the
-    host is lower-cased (IDNA for non-ASCII names) and a default port dropped. None when no URL results."""
-    return _join(base, clean_url(url))
+    backslashes are slashes, dot segments are removed, spaces and non-ASCII characters are percent-encoded (those
+    of the query in ``query_codec``, the page's legacy encoding, when given), the host is lower-cased (IDNA for
+    non-ASCII names) and a default port dropped. None when no URL results."""
+    url = clean_url(url)
+    if query_codec is not None and not url.isascii():
+        url = encode_query(url, query_codec)
+    return _join(base, url)
 
 
 def _join(base: str, url: str) -> str | None:
@@ -112,12 +116,9 @@ class Resolver:
         reason = None if raw.startswith(("http://", "https://")) else early_reason(raw)
         if reason is not None:
             return None, reason
-        url = clean_url(raw)
-        if not url:
+        if not clean_url(raw):
             return None, "no_url"
-        if self.query_codec is not None and not url.isascii():
-            url = encode_query(url, self.query_codec)
-        url = _join(self.base, url)
+        url = resolve(raw, self.base, self.query_codec)
         if url is None:
             return None, "invalid_url"
         reason = classify(url)
