@@ -57,8 +57,9 @@ def target_uri(value: object) -> str | None:
 def clean_url(raw: str) -> str:
     """``raw`` as a URL parser reads it: tab, CR and LF deleted, controls and whitespace trimmed.
 
-    ``urljoin`` deletes them only on the paths where it parses, so an absolute URL, or one with
-    another scheme than the base, would keep them: every resolver cleans first.
+    The WHATWG parser trims only controls and spaces; other Unicode whitespace at the ends (no-break spaces around
+    attribute values) is trimmed here too, where a browser would percent-encode it into the URL. Cleaning also
+    lets the early checks (``data:``, an empty reference) see the URL as the parser will.
     """
     if "\t" in raw or "\n" in raw or "\r" in raw:
         raw = raw.translate(_TAB_OR_NEWLINE)
@@ -70,14 +71,13 @@ def resolve(url: str, base: str, query_codec: str | None = None) -> str | None:
     backslashes are slashes, dot segments are removed, spaces and non-ASCII characters are percent-encoded (those
     of the query in ``query_codec``, the page's legacy encoding, when given), the host is lower-cased (IDNA for
     non-ASCII names) and a default port dropped. None when no URL results."""
-    url = clean_url(url)
+    return _resolve_clean(clean_url(url), base, query_codec)
+
+
+def _resolve_clean(url: str, base: str, query_codec: str | None) -> str | None:
+    """:func:`resolve` of a URL already passed through :func:`clean_url`."""
     if query_codec is not None and not url.isascii():
         url = encode_query(url, query_codec)
-    return _join(base, url)
-
-
-def _join(base: str, url: str) -> str | None:
-    """:func:`resolve` of a URL already passed through :func:`clean_url`."""
     try:
         return ada_url.join_url(base, url)
     except ValueError:  # an invalid reference, or a base that is no URL (then only an absolute one resolves)
@@ -116,9 +116,10 @@ class Resolver:
         reason = None if raw.startswith(("http://", "https://")) else early_reason(raw)
         if reason is not None:
             return None, reason
-        if not clean_url(raw):
+        url = clean_url(raw)
+        if not url:
             return None, "no_url"
-        url = resolve(raw, self.base, self.query_codec)
+        url = _resolve_clean(url, self.base, self.query_codec)
         if url is None:
             return None, "invalid_url"
         reason = classify(url)
