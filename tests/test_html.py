@@ -193,7 +193,7 @@ def test_a_legacy_page_writes_its_url_queries_in_its_encoding():
     refs, _ = page_images(html, PAGE, StageCounts(), encoding=encoding)
     assert refs[0].url == "http://example.org/%D1%84%D0%BE%D1%82%D0%BE.jpg?q=%EC%EE%F1%F2"
     assert page_images(html, PAGE, StageCounts())[0][0].url.endswith("?q=%D0%BC%D0%BE%D1%81%D1%82")  # UTF-8
-    for utf in ("utf-8", "utf-16-le", None):
+    for utf in ("utf-8", "utf-16-le", None, "x-user-defined", "no-such-codec"):
         assert query_codec(utf) is None
     assert (query_codec("gbk"), query_codec("shift_jis"), query_codec("cp1251")) == ("gbk", "cp932", "cp1251")
 

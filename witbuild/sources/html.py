@@ -73,7 +73,12 @@ def query_codec(encoding: str | None) -> str | None:
     decodes with; the other encodings write with their decoder."""
     if not encoding or encoding.startswith(("utf-8", "utf-16")):
         return None
-    return encoding if encoding == "gbk" else _WHATWG_DECODERS.get(encoding, encoding)
+    codec = encoding if encoding == "gbk" else _WHATWG_DECODERS.get(encoding, encoding)
+    try:
+        codecs.lookup(codec)
+    except LookupError:  # an encoding Python lacks (its page was decoded as UTF-8 too)
+        return None
+    return codec
 
 
 def charset_encoding(label: str | None) -> str | None:
