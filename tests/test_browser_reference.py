@@ -211,6 +211,7 @@ CHARSET_PAGES: tuple[tuple[str, bytes], ...] = (
     ("text/html; charset=windows-1251", _charset_page(RU, src="/фото/мост.jpg?q=мост#якорь").encode("cp1251")),
     ("text/html; charset=euc-kr", _charset_page("서울", src="view?q=서울").encode("cp949")),
     ("text/html; charset=koi8-r", _charset_page(RU, src="?q=мост").encode("koi8_r")),
+    ("text/html; charset=iso-2022-jp", _charset_page(JA, src="a.cgi?q=東京 の夜").encode("iso2022_jp")),  # stateful
     ("text/html; charset=windows-1252", b"\xef\xbb\xbf" + _charset_page("café", src="a.jpg?q=café").encode("utf-8")),
     ("text/html; charset=utf-8", _charset_page(ZH, src="a.jpg?q=中文").encode("utf-8")),
 )

@@ -188,6 +188,7 @@ def test_a_legacy_page_writes_its_url_queries_in_its_encoding():
     assert encode_query("a.jpg?q=😀", "gbk") == "a.jpg?q=%26%23128512%3B"
     assert encode_query("a.cgi?q=①", "cp932") == "a.cgi?q=%87@"  # a printable second byte stays
     assert encode_query("a.jpg#x?q=中", "gbk") == "a.jpg#x?q=中"  # a ? in the fragment starts no query
+    assert encode_query("a?q=東京 x", "iso2022_jp") == "a?q=%1B$BEl5~%1B(B%20x"  # one escape for the run
     body = '<meta charset="windows-1251"><img src="/фото.jpg?q=мост" alt="мост">'.encode("cp1251")
     html, encoding = decode_page(body, None)
     refs, _ = page_images(html, PAGE, StageCounts(), encoding=encoding)

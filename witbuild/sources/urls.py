@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 from urllib.parse import urlsplit
 
@@ -129,10 +130,19 @@ class Resolver:
 _SPECIAL_QUERY_SET = b"\"#<>'"  # with the controls, space and non-ASCII bytes
 
 
+def _url_reference(error: UnicodeEncodeError) -> tuple[str, int]:
+    """A character the page's encoding lacks, as the URL standard writes it: its ``&#N;``, percent-encoded."""
+    return "".join(f"%26%23{ord(c)}%3B" for c in error.object[error.start : error.end]), error.end
+
+
+codecs.register_error("witbuild-url-reference", _url_reference)
+
+
 def encode_query(url: str, codec: str) -> str:
-    """``url`` with the non-ASCII characters of its query percent-encoded as ``codec`` bytes (a character the codec
-    lacks as ``%26%23N%3B``, its ``&#N;`` reference, as the standard writes it); the rest is left to the URL
-    parser."""
+    """``url`` with its query written as ``codec`` bytes, percent-encoded by the special-query set (a character the
+    codec lacks as ``%26%23N%3B``): what a browser sends for a page in that encoding. The whole query is encoded at
+    once, for stateful encodings (ISO-2022-JP); a byte of a multi-byte character may be printable ASCII and stays,
+    as the second of Shift_JIS's ① is "@". The rest of the URL is left to the URL parser."""
     q = url.find("?")
     fragment = url.find("#")
     if q < 0 or 0 <= fragment < q:
@@ -141,17 +151,9 @@ def encode_query(url: str, codec: str) -> str:
     query = url[q + 1 : end]
     if query.isascii():
         return url
-    return f"{url[: q + 1]}{''.join(c if c.isascii() else _query_char(c, codec) for c in query)}{url[end:]}"
-
-
-def _query_char(c: str, codec: str) -> str:
-    """One non-ASCII character of a query in ``codec``, by the special-query percent-encode set (a byte of a
-    multi-byte character may be printable ASCII, as the second of Shift_JIS's ① is "@")."""
-    try:
-        data = c.encode(codec)
-    except UnicodeEncodeError:
-        return f"%26%23{ord(c)}%3B"
-    return "".join(chr(b) if 0x20 < b < 0x7F and b not in _SPECIAL_QUERY_SET else f"%{b:02X}" for b in data)
+    data = query.encode(codec, "witbuild-url-reference")
+    encoded = "".join(chr(b) if 0x20 < b < 0x7F and b not in _SPECIAL_QUERY_SET else f"%{b:02X}" for b in data)
+    return f"{url[: q + 1]}{encoded}{url[end:]}"
 
 
 def classify(url: str) -> str | None:
