@@ -61,6 +61,9 @@ _PYTHON_NAME_LABELS = {"cp949": "euc-kr", "cp932": "shift_jis", "cp950": "big5",
                        "utf-8-sig": "utf-8"}
 # WHATWG labels resiliparse's table lacks (found by tests/test_browser_reference.py), and the Python codec of each
 _MISSING_LABELS = {"x-mac-cyrillic": "mac-cyrillic", "x-mac-ukrainian": "mac-cyrillic"}
+_DETECT_BYTES = 65536  # what detection reads: half from each end of a longer page
+_DEFAULT_ENCODING = "cp1252"  # windows-1252, what browsers take when nothing names or detects an encoding
+_KOI8_U_LETTERS = (b"\xa4", b"\xa6", b"\xa7", b"\xad", b"\xb4", b"\xb6", b"\xb7", b"\xbd")  # є і ї ґ Є І Ї Ґ
 # WHATWG decodes these encodings with the vendors' supersets; the plain Python codecs of the same
 # names lack the extension characters (UHC hangul, NEC/IBM kanji, HKSCS) real pages use.
 _WHATWG_DECODERS = {"euc_kr": "cp949", "shift_jis": "cp932", "gbk": "gb18030", "big5": "big5hkscs",
@@ -103,6 +106,8 @@ def _python_name_encoding(label: str) -> str | None:
         name = codecs.lookup(label).name
     except LookupError:
         return None
+    if name in _MISSING_LABELS.values():
+        return name
     return map_encoding_to_html5(_PYTHON_NAME_LABELS.get(name, name), fallback_utf8=False)
 
 
@@ -125,15 +130,47 @@ def may_be_utf16(body: bytes, http_charset: str | None) -> bool:
 
 
 def _sniffed_encoding(body: bytes) -> str:
-    """Encoding from ``<meta>``, else detection, for a page without BOM or usable HTTP charset.
+    """Encoding from ``<meta>``, else detection (uchardet), for a page without BOM or usable HTTP charset.
+
+    uchardet's names go through the WHATWG label table as any label does: resiliparse's own mapping turns a name it
+    lacks into UTF-8 (``cp949``, its name for EUC-KR; ``mac-cyrillic``), and every byte of such a page became U+FFFD.
+    A detected encoding outside the table (DOS code pages other than IBM866) or no answer leaves the choice to the
+    bytes: UTF-8 when they are valid UTF-8, else windows-1252, the browsers' default. Bytes that are valid UTF-8 and
+    not all ASCII are UTF-8 whatever uchardet says (legacy text is next to never valid UTF-8; uchardet takes a short
+    one for ISO-8859-13 or windows-1252), unless a ``<meta>`` names another encoding. Detected KOI8-R is KOI8-U when
+    the page has a byte that only KOI8-U makes a letter (Ukrainian і ї є ґ; box drawing in KOI8-R): uchardet does
+    not tell them apart.
 
     A ``<meta>`` that says UTF-16 is readable as ASCII, so the page cannot be UTF-16: the HTML
     spec reads it as UTF-8. A real UTF-16 page has NUL bytes beside its ASCII characters.
     """
-    encoding = detect_encoding(body, max_len=65536, from_html_meta=True)
+    found = detect_encoding(body, max_len=_DETECT_BYTES, html5_compatible=False, from_html_meta=True)
+    encoding = charset_encoding(found) if found else None
+    sample = body if len(body) <= _DETECT_BYTES else body[:_DETECT_BYTES // 2]
+    if encoding is None:
+        return "utf-8" if _is_utf8(sample) else _DEFAULT_ENCODING
     if encoding.startswith("utf-16") and b"\x00" not in body[:1024]:
         return "utf-8"
+    if encoding != "utf-8" and not sample.isascii() and _is_utf8(sample) and not _meta_named(body, found):
+        return "utf-8"
+    if encoding == "koi8-r" and any(b in body for b in _KOI8_U_LETTERS):
+        return "koi8-u"
     return encoding
+
+
+def _meta_named(body: bytes, found: str) -> bool:
+    """Whether ``found`` came from the page's ``<meta>``: uchardet alone says otherwise (resiliparse gives a
+    ``<meta>`` label in its WHATWG spelling, uchardet's answer in its own)."""
+    return detect_encoding(body, max_len=_DETECT_BYTES, html5_compatible=False) != found
+
+
+def _is_utf8(sample: bytes) -> bool:
+    """Whether ``sample`` is UTF-8, a sequence cut at its end allowed."""
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def decode_html(body: bytes, http_charset: str | None, counts: StageCounts | None = None) -> str:

@@ -64,8 +64,10 @@ REGISTRY: tuple[Stage, ...] = (
     # rule 2: an <img> inside a <picture> that names no usable URL itself takes its picture's <source>
     # rule 3: srcset candidates with invalid descriptors are dropped, as the HTML standard and browsers drop them;
     # image URLs are resolved by the WHATWG URL standard, their queries written in the page's encoding
+    # rule 4: a page that names no encoding is decoded as detected through the WHATWG label table (EUC-KR and
+    # x-mac-cyrillic were UTF-8), as UTF-8 when its bytes are, else windows-1252; KOI8-U letters make KOI8-U
     Stage("extract", None, "witbuild.stages.extract:run_extract", ("input", "extract"), "candidates",
-          crawl_config=("crawl", "network"), rule=3),
+          crawl_config=("crawl", "network"), rule=4),
     Stage("filter", "extract", "witbuild.stages.filter:run_filter", ("filter", "langid"), "filtered"),
     Stage("match", "filter", "witbuild.stages.match:run_match", ("match",), "matched"),
     # rule 2: c_e and the draws over distinct (normalised URL, text) pairs, not rows
