@@ -4,7 +4,7 @@ cases (``tests/helpers/undeclared_pages.py``), whose captions are known because 
 Before, resiliparse's own name mapping turned detected names it lacks into UTF-8: every undeclared EUC-KR page
 (uchardet says ``cp949``) and x-mac-cyrillic page lost its text to U+FFFD, as did pages uchardet could not place;
 KOI8-U was read as KOI8-R, and valid UTF-8 that uchardet took for a legacy encoding was garbled. 360 of the 396
-captions came out right then, 388 now (``benchmarks/bench_charset.py`` prints the table, with Chromium's 259 beside
+captions came out right then, 388 now (``benchmarks/bench_charset.py`` prints the table, with Chromium's 249 beside
 it: browsers deliberately never detect UTF-8). The corpus and the detector are deterministic, so the counts are
 exact on every run; they can move only with the detector's version (resiliparse's uchardet) or wordfreq's lists.
 """
