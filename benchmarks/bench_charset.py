@@ -7,6 +7,7 @@ page counts as right when the image's alt text comes out as it was written. Read
 * ``witbuild``: ``witbuild.sources.html.decode_page`` then ``page_images``, as extract reads a page;
 * ``resiliparse default``: ``detect_encoding(body, max_len=65536, from_html_meta=True)`` with its own WHATWG name
   mapping (UTF-8 for names it lacks), which extract used before;
+* ``charset_normalizer``: ``from_bytes(body).best()`` (requests' detector; windows-1252 when it finds nothing);
 * ``chromium``: headless Chromium loading the page from 127.0.0.1 as a top-level document, scripts off; its
   ``alt`` as the DOM holds it (skipped with ``--no-browser`` or without Chromium).
 
@@ -58,6 +59,13 @@ def witbuild_alt(page: UndeclaredPage) -> str:
 def resiliparse_default_alt(page: UndeclaredPage) -> str:
     encoding = detect_encoding(page.body, max_len=65536, from_html_meta=True)
     return alt_of(page.body.decode(_WHATWG_DECODERS.get(encoding, encoding), "replace"))
+
+
+def charset_normalizer_alt(page: UndeclaredPage) -> str:
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(page.body).best()
+    return alt_of(page.body.decode(best.encoding if best else "cp1252", "replace"))
 
 
 def chromium_alts(pages: list[UndeclaredPage]) -> list[str] | None:
@@ -114,7 +122,8 @@ def main() -> None:
     pages = undeclared_pages()
     wanted = [" ".join(p.caption.split()) for p in pages]
     readers = {"witbuild": [witbuild_alt(p) for p in pages],
-               "resiliparse default": [resiliparse_default_alt(p) for p in pages]}
+               "resiliparse default": [resiliparse_default_alt(p) for p in pages],
+               "charset_normalizer": [charset_normalizer_alt(p) for p in pages]}
     browser = None if args.no_browser else chromium_alts(pages)
     if browser is not None:
         readers["chromium"] = browser
