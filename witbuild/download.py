@@ -61,6 +61,9 @@ class DownloadConfig(BaseModel):
     number_sample_per_shard: int = Field(10_000, ge=1)
     thread_count: int = Field(32, ge=1, description="Download threads per Spark task.")
     subjob_size: int = Field(1000, ge=1, description="Shards handed to Spark per job.")
+    upright: bool = Field(True, description="Turn each image as its EXIF orientation says, as browsers show it "
+                          "(img2dataset stores the pixels as the camera read them: phone photos on their side); "
+                          "counted as exif_turned_upright, or exif_orientation_ignored when off.")
     cache_dir: str | None = Field(
         None, description="Keep every successful (2xx) response here by URL, and answer a later request for the "
         "URL from it instead of the network: builds that share it fetch each image once (witbuild experiment's "
@@ -257,9 +260,11 @@ _DISTRIBUTORS = ("pyspark_distributor", "multiprocessing_distributor")
 
 @contextmanager
 def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool = False,
-                        limits: ImageLimits | None = None) -> Iterator[None]:
+                        limits: ImageLimits | None = None, upright_quality: int | None = None) -> Iterator[None]:
     """Within the block, ``img2dataset.download`` hands its distributor a :class:`GuardedDownloader`; with
-    ``sign``, its WebDataset writer also saves each shard's dedup signatures (witbuild/dedup/shard_signatures.py).
+    ``sign``, its WebDataset writer also saves each shard's dedup signatures (witbuild/dedup/shard_signatures.py);
+    with ``upright_quality`` (the download's encode quality), it turns each image by its EXIF orientation first
+    (witbuild/orientation.py), so the signatures are those of the upright image.
 
     img2dataset has no hook for the downloader itself, but ``download()`` looks its distributor function
     up in ``img2dataset.main`` when called; wrapping that function (and restoring it afterwards) keeps
@@ -269,6 +274,7 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
     from img2dataset.writer import WebDatasetSampleWriter
 
     from witbuild.dedup.shard_signatures import SigningWriterClass
+    from witbuild.orientation import UprightWriterClass
 
     # ``import img2dataset.main`` would give the package's ``main`` function, which shadows the module's name
     i2d_main = importlib.import_module("img2dataset.main")
@@ -277,8 +283,11 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         def distributor(processes_count: Any, downloader: Any, *args: Any, **kw: Any) -> Any:
-            if sign and downloader.sample_writer_class is WebDatasetSampleWriter:
-                downloader.sample_writer_class = SigningWriterClass(WebDatasetSampleWriter)
+            if downloader.sample_writer_class is WebDatasetSampleWriter:
+                writer: Any = SigningWriterClass(WebDatasetSampleWriter) if sign else WebDatasetSampleWriter
+                if upright_quality is not None:
+                    writer = UprightWriterClass(writer, upright_quality)
+                downloader.sample_writer_class = writer
             return fn(processes_count, GuardedDownloader(downloader, allow, cache_dir, limits), *args, **kw)
         return distributor
 
