@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers.cdp import Chromium, find_chromium
+from tests.test_bit_depth import png16
 from witbuild.demo.images import ImageServer, skimage_image
 from witbuild.orientation import exif_orientation, upright
 
@@ -64,6 +65,7 @@ def server():
     with ImageServer() as srv:
         for n in ORIENTATIONS:
             srv.add(f"/o{n}.jpg", oriented_jpeg(n), "image/jpeg")
+        srv.add("/deep.png", png16("colour"), "image/png")  # for the build's count of 16-bit conversions
         srv.add("/page.html", "".join(f'<img src="/o{n}.jpg" alt="o{n}">' for n in ORIENTATIONS).encode(),
                 "text/html; charset=utf-8")
         yield srv
@@ -165,23 +167,27 @@ def test_the_download_stores_every_orientation_upright(server, tmp_path: Path) -
 
 @pytest.mark.slow
 @pytest.mark.spark
-def test_the_build_counts_the_turned_images_and_finalize_sees_one_picture(spark, server, tmp_path: Path) -> None:
+def test_the_build_counts_what_it_turned_and_converted_and_finalize_sees_one_picture(spark, server,
+                                                                                      tmp_path: Path) -> None:
     """Through the stages (dedup, download with the pyspark distributor, finalize): the download stage counts the
-    seven images it turned, and finalize, seeing eight upright copies of one photo, keeps one."""
+    seven images it turned and the 16-bit PNG it converted, and finalize, seeing nine copies of one photo, all
+    upright and in colour, keeps one."""
     from tests.test_dedup_download_finalize import pair, seed_balanced
     from witbuild.config import load_config
     from witbuild.pipeline import run_build
 
     out = tmp_path / "out"
-    seed_balanced(out, [pair(server.url(f"/o{n}.jpg"), f"a cat, orientation {n}") for n in ORIENTATIONS])
+    rows = [pair(server.url(f"/o{n}.jpg"), f"a cat, orientation {n}") for n in ORIENTATIONS]
+    seed_balanced(out, [*rows, pair(server.url("/deep.png"), "a cat in a 16-bit PNG")])
     cfg = load_config(inputs=["unused.warc.gz"], output=str(out), sets=[
         "download.retries=0", f"download.image_size={SIDE}", "download.min_image_size=10",
         "network.allow_addresses=['127.0.0.1']"])
     results = {r.name: r for r in run_build(spark, cfg)}
     download = results["download"].counts
-    assert download.rows_out == 8 and download.events["exif_turned_upright"] == 7
+    assert download.rows_out == 9
+    assert download.events["exif_turned_upright"] == 7 and download.events["png_16_bit_to_8_bit"] == 1
     finalize = results["finalize"].counts
-    assert finalize.rows_out == 1 and finalize.dropped == {"near_duplicate_phash": 7}
+    assert finalize.rows_out == 1 and finalize.dropped == {"near_duplicate_phash": 8}
     index = pq.read_table(out / "stages" / "finalize" / "index.parquet").to_pylist()
     assert [(r["width"], r["height"], r["original_width"], r["original_height"]) for r in index] == [
         (round(SIDE * 451 / 300), SIDE, 451, 300)]

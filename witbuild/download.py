@@ -264,7 +264,8 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
     """Within the block, ``img2dataset.download`` hands its distributor a :class:`GuardedDownloader`; with
     ``sign``, its WebDataset writer also saves each shard's dedup signatures (witbuild/dedup/shard_signatures.py);
     with ``upright_quality`` (the download's encode quality), it turns each image by its EXIF orientation first
-    (witbuild/orientation.py), so the signatures are those of the upright image.
+    (witbuild/orientation.py), so the signatures are those of the upright image. 16-bit PNGs reach img2dataset's
+    resizer at 8 bits (witbuild/bit_depth.py), which would otherwise store them white.
 
     img2dataset has no hook for the downloader itself, but ``download()`` looks its distributor function
     up in ``img2dataset.main`` when called; wrapping that function (and restoring it afterwards) keeps
@@ -273,6 +274,7 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
 
     from img2dataset.writer import WebDatasetSampleWriter
 
+    from witbuild.bit_depth import EightBitResizer
     from witbuild.dedup.shard_signatures import SigningWriterClass
     from witbuild.orientation import UprightWriterClass
 
@@ -288,6 +290,8 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
                 if upright_quality is not None:
                     writer = UprightWriterClass(writer, upright_quality)
                 downloader.sample_writer_class = writer
+            if not isinstance(downloader.resizer, EightBitResizer):
+                downloader.resizer = EightBitResizer(downloader.resizer)
             return fn(processes_count, GuardedDownloader(downloader, allow, cache_dir, limits), *args, **kw)
         return distributor
 

@@ -10,6 +10,9 @@ thread of its own instead made the download stage take 1.21× plain img2dataset'
 cores, against 0.93× decoding in line: the download process's Python threads already compete for the GIL, and
 one more busy thread delayed them all.)
 
+The signatures file also records, in its metadata, what was done to the shard's images on the way
+(:data:`EVENT_KEYS`: 16-bit PNGs brought to 8 bits, witbuild/bit_depth.py), which the download stage counts.
+
 Finalize trusts a signatures file only when it matches its shard: same signature version
 (:data:`~witbuild.dedup.near.SIGNATURE_VERSION`) and the tar's size as it was when the file was written.
 Otherwise, or when there is none (shards from another tool or an older download), it decodes the tar.
@@ -28,6 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from witbuild import bit_depth
 from witbuild.dedup.near import SIGNATURE_VERSION, signature_inputs, signatures_from_inputs
 from witbuild.dedup.phash import to_signed64, to_unsigned64
 from witbuild.spark import fs_and_path
@@ -39,6 +43,7 @@ SUFFIX = "_signatures.arrow"  # beside {shard}.tar; not *.parquet, which readers
 MEMBERS_SUFFIX = "_members.arrow"  # beside {shard}.tar: where its members lie
 SUFFIXES = (SUFFIX, MEMBERS_SUFFIX)  # every file saved beside a shard here
 SCHEMA = pa.schema([("key", pa.string()), ("phash", pa.int64()), ("thumb", pa.binary())])  # null: undecodable
+EVENT_KEYS = ("png_16_bit_to_8_bit",)  # events recorded per shard in the signatures file's metadata
 MEMBERS_SCHEMA = pa.schema([("name", pa.string()), ("offset_data", pa.int64()), ("size", pa.int64()),
                             ("mode", pa.int64()), ("uid", pa.int64()), ("gid", pa.int64()), ("uname", pa.string()),
                             ("gname", pa.string())])  # TarEntry's fields
@@ -75,6 +80,7 @@ class SigningWriter:
         self.entries = _entry_recorder(inner)
         self.keys: list[str] = []
         self.inputs: list[Any] = []
+        self.converted_before = bit_depth.CONVERTED[0]  # this process's count when the shard began
         fs, tar = fs_and_path(tar_path)
         for path in (signatures_path(tar), members_path(tar)):
             if fs.exists(path):  # an interrupted attempt's: never beside the tar written now
@@ -100,7 +106,8 @@ class SigningWriter:
     def _write_signatures(self) -> None:
         signatures = signatures_from_inputs(self.inputs)
         fs, tar = fs_and_path(self.tar_path)
-        meta = {"signature_version": SIGNATURE_VERSION, "tar_bytes": str(fs.size(tar))}
+        meta = {"signature_version": SIGNATURE_VERSION, "tar_bytes": str(fs.size(tar)),
+                "png_16_bit_to_8_bit": str(bit_depth.CONVERTED[0] - self.converted_before)}
         table = pa.table({"key": pa.array(self.keys, pa.string()),
                           "phash": pa.array([to_signed64(s[0]) if s else None for s in signatures], pa.int64()),
                           "thumb": pa.array([s[1] if s else None for s in signatures], pa.binary())},
@@ -178,6 +185,24 @@ def read_signatures(shard_tar: str) -> dict[str, tuple[int, bytes] | None] | Non
     keys, hashes, thumbs = (table.column(c).to_pylist() for c in ("key", "phash", "thumb"))
     return {k: (to_unsigned64(h), t) if h is not None and t is not None else None
             for k, h, t in zip(keys, hashes, thumbs, strict=True)}
+
+
+def read_events(shard_tar: str) -> dict[str, int]:
+    """The events the download recorded for the shard's images (:data:`EVENT_KEYS`); empty when its signatures
+    file is missing or does not match the tar."""
+    fs, tar = fs_and_path(shard_tar)
+    path = signatures_path(tar)
+    try:
+        if not fs.exists(path):
+            return {}
+        with fs.open(path, "rb") as fh:
+            meta = {k.decode(): v.decode() for k, v in (pa.ipc.open_file(fh).schema.metadata or {}).items()}
+        if meta.get("tar_bytes") != str(fs.size(tar)):
+            return {}
+        return {k: int(meta[k]) for k in EVENT_KEYS if meta.get(k, "0").isdigit() and int(meta[k])}
+    except Exception as exc:  # the count is lost, not the shard
+        log.warning("cannot read the events of %s: %s", shard_tar, exc)
+        return {}
 
 
 def read_members(shard_tar: str) -> list[TarEntry] | None:

@@ -34,6 +34,7 @@ import pyarrow as pa
 from witbuild import layout
 from witbuild.counters import StageCounts
 from witbuild.dedup.shard_signatures import SUFFIXES as SAVED_SUFFIXES
+from witbuild.dedup.shard_signatures import read_events
 from witbuild.download import ImageLimits, apply_env, error_class, img2dataset_guarded
 from witbuild.network import BLOCKED_ADDRESS, allow_tuple, url_refusal
 from witbuild.robots import (
@@ -116,6 +117,9 @@ def run_download(ctx: StageContext) -> StageCounts:
         else:
             counts.drop(error_class(r["error_message"]), r["count"])
     _count_unwritten(counts, kept - sum(r["count"] for r in rows))
+    for name in finished:  # what was done to the images on the way, recorded with each shard's signatures
+        for event, n in read_events(fs.unstrip_protocol(f"{out}/{name}.tar")).items():
+            counts.event(event, n)
     counts.info.update({"shards": len(finished), "image_size": cfg.image_size, "resize_mode": cfg.resize_mode})
     log.info("download: %.1f s choosing the rows to fetch (policy, robots.txt), %.1f s in img2dataset, %.1f s "
              "reading its metadata back", prepared - started, fetched - prepared, time.monotonic() - fetched)
