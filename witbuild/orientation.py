@@ -48,7 +48,7 @@ def turning_values() -> list[str]:
 
 def exif_orientation(exif_json: str | None) -> int:
     """The orientation (1-8) recorded in img2dataset's ``exif`` column; 1 when there is none or it cannot be read."""
-    if not exif_json:
+    if not exif_json or EXIF_KEY not in exif_json:  # most images: no parse
         return NORMAL
     try:
         value = json.loads(exif_json).get(EXIF_KEY)
