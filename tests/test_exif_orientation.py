@@ -2,10 +2,11 @@
 
 The files: a real photo (skimage's ``chelsea``, 451×300, not square, not symmetric) stored in each of the 8 EXIF
 orientations, its pixels turned so that applying the tag gives the photo back (the inverse written out below, not
-taken from the code under test). Two references, neither of them ours: the upright photo itself, and headless
-Chromium, which draws each file into a canvas as a page shows it. img2dataset alone (OpenCV's ``IMREAD_UNCHANGED``,
-re-encoded without EXIF) stores seven of the eight on their side or mirrored; the download stage, through the real
-img2dataset downloader, stores all eight upright and counts the seven it turned.
+taken from the code under test), and a PNG (``eXIf``) and a WebP turned by 90 degrees. Two references, neither of
+them ours: the upright photo itself, and headless Chromium, which draws each file into a canvas as a page shows it:
+upright, but for the WebP, whose EXIF it ignores (shown as stored). img2dataset alone (OpenCV's
+``IMREAD_UNCHANGED``, re-encoded without EXIF) stores eight of the ten otherwise than a page shows them; the
+download stage, through the real img2dataset downloader, stores all ten as shown and counts the eight it turned.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from PIL import Image
 from tests.helpers.cdp import Chromium, find_chromium
 from tests.test_bit_depth import png16
 from witbuild.demo.images import ImageServer, skimage_image
-from witbuild.orientation import exif_orientation, upright
+from witbuild.orientation import orientation_of, upright
 
 ORIENTATIONS = range(1, 9)
 # the pixels to store so that a viewer applying orientation n shows the upright photo: the inverse of the EXIF turn
@@ -41,15 +42,27 @@ def photo() -> Image.Image:
     return skimage_image("chelsea")
 
 
-def oriented_jpeg(orientation: int) -> bytes:
+def oriented_jpeg(orientation: int, fmt: str = "JPEG") -> bytes:
     img = photo()
     if STORED[orientation] is not None:
         img = img.transpose(STORED[orientation])
     exif = Image.Exif()
     exif[0x0112] = orientation
     buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    img.save(buf, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt != "PNG" else {}))
     return buf.getvalue()
+
+
+def shown(path: str) -> Image.Image:
+    """The picture a page shows for ``path``: the photo, but for the WebP, which Chromium shows as stored."""
+    return photo().transpose(STORED[6]) if path.endswith(".webp") else photo()
+
+
+# (path, file, content type, the caption the download test gives it)
+FILES = [*((f"/o{n}.jpg", oriented_jpeg(n), "image/jpeg", f"o{n}") for n in ORIENTATIONS),
+         ("/o6.png", oriented_jpeg(6, "PNG"), "image/png", "png o6"),
+         ("/o6.webp", oriented_jpeg(6, "WEBP"), "image/webp", "webp o6")]
+SHOWN = {caption: shown(path) for path, *_, caption in FILES}
 
 
 def difference(image: Image.Image, reference: Image.Image) -> float:
@@ -63,44 +76,45 @@ def difference(image: Image.Image, reference: Image.Image) -> float:
 @pytest.fixture(scope="module")
 def server():
     with ImageServer() as srv:
-        for n in ORIENTATIONS:
-            srv.add(f"/o{n}.jpg", oriented_jpeg(n), "image/jpeg")
+        for path, data, kind, _ in FILES:
+            srv.add(path, data, kind)
         srv.add("/deep.png", png16("colour"), "image/png")  # for the build's count of 16-bit conversions
-        srv.add("/page.html", "".join(f'<img src="/o{n}.jpg" alt="o{n}">' for n in ORIENTATIONS).encode(),
+        srv.add("/page.html", "".join(f'<img src="{path}">' for path, *_ in FILES).encode(),
                 "text/html; charset=utf-8")
         yield srv
 
 
 def test_the_files_show_the_upright_photo_in_a_browser(server, tmp_path: Path) -> None:
-    """Chromium draws each file upright: the files say what this module claims, by a reader we did not write."""
+    """Chromium draws each file as this module says a page shows it, by a reader we did not write."""
     binary = find_chromium()
     if binary is None:
         pytest.skip("chromium not installed: apt-get install -y --no-install-recommends chromium")
     browser = Chromium(binary, tmp_path / "profile")
     try:
-        shown = browser.evaluate_page(server.url("/page.html"), """[...document.images].map(i => {
+        drawings = browser.evaluate_page(server.url("/page.html"), """[...document.images].map(i => {
             const c = document.createElement("canvas"); c.width = i.naturalWidth; c.height = i.naturalHeight;
             const g = c.getContext("2d"); g.drawImage(i, 0, 0);
             return [i.naturalWidth, i.naturalHeight, Array.from(g.getImageData(0, 0, c.width, c.height).data)];
         })""")
     finally:
         browser.close()
-    for n, (width, height, rgba) in zip(ORIENTATIONS, shown, strict=True):
+    for (path, *_), (width, height, rgba) in zip(FILES, drawings, strict=True):
         drawn = Image.fromarray(np.array(rgba, np.uint8).reshape(height, width, 4)[..., :3])
-        assert (width, height) == photo().size, n
-        assert difference(drawn, photo()) < UPRIGHT_MAX_DIFF, n
+        assert (width, height) == shown(path).size, path
+        assert difference(drawn, shown(path)) < UPRIGHT_MAX_DIFF, path
 
 
-def test_the_orientation_is_read_from_img2datasets_exif_column() -> None:
-    import exifread
-
-    for n in ORIENTATIONS:  # the column as img2dataset writes it: exifread's tags, as strings, in JSON
-        column = json.dumps({k: str(v).strip() for k, v in
-                             exifread.process_file(io.BytesIO(oriented_jpeg(n)), details=False).items()})
-        assert exif_orientation(column) == n
-    for column in (None, "", "{}", "not json", "[1]", '{"Image Orientation": "9"}', '{"Image Orientation": "x"}'):
-        assert exif_orientation(column) == 1
-    assert exif_orientation('{"Image Orientation": "6"}') == 6  # a value exifread had no name for
+def test_the_orientation_is_read_from_the_downloaded_bytes() -> None:
+    assert [orientation_of(data) for _, data, *_ in FILES] == [*ORIENTATIONS, 6, 1]  # a WebP is shown as stored
+    buf = io.BytesIO()
+    photo().save(buf, "JPEG")
+    assert orientation_of(buf.getvalue()) == 1  # no EXIF
+    assert orientation_of(b"Exif but no image") == 1
+    exif = Image.Exif()
+    exif[0x0112] = 9  # no such orientation
+    buf = io.BytesIO()
+    photo().save(buf, "JPEG", exif=exif.tobytes())
+    assert orientation_of(buf.getvalue()) == 1
 
 
 @pytest.mark.parametrize("orientation", ORIENTATIONS)
@@ -116,15 +130,15 @@ def test_upright_turns_the_stored_pixels_back(orientation: int) -> None:
         assert difference(small, photo()) > 4 * UPRIGHT_MAX_DIFF  # the stored pixels are not upright
 
 
-def _download(server, out: Path, upright_quality: int | None) -> dict[str, tuple[Image.Image, dict]]:
-    """The real img2dataset downloader on the 8 files, through the download stage's wrapper."""
+def _download(server, out: Path, upright: bool) -> dict[str, tuple[Image.Image, dict]]:
+    """The real img2dataset downloader on the files, through the download stage's wrapper."""
     import img2dataset
 
     from witbuild.download import img2dataset_guarded
 
-    urls = [server.url(f"/o{n}.jpg") for n in ORIENTATIONS]
-    pq.write_table(pa.table({"url": urls, "text": [f"o{n}" for n in ORIENTATIONS]}), out.with_suffix(".parquet"))
-    with img2dataset_guarded(["127.0.0.1"], sign=True, upright_quality=upright_quality):
+    urls, captions = [server.url(path) for path, *_ in FILES], [caption for *_, caption in FILES]
+    pq.write_table(pa.table({"url": urls, "text": captions}), out.with_suffix(".parquet"))
+    with img2dataset_guarded(["127.0.0.1"], sign=True, upright=("jpg", 95) if upright else None):
         img2dataset.download(url_list=str(out.with_suffix(".parquet")), input_format="parquet", url_col="url",
                              caption_col="text", output_folder=str(out), output_format="webdataset",
                              distributor="multiprocessing", processes_count=1, thread_count=4, image_size=SIDE,
@@ -141,26 +155,28 @@ def _download(server, out: Path, upright_quality: int | None) -> dict[str, tuple
 def test_img2dataset_alone_stores_the_camera_pixels(server, tmp_path: Path) -> None:
     """The reason for the writer: should img2dataset ever apply the tag itself, this fails, and turning again
     would be wrong."""
-    samples = _download(server, tmp_path / "plain", upright_quality=None)
-    assert sorted(samples) == [f"o{n}" for n in ORIENTATIONS]
-    sideways = [n for n in ORIENTATIONS if difference(samples[f"o{n}"][0], photo()) > UPRIGHT_MAX_DIFF]
-    assert sideways == list(range(2, 9))
+    samples = _download(server, tmp_path / "plain", upright=False)
+    assert sorted(samples) == sorted(caption for *_, caption in FILES)
+    as_shown = [c for c, (image, _) in samples.items() if difference(image, SHOWN[c]) < UPRIGHT_MAX_DIFF]
+    assert sorted(as_shown) == ["o1", "webp o6"]
 
 
 @pytest.mark.slow
 def test_the_download_stores_every_orientation_upright(server, tmp_path: Path) -> None:
-    samples = _download(server, tmp_path / "upright", upright_quality=95)
-    assert sorted(samples) == [f"o{n}" for n in ORIENTATIONS]
-    for n in ORIENTATIONS:
-        image, meta = samples[f"o{n}"]
-        assert difference(image, photo()) < UPRIGHT_MAX_DIFF, n
-        assert (meta["width"], meta["height"]) == image.size, n
-        assert (meta["original_width"], meta["original_height"]) == photo().size, n
-        assert min(image.size) == SIDE
-        assert exif_orientation(meta["exif"]) == n  # the column still says what the file said
-    from witbuild.dedup.shard_signatures import read_signatures  # of the upright bytes, as finalize reads them
+    from witbuild.dedup.shard_signatures import read_events, read_signatures
 
-    signatures = read_signatures(str(tmp_path / "upright" / "00000.tar"))
+    samples = _download(server, tmp_path / "upright", upright=True)
+    assert sorted(samples) == sorted(caption for *_, caption in FILES)
+    for caption, (image, meta) in samples.items():
+        assert difference(image, SHOWN[caption]) < UPRIGHT_MAX_DIFF, caption
+        assert (meta["width"], meta["height"]) == image.size, caption
+        assert (meta["original_width"], meta["original_height"]) == SHOWN[caption].size, caption
+        assert min(image.size) == SIDE
+    tar = str(tmp_path / "upright" / "00000.tar")
+    assert read_events(tar) == {"exif_turned_upright": 8}
+    caption_of = {meta["key"]: caption for caption, (_, meta) in samples.items()}
+    signatures = {k: s for k, s in read_signatures(tar).items()  # of the bytes stored, as finalize reads them
+                  if caption_of[k] != "webp o6"}
     hashes = [int(h) for h, _ in signatures.values()]
     assert max(bin(a ^ b).count("1") for a in hashes for b in hashes) <= 4  # one picture: near duplicates
 
@@ -170,24 +186,24 @@ def test_the_download_stores_every_orientation_upright(server, tmp_path: Path) -
 def test_the_build_counts_what_it_turned_and_converted_and_finalize_sees_one_picture(spark, server,
                                                                                       tmp_path: Path) -> None:
     """Through the stages (dedup, download with the pyspark distributor, finalize): the download stage counts the
-    seven images it turned and the 16-bit PNG it converted, and finalize, seeing nine copies of one photo, all
-    upright and in colour, keeps one."""
+    eight images it turned and the 16-bit PNG it converted, and finalize, seeing ten copies of one photo, all
+    upright and in colour, keeps one (and the WebP, shown on its side)."""
     from tests.test_dedup_download_finalize import pair, seed_balanced
     from witbuild.config import load_config
     from witbuild.pipeline import run_build
 
     out = tmp_path / "out"
-    rows = [pair(server.url(f"/o{n}.jpg"), f"a cat, orientation {n}") for n in ORIENTATIONS]
+    rows = [pair(server.url(path), f"a cat, {caption}") for path, *_, caption in FILES]
     seed_balanced(out, [*rows, pair(server.url("/deep.png"), "a cat in a 16-bit PNG")])
     cfg = load_config(inputs=["unused.warc.gz"], output=str(out), sets=[
         "download.retries=0", f"download.image_size={SIDE}", "download.min_image_size=10",
         "network.allow_addresses=['127.0.0.1']"])
     results = {r.name: r for r in run_build(spark, cfg)}
     download = results["download"].counts
-    assert download.rows_out == 9
-    assert download.events["exif_turned_upright"] == 7 and download.events["png_16_bit_to_8_bit"] == 1
+    assert download.rows_out == 11
+    assert download.events["exif_turned_upright"] == 8 and download.events["png_16_bit_to_8_bit"] == 1
     finalize = results["finalize"].counts
-    assert finalize.rows_out == 1 and finalize.dropped == {"near_duplicate_phash": 8}
+    assert finalize.rows_out == 2 and finalize.dropped == {"near_duplicate_phash": 9}
     index = pq.read_table(out / "stages" / "finalize" / "index.parquet").to_pylist()
-    assert [(r["width"], r["height"], r["original_width"], r["original_height"]) for r in index] == [
-        (round(SIDE * 451 / 300), SIDE, 451, 300)]
+    assert sorted((r["width"], r["height"], r["original_width"], r["original_height"]) for r in index) == [
+        (SIDE, round(SIDE * 451 / 300), 300, 451), (round(SIDE * 451 / 300), SIDE, 451, 300)]

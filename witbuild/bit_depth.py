@@ -9,8 +9,8 @@ PNG as it is, scaled to 8 bits.
 :class:`EightBitResizer` stands in for img2dataset's resizer: a PNG whose header says 16 bits per channel is
 decoded, scaled to 8 bits (value × 255 / 65535, rounded) and handed on as a lossless 8-bit PNG; every other image
 goes through untouched, after a look at its first 32 bytes. The downloaded bytes, which img2dataset hashes and
-reads EXIF from, are not changed. Each process counts what it converted in :data:`CONVERTED`, which the shard
-writer records per shard (witbuild/dedup/shard_signatures.py).
+reads EXIF from, are not changed. Each conversion is noted as the shard's ``png_16_bit_to_8_bit`` event
+(witbuild/shard_events.py).
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ import io
 import logging
 from typing import Any
 
+from witbuild.shard_events import note
+
 log = logging.getLogger(__name__)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CONVERTED = [0]  # 16-bit images converted in this process (shards are downloaded one after another per process)
+CONVERTED = "png_16_bit_to_8_bit"
 
 
 def png_bit_depth(head: bytes) -> int | None:
@@ -66,6 +68,6 @@ class EightBitResizer:
                 log.warning("cannot bring a 16-bit PNG to 8 bits: %s", exc)
                 img_stream.seek(0)
             else:
-                CONVERTED[0] += 1
+                note(CONVERTED)
                 return self.inner(io.BytesIO(converted), blurring_bbox_list)
         return self.inner(img_stream, blurring_bbox_list)

@@ -63,7 +63,7 @@ class DownloadConfig(BaseModel):
     subjob_size: int = Field(1000, ge=1, description="Shards handed to Spark per job.")
     upright: bool = Field(True, description="Turn each image as its EXIF orientation says, as browsers show it "
                           "(img2dataset stores the pixels as the camera read them: phone photos on their side); "
-                          "counted as exif_turned_upright, or exif_orientation_ignored when off.")
+                          "counted as exif_turned_upright.")
     cache_dir: str | None = Field(
         None, description="Keep every successful (2xx) response here by URL, and answer a later request for the "
         "URL from it instead of the network: builds that share it fetch each image once (witbuild experiment's "
@@ -260,12 +260,12 @@ _DISTRIBUTORS = ("pyspark_distributor", "multiprocessing_distributor")
 
 @contextmanager
 def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool = False,
-                        limits: ImageLimits | None = None, upright_quality: int | None = None) -> Iterator[None]:
+                        limits: ImageLimits | None = None, upright: tuple[str, int] | None = None) -> Iterator[None]:
     """Within the block, ``img2dataset.download`` hands its distributor a :class:`GuardedDownloader`; with
     ``sign``, its WebDataset writer also saves each shard's dedup signatures (witbuild/dedup/shard_signatures.py);
-    with ``upright_quality`` (the download's encode quality), it turns each image by its EXIF orientation first
-    (witbuild/orientation.py), so the signatures are those of the upright image. 16-bit PNGs reach img2dataset's
-    resizer at 8 bits (witbuild/bit_depth.py), which would otherwise store them white.
+    with ``upright`` (the download's encode format and quality), its resizer turns each image by its EXIF
+    orientation (witbuild/orientation.py), so the signatures are those of the upright image. 16-bit PNGs reach
+    img2dataset's resizer at 8 bits (witbuild/bit_depth.py), which would otherwise store them white.
 
     img2dataset has no hook for the downloader itself, but ``download()`` looks its distributor function
     up in ``img2dataset.main`` when called; wrapping that function (and restoring it afterwards) keeps
@@ -276,7 +276,7 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
 
     from witbuild.bit_depth import EightBitResizer
     from witbuild.dedup.shard_signatures import SigningWriterClass
-    from witbuild.orientation import UprightWriterClass
+    from witbuild.orientation import UprightResizer
 
     # ``import img2dataset.main`` would give the package's ``main`` function, which shadows the module's name
     i2d_main = importlib.import_module("img2dataset.main")
@@ -285,13 +285,12 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         def distributor(processes_count: Any, downloader: Any, *args: Any, **kw: Any) -> Any:
-            if downloader.sample_writer_class is WebDatasetSampleWriter:
-                writer: Any = SigningWriterClass(WebDatasetSampleWriter) if sign else WebDatasetSampleWriter
-                if upright_quality is not None:
-                    writer = UprightWriterClass(writer, upright_quality)
-                downloader.sample_writer_class = writer
-            if not isinstance(downloader.resizer, EightBitResizer):
+            if sign and downloader.sample_writer_class is WebDatasetSampleWriter:
+                downloader.sample_writer_class = SigningWriterClass(WebDatasetSampleWriter)
+            if not isinstance(downloader.resizer, (EightBitResizer, UprightResizer)):
                 downloader.resizer = EightBitResizer(downloader.resizer)
+                if upright is not None:
+                    downloader.resizer = UprightResizer(downloader.resizer, *upright)
             return fn(processes_count, GuardedDownloader(downloader, allow, cache_dir, limits), *args, **kw)
         return distributor
 

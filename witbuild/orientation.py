@@ -1,66 +1,54 @@
 """Downloaded images turned the way their EXIF orientation says, as browsers show them.
 
 A camera stores its pixels as the sensor read them and says in EXIF how to turn them for display (tag 0x0112:
-8 rotations and mirrorings). Browsers have applied it to every image since 2020 (CSS ``image-orientation:
-from-image``), so a phone photo on a page stands upright. img2dataset decodes with OpenCV's ``IMREAD_UNCHANGED``,
-which ignores the tag, and re-encodes without EXIF: the shard then holds the photo on its side or mirrored, with
-nothing left in the image to say so, and its caption describes another picture than the one trained on.
+8 rotations and mirrorings). Browsers have applied it to JPEG and PNG (its ``eXIf`` chunk) since 2020 (CSS
+``image-orientation: from-image``), so a phone photo on a page stands upright; not to WebP, whose EXIF Chromium
+ignores: a WebP is left as it is, as a page shows it. img2dataset decodes
+with OpenCV's ``IMREAD_UNCHANGED``, which ignores the tag, and re-encodes without EXIF: the shard then holds the
+photo on its side or mirrored, with nothing left in the image to say so, and its caption describes another
+picture than the one trained on.
 
-img2dataset does record each image's EXIF (its ``exif`` column: exifread's tag names and values, as JSON, read from
-the downloaded bytes). :class:`UprightWriterClass` stands in for its sample writer class: an image whose recorded
-orientation is not the normal one is turned (Pillow's ``ImageOps.exif_transpose``) before it is written, and its
-width and height (resized and original) are swapped where the turn swaps them. Resizing, centre cropping and
-padding commute with these turns, so the result is the image img2dataset would have made from the upright one;
-the one cost is a second encoding of the turned images (a JPEG keeps the quantization tables and subsampling of the
-first, so it loses next to nothing more).
+:class:`UprightResizer` stands in for img2dataset's resizer. It reads the orientation from the downloaded bytes
+(Pillow, only for bytes that hold an EXIF block at all), lets the resizer do its work, and turns the image it
+returns (Pillow's ``ImageOps.exif_transpose``), swapping width and height, resized and original, where the turn
+does. Resizing, centre cropping and padding commute with these turns, so the result is the image img2dataset
+would have made from the upright one; the one cost is a second encoding of the turned images (a JPEG keeps the
+quantization tables and subsampling of the first, so it loses next to nothing more). Each turn is noted as the
+shard's ``exif_turned_upright`` event (witbuild/shard_events.py).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 from typing import Any
+
+from witbuild.shard_events import note
 
 log = logging.getLogger(__name__)
 
 ORIENTATION_TAG = 0x0112
-EXIF_KEY = "Image Orientation"  # exifread's name of the tag in IFD0, as img2dataset's exif column has it
 NORMAL = 1
 SWAPS_SIDES = frozenset({5, 6, 7, 8})  # the turns by 90 degrees
+EXIF_MARKERS = (b"Exif", b"eXIf")  # JPEG's APP1 segment, PNG's chunk
+TURNED_FORMATS = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG: the files browsers turn
+TURNED = "exif_turned_upright"
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
-def _orientation_names() -> dict[str, int]:
-    """exifread's value names of the orientation tag, to their number (exifread is what wrote them)."""
-    from exifread.tags.exif import EXIF_TAGS
+def orientation_of(data: bytes) -> int:
+    """The EXIF orientation (1-8) of a JPEG or PNG file; 1 when it has none, none that can be read, or is of
+    another format."""
+    if not data.startswith(TURNED_FORMATS) or not any(marker in data for marker in EXIF_MARKERS):
+        return NORMAL  # most images: no parse
+    from PIL import Image
 
-    _, names = EXIF_TAGS[ORIENTATION_TAG]
-    return {name: number for number, name in names.items()}
-
-
-def turning_values() -> list[str]:
-    """Every value of the orientation in img2dataset's ``exif`` column that :func:`exif_orientation` reads as a
-    turn (not 1)."""
-    return sorted([name for name, number in _orientation_names().items() if number != NORMAL]
-                  + [str(n) for n in range(2, 9)])
-
-
-def exif_orientation(exif_json: str | None) -> int:
-    """The orientation (1-8) recorded in img2dataset's ``exif`` column; 1 when there is none or it cannot be read."""
-    if not exif_json or EXIF_KEY not in exif_json:  # most images: no parse
-        return NORMAL
     try:
-        value = json.loads(exif_json).get(EXIF_KEY)
-    except (ValueError, AttributeError):
+        with Image.open(io.BytesIO(data)) as image:
+            value = image.getexif().get(ORIENTATION_TAG)
+    except Exception:  # not an image Pillow reads: img2dataset decides what it is
         return NORMAL
-    if value is None:
-        return NORMAL
-    value = str(value).strip()
-    if value.isdigit():  # a value exifread had no name for
-        number = int(value)
-        return number if 1 <= number <= 8 else NORMAL
-    return _orientation_names().get(value, NORMAL)
+    return value if isinstance(value, int) and 1 <= value <= 8 else NORMAL
 
 
 def upright(image: bytes, orientation: int, encode_format: str, quality: int) -> bytes:
@@ -83,46 +71,28 @@ def upright(image: bytes, orientation: int, encode_format: str, quality: int) ->
     return out.getvalue()
 
 
-def _swap_sides(meta: dict[str, Any]) -> None:
-    for width, height in (("width", "height"), ("original_width", "original_height")):
-        if width in meta and height in meta:
-            meta[width], meta[height] = meta[height], meta[width]
-
-
-class UprightWriterClass:
-    """Called like img2dataset's sample writer class, it makes an :class:`UprightWriter` around one of its writers.
-    An instance, not a class, because img2dataset pickles it to the download processes."""
-
-    def __init__(self, inner: Any, quality: int) -> None:
-        self.inner = inner
-        self.quality = quality
-
-    def __call__(self, shard_id: int, output_folder: str, save_caption: bool, oom_shard_count: int,
-                 schema: Any, encode_format: str) -> UprightWriter:
-        writer = self.inner(shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format)
-        return UprightWriter(writer, encode_format, self.quality)
-
-
-class UprightWriter:
-    """img2dataset's writer, given each image upright (see the module docstring)."""
+class UprightResizer:
+    """img2dataset's resizer, returning each image upright (see the module docstring). Pickled with the
+    downloader to the download processes."""
 
     def __init__(self, inner: Any, encode_format: str, quality: int) -> None:
         self.inner = inner
         self.encode_format = encode_format
         self.quality = quality
 
-    def write(self, img_str: bytes | None, key: str, caption: Any, meta: dict[str, Any]) -> None:
-        orientation = exif_orientation(meta.get("exif")) if img_str is not None else NORMAL
-        if orientation != NORMAL:
-            try:
-                img_str = upright(img_str, orientation, self.encode_format, self.quality)
-            except Exception as exc:  # kept as img2dataset made it rather than lost
-                log.warning("%s: cannot turn the image by EXIF orientation %d: %s", key, orientation, exc)
-            else:
-                if orientation in SWAPS_SIDES:
-                    meta = dict(meta)
-                    _swap_sides(meta)
-        self.inner.write(img_str, key, caption, meta)
-
-    def close(self) -> None:
-        self.inner.close()
+    def __call__(self, img_stream: Any, blurring_bbox_list: Any = None) -> Any:
+        orientation = orientation_of(img_stream.read())
+        img_stream.seek(0)
+        result = self.inner(img_stream, blurring_bbox_list)
+        img, width, height, original_width, original_height, error = result
+        if orientation == NORMAL or img is None or error is not None:
+            return result
+        try:
+            img = upright(img, orientation, self.encode_format, self.quality)
+        except Exception as exc:  # kept as img2dataset made it rather than lost
+            log.warning("cannot turn an image by EXIF orientation %d: %s", orientation, exc)
+            return result
+        note(TURNED)
+        if orientation in SWAPS_SIDES:
+            width, height, original_width, original_height = height, width, original_height, original_width
+        return img, width, height, original_width, original_height, error

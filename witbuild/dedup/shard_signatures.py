@@ -11,7 +11,7 @@ cores, against 0.93× decoding in line: the download process's Python threads al
 one more busy thread delayed them all.)
 
 The signatures file also records, in its metadata, what was done to the shard's images on the way
-(:data:`EVENT_KEYS`: 16-bit PNGs brought to 8 bits, witbuild/bit_depth.py), which the download stage counts.
+(witbuild/shard_events.py: images turned upright, 16-bit PNGs brought to 8 bits), which the download stage counts.
 
 Finalize trusts a signatures file only when it matches its shard: same signature version
 (:data:`~witbuild.dedup.near.SIGNATURE_VERSION`) and the tar's size as it was when the file was written.
@@ -25,13 +25,14 @@ otherwise the tar is listed.
 
 from __future__ import annotations
 
+import json
 import logging
 import tarfile
 from typing import Any
 
 import pyarrow as pa
 
-from witbuild import bit_depth
+from witbuild import shard_events
 from witbuild.dedup.near import SIGNATURE_VERSION, signature_inputs, signatures_from_inputs
 from witbuild.dedup.phash import to_signed64, to_unsigned64
 from witbuild.spark import fs_and_path
@@ -43,7 +44,7 @@ SUFFIX = "_signatures.arrow"  # beside {shard}.tar; not *.parquet, which readers
 MEMBERS_SUFFIX = "_members.arrow"  # beside {shard}.tar: where its members lie
 SUFFIXES = (SUFFIX, MEMBERS_SUFFIX)  # every file saved beside a shard here
 SCHEMA = pa.schema([("key", pa.string()), ("phash", pa.int64()), ("thumb", pa.binary())])  # null: undecodable
-EVENT_KEYS = ("png_16_bit_to_8_bit",)  # events recorded per shard in the signatures file's metadata
+EVENTS_KEY = "events"  # the shard's events (witbuild/shard_events.py) in the signatures file's metadata, as JSON
 MEMBERS_SCHEMA = pa.schema([("name", pa.string()), ("offset_data", pa.int64()), ("size", pa.int64()),
                             ("mode", pa.int64()), ("uid", pa.int64()), ("gid", pa.int64()), ("uname", pa.string()),
                             ("gname", pa.string())])  # TarEntry's fields
@@ -80,7 +81,7 @@ class SigningWriter:
         self.entries = _entry_recorder(inner)
         self.keys: list[str] = []
         self.inputs: list[Any] = []
-        self.converted_before = bit_depth.CONVERTED[0]  # this process's count when the shard began
+        self.events_before = shard_events.EVENTS.copy()  # this process's when the shard began
         fs, tar = fs_and_path(tar_path)
         for path in (signatures_path(tar), members_path(tar)):
             if fs.exists(path):  # an interrupted attempt's: never beside the tar written now
@@ -107,7 +108,7 @@ class SigningWriter:
         signatures = signatures_from_inputs(self.inputs)
         fs, tar = fs_and_path(self.tar_path)
         meta = {"signature_version": SIGNATURE_VERSION, "tar_bytes": str(fs.size(tar)),
-                "png_16_bit_to_8_bit": str(bit_depth.CONVERTED[0] - self.converted_before)}
+                EVENTS_KEY: json.dumps(shard_events.since(self.events_before), sort_keys=True)}
         table = pa.table({"key": pa.array(self.keys, pa.string()),
                           "phash": pa.array([to_signed64(s[0]) if s else None for s in signatures], pa.int64()),
                           "thumb": pa.array([s[1] if s else None for s in signatures], pa.binary())},
@@ -188,8 +189,8 @@ def read_signatures(shard_tar: str) -> dict[str, tuple[int, bytes] | None] | Non
 
 
 def read_events(shard_tar: str) -> dict[str, int]:
-    """The events the download recorded for the shard's images (:data:`EVENT_KEYS`); empty when its signatures
-    file is missing or does not match the tar."""
+    """The events the download recorded for the shard's images (witbuild/shard_events.py); empty when its
+    signatures file is missing or does not match the tar."""
     fs, tar = fs_and_path(shard_tar)
     path = signatures_path(tar)
     try:
@@ -199,7 +200,8 @@ def read_events(shard_tar: str) -> dict[str, int]:
             meta = {k.decode(): v.decode() for k, v in (pa.ipc.open_file(fh).schema.metadata or {}).items()}
         if meta.get("tar_bytes") != str(fs.size(tar)):
             return {}
-        return {k: int(meta[k]) for k in EVENT_KEYS if meta.get(k, "0").isdigit() and int(meta[k])}
+        events = json.loads(meta.get(EVENTS_KEY, "{}"))
+        return {str(k): int(n) for k, n in events.items() if int(n) > 0}
     except Exception as exc:  # the count is lost, not the shard
         log.warning("cannot read the events of %s: %s", shard_tar, exc)
         return {}

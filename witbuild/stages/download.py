@@ -100,20 +100,19 @@ def run_download(ctx: StageContext) -> StageCounts:
         if kept:
             # finalize's pHashes and thumbnails, computed as each image is written (witbuild/dedup/shard_signatures.py)
             with img2dataset_guarded(ctx.cfg.network, cfg.cache_dir, sign=True, limits=ImageLimits.of(cfg),
-                                     upright_quality=cfg.encode_quality if cfg.upright else None):
+                                     upright=(cfg.encode_format, cfg.encode_quality) if cfg.upright else None):
                 _img2dataset(img2dataset, fs.unstrip_protocol(allowed_dir), ctx)
     finally:
         fs.rm(allowed_dir, recursive=True)
     fetched = time.monotonic()
     finished = check_finished(fs, out, expected)
     # the funnel, from the metadata of the shards img2dataset finished (every row it was given is in one of them)
-    rows = _funnel(_metadata(ctx.spark, fs, out, finished)) if finished else []
+    rows = (_metadata(ctx.spark, fs, out, finished).groupBy("status", "error_message").count().collect()
+            if finished else [])
     counts.rows_in = counts.rows_dropped + kept
     for r in rows:
         if r["status"] == "success":
             counts.rows_out += r["count"]
-            if r["turned"]:
-                counts.event("exif_turned_upright" if cfg.upright else "exif_orientation_ignored", r["count"])
         else:
             counts.drop(error_class(r["error_message"]), r["count"])
     _count_unwritten(counts, kept - sum(r["count"] for r in rows))
@@ -124,19 +123,6 @@ def run_download(ctx: StageContext) -> StageCounts:
     log.info("download: %.1f s choosing the rows to fetch (policy, robots.txt), %.1f s in img2dataset, %.1f s "
              "reading its metadata back", prepared - started, fetched - prepared, time.monotonic() - fetched)
     return counts
-
-
-def _funnel(metadata: Any) -> list[Any]:
-    """Rows per (status, error message, whether the image's EXIF orientation turns it)."""
-    from pyspark.sql import functions as F
-
-    from witbuild.orientation import EXIF_KEY, turning_values
-
-    if "exif" in metadata.columns:
-        turned = F.coalesce(F.get_json_object("exif", f"$['{EXIF_KEY}']").isin(turning_values()), F.lit(False))
-    else:
-        turned = F.lit(False)
-    return metadata.groupBy("status", "error_message", turned.alias("turned")).count().collect()
 
 
 def _metadata(spark: Any, fs: Any, out: str, finished: list[str]) -> Any:
