@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -169,7 +171,13 @@ def test_an_unchanged_build_redoes_nothing(stages, web: Path, tmp_path: Path) ->
 
 def test_import_ahead_imports_in_the_background_and_leaves_failures_to_the_stage(tmp_path: Path, monkeypatch,
                                                                                   caplog) -> None:
-    (tmp_path / "slow_lib_for_test.py").write_text("import time\ntime.sleep(0.2)\nLOADED = True\n")
+    # the import waits for the test: Python lists a module in sys.modules as soon as its import starts, so a timed
+    # sleep in it raced the check below (the thread could be there first on a loaded machine)
+    gate = types.ModuleType("gate_for_test")
+    gate.OPEN = threading.Event()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "gate_for_test", gate)
+    (tmp_path / "slow_lib_for_test.py").write_text("import gate_for_test\ngate_for_test.OPEN.wait(10)\n"
+                                                    "LOADED = True\n")
     (tmp_path / "broken_stage_for_test.py").write_text("raise ImportError('no such thing')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in ("slow_lib_for_test", "broken_stage_for_test"):
@@ -184,7 +192,8 @@ def test_import_ahead_imports_in_the_background_and_leaves_failures_to_the_stage
     caplog.set_level(logging.DEBUG, logger="witbuild.pipeline")
     thread = import_ahead(stages)
     assert thread is not None and thread.daemon
-    assert "slow_lib_for_test" not in sys.modules  # still importing: the caller went on at once
+    assert not getattr(sys.modules.get("slow_lib_for_test"), "LOADED", False)  # the caller went on at once
+    gate.OPEN.set()
     thread.join(10)
     assert sys.modules["slow_lib_for_test"].LOADED
     assert sys.modules["warm_lib_for_test"].WARM == [1]  # after a warm-up that failed (logged, below)
