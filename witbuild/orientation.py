@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any
+from typing import IO, Any
 
 from witbuild.shard_events import note
 
@@ -31,23 +31,30 @@ ORIENTATION_TAG = 0x0112
 NORMAL = 1
 SWAPS_SIDES = frozenset({5, 6, 7, 8})  # the turns by 90 degrees
 EXIF_MARKERS = (b"Exif", b"eXIf")  # JPEG's APP1 segment, PNG's chunk
+HEAD_BYTES = 1 << 16
 TURNED_FORMATS = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG: the files browsers turn
 TURNED = "exif_turned_upright"
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
-def orientation_of(data: bytes) -> int:
-    """The EXIF orientation (1-8) of a JPEG or PNG file; 1 when it has none, none that can be read, or is of
-    another format."""
-    if not data.startswith(TURNED_FORMATS) or not any(marker in data for marker in EXIF_MARKERS):
-        return NORMAL  # most images: no parse
+def orientation_of(stream: IO[bytes]) -> int:
+    """The EXIF orientation (1-8) of a JPEG or PNG file, read from ``stream`` (left at its start); 1 when it has
+    none, none that can be read, or is of another format. EXIF sits in the head of both (JPEG's APP1 follows its
+    start marker; PNG's eXIf comes before the image data): most images are passed over after their first 64 kB."""
+    stream.seek(0)
+    head = stream.read(HEAD_BYTES)
+    stream.seek(0)
+    if not head.startswith(TURNED_FORMATS) or not any(marker in head for marker in EXIF_MARKERS):
+        return NORMAL
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(stream) as image:
             value = image.getexif().get(ORIENTATION_TAG)
     except Exception:  # not an image Pillow reads: img2dataset decides what it is
         return NORMAL
+    finally:
+        stream.seek(0)
     return value if isinstance(value, int) and 1 <= value <= 8 else NORMAL
 
 
@@ -81,8 +88,7 @@ class UprightResizer:
         self.quality = quality
 
     def __call__(self, img_stream: Any, blurring_bbox_list: Any = None) -> Any:
-        orientation = orientation_of(img_stream.read())
-        img_stream.seek(0)
+        orientation = orientation_of(img_stream)
         result = self.inner(img_stream, blurring_bbox_list)
         img, width, height, original_width, original_height, error = result
         if orientation == NORMAL or img is None or error is not None:
