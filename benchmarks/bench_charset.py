@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import socketserver
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from _machine import machine_info
@@ -42,6 +39,7 @@ from resiliparse.parse.encoding import detect_encoding  # noqa: E402
 from tests.helpers.cdp import Chromium, find_chromium  # noqa: E402
 from tests.helpers.undeclared_pages import UndeclaredPage, undeclared_pages  # noqa: E402
 from witbuild.counters import StageCounts  # noqa: E402
+from witbuild.demo.images import ImageServer  # noqa: E402
 from witbuild.sources.html import _WHATWG_DECODERS, decode_page, page_images  # noqa: E402
 
 DATA_DIR = ROOT / "benchmarks" / "_data"
@@ -73,34 +71,15 @@ def chromium_alts(pages: list[UndeclaredPage]) -> list[str] | None:
     if binary is None:
         return None
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            index = self.path.rsplit("/", 1)[-1]
-            body = pages[int(index)].body if index.isdigit() and int(index) < len(pages) else b""
-            self.send_response(200 if body else 404)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    class Server(socketserver.ThreadingTCPServer):
-        daemon_threads = True
-
-    server = Server(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    origin = f"http://127.0.0.1:{server.server_address[1]}"
-    with tempfile.TemporaryDirectory() as profile:
+    with ImageServer() as server, tempfile.TemporaryDirectory() as profile:
+        for i, page in enumerate(pages):
+            server.add(f"/page/{i}", page.body, "text/html")  # no charset: the browser detects it
         browser = Chromium(binary, Path(profile))
         try:
-            return [" ".join(browser.evaluate_page(f"{origin}/page/{i}", "document.images[0].alt").split())
+            return [" ".join(browser.evaluate_page(server.url(f"/page/{i}"), "document.images[0].alt").split())
                     for i in range(len(pages))]
         finally:
             browser.close()
-            server.shutdown()
-            server.server_close()
 
 
 def seconds_per_page(pages: list[UndeclaredPage], repeat: int) -> float:

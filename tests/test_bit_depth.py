@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.helpers.cdp import Chromium, find_chromium
+from tests.helpers.cdp import images_as_shown
 from witbuild.bit_depth import eight_bit_png, png_bit_depth
 from witbuild.demo.images import ImageServer, skimage_image
 
@@ -69,20 +69,7 @@ def server():
 
 def test_the_files_are_16_bit_and_show_the_photo_in_a_browser(server, tmp_path: Path) -> None:
     assert [png_bit_depth(png16(k)[:32]) for k in KINDS] == [16] * 4
-    binary = find_chromium()
-    if binary is None:
-        pytest.skip("chromium not installed: apt-get install -y --no-install-recommends chromium")
-    browser = Chromium(binary, tmp_path / "profile")
-    try:
-        shown = browser.evaluate_page(server.url("/page.html"), """[...document.images].map(i => {
-            const c = document.createElement("canvas"); c.width = i.naturalWidth; c.height = i.naturalHeight;
-            const g = c.getContext("2d"); g.drawImage(i, 0, 0);
-            return [i.naturalWidth, i.naturalHeight, Array.from(g.getImageData(0, 0, c.width, c.height).data)];
-        })""")
-    finally:
-        browser.close()
-    for kind, (width, height, rgba) in zip(KINDS, shown, strict=True):
-        drawn = Image.fromarray(np.array(rgba, np.uint8).reshape(height, width, 4)[..., :3])
+    for kind, drawn in zip(KINDS, images_as_shown(server.url("/page.html"), tmp_path / "profile"), strict=True):
         assert difference(drawn, kind) < CLOSE, kind  # measured 0.0
 
 

@@ -89,3 +89,16 @@ def test_a_meta_charset_wins_over_valid_utf8_bytes(meta: str, codec: str, mojiba
     text, encoding = decode_page(body.encode(), None)
     assert encoding == codec
     assert [r.text for r in page_images(text, "http://example.org/", StageCounts())[0]] == [mojibake]
+
+
+def test_the_benchmark_runs_and_prints_the_same_count(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_charset.py"), "--no-browser", "--repeat",
+                          "1"], capture_output=True, text=True, timeout=300, check=True).stdout
+    right = sum(caption_read(p)[0] for p in PAGES)
+    all_row = next(line for line in out.splitlines() if line.startswith("all "))
+    assert all_row.split()[1:4] == [str(right), "/", "396"]

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.helpers.cdp import Chromium, find_chromium
+from tests.helpers.cdp import images_as_shown
 from tests.test_bit_depth import png16
 from witbuild.demo.images import ImageServer, skimage_image
 from witbuild.orientation import orientation_of, upright
@@ -86,21 +86,9 @@ def server():
 
 def test_the_files_show_the_upright_photo_in_a_browser(server, tmp_path: Path) -> None:
     """Chromium draws each file as this module says a page shows it, by a reader we did not write."""
-    binary = find_chromium()
-    if binary is None:
-        pytest.skip("chromium not installed: apt-get install -y --no-install-recommends chromium")
-    browser = Chromium(binary, tmp_path / "profile")
-    try:
-        drawings = browser.evaluate_page(server.url("/page.html"), """[...document.images].map(i => {
-            const c = document.createElement("canvas"); c.width = i.naturalWidth; c.height = i.naturalHeight;
-            const g = c.getContext("2d"); g.drawImage(i, 0, 0);
-            return [i.naturalWidth, i.naturalHeight, Array.from(g.getImageData(0, 0, c.width, c.height).data)];
-        })""")
-    finally:
-        browser.close()
-    for (path, *_), (width, height, rgba) in zip(FILES, drawings, strict=True):
-        drawn = Image.fromarray(np.array(rgba, np.uint8).reshape(height, width, 4)[..., :3])
-        assert (width, height) == shown(path).size, path
+    drawings = images_as_shown(server.url("/page.html"), tmp_path / "profile")
+    for (path, *_), drawn in zip(FILES, drawings, strict=True):
+        assert drawn.size == shown(path).size, path
         assert difference(drawn, shown(path)) < UPRIGHT_MAX_DIFF, path
 
 

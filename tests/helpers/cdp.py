@@ -20,8 +20,35 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
 
 
+# each image of the page drawn into a canvas of its natural size, as the page shows it: [width, height, RGBA...]
+DRAW_IMAGES = """[...document.images].map(i => {
+  const c = document.createElement("canvas"); c.width = i.naturalWidth; c.height = i.naturalHeight;
+  const g = c.getContext("2d"); g.drawImage(i, 0, 0);
+  return [i.naturalWidth, i.naturalHeight, Array.from(g.getImageData(0, 0, c.width, c.height).data)];
+})"""
+
+
 def find_chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def images_as_shown(url: str, profile: Path) -> list[Any]:
+    """The images of the page at ``url`` as headless Chromium shows them (PIL RGB images, in document order);
+    skips the test when Chromium is not installed."""
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("chromium not installed: apt-get install -y --no-install-recommends chromium")
+    browser = Chromium(binary, profile)
+    try:
+        drawn = browser.evaluate_page(url, DRAW_IMAGES)
+    finally:
+        browser.close()
+    return [Image.fromarray(np.array(rgba, np.uint8).reshape(height, width, 4)[..., :3])
+            for width, height, rgba in drawn]
 
 
 class Chromium:
