@@ -2,11 +2,12 @@
 
 The files: a real photo (skimage's ``chelsea``, 451×300, not square, not symmetric) stored in each of the 8 EXIF
 orientations, its pixels turned so that applying the tag gives the photo back (the inverse written out below, not
-taken from the code under test), and a PNG (``eXIf``) and a WebP turned by 90 degrees. Two references, neither of
-them ours: the upright photo itself, and headless Chromium, which draws each file into a canvas as a page shows it:
-upright, but for the WebP, whose EXIF it ignores (shown as stored). img2dataset alone (OpenCV's
-``IMREAD_UNCHANGED``, re-encoded without EXIF) stores eight of the ten otherwise than a page shows them; the
-download stage, through the real img2dataset downloader, stores all ten as shown and counts the eight it turned.
+taken from the code under test), a PNG (``eXIf``) and a WebP turned by 90 degrees, and three AVIFs whose
+``irot``/``imir`` boxes turn them. Two references, neither of them ours: the upright photo itself, and headless
+Chromium, which draws each file into a canvas as a page shows it: upright, but for the WebP, whose EXIF it ignores
+(shown as stored). img2dataset alone (OpenCV's ``IMREAD_UNCHANGED``, re-encoded without EXIF) stores all but two
+of the thirteen otherwise than a page shows them; the download stage, through the real img2dataset downloader,
+stores every one as shown and counts the eleven it turned.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from PIL import Image, features
 
 from tests.helpers.cdp import images_as_shown
 from tests.test_bit_depth import png16
@@ -62,7 +63,12 @@ def shown(path: str) -> Image.Image:
 FILES = [*((f"/o{n}.jpg", oriented_jpeg(n), "image/jpeg", f"o{n}") for n in ORIENTATIONS),
          ("/o6.png", oriented_jpeg(6, "PNG"), "image/png", "png o6"),
          ("/o6.webp", oriented_jpeg(6, "WEBP"), "image/webp", "webp o6")]
+AVIF_TURNS = (3, 5, 6)  # Pillow writes an AVIF's orientation as its irot/imir boxes
+if features.check("avif"):
+    FILES += [(f"/o{n}.avif", oriented_jpeg(n, "AVIF"), "image/avif", f"avif o{n}") for n in AVIF_TURNS]
 SHOWN = {caption: shown(path) for path, *_, caption in FILES}
+AS_STORED = ("o1", "webp o6")  # the files a page shows as their pixels are stored
+TURNED = len(FILES) - len(AS_STORED)
 
 
 def difference(image: Image.Image, reference: Image.Image) -> float:
@@ -100,7 +106,8 @@ def test_the_orientation_is_read_from_the_downloaded_bytes() -> None:
         assert stream.tell() == 0
         return orientation
 
-    assert [of(data) for _, data, *_ in FILES] == [*ORIENTATIONS, 6, 1]  # a WebP is shown as stored
+    expected = [*ORIENTATIONS, 6, 1, *(AVIF_TURNS if len(FILES) > 10 else ())]  # a WebP is shown as stored
+    assert [of(data) for _, data, *_ in FILES] == expected
     buf = io.BytesIO()
     photo().save(buf, "JPEG")
     assert of(buf.getvalue()) == 1  # no EXIF
@@ -153,7 +160,7 @@ def test_img2dataset_alone_stores_the_camera_pixels(server, tmp_path: Path) -> N
     samples = _download(server, tmp_path / "plain", upright=False)
     assert sorted(samples) == sorted(caption for *_, caption in FILES)
     as_shown = [c for c, (image, _) in samples.items() if difference(image, SHOWN[c]) < UPRIGHT_MAX_DIFF]
-    assert sorted(as_shown) == ["o1", "webp o6"]
+    assert sorted(as_shown) == sorted(AS_STORED)
 
 
 @pytest.mark.slow
@@ -168,7 +175,7 @@ def test_the_download_stores_every_orientation_upright(server, tmp_path: Path) -
         assert (meta["original_width"], meta["original_height"]) == SHOWN[caption].size, caption
         assert min(image.size) == SIDE
     tar = str(tmp_path / "upright" / "00000.tar")
-    assert read_events(tar) == {"exif_turned_upright": 8}
+    assert read_events(tar) == {"exif_turned_upright": TURNED}
     caption_of = {meta["key"]: caption for caption, (_, meta) in samples.items()}
     signatures = {k: s for k, s in read_signatures(tar).items()  # of the bytes stored, as finalize reads them
                   if caption_of[k] != "webp o6"}
@@ -181,8 +188,8 @@ def test_the_download_stores_every_orientation_upright(server, tmp_path: Path) -
 def test_the_build_counts_what_it_turned_and_converted_and_finalize_sees_one_picture(spark, server,
                                                                                       tmp_path: Path) -> None:
     """Through the stages (dedup, download with the pyspark distributor, finalize): the download stage counts the
-    eight images it turned and the 16-bit PNG it converted, and finalize, seeing ten copies of one photo, all
-    upright and in colour, keeps one (and the WebP, shown on its side)."""
+    images it turned and the 16-bit PNG it converted, and finalize, seeing copies of one photo, all upright and in
+    colour, keeps one (and the WebP, shown on its side)."""
     from tests.test_dedup_download_finalize import pair, seed_balanced
     from witbuild.config import load_config
     from witbuild.pipeline import run_build
@@ -195,10 +202,10 @@ def test_the_build_counts_what_it_turned_and_converted_and_finalize_sees_one_pic
         "network.allow_addresses=['127.0.0.1']"])
     results = {r.name: r for r in run_build(spark, cfg)}
     download = results["download"].counts
-    assert download.rows_out == 11
-    assert download.events["exif_turned_upright"] == 8 and download.events["png_16_bit_to_8_bit"] == 1
+    assert download.rows_out == len(FILES) + 1
+    assert download.events["exif_turned_upright"] == TURNED and download.events["png_16_bit_to_8_bit"] == 1
     finalize = results["finalize"].counts
-    assert finalize.rows_out == 2 and finalize.dropped == {"near_duplicate_phash": 9}
+    assert finalize.rows_out == 2 and finalize.dropped == {"near_duplicate_phash": len(FILES) - 1}
     index = pq.read_table(out / "stages" / "finalize" / "index.parquet").to_pylist()
     assert sorted((r["width"], r["height"], r["original_width"], r["original_height"]) for r in index) == [
         (SIDE, round(SIDE * 451 / 300), 300, 451), (round(SIDE * 451 / 300), SIDE, 451, 300)]

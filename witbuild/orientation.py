@@ -2,19 +2,20 @@
 
 A camera stores its pixels as the sensor read them and says in EXIF how to turn them for display (tag 0x0112:
 8 rotations and mirrorings). Browsers have applied it to JPEG and PNG (its ``eXIf`` chunk) since 2020 (CSS
-``image-orientation: from-image``), so a phone photo on a page stands upright; not to WebP, whose EXIF Chromium
-ignores: a WebP is left as it is, as a page shows it. img2dataset decodes
-with OpenCV's ``IMREAD_UNCHANGED``, which ignores the tag, and re-encodes without EXIF: the shard then holds the
-photo on its side or mirrored, with nothing left in the image to say so, and its caption describes another
-picture than the one trained on.
+``image-orientation: from-image``), so a phone photo on a page stands upright, and they apply an AVIF's own
+``irot``/``imir`` boxes, which say the same; not a WebP's EXIF, which Chromium ignores: a WebP is left as it is,
+as a page shows it. img2dataset decodes with OpenCV's ``IMREAD_UNCHANGED``, which ignores all of these, and
+re-encodes without EXIF: the shard then holds the photo on its side or mirrored, with nothing left in the image
+to say so, and its caption describes another picture than the one trained on.
 
 :class:`UprightResizer` stands in for img2dataset's resizer. It reads the orientation from the downloaded bytes
-(Pillow, only for bytes that hold an EXIF block at all), lets the resizer do its work, and turns the image it
-returns (Pillow's ``ImageOps.exif_transpose``), swapping width and height, resized and original, where the turn
-does. Resizing, centre cropping and padding commute with these turns, so the result is the image img2dataset
-would have made from the upright one; the one cost is a second encoding of the turned images (a JPEG keeps the
-quantization tables and subsampling of the first, so it loses next to nothing more). Each turn is noted as the
-shard's ``exif_turned_upright`` event (witbuild/shard_events.py).
+(Pillow, which gives an AVIF's boxes as the EXIF value they stand for; only for files that hold such a block),
+lets the resizer do its work, and turns the image it returns (Pillow's ``ImageOps.exif_transpose``), swapping
+width and height, resized and original, where the turn does. Resizing, centre cropping and padding commute with
+these turns, so the result is the image img2dataset would have made from the upright one; the one cost is a
+second encoding of the turned images (a JPEG keeps the quantization tables and subsampling of the first, so it
+loses next to nothing more). Each turn is noted as the shard's ``exif_turned_upright`` event
+(witbuild/shard_events.py).
 """
 
 from __future__ import annotations
@@ -30,21 +31,33 @@ log = logging.getLogger(__name__)
 ORIENTATION_TAG = 0x0112
 NORMAL = 1
 SWAPS_SIDES = frozenset({5, 6, 7, 8})  # the turns by 90 degrees
-EXIF_MARKERS = (b"Exif", b"eXIf")  # JPEG's APP1 segment, PNG's chunk
 HEAD_BYTES = 1 << 16
-TURNED_FORMATS = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG: the files browsers turn
+EXIF_MARKERS = (b"Exif", b"eXIf")  # JPEG's APP1 segment, PNG's chunk
+AVIF_MARKERS = (b"irot", b"imir")  # an AVIF's rotation and mirror boxes (in its meta box, at the start)
+TURNED_FORMATS = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG: the EXIF browsers apply
+AVIF_BRANDS = (b"avif", b"avis")
 TURNED = "exif_turned_upright"
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
+def _may_turn(head: bytes) -> bool:
+    """Whether a file starting with ``head`` holds an orientation a browser applies."""
+    if head.startswith(TURNED_FORMATS):
+        return any(marker in head for marker in EXIF_MARKERS)
+    if head[4:8] == b"ftyp" and head[8:12] in AVIF_BRANDS:
+        return any(marker in head for marker in AVIF_MARKERS)
+    return False
+
+
 def orientation_of(stream: IO[bytes]) -> int:
-    """The EXIF orientation (1-8) of a JPEG or PNG file, read from ``stream`` (left at its start); 1 when it has
-    none, none that can be read, or is of another format. EXIF sits in the head of both (JPEG's APP1 follows its
-    start marker; PNG's eXIf comes before the image data): most images are passed over after their first 64 kB."""
+    """The orientation (1-8, as EXIF numbers them) a browser applies to the image in ``stream`` (left at its
+    start): a JPEG's or PNG's EXIF, an AVIF's boxes; 1 when there is none, none that can be read, or the format has
+    none a browser applies. Both sit in the head of the file (JPEG's APP1 follows its start marker, PNG's eXIf and
+    AVIF's boxes come before the image data): most images are passed over after their first 64 kB."""
     stream.seek(0)
     head = stream.read(HEAD_BYTES)
     stream.seek(0)
-    if not head.startswith(TURNED_FORMATS) or not any(marker in head for marker in EXIF_MARKERS):
+    if not _may_turn(head):
         return NORMAL
     from PIL import Image
 
