@@ -121,7 +121,7 @@ def test_the_download_stores_the_photo_and_counts_each_conversion(server, tmp_pa
     out = tmp_path / "out"
     pq.write_table(pa.table({"url": [server.url(f"/{k}.png") for k in KINDS], "text": list(KINDS)}),
                    tmp_path / "in.parquet")
-    with img2dataset_guarded(["127.0.0.1"], sign=True, upright=("jpg", 95)):
+    with img2dataset_guarded(["127.0.0.1"], sign=True, upright=True):
         img2dataset.download(url_list=str(tmp_path / "in.parquet"), input_format="parquet", url_col="url",
                              caption_col="text", output_folder=str(out), output_format="webdataset",
                              distributor="multiprocessing", processes_count=1, thread_count=4, image_size=SIDE,

@@ -25,6 +25,7 @@ from PIL import Image, features
 
 from tests.helpers.cdp import images_as_shown
 from tests.test_bit_depth import png16
+from tests.test_colour_profile import DISPLAY_P3, photo_bytes
 from witbuild.demo.images import ImageServer, skimage_image
 from witbuild.orientation import orientation_of, upright
 
@@ -85,6 +86,7 @@ def server():
         for path, data, kind, _ in FILES:
             srv.add(path, data, kind)
         srv.add("/deep.png", png16("colour"), "image/png")  # for the build's count of 16-bit conversions
+        srv.add("/p3.jpg", photo_bytes(icc_profile=DISPLAY_P3), "image/jpeg")  # and of colour conversions
         srv.add("/page.html", "".join(f'<img src="{path}">' for path, *_ in FILES).encode(),
                 "text/html; charset=utf-8")
         yield srv
@@ -140,7 +142,7 @@ def _download(server, out: Path, upright: bool) -> dict[str, tuple[Image.Image, 
 
     urls, captions = [server.url(path) for path, *_ in FILES], [caption for *_, caption in FILES]
     pq.write_table(pa.table({"url": urls, "text": captions}), out.with_suffix(".parquet"))
-    with img2dataset_guarded(["127.0.0.1"], sign=True, upright=("jpg", 95) if upright else None):
+    with img2dataset_guarded(["127.0.0.1"], sign=True, upright=upright):
         img2dataset.download(url_list=str(out.with_suffix(".parquet")), input_format="parquet", url_col="url",
                              caption_col="text", output_folder=str(out), output_format="webdataset",
                              distributor="multiprocessing", processes_count=1, thread_count=4, image_size=SIDE,
@@ -188,24 +190,28 @@ def test_the_download_stores_every_orientation_upright(server, tmp_path: Path) -
 def test_the_build_counts_what_it_turned_and_converted_and_finalize_sees_one_picture(spark, server,
                                                                                       tmp_path: Path) -> None:
     """Through the stages (dedup, download with the pyspark distributor, finalize): the download stage counts the
-    images it turned and the 16-bit PNG it converted, and finalize, seeing copies of one photo, all upright and in
-    colour, keeps one (and the WebP, shown on its side)."""
+    images it turned, the 16-bit PNG it brought to 8 bits and the Display P3 photo it converted, and finalize,
+    seeing copies of one photo, all upright and in colour, keeps one (and the WebP, shown on its side, and the
+    coffee photo)."""
     from tests.test_dedup_download_finalize import pair, seed_balanced
     from witbuild.config import load_config
     from witbuild.pipeline import run_build
 
     out = tmp_path / "out"
     rows = [pair(server.url(path), f"a cat, {caption}") for path, *_, caption in FILES]
-    seed_balanced(out, [*rows, pair(server.url("/deep.png"), "a cat in a 16-bit PNG")])
+    seed_balanced(out, [*rows, pair(server.url("/deep.png"), "a cat in a 16-bit PNG"),
+                        pair(server.url("/p3.jpg"), "a cup of coffee in Display P3")])
     cfg = load_config(inputs=["unused.warc.gz"], output=str(out), sets=[
         "download.retries=0", f"download.image_size={SIDE}", "download.min_image_size=10",
         "network.allow_addresses=['127.0.0.1']"])
     results = {r.name: r for r in run_build(spark, cfg)}
     download = results["download"].counts
-    assert download.rows_out == len(FILES) + 1
-    assert download.events["exif_turned_upright"] == TURNED and download.events["png_16_bit_to_8_bit"] == 1
+    assert download.rows_out == len(FILES) + 2
+    assert {k: download.events[k] for k in ("exif_turned_upright", "png_16_bit_to_8_bit", "icc_to_srgb")} == {
+        "exif_turned_upright": TURNED, "png_16_bit_to_8_bit": 1, "icc_to_srgb": 1}
     finalize = results["finalize"].counts
-    assert finalize.rows_out == 2 and finalize.dropped == {"near_duplicate_phash": len(FILES) - 1}
+    assert finalize.rows_out == 3 and finalize.dropped == {"near_duplicate_phash": len(FILES) - 1}
     index = pq.read_table(out / "stages" / "finalize" / "index.parquet").to_pylist()
-    assert sorted((r["width"], r["height"], r["original_width"], r["original_height"]) for r in index) == [
+    cats = [r for r in index if "coffee" not in r["text"]]
+    assert sorted((r["width"], r["height"], r["original_width"], r["original_height"]) for r in cats) == [
         (SIDE, round(SIDE * 451 / 300), 300, 451), (round(SIDE * 451 / 300), SIDE, 451, 300)]

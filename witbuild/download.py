@@ -64,6 +64,9 @@ class DownloadConfig(BaseModel):
     upright: bool = Field(True, description="Turn each image as its EXIF orientation says, as browsers show it "
                           "(img2dataset stores the pixels as the camera read them: phone photos on their side); "
                           "counted as exif_turned_upright.")
+    srgb: bool = Field(True, description="Convert each image with an embedded RGB colour profile other than sRGB "
+                       "(Display P3, Adobe RGB) to sRGB, as browsers show it (img2dataset keeps the numbers and "
+                       "drops the profile: duller colours); counted as icc_to_srgb.")
     cache_dir: str | None = Field(
         None, description="Keep every successful (2xx) response here by URL, and answer a later request for the "
         "URL from it instead of the network: builds that share it fetch each image once (witbuild experiment's "
@@ -260,12 +263,15 @@ _DISTRIBUTORS = ("pyspark_distributor", "multiprocessing_distributor")
 
 @contextmanager
 def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool = False,
-                        limits: ImageLimits | None = None, upright: tuple[str, int] | None = None) -> Iterator[None]:
+                        limits: ImageLimits | None = None, upright: bool = False, srgb: bool = False,
+                        encoding: tuple[str, int] = ("jpg", 95)) -> Iterator[None]:
     """Within the block, ``img2dataset.download`` hands its distributor a :class:`GuardedDownloader`; with
     ``sign``, its WebDataset writer also saves each shard's dedup signatures (witbuild/dedup/shard_signatures.py);
-    with ``upright`` (the download's encode format and quality), its resizer turns each image by its EXIF
-    orientation (witbuild/orientation.py), so the signatures are those of the upright image. 16-bit PNGs reach
-    img2dataset's resizer at 8 bits (witbuild/bit_depth.py), which would otherwise store them white.
+    with ``upright``, its resizer turns each image by its EXIF orientation (witbuild/orientation.py), and with
+    ``srgb`` converts it from its colour profile to sRGB (witbuild/colour_profile.py), writing a changed image
+    again in ``encoding`` (the download's format and quality); the signatures are those of the image as stored.
+    16-bit PNGs reach img2dataset's resizer at 8 bits (witbuild/bit_depth.py), which would otherwise store them
+    white.
 
     img2dataset has no hook for the downloader itself, but ``download()`` looks its distributor function
     up in ``img2dataset.main`` when called; wrapping that function (and restoring it afterwards) keeps
@@ -275,6 +281,7 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
     from img2dataset.writer import WebDatasetSampleWriter
 
     from witbuild.bit_depth import EightBitResizer
+    from witbuild.colour_profile import SrgbResizer
     from witbuild.dedup.shard_signatures import SigningWriterClass
     from witbuild.orientation import UprightResizer
 
@@ -287,10 +294,12 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
         def distributor(processes_count: Any, downloader: Any, *args: Any, **kw: Any) -> Any:
             if sign and downloader.sample_writer_class is WebDatasetSampleWriter:
                 downloader.sample_writer_class = SigningWriterClass(WebDatasetSampleWriter)
-            if not isinstance(downloader.resizer, (EightBitResizer, UprightResizer)):
+            if not isinstance(downloader.resizer, (EightBitResizer, SrgbResizer, UprightResizer)):
                 downloader.resizer = EightBitResizer(downloader.resizer)
-                if upright is not None:
-                    downloader.resizer = UprightResizer(downloader.resizer, *upright)
+                if srgb:
+                    downloader.resizer = SrgbResizer(downloader.resizer, *encoding)
+                if upright:
+                    downloader.resizer = UprightResizer(downloader.resizer, *encoding)
             return fn(processes_count, GuardedDownloader(downloader, allow, cache_dir, limits), *args, **kw)
         return distributor
 

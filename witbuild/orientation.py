@@ -24,6 +24,7 @@ import io
 import logging
 from typing import IO, Any
 
+from witbuild.reencode import encode_like
 from witbuild.shard_events import note
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ AVIF_MARKERS = (b"irot", b"imir")  # an AVIF's rotation and mirror boxes (in its
 TURNED_FORMATS = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG: the EXIF browsers apply
 AVIF_BRANDS = (b"avif", b"avis")
 TURNED = "exif_turned_upright"
-_PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
 def _may_turn(head: bytes) -> bool:
@@ -78,17 +78,7 @@ def upright(image: bytes, orientation: int, encode_format: str, quality: int) ->
     with Image.open(io.BytesIO(image)) as source:
         source.load()
         source.getexif()[ORIENTATION_TAG] = orientation
-        turned = ImageOps.exif_transpose(source)
-        options: dict[str, Any] = {}
-        if source.format == "JPEG":
-            from PIL.JpegImagePlugin import get_sampling
-
-            options = {"qtables": source.quantization, "subsampling": get_sampling(source)}
-        elif encode_format == "webp":
-            options = {"quality": quality}
-        out = io.BytesIO()
-        turned.save(out, _PIL_FORMATS.get(encode_format, source.format or "JPEG"), **options)
-    return out.getvalue()
+        return encode_like(ImageOps.exif_transpose(source), source, encode_format, quality)
 
 
 class UprightResizer:

@@ -100,7 +100,8 @@ def run_download(ctx: StageContext) -> StageCounts:
         if kept:
             # finalize's pHashes and thumbnails, computed as each image is written (witbuild/dedup/shard_signatures.py)
             with img2dataset_guarded(ctx.cfg.network, cfg.cache_dir, sign=True, limits=ImageLimits.of(cfg),
-                                     upright=(cfg.encode_format, cfg.encode_quality) if cfg.upright else None):
+                                     upright=cfg.upright, srgb=cfg.srgb,
+                                     encoding=(cfg.encode_format, cfg.encode_quality)):
                 _img2dataset(img2dataset, fs.unstrip_protocol(allowed_dir), ctx)
     finally:
         fs.rm(allowed_dir, recursive=True)

@@ -1,0 +1,131 @@
+"""Images with an embedded colour profile are stored in sRGB, as browsers show them.
+
+The file: a real photo (skimage's ``coffee``, saturated reds) whose numbers are declared Display P3 by an ICC v2
+profile written out below from the published primaries (no profile file is on the machine). The reference is
+headless Chromium, which converts it with its own colour engine (skcms) as it draws it; LittleCMS, which the
+download uses, is not the reference. img2dataset alone keeps the numbers and drops the profile: duller colours.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from tests.helpers.cdp import images_as_shown
+from witbuild.colour_profile import embedded_profile
+from witbuild.demo.images import ImageServer, skimage_image
+
+SIDE = 256
+# mean absolute difference (0-255) to Chromium's drawing, at the stored size, above that of the same photo without
+# a profile (2.9: two decoders, two resizes, JPEG); measured: converted +0.6, as img2dataset stores it +9.6
+CLOSE = 2.0
+
+
+def _s15(v: float) -> bytes:
+    return struct.pack(">i", round(v * 65536))
+
+
+def _tag_xyz(x: float, y: float, z: float) -> bytes:
+    return b"XYZ \0\0\0\0" + _s15(x) + _s15(y) + _s15(z)
+
+
+def icc_profile(name: str, red: tuple, green: tuple, blue: tuple, gamma: float) -> bytes:
+    """An ICC v2 display profile (matrix and gamma curves), from its primaries adapted to D50."""
+    text = name.encode("ascii") + b"\0"
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    tags = [(b"desc", b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 8 + b"\0" * 70),
+            (b"wtpt", _tag_xyz(0.9642, 1.0, 0.8249)), (b"rXYZ", _tag_xyz(*red)), (b"gXYZ", _tag_xyz(*green)),
+            (b"bXYZ", _tag_xyz(*blue)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve),
+            (b"cprt", b"text\0\0\0\0test profile\0")]
+    table, data, start = b"", b"", 128 + 4 + 12 * len(tags)
+    for signature, body in tags:
+        table += signature + struct.pack(">II", start + len(data), len(body))
+        data += body + b"\0" * (-len(body) % 4)
+    header = (struct.pack(">I", start + len(data)) + b"\0" * 4 + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ "
+              + b"\0" * 12 + b"acsp" + b"\0" * 28 + _s15(0.9642) + _s15(1.0) + _s15(0.8249) + b"\0" * 48)
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+# Display P3's primaries, adapted to D50 (as Apple's profile gives them); a plain 2.2 gamma
+DISPLAY_P3 = icc_profile("Display P3 (test)", (0.515102, 0.241182, -0.001049), (0.291965, 0.692236, 0.041882),
+                         (0.157153, 0.066582, 0.784378), 2.2)
+
+
+def photo_bytes(fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    skimage_image("coffee").save(buf, fmt, quality=95, **kw)
+    return buf.getvalue()
+
+
+def difference(image: Image.Image, reference: Image.Image) -> float:
+    scaled = reference.convert("RGB").resize(image.size, Image.BOX)  # as OpenCV's INTER_AREA shrinks
+    return float(np.abs(np.asarray(image.convert("RGB"), np.float32) - np.asarray(scaled, np.float32)).mean())
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ImageServer() as srv:
+        srv.add("/p3.jpg", photo_bytes(icc_profile=DISPLAY_P3), "image/jpeg")
+        srv.add("/srgb.jpg", photo_bytes(), "image/jpeg")
+        srv.add("/page.html", b'<img src="/p3.jpg"><img src="/srgb.jpg">', "text/html; charset=utf-8")
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def shown(server, tmp_path_factory) -> dict[str, Image.Image]:
+    drawn = images_as_shown(server.url("/page.html"), tmp_path_factory.mktemp("chromium-profile"))
+    return {"p3": drawn[0], "srgb": drawn[1]}
+
+
+def test_the_browser_shows_the_profiled_photo_more_saturated(shown) -> None:
+    assert difference(shown["p3"], shown["srgb"]) > 4 * CLOSE  # measured 11.8: the profile changes what is shown
+
+
+def test_only_rgb_profiles_other_than_srgb_are_converted() -> None:
+    from PIL import ImageCms
+
+    assert embedded_profile(io.BytesIO(photo_bytes(icc_profile=DISPLAY_P3))) == DISPLAY_P3
+    assert embedded_profile(io.BytesIO(photo_bytes())) is None
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    assert embedded_profile(io.BytesIO(photo_bytes(icc_profile=srgb))) is None
+    png = io.BytesIO()
+    skimage_image("coffee").save(png, "PNG", icc_profile=DISPLAY_P3)
+    assert embedded_profile(io.BytesIO(png.getvalue())) == DISPLAY_P3
+    assert embedded_profile(io.BytesIO(b"\xff\xd8 ICC_PROFILE but no image")) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("srgb", [False, True])
+def test_the_download_stores_what_the_browser_shows(server, shown, tmp_path: Path, srgb: bool) -> None:
+    import img2dataset
+
+    from witbuild.dedup.shard_signatures import read_events
+    from witbuild.download import img2dataset_guarded
+
+    urls = [server.url("/p3.jpg"), server.url("/srgb.jpg")]
+    pq.write_table(pa.table({"url": urls, "text": ["p3", "srgb"]}), tmp_path / "in.parquet")
+    with img2dataset_guarded(["127.0.0.1"], sign=True, srgb=srgb):
+        img2dataset.download(url_list=str(tmp_path / "in.parquet"), input_format="parquet", url_col="url",
+                             caption_col="text", output_folder=str(tmp_path / "out"), output_format="webdataset",
+                             distributor="multiprocessing", processes_count=1, thread_count=2, image_size=SIDE,
+                             resize_mode="keep_ratio", min_image_size=10, compute_hash="sha256", enable_wandb=False)
+    with tarfile.open(tmp_path / "out" / "00000.tar") as tar:
+        stored = {json.loads(tar.extractfile(n[:-4] + ".json").read())["caption"]:
+                  Image.open(io.BytesIO(tar.extractfile(n).read())) for n in tar.getnames() if n.endswith(".jpg")}
+    baseline = difference(stored["srgb"], shown["srgb"])
+    assert baseline < 2 * CLOSE
+    if srgb:
+        assert difference(stored["p3"], shown["p3"]) < baseline + CLOSE
+        assert read_events(str(tmp_path / "out" / "00000.tar")) == {"icc_to_srgb": 1}
+    else:  # img2dataset alone: should it ever convert itself, this fails, and converting again would be wrong
+        assert difference(stored["p3"], shown["p3"]) > baseline + 3 * CLOSE
+        assert read_events(str(tmp_path / "out" / "00000.tar")) == {}
