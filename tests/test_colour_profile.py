@@ -60,13 +60,21 @@ DISPLAY_P3 = icc_profile("Display P3 (test)", (0.515102, 0.241182, -0.001049), (
                          (0.157153, 0.066582, 0.784378), 2.2)
 
 
-def photo_bytes(fmt: str = "JPEG", **kw) -> bytes:
+def photo_bytes(fmt: str = "JPEG", turned: bool = False, **kw) -> bytes:
+    """The photo; ``turned``: stored on its side with EXIF orientation 6, which turns it back."""
+    img = skimage_image("coffee")
+    if turned:
+        img = img.transpose(Image.Transpose.ROTATE_90)
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        kw["exif"] = exif.tobytes()
     buf = io.BytesIO()
-    skimage_image("coffee").save(buf, fmt, quality=95, **kw)
+    img.save(buf, fmt, quality=95, **kw)
     return buf.getvalue()
 
 
 def difference(image: Image.Image, reference: Image.Image) -> float:
+    assert image.width > image.height and reference.width > reference.height  # both upright
     scaled = reference.convert("RGB").resize(image.size, Image.BOX)  # as OpenCV's INTER_AREA shrinks
     return float(np.abs(np.asarray(image.convert("RGB"), np.float32) - np.asarray(scaled, np.float32)).mean())
 
@@ -76,14 +84,16 @@ def server():
     with ImageServer() as srv:
         srv.add("/p3.jpg", photo_bytes(icc_profile=DISPLAY_P3), "image/jpeg")
         srv.add("/srgb.jpg", photo_bytes(), "image/jpeg")
-        srv.add("/page.html", b'<img src="/p3.jpg"><img src="/srgb.jpg">', "text/html; charset=utf-8")
+        srv.add("/p3-turned.jpg", photo_bytes(turned=True, icc_profile=DISPLAY_P3), "image/jpeg")
+        srv.add("/page.html", b'<img src="/p3.jpg"><img src="/srgb.jpg"><img src="/p3-turned.jpg">',
+                "text/html; charset=utf-8")
         yield srv
 
 
 @pytest.fixture(scope="module")
 def shown(server, tmp_path_factory) -> dict[str, Image.Image]:
     drawn = images_as_shown(server.url("/page.html"), tmp_path_factory.mktemp("chromium-profile"))
-    return {"p3": drawn[0], "srgb": drawn[1]}
+    return {"p3": drawn[0], "srgb": drawn[1], "p3 turned": drawn[2]}
 
 
 def test_the_browser_shows_the_profiled_photo_more_saturated(shown) -> None:
@@ -111,9 +121,9 @@ def test_the_download_stores_what_the_browser_shows(server, shown, tmp_path: Pat
     from witbuild.dedup.shard_signatures import read_events
     from witbuild.download import img2dataset_guarded
 
-    urls = [server.url("/p3.jpg"), server.url("/srgb.jpg")]
-    pq.write_table(pa.table({"url": urls, "text": ["p3", "srgb"]}), tmp_path / "in.parquet")
-    with img2dataset_guarded(["127.0.0.1"], sign=True, srgb=srgb):
+    urls = [server.url("/p3.jpg"), server.url("/srgb.jpg"), server.url("/p3-turned.jpg")]
+    pq.write_table(pa.table({"url": urls, "text": ["p3", "srgb", "p3 turned"]}), tmp_path / "in.parquet")
+    with img2dataset_guarded(["127.0.0.1"], sign=True, srgb=srgb, upright=True):
         img2dataset.download(url_list=str(tmp_path / "in.parquet"), input_format="parquet", url_col="url",
                              caption_col="text", output_folder=str(tmp_path / "out"), output_format="webdataset",
                              distributor="multiprocessing", processes_count=1, thread_count=2, image_size=SIDE,
@@ -123,9 +133,12 @@ def test_the_download_stores_what_the_browser_shows(server, shown, tmp_path: Pat
                   Image.open(io.BytesIO(tar.extractfile(n).read())) for n in tar.getnames() if n.endswith(".jpg")}
     baseline = difference(stored["srgb"], shown["srgb"])
     assert baseline < 2 * CLOSE
-    if srgb:
-        assert difference(stored["p3"], shown["p3"]) < baseline + CLOSE
-        assert read_events(str(tmp_path / "out" / "00000.tar")) == {"icc_to_srgb": 1}
+    events = read_events(str(tmp_path / "out" / "00000.tar"))
+    if srgb:  # the turned one is converted and turned, and encoded once more
+        for name in ("p3", "p3 turned"):
+            assert difference(stored[name], shown[name]) < baseline + CLOSE, name
+        assert events == {"icc_to_srgb": 2, "exif_turned_upright": 1}
     else:  # img2dataset alone: should it ever convert itself, this fails, and converting again would be wrong
-        assert difference(stored["p3"], shown["p3"]) > baseline + 3 * CLOSE
-        assert read_events(str(tmp_path / "out" / "00000.tar")) == {}
+        for name in ("p3", "p3 turned"):
+            assert difference(stored[name], shown[name]) > baseline + 3 * CLOSE, name
+        assert events == {"exif_turned_upright": 1}

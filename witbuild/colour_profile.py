@@ -5,29 +5,22 @@ iPhone's), Adobe RGB. Browsers convert it to the screen's colours; img2dataset d
 the profile, and re-encodes without it, so the shard holds the numbers read as sRGB: colours duller than the page
 shows (a mean difference of 12 levels on a coffee-cup photo in Display P3).
 
-:class:`SrgbResizer` stands in for img2dataset's resizer: it reads the profile of the downloaded bytes (Pillow;
-only for files that hold one), lets the resizer do its work, and converts the colour image it returns from that
-profile to sRGB (LittleCMS, through Pillow's ``ImageCms``). Profiles that name themselves sRGB, and profiles of
-other colour spaces (grey, CMYK, whose pixels OpenCV has already made something else of) are passed over. Each
-conversion is noted as the shard's ``icc_to_srgb`` event (witbuild/shard_events.py).
+:func:`embedded_profile` reads the profile of the downloaded bytes (Pillow; only for files that hold one), and
+:func:`in_srgb` converts the colour image img2dataset made from them from that profile to sRGB (LittleCMS, through
+Pillow's ``ImageCms``; witbuild/as_shown.py). Profiles that name themselves sRGB, and profiles of other colour
+spaces (grey, CMYK, whose pixels OpenCV has already made something else of) are passed over.
 """
 
 from __future__ import annotations
 
 import io
-import logging
 from functools import lru_cache
 from typing import IO, Any
-
-from witbuild.reencode import encode_like
-from witbuild.shard_events import note
-
-log = logging.getLogger(__name__)
 
 HEAD_BYTES = 1 << 16
 # JPEG's APP2 segments, PNG's iCCP chunk, WebP's ICCP chunk, AVIF's colr box of type prof: all before the pixels
 ICC_MARKERS = (b"ICC_PROFILE", b"iCCP", b"ICCP", b"colrprof")
-CONVERTED = "icc_to_srgb"
+CONVERTED = "icc_to_srgb"  # the shard event of each image converted
 
 
 def embedded_profile(stream: IO[bytes]) -> bytes | None:
@@ -62,36 +55,8 @@ def _transform(icc: bytes) -> Any:
                                    "RGB", "RGB")
 
 
-def to_srgb(image: bytes, icc: bytes, encode_format: str, quality: int) -> bytes:
-    """``image`` (as img2dataset encoded it) converted from the colour profile ``icc`` to sRGB."""
-    from PIL import Image, ImageCms
+def in_srgb(image: Any, icc: bytes) -> Any:
+    """A PIL RGB ``image`` converted from the colour profile ``icc`` to sRGB."""
+    from PIL import ImageCms
 
-    with Image.open(io.BytesIO(image)) as source:
-        if source.mode != "RGB":
-            return image
-        return encode_like(ImageCms.applyTransform(source, _transform(icc)), source, encode_format, quality)
-
-
-class SrgbResizer:
-    """img2dataset's resizer, returning each image in sRGB (see the module docstring). Pickled with the downloader
-    to the download processes."""
-
-    def __init__(self, inner: Any, encode_format: str, quality: int) -> None:
-        self.inner = inner
-        self.encode_format = encode_format
-        self.quality = quality
-
-    def __call__(self, img_stream: Any, blurring_bbox_list: Any = None) -> Any:
-        icc = embedded_profile(img_stream)
-        result = self.inner(img_stream, blurring_bbox_list)
-        img, *rest = result
-        if icc is None or img is None or rest[-1] is not None:
-            return result
-        try:
-            converted = to_srgb(img, icc, self.encode_format, self.quality)
-        except Exception as exc:  # kept as img2dataset made it rather than lost
-            log.warning("cannot convert an image from its colour profile to sRGB: %s", exc)
-            return result
-        if converted is not img:
-            note(CONVERTED)
-        return (converted, *rest)
+    return ImageCms.applyTransform(image, _transform(icc))

@@ -269,7 +269,8 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
     ``sign``, its WebDataset writer also saves each shard's dedup signatures (witbuild/dedup/shard_signatures.py);
     with ``upright``, its resizer turns each image by its EXIF orientation (witbuild/orientation.py), and with
     ``srgb`` converts it from its colour profile to sRGB (witbuild/colour_profile.py), writing a changed image
-    again in ``encoding`` (the download's format and quality); the signatures are those of the image as stored.
+    again in ``encoding`` (the download's format and quality; witbuild/as_shown.py); the signatures are those of
+    the image as stored.
     16-bit PNGs reach img2dataset's resizer at 8 bits (witbuild/bit_depth.py), which would otherwise store them
     white.
 
@@ -280,10 +281,9 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
 
     from img2dataset.writer import WebDatasetSampleWriter
 
+    from witbuild.as_shown import AsShownResizer
     from witbuild.bit_depth import EightBitResizer
-    from witbuild.colour_profile import SrgbResizer
     from witbuild.dedup.shard_signatures import SigningWriterClass
-    from witbuild.orientation import UprightResizer
 
     # ``import img2dataset.main`` would give the package's ``main`` function, which shadows the module's name
     i2d_main = importlib.import_module("img2dataset.main")
@@ -294,12 +294,10 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
         def distributor(processes_count: Any, downloader: Any, *args: Any, **kw: Any) -> Any:
             if sign and downloader.sample_writer_class is WebDatasetSampleWriter:
                 downloader.sample_writer_class = SigningWriterClass(WebDatasetSampleWriter)
-            if not isinstance(downloader.resizer, (EightBitResizer, SrgbResizer, UprightResizer)):
+            if not isinstance(downloader.resizer, (EightBitResizer, AsShownResizer)):
                 downloader.resizer = EightBitResizer(downloader.resizer)
-                if srgb:
-                    downloader.resizer = SrgbResizer(downloader.resizer, *encoding)
-                if upright:
-                    downloader.resizer = UprightResizer(downloader.resizer, *encoding)
+                if upright or srgb:
+                    downloader.resizer = AsShownResizer(downloader.resizer, *encoding, upright=upright, srgb=srgb)
             return fn(processes_count, GuardedDownloader(downloader, allow, cache_dir, limits), *args, **kw)
         return distributor
 

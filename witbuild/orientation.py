@@ -8,26 +8,15 @@ as a page shows it. img2dataset decodes with OpenCV's ``IMREAD_UNCHANGED``, whic
 re-encodes without EXIF: the shard then holds the photo on its side or mirrored, with nothing left in the image
 to say so, and its caption describes another picture than the one trained on.
 
-:class:`UprightResizer` stands in for img2dataset's resizer. It reads the orientation from the downloaded bytes
-(Pillow, which gives an AVIF's boxes as the EXIF value they stand for; only for files that hold such a block),
-lets the resizer do its work, and turns the image it returns (Pillow's ``ImageOps.exif_transpose``), swapping
-width and height, resized and original, where the turn does. Resizing, centre cropping and padding commute with
-these turns, so the result is the image img2dataset would have made from the upright one; the one cost is a
-second encoding of the turned images (a JPEG keeps the quantization tables and subsampling of the first, so it
-loses next to nothing more). Each turn is noted as the shard's ``exif_turned_upright`` event
-(witbuild/shard_events.py).
+:func:`orientation_of` reads the orientation from the downloaded bytes (Pillow, which gives an AVIF's boxes as
+the EXIF value they stand for; only for files that hold such a block), and :func:`turned` turns the image
+img2dataset made from them (witbuild/as_shown.py). Resizing, centre cropping and padding commute with these
+turns, so the result is the image img2dataset would have made from the upright one.
 """
 
 from __future__ import annotations
 
-import io
-import logging
 from typing import IO, Any
-
-from witbuild.reencode import encode_like
-from witbuild.shard_events import note
-
-log = logging.getLogger(__name__)
 
 ORIENTATION_TAG = 0x0112
 NORMAL = 1
@@ -37,7 +26,7 @@ EXIF_MARKERS = (b"Exif", b"eXIf")  # JPEG's APP1 segment, PNG's chunk
 AVIF_MARKERS = (b"irot", b"imir")  # an AVIF's rotation and mirror boxes (in its meta box, at the start)
 TURNED_FORMATS = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG: the EXIF browsers apply
 AVIF_BRANDS = (b"avif", b"avis")
-TURNED = "exif_turned_upright"
+TURNED = "exif_turned_upright"  # the shard event of each image turned
 
 
 def _may_turn(head: bytes) -> bool:
@@ -71,37 +60,9 @@ def orientation_of(stream: IO[bytes]) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else NORMAL
 
 
-def upright(image: bytes, orientation: int, encode_format: str, quality: int) -> bytes:
-    """``image`` (as img2dataset encoded it, in ``encode_format``) turned for display by EXIF ``orientation``."""
-    from PIL import Image, ImageOps
+def turned(image: Any, orientation: int) -> Any:
+    """A PIL ``image`` turned for display by EXIF ``orientation`` (Pillow's ``ImageOps.exif_transpose``)."""
+    from PIL import ImageOps
 
-    with Image.open(io.BytesIO(image)) as source:
-        source.load()
-        source.getexif()[ORIENTATION_TAG] = orientation
-        return encode_like(ImageOps.exif_transpose(source), source, encode_format, quality)
-
-
-class UprightResizer:
-    """img2dataset's resizer, returning each image upright (see the module docstring). Pickled with the
-    downloader to the download processes."""
-
-    def __init__(self, inner: Any, encode_format: str, quality: int) -> None:
-        self.inner = inner
-        self.encode_format = encode_format
-        self.quality = quality
-
-    def __call__(self, img_stream: Any, blurring_bbox_list: Any = None) -> Any:
-        orientation = orientation_of(img_stream)
-        result = self.inner(img_stream, blurring_bbox_list)
-        img, width, height, original_width, original_height, error = result
-        if orientation == NORMAL or img is None or error is not None:
-            return result
-        try:
-            img = upright(img, orientation, self.encode_format, self.quality)
-        except Exception as exc:  # kept as img2dataset made it rather than lost
-            log.warning("cannot turn an image by EXIF orientation %d: %s", orientation, exc)
-            return result
-        note(TURNED)
-        if orientation in SWAPS_SIDES:
-            width, height, original_width, original_height = height, width, original_height, original_width
-        return img, width, height, original_width, original_height, error
+    image.getexif()[ORIENTATION_TAG] = orientation
+    return ImageOps.exif_transpose(image)
