@@ -61,9 +61,9 @@ class DownloadConfig(BaseModel):
     number_sample_per_shard: int = Field(10_000, ge=1)
     thread_count: int = Field(32, ge=1, description="Download threads per Spark task.")
     subjob_size: int = Field(1000, ge=1, description="Shards handed to Spark per job.")
-    upright: bool = Field(True, description="Turn each image as its EXIF orientation says, as browsers show it "
-                          "(img2dataset stores the pixels as the camera read them: phone photos on their side); "
-                          "counted as exif_turned_upright.")
+    upright: bool = Field(True, description="Turn each image as its EXIF orientation (JPEG, PNG) or its irot/imir "
+                          "boxes (AVIF) say, as browsers show it (img2dataset stores the pixels as the camera read "
+                          "them: phone photos on their side); counted as exif_turned_upright.")
     srgb: bool = Field(True, description="Convert each image with an embedded RGB colour profile other than sRGB "
                        "(Display P3, Adobe RGB) to sRGB, as browsers show it (img2dataset keeps the numbers and "
                        "drops the profile: duller colours); counted as icc_to_srgb.")
