@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from witbuild.colour_profile import CONVERTED, embedded_profile, in_srgb
-from witbuild.orientation import NORMAL, SWAPS_SIDES, TURNED, orientation_of, turned
+from witbuild.orientation import NORMAL, SWAPS_SIDES, TURNED, orientation_of, read_head, turned
 from witbuild.reencode import encode_like
 from witbuild.shard_events import note
 
@@ -34,8 +34,9 @@ class AsShownResizer:
         self.srgb = srgb
 
     def __call__(self, img_stream: Any, blurring_bbox_list: Any = None) -> Any:
-        orientation = orientation_of(img_stream) if self.upright else NORMAL
-        icc = embedded_profile(img_stream) if self.srgb else None
+        head = read_head(img_stream)  # read once for both
+        orientation = orientation_of(img_stream, head) if self.upright else NORMAL
+        icc = embedded_profile(img_stream, head) if self.srgb else None
         result = self.inner(img_stream, blurring_bbox_list)
         img, width, height, original_width, original_height, error = result
         if (orientation == NORMAL and icc is None) or img is None or error is not None:

@@ -17,18 +17,19 @@ import io
 from functools import lru_cache
 from typing import IO, Any
 
-HEAD_BYTES = 1 << 16
+from witbuild.orientation import read_head
+
 # JPEG's APP2 segments, PNG's iCCP chunk, WebP's ICCP chunk, AVIF's colr box of type prof: all before the pixels
 ICC_MARKERS = (b"ICC_PROFILE", b"iCCP", b"ICCP", b"colrprof")
 CONVERTED = "icc_to_srgb"  # the shard event of each image converted
 
 
-def embedded_profile(stream: IO[bytes]) -> bytes | None:
+def embedded_profile(stream: IO[bytes], head: bytes | None = None) -> bytes | None:
     """The ICC profile of the image in ``stream`` (left at its start) when it is an RGB profile other than sRGB;
-    None otherwise."""
-    stream.seek(0)
-    head = stream.read(HEAD_BYTES)
-    stream.seek(0)
+    None otherwise. ``head``: the stream's first 64 kB (:func:`~witbuild.orientation.read_head`), when the caller has
+    read them already."""
+    if head is None:
+        head = read_head(stream)
     if not any(marker in head for marker in ICC_MARKERS):
         return None
     from PIL import Image, ImageCms

@@ -29,6 +29,14 @@ AVIF_BRANDS = (b"avif", b"avis")
 TURNED = "exif_turned_upright"  # the shard event of each image turned
 
 
+def read_head(stream: IO[bytes]) -> bytes:
+    """The first ``HEAD_BYTES`` of ``stream``, which is left at its start."""
+    stream.seek(0)
+    head = stream.read(HEAD_BYTES)
+    stream.seek(0)
+    return head
+
+
 def _may_turn(head: bytes) -> bool:
     """Whether a file starting with ``head`` holds an orientation a browser applies."""
     if head.startswith(TURNED_FORMATS):
@@ -38,14 +46,14 @@ def _may_turn(head: bytes) -> bool:
     return False
 
 
-def orientation_of(stream: IO[bytes]) -> int:
+def orientation_of(stream: IO[bytes], head: bytes | None = None) -> int:
     """The orientation (1-8, as EXIF numbers them) a browser applies to the image in ``stream`` (left at its
     start): a JPEG's or PNG's EXIF, an AVIF's boxes; 1 when there is none, none that can be read, or the format has
     none a browser applies. Both sit in the head of the file (JPEG's APP1 follows its start marker, PNG's eXIf and
-    AVIF's boxes come before the image data): most images are passed over after their first 64 kB."""
-    stream.seek(0)
-    head = stream.read(HEAD_BYTES)
-    stream.seek(0)
+    AVIF's boxes come before the image data): most images are passed over after their first 64 kB (``head``, when
+    the caller has read them already)."""
+    if head is None:
+        head = read_head(stream)
     if not _may_turn(head):
         return NORMAL
     from PIL import Image

@@ -2,7 +2,7 @@
 
 img2dataset downloads a shard in one process (a Spark Python worker, or a process of its own), from the first
 image to the closing of the shard's writer, one shard after another. The wrappers around its resizer
-(witbuild/orientation.py, witbuild/bit_depth.py) note what they do in :data:`EVENTS`; the shard's writer takes
+(witbuild/as_shown.py, witbuild/bit_depth.py) note what they do in :data:`EVENTS`; the shard's writer takes
 the difference between its opening and its closing as the shard's events and saves them beside the shard
 (witbuild/dedup/shard_signatures.py), where the download stage reads and counts them.
 """

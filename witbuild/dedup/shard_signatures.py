@@ -11,7 +11,8 @@ cores, against 0.93× decoding in line: the download process's Python threads al
 one more busy thread delayed them all.)
 
 The signatures file also records, in its metadata, what was done to the shard's images on the way
-(witbuild/shard_events.py: images turned upright, 16-bit PNGs brought to 8 bits), which the download stage counts.
+(witbuild/shard_events.py: images turned upright, converted to sRGB, 16-bit PNGs brought to 8 bits), which the
+download stage counts.
 
 Finalize trusts a signatures file only when it matches its shard: same signature version
 (:data:`~witbuild.dedup.near.SIGNATURE_VERSION`) and the tar's size as it was when the file was written.
@@ -153,16 +154,20 @@ def _write_atomically(fs: Any, path: str, table: pa.Table) -> None:
     fs.mv(tmp, path)
 
 
-def _saved(shard_tar: str, path: str, instead: str) -> tuple[pa.Table, dict[str, str]] | None:
-    """The Arrow table saved at ``path`` beside the tar, and its metadata, when it is there, readable and written
-    for the tar as it is now (its size); else None, logged, and the caller does ``instead``."""
+def _saved(shard_tar: str, path: str, instead: str,
+           whole: bool = True) -> tuple[pa.Table | None, dict[str, str]] | None:
+    """The Arrow table saved at ``path`` beside the tar (only its schema's metadata when not ``whole``: the table
+    is then None), and its metadata, when it is there, readable and written for the tar as it is now (its size);
+    else None, logged, and the caller does ``instead``."""
     fs, tar = fs_and_path(shard_tar)
     try:
         if not fs.exists(path):
             return None
         with fs.open(path, "rb") as fh:
-            table = pa.ipc.open_file(fh).read_all()
-        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+            reader = pa.ipc.open_file(fh)
+            table = reader.read_all() if whole else None
+            schema = reader.schema
+        meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
         if meta.get("tar_bytes") != str(fs.size(tar)):
             log.info("%s does not match its shard (tar changed?): %s instead", path, instead)
             return None
@@ -191,20 +196,11 @@ def read_signatures(shard_tar: str) -> dict[str, tuple[int, bytes] | None] | Non
 def read_events(shard_tar: str) -> dict[str, int]:
     """The events the download recorded for the shard's images (witbuild/shard_events.py); empty when its
     signatures file is missing or does not match the tar."""
-    fs, tar = fs_and_path(shard_tar)
-    path = signatures_path(tar)
-    try:
-        if not fs.exists(path):
-            return {}
-        with fs.open(path, "rb") as fh:
-            meta = {k.decode(): v.decode() for k, v in (pa.ipc.open_file(fh).schema.metadata or {}).items()}
-        if meta.get("tar_bytes") != str(fs.size(tar)):
-            return {}
-        events = json.loads(meta.get(EVENTS_KEY, "{}"))
-        return {str(k): int(n) for k, n in events.items() if int(n) > 0}
-    except Exception as exc:  # the count is lost, not the shard
-        log.warning("cannot read the events of %s: %s", shard_tar, exc)
+    saved = _saved(shard_tar, signatures_path(shard_tar), "counting no events for it", whole=False)
+    if saved is None:
         return {}
+    events = json.loads(saved[1].get(EVENTS_KEY, "{}"))
+    return {str(k): int(n) for k, n in events.items() if int(n) > 0}
 
 
 def read_members(shard_tar: str) -> list[TarEntry] | None:
