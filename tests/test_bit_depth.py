@@ -1,13 +1,16 @@
-"""16-bit PNGs are stored as the picture they hold, not white.
+"""Images of more than 8 bits per channel are stored as the picture they hold, not white.
 
-The files: a real photo (skimage's ``chelsea``) written as 16-bit PNGs (each 8-bit value v as v × 257, the
-scaling that keeps it exact) in the four 16-bit colour types: grey, grey + alpha, colour, colour + alpha (opaque).
-References: the 8-bit photo itself, and headless Chromium's drawing of each file. img2dataset alone stores them
-white; the download, through the real img2dataset downloader, stores the photo and counts each conversion.
+The files: a real photo (skimage's ``chelsea``) written by OpenCV's encoders (libpng, libavif, libtiff, OpenJPEG)
+at more than 8 bits per channel: 16-bit PNGs (each 8-bit value v as v × 257, the scaling that keeps it exact) in
+the four 16-bit colour types, grey, grey + alpha, colour, colour + alpha (opaque); 10- and 12-bit AVIFs; 16-bit
+TIFFs (colour and grey) and a 16-bit JPEG 2000. References: the 8-bit photo itself, headless Chromium's drawing of
+each file a browser shows (PNG, AVIF) and Pillow's reading of each file. img2dataset alone stores them white; the
+download, through the real img2dataset downloader, stores the photo and counts each conversion.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -21,12 +24,20 @@ import pytest
 from PIL import Image
 
 from tests.helpers.cdp import images_as_shown
-from witbuild.bit_depth import eight_bit_png, png_bit_depth
+from witbuild.bit_depth import (
+    avif_bit_depth,
+    bit_depth,
+    eight_bit,
+    eight_bit_png,
+    jp2_bit_depth,
+    png_bit_depth,
+    tiff_bit_depth,
+)
 from witbuild.demo.images import ImageServer, skimage_image
 
 SIDE = 96  # the download's image_size
-# mean absolute difference (0-255) to the photo; measured: converted 0.0 (exact), stored by the download 1.5-2.2
-# (resized, JPEG); what img2dataset alone stores: 135-140 (white)
+# mean absolute difference (0-255) to the photo; measured: converted 0.0 (exact; JPEG 2000 0.1), stored by the
+# download 1.5-2.2 (resized, JPEG); what img2dataset alone stores: 129-140 (white)
 CLOSE = 6.0
 
 
@@ -35,59 +46,98 @@ def photo(grey: bool = False) -> Image.Image:
     return img.convert("L") if grey else img
 
 
+def deep(grey: bool, bits: int) -> np.ndarray:
+    """The photo at ``bits`` bits per channel, BGR as OpenCV writes it: v × (2^bits − 1) / 255, rounded."""
+    top = (1 << bits) - 1
+    pixels = ((np.asarray(photo(grey), np.uint32) * top + 127) // 255).astype(np.uint16)
+    return pixels if grey else pixels[..., ::-1]
+
+
+def encoded(ext: str, pixels: np.ndarray, *params: int) -> bytes:
+    ok, data = cv2.imencode(ext, pixels, list(params))
+    assert ok
+    return data.tobytes()
+
+
 def png16(kind: str) -> bytes:
     """The photo as a 16-bit PNG of colour type ``kind``: grey, grey_alpha, colour, colour_alpha."""
     grey = kind.startswith("grey")
-    pixels = np.asarray(photo(grey), np.uint16) * 257
-    if not grey:
-        pixels = pixels[..., ::-1]  # OpenCV writes BGR
+    pixels = deep(grey, 16)
     if kind.endswith("alpha"):
         alpha = np.full(pixels.shape[:2], 65535, np.uint16)
         pixels = np.dstack([pixels, pixels, pixels, alpha]) if grey else np.dstack([pixels, alpha])
-    ok, encoded = cv2.imencode(".png", pixels)
-    assert ok
-    return encoded.tobytes()
+    return encoded(".png", pixels)
+
+
+def avif(bits: int) -> bytes:
+    """The photo as a lossless AVIF of ``bits`` bits per channel (libavif, through OpenCV)."""
+    return encoded(".avif", deep(False, bits), cv2.IMWRITE_AVIF_DEPTH, bits, cv2.IMWRITE_AVIF_QUALITY, 100)
 
 
 KINDS = ("grey", "grey_alpha", "colour", "colour_alpha")
+# name: (file, whether it is grey, its event)
+FILES = {
+    **{f"{kind}.png": (png16(kind), kind.startswith("grey"), "png_16_bit_to_8_bit") for kind in KINDS},
+    "colour_10.avif": (avif(10), False, "avif_10_bit_to_8_bit"),
+    "colour_12.avif": (avif(12), False, "avif_12_bit_to_8_bit"),
+    "colour.tiff": (encoded(".tiff", deep(False, 16)), False, "tiff_16_bit_to_8_bit"),
+    "grey.tiff": (encoded(".tiff", deep(True, 16)), True, "tiff_16_bit_to_8_bit"),
+    "colour.jp2": (encoded(".jp2", deep(False, 16)), False, "jp2_16_bit_to_8_bit"),
+}
+SHOWN = [name for name in FILES if name.endswith((".png", ".avif"))]  # what browsers show
+TYPES = {"png": "image/png", "avif": "image/avif", "tiff": "image/tiff", "jp2": "image/jp2"}
 
 
-def difference(image: Image.Image, kind: str) -> float:
-    reference = photo(kind.startswith("grey")).convert("RGB").resize(image.size, Image.BILINEAR)
+def difference(image: Image.Image, grey: bool) -> float:
+    reference = photo(grey).convert("RGB").resize(image.size, Image.BILINEAR)
     return float(np.abs(np.asarray(image.convert("RGB"), np.float32) - np.asarray(reference, np.float32)).mean())
 
 
 @pytest.fixture(scope="module")
 def server():
     with ImageServer() as srv:
-        for kind in KINDS:
-            srv.add(f"/{kind}.png", png16(kind), "image/png")
-        srv.add("/page.html", "".join(f'<img src="/{k}.png" alt="{k}">' for k in KINDS).encode(),
+        for name, (data, _, _) in FILES.items():
+            srv.add(f"/{name}", data, TYPES[name.rsplit(".", 1)[1]])
+        srv.add("/page.html", "".join(f'<img src="/{name}" alt="{name}">' for name in SHOWN).encode(),
                 "text/html; charset=utf-8")
         yield srv
 
 
-def test_the_files_are_16_bit_and_show_the_photo_in_a_browser(server, tmp_path: Path) -> None:
-    assert [png_bit_depth(png16(k)[:32]) for k in KINDS] == [16] * 4
-    for kind, drawn in zip(KINDS, images_as_shown(server.url("/page.html"), tmp_path / "profile"), strict=True):
-        assert difference(drawn, kind) < CLOSE, kind  # measured 0.0
+def test_the_files_show_the_photo_in_a_browser_and_in_pillow(server, tmp_path: Path) -> None:
+    for name, drawn in zip(SHOWN, images_as_shown(server.url("/page.html"), tmp_path / "profile"), strict=True):
+        assert difference(drawn, FILES[name][1]) < CLOSE, name  # measured 0.0
+    for name, (data, grey, _) in FILES.items():
+        read = Image.open(io.BytesIO(data))
+        read = read if read.mode in ("RGB", "RGBA", "L") else Image.fromarray((np.asarray(read) >> 8).astype(np.uint8))
+        assert difference(read, grey) < CLOSE, name  # measured 0.0 (JPEG 2000: 0.46)
 
 
-def test_png_bit_depth_reads_the_header() -> None:
-    def png(img: Image.Image, **kw) -> bytes:
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow, on the file that is not a TIFF
+def test_the_headers_give_the_bit_depth() -> None:
+    def saved(img: Image.Image, fmt: str, **kw) -> bytes:
         buf = io.BytesIO()
-        img.save(buf, "PNG", **kw)
-        return buf.getvalue()[:32]
+        img.save(buf, fmt, **kw)
+        return buf.getvalue()
 
+    def found(data: bytes) -> tuple[str, int] | None:
+        return bit_depth(io.BytesIO(data), data[: 1 << 16])
+
+    assert {name: found(data) for name, (data, _, _) in FILES.items()} == {
+        name: (name.rsplit(".", 1)[1], 16) for name in FILES} | {
+        "colour_10.avif": ("avif", 10), "colour_12.avif": ("avif", 12)}
     small = photo().resize((40, 30))
-    assert png_bit_depth(png(small)) == 8
-    assert png_bit_depth(png(small.convert("1"))) == 1
-    assert png_bit_depth(png(small.convert("P"), bits=4)) == 4
-    assert png_bit_depth(png(Image.fromarray(np.asarray(small.convert("L"), np.uint16) * 257))) == 16
-    buf = io.BytesIO()
-    small.save(buf, "JPEG")
-    assert png_bit_depth(buf.getvalue()[:32]) is None
+    assert png_bit_depth(saved(small, "PNG")) == 8
+    assert png_bit_depth(saved(small.convert("1"), "PNG")) == 1
+    assert png_bit_depth(saved(small.convert("P"), "PNG", bits=4)) == 4
     assert png_bit_depth(b"\x89PNG\r\n\x1a\n") is None  # cut short
+    assert avif_bit_depth(saved(small, "AVIF")) == 8  # Pillow's libavif writes 8 bits
+    assert jp2_bit_depth(saved(small, "JPEG2000")) == 8
+    assert tiff_bit_depth(io.BytesIO(saved(small, "TIFF"))) == 8
+    floats = encoded(".tiff", np.asarray(small, np.float32) / 255)
+    assert tiff_bit_depth(io.BytesIO(floats)) is None  # float samples: not a depth to scale
+    jpeg = saved(small, "JPEG")
+    assert found(jpeg) is None and png_bit_depth(jpeg) is None and avif_bit_depth(jpeg) is None
+    assert found(b"II*\x00 not a tiff") is None
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -96,19 +146,27 @@ def test_eight_bit_png_keeps_the_picture_exactly(kind: str) -> None:
     assert png_bit_depth(converted[:32]) == 8
     image = Image.open(io.BytesIO(converted))
     assert image.mode == {"grey": "L", "grey_alpha": "RGBA", "colour": "RGB", "colour_alpha": "RGBA"}[kind]
-    assert difference(image, kind) == 0.0
+    assert difference(image, kind.startswith("grey")) == 0.0
+
+
+@pytest.mark.parametrize("name", [n for n in FILES if not n.endswith(".png")])
+def test_eight_bit_scales_by_the_depth(name: str) -> None:
+    data, grey, _ = FILES[name]
+    converted = Image.open(io.BytesIO(eight_bit(data, bit_depth(io.BytesIO(data), data)[1])))
+    assert converted.mode == ("L" if grey else "RGB")
+    assert difference(converted, grey) < 1.0, name  # measured 0.0 (JPEG 2000: 0.1)
 
 
 def test_img2dataset_alone_stores_them_white() -> None:
-    """The reason for the conversion: should img2dataset ever handle 16 bits itself, this fails."""
+    """The reason for the conversion: should img2dataset ever handle these depths itself, this fails."""
     from img2dataset.resizer import ResizeMode, Resizer
 
     resizer = Resizer(image_size=SIDE, resize_mode=ResizeMode.keep_ratio, resize_only_if_bigger=True,
                       encode_format="jpg", encode_quality=95, min_image_size=10)
-    for kind in KINDS:
-        stored, *_, error = resizer(io.BytesIO(png16(kind)))
+    for name, (data, grey, _) in FILES.items():
+        stored, *_, error = resizer(io.BytesIO(data))
         assert error is None
-        assert difference(Image.open(io.BytesIO(stored)), kind) > 20 * CLOSE, kind
+        assert difference(Image.open(io.BytesIO(stored)), grey) > 15 * CLOSE, name  # measured 129-140
 
 
 @pytest.mark.slow
@@ -119,7 +177,7 @@ def test_the_download_stores_the_photo_and_counts_each_conversion(server, tmp_pa
     from witbuild.download import img2dataset_guarded
 
     out = tmp_path / "out"
-    pq.write_table(pa.table({"url": [server.url(f"/{k}.png") for k in KINDS], "text": list(KINDS)}),
+    pq.write_table(pa.table({"url": [server.url(f"/{name}") for name in FILES], "text": list(FILES)}),
                    tmp_path / "in.parquet")
     with img2dataset_guarded(["127.0.0.1"], sign=True, upright=True):
         img2dataset.download(url_list=str(tmp_path / "in.parquet"), input_format="parquet", url_col="url",
@@ -129,12 +187,16 @@ def test_the_download_stores_the_photo_and_counts_each_conversion(server, tmp_pa
     with tarfile.open(out / "00000.tar") as tar:
         stored = {json.loads(tar.extractfile(n[:-4] + ".json").read())["caption"]:
                   Image.open(io.BytesIO(tar.extractfile(n).read())) for n in tar.getnames() if n.endswith(".jpg")}
-    assert sorted(stored) == sorted(KINDS)
-    for kind, image in stored.items():
+    assert sorted(stored) == sorted(FILES)
+    for name, image in stored.items():
         assert min(image.size) == SIDE
-        assert difference(image, kind) < CLOSE, kind
-    assert read_events(str(out / "00000.tar")) == {"png_16_bit_to_8_bit": 4}
+        assert difference(image, FILES[name][1]) < CLOSE, name
+    events: dict[str, int] = {}
+    for _, _, name in FILES.values():
+        events[name] = events.get(name, 0) + 1
+    assert read_events(str(out / "00000.tar")) == events
+    assert events == {"png_16_bit_to_8_bit": 4, "avif_10_bit_to_8_bit": 1, "avif_12_bit_to_8_bit": 1,
+                      "tiff_16_bit_to_8_bit": 2, "jp2_16_bit_to_8_bit": 1}
     meta = pq.read_table(out / "00000.parquet").to_pylist()  # the downloaded bytes' hash, not the converted ones'
-    import hashlib
-
-    assert {r["caption"]: r["sha256"] for r in meta} == {k: hashlib.sha256(png16(k)).hexdigest() for k in KINDS}
+    assert {r["caption"]: r["sha256"] for r in meta} == {
+        name: hashlib.sha256(data).hexdigest() for name, (data, _, _) in FILES.items()}

@@ -271,8 +271,8 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
     ``srgb`` converts it from its colour profile to sRGB (witbuild/colour_profile.py), writing a changed image
     again in ``encoding`` (the download's format and quality; witbuild/as_shown.py); the signatures are those of
     the image as stored.
-    16-bit PNGs reach img2dataset's resizer at 8 bits (witbuild/bit_depth.py), which would otherwise store them
-    white.
+    Images of more than 8 bits per channel reach img2dataset's resizer at 8 bits (witbuild/bit_depth.py), which
+    would otherwise store them white.
 
     img2dataset has no hook for the downloader itself, but ``download()`` looks its distributor function
     up in ``img2dataset.main`` when called; wrapping that function (and restoring it afterwards) keeps
