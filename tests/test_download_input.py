@@ -6,6 +6,7 @@ dropped, with the dropped rows sent to the tasks (few) or joined away (many), ov
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pyarrow as pa
@@ -59,6 +60,40 @@ def test_the_url_list_is_the_allowed_rows_whole_and_in_order(spark, tmp_path: Pa
     assert not Path(f"{tmp_path / 'list'}.decided").exists()
 
 
+@pytest.mark.parametrize("max_partition_bytes", ["128m", "16384"])
+def test_the_url_list_is_cut_the_same_whatever_the_read_splits(spark, tmp_path: Path, monkeypatch,
+                                                               max_partition_bytes: str) -> None:
+    """A pool past ``ROWS_PER_FILE`` rows comes from dedup as several files, in order. Spark reads a folder's files
+    largest first, in splits that follow its settings and the machine's cores (in no fingerprint), and its range
+    partitioning cuts at sampled bounds that move from run to run. img2dataset cuts each file of the list into
+    shards, and cuts it again when a download resumes: the list must follow the files' order, in files of a
+    whole number of shards, the same on every run."""
+    monkeypatch.setattr(download, "ROWS_PER_FILE", 3000)
+    table = _rows(20_000)
+    previous = tmp_path / "dedup"
+    previous.mkdir()
+    for i, (start, n) in enumerate(((0, 2500), (2500, 9000), (11_500, 6000), (17_500, 2500))):  # sizes unlike order
+        pq.write_table(table.slice(start, n), previous / f"part-{i:05d}.parquet", row_group_size=500)
+    cfg = BuildConfig.model_validate({"input": {"paths": ["unused.warc.gz"]}, "output": str(tmp_path / "build"),
+                                      "download": {"respect_robots": False, "number_sample_per_shard": 1000}})
+    kept = [r for r in table.to_pylist() if r["url"] not in REFUSED]
+    old = spark.conf.get("spark.sql.files.maxPartitionBytes")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", max_partition_bytes)
+    try:
+        for run in range(2):
+            ctx = StageContext(spark, cfg, str(tmp_path / "out"), str(tmp_path / "counts"), str(previous), "download")
+            fs, out = fs_and_path(ctx.output)
+            listed = tmp_path / f"list{run}"
+            download.prepare_input(ctx, fs, out, str(listed))
+            files = sorted(listed.glob("*.parquet"))
+            assert [pq.ParquetFile(f).metadata.num_rows for f in files] == [3000] * 5 + [len(kept) - 15_000]
+            assert [r for f in files for r in pq.read_table(f).to_pylist()] == kept
+            assert download.expected_shards(fs, str(listed), 1000) == {
+                f"{k:05d}": min(1000, len(kept) - 1000 * k) for k in range(math.ceil(len(kept) / 1000))}
+    finally:
+        spark.conf.set("spark.sql.files.maxPartitionBytes", old)
+
+
 def test_the_funnel_reads_the_metadata_of_finished_shards_only(spark, tmp_path: Path) -> None:
     """Read as the folder when it holds exactly the finished shards' metadata (a listing job fewer), else one by
     one; the robots.txt table in ``_robots/`` is never read as metadata."""
@@ -77,3 +112,18 @@ def test_the_funnel_reads_the_metadata_of_finished_shards_only(spark, tmp_path: 
 
     assert funnel(["00000", "00001"]) == [("failed_to_download", "HTTP 404", 1), ("success", None, 4)]
     assert funnel(["00001"]) == [("success", None, 3)]  # 00000 is not finished: left out
+
+
+def test_a_resume_refuses_shards_cut_in_another_row_order(tmp_path: Path) -> None:
+    """Shards an older witbuild cut from Spark's read order cannot be completed from rows in the files' order."""
+    fs, out = fs_and_path(str(tmp_path))
+    download.same_cut(fs, out)  # a fresh folder: the order is recorded before any shard
+    assert (tmp_path / download.ROW_ORDER_FILE).read_text() == download.ROW_ORDER + "\n"
+    (tmp_path / f"00000{download.STATS_SUFFIX}").write_text("{}")
+    download.same_cut(fs, out)  # a resume of shards cut in this order
+    (tmp_path / download.ROW_ORDER_FILE).unlink()  # shards of an older witbuild
+    with pytest.raises(download.ShardsIncompleteError, match=r"\(Spark read order.*--from-stage download"):
+        download.same_cut(fs, out)
+    (tmp_path / download.ROW_ORDER_FILE).write_text("by hand\n")
+    with pytest.raises(download.ShardsIncompleteError, match=r"another order \(by hand"):
+        download.same_cut(fs, out)

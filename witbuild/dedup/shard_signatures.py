@@ -11,7 +11,7 @@ cores, against 0.93× decoding in line: the download process's Python threads al
 one more busy thread delayed them all.)
 
 The signatures file also records, in its metadata, what was done to the shard's images on the way
-(witbuild/shard_events.py: images turned upright, converted to sRGB, 16-bit PNGs brought to 8 bits), which the
+(witbuild/shard_events.py: images turned upright, converted to sRGB, images of more than 8 bits brought to 8), which the
 download stage counts.
 
 Finalize trusts a signatures file only when it matches its shard: same signature version

@@ -53,6 +53,7 @@ SHARD_DIGITS = 5  # img2dataset's default ``oom_shard_count`` names shards with 
 NOT_WRITTEN = "not_written"  # a row of a finished shard that img2dataset did not write into its metadata
 ROBOTS_DIR = "_robots"  # inside the stage folder: what each image host's robots.txt said
 ROW, ORIGIN, DROP = "_row", "_origin", "_drop"
+LIST_INDEX, LIST_FILE = "_list_index", "_list_file"
 BROADCAST_DROPS = 1_000_000  # rows not to fetch, sent to every task as a set up to this many, else joined away
 ROBOTS_SCHEMA = pa.schema([(ORIGIN, pa.string()), ("outcome", pa.string()), ("status", pa.int32()),
                            ("body", pa.string()), ("oversize", pa.bool_()), ("error", pa.string())])
@@ -82,6 +83,32 @@ def forget_damaged_shards(fs: Any, folder: str) -> list[str]:
     return damaged
 
 
+# how the rows of the shards in the folder were ordered before img2dataset cut them; not ``.json``: img2dataset takes
+# every JSON file in its output folder for a finished shard's stats
+ROW_ORDER_FILE = "_row_order.txt"
+ROW_ORDER = "files by name, rows in file; list files of whole shards"  # in_file_order, write_cut
+
+
+def same_cut(fs: Any, out: str) -> None:
+    """Records how the rows are ordered before img2dataset cuts them into shards; raises
+    :class:`ShardsIncompleteError` where ``out`` holds shards cut in another order (an older witbuild followed
+    Spark's read order and its sampled range bounds): a resume would cut the rest anew, and rows would land in two
+    shards or none."""
+    path = f"{out}/{ROW_ORDER_FILE}"
+    if fs.exists(path):
+        with fs.open(path, "r") as fh:
+            recorded = fh.read().strip()
+    else:
+        recorded = None if fs.glob(f"{out}/*{STATS_SUFFIX}") else ROW_ORDER
+    if recorded != ROW_ORDER:
+        raise ShardsIncompleteError(
+            f"download: {out} holds shards cut from rows in another order ({recorded or 'Spark read order'}, now "
+            f"{ROW_ORDER}); resuming would put rows in two shards or in none: redo the stage with "
+            "--from-stage download")
+    with fs.open(path, "w") as fh:
+        fh.write(ROW_ORDER + "\n")
+
+
 def run_download(ctx: StageContext) -> StageCounts:
     import img2dataset
 
@@ -90,6 +117,7 @@ def run_download(ctx: StageContext) -> StageCounts:
     fs, out = fs_and_path(ctx.output)
     fs.makedirs(out, exist_ok=True)
     forget_damaged_shards(fs, out)
+    same_cut(fs, out)
     # a sibling of the (resumable) temporary folder: img2dataset's own files stay alone in ``out``
     allowed_dir = f"{out.rstrip('/')}.input"
     started = time.monotonic()
@@ -190,6 +218,24 @@ def _count_unwritten(counts: StageCounts, n: int) -> None:
         raise ShardsIncompleteError(f"download: the shards' metadata holds {-n} rows more than img2dataset was given")
 
 
+ROW_BITS = 40  # a row's place in its file, in its id's low bits; the file's place in the others
+
+
+def in_file_order(spark: Any, path: str) -> Any:
+    """The rows of the Parquet files at ``path``, each with ``ROW``: its place in the files taken in name order,
+    row after row (the order the previous stage wrote). Spark reads a folder largest file first, in splits that
+    follow its settings and the machine's cores, so an id it numbers rows by (``monotonically_increasing_id``) would
+    cut img2dataset's shards, and cut them again on a resume, in another order on another machine."""
+    from pyspark.sql import functions as F
+
+    frame = spark.read.parquet(path)
+    names = sorted({f.rsplit("/", 1)[-1] for f in frame.inputFiles()})
+    place = F.create_map(*(F.lit(x) for i, name in enumerate(names) for x in (name, i)))[F.col("_metadata.file_name")]
+    place = F.when(place.isNotNull(), place).otherwise(F.raise_error(F.concat(
+        F.lit("download: a file of the previous stage was not listed: "), F.col("_metadata.file_name"))))
+    return frame.withColumn(ROW, F.shiftleft(place.cast("long"), ROW_BITS) + F.col("_metadata.row_index"))
+
+
 def prepare_input(ctx: StageContext, fs: Any, out: str, dst: str) -> tuple[StageCounts, int]:
     """Write the rows img2dataset may fetch to ``dst``, in the previous stage's row order (img2dataset cuts its
     shards from that order, and its resume relies on the same cut); returns the rows dropped here (counts) and
@@ -198,10 +244,10 @@ def prepare_input(ctx: StageContext, fs: Any, out: str, dst: str) -> tuple[Stage
     from pyspark.sql.types import LongType, StringType, StructField, StructType
 
     cfg = ctx.cfg
-    for leftover in (dst, f"{dst}.decided"):
+    for leftover in (dst, f"{dst}.decided", f"{dst}.cut"):
         if fs.exists(leftover):
             fs.rm(leftover, recursive=True)
-    rows = ctx.spark.read.parquet(ctx.previous).withColumn(ROW, F.monotonically_increasing_id())
+    rows = in_file_order(ctx.spark, ctx.previous)
     out_names = [c for c in rows.columns if c != ROW]
     # only (row, url) goes through the Python steps: whole rows, there and back twice, cost more than the
     # decisions; the rows are read again for the URL list (the same files give the same row ids)
@@ -233,15 +279,49 @@ def prepare_input(ctx: StageContext, fs: Any, out: str, dst: str) -> tuple[Stage
         dropped = table.where(F.col(DROP).isNotNull()).select(ROW)
         few = counts.rows_dropped <= BROADCAST_DROPS
         rows = rows.join(F.broadcast(dropped) if few else dropped, ROW, "left_anti")
-    # files of ROWS_PER_FILE rows, as the dedup stage wrote them: img2dataset cuts its shards per file, so the
-    # cuts must not follow the shuffle-partition count (that would make the shards depend on the machine's cores)
-    files = max(1, math.ceil(kept / ROWS_PER_FILE))
-    (rows.repartitionByRange(files, ROW).sortWithinPartitions(ROW)
-     .select(*out_names).write.mode("overwrite").parquet(fs.unstrip_protocol(dst)))
+    kept_per_file = table.where(F.col(DROP).isNull()).groupBy(F.shiftright(ROW, ROW_BITS).alias("place")).count()
+    write_cut(fs, rows.select(ROW, *out_names), dict(kept_per_file.collect()), dst,
+              list_file_rows(cfg.download.number_sample_per_shard))
     fs.rm(decided, recursive=True)
     for reason, n in sorted(counts.dropped.items()):
         log.warning("download: %d rows not fetched: %s", n, reason)
     return counts, kept
+
+
+def list_file_rows(per_shard: int) -> int:
+    """Rows per file of the list handed to img2dataset: about ``ROWS_PER_FILE``, a whole number of shards."""
+    return max(per_shard, ROWS_PER_FILE // per_shard * per_shard)
+
+
+def write_cut(fs: Any, rows: Any, kept_per_file: dict[int, int], dst: str, per_file: int) -> None:
+    """Write ``rows`` (with ``ROW``, which :func:`in_file_order` gave them) to ``dst`` as files of exactly
+    ``per_file`` rows (the last one fewer), in ``ROW`` order: img2dataset cuts each file into shards of its own,
+    so shard k holds the rows k × per_shard … (k + 1) × per_shard − 1 of the list on every run of the stage and
+    its resumes. Spark's range partitioning would cut the files at sampled bounds, which move from run to run.
+    ``kept_per_file``: {an input file's place: its rows among ``rows``}."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    place = F.shiftright(ROW, ROW_BITS)
+    starts, total = [], 0  # the list index of each input file's first row
+    for key in sorted(kept_per_file):
+        starts += [F.lit(key).cast("long"), F.lit(total).cast("long")]
+        total += kept_per_file[key]
+    fs.makedirs(dst, exist_ok=True)
+    if not total:
+        return
+    files = math.ceil(total / per_file)
+    index = F.create_map(*starts)[place] + F.row_number().over(Window.partitionBy(place).orderBy(ROW)) - 1
+    staged = f"{dst}.cut"
+    (rows.withColumn(LIST_INDEX, index).withColumn(LIST_FILE, F.floor(F.col(LIST_INDEX) / per_file))
+     .repartition(files, LIST_FILE).sortWithinPartitions(LIST_FILE, LIST_INDEX).drop(ROW, LIST_INDEX)
+     .write.partitionBy(LIST_FILE).mode("overwrite").parquet(fs.unstrip_protocol(staged)))
+    for k in range(files):  # each file's rows were in one task, in order: one file each
+        parts = fs.glob(f"{staged}/{LIST_FILE}={k}/*.parquet")
+        if len(parts) != 1:
+            raise RuntimeError(f"download: the URL list's file {k} came out as {len(parts)} files")
+        fs.mv(parts[0], f"{dst}/part-{k:05d}.parquet")
+    fs.rm(staged, recursive=True)
 
 
 # ``scheme://authority`` of a URL whose authority is plain (letters, digits, dots, hyphens, an optional port) and
