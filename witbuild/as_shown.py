@@ -16,7 +16,8 @@ import logging
 from typing import Any
 
 from witbuild.colour_profile import CONVERTED, embedded_profile, in_srgb
-from witbuild.orientation import NORMAL, SWAPS_SIDES, TURNED, orientation_of, read_head, turned
+from witbuild.image_head import read_head
+from witbuild.orientation import NORMAL, SWAPS_SIDES, TURNED, orientation_of, turned
 from witbuild.reencode import encode_like
 from witbuild.shard_events import note
 

@@ -21,7 +21,8 @@ import io
 import logging
 from typing import IO, Any
 
-from witbuild.orientation import AVIF_BRANDS, read_head
+from witbuild.image_head import read_head
+from witbuild.orientation import AVIF_BRANDS
 from witbuild.shard_events import note
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import io
 from functools import lru_cache
 from typing import IO, Any
 
-from witbuild.orientation import read_head
+from witbuild.image_head import read_head
 
 # JPEG's APP2 segments, PNG's iCCP chunk, WebP's ICCP chunk, AVIF's colr box of type prof: all before the pixels
 ICC_MARKERS = (b"ICC_PROFILE", b"iCCP", b"ICCP", b"colrprof")
@@ -26,7 +26,7 @@ CONVERTED = "icc_to_srgb"  # the shard event of each image converted
 
 def embedded_profile(stream: IO[bytes], head: bytes | None = None) -> bytes | None:
     """The ICC profile of the image in ``stream`` (left at its start) when it is an RGB profile other than sRGB;
-    None otherwise. ``head``: the stream's first 64 kB (:func:`~witbuild.orientation.read_head`), when the caller has
+    None otherwise. ``head``: the stream's head (:func:`~witbuild.image_head.read_head`), when the caller has
     read them already."""
     if head is None:
         head = read_head(stream)

@@ -18,23 +18,16 @@ from __future__ import annotations
 
 from typing import IO, Any
 
+from witbuild.image_head import read_head
+
 ORIENTATION_TAG = 0x0112
 NORMAL = 1
 SWAPS_SIDES = frozenset({5, 6, 7, 8})  # the turns by 90 degrees
-HEAD_BYTES = 1 << 16
 EXIF_MARKERS = (b"Exif", b"eXIf")  # JPEG's APP1 segment, PNG's chunk
 AVIF_MARKERS = (b"irot", b"imir")  # an AVIF's rotation and mirror boxes (in its meta box, at the start)
 TURNED_FORMATS = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n")  # JPEG, PNG: the EXIF browsers apply
 AVIF_BRANDS = (b"avif", b"avis")
 TURNED = "exif_turned_upright"  # the shard event of each image turned
-
-
-def read_head(stream: IO[bytes]) -> bytes:
-    """The first ``HEAD_BYTES`` of ``stream``, which is left at its start."""
-    stream.seek(0)
-    head = stream.read(HEAD_BYTES)
-    stream.seek(0)
-    return head
 
 
 def _may_turn(head: bytes) -> bool:
@@ -50,8 +43,8 @@ def orientation_of(stream: IO[bytes], head: bytes | None = None) -> int:
     """The orientation (1-8, as EXIF numbers them) a browser applies to the image in ``stream`` (left at its
     start): a JPEG's or PNG's EXIF, an AVIF's boxes; 1 when there is none, none that can be read, or the format has
     none a browser applies. Both sit in the head of the file (JPEG's APP1 follows its start marker, PNG's eXIf and
-    AVIF's boxes come before the image data): most images are passed over after their first 64 kB (``head``, when
-    the caller has read them already)."""
+    AVIF's boxes come before the image data): most images are passed over after a look at their head
+    (:func:`~witbuild.image_head.read_head`; ``head``, when the caller has read it already)."""
     if head is None:
         head = read_head(stream)
     if not _may_turn(head):

@@ -1,0 +1,70 @@
+"""The head of an image, where the download looks for its orientation, profile and bit depth, is all of its
+metadata, however large: a JPEG's segments up to its first scan, a PNG's chunks up to its first IDAT.
+
+The files are Pillow's, with a large XMP packet spliced in before their EXIF and ICC profile, as Photoshop
+writes its XMP and resource block (each up to 64 kB) before the profile. Chromium's reading of such files, turned
+and converted as the early-metadata ones are, is checked in tests/test_colour_profile.py."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from tests.helpers.late_metadata import late_jpeg, late_png
+from tests.test_colour_profile import DISPLAY_P3, photo_bytes
+from witbuild.colour_profile import embedded_profile
+from witbuild.image_head import HEAD_BYTES, MAX_HEAD_BYTES, read_head
+from witbuild.orientation import orientation_of
+
+
+def png_bytes(**kw) -> bytes:
+    from witbuild.demo.images import skimage_image
+
+    buf = io.BytesIO()
+    skimage_image("coffee").save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+def test_a_jpeg_head_ends_at_its_first_scan() -> None:
+    for data in (photo_bytes(), photo_bytes(icc_profile=DISPLAY_P3), late_jpeg(photo_bytes(turned=True))):
+        head = read_head(io.BytesIO(data))
+        assert data[len(head):len(head) + 2] == b"\xff\xda" and head == data[:len(head)]
+    assert len(read_head(io.BytesIO(late_jpeg(photo_bytes())))) > HEAD_BYTES
+
+
+def test_a_png_head_ends_at_its_first_idat() -> None:
+    for data in (png_bytes(), late_png(png_bytes(icc_profile=DISPLAY_P3))):
+        head = read_head(io.BytesIO(data))
+        assert data[len(head) + 4:len(head) + 8] == b"IDAT" and head == data[:len(head)]
+
+
+def test_metadata_past_64_kb_is_found() -> None:
+    for data in (late_jpeg(photo_bytes(icc_profile=DISPLAY_P3)), late_png(png_bytes(icc_profile=DISPLAY_P3))):
+        assert data.index(b"ICC_PROFILE" if data.startswith(b"\xff\xd8") else b"iCCP") > HEAD_BYTES + 1000
+        assert Image.open(io.BytesIO(data)).info["icc_profile"] == DISPLAY_P3  # the files are well formed
+        assert embedded_profile(io.BytesIO(data)) == DISPLAY_P3
+    turned = late_jpeg(photo_bytes(turned=True))
+    assert turned.index(b"Exif") > HEAD_BYTES + 1000
+    assert orientation_of(io.BytesIO(turned)) == 6
+
+
+def test_other_files_give_their_first_64_kb_and_damage_ends_the_walk() -> None:
+    data = bytes(range(256)) * 1024
+    assert read_head(io.BytesIO(data)) == data[:HEAD_BYTES]
+    jpeg = photo_bytes()
+    cut = jpeg[:30]  # a segment whose length runs past the end
+    assert read_head(io.BytesIO(cut)) == cut
+    broken = jpeg[:2] + b"\x00\x00" + jpeg[4:]  # not a marker where one must be
+    assert read_head(io.BytesIO(broken)) == broken[:2]
+    endless = jpeg[:2] + (b"\xff\xe1\xff\xff" + b"\0" * 65_533) * 300  # 19 MB of segments: the walk stops
+    assert len(read_head(io.BytesIO(endless))) == MAX_HEAD_BYTES
+
+
+@pytest.mark.parametrize("stream_at", [0, 1000])
+def test_the_stream_is_left_at_its_start(stream_at: int) -> None:
+    stream = io.BytesIO(late_jpeg(photo_bytes()))
+    stream.seek(stream_at)
+    read_head(stream)
+    assert stream.tell() == 0
