@@ -18,9 +18,12 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 .PHONY: install test test-fast demo experiment lint clean
 
 $(VENV)/.installed: pyproject.toml
-	# headless Chromium renders the stats report in a test (skipped when it cannot be installed)
-	command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
-		apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || true
+	# headless Chromium renders pages, images and the stats report in tests; Debian's grey and CMYK ICC profiles
+	# are the real profiles of tests/test_colour_profile_grey_cmyk.py (each skipped when it cannot be installed)
+	{ command -v chromium && [ -f /usr/share/color/icc/Gray.icc ] && \
+		[ -f /usr/share/color/icc/ghostscript/default_cmyk.icc ]; } >/dev/null || \
+		{ command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		apt-get install -y -qq --no-install-recommends chromium icc-profiles-free libgs-common >/dev/null; } || true
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# lazy loaders' scripts from npm, run in headless Chromium by tests/test_lazy_loaders.py (skipped without them)
 	command -v npm >/dev/null && mkdir -p $(VENV)/js && cd $(VENV)/js && \

@@ -15,7 +15,7 @@ from PIL import Image
 from tests.helpers.late_metadata import late_jpeg, late_png
 from tests.test_colour_profile import DISPLAY_P3, photo_bytes
 from witbuild.colour_profile import embedded_profile
-from witbuild.image_head import HEAD_BYTES, MAX_HEAD_BYTES, read_head
+from witbuild.image_head import HEAD_BYTES, MAX_HEAD_BYTES, jpeg_components, read_head
 from witbuild.orientation import orientation_of
 
 
@@ -68,3 +68,15 @@ def test_the_stream_is_left_at_its_start(stream_at: int) -> None:
     stream.seek(stream_at)
     read_head(stream)
     assert stream.tell() == 0
+
+
+def test_jpeg_components_reads_the_frame_header() -> None:
+    photo = Image.open(io.BytesIO(photo_bytes()))
+    for mode, components in (("L", 1), ("RGB", 3), ("CMYK", 4)):
+        for progressive in (False, True):
+            buf = io.BytesIO()
+            photo.convert(mode).save(buf, "JPEG", progressive=progressive)
+            assert jpeg_components(read_head(buf)) == components, (mode, progressive)
+    assert jpeg_components(read_head(io.BytesIO(late_jpeg(photo_bytes())))) == 3  # the frame after 120 kB of XMP
+    assert jpeg_components(png_bytes()[:100]) is None
+    assert jpeg_components(photo_bytes()[:100]) is None  # cut before the frame header

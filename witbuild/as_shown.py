@@ -15,7 +15,7 @@ import io
 import logging
 from typing import Any
 
-from witbuild.colour_profile import CONVERTED, embedded_profile, in_srgb
+from witbuild.colour_profile import CONVERTED, converts, embedded_profile, in_srgb
 from witbuild.image_head import read_head
 from witbuild.orientation import NORMAL, SWAPS_SIDES, TURNED, orientation_of, turned
 from witbuild.reencode import encode_like
@@ -61,7 +61,7 @@ class AsShownResizer:
         with Image.open(io.BytesIO(img)) as source:
             source.load()
             image = source
-            if icc is not None and source.mode == "RGB":
+            if converts(icc, source.mode):
                 image = in_srgb(image, icc)
                 changes.append(CONVERTED)
             if orientation != NORMAL:

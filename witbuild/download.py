@@ -283,6 +283,7 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
 
     from witbuild.as_shown import AsShownResizer
     from witbuild.bit_depth import EightBitResizer
+    from witbuild.colour_profile import CmykResizer
     from witbuild.dedup.shard_signatures import SigningWriterClass
 
     # ``import img2dataset.main`` would give the package's ``main`` function, which shadows the module's name
@@ -294,8 +295,10 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
         def distributor(processes_count: Any, downloader: Any, *args: Any, **kw: Any) -> Any:
             if sign and downloader.sample_writer_class is WebDatasetSampleWriter:
                 downloader.sample_writer_class = SigningWriterClass(WebDatasetSampleWriter)
-            if not isinstance(downloader.resizer, (EightBitResizer, AsShownResizer)):
+            if not isinstance(downloader.resizer, (EightBitResizer, CmykResizer, AsShownResizer)):
                 downloader.resizer = EightBitResizer(downloader.resizer)
+                if srgb:
+                    downloader.resizer = CmykResizer(downloader.resizer)
                 if upright or srgb:
                     downloader.resizer = AsShownResizer(downloader.resizer, *encoding, upright=upright, srgb=srgb)
             return fn(processes_count, GuardedDownloader(downloader, allow, cache_dir, limits), *args, **kw)

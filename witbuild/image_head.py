@@ -73,3 +73,27 @@ def _png_head_end(stream: IO[bytes], head: bytes) -> int:
             return at
         at += 12 + struct.unpack(">I", chunk[:4])[0]  # length, type, data, CRC
     return MAX_HEAD_BYTES
+
+
+JPEG_FRAMES = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0)})  # SOFn
+
+
+def jpeg_components(head: bytes) -> int | None:
+    """The number of colour components of a JPEG (1 grey, 3 colour, 4 CMYK or YCCK) from its frame header in
+    ``head`` (:func:`read_head`); None for anything else."""
+    if not head.startswith(JPEG_START):
+        return None
+    at = 2
+    while at + 4 <= len(head):
+        if head[at] != 0xFF:
+            return None
+        marker = head[at + 1]
+        if marker == 0xFF:
+            at += 1
+        elif marker in JPEG_STANDALONE:
+            at += 2
+        elif marker in JPEG_FRAMES:
+            return head[at + 9] if at + 9 < len(head) else None
+        else:
+            at += 2 + struct.unpack(">H", head[at + 2:at + 4])[0]
+    return None
