@@ -8,8 +8,8 @@ that array and encodes it as an 8-bit JPEG, which saturates every value over 255
 nothing says so. Browsers show such a PNG or AVIF as it is, scaled to 8 bits.
 
 :class:`EightBitResizer` stands in for img2dataset's resizer: an image whose header says more than 8 bits per
-channel (:func:`bit_depth`) is decoded, scaled to 8 bits (value × 255 / (2^bits − 1), rounded) and handed on as a
-lossless 8-bit PNG; every other image goes through untouched, after a look at its head. The downloaded bytes,
+channel (:func:`bit_depth`) is decoded, scaled to 8 bits (value × 255 / (2^bits − 1), rounded) and handed on
+exactly (an 8-bit BMP); every other image goes through untouched, after a look at its head. The downloaded bytes,
 which img2dataset hashes and the download reads EXIF and colour profiles from, are not changed. Each conversion
 is noted as the shard's event, named by format and depth (``png_16_bit_to_8_bit``, ``avif_10_bit_to_8_bit``,
 …; witbuild/shard_events.py).
@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from witbuild.image_head import read_head
 from witbuild.orientation import AVIF_BRANDS
+from witbuild.reencode import handed_on
 from witbuild.shard_events import note
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,8 @@ def bit_depth(stream: IO[bytes], head: bytes) -> tuple[str, int] | None:
 
 
 def eight_bit(data: bytes, bits: int) -> bytes:
-    """An image of ``bits`` bits per channel as an 8-bit PNG with the same channels (grey, grey + alpha, colour,
-    colour + alpha)."""
+    """An image of ``bits`` bits per channel at 8 bits, with the channels OpenCV gives it (grey, colour, colour +
+    alpha), as the file handed to img2dataset's resizer (:func:`~witbuild.reencode.handed_on`)."""
     import cv2
     import numpy as np
 
@@ -110,16 +111,7 @@ def eight_bit(data: bytes, bits: int) -> bytes:
     if image.dtype != np.uint16:
         raise ValueError(f"decoded as {image.dtype}, not 16-bit")
     top = (1 << bits) - 1
-    scaled = ((np.minimum(image, top).astype(np.uint32) * 255 + top // 2) // top).astype(np.uint8)
-    ok, encoded = cv2.imencode(".png", scaled, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return encoded.tobytes()
-
-
-def eight_bit_png(data: bytes) -> bytes:
-    """A 16-bit PNG as an 8-bit PNG with the same channels."""
-    return eight_bit(data, 16)
+    return handed_on(((np.minimum(image, top).astype(np.uint32) * 255 + top // 2) // top).astype(np.uint8))
 
 
 class EightBitResizer:

@@ -11,7 +11,7 @@ the page shows (a mean difference of 12 levels on a coffee-cup photo in Display 
 :func:`in_srgb` converts an RGB or grey image from it to sRGB (LittleCMS, through Pillow's ``ImageCms``): the
 image img2dataset made from an RGB or grey file (witbuild/as_shown.py). OpenCV has already turned a CMYK file's
 inks into RGB without the profile by then, so :class:`CmykResizer` converts a CMYK JPEG that carries a CMYK
-profile before img2dataset's resizer sees it, from its own inks, and hands it on as a lossless PNG. Profiles that
+profile before img2dataset's resizer sees it, from its own inks, and hands it on exactly (a BMP). Profiles that
 name themselves sRGB or sGray are passed over, and so is a CMYK file without a profile, which browsers convert
 the way OpenCV does.
 """
@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from functools import lru_cache
 from typing import IO, Any
 
 from witbuild.image_head import jpeg_components, read_head
+from witbuild.reencode import handed_on
 from witbuild.shard_events import note
 
 log = logging.getLogger(__name__)
@@ -97,17 +99,19 @@ def converts(icc: bytes | None, mode: str) -> bool:
 
 
 def cmyk_in_srgb(data: bytes, icc: bytes) -> bytes:
-    """A CMYK JPEG converted from its profile ``icc`` to sRGB, as a lossless RGB PNG (Pillow reads Photoshop's
-    inverted CMYK as the inks it stands for)."""
+    """A CMYK JPEG converted from its profile ``icc`` to sRGB, as the file handed to img2dataset's resizer
+    (:func:`~witbuild.reencode.handed_on`; Pillow reads Photoshop's inverted CMYK as the inks it stands for)."""
+    import numpy as np
     from PIL import Image, ImageCms
 
     with Image.open(io.BytesIO(data)) as image:
         if image.mode != "CMYK":
             raise ValueError(f"a CMYK profile on a {image.mode} image")
+        cap = int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 30))
+        if image.width * image.height > cap:  # left to img2dataset, whose decoder refuses it (a decompression bomb)
+            raise ValueError(f"{image.width}×{image.height} pixels, more than the download's cap of {cap}")
         converted = ImageCms.applyTransform(image, _transform(icc, "CMYK"))
-    out = io.BytesIO()
-    converted.save(out, "PNG", compress_level=1)
-    return out.getvalue()
+    return handed_on(np.asarray(converted)[..., ::-1])
 
 
 class CmykResizer:

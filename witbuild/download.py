@@ -64,9 +64,10 @@ class DownloadConfig(BaseModel):
     upright: bool = Field(True, description="Turn each image as its EXIF orientation (JPEG, PNG) or its irot/imir "
                           "boxes (AVIF) say, as browsers show it (img2dataset stores the pixels as the camera read "
                           "them: phone photos on their side); counted as exif_turned_upright.")
-    srgb: bool = Field(True, description="Convert each image with an embedded RGB colour profile other than sRGB "
-                       "(Display P3, Adobe RGB) to sRGB, as browsers show it (img2dataset keeps the numbers and "
-                       "drops the profile: duller colours); counted as icc_to_srgb.")
+    srgb: bool = Field(True, description="Convert each image with an embedded colour profile other than sRGB's "
+                       "(RGB: Display P3, Adobe RGB; grey; CMYK) to sRGB, as browsers show it (img2dataset keeps "
+                       "the numbers and drops the profile: duller colours, greys and print colours off); counted "
+                       "as icc_to_srgb, and cmyk_icc_to_srgb for CMYK JPEGs.")
     cache_dir: str | None = Field(
         None, description="Keep every successful (2xx) response here by URL, and answer a later request for the "
         "URL from it instead of the network: builds that share it fetch each image once (witbuild experiment's "

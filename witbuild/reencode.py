@@ -22,3 +22,15 @@ def encode_like(image: Any, source: Any, encode_format: str, quality: int) -> by
     out = io.BytesIO()
     image.save(out, _PIL_FORMATS.get(encode_format, source.format or "JPEG"), **options)
     return out.getvalue()
+
+
+def handed_on(pixels: Any) -> bytes:
+    """``pixels`` (an OpenCV array: grey, BGR or BGRA, 8 bits) as the file handed to img2dataset's resizer in place
+    of one OpenCV would decode wrongly: a BMP, exact, and encoded and decoded in a fraction of a millisecond (a
+    lossless PNG of a 1024×768 photo takes 20-55 ms to encode)."""
+    import cv2
+
+    ok, encoded = cv2.imencode(".bmp", pixels)
+    if not ok:
+        raise ValueError("BMP encoding failed")
+    return encoded.tobytes()
