@@ -123,6 +123,13 @@ def test_cmyk_in_srgb_is_close_to_the_browser(shown) -> None:
         cmyk_in_srgb(FILES["grey gray"], profile("swop"))
 
 
+def test_a_cmyk_image_past_the_pixel_cap_is_left_to_img2dataset(monkeypatch) -> None:
+    """The download's cap on pixels (OpenCV's, before it decodes) holds for the CMYK decoding too."""
+    monkeypatch.setenv("OPENCV_IO_MAX_IMAGE_PIXELS", str(600 * 400 - 1))  # the photo is 600×400
+    with pytest.raises(ValueError, match="more than the download's cap"):
+        cmyk_in_srgb(FILES["cmyk swop"], profile("swop"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("srgb", [False, True])
 def test_the_download_stores_what_the_browser_shows(server, shown, tmp_path: Path, srgb: bool) -> None:
