@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import tarfile
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from tests.helpers.cdp import images_as_shown
+from tests.helpers.guarded_download import download_guarded
 from witbuild.bit_depth import (
     avif_bit_depth,
     bit_depth,
@@ -177,22 +175,10 @@ def test_img2dataset_alone_stores_them_white() -> None:
 
 @pytest.mark.slow
 def test_the_download_stores_the_photo_and_counts_each_conversion(server, tmp_path: Path) -> None:
-    import img2dataset
-
     from witbuild.dedup.shard_signatures import read_events
-    from witbuild.download import img2dataset_guarded
 
     out = tmp_path / "out"
-    pq.write_table(pa.table({"url": [server.url(f"/{name}") for name in FILES], "text": list(FILES)}),
-                   tmp_path / "in.parquet")
-    with img2dataset_guarded(["127.0.0.1"], sign=True, upright=True):
-        img2dataset.download(url_list=str(tmp_path / "in.parquet"), input_format="parquet", url_col="url",
-                             caption_col="text", output_folder=str(out), output_format="webdataset",
-                             distributor="multiprocessing", processes_count=1, thread_count=4, image_size=SIDE,
-                             resize_mode="keep_ratio", min_image_size=10, compute_hash="sha256", enable_wandb=False)
-    with tarfile.open(out / "00000.tar") as tar:
-        stored = {json.loads(tar.extractfile(n[:-4] + ".json").read())["caption"]:
-                  Image.open(io.BytesIO(tar.extractfile(n).read())) for n in tar.getnames() if n.endswith(".jpg")}
+    stored = download_guarded([server.url(f"/{name}") for name in FILES], list(FILES), out, SIDE, upright=True)
     assert sorted(stored) == sorted(FILES)
     for name, image in stored.items():
         assert min(image.size) == SIDE

@@ -9,18 +9,15 @@ download uses, is not the reference. img2dataset alone keeps the numbers and dro
 from __future__ import annotations
 
 import io
-import json
 import struct
-import tarfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from tests.helpers.cdp import images_as_shown
+from tests.helpers.guarded_download import download_guarded
 from tests.helpers.late_metadata import late_jpeg
 from witbuild.colour_profile import embedded_profile
 from witbuild.demo.images import ImageServer, skimage_image
@@ -125,21 +122,10 @@ def test_only_rgb_profiles_other_than_srgb_are_converted() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("srgb", [False, True])
 def test_the_download_stores_what_the_browser_shows(server, shown, tmp_path: Path, srgb: bool) -> None:
-    import img2dataset
-
     from witbuild.dedup.shard_signatures import read_events
-    from witbuild.download import img2dataset_guarded
 
-    urls = [server.url(f"/{name}.jpg") for name in NAMES]
-    pq.write_table(pa.table({"url": urls, "text": list(CAPTIONS)}), tmp_path / "in.parquet")
-    with img2dataset_guarded(["127.0.0.1"], sign=True, srgb=srgb, upright=True):
-        img2dataset.download(url_list=str(tmp_path / "in.parquet"), input_format="parquet", url_col="url",
-                             caption_col="text", output_folder=str(tmp_path / "out"), output_format="webdataset",
-                             distributor="multiprocessing", processes_count=1, thread_count=2, image_size=SIDE,
-                             resize_mode="keep_ratio", min_image_size=10, compute_hash="sha256", enable_wandb=False)
-    with tarfile.open(tmp_path / "out" / "00000.tar") as tar:
-        stored = {json.loads(tar.extractfile(n[:-4] + ".json").read())["caption"]:
-                  Image.open(io.BytesIO(tar.extractfile(n).read())) for n in tar.getnames() if n.endswith(".jpg")}
+    stored = download_guarded([server.url(f"/{name}.jpg") for name in NAMES], list(CAPTIONS), tmp_path / "out", SIDE,
+                              srgb=srgb, upright=True)
     baseline = difference(stored["srgb"], shown["srgb"])
     assert baseline < 2 * CLOSE
     events = read_events(str(tmp_path / "out" / "00000.tar"))
