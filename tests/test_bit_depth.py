@@ -128,6 +128,9 @@ def test_the_headers_give_the_bit_depth() -> None:
     assert png_bit_depth(saved(small.convert("P"), "PNG", bits=4)) == 4
     assert png_bit_depth(b"\x89PNG\r\n\x1a\n") is None  # cut short
     assert avif_bit_depth(saved(small, "AVIF")) == 8  # Pillow's libavif writes 8 bits
+    ftyp = b"\0\0\0\x10ftypavif\0\0\0\0"
+    boxes = b"\0\0\0\x0dav1C\x81\x00\x0c\x00" + b"\0\0\0\x0dav1C\x81\x00\x4c\x00"  # 8 bits (a thumbnail), 10
+    assert avif_bit_depth(ftyp + boxes) == 10  # the deepest item
     assert jp2_bit_depth(saved(small, "JPEG2000")) == 8
     assert tiff_bit_depth(io.BytesIO(saved(small, "TIFF"))) == 8
     floats = encoded(".tiff", np.asarray(small, np.float32) / 255)

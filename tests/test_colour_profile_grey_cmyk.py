@@ -20,11 +20,13 @@ from tests.helpers.cdp import images_as_shown
 from tests.helpers.guarded_download import download_guarded
 from witbuild.colour_profile import cmyk_in_srgb, converts, embedded_profile, profile_mode
 from witbuild.demo.images import ImageServer, skimage_image
+from witbuild.image_head import grey_file, read_head
 
 SIDE = 256
 PROFILES = {"gray": "/usr/share/color/icc/Gray.icc", "ps_gray": "/usr/share/color/icc/ghostscript/ps_gray.icc",
             "sgray": "/usr/share/color/icc/ghostscript/default_gray.icc",
-            "swop": "/usr/share/color/icc/ghostscript/default_cmyk.icc"}
+            "swop": "/usr/share/color/icc/ghostscript/default_cmyk.icc",
+            "adobe": "/usr/share/color/icc/compatibleWithAdobeRGB1998.icc"}
 MISSING = [path for path in PROFILES.values() if not Path(path).exists()]
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"no {MISSING}: apt-get install icc-profiles-free libgs-common")
 
@@ -51,12 +53,19 @@ def files() -> dict[str, bytes]:
             "grey sgray": encoded(grey, icc_profile=profile("sgray")),
             "grey alpha gray": encoded(grey_alpha, "PNG", icc_profile=profile("gray")),
             "cmyk swop": encoded(cmyk, icc_profile=profile("swop")),
-            "cmyk bare": encoded(cmyk)}
+            "cmyk bare": encoded(cmyk),
+            # a grey profile on a colour file: ignored by Chromium; an RGB one on a grey file: applied
+            "colour gray": encoded(photo, icc_profile=profile("gray")),
+            "colour alpha gray": encoded(photo.convert("RGBA"), "PNG", icc_profile=profile("gray")),
+            "grey adobe": encoded(grey, icc_profile=profile("adobe")),
+            "grey png adobe": encoded(grey, "PNG", icc_profile=profile("adobe"))}
 
 
 FILES = files() if not MISSING else {}
 NAMES = list(FILES)
 CONVERTED = ["grey gray", "grey ps_gray", "grey alpha gray", "cmyk swop"]  # what browsers show changed
+UNCHANGED = ["grey sgray", "cmyk bare", "colour gray", "colour alpha gray"]
+ADOBE_ON_GREY = ["grey adobe", "grey png adobe"]  # Adobe RGB's 2.2 curve against sRGB's: a small change
 
 
 def difference(image: Image.Image, reference: Image.Image) -> float:
@@ -94,21 +103,31 @@ def as_numbers(name: str) -> Image.Image:
 def test_the_browser_applies_the_profiles(shown) -> None:
     for name in CONVERTED:  # measured: 58.0 (Gray), 58.0 (PS Gray), 58.0 (with alpha), 37.6 (SWOP)
         assert difference(shown[name], as_numbers(name)) > 20, name
-    for name in ("grey sgray", "cmyk bare"):  # measured 0.0, 1.3: sGray is sRGB's grey; no profile, no change
+    # measured 0.0 and 1.3 (sGray is sRGB's grey; no profile), 0.0 for the mismatched profiles
+    for name in UNCHANGED:
         assert difference(shown[name], as_numbers(name)) < 2, name
+    for name in ADOBE_ON_GREY:  # measured 2.17 from the numbers, 0.06 from LittleCMS's conversion of them
+        applied = ImageCms.profileToProfile(as_numbers(name), ImageCms.ImageCmsProfile(io.BytesIO(profile("adobe"))),
+                                            ImageCms.createProfile("sRGB"), outputMode="RGB")
+        assert difference(shown[name], applied) < difference(shown[name], as_numbers(name)) / 10, name
 
 
 def test_the_profiles_found_and_what_they_apply_to() -> None:
     def found(name: str) -> bytes | None:
         return embedded_profile(io.BytesIO(FILES[name]))
 
+    def applied(name: str) -> bool:
+        data = FILES[name]
+        return converts(found(name), grey_file(read_head(io.BytesIO(data))))
+
     assert {name: found(name) is not None for name in NAMES} == {
         "grey gray": True, "grey ps_gray": True, "grey sgray": False, "grey alpha gray": True, "cmyk swop": True,
-        "cmyk bare": False}
-    assert [profile_mode(profile(name)) for name in ("gray", "ps_gray", "swop")] == ["L", "L", "CMYK"]
-    assert converts(profile("gray"), "L") and converts(profile("gray"), "RGB")  # RGB: OpenCV's grey with alpha
-    assert not converts(profile("swop"), "RGB")  # converted before img2dataset's resizer, from the inks
-    assert not converts(None, "RGB")
+        "cmyk bare": False, "colour gray": True, "colour alpha gray": True, "grey adobe": True,
+        "grey png adobe": True}
+    assert [profile_mode(profile(name)) for name in ("gray", "ps_gray", "swop", "adobe")] == ["L", "L", "CMYK", "RGB"]
+    # applied after the resize: grey profiles to grey files (with alpha too), RGB ones to any; CMYK ones before it
+    assert [name for name in NAMES if applied(name)] == [
+        "grey gray", "grey ps_gray", "grey alpha gray", "grey adobe", "grey png adobe"]
 
 
 def test_cmyk_in_srgb_is_close_to_the_browser(shown) -> None:
@@ -141,7 +160,10 @@ def test_the_download_stores_what_the_browser_shows(server, shown, tmp_path: Pat
     if srgb:  # measured: greys 2.1, CMYK SWOP 10.8, CMYK without a profile 4.1 (both OpenCV's plain conversion)
         assert all(off[name] < baseline + 1 for name in NAMES if name.startswith("grey")), off
         assert off["cmyk swop"] < 13 and off["cmyk bare"] < 6, off
-        assert events == {"icc_to_srgb": 3, "cmyk_icc_to_srgb": 1}
+        # a grey profile on a colour file is ignored, as by the browser (measured 2.9 and 3.2: the colour photo's
+        # two decoders, resizes and JPEG)
+        assert off["colour gray"] < 4 and off["colour alpha gray"] < 4, off
+        assert events == {"icc_to_srgb": 5, "cmyk_icc_to_srgb": 1}
         assert stored["grey gray"].mode == "L"  # a grey image stays grey
     else:  # img2dataset alone: should it ever convert itself, this fails, and converting again would be wrong
         assert all(off[name] > 20 for name in CONVERTED), off  # measured 38-58

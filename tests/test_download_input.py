@@ -127,3 +127,19 @@ def test_a_resume_refuses_shards_cut_in_another_row_order(tmp_path: Path) -> Non
     (tmp_path / download.ROW_ORDER_FILE).write_text("by hand\n")
     with pytest.raises(download.ShardsIncompleteError, match=r"another order \(by hand"):
         download.same_cut(fs, out)
+
+
+def test_a_cut_that_would_lose_rows_fails(spark, tmp_path: Path) -> None:
+    """Should the kept counts ever disagree with the rows (a row of an input file not counted), the cut fails
+    instead of writing a list without them."""
+    previous = tmp_path / "dedup"
+    previous.mkdir()
+    for i in range(2):
+        pq.write_table(_rows(10), previous / f"part-{i:05d}.parquet")
+    rows = download.in_file_order(spark, str(previous))
+    fs, _ = fs_and_path(str(tmp_path))
+    with pytest.raises(RuntimeError, match="URL list"):
+        download.write_cut(fs, rows, {0: 10}, str(tmp_path / "list"), 4)  # file 1's rows not counted
+    download.write_cut(fs, rows, {0: 10, 1: 10}, str(tmp_path / "whole"), 4)
+    assert [pq.ParquetFile(f).metadata.num_rows for f in sorted((tmp_path / "whole").glob("*.parquet"))] == [
+        4, 4, 4, 4, 4]

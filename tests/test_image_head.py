@@ -50,14 +50,34 @@ def test_metadata_past_64_kb_is_found() -> None:
     assert orientation_of(io.BytesIO(turned)) == 6
 
 
-def test_other_files_give_their_first_64_kb_and_damage_ends_the_walk() -> None:
+def test_other_files_give_their_first_64_kb() -> None:
     data = bytes(range(256)) * 1024
     assert read_head(io.BytesIO(data)) == data[:HEAD_BYTES]
+
+
+def test_bytes_between_segments_are_skipped_as_libjpeg_skips_them() -> None:
+    """Chromium and Pillow read the EXIF and profile of a JPEG with junk between its segments: so does the head."""
+    jpeg = photo_bytes(turned=True, icc_profile=DISPLAY_P3)
+    after_app0 = 4 + int.from_bytes(jpeg[4:6], "big")
+    for junk in (b"\x00\x00", b"junk\xff\x00", b"\xff" * 9):  # stray bytes, a stuffed 0xFF, fill bytes
+        data = jpeg[:after_app0] + junk + jpeg[after_app0:]
+        head = read_head(io.BytesIO(data))
+        assert data[len(head):len(head) + 2] == b"\xff\xda", junk
+        assert embedded_profile(io.BytesIO(data)) == DISPLAY_P3 and orientation_of(io.BytesIO(data)) == 6, junk
+        assert jpeg_components(head) == 3, junk
+
+
+def test_a_walk_that_cannot_reach_the_pixels_gives_at_least_64_kb() -> None:
     jpeg = photo_bytes()
     cut = jpeg[:30]  # a segment whose length runs past the end
     assert read_head(io.BytesIO(cut)) == cut
-    broken = jpeg[:2] + b"\x00\x00" + jpeg[4:]  # not a marker where one must be
-    assert read_head(io.BytesIO(broken)) == broken[:2]
+    hostile = {
+        "fill bytes": jpeg[:2] + b"\xff" * (MAX_HEAD_BYTES + 10),  # no marker: found in 1 MB regex steps
+        "empty segments": jpeg[:2] + b"\xff\xfe\x00\x02" * 2_000_000,  # more than MAX_STEPS
+        "empty chunks": png_bytes()[:33] + (b"\x00\x00\x00\x00tEXt\x00\x00\x00\x00") * 1_000_000,
+    }
+    for name, data in hostile.items():
+        assert read_head(io.BytesIO(data)) == data[:HEAD_BYTES], name
     endless = jpeg[:2] + (b"\xff\xe1\xff\xff" + b"\0" * 65_533) * 300  # 19 MB of segments: the walk stops
     assert len(read_head(io.BytesIO(endless))) == MAX_HEAD_BYTES
 

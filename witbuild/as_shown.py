@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from witbuild.colour_profile import CONVERTED, converts, embedded_profile, in_srgb
-from witbuild.image_head import read_head
+from witbuild.image_head import grey_file, read_head
 from witbuild.orientation import NORMAL, SWAPS_SIDES, TURNED, orientation_of, turned
 from witbuild.reencode import encode_like
 from witbuild.shard_events import note
@@ -38,6 +38,8 @@ class AsShownResizer:
         head = read_head(img_stream)  # read once for both
         orientation = orientation_of(img_stream, head) if self.upright else NORMAL
         icc = embedded_profile(img_stream, head) if self.srgb else None
+        if not converts(icc, grey_file(head)):
+            icc = None
         result = self.inner(img_stream, blurring_bbox_list)
         img, width, height, original_width, original_height, error = result
         if (orientation == NORMAL and icc is None) or img is None or error is not None:
@@ -61,7 +63,7 @@ class AsShownResizer:
         with Image.open(io.BytesIO(img)) as source:
             source.load()
             image = source
-            if converts(icc, source.mode):
+            if icc is not None:
                 image = in_srgb(image, icc)
                 changes.append(CONVERTED)
             if orientation != NORMAL:

@@ -47,15 +47,18 @@ def png_bit_depth(head: bytes) -> int | None:
 
 
 def avif_bit_depth(head: bytes) -> int | None:
-    """Bits per channel of an AVIF's colour image from its ``av1C`` box (AV1's ``high_bitdepth`` and
-    ``twelve_bit`` flags), which precedes the image data; None for anything else or a box not in ``head``."""
+    """Bits per channel of an AVIF from its ``av1C`` boxes (AV1's ``high_bitdepth`` and ``twelve_bit`` flags), which
+    precede the image data: the deepest of its items' (should it be an alpha plane's or a thumbnail's, the colour
+    image decodes to 8 bits and is left to img2dataset); None for anything else or no box in ``head``."""
     if head[4:8] != b"ftyp" or head[8:12] not in AVIF_BRANDS:
         return None
+    depths = []
     at = head.find(b"av1C")
-    if at < 0 or len(head) < at + 7:
-        return None
-    flags = head[at + 6]
-    return (12 if flags & 0x20 else 10) if flags & 0x40 else 8
+    while at >= 0 and at + 7 <= len(head):  # the colour image's, an alpha plane's, a thumbnail's: the deepest
+        flags = head[at + 6]
+        depths.append((12 if flags & 0x20 else 10) if flags & 0x40 else 8)
+        at = head.find(b"av1C", at + 4)
+    return max(depths, default=None)
 
 
 def jp2_bit_depth(head: bytes) -> int | None:

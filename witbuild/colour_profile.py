@@ -79,23 +79,24 @@ def _transform(icc: bytes, mode: str) -> Any:
 
 
 def in_srgb(image: Any, icc: bytes) -> Any:
-    """A PIL ``image`` converted from the colour profile ``icc`` to sRGB, in its own mode (a grey profile's neutral
-    greys stay neutral: a grey image stays grey; one img2dataset made RGB, from a grey file with alpha, is read as
-    the grey it is)."""
+    """A PIL ``image`` converted from the colour profile ``icc`` (RGB or grey) to sRGB, in its own mode: a grey image
+    stays grey (neutral levels stay neutral under either profile), and the RGB image img2dataset made of a grey file
+    with alpha is read as the grey it is."""
     from PIL import ImageCms
 
     mode = profile_mode(icc)
-    source = image.convert("L") if mode == "L" and image.mode != "L" else image
-    converted = ImageCms.applyTransform(source, _transform(icc, source.mode))
+    source = image.convert(mode) if image.mode != mode else image
+    converted = ImageCms.applyTransform(source, _transform(icc, mode))
     return converted.convert(image.mode) if converted.mode != image.mode else converted
 
 
-def converts(icc: bytes | None, mode: str) -> bool:
-    """Whether :func:`in_srgb` applies ``icc`` to an image img2dataset made in ``mode``: an RGB profile to an RGB
-    image, a grey profile to a grey one or to the RGB one OpenCV makes of a grey file with alpha. A CMYK file is
-    converted before (:class:`CmykResizer`)."""
-    wanted = None if icc is None else profile_mode(icc)
-    return wanted == mode or (wanted == "L" and mode == "RGB")
+def converts(icc: bytes | None, grey: bool) -> bool:
+    """Whether :func:`in_srgb` applies ``icc`` to the image img2dataset made from a file that stores grey levels
+    (``grey``, :func:`~witbuild.image_head.grey_file`) or colours, as Chromium applies it: an RGB profile to either
+    (a grey file's levels are read as neutral colours), a grey profile to a grey file only (on a colour file it is
+    ignored). A CMYK file is converted before (:class:`CmykResizer`)."""
+    mode = None if icc is None else profile_mode(icc)
+    return mode == "RGB" or (mode == "L" and grey)
 
 
 def cmyk_in_srgb(data: bytes, icc: bytes) -> bytes:

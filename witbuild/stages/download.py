@@ -299,6 +299,7 @@ def write_cut(fs: Any, rows: Any, kept_per_file: dict[int, int], dst: str, per_f
     so shard k holds the rows k × per_shard … (k + 1) × per_shard − 1 of the list on every run of the stage and
     its resumes. Spark's range partitioning would cut the files at sampled bounds, which move from run to run.
     ``kept_per_file``: {an input file's place: its rows among ``rows``}."""
+    import pyarrow.parquet as pq
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -316,11 +317,19 @@ def write_cut(fs: Any, rows: Any, kept_per_file: dict[int, int], dst: str, per_f
     (rows.withColumn(LIST_INDEX, index).withColumn(LIST_FILE, F.floor(F.col(LIST_INDEX) / per_file))
      .repartition(files, LIST_FILE).sortWithinPartitions(LIST_FILE, LIST_INDEX).drop(ROW, LIST_INDEX)
      .write.partitionBy(LIST_FILE).mode("overwrite").parquet(fs.unstrip_protocol(staged)))
+    written = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{staged}/{LIST_FILE}=*"))
+    if written != sorted(f"{LIST_FILE}={k}" for k in range(files)):  # a row outside the cut would be lost
+        raise RuntimeError(f"download: the URL list came out as {written}, not {files} files")
+    rows = 0
     for k in range(files):  # each file's rows were in one task, in order: one file each
         parts = fs.glob(f"{staged}/{LIST_FILE}={k}/*.parquet")
         if len(parts) != 1:
             raise RuntimeError(f"download: the URL list's file {k} came out as {len(parts)} files")
+        with fs.open(parts[0], "rb") as fh:
+            rows += pq.ParquetFile(fh).metadata.num_rows
         fs.mv(parts[0], f"{dst}/part-{k:05d}.parquet")
+    if rows != total:
+        raise RuntimeError(f"download: the URL list holds {rows} rows, not the {total} kept")
     fs.rm(staged, recursive=True)
 
 
