@@ -32,6 +32,9 @@ $(VENV)/.installed: pyproject.toml
 	# torch first and pinned: the CPU wheel on disk; a looser spec would pull a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[curate,download,train,stats,dev]' torch==2.13.0
+	# references the tests run as published and do not install (open_clip's package imports torchvision):
+	# open_clip's tokenizer, clip_benchmark's metrics (tests/helpers/reference_wheels.py)
+	$(PY) -m pip download -q --no-deps -d $(VENV)/reference open-clip-torch==3.3.0 clip-benchmark==1.6.1
 	touch $@
 
 install: $(VENV)/.installed

@@ -28,6 +28,11 @@ class TextTokenizer:
     """A fixed-length batch tokenizer around a ``tokenizers.Tokenizer``."""
 
     def __init__(self, tok: Tokenizer, context_length: int, eot: str, pad_id: int = 0, clean: str | None = None):
+        # a caption is text, never control: "<|endoftext|>" or "<end>" written in an alt text is spelt out in BPE
+        # pieces, as open_clip spells it, not turned into the end token the text tower pools at (which would cut
+        # the caption there); the start and end tokens come from the post-processor alone. Not serialised by
+        # ``tokenizers``, so set on every load.
+        tok.encode_special_tokens = True
         self.tok = tok
         self.clean = clean
         self.context_length = context_length
@@ -102,9 +107,9 @@ def _bytes_to_unicode() -> list[str]:
 def load_clip_bpe(path: str | Path, context_length: int = 77) -> TextTokenizer:
     """CLIP's tokenizer from its ``bpe_simple_vocab_16e6.txt.gz``: the same 49,408 ids as OpenAI's.
 
-    CLIP fixes mojibake (ftfy) and unescapes HTML twice, lowercases, collapses whitespace,
-    splits with its regex and marks word ends with ``</w>``; it pads with id 0 and pools at the
-    end token, the largest id.
+    The text is cleaned by :func:`clip_clean` (ftfy, HTML unescaped twice, whitespace, lowercase), split
+    with CLIP's regex and marked at word ends with ``</w>``; padded with id 0, pooled at the end token, the
+    largest id. The ids equal open_clip's ``SimpleTokenizer``'s (tests/test_clip_tokenizer_reference.py).
     """
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as fh:
@@ -114,8 +119,6 @@ def load_clip_bpe(path: str | Path, context_length: int = 77) -> TextTokenizer:
     vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + [CLIP_START, CLIP_END]
     tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, end_of_word_suffix="</w>",
                                continuing_subword_prefix="", unk_token=None))
-    tok.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(CLIP_PATTERN), behavior="removed", invert=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
@@ -129,11 +132,14 @@ def load_clip_bpe(path: str | Path, context_length: int = 77) -> TextTokenizer:
 
 
 def clip_clean(text: str) -> str:
-    """CLIP's text cleaning before BPE: ftfy (when installed), HTML entities unescaped twice, trimmed."""
+    """CLIP's text cleaning before BPE, step for step as open_clip's tokenizer does it: ftfy, HTML entities
+    unescaped twice, whitespace runs made one space, then Python's lowercase, which ends a word's sigma in ς
+    (a per-character lowercase leaves σ, and "ΟΔΟΣ" another token). U+0345, the one character CLIP's split regex
+    matches with none of its classes (compiled case-insensitively, it folds to the letter ι), separates tokens
+    there and is dropped, so it becomes a space here."""
     try:
         import ftfy
-
-        text = ftfy.fix_text(text)
-    except ImportError:
-        pass
-    return html.unescape(html.unescape(text)).strip()
+    except ImportError:  # a declared dependency of the train extra: without it every mojibake caption differs
+        raise ImportError("CLIP's tokenizer needs ftfy (pip install 'witbuild[train]')") from None
+    text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    return " ".join(text.split()).lower().replace("\u0345", " ")
