@@ -119,7 +119,8 @@ def zero_shot(model: CLIP, tokenizer: TextTokenizer, folder: str | Path, device=
 def rank_credit(scores: torch.Tensor, true: torch.Tensor, k: int) -> torch.Tensor:
     """Per row of ``scores``, the chance that the true candidate (its score in ``true``, one column) is among the
     top ``k``, its place among the candidates it ties with drawn at random: a tie is a coin toss, not a hit for
-    whichever candidate comes first (a collapsed model ties everything)."""
+    whichever candidate comes first (a collapsed model ties everything; a caption that occurs twice ties its
+    texts exactly, where clip_benchmark's recall credits the first and so depends on the samples' order)."""
     better = (scores > true).sum(1)
     ties = (scores == true).sum(1) - 1
     return ((k - better) / (ties + 1)).clamp(0, 1).float()
