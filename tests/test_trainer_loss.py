@@ -87,3 +87,27 @@ def test_siglip_loss_is_pairwise_sigmoid():
 def test_unknown_loss_is_an_error():
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         make_loss("hinge")
+
+
+@pytest.mark.parametrize("loss_name", ["clip", "siglip"])
+def test_one_process_loss_and_gradients_equal_open_clips(loss_name, tmp_path):
+    """open_clip 3.3's ``ClipLoss`` and ``SigLipLoss`` (its ``loss.py`` from the wheel as published) on the same
+    features, scale and bias: the same loss and the same gradients, so a run's loss curve reads as open_clip's."""
+    from tests.helpers.reference_wheels import extract, load_module
+
+    member = "open_clip/loss.py"
+    reference = load_module(extract("open_clip_torch", [member], tmp_path)[member], "open_clip_reference_loss")
+    theirs_fn = reference.ClipLoss() if loss_name == "clip" else reference.SigLipLoss()
+    g = torch.Generator().manual_seed(0)
+    raw = (torch.randn(48, 16, generator=g), torch.randn(48, 16, generator=g))
+    results = []
+    for fn in (make_loss(loss_name), theirs_fn):
+        img, txt = (r.clone().requires_grad_() for r in raw)
+        scale, bias = torch.tensor(14.3, requires_grad=True), torch.tensor(-10.0, requires_grad=True)
+        args = (F.normalize(img, dim=-1), F.normalize(txt, dim=-1), scale)
+        value = fn(*args, bias) if loss_name == "siglip" else fn(*args)
+        value.backward()
+        grads = [img.grad, txt.grad, scale.grad] + ([bias.grad] if loss_name == "siglip" else [])
+        results.append([value.detach(), *grads])
+    for ours, theirs in zip(*results, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
