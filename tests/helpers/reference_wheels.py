@@ -43,3 +43,31 @@ def load_module(path: Path, name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def open_clip_models(dest: Path) -> ModuleType:
+    """open_clip's ``model`` module (its ``CLIP`` class, the real one) from the wheel, imported as a package
+    ``open_clip_reference`` without running the package's ``__init__`` (which imports torchvision's transforms).
+    Its ``utils`` imports torchvision's ``FrozenBatchNorm2d``, used only to freeze ResNet towers: while it is
+    imported, a placeholder class stands in under that name, and no ``torchvision`` stays in ``sys.modules``."""
+    name = "open_clip_reference"
+    if f"{name}.model" in sys.modules:
+        return sys.modules[f"{name}.model"]
+    with zipfile.ZipFile(wheel("open_clip_torch")) as zf:
+        zf.extractall(dest, [m for m in zf.namelist()
+                             if m.startswith("open_clip/") and m.endswith((".py", ".json", ".gz"))])
+    package = ModuleType(name)
+    package.__path__ = [str(dest / "open_clip")]
+    sys.modules[name] = package
+    placeholder = {n: ModuleType(n) for n in ("torchvision", "torchvision.ops", "torchvision.ops.misc")}
+    placeholder["torchvision.ops.misc"].FrozenBatchNorm2d = type("FrozenBatchNorm2d", (), {})
+    saved = {n: sys.modules.get(n) for n in placeholder}
+    sys.modules.update(placeholder)
+    try:
+        return importlib.import_module(f"{name}.model")
+    finally:
+        for n, module in saved.items():
+            if module is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = module
