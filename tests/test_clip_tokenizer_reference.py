@@ -9,6 +9,7 @@ users measured. Texts: every Unicode character in context, and phrases of the 3,
 
 from __future__ import annotations
 
+import pickle
 import random
 import unicodedata
 
@@ -106,10 +107,12 @@ def test_open_clips_own_control_names_are_text_here_alone(pair):
 
 
 def test_a_trained_bpe_spells_its_control_names_out_too():
+    """Also in a copy pickled to a loader worker or an executor: ``tokenizers`` pickles without the setting."""
     tok = train_bpe(["a cat on a mat", "a dog in the snow"] * 30, 300, 32)
-    ids = tok(["<end> a cat <start> <pad> on a mat"])[0].tolist()
-    assert ids.count(tok.eot_id) == 1
-    assert tok.decode(ids).strip() == "<end> a cat <start> <pad> on a mat"
+    for copy in (tok, pickle.loads(pickle.dumps(tok))):
+        ids = copy(["<end> a cat <start> <pad> on a mat"])[0].tolist()
+        assert ids.count(copy.eot_id) == 1
+        assert copy.decode(ids).strip() == "<end> a cat <start> <pad> on a mat"
 
 
 def test_a_saved_tokenizer_loads_with_the_same_ids(pair):

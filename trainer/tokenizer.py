@@ -42,6 +42,11 @@ class TextTokenizer:
             raise ValueError(f"tokenizer has no end token {eot!r}")
         self._eot = eot
 
+    def __reduce__(self):
+        """Pickled (to loader workers, Spark executors) through the JSON, so ``__init__`` sets again what
+        ``tokenizers`` does not carry."""
+        return TextTokenizer.from_json, (self.to_json(),)
+
     @property
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size()
