@@ -102,9 +102,11 @@ def test_a_siglip_model_exports_with_its_bias(reference):
     cfg = ModelConfig.from_dict(json.loads((ROOT / "trainer" / "configs" / "models" / "tiny.json").read_text()))
     cfg.init_logit_bias = -10.0
     ours = CLIP(cfg).eval()
+    ours.logit_bias.fill_(-7.25)  # as training moved it
+    ours.logit_scale.fill_(3.5)
     theirs = reference.CLIP(**openclip_model_config(cfg)).eval()
     theirs.load_state_dict(openclip_state_dict(ours.state_dict()), strict=True)
-    assert theirs.logit_bias.item() == -10.0
+    assert (theirs.logit_bias.item(), theirs.logit_scale.item()) == (-7.25, 3.5)
 
 
 @pytest.mark.slow  # two ViT-B models of ~150 M parameters each way

@@ -83,9 +83,12 @@ def preprocess_config(cfg: ModelConfig) -> dict:
 
 
 def check_clip_tokenizer(tokenizer: TextTokenizer) -> None:
-    if tokenizer.clean != "clip" or tokenizer.vocab_size != 49408 or tokenizer.tok.token_to_id(CLIP_END) != 49407:
+    if tokenizer.vocab_size != 49408 or tokenizer.tok.token_to_id(CLIP_END) != 49407:
         raise ValueError("this run fitted its own BPE (tokenizer.kind: bpe); open_clip tokenises with CLIP's BPE "
                          "or a Hugging Face tokenizer, so only runs trained with tokenizer.kind: clip export")
+    if tokenizer.clean != "clip":
+        raise ValueError("this run's CLIP tokenizer was saved without CLIP's text cleaning (a checkpoint older "
+                         "than the cleaning), so it did not tokenise as open_clip does")
 
 
 def export(checkpoint: str | Path, out: str | Path) -> Path:
@@ -96,8 +99,8 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     model, tokenizer, ckpt = load_checkpoint(checkpoint)
     check_clip_tokenizer(tokenizer)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out} exists and is not an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     torch.save(openclip_state_dict(model.state_dict()), out / WEIGHTS_FILE)
     config = {"model_cfg": openclip_model_config(model.cfg), "preprocess_cfg": preprocess_config(model.cfg),
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         folder = export(args.checkpoint, args.out)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"open_clip model written to {folder}: open_clip.create_model_and_transforms('local-dir:{folder}')")

@@ -19,8 +19,9 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 
 PAD, START, END = "<pad>", "<start>", "<end>"
 CLIP_START, CLIP_END = "<|startoftext|>", "<|endoftext|>"
-# CLIP's pre-tokenisation: contractions, runs of letters, single digits, runs of other symbols
-CLIP_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+# CLIP's pre-tokenisation: contractions, runs of letters, single digits, runs of other symbols. CLIP compiles it
+# case-insensitively on lowercased text, where that matters once: the long s (ſ) folds to s, so "'ſ" is "'s".
+CLIP_PATTERN = r"""'[sſ]|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 CLIP_MERGES = 49152 - 256 - 2  # merges CLIP uses from its vocabulary file (49,408 tokens in all)
 
 
@@ -33,6 +34,9 @@ class TextTokenizer:
         # the caption there); the start and end tokens come from the post-processor alone. Not serialised by
         # ``tokenizers``, so set on every load.
         tok.encode_special_tokens = True
+        if clean == "clip":  # all of the cleaning is clip_clean's; a JSON saved earlier also gets today's split
+            tok.normalizer = None
+            tok.pre_tokenizer = clip_pre_tokenizer()
         self.tok = tok
         self.clean = clean
         self.context_length = context_length
@@ -124,16 +128,20 @@ def load_clip_bpe(path: str | Path, context_length: int = 77) -> TextTokenizer:
     vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + [CLIP_START, CLIP_END]
     tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, end_of_word_suffix="</w>",
                                continuing_subword_prefix="", unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(CLIP_PATTERN), behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([CLIP_START, CLIP_END])
     tok.post_processor = processors.TemplateProcessing(
         single=f"{CLIP_START} $A {CLIP_END}",
         special_tokens=[(CLIP_START, vocab.index(CLIP_START)), (CLIP_END, vocab.index(CLIP_END))])
     return TextTokenizer(tok, context_length, CLIP_END, pad_id=0, clean="clip")
+
+
+def clip_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """CLIP's split (its regex's matches kept, the rest dropped), each piece as GPT-2's printable bytes."""
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CLIP_PATTERN), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
 
 
 def clip_clean(text: str) -> str:

