@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from trainer.config import saved_config
+from trainer.config import TrainConfig, saved_config
 from trainer.data import Split, center_square, find_shards, image_folder, iter_pairs, open_rgb, split_data, to_tensor
 from trainer.model import CLIP, ModelConfig
+from trainer.openclip_weights import is_openclip_folder, load_openclip_folder
 from trainer.tokenizer import TextTokenizer
 
 log = logging.getLogger("trainer.evaluate")
@@ -37,8 +38,15 @@ DEFAULT_TEMPLATES = ["a photo of a {}.", "a picture of a {}.", "an image of a {}
 BATCH = 256  # images or texts per forward pass unless the run's eval.batch_size says otherwise
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[CLIP, TextTokenizer, dict]:
-    """Model (eval mode), tokenizer and saved run config of a checkpoint file, a run folder or ``…/latest``."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    bpe_vocab: str | Path | None = None) -> tuple[CLIP, TextTokenizer, dict]:
+    """Model (eval mode), tokenizer and saved run config of a checkpoint file, a run folder or ``…/latest``; or of
+    an open_clip model folder (an export, a Hugging Face Hub download: CLIP's vocabulary from the folder or
+    ``bpe_vocab``), whose run config is the default one, so that its retrieval scores the split a run with the
+    default data settings holds out."""
+    if is_openclip_folder(path):
+        model, tokenizer = load_openclip_folder(path, bpe_vocab)
+        return model.to(device).eval(), tokenizer, {"config": TrainConfig().model_dump(mode="json"), "step": None}
     path = resolve_checkpoint(path)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model = CLIP(ModelConfig.from_dict(ckpt["model_config"]))
@@ -316,7 +324,10 @@ def heldout_of(data: str, saved: dict, holdout_shards: int | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", required=True, help="Checkpoint file, run folder, or …/checkpoints/latest.")
+    ap.add_argument("--checkpoint", required=True, help="Checkpoint file, run folder, …/checkpoints/latest, or an "
+                                                        "open_clip model folder (open_clip_config.json + weights).")
+    ap.add_argument("--bpe-vocab", help="An open_clip folder without bpe_simple_vocab_16e6.txt.gz: CLIP's "
+                                        "vocabulary file (open_clip ships it).")
     ap.add_argument("--zeroshot", help="Labelled folder <class>/<image> for zero-shot and the linear probe.")
     ap.add_argument("--data", help="Build output or shard folder; retrieval runs on the pairs the run held out.")
     ap.add_argument("--holdout-shards", type=int, help="Score the last N shards (default: the run's data.holdout_*).")
@@ -331,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        model, tokenizer, ckpt = load_checkpoint(args.checkpoint, args.device)
+        model, tokenizer, ckpt = load_checkpoint(args.checkpoint, args.device, args.bpe_vocab)
         cfg = saved_config(ckpt["config"])
         split, trained = heldout_of(args.data, ckpt["config"], args.holdout_shards, args.holdout_fraction) \
             if args.data else (None, False)
@@ -346,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    results["checkpoint"], results["step"] = str(resolve_checkpoint(args.checkpoint)), ckpt["step"]
+    results["checkpoint"] = str(Path(args.checkpoint).resolve() if ckpt["step"] is None
+                                else resolve_checkpoint(args.checkpoint))
+    results["step"] = ckpt["step"]
     print(format_results(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))

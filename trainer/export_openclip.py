@@ -2,18 +2,21 @@
 
     python trainer/export_openclip.py --checkpoint runs/vit-b-32 --out exported/vit-b-32
 
-The folder holds ``open_clip_config.json`` (the model config and the preprocessing) and
-``open_clip_pytorch_model.bin`` (the weights under open_clip's names), the layout open_clip reads with
+The folder holds ``open_clip_config.json`` (the model config and the preprocessing),
+``open_clip_pytorch_model.bin`` (the weights under open_clip's names) and CLIP's vocabulary file
+``bpe_simple_vocab_16e6.txt.gz``, the layout open_clip reads with
 ``open_clip.create_model_and_transforms("local-dir:exported/vit-b-32")`` and
 ``open_clip.get_tokenizer("local-dir:exported/vit-b-32")``, so clip_benchmark and the rest of that ecosystem
-evaluate the model as open_clip runs it. Only runs trained with CLIP's tokenizer (``tokenizer.kind: clip``) export:
-open_clip tokenises with CLIP's BPE (the same ids, tests/test_clip_tokenizer_reference.py) or a Hugging Face
-tokenizer, and a BPE fitted on the captions is neither.
+evaluate the model as open_clip runs it; ``trainer/evaluate.py`` and ``clip_score.checkpoint`` read it back (and
+any such folder from the Hugging Face Hub). Only runs trained with CLIP's tokenizer (``tokenizer.kind: clip``)
+export: open_clip tokenises with CLIP's BPE (the same ids, tests/test_clip_tokenizer_reference.py) or a Hugging
+Face tokenizer, and a BPE fitted on the captions is neither.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import re
 import sys
@@ -26,11 +29,10 @@ import torch
 
 from trainer.data import MEAN, STD
 from trainer.model import ModelConfig
-from trainer.openclip_weights import convert_state_dict
+from trainer.openclip_weights import CONFIG_FILE, VOCAB_FILE, WEIGHT_FILES, convert_state_dict
 from trainer.tokenizer import CLIP_END, TextTokenizer
 
-CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_pytorch_model.bin"
+WEIGHTS_FILE = WEIGHT_FILES[0]
 
 #: ours → open_clip's name, applied in order to each key: the inverse of ``openclip_weights._RENAMES``.
 _RENAMES: tuple[tuple[str, str], ...] = (
@@ -91,6 +93,15 @@ def check_clip_tokenizer(tokenizer: TextTokenizer) -> None:
                          "than the cleaning), so it did not tokenise as open_clip does")
 
 
+def write_clip_vocab(tokenizer: TextTokenizer, path: Path) -> None:
+    """CLIP's ``bpe_simple_vocab_16e6.txt.gz`` again, from the merges the checkpoint's tokenizer carries: a header
+    line, then one merge a line, in rank order (the merges CLIP uses; its file lists more, which no one reads)."""
+    merges = json.loads(tokenizer.tok.to_str())["model"]["merges"]
+    lines = ["#version: 0.2", *(" ".join(m) if isinstance(m, list) else m for m in merges)]
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
 def export(checkpoint: str | Path, out: str | Path) -> Path:
     """Write ``out/open_clip_config.json`` and ``out/open_clip_pytorch_model.bin`` for ``checkpoint`` (a file, a
     run folder or ``…/latest``); ``ValueError`` for a run open_clip cannot reproduce."""
@@ -103,6 +114,7 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
         raise ValueError(f"--out {out} exists and is not an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     torch.save(openclip_state_dict(model.state_dict()), out / WEIGHTS_FILE)
+    write_clip_vocab(tokenizer, out / VOCAB_FILE)
     config = {"model_cfg": openclip_model_config(model.cfg), "preprocess_cfg": preprocess_config(model.cfg),
               "witbuild": {"checkpoint": str(Path(checkpoint).resolve()), "step": ckpt.get("step")}}
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")

@@ -10,12 +10,14 @@ error naming it, never a silently half-loaded model.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import torch
 
 from trainer.model import CLIP, ModelConfig
+from trainer.tokenizer import TextTokenizer
 
 #: open_clip name → ours, applied in order to each key (after the ``module.``/``_orig_mod.`` prefixes are cut).
 _RENAMES: tuple[tuple[str, str], ...] = (
@@ -68,8 +70,13 @@ def load_openclip(path: str | Path, model_config: ModelConfig) -> CLIP:
 
     ``ValueError`` when the file is not an open_clip state dict or does not fit ``model_config``."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file  # open_clip's preferred format on the Hugging Face Hub
+
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, ModuleNotFoundError):
         raise
     except Exception as exc:  # a truncated file, a pickle with code in it, not a torch file at all
         raise ValueError(f"{path}: cannot load as a torch state dict ({type(exc).__name__}: {exc})") from exc
@@ -87,3 +94,61 @@ def load_openclip(path: str | Path, model_config: ModelConfig) -> CLIP:
         raise ValueError(f"{path} does not match the model config: " + "; ".join(parts))
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# open_clip model folders: what ``open_clip.create_model_and_transforms("local-dir:FOLDER")`` reads, and what the
+# Hugging Face Hub holds for open_clip models
+# ---------------------------------------------------------------------------------------------------------------------
+
+CONFIG_FILE = "open_clip_config.json"
+WEIGHT_FILES = ("open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth", "open_clip_model.safetensors",
+                "open_clip_pytorch_model.safetensors")  # open_clip's order of preference, .bin first here
+VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"  # CLIP's BPE merges: an export writes it; open_clip ships its own
+
+
+def is_openclip_folder(path: str | Path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def model_config_from_openclip(model_cfg: dict) -> ModelConfig:
+    """Our ``ModelConfig`` for open_clip's model config. Its text pooling (``pool_type`` argmax, or eos at
+    ``eos_id``) becomes our end token; ``pad_id`` is moot under a causal mask; any other key this model does not
+    implement (``quick_gelu``, layer scale, another tower) is an error naming it."""
+    cfg = json.loads(json.dumps(model_cfg))
+    text = cfg.get("text_cfg", {})
+    pool = text.pop("pool_type", "argmax")
+    eos_id = text.pop("eos_id", None)
+    text.pop("pad_id", None)
+    if pool not in ("argmax", "eos"):
+        raise ValueError(f"text_cfg.pool_type {pool!r}: this model pools at the end token (argmax or eos)")
+    if pool == "eos":
+        text["eot_id"] = eos_id if eos_id is not None else 2  # open_clip's default eos_id
+    return ModelConfig.from_dict(cfg)
+
+
+def load_openclip_folder(folder: str | Path, bpe_vocab: str | Path | None = None) -> tuple[CLIP, TextTokenizer]:
+    """Our CLIP and CLIP's tokenizer for an open_clip model folder (``open_clip_config.json`` and a weights
+    file: an export of this trainer, or a download of an open_clip model from the Hugging Face Hub). The
+    vocabulary is the folder's ``bpe_simple_vocab_16e6.txt.gz`` or ``bpe_vocab``."""
+    from trainer.tokenizer import load_clip_bpe
+
+    folder = Path(folder)
+    try:
+        raw = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{folder / CONFIG_FILE}: not a readable open_clip config ({exc})") from None
+    if "hf_tokenizer_name" in raw.get("model_cfg", raw).get("text_cfg", {}):
+        raise ValueError(f"{folder}: the model tokenises with a Hugging Face tokenizer, not CLIP's BPE")
+    cfg = model_config_from_openclip(raw.get("model_cfg", raw))
+    weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(f"no weights in {folder} (one of {', '.join(WEIGHT_FILES)})")
+    vocab = folder / VOCAB_FILE if (folder / VOCAB_FILE).is_file() else bpe_vocab
+    if vocab is None:
+        raise FileNotFoundError(f"no {VOCAB_FILE} in {folder}: give CLIP's vocabulary file (open_clip ships it)")
+    tokenizer = load_clip_bpe(vocab, cfg.text_cfg.context_length)
+    if tokenizer.vocab_size != cfg.text_cfg.vocab_size:
+        raise ValueError(f"{vocab} has {tokenizer.vocab_size} tokens, the model's vocab_size is "
+                         f"{cfg.text_cfg.vocab_size}")
+    return load_openclip(weights, cfg), tokenizer

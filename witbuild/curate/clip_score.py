@@ -37,13 +37,15 @@ class ClipScoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
     checkpoint: str | None = Field(
-        None, description="A checkpoint of our trainer (run folder, checkpoints/latest or a .pt file) or an open_clip "
-        "state dict file (with model_json and bpe_vocab). None: no scoring.")
+        None, description="A checkpoint of our trainer (run folder, checkpoints/latest or a .pt file), an open_clip "
+        "model folder (open_clip_config.json and weights: trainer/export_openclip.py writes one, the Hugging Face Hub "
+        "holds them) or an open_clip state dict file (with model_json and bpe_vocab). None: no scoring.")
     model_json: str | None = Field(
         None, description="open_clip checkpoints only: the model JSON it was trained with (a path, or the name of "
         "one under trainer/configs/models).")
     bpe_vocab: str | None = Field(
-        None, description="open_clip checkpoints only: CLIP's bpe_simple_vocab_16e6.txt.gz (open_clip ships it).")
+        None, description="open_clip checkpoints only: CLIP's bpe_simple_vocab_16e6.txt.gz (open_clip ships it); "
+        "for a folder, when it has none.")
     min: float | None = Field(
         None, ge=-1, le=1, description="Drop samples whose score is below this cosine similarity (LAION: 0.28 "
         "with OpenAI's ViT-B/32; a small model of ours scores on another scale: look at the histogram first).")
@@ -67,7 +69,7 @@ class ClipScoreConfig(BaseModel):
         if self.checkpoint is None and (self.min is not None or self.keep_fraction is not None or self.embeddings
                                         or self.semdedup_eps is not None):
             raise ValueError("clip_score.min, keep_fraction, embeddings and semdedup_eps need clip_score.checkpoint")
-        if (self.model_json is None) != (self.bpe_vocab is None):
+        if self.model_json is not None and self.bpe_vocab is None:
             raise ValueError("an open_clip checkpoint needs both clip_score.model_json and clip_score.bpe_vocab")
         return self
 
@@ -156,12 +158,21 @@ def load_scorer(cfg: ClipScoreConfig) -> Scorer:
     """The scorer of ``cfg``; FileNotFoundError / ValueError (said plainly) for a checkpoint that is missing, does
     not load, or does not fit its model JSON. Called by the job before Spark starts, and once per Python worker."""
     from trainer.evaluate import resolve_checkpoint
+    from trainer.openclip_weights import is_openclip_folder, load_openclip_folder
 
     if cfg.checkpoint is None:
         raise ValueError("clip_score.checkpoint is not set")
     device = _device(cfg.device)
     if cfg.model_json is not None:
         model, tokenizer = _load_openclip(cfg)
+    elif is_openclip_folder(Path(cfg.checkpoint).expanduser()):
+        try:
+            model, tokenizer = load_openclip_folder(Path(cfg.checkpoint).expanduser(), cfg.bpe_vocab)
+        except (FileNotFoundError, ValueError) as exc:
+            raise type(exc)(f"clip_score.checkpoint: {exc}") from None
+    elif cfg.bpe_vocab is not None:
+        raise ValueError("clip_score.bpe_vocab is for open_clip checkpoints: a state dict (with model_json) or a "
+                         f"folder with open_clip_config.json, and {cfg.checkpoint} is neither")
     else:
         try:
             path = resolve_checkpoint(cfg.checkpoint)
