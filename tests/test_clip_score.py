@@ -101,7 +101,7 @@ def test_score_is_the_trainers_own_cosine(our_checkpoint):
     model, tok = scorer.model, scorer.tokenizer
     size = model.cfg.vision_cfg.image_size
     with torch.no_grad():
-        want_img = model.encode_image(torch.stack([to_tensor(center_square(open_rgb(b, size), size)) for b in images]))
+        want_img = model.encode_image(torch.stack([to_tensor(center_square(open_rgb(b), size)) for b in images]))
         want = (want_img * model.encode_text(tok(texts))).sum(1)
     assert np.allclose(scores, want.numpy(), atol=1e-5)
     assert np.allclose(emb, want_img.numpy(), atol=1e-5)

@@ -369,3 +369,24 @@ def test_another_holdout_than_the_runs_is_scored_with_a_warning(tmp_path, caplog
         split, trained = heldout_of(str(tmp_path), saved, holdout_shards=2)
     assert trained and [p.name for p in split.heldout] == ["00002.tar", "00003.tar"]
     assert "may have trained on" in caplog.text
+
+
+@pytest.mark.parametrize(("size", "resized", "offset"), [
+    ((675, 450), (336, 224), (56, 0)),   # long side int(224 * 675 / 450) = 336
+    ((385, 256), (336, 224), (56, 0)),   # int(336.875): truncated, not rounded
+    ((301, 200), (337, 224), (56, 0)),   # (337 - 224) / 2 = 56.5 rounds to even, as torchvision's CenterCrop
+    ((200, 303), (224, 339), (0, 58)),   # 57.5 rounds to 58
+    ((224, 224), (224, 224), (0, 0)),
+])
+def test_the_evaluation_view_is_open_clips(size, resized, offset):
+    """open_clip evaluates (and DataComp and LAION scored) through torchvision's ``Resize(224)`` and
+    ``CenterCrop(224)``: the short side to 224 with the long one truncated, bicubic, then the centre at offsets
+    rounded half to even. The view must be those pixels exactly, so that an open_clip model's scores here are
+    its scores there."""
+    from trainer.data import center_square
+
+    rng = np.random.default_rng(sum(size))
+    img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    want = img.resize(resized, Image.Resampling.BICUBIC) if resized != size else img
+    want = want.crop((offset[0], offset[1], offset[0] + 224, offset[1] + 224))
+    assert np.array_equal(np.asarray(center_square(img, 224)), np.asarray(want))

@@ -149,7 +149,7 @@ def test_evaluation_equals_clip_benchmarks_on_the_same_model_and_data(demo_build
 
     split, _ = heldout_of(str(demo_build.build), ckpt["config"])
     pairs = list(iter_pairs(split.heldout, cfg.data.caption_key, split.fraction))[:cfg.eval.max_retrieval_pairs]
-    x = torch.stack([to_tensor(center_square(open_rgb(data, size), size)) for data, _, _ in pairs])
+    x = torch.stack([to_tensor(center_square(open_rgb(data), size)) for data, _, _ in pairs])
     loader = DataLoader(list(zip(x, [[text] for _, text, _ in pairs], strict=True)), batch_size=batch,
                         collate_fn=lambda b: (torch.stack([i for i, _ in b]), [t for _, t in b]))
     theirs = retrieval.evaluate(model, loader, tokenizer, "cpu", amp=False, recall_k_list=[1, 5, 10])

@@ -225,7 +225,7 @@ def retrieval(model: CLIP, tokenizer: TextTokenizer, shards: list[Path], device=
     images, texts = [], []
     for data, text, _ in iter_pairs(shards, caption_key, holdout_fraction):
         try:
-            images.append(open_rgb(data, model.cfg.vision_cfg.image_size))
+            images.append(open_rgb(data))  # in full, as open_clip's evaluation decodes
         except Exception as exc:
             log.warning("retrieval: skipped an undecodable image: %s", exc)
             continue

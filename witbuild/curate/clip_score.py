@@ -6,9 +6,11 @@ has: a checkpoint of our trainer (a run folder, ``…/latest`` or a ``step-*.pt`
 tokenizer in one file) or an open_clip state dict with the model JSON it was trained with and CLIP's BPE
 vocabulary. Both load with ``torch.load(weights_only=True)``.
 
-The score is computed as our trainer evaluates (:func:`trainer.data.open_rgb`, the centred square at the model's
-image size, CLIP's normalisation; the caption through the checkpoint's tokenizer), so it equals the trainer's own
-``encode_image`` · ``encode_text`` cosine. torch is imported inside functions: the build config and the job's
+The score is computed as our trainer evaluates, which is as open_clip evaluates (the image decoded in full, its
+short side resized to the model's image size and the centre cropped, pixel for pixel as torchvision's ``Resize``
+and ``CenterCrop`` do it, CLIP's normalisation; the caption through the checkpoint's tokenizer, whose CLIP BPE
+gives open_clip's ids), so it equals the trainer's own ``encode_image`` · ``encode_text`` cosine, and an open_clip
+model's scores are the ones open_clip gives. torch is imported inside functions: the build config and the job's
 start need no torch until scoring is asked for.
 """
 
@@ -101,7 +103,7 @@ class Scorer:
         from trainer.data import center_square, open_rgb, to_uint8
 
         try:
-            return to_uint8(center_square(open_rgb(data, self.image_size), self.image_size))
+            return to_uint8(center_square(open_rgb(data), self.image_size))  # open_clip's evaluation view
         except Exception as exc:  # Pillow raises many types; one bad image must not fail a Spark task
             log.debug("clip_score: undecodable image: %s: %s", type(exc).__name__, exc)
             return None

@@ -78,7 +78,7 @@ REGISTRY: tuple[Stage, ...] = (
           ("download", "network", "crawl.read_timeout", "crawl.total_timeout", "crawl.max_page_bytes"),
           resumable=True, imports=("img2dataset",)),  # ~2 s: webdataset, torch, albumentations
     # rule 2: CLIP scores from open_clip's token ids (Python's lowercase, a final ς; control-token names in a
-    # caption spelt out as text)
+    # caption spelt out as text) and open_clip's evaluation view (images decoded in full, resized, then cropped)
     Stage("finalize", "download", "witbuild.stages.finalize:run_finalize", ("dedup", "clip_score"), "index",
           rule=2, warm_ups=("witbuild.dedup.colour_bound:warm_up",)),  # ~3 s in a fresh checkout, then cached
 )
