@@ -150,3 +150,14 @@ def test_a_saved_tokenizer_loads_with_the_same_ids(pair):
     old = TextTokenizer.from_json(json.dumps({**json.loads(ours.to_json()), "tokenizer": saved}))
     assert old._eot == CLIP_END
     assert torch.equal(old(texts), ref(texts))
+
+
+def test_decoding_a_row_gives_open_clips_text(pair):
+    """A row of ids back to text: up to the end token (CLIP pads with id 0, which is "!"), word ends as spaces."""
+    ours, ref = pair
+    texts = ["a handwritten digit seven", "Café au lait &amp; ΟΔΟΣ 😀", "it's 3D-printed!"]
+    for text, row in zip(texts, ours(texts), strict=True):
+        ids = row.tolist()
+        body = ids[1: ids.index(ours.eot_id)]
+        assert ours.decode(ids) == ref.decode(body).strip() == ours.decode(body)
+        assert "!" not in ours.decode(ids) or "!" in text

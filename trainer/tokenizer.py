@@ -69,7 +69,17 @@ class TextTokenizer:
         return out
 
     def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=True)
+        """The text of one row: its tokens up to the end token (what follows is padding, and CLIP pads with id 0,
+        which is "!"), CLIP's word ends as spaces, as open_clip's ``decode`` writes them."""
+        ids = [int(i) for i in ids]
+        if self.eot_id in ids[1:]:
+            ids = ids[: ids.index(self.eot_id, 1)]
+        if self.clean != "clip":
+            return self.tok.decode(ids, skip_special_tokens=True)
+        start = self.tok.token_to_id(CLIP_START)
+        pieces = "".join(self.tok.id_to_token(i) or "" for i in ids if i not in (start, self.eot_id))
+        byte_of = {c: b for b, c in zip(_byte_order(), _bytes_to_unicode(), strict=True)}
+        return bytes(byte_of[c] for c in pieces).decode("utf-8", errors="replace").replace("</w>", " ").strip()
 
     def to_json(self) -> str:
         return json.dumps({"tokenizer": json.loads(self.tok.to_str()), "context_length": self.context_length,
@@ -106,11 +116,17 @@ def train_bpe(texts: Iterable[str], vocab_size: int, context_length: int, min_fr
     return TextTokenizer(tok, context_length, END, pad_id=tok.token_to_id(PAD))
 
 
+_PRINTABLE = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+
+
+def _byte_order() -> list[int]:
+    """The bytes in CLIP's (and GPT-2's) vocabulary order: the printable ones first."""
+    return _PRINTABLE + [b for b in range(256) if b not in _PRINTABLE]
+
+
 def _bytes_to_unicode() -> list[str]:
-    """CLIP's (and GPT-2's) printable stand-in for each byte, in vocabulary order."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = [b for b in range(256) if b not in keep]
-    return [chr(b) for b in keep] + [chr(256 + i) for i in range(len(extra))]
+    """CLIP's printable stand-in for each byte of :func:`_byte_order`: a printable byte stands for itself."""
+    return [chr(b) for b in _PRINTABLE] + [chr(256 + i) for i in range(256 - len(_PRINTABLE))]
 
 
 def load_clip_bpe(path: str | Path, context_length: int = 77) -> TextTokenizer:
