@@ -10,6 +10,7 @@ reference of tests/test_clip_score.py, at full size and without a stored file).
 
 from __future__ import annotations
 
+import gzip
 import importlib
 import json
 import os
@@ -89,7 +90,11 @@ def test_an_exported_run_is_open_clips_model_with_the_same_embeddings(reference,
                                rtol=1e-4, atol=1e-5)
     assert theirs.logit_scale.item() == pytest.approx(ours.logit_scale.item())
 
-    # the vocabulary file the export writes is CLIP's for both tokenizers
+    # the vocabulary file the export writes is CLIP's: the merges open_clip's own file lists, line for line
+    def merges(path) -> list[str]:
+        return gzip.open(path, "rt", encoding="utf-8").read().split("\n")[1: 49152 - 256 - 2 + 1]
+
+    assert merges(out / VOCAB_FILE) == merges(Path(reference.__file__).parent / VOCAB_FILE)
     exported_vocab = simple(bpe_path=str(out / VOCAB_FILE), context_length=77)
     assert torch.equal(exported_vocab(CAPTIONS), simple(context_length=77)(CAPTIONS))
     assert torch.equal(load_clip_bpe(out / VOCAB_FILE, 77)(CAPTIONS), simple(context_length=77)(CAPTIONS))
@@ -100,10 +105,12 @@ def test_an_exported_run_is_open_clips_model_with_the_same_embeddings(reference,
     for checkpoint in (run_dir, out):
         result = tmp_path / f"eval-{checkpoint.name}.json"
         proc = run(str(EVALUATE), "--checkpoint", str(checkpoint), "--zeroshot", str(labelled), "--data",
-                   str(tmp_path / "shards"), "--holdout-fraction", "0.5", "--out", str(result))
+                   str(tmp_path / "shards"), "--out", str(result))  # the run's holdout: its last shard
         assert proc.returncode == 0, proc.stderr[-3000:]
         figures.append(json.loads(result.read_text()))
-    assert figures[1]["step"] is None and figures[1]["retrieval"]["pairs"] == figures[0]["retrieval"]["pairs"] > 10
+    assert figures[1]["step"] == figures[0]["step"] == 3
+    assert figures[1]["retrieval"]["pairs"] == figures[0]["retrieval"]["pairs"] == 32  # the held-out shard
+    assert "includes_trained_pairs" not in figures[1]["retrieval"]
     for part in ("zeroshot", "linear_probe", "retrieval"):
         for key, value in figures[0][part].items():
             if isinstance(value, float):
@@ -185,3 +192,68 @@ def test_open_clips_vit_b_configs_import_and_export_exactly(reference, clip_voca
     assert back.keys() == theirs.state_dict().keys()
     assert all(torch.equal(back[k], v) for k, v in theirs.state_dict().items())
     assert openclip_model_config(ours.cfg)["vision_cfg"]["patch_size"] == cfg_dict["vision_cfg"]["patch_size"]
+
+
+def tiny_folder(folder: Path, clip_vocab: Path, **edit) -> Path:
+    """A small open_clip folder (CLIP's vocabulary, tiny towers) with ``edit`` applied to its config."""
+    cfg = ModelConfig.from_dict(json.loads((ROOT / "trainer" / "configs" / "models" / "tiny.json").read_text()))
+    cfg.text_cfg.vocab_size, cfg.text_cfg.eot_id = 49408, None
+    folder.mkdir(parents=True)
+    torch.save(openclip_state_dict(CLIP(cfg).state_dict()), folder / WEIGHTS_FILE)
+    config = {"model_cfg": openclip_model_config(cfg),
+              "preprocess_cfg": {"size": cfg.vision_cfg.image_size, "mean": [0.48145466, 0.4578275, 0.40821073],
+                                 "std": [0.26862954, 0.26130258, 0.27577711], "interpolation": "bicubic",
+                                 "resize_mode": "shortest"}}
+    for path, value in edit.items():
+        *parents, key = path.split("__")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[key] = value
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    (folder / VOCAB_FILE).write_bytes(Path(clip_vocab).read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize(("edit", "reason"), [
+    ({"model_cfg__quick_gelu": True}, "quick_gelu"),
+    ({"preprocess_cfg__mean": [0.5, 0.5, 0.5]}, "preprocess_cfg.mean"),
+    ({"preprocess_cfg__resize_mode": "squash"}, "resize_mode"),
+    ({"preprocess_cfg__interpolation": "bilinear"}, "interpolation"),
+    ({"preprocess_cfg__size": 336}, "preprocess_cfg.size"),
+    ({"model_cfg__vision_cfg__layers": [3, 4, 6, 3]}, "not a model this trainer implements"),
+    ({"model_cfg__text_cfg__hf_tokenizer_name": "bert-base-uncased"}, "Hugging Face tokenizer"),
+    ({"model_cfg__text_cfg__pool_type": "last"}, "pool_type"),
+    ({"model_cfg": [1, 2]}, "no model config"),
+])
+def test_a_folder_this_model_would_read_wrong_is_refused_with_the_reason(clip_vocab, tmp_path, edit, reason):
+    """Each of these loads in open_clip; here each would have loaded as another model or scored through another
+    preprocessing (a LAION model normalised with 0.5, OpenAI's weights with QuickGELU), or crashed."""
+    folder = tiny_folder(tmp_path / "model", clip_vocab, **edit)
+    with pytest.raises(ValueError, match=reason):
+        load_openclip_folder(folder)
+    proc = run(str(EVALUATE), "--checkpoint", str(folder))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and reason in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_folder_with_the_settings_open_clip_writes_by_default_loads(clip_vocab, tmp_path):
+    folder = tiny_folder(tmp_path / "model", clip_vocab, model_cfg__quick_gelu=False, preprocess_cfg__size=[48, 48])
+    model, tokenizer = load_openclip_folder(folder)
+    assert model.cfg.vision_cfg.image_size == 48 and tokenizer.vocab_size == 49408
+
+
+def test_replacing_the_model_in_a_scoring_folder_redoes_finalize(clip_vocab, tmp_path):
+    """The finalize fingerprint reads the folder's files by content: a model exported again under the same path
+    (or another one downloaded there) is not taken for the one that scored."""
+    from witbuild.config import BuildConfig
+    from witbuild.fingerprint import _finalize_external
+
+    folder = tiny_folder(tmp_path / "model", clip_vocab)
+    cfg = BuildConfig.model_validate({"input": {"paths": ["x.warc.gz"]}, "output": str(tmp_path / "out"),
+                                      "clip_score": {"checkpoint": str(folder)}})
+    before = _finalize_external(cfg)
+    assert before["clip_checkpoint"] != "<unset>"
+    state = torch.load(folder / WEIGHTS_FILE, weights_only=True)
+    state["logit_scale"] = state["logit_scale"] + 1
+    torch.save(state, folder / WEIGHTS_FILE)
+    assert _finalize_external(cfg)["clip_checkpoint"] != before["clip_checkpoint"]

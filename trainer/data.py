@@ -205,7 +205,8 @@ def random_resized_square(img: Image.Image, size: int, rng: random.Random, scale
 
 
 def center_square(img: Image.Image, size: int) -> Image.Image:
-    """The evaluation view, pixel for pixel as open_clip's evaluation transform makes it from a PIL image:
+    """The evaluation view, pixel for pixel as open_clip's evaluation transform makes it from an RGB image (what
+    a build stores; open_clip converts other modes after resizing, we before):
     torchvision's ``Resize(size)`` (the short side to ``size``, the long one to ``int(size * long / short)``,
     bicubic), then ``CenterCrop(size)`` (offsets ``round((side - size) / 2)``). Cropping first and resizing
     the square alone, as this did before, moved the view by a fraction of a pixel on images that are not square

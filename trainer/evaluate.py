@@ -46,12 +46,25 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     default data settings holds out."""
     if is_openclip_folder(path):
         model, tokenizer = load_openclip_folder(path, bpe_vocab)
-        return model.to(device).eval(), tokenizer, {"config": TrainConfig().model_dump(mode="json"), "step": None}
+        run = exported_run(path)
+        config = run.get("run_config") or TrainConfig().model_dump(mode="json")
+        return model.to(device).eval(), tokenizer, {"config": config, "step": run.get("step"),
+                                                    "run_known": "run_config" in run}
     path = resolve_checkpoint(path)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model = CLIP(ModelConfig.from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), TextTokenizer.from_json(ckpt["tokenizer"]), ckpt
+
+
+def exported_run(folder: str | Path) -> dict:
+    """What an export of this trainer says of its run (``witbuild`` in open_clip_config.json: the checkpoint, its
+    step and the run's config, whose holdout evaluation scores); ``{}`` for any other open_clip folder."""
+    from trainer.openclip_weights import CONFIG_FILE
+
+    raw = json.loads((Path(folder) / CONFIG_FILE).read_text())
+    run = raw.get("witbuild") if isinstance(raw, dict) else None
+    return run if isinstance(run, dict) else {}
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -225,7 +238,8 @@ def retrieval(model: CLIP, tokenizer: TextTokenizer, shards: list[Path], device=
     images, texts = [], []
     for data, text, _ in iter_pairs(shards, caption_key, holdout_fraction):
         try:
-            images.append(open_rgb(data))  # in full, as open_clip's evaluation decodes
+            size = model.cfg.vision_cfg.image_size  # decoded in full, as open_clip does; kept at the model's size
+            images.append(center_square(open_rgb(data), size))
         except Exception as exc:
             log.warning("retrieval: skipped an undecodable image: %s", exc)
             continue
@@ -304,7 +318,7 @@ def may_score_trained(run: tuple[int, float], scored: tuple[int, float]) -> bool
 
 
 def heldout_of(data: str, saved: dict, holdout_shards: int | None = None,
-               holdout_fraction: float | None = None) -> tuple[Split, bool]:
+               holdout_fraction: float | None = None, run_known: bool = True) -> tuple[Split, bool]:
     """The held-out side of a build for a run's saved config (or the holdout given instead), and whether it may
     hold samples the run trained on (then the log warns); a run that held out nothing is scored on all of the
     data, which it trained on."""
@@ -314,7 +328,7 @@ def heldout_of(data: str, saved: dict, holdout_shards: int | None = None,
                                                                             holdout_fraction or 0.0)
     shards = find_shards(data)
     split = split_data(shards, *scored)
-    trained = may_score_trained(run, scored)
+    trained = run_known and may_score_trained(run, scored)  # a model from elsewhere: what it saw is unknown
     if trained:
         log.warning("retrieval scores pairs the run may have trained on (held out by the run: shards=%d "
                     "fraction=%g; scored: shards=%d fraction=%g), so its recall is no held-out figure",
@@ -344,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, tokenizer, ckpt = load_checkpoint(args.checkpoint, args.device, args.bpe_vocab)
         cfg = saved_config(ckpt["config"])
-        split, trained = heldout_of(args.data, ckpt["config"], args.holdout_shards, args.holdout_fraction) \
-            if args.data else (None, False)
+        split, trained = heldout_of(args.data, ckpt["config"], args.holdout_shards, args.holdout_fraction,
+                                    ckpt.get("run_known", True)) if args.data else (None, False)
         counts_file = args.class_counts or cfg.eval.class_counts
         results = evaluate(model, tokenizer, args.device, args.zeroshot or cfg.eval.zeroshot_dir,
                            split.heldout if split else None, caption_key=cfg.data.caption_key,
@@ -357,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    results["checkpoint"] = str(Path(args.checkpoint).resolve() if ckpt["step"] is None
+    results["checkpoint"] = str(Path(args.checkpoint).resolve() if is_openclip_folder(args.checkpoint)
                                 else resolve_checkpoint(args.checkpoint))
     results["step"] = ckpt["step"]
     print(format_results(results))

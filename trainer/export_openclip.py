@@ -116,7 +116,8 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     torch.save(openclip_state_dict(model.state_dict()), out / WEIGHTS_FILE)
     write_clip_vocab(tokenizer, out / VOCAB_FILE)
     config = {"model_cfg": openclip_model_config(model.cfg), "preprocess_cfg": preprocess_config(model.cfg),
-              "witbuild": {"checkpoint": str(Path(checkpoint).resolve()), "step": ckpt.get("step")}}
+              "witbuild": {"checkpoint": str(Path(checkpoint).resolve()), "step": ckpt.get("step"),
+                           "run_config": ckpt.get("config")}}  # evaluate.py scores the run's own holdout
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return out
 

@@ -10,6 +10,7 @@ error naming it, never a silently half-loaded model.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -116,6 +117,9 @@ def model_config_from_openclip(model_cfg: dict) -> ModelConfig:
     ``eos_id``) becomes our end token; ``pad_id`` is moot under a causal mask; any other key this model does not
     implement (``quick_gelu``, layer scale, another tower) is an error naming it."""
     cfg = json.loads(json.dumps(model_cfg))
+    if cfg.get("quick_gelu") is True:
+        raise ValueError("quick_gelu: true (OpenAI's own weights): this model's GELU is the exact one")
+    cfg.pop("quick_gelu", None)
     text = cfg.get("text_cfg", {})
     pool = text.pop("pool_type", "argmax")
     eos_id = text.pop("eos_id", None)
@@ -125,6 +129,27 @@ def model_config_from_openclip(model_cfg: dict) -> ModelConfig:
     if pool == "eos":
         text["eot_id"] = eos_id if eos_id is not None else 2  # open_clip's default eos_id
     return ModelConfig.from_dict(cfg)
+
+
+def check_preprocess(pre: dict, folder: Path) -> None:
+    """The preprocessing a folder's model was trained with must be the one evaluation and scoring apply (CLIP's
+    mean and std, the short side resized bicubic and the centre cropped): a model normalised otherwise (some
+    LAION models use 0.5) would load and score wrong."""
+    from trainer.data import MEAN, STD
+
+    for key, want in (("mean", MEAN), ("std", STD)):
+        got = pre.get(key)
+        if got is None:
+            continue
+        same = isinstance(got, (list, tuple)) and len(got) == 3 and all(
+            isinstance(a, (int, float)) and abs(a - float(b)) < 1e-6 for a, b in zip(got, want, strict=True))
+        if not same:
+            raise ValueError(f"{folder}: preprocess_cfg.{key} {got} is not CLIP's "
+                             f"{[round(float(v), 8) for v in want]}, which evaluation and scoring apply")
+    for key, want in (("resize_mode", "shortest"), ("interpolation", "bicubic")):
+        if pre.get(key, want) != want:
+            raise ValueError(f"{folder}: preprocess_cfg.{key} {pre[key]!r}: this evaluation and scoring apply "
+                             f"{want!r}")
 
 
 def load_openclip_folder(folder: str | Path, bpe_vocab: str | Path | None = None) -> tuple[CLIP, TextTokenizer]:
@@ -138,12 +163,30 @@ def load_openclip_folder(folder: str | Path, bpe_vocab: str | Path | None = None
         raw = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"{folder / CONFIG_FILE}: not a readable open_clip config ({exc})") from None
-    if "hf_tokenizer_name" in raw.get("model_cfg", raw).get("text_cfg", {}):
+    model_cfg = raw.get("model_cfg", raw) if isinstance(raw, dict) else None
+    if not isinstance(model_cfg, dict) or not isinstance(model_cfg.get("text_cfg", {}), dict):
+        raise ValueError(f"{folder / CONFIG_FILE}: no model config (an object with text_cfg and vision_cfg)")
+    if "hf_tokenizer_name" in model_cfg.get("text_cfg", {}):
         raise ValueError(f"{folder}: the model tokenises with a Hugging Face tokenizer, not CLIP's BPE")
-    cfg = model_config_from_openclip(raw.get("model_cfg", raw))
+    pre = raw.get("preprocess_cfg") or {}
+    if not isinstance(pre, dict):
+        raise ValueError(f"{folder / CONFIG_FILE}: preprocess_cfg is not an object")
+    check_preprocess(pre, folder)
+    unsupported = f"{folder}: not a model this trainer implements (a ViT and a causal text transformer pooled at " \
+                  "the end token)"
+    try:
+        cfg = model_config_from_openclip(model_cfg)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise ValueError(f"{unsupported}: {exc}") from None
+    size = pre.get("size", cfg.vision_cfg.image_size)
+    if size not in (cfg.vision_cfg.image_size, [cfg.vision_cfg.image_size] * 2):
+        raise ValueError(f"{folder}: preprocess_cfg.size {size} is not vision_cfg.image_size "
+                         f"{cfg.vision_cfg.image_size}")
     weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
     if weights is None:
         raise FileNotFoundError(f"no weights in {folder} (one of {', '.join(WEIGHT_FILES)})")
+    if weights.suffix == ".safetensors" and importlib.util.find_spec("safetensors") is None:
+        raise ValueError(f"{weights}: reading .safetensors needs the safetensors package (pip install safetensors)")
     vocab = folder / VOCAB_FILE if (folder / VOCAB_FILE).is_file() else bpe_vocab
     if vocab is None:
         raise FileNotFoundError(f"no {VOCAB_FILE} in {folder}: give CLIP's vocabulary file (open_clip ships it)")
@@ -151,4 +194,7 @@ def load_openclip_folder(folder: str | Path, bpe_vocab: str | Path | None = None
     if tokenizer.vocab_size != cfg.text_cfg.vocab_size:
         raise ValueError(f"{vocab} has {tokenizer.vocab_size} tokens, the model's vocab_size is "
                          f"{cfg.text_cfg.vocab_size}")
-    return load_openclip(weights, cfg), tokenizer
+    try:
+        return load_openclip(weights, cfg), tokenizer
+    except (TypeError, AttributeError, KeyError) as exc:  # a shape this model cannot take: a ResNet's layer list
+        raise ValueError(f"{unsupported}: {type(exc).__name__}: {exc}") from None

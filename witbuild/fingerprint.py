@@ -198,7 +198,9 @@ def _finalize_external(cfg: BuildConfig) -> dict[str, str]:
     if cfg.dedup.decontaminate:
         out["decontaminate"] = folder_digest(cfg.dedup.decontaminate)
     score = cfg.clip_score
-    if score.checkpoint:
+    if score.checkpoint and _is_openclip_folder(score.checkpoint):
+        out.update(_openclip_folder_digests(Path(score.checkpoint)))
+    elif score.checkpoint:
         out["clip_checkpoint"] = file_digest(_checkpoint_file(score.checkpoint, score.model_json is None))
     if score.model_json:
         from trainer.model import MODEL_DIR  # a name: the model JSON the trainer resolves it to
@@ -207,6 +209,24 @@ def _finalize_external(cfg: BuildConfig) -> dict[str, str]:
         out["clip_model_json"] = file_digest(score.model_json if Path(score.model_json).is_file() else named)
     if score.bpe_vocab:
         out["clip_bpe_vocab"] = file_digest(score.bpe_vocab)
+    return out
+
+
+def _is_openclip_folder(path: str) -> bool:
+    from trainer.openclip_weights import is_openclip_folder
+
+    return is_openclip_folder(Path(path).expanduser())
+
+
+def _openclip_folder_digests(folder: Path) -> dict[str, str]:
+    """An open_clip model folder by the content of what is read from it: config, weights, vocabulary."""
+    from trainer.openclip_weights import CONFIG_FILE, VOCAB_FILE, WEIGHT_FILES
+
+    folder = folder.expanduser()
+    weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), folder / WEIGHT_FILES[0])
+    out = {"clip_checkpoint": file_digest(weights), "clip_openclip_config": file_digest(folder / CONFIG_FILE)}
+    if (folder / VOCAB_FILE).is_file():
+        out["clip_folder_vocab"] = file_digest(folder / VOCAB_FILE)
     return out
 
 

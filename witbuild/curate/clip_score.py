@@ -69,8 +69,9 @@ class ClipScoreConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> ClipScoreConfig:
         if self.checkpoint is None and (self.min is not None or self.keep_fraction is not None or self.embeddings
-                                        or self.semdedup_eps is not None):
-            raise ValueError("clip_score.min, keep_fraction, embeddings and semdedup_eps need clip_score.checkpoint")
+                                        or self.semdedup_eps is not None or self.model_json or self.bpe_vocab):
+            raise ValueError("clip_score.min, keep_fraction, embeddings, semdedup_eps, model_json and bpe_vocab "
+                             "need clip_score.checkpoint")
         if self.model_json is not None and self.bpe_vocab is None:
             raise ValueError("an open_clip checkpoint needs both clip_score.model_json and clip_score.bpe_vocab")
         return self
