@@ -333,8 +333,9 @@ def test_evaluation_encodes_in_batches_of_eval_batch_size(labelled, tmp_path):
     results = evaluate(model, WordTokenizer(model.vocab), zeroshot_dir=str(labelled), heldout=pair_shards,
                        batch_size=7)
     assert results["retrieval"]["image_to_text_R@1"] == 1.0 and results["zeroshot"]["top1"] == 1.0
-    # zero-shot and the probe encode the 48 labelled pictures (7 × 6 + 6), retrieval the 400 pairs (7 × 57 + 1)
-    assert model.image_batches == [7] * 6 + [6] + [7] * 6 + [6] + [7] * 57 + [1]
+    # the 48 labelled pictures are encoded once, for zero-shot and the probe (7 × 6 + 6); retrieval's 400 pairs
+    # (7 × 57 + 1)
+    assert model.image_batches == [7] * 6 + [6] + [7] * 57 + [1]
     assert max(model.text_batches) == 7 and sum(model.text_batches) == len(CLASSES) * len(TEMPLATES) + N_PAIRS
 
 
@@ -390,3 +391,17 @@ def test_the_evaluation_view_is_open_clips(size, resized, offset):
     want = img.resize(resized, Image.Resampling.BICUBIC) if resized != size else img
     want = want.crop((offset[0], offset[1], offset[0] + 224, offset[1] + 224))
     assert np.array_equal(np.asarray(center_square(img, 224)), np.asarray(want))
+
+
+def test_an_unreadable_image_in_the_labelled_folder_is_skipped_and_counted(labelled, tmp_path):
+    """One broken file among the labelled pictures: the rest are scored, the skip is counted in the results."""
+    import shutil
+
+    folder = tmp_path / "labelled"
+    shutil.copytree(labelled, folder)
+    (folder / CLASSES[0] / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a picture")
+    model, tok = class_model(lambda c, k: c)
+    z = zero_shot(model, tok, folder)
+    assert z["skipped_images"] == 1 and z["images"] == len(CLASSES) * PER_CLASS and z["top1"] == 1.0
+    assert linear_probe(model, folder)["fit"] + linear_probe(model, folder)["test"] == len(CLASSES) * PER_CLASS
+

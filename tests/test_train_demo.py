@@ -108,12 +108,13 @@ def test_evaluation_equals_clip_benchmarks_on_the_same_model_and_data(demo_build
     counts it as a coin toss (image→text R@5 60.6% against 61.0%). So the tolerance is the rows whose true
     candidate has an identical twin, and nothing else: a swapped direction moves text→image R@1 by one pair."""
     import torch
+    from PIL import Image
     from torch.utils.data import DataLoader, TensorDataset
 
     from tests.helpers.reference_wheels import extract, load_module
     from trainer.config import saved_config
-    from trainer.data import center_square, iter_pairs, open_rgb, to_tensor
-    from trainer.evaluate import DEFAULT_TEMPLATES, _load_folder, heldout_of, load_checkpoint
+    from trainer.data import center_square, image_folder, iter_pairs, open_rgb, to_tensor
+    from trainer.evaluate import DEFAULT_TEMPLATES, heldout_of, load_checkpoint
 
     files = extract("clip_benchmark", CLIP_BENCHMARK, tmp_path)
     classification = load_module(files[CLIP_BENCHMARK[0]], "clip_benchmark_zeroshot_classification")
@@ -123,7 +124,9 @@ def test_evaluation_equals_clip_benchmarks_on_the_same_model_and_data(demo_build
     cfg = saved_config(ckpt["config"])
     size, batch = model.cfg.vision_cfg.image_size, cfg.eval.batch_size
 
-    images, labels, classes, meta = _load_folder(demo_build.eval_dir)
+    paths, classes, labels = image_folder(demo_build.eval_dir)
+    images = [Image.open(path).convert("RGB") for path in paths]
+    meta = json.loads((demo_build.eval_dir / "zeroshot.json").read_text())
     names = meta.get("classnames") or {}
     prompts = {c: [t.format(names.get(c, c)) for t in meta.get("templates") or DEFAULT_TEMPLATES] for c in classes}
     digits = TensorDataset(torch.stack([to_tensor(center_square(im, size)) for im in images]), torch.tensor(labels))

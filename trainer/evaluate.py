@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +84,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 @torch.no_grad()
 def encode_images(model: CLIP, images: list[Image.Image], size: int, device, batch: int = BATCH) -> torch.Tensor:
-    feats = []
-    for i in range(0, len(images), batch):
-        x = torch.stack([to_tensor(center_square(im, size)) for im in images[i: i + batch]]).to(device)
-        with _autocast(device):
-            feats.append(model.encode_image(x).float().cpu())
+    feats = [_encode_views(model, [to_tensor(center_square(im, size)) for im in images[i: i + batch]], device)
+             for i in range(0, len(images), batch)]
     return torch.cat(feats) if feats else torch.empty(0, model.cfg.embed_dim)
+
+
+@torch.no_grad()
+def _encode_views(model: CLIP, views: list[torch.Tensor], device) -> torch.Tensor:
+    with _autocast(device):
+        return model.encode_image(torch.stack(views).to(device)).float().cpu()
 
 
 @torch.no_grad()
@@ -105,18 +109,51 @@ def _autocast(device):
     return torch.autocast(kind, dtype=torch.bfloat16, enabled=kind == "cuda")
 
 
-def _load_folder(folder: str | Path) -> tuple[list[Image.Image], list[int], list[str], dict]:
-    paths, classes, labels = image_folder(folder)
+@dataclass
+class Labelled:
+    """A labelled folder as zero-shot and the probe read it: each image's features (encoded once, for both),
+    its label, the classes, the folder's ``zeroshot.json`` and how many images could not be read."""
+
+    features: torch.Tensor
+    labels: list[int]
+    classes: list[str]
+    meta: dict
+    skipped: int = 0
+
+
+@torch.no_grad()
+def load_labelled(model: CLIP, folder: str | Path, device="cpu", batch_size: int = BATCH) -> Labelled:
+    """Stream the folder's images through the model a batch at a time: an ImageNet-size folder never sits in
+    memory decoded (50,000 photos would be ~28 GB), only its features do. An unreadable image is skipped,
+    counted and logged, not the end of the evaluation."""
+    paths, classes, all_labels = image_folder(folder)
     meta_file = Path(folder) / "zeroshot.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    images = [Image.open(p).convert("RGB") for p in paths]
-    return images, labels, classes, meta
+    size = model.cfg.vision_cfg.image_size
+    feats, views, labels, skipped = [], [], [], 0
+    for path, label in zip(paths, all_labels, strict=True):
+        try:
+            with Image.open(path) as im:
+                views.append(to_tensor(center_square(im.convert("RGB"), size)))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            skipped += 1
+            log.warning("labelled folder: skipped %s: %s", path, exc)
+            continue
+        labels.append(label)
+        if len(views) == batch_size:
+            feats.append(_encode_views(model, views, device))
+            views = []
+    if views:
+        feats.append(_encode_views(model, views, device))
+    features = torch.cat(feats) if feats else torch.empty(0, model.cfg.embed_dim)
+    return Labelled(features, labels, classes, meta, skipped)
 
 
 def zero_shot(model: CLIP, tokenizer: TextTokenizer, folder: str | Path, device="cpu",
               templates: list[str] | None = None, classnames: dict[str, str] | None = None,
-              _loaded: tuple | None = None, batch_size: int = BATCH) -> dict:
-    images, labels, classes, meta = _loaded or _load_folder(folder)
+              _loaded: Labelled | None = None, batch_size: int = BATCH) -> dict:
+    data = _loaded or load_labelled(model, folder, device, batch_size)
+    labels, classes, meta = data.labels, data.classes, data.meta
     templates = templates or meta.get("templates") or DEFAULT_TEMPLATES
     names = classnames or meta.get("classnames") or {}
     weights = []
@@ -125,13 +162,13 @@ def zero_shot(model: CLIP, tokenizer: TextTokenizer, folder: str | Path, device=
         emb = encode_texts(model, tokenizer, prompts, device, batch_size)
         weights.append(torch.nn.functional.normalize(emb.mean(0), dim=0))
     class_emb = torch.stack(weights)
-    img = encode_images(model, images, model.cfg.vision_cfg.image_size, device, batch_size)
-    scores = img @ class_emb.T
+    scores = data.features @ class_emb.T
     y = torch.tensor(labels)
     true = scores.gather(1, y[:, None])
     hit = rank_credit(scores, true, 1)
     out = {"top1": hit.mean().item(), "images": len(labels), "classes": len(classes), "chance": 1 / len(classes),
-           "templates": len(templates), "per_class": per_class_accuracy(hit.tolist(), labels, classes)}
+           "templates": len(templates), "per_class": per_class_accuracy(hit.tolist(), labels, classes),
+           **({"skipped_images": data.skipped} if data.skipped else {})}
     if len(classes) > 5:
         out["top5"] = rank_credit(scores, true, 5).mean().item()
     return out
@@ -190,7 +227,7 @@ PROBE_C = tuple(10.0 ** k for k in range(-2, 5))  # inverse regularisation stren
 PROBE_FOLDS = 3
 
 
-def linear_probe(model: CLIP, folder: str | Path, device="cpu", _loaded: tuple | None = None,
+def linear_probe(model: CLIP, folder: str | Path, device="cpu", _loaded: Labelled | None = None,
                  batch_size: int = BATCH) -> dict:
     """Logistic regression on frozen features: even-numbered images of each class fit, odd ones test.
 
@@ -198,8 +235,8 @@ def linear_probe(model: CLIP, folder: str | Path, device="cpu", _loaded: tuple |
     stratified cross-validation, the best mean accuracy winning (the smaller C on a tie). One fixed C would
     measure the regulariser as much as the features: unit-norm features give small logits, and C = 1 held a
     trained demo model at 44% where the chosen C gives 66%."""
-    images, labels, classes, _ = _loaded or _load_folder(folder)
-    feats = encode_images(model, images, model.cfg.vision_cfg.image_size, device, batch_size).numpy()
+    data = _loaded or load_labelled(model, folder, device, batch_size)
+    labels, classes, feats = data.labels, data.classes, data.features.numpy()
     y = np.array(labels)
     seen: dict[int, int] = {}
     fit = np.zeros(len(y), bool)
@@ -270,7 +307,7 @@ def evaluate(model: CLIP, tokenizer: TextTokenizer, device="cpu", zeroshot_dir: 
     model.eval()
     results: dict[str, dict] = {}
     if zeroshot_dir:
-        loaded = _load_folder(zeroshot_dir)
+        loaded = load_labelled(model, zeroshot_dir, device, batch_size)
         results["zeroshot"] = zero_shot(model, tokenizer, zeroshot_dir, device, _loaded=loaded, batch_size=batch_size)
         if class_counts is not None:
             results["zeroshot"].update(head_tail(results["zeroshot"]["per_class"], class_counts))
