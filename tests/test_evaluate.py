@@ -405,3 +405,22 @@ def test_an_unreadable_image_in_the_labelled_folder_is_skipped_and_counted(label
     assert z["skipped_images"] == 1 and z["images"] == len(CLASSES) * PER_CLASS and z["top1"] == 1.0
     assert linear_probe(model, folder)["fit"] + linear_probe(model, folder)["test"] == len(CLASSES) * PER_CLASS
 
+
+
+def test_clip_benchmark_style_class_lists_and_templates_read_the_same(labelled, tmp_path):
+    """clip_benchmark and open_clip list class names in the folders' sorted order and write templates with
+    ``{c}``: the same folder described that way scores the same as with ``{folder: name}`` and ``{}``."""
+    import shutil
+
+    folder = tmp_path / "labelled"
+    shutil.copytree(labelled, folder)
+    in_folder_order = [NAMES[CLASSES.index(c)] for c in sorted(CLASSES)]  # c0, c1, c10, c11, c2, …
+    (folder / "zeroshot.json").write_text(json.dumps({"classnames": in_folder_order,
+                                                      "templates": [t.replace("{}", "{c}") for t in TEMPLATES]}))
+    model, tok = class_model(lambda c, k: (c + 1) % len(CLASSES) if k == 0 else c)
+    assert zero_shot(model, tok, folder) == zero_shot(model, tok, labelled)
+    (folder / "zeroshot.json").write_text(json.dumps({"classnames": in_folder_order[:-1]}))
+    with pytest.raises(ValueError, match="lists 11 class names for 12 class folders"):
+        zero_shot(model, tok, folder)
+    with pytest.raises(ValueError, match=r"write the class name as \{\} or \{c\}"):
+        zero_shot(model, tok, labelled, templates=["a photo of {name}"])

@@ -155,10 +155,10 @@ def zero_shot(model: CLIP, tokenizer: TextTokenizer, folder: str | Path, device=
     data = _loaded or load_labelled(model, folder, device, batch_size)
     labels, classes, meta = data.labels, data.classes, data.meta
     templates = templates or meta.get("templates") or DEFAULT_TEMPLATES
-    names = classnames or meta.get("classnames") or {}
+    names = class_names(classnames or meta.get("classnames") or {}, classes)
     weights = []
     for c in classes:
-        prompts = [t.format(names.get(c, c)) for t in templates]
+        prompts = [prompt(t, names[c]) for t in templates]
         emb = encode_texts(model, tokenizer, prompts, device, batch_size)
         weights.append(torch.nn.functional.normalize(emb.mean(0), dim=0))
     class_emb = torch.stack(weights)
@@ -172,6 +172,24 @@ def zero_shot(model: CLIP, tokenizer: TextTokenizer, folder: str | Path, device=
     if len(classes) > 5:
         out["top5"] = rank_credit(scores, true, 5).mean().item()
     return out
+
+
+def class_names(given: dict[str, str] | list[str], classes: list[str]) -> dict[str, str]:
+    """Each class folder's name in the prompts: ``{folder: name}`` (folders not named keep their own name), or a
+    list in the folders' sorted order, as clip_benchmark and open_clip list ImageNet's classes."""
+    if isinstance(given, list):
+        if len(given) != len(classes):
+            raise ValueError(f"zeroshot.json lists {len(given)} class names for {len(classes)} class folders")
+        return dict(zip(classes, given, strict=True))
+    return {c: given.get(c, c) for c in classes}
+
+
+def prompt(template: str, name: str) -> str:
+    """A template with ``{}`` (CLIP's notebooks) or ``{c}`` (clip_benchmark's) filled with the class name."""
+    try:
+        return template.format(name, c=name)
+    except (IndexError, KeyError, ValueError) as exc:
+        raise ValueError(f"zero-shot template {template!r}: write the class name as {{}} or {{c}} ({exc})") from None
 
 
 def rank_credit(scores: torch.Tensor, true: torch.Tensor, k: int) -> torch.Tensor:
