@@ -152,13 +152,9 @@ def check_preprocess(pre: dict, folder: Path) -> None:
                              f"{want!r}")
 
 
-def load_openclip_folder(folder: str | Path, bpe_vocab: str | Path | None = None) -> tuple[CLIP, TextTokenizer]:
-    """Our CLIP and CLIP's tokenizer for an open_clip model folder (``open_clip_config.json`` and a weights
-    file: an export of this trainer, or a download of an open_clip model from the Hugging Face Hub). The
-    vocabulary is the folder's ``bpe_simple_vocab_16e6.txt.gz`` or ``bpe_vocab``."""
-    from trainer.tokenizer import load_clip_bpe
-
-    folder = Path(folder)
+def read_folder_config(folder: Path) -> tuple[ModelConfig, dict]:
+    """The folder's model config as ours, and its preprocessing, checked: ``ValueError`` saying why a folder
+    would be read as another model."""
     try:
         raw = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, ValueError) as exc:
@@ -172,16 +168,28 @@ def load_openclip_folder(folder: str | Path, bpe_vocab: str | Path | None = None
     if not isinstance(pre, dict):
         raise ValueError(f"{folder / CONFIG_FILE}: preprocess_cfg is not an object")
     check_preprocess(pre, folder)
-    unsupported = f"{folder}: not a model this trainer implements (a ViT and a causal text transformer pooled at " \
-                  "the end token)"
     try:
         cfg = model_config_from_openclip(model_cfg)
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
-        raise ValueError(f"{unsupported}: {exc}") from None
+        raise ValueError(f"{folder}: {UNSUPPORTED}: {exc}") from None
     size = pre.get("size", cfg.vision_cfg.image_size)
     if size not in (cfg.vision_cfg.image_size, [cfg.vision_cfg.image_size] * 2):
         raise ValueError(f"{folder}: preprocess_cfg.size {size} is not vision_cfg.image_size "
                          f"{cfg.vision_cfg.image_size}")
+    return cfg, pre
+
+
+UNSUPPORTED = "not a model this trainer implements (a ViT and a causal text transformer pooled at the end token)"
+
+
+def load_openclip_folder(folder: str | Path, bpe_vocab: str | Path | None = None) -> tuple[CLIP, TextTokenizer]:
+    """Our CLIP and CLIP's tokenizer for an open_clip model folder (``open_clip_config.json`` and a weights
+    file: an export of this trainer, or a download of an open_clip model from the Hugging Face Hub). The
+    vocabulary is the folder's ``bpe_simple_vocab_16e6.txt.gz`` or ``bpe_vocab``."""
+    from trainer.tokenizer import load_clip_bpe
+
+    folder = Path(folder)
+    cfg, _ = read_folder_config(folder)
     weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
     if weights is None:
         raise FileNotFoundError(f"no weights in {folder} (one of {', '.join(WEIGHT_FILES)})")
@@ -197,4 +205,4 @@ def load_openclip_folder(folder: str | Path, bpe_vocab: str | Path | None = None
     try:
         return load_openclip(weights, cfg), tokenizer
     except (TypeError, AttributeError, KeyError) as exc:  # a shape this model cannot take: a ResNet's layer list
-        raise ValueError(f"{unsupported}: {type(exc).__name__}: {exc}") from None
+        raise ValueError(f"{folder}: {UNSUPPORTED}: {type(exc).__name__}: {exc}") from None
