@@ -356,6 +356,15 @@ def format_results(results: dict) -> str:
                      f"{r['image_to_text_R@1']:.1%}/{r['image_to_text_R@5']:.1%}/{r['image_to_text_R@10']:.1%}, "
                      f"text→image {r['text_to_image_R@1']:.1%}/{r['text_to_image_R@5']:.1%}/"
                      f"{r['text_to_image_R@10']:.1%}")
+    for name, b in results.get("benchmarks", {}).items():
+        if "zeroshot" in b:
+            lines.append(f"{name}: zero-shot top-1 {b['zeroshot']['top1']:.1%} on {b['zeroshot']['images']} images")
+        else:
+            r = b["retrieval"]
+            lines.append(f"{name}: {r['images']} images, {r['texts']} captions: image→text R@1/5/10 "
+                         f"{r['image_to_text_R@1']:.1%}/{r['image_to_text_R@5']:.1%}/{r['image_to_text_R@10']:.1%}"
+                         f", text→image {r['text_to_image_R@1']:.1%}/{r['text_to_image_R@5']:.1%}/"
+                         f"{r['text_to_image_R@10']:.1%}")
     return "\n".join(lines)
 
 
@@ -406,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
                                                    "eval.batch_size).")
     ap.add_argument("--class-counts", help="JSON {class: pairs in the training pool}: adds head/tail zero-shot "
                                            "(default: the run's eval.class_counts).")
+    ap.add_argument("--benchmark", action="append", default=[], metavar="DIR",
+                    help="A benchmark in clip_benchmark's WebDataset layout (a clone of a clip-benchmark/wds_* "
+                         "dataset): zero-shot or retrieval with all its captions; repeatable.")
+    ap.add_argument("--split", default="test", help="The benchmarks' split folder (default: test).")
     ap.add_argument("--out", help="Write the results as JSON here.")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
@@ -423,6 +436,12 @@ def main(argv: list[str] | None = None) -> int:
                            class_counts=read_class_counts(counts_file) if counts_file else None)
         if trained and "retrieval" in results:
             results["retrieval"]["includes_trained_pairs"] = True
+        if args.benchmark:
+            from trainer.wds_benchmark import evaluate_benchmark
+
+            results["benchmarks"] = {Path(b).name: evaluate_benchmark(model, tokenizer, b, args.split, args.device,
+                                                                      args.batch_size or cfg.eval.batch_size)
+                                     for b in args.benchmark}
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
