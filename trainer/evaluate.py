@@ -84,13 +84,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 @torch.no_grad()
 def encode_images(model: CLIP, images: list[Image.Image], size: int, device, batch: int = BATCH) -> torch.Tensor:
-    feats = [_encode_views(model, [to_tensor(center_square(im, size)) for im in images[i: i + batch]], device)
+    feats = [encode_views(model, [to_tensor(center_square(im, size)) for im in images[i: i + batch]], device)
              for i in range(0, len(images), batch)]
     return torch.cat(feats) if feats else torch.empty(0, model.cfg.embed_dim)
 
 
 @torch.no_grad()
-def _encode_views(model: CLIP, views: list[torch.Tensor], device) -> torch.Tensor:
+def encode_views(model: CLIP, views: list[torch.Tensor], device) -> torch.Tensor:
     with _autocast(device):
         return model.encode_image(torch.stack(views).to(device)).float().cpu()
 
@@ -141,10 +141,10 @@ def load_labelled(model: CLIP, folder: str | Path, device="cpu", batch_size: int
             continue
         labels.append(label)
         if len(views) == batch_size:
-            feats.append(_encode_views(model, views, device))
+            feats.append(encode_views(model, views, device))
             views = []
     if views:
-        feats.append(_encode_views(model, views, device))
+        feats.append(encode_views(model, views, device))
     features = torch.cat(feats) if feats else torch.empty(0, model.cfg.embed_dim)
     return Labelled(features, labels, classes, meta, skipped)
 

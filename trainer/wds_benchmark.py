@@ -28,7 +28,7 @@ import torch
 import webdataset as wds
 
 from trainer.data import center_square, open_rgb, to_tensor
-from trainer.evaluate import BATCH, Labelled, _encode_views, encode_texts, linear_probe, rank_credit, zero_shot
+from trainer.evaluate import BATCH, Labelled, encode_texts, encode_views, linear_probe, rank_credit, zero_shot
 from trainer.model import CLIP
 from trainer.tokenizer import TextTokenizer
 
@@ -97,10 +97,10 @@ def encode_benchmark(model: CLIP, bench: Benchmark, device, batch_size: int) -> 
         text = target.decode("utf-8", "replace")
         targets.append(text.splitlines() if bench.kind == "retrieval" else int(text.strip()))
         if len(views) == batch_size:
-            feats.append(_encode_views(model, views, device))
+            feats.append(encode_views(model, views, device))
             views = []
     if views:
-        feats.append(_encode_views(model, views, device))
+        feats.append(encode_views(model, views, device))
     return (torch.cat(feats) if feats else torch.empty(0, model.cfg.embed_dim)), targets, skipped
 
 
