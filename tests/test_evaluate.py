@@ -195,7 +195,7 @@ def test_zero_shot_on_separable_features_is_perfect(labelled):
     z = zero_shot(model, tok, labelled)
     per_class = z.pop("per_class")
     assert z == {"top1": 1.0, "top5": 1.0, "images": len(CLASSES) * PER_CLASS, "classes": len(CLASSES),
-                 "chance": 1 / len(CLASSES), "templates": len(TEMPLATES)}
+                 "chance": 1 / len(CLASSES), "templates": len(TEMPLATES), "mean_per_class": 1.0}
     assert per_class == {c: {"images": PER_CLASS, "correct": PER_CLASS, "accuracy": 1.0} for c in CLASSES}
 
 
@@ -424,3 +424,13 @@ def test_clip_benchmark_style_class_lists_and_templates_read_the_same(labelled, 
         zero_shot(model, tok, folder)
     with pytest.raises(ValueError, match=r"write the class name as \{\} or \{c\}"):
         zero_shot(model, tok, labelled, templates=["a photo of {name}"])
+
+
+
+def test_a_folder_of_unreadable_images_is_a_clear_error(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "0.png").write_bytes(b"not a picture")
+    model, tok = class_model(lambda c, k: c)
+    with pytest.raises(ValueError, match=r"no readable image in its class folders \(2 skipped\)"):
+        zero_shot(model, tok, tmp_path)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +86,7 @@ def retrieval_rows():
         captions += [f"scan {i} of a {DIGITS[label]}"] * (i % 3 == 0)
         rows.append((encoded(picture(i), ("jpg", "webp", "png")[i % 3]), ("jpg", "webp", "png")[i % 3],
                      "\n".join(captions).encode()))
+    rows.append((encoded(picture(30), "jpg"), "jpg", b""))  # an image without a caption: a miss in both
     return rows
 
 
@@ -114,7 +114,8 @@ def test_retrieval_with_several_captions_equals_clip_benchmarks(reference, retri
                      strict=True))
     loader = DataLoader(pairs, batch_size=8, collate_fn=lambda b: (torch.stack([x for x, _ in b]), [t for _, t in b]))
     theirs = reference[1].evaluate(model, loader, tok, "cpu", amp=False, recall_k_list=[1, 5, 10])
-    assert ours["images"] == 30 and ours["texts"] == sum(len(t) for _, t in pairs) == 55
+    assert ours["images"] == 31 and ours["texts"] == sum(len(t) for _, t in pairs) == 55
+    assert ours["images_without_captions"] == 1
     for k in (1, 5, 10):
         assert ours[f"image_to_text_R@{k}"] == pytest.approx(theirs[f"text_retrieval_recall@{k}"], abs=1e-6)
         assert ours[f"text_to_image_R@{k}"] == pytest.approx(theirs[f"image_retrieval_recall@{k}"], abs=1e-6)
@@ -139,8 +140,9 @@ def test_classification_equals_clip_benchmarks(reference, model_and_tokenizer, t
     assert zs["images"] == 40 and zs["classes"] == 10 and zs["templates"] == 2
     assert zs["top1"] == pytest.approx((top5[:, 0] == true).float().mean().item(), abs=1e-6)
     assert zs["top5"] == pytest.approx((top5 == true[:, None]).any(1).float().mean().item(), abs=1e-6)
-    per_class = np.mean([v["accuracy"] for v in zs["per_class"].values()])
-    assert per_class == pytest.approx(reference[0].balanced_accuracy_score(true, logits.argmax(1)), abs=1e-6)
+    assert zs["mean_per_class"] == pytest.approx(reference[0].balanced_accuracy_score(true, logits.argmax(1)),
+                                                 abs=1e-6)
+    assert set(zs["per_class"]) == set(DIGITS)
     assert ours["linear_probe"]["fit"] == 20 and ours["linear_probe"]["test"] == 20
 
 
@@ -175,15 +177,64 @@ def test_the_cli_scores_benchmarks_and_names_a_bad_folder(retrieval_rows, model_
     torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict(), "tokenizer": tok.to_json(),
                 "config": TrainConfig().model_dump(mode="json"), "step": 0}, ckpt)
     out = tmp_path / "eval.json"
-    cmd = [sys.executable, str(ROOT / "trainer" / "evaluate.py"), "--checkpoint", str(ckpt), "--out", str(out)]
+    cmd = [sys.executable, str(ROOT / "trainer" / "evaluate.py"), "--checkpoint", str(ckpt), "--out", str(out),
+           "--benchmarks-only"]
     proc = subprocess.run([*cmd, "--benchmark", str(folder)], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())["benchmarks"]["wds_digits_captions"]["retrieval"]
     assert result == evaluate_benchmark(model, tok, folder)["retrieval"]
-    assert "wds_digits_captions: 30 images, 55 captions" in proc.stdout
+    assert "wds_digits_captions: 31 images, 55 captions" in proc.stdout
     (folder / "test" / "1.tar").unlink()
     with pytest.raises(ValueError, match=r"missing 1\.tar"):
         read_benchmark(folder)
     proc = subprocess.run([*cmd, "--benchmark", str(folder)], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "missing 1.tar" in proc.stderr
-    assert math.isfinite(result["image_to_text_R@1"])
+
+
+def test_what_clip_benchmark_would_refuse_is_refused_or_counted(retrieval_rows, model_and_tokenizer, tmp_path):
+    """A clone without ``git lfs pull`` (pointer files for shards) is refused; a sample without its captions
+    or image is counted; a sample with two images is read by its webp, clip_benchmark's first choice."""
+    from trainer.wds_benchmark import samples
+
+    model, tok = model_and_tokenizer
+    folder = write_benchmark(tmp_path / "lfs", retrieval_rows, "retrieval")
+    (folder / "test" / "0.tar").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n")
+    with pytest.raises(ValueError, match="git lfs pull"):
+        evaluate_benchmark(model, tok, folder)
+
+    rows = [*retrieval_rows[:5], (b"", "jpg", b"no picture at all")]
+    folder = write_benchmark(tmp_path / "gaps", rows, "retrieval")
+    with wds.TarWriter(str(folder / "test" / "1.tar")) as sink:  # one sample without captions, one with two images
+        sink.write({"__key__": "nocaption", "jpg": rows[0][0]})
+        sink.write({"__key__": "two", "jpg": rows[0][0], "webp": encoded(picture(7), "webp"), "txt": b"seven"})
+    (folder / "test" / "nshards.txt").write_text("2")
+    result = evaluate_benchmark(model, tok, folder)
+    assert result["skipped_samples"] == {"undecodable": 1, "no_txt": 1} and result["retrieval"]["images"] == 6
+    from collections import Counter
+
+    two = [image for image, _, key in samples(read_benchmark(folder), Counter()) if key == "two"]
+    assert two == [encoded(picture(7), "webp")]
+
+
+def test_a_diverged_model_ranks_nothing():
+    """NaN scores tie nothing and beat nothing: without a guard every row counted as a hit."""
+    from trainer.evaluate import rank_credit
+
+    nan = torch.full((3, 4), float("nan"))
+    assert rank_credit(nan, nan[:, :1], 1).tolist() == [0.0, 0.0, 0.0]
+    assert any_in_top_k(nan, torch.eye(3, 4, dtype=torch.bool), 1).tolist() == [0.0, 0.0, 0.0]
+    no_positive = torch.zeros(1, 4, dtype=torch.bool)
+    assert any_in_top_k(torch.rand(1, 4), no_positive, 10).tolist() == [0.0]
+
+
+def test_class_names_are_read_as_clip_benchmark_reads_them(tmp_path):
+    """Every line a class, blank ones included (a blank line dropped would shift every later name)."""
+    rows = [(encoded(picture(i), "jpg"), "jpg", str(i % 3).encode()) for i in range(6)]
+    folder = write_benchmark(tmp_path / "names", rows, "classification")
+    (folder / "classnames.txt").write_text(" zero \n\ntwo\n")
+    (folder / "zeroshot_classification_templates.txt").write_text("a {c}\n")
+    bench = read_benchmark(folder)
+    assert bench.classnames == ["zero", "", "two"] and bench.templates == ["a {c}"]
+    (folder / "zeroshot_classification_templates.txt").unlink()
+    with pytest.raises(ValueError, match=r"needs classnames\.txt and zeroshot_classification_templates\.txt"):
+        read_benchmark(folder)

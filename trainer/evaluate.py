@@ -145,8 +145,9 @@ def load_labelled(model: CLIP, folder: str | Path, device="cpu", batch_size: int
             views = []
     if views:
         feats.append(encode_views(model, views, device))
-    features = torch.cat(feats) if feats else torch.empty(0, model.cfg.embed_dim)
-    return Labelled(features, labels, classes, meta, skipped)
+    if not feats:
+        raise ValueError(f"{folder}: no readable image in its class folders ({skipped} skipped)")
+    return Labelled(torch.cat(feats), labels, classes, meta, skipped)
 
 
 def zero_shot(model: CLIP, tokenizer: TextTokenizer, folder: str | Path, device="cpu",
@@ -166,8 +167,10 @@ def zero_shot(model: CLIP, tokenizer: TextTokenizer, folder: str | Path, device=
     y = torch.tensor(labels)
     true = scores.gather(1, y[:, None])
     hit = rank_credit(scores, true, 1)
+    per_class = per_class_accuracy(hit.tolist(), labels, classes)
+    seen = [v["accuracy"] for v in per_class.values() if v["accuracy"] is not None]
     out = {"top1": hit.mean().item(), "images": len(labels), "classes": len(classes), "chance": 1 / len(classes),
-           "templates": len(templates), "per_class": per_class_accuracy(hit.tolist(), labels, classes),
+           "templates": len(templates), "mean_per_class": float(np.mean(seen)), "per_class": per_class,
            **({"skipped_images": data.skipped} if data.skipped else {})}
     if len(classes) > 5:
         out["top5"] = rank_credit(scores, true, 5).mean().item()
@@ -199,7 +202,8 @@ def rank_credit(scores: torch.Tensor, true: torch.Tensor, k: int) -> torch.Tenso
     texts exactly, where clip_benchmark's recall credits the first and so depends on the samples' order)."""
     better = (scores > true).sum(1)
     ties = (scores == true).sum(1) - 1
-    return ((k - better) / (ties + 1)).clamp(0, 1).float()
+    credit = ((k - better) / (ties + 1).clamp(min=1)).clamp(0, 1).float()
+    return credit.masked_fill(~torch.isfinite(scores).all(1), 0.0)  # a diverged model (NaN) ranks nothing
 
 
 def per_class_accuracy(hits: list[float], labels: list[int], classes: list[str]) -> dict[str, dict]:
@@ -357,6 +361,8 @@ def format_results(results: dict) -> str:
                      f"text→image {r['text_to_image_R@1']:.1%}/{r['text_to_image_R@5']:.1%}/"
                      f"{r['text_to_image_R@10']:.1%}")
     for name, b in results.get("benchmarks", {}).items():
+        skipped = sum(b.get("skipped_samples", {}).values())
+        lines.append(f"{name}: {skipped} samples skipped ({b['skipped_samples']})" if skipped else "")
         if "zeroshot" in b:
             lines.append(f"{name}: zero-shot top-1 {b['zeroshot']['top1']:.1%} on {b['zeroshot']['images']} images")
         else:
@@ -365,7 +371,7 @@ def format_results(results: dict) -> str:
                          f"{r['image_to_text_R@1']:.1%}/{r['image_to_text_R@5']:.1%}/{r['image_to_text_R@10']:.1%}"
                          f", text→image {r['text_to_image_R@1']:.1%}/{r['text_to_image_R@5']:.1%}/"
                          f"{r['text_to_image_R@10']:.1%}")
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line)
 
 
 def may_score_trained(run: tuple[int, float], scored: tuple[int, float]) -> bool:
@@ -419,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="A benchmark in clip_benchmark's WebDataset layout (a clone of a clip-benchmark/wds_* "
                          "dataset): zero-shot or retrieval with all its captions; repeatable.")
     ap.add_argument("--split", default="test", help="The benchmarks' split folder (default: test).")
+    ap.add_argument("--benchmarks-only", action="store_true",
+                    help="Score the --benchmark folders alone, not the run's own labelled folder and holdout.")
     ap.add_argument("--out", help="Write the results as JSON here.")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
@@ -429,7 +437,10 @@ def main(argv: list[str] | None = None) -> int:
         split, trained = heldout_of(args.data, ckpt["config"], args.holdout_shards, args.holdout_fraction,
                                     ckpt.get("run_known", True)) if args.data else (None, False)
         counts_file = args.class_counts or cfg.eval.class_counts
-        results = evaluate(model, tokenizer, args.device, args.zeroshot or cfg.eval.zeroshot_dir,
+        if args.benchmarks_only:
+            split, counts_file = None, None
+        results = evaluate(model, tokenizer, args.device,
+                           None if args.benchmarks_only else args.zeroshot or cfg.eval.zeroshot_dir,
                            split.heldout if split else None, caption_key=cfg.data.caption_key,
                            holdout_fraction=split.fraction if split else 0.0,
                            batch_size=args.batch_size or cfg.eval.batch_size,
@@ -439,9 +450,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.benchmark:
             from trainer.wds_benchmark import evaluate_benchmark
 
-            results["benchmarks"] = {Path(b).name: evaluate_benchmark(model, tokenizer, b, args.split, args.device,
-                                                                      args.batch_size or cfg.eval.batch_size)
-                                     for b in args.benchmark}
+            results["benchmarks"] = {}
+            for folder in args.benchmark:
+                name = Path(folder).resolve().name
+                name = name if name not in results["benchmarks"] else f"{name}-{len(results['benchmarks'])}"
+                results["benchmarks"][name] = evaluate_benchmark(model, tokenizer, folder, args.split, args.device,
+                                                                 args.batch_size or cfg.eval.batch_size)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

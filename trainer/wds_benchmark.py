@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import math
+import tarfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ import torch
 import webdataset as wds
 
 from trainer.data import center_square, open_rgb, to_tensor
-from trainer.evaluate import BATCH, Labelled, encode_texts, encode_views, linear_probe, rank_credit, zero_shot
+from trainer.evaluate import BATCH, Labelled, encode_texts, encode_views, linear_probe, zero_shot
 from trainer.model import CLIP
 from trainer.tokenizer import TextTokenizer
 
@@ -46,8 +48,8 @@ class Benchmark:
 
 
 def read_benchmark(folder: str | Path, split: str = "test") -> Benchmark:
-    """The layout of ``folder``; ``ValueError`` naming what is missing."""
-    root = Path(folder)
+    """The layout of ``folder``, read as clip_benchmark reads it; ``ValueError`` naming what is missing."""
+    root = Path(folder).resolve()
     try:
         n = int((root / split / "nshards.txt").read_text().strip())
     except (OSError, ValueError) as exc:
@@ -56,20 +58,32 @@ def read_benchmark(folder: str | Path, split: str = "test") -> Benchmark:
     missing = [s.name for s in shards if not s.is_file()]
     if missing:
         raise ValueError(f"{root / split}: nshards.txt says {n} shards; missing {', '.join(missing[:5])}")
+    not_tar = [s.name for s in shards if not tarfile.is_tarfile(s)]
+    if not_tar:  # a clone without `git lfs pull` holds pointer files: scoring the rest would be another benchmark
+        raise ValueError(f"{root / split}: {', '.join(not_tar[:5])} not a tar file (a Git LFS pointer? "
+                         "run `git lfs pull` in the clone)")
     kind_file = root / "dataset_type.txt"
     kind = kind_file.read_text().strip().lower() if kind_file.is_file() else "classification"
-    if kind not in ("classification", "retrieval"):
-        raise ValueError(f"{root}: dataset type {kind!r} (this evaluation scores classification and retrieval)")
-    lines = {name: [x.strip() for x in (root / name).read_text().splitlines() if x.strip()]
-             if (root / name).is_file() else [] for name in ("classnames.txt", "zeroshot_classification_templates.txt")}
-    if kind == "classification" and not lines["classnames.txt"]:
-        raise ValueError(f"{root}: a classification benchmark needs classnames.txt")
-    return Benchmark(root.name, kind, shards, lines["classnames.txt"], lines["zeroshot_classification_templates.txt"])
+    if kind == "multilabel":
+        raise ValueError(f"{root}: a multilabel benchmark (this evaluation scores classification and retrieval)")
+    kind = "retrieval" if kind == "retrieval" else "classification"  # as clip_benchmark: any other is
+    names, templates = (_lines(root / f) for f in ("classnames.txt", "zeroshot_classification_templates.txt"))
+    if kind == "classification" and not (names and templates):
+        raise ValueError(f"{root}: a classification benchmark needs classnames.txt and "
+                         "zeroshot_classification_templates.txt")
+    return Benchmark(root.name, kind, shards, names, templates)
 
 
-def samples(bench: Benchmark) -> Iterator[tuple[bytes, bytes]]:
-    """(image bytes, label or captions bytes) of each sample; a damaged sample is logged and skipped."""
+def _lines(path: Path) -> list[str]:
+    """Each line stripped, none dropped: a blank line in classnames.txt is a class, as clip_benchmark reads it."""
+    return [x.strip() for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def samples(bench: Benchmark, skipped: Counter) -> Iterator[tuple[bytes, bytes, str]]:
+    """(image bytes, label or captions bytes, key) of each sample; a damaged sample or one without an image or
+    its field is logged and counted in ``skipped``."""
     def warn(exn: Exception) -> bool:
+        skipped["damaged"] += 1
         log.warning("%s: skipped %s", bench.name, str(exn)[:300])
         return True
 
@@ -77,82 +91,101 @@ def samples(bench: Benchmark) -> Iterator[tuple[bytes, bytes]]:
     for sample in wds.tarfile_to_samples(handler=warn)(iter([{"url": str(s)} for s in bench.shards])):
         key = next((k for k in IMAGE_KEYS if k in sample), None)
         if key is None or field not in sample:
+            skipped[f"no_{field}" if key else "no_image"] += 1
             log.warning("%s: sample %s has no image or no %s", bench.name, sample.get("__key__"), field)
             continue
-        yield sample[key], sample[field]
+        yield sample[key], sample[field], sample.get("__key__", "")
 
 
 @torch.no_grad()
-def encode_benchmark(model: CLIP, bench: Benchmark, device, batch_size: int) -> tuple[torch.Tensor, list, int]:
-    """Image features, each sample's label or captions, and the samples skipped (undecodable)."""
+def encode_benchmark(model: CLIP, bench: Benchmark, device, batch_size: int) -> tuple[torch.Tensor, list, Counter]:
+    """Image features, each sample's label or captions, and the samples skipped by reason."""
     size = model.cfg.vision_cfg.image_size
-    feats, views, targets, skipped = [], [], [], 0
-    for image, target in samples(bench):
+    feats, views, targets, skipped = [], [], [], Counter()
+    for image, target, key in samples(bench, skipped):
+        text = target.decode("utf-8", "replace")
+        if bench.kind == "classification" and not text.strip().lstrip("-").isdigit():
+            raise ValueError(f"{bench.name}: sample {key}: cls {text[:20]!r} is not a class number")
         try:
             views.append(to_tensor(center_square(open_rgb(image), size)))
         except Exception as exc:  # any decoder error of one image skips that image
-            skipped += 1
-            log.warning("%s: undecodable image skipped: %s", bench.name, exc)
+            skipped["undecodable"] += 1
+            log.warning("%s: sample %s: undecodable image skipped: %s", bench.name, key, exc)
             continue
-        text = target.decode("utf-8", "replace")
         targets.append(text.splitlines() if bench.kind == "retrieval" else int(text.strip()))
         if len(views) == batch_size:
             feats.append(encode_views(model, views, device))
             views = []
     if views:
         feats.append(encode_views(model, views, device))
-    return (torch.cat(feats) if feats else torch.empty(0, model.cfg.embed_dim)), targets, skipped
+    if not feats:
+        raise ValueError(f"{bench.name}: no readable sample ({sum(skipped.values())} skipped: {dict(skipped)})")
+    return torch.cat(feats), targets, skipped
 
 
-def any_in_top_k(scores: torch.Tensor, positive: torch.Tensor, k: int) -> torch.Tensor:
+def any_in_top_k(scores: torch.Tensor, positive: torch.Tensor, k: int | tuple[int, ...]) -> torch.Tensor:
     """Per row, the chance that one of its positives is among the top ``k``, the candidates that tie with the
     best positive ordered at random: with ``b`` candidates above it and ``n`` negatives and ``p`` positives
-    tied with it, 1 − C(n, m) / C(n + p, m) for the ``m = k − b`` places left (rank_credit's rule for p = 1)."""
-    out = torch.zeros(scores.shape[0])
-    for i, (row, pos) in enumerate(zip(scores, positive, strict=True)):
-        best = row[pos].max()
-        above = int((row > best).sum())
-        tied_pos, tied_neg = int((row[pos] == best).sum()), int((row[~pos] == best).sum())
-        m = k - above
-        if m > tied_neg:
-            out[i] = 1.0
-        elif m > 0:
-            out[i] = 1 - math.comb(tied_neg, m) / math.comb(tied_neg + tied_pos, m)
-    return out
+    tied with it, 1 − C(n, m) / C(n + p, m) for the ``m = k − b`` places left (rank_credit's rule for p = 1).
+    A row without a positive, or with a NaN (a diverged model), gets nothing. With several ``k``, one column
+    each (the ranks are counted once)."""
+    ks = (k,) if isinstance(k, int) else k
+    best = scores.masked_fill(~positive, float("-inf")).amax(1, keepdim=True)
+    above = (scores > best).sum(1)
+    tied = scores == best
+    tied_pos, tied_neg = (tied & positive).sum(1), (tied & ~positive).sum(1)
+    void = ~positive.any(1) | ~torch.isfinite(scores).all(1)
+    columns = []
+    for kk in ks:
+        places = kk - above
+        out = (places > tied_neg).float()
+        for i in ((places > 0) & (places <= tied_neg)).nonzero().flatten().tolist():  # the rare partial ties
+            m, n, p = int(places[i]), int(tied_neg[i]), int(tied_pos[i])
+            out[i] = 1 - math.comb(n, m) / math.comb(n + p, m)
+        columns.append(out.masked_fill(void, 0.0))
+    return columns[0] if isinstance(k, int) else torch.stack(columns, 1)
+
+
+KS = (1, 5, 10)
 
 
 def retrieval_scores(image_features: torch.Tensor, text_features: torch.Tensor, text_image: list[int]) -> dict:
     """R@1/5/10 both ways, several captions per image (``text_image``: each caption's image)."""
     sim = image_features @ text_features.T
-    owner = torch.tensor(text_image)
+    owner = torch.tensor(text_image, dtype=torch.long)
     positive = owner[None, :] == torch.arange(len(image_features))[:, None]
+    i2t = any_in_top_k(sim, positive, KS).mean(0)
+    del positive
+    t2i = any_in_top_k(sim.T, owner[:, None] == torch.arange(len(image_features))[None, :], KS).mean(0)
     out: dict[str, float | int] = {"images": len(image_features), "texts": len(text_image)}
-    for k in (1, 5, 10):
-        out[f"image_to_text_R@{k}"] = any_in_top_k(sim, positive, k).mean().item()
-        t2i = sim.T
-        out[f"text_to_image_R@{k}"] = rank_credit(t2i, t2i.gather(1, owner[:, None]), k).mean().item()
+    for j, k in enumerate(KS):
+        out[f"image_to_text_R@{k}"], out[f"text_to_image_R@{k}"] = i2t[j].item(), t2i[j].item()
     return out
 
 
 def evaluate_benchmark(model: CLIP, tokenizer: TextTokenizer, folder: str | Path, split: str = "test",
                        device="cpu", batch_size: int = BATCH, probe: bool = False) -> dict:
-    """One benchmark: zero-shot (and the probe when asked) or retrieval."""
+    """One benchmark: zero-shot (and the probe when asked) or retrieval; ``skipped_samples`` by reason."""
     bench = read_benchmark(folder, split)
     model.eval()
     features, targets, skipped = encode_benchmark(model, bench, device, batch_size)
+    counted = {"skipped_samples": dict(skipped)} if skipped else {}
     if bench.kind == "retrieval":
         texts = [c for captions in targets for c in captions]
         owner = [i for i, captions in enumerate(targets) for _ in captions]
+        if not texts:
+            raise ValueError(f"{bench.name}: a retrieval benchmark without a caption")
         result = retrieval_scores(features, encode_texts(model, tokenizer, texts, device, batch_size), owner)
-        return {"retrieval": result, **({"skipped_images": skipped} if skipped else {})}
-    classes = [str(i) for i in range(len(bench.classnames))]
-    bad = sorted({t for t in targets if not 0 <= t < len(classes)})
+        result["images_without_captions"] = sum(not captions for captions in targets)  # each a miss, as there
+        return {"retrieval": result, **counted}
+    bad = sorted({t for t in targets if not 0 <= t < len(bench.classnames)})
     if bad:
-        raise ValueError(f"{bench.name}: labels {bad[:5]} outside classnames.txt's {len(classes)} classes")
-    meta = {"classnames": dict(zip(classes, bench.classnames, strict=True)),
-            **({"templates": bench.templates} if bench.templates else {})}
-    data = Labelled(features, targets, classes, meta, skipped)
-    out = {"zeroshot": zero_shot(model, tokenizer, None, device, _loaded=data, batch_size=batch_size)}
+        raise ValueError(f"{bench.name}: labels {bad[:5]} outside classnames.txt's {len(bench.classnames)} classes")
+    unique = len(set(bench.classnames)) == len(bench.classnames)
+    classes = bench.classnames if unique else [f"{i}: {n}" for i, n in enumerate(bench.classnames)]
+    meta = {"classnames": dict(zip(classes, bench.classnames, strict=True)), "templates": bench.templates}
+    data = Labelled(features, targets, classes, meta, skipped["undecodable"])
+    out = {"zeroshot": zero_shot(model, tokenizer, None, device, _loaded=data, batch_size=batch_size), **counted}
     if probe:
         out["linear_probe"] = linear_probe(model, None, device, _loaded=data, batch_size=batch_size)
     return out
