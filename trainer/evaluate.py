@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,21 @@ def encode_images(model: CLIP, images: list[Image.Image], size: int, device, bat
 
 
 @torch.no_grad()
+def encode_stream(model: CLIP, views: Iterable[torch.Tensor], device, batch_size: int) -> torch.Tensor | None:
+    """Image features of ``views`` encoded as they come, ``batch_size`` at a time, so that only features are
+    held; None when there were none."""
+    feats, batch = [], []
+    for view in views:
+        batch.append(view)
+        if len(batch) == batch_size:
+            feats.append(encode_views(model, batch, device))
+            batch = []
+    if batch:
+        feats.append(encode_views(model, batch, device))
+    return torch.cat(feats) if feats else None
+
+
+@torch.no_grad()
 def encode_views(model: CLIP, views: list[torch.Tensor], device) -> torch.Tensor:
     with _autocast(device):
         return model.encode_image(torch.stack(views).to(device)).float().cpu()
@@ -130,24 +146,26 @@ def load_labelled(model: CLIP, folder: str | Path, device="cpu", batch_size: int
     meta_file = Path(folder) / "zeroshot.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     size = model.cfg.vision_cfg.image_size
-    feats, views, labels, skipped = [], [], [], 0
-    for path, label in zip(paths, all_labels, strict=True):
-        try:
-            with Image.open(path) as im:
-                views.append(to_tensor(center_square(im.convert("RGB"), size)))
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            skipped += 1
-            log.warning("labelled folder: skipped %s: %s", path, exc)
-            continue
-        labels.append(label)
-        if len(views) == batch_size:
-            feats.append(encode_views(model, views, device))
-            views = []
-    if views:
-        feats.append(encode_views(model, views, device))
-    if not feats:
+    labels: list[int] = []
+    skipped = 0
+
+    def views() -> Iterator[torch.Tensor]:
+        nonlocal skipped
+        for path, label in zip(paths, all_labels, strict=True):
+            try:
+                with Image.open(path) as im:
+                    view = to_tensor(center_square(im.convert("RGB"), size))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                skipped += 1
+                log.warning("labelled folder: skipped %s: %s", path, exc)
+                continue
+            labels.append(label)
+            yield view
+
+    features = encode_stream(model, views(), device, batch_size)
+    if features is None:
         raise ValueError(f"{folder}: no readable image in its class folders ({skipped} skipped)")
-    return Labelled(torch.cat(feats), labels, classes, meta, skipped)
+    return Labelled(features, labels, classes, meta, skipped)
 
 
 def zero_shot(model: CLIP, tokenizer: TextTokenizer, folder: str | Path, device="cpu",

@@ -30,7 +30,7 @@ import torch
 import webdataset as wds
 
 from trainer.data import center_square, open_rgb, to_tensor
-from trainer.evaluate import BATCH, Labelled, encode_texts, encode_views, linear_probe, zero_shot
+from trainer.evaluate import BATCH, Labelled, encode_stream, encode_texts, linear_probe, zero_shot
 from trainer.model import CLIP
 from trainer.tokenizer import TextTokenizer
 
@@ -101,26 +101,27 @@ def samples(bench: Benchmark, skipped: Counter) -> Iterator[tuple[bytes, bytes, 
 def encode_benchmark(model: CLIP, bench: Benchmark, device, batch_size: int) -> tuple[torch.Tensor, list, Counter]:
     """Image features, each sample's label or captions, and the samples skipped by reason."""
     size = model.cfg.vision_cfg.image_size
-    feats, views, targets, skipped = [], [], [], Counter()
-    for image, target, key in samples(bench, skipped):
-        text = target.decode("utf-8", "replace")
-        if bench.kind == "classification" and not text.strip().lstrip("-").isdigit():
-            raise ValueError(f"{bench.name}: sample {key}: cls {text[:20]!r} is not a class number")
-        try:
-            views.append(to_tensor(center_square(open_rgb(image), size)))
-        except Exception as exc:  # any decoder error of one image skips that image
-            skipped["undecodable"] += 1
-            log.warning("%s: sample %s: undecodable image skipped: %s", bench.name, key, exc)
-            continue
-        targets.append(text.splitlines() if bench.kind == "retrieval" else int(text.strip()))
-        if len(views) == batch_size:
-            feats.append(encode_views(model, views, device))
-            views = []
-    if views:
-        feats.append(encode_views(model, views, device))
-    if not feats:
+    targets: list = []
+    skipped: Counter = Counter()
+
+    def views() -> Iterator[torch.Tensor]:
+        for image, target, key in samples(bench, skipped):
+            text = target.decode("utf-8", "replace")
+            if bench.kind == "classification" and not text.strip().lstrip("-").isdigit():
+                raise ValueError(f"{bench.name}: sample {key}: cls {text[:20]!r} is not a class number")
+            try:
+                view = to_tensor(center_square(open_rgb(image), size))
+            except Exception as exc:  # any decoder error of one image skips that image
+                skipped["undecodable"] += 1
+                log.warning("%s: sample %s: undecodable image skipped: %s", bench.name, key, exc)
+                continue
+            targets.append(text.splitlines() if bench.kind == "retrieval" else int(text.strip()))
+            yield view
+
+    features = encode_stream(model, views(), device, batch_size)
+    if features is None:
         raise ValueError(f"{bench.name}: no readable sample ({sum(skipped.values())} skipped: {dict(skipped)})")
-    return torch.cat(feats), targets, skipped
+    return features, targets, skipped
 
 
 def any_in_top_k(scores: torch.Tensor, positive: torch.Tensor, k: int | tuple[int, ...]) -> torch.Tensor:
