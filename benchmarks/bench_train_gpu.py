@@ -51,8 +51,9 @@ from _machine import machine_info  # noqa: E402
 OUT = ROOT / "benchmarks" / "_data" / "bench_train_gpu.json"
 WORK = ROOT / "benchmarks" / "_data" / "bench-train-gpu"
 TRAIN = ROOT / "trainer" / "train.py"
+T_START = time.perf_counter()
 DEFAULTS = {  # per device: what fits 6 minutes on one GPU, and a smoke run of seconds on a CPU
-    "cuda": {"models": "vit-b-32,vit-b-16", "steps": 60, "batch_size": 256, "workers": 8, "learn_steps": 200,
+    "cuda": {"models": "vit-b-32,vit-b-16", "steps": 60, "batch_size": 256, "workers": 12, "learn_steps": 200,
              "learn_batch": 128, "shards": (10, 256, 224), "config": "vit-b-32-gpu"},
     "cpu": {"models": "tiny", "steps": 20, "batch_size": 8, "workers": 1, "learn_steps": 300, "learn_batch": 64,
             "shards": (2, 48, 64), "config": "tiny-cpu"},
@@ -81,6 +82,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="Compiled step in the probes and our trainer runs (auto: on CUDA, as the trainer's own auto).")
     ap.add_argument("--cudagraphs", action="store_true", help="Also probe the compiled step with CUDA graphs "
                                                               "(compile_mode=reduce-overhead).")
+    ap.add_argument("--variants", help=f"Comma-separated probe variants to run (default: eager, fused_adamw and, when "
+                                       f"compiling, compiled_step; known: {', '.join(VARIANTS)}).")
+    ap.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+                    default="default", help="Our trainer's compile_mode in the end-to-end run.")
+    ap.add_argument("--profile", help="Profile this probe variant (e.g. compiled_step) for 5 steps: GPU busy share and "
+                                      "the kernels that take the time, written beside --json.")
+    ap.add_argument("--probe-only", action="store_true", help="Model-step probes only: no trainer runs, no learning "
+                                                              "check.")
     ap.add_argument("--learn-steps", type=int, help="Steps of the learning check (cuda 200 × batch 128, cpu 300 × "
                                                     "64; 0 leaves it out).")
     ap.add_argument("--skip-openclip", action="store_true", help="Leave open_clip_train out.")
@@ -95,6 +104,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
     args.models = [m for m in args.models.split(",") if m]
+    if args.variants:
+        args.variants = [v for v in args.variants.split(",") if v]
+        unknown = sorted(set(args.variants) - set(VARIANTS))
+        if unknown:
+            ap.error(f"unknown --variants {unknown}; known: {', '.join(VARIANTS)}")
+    if args.probe_only:
+        args.skip_openclip, args.learn_steps = True, 0
     if args.steps < 3:
         ap.error("--steps must be at least 3 (the first are left out of the figures)")
     return args
@@ -128,14 +144,19 @@ class Variant:
     mode: str = "default"
 
 
+VARIANTS = {v.name: v for v in (
+    Variant("eager", False, False), Variant("fused_adamw", True, False), Variant("compiled_step", True, True),
+    Variant("compiled_step_cudagraphs", True, True, "reduce-overhead"),
+    Variant("compiled_step_autotune", True, True, "max-autotune-no-cudagraphs"))}
+
+
 def variants(args: argparse.Namespace) -> list[Variant]:
+    if args.variants:
+        return [VARIANTS[name] for name in args.variants]
     compiled = args.compile == "on" or (args.compile == "auto" and args.device == "cuda")
-    out = [Variant("eager", False, False), Variant("fused_adamw", True, False)]
-    if compiled:
-        out.append(Variant("compiled_step", True, True))
-        if args.cudagraphs:
-            out.append(Variant("compiled_step_cudagraphs", True, True, "reduce-overhead"))
-    return out
+    names = ["eager", "fused_adamw"] + (["compiled_step"] if compiled else [])
+    names += ["compiled_step_cudagraphs"] if compiled and args.cudagraphs else []
+    return [VARIANTS[name] for name in names]
 
 
 def random_batches(mcfg, batch: int, device, n: int = PROBE_BATCHES) -> list[tuple]:
@@ -214,9 +235,36 @@ def probe(mcfg_path: Path, variant: Variant, args: argparse.Namespace, device, p
            "step_ms": round(1000 * seconds / timed, 3), "first_step_s": round(first, 2),
            "losses": [round(x, 6) for x in torch.stack(losses).tolist()],
            "host_syncs_per_step": host_syncs(step, batches, device)}
+    if args.profile == variant.name:
+        out["profile"] = profile_steps(step, batches, device, args.json.with_name(
+            f"{args.json.stem}-profile-{mcfg_path.stem}-{variant.name}.txt"))
     del step, model, batches
     release(device)
     return out
+
+
+def profile_steps(step, batches: list[tuple], device, path: Path, n: int = 5) -> dict:
+    """``n`` steps under torch's profiler: the share of the wall time the device was busy (kernel time over wall
+    time; a low share means the host cannot launch work fast enough) and the kernels that take the time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from trainer.train import train_step
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for i in range(n):
+            train_step(step, *batches[i % len(batches)])
+        sync(device)
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    attr = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    busy = sum(getattr(e, attr) for e in events) / 1e6  # µs of kernel time
+    table = events.table(sort_by=attr, row_limit=40, max_name_column_width=90)
+    path.write_text(f"{n} steps, {wall:.4f} s wall, {busy:.4f} s of device kernels ({busy / wall:.1%} busy)\n{table}")
+    return {"steps": n, "wall_s": round(wall, 4), "device_busy_s": round(busy, 4),
+            "busy_share": round(busy / wall, 4), "table": str(path)}
 
 
 def release(device) -> None:
@@ -231,7 +279,7 @@ def release(device) -> None:
 
 def loss_agreement(runs: dict[str, dict], precision: str) -> dict:
     """Each variant's losses against eager's, step by step, on the same batches from the same initialisation."""
-    if "error" in runs["eager"]:
+    if "error" in runs.get("eager", {"error": "not run"}):
         return {}
     eager = runs["eager"]["losses"]
     out = {}
@@ -334,6 +382,8 @@ def run_ours(args: argparse.Namespace, model_json: Path, shards: Path, tokenizer
             "data.batch_size": args.batch_size, "data.workers": args.workers, "data.holdout_shards": 0,
             "data.holdout_fraction": 0.0, "optim.warmup_steps": 10, "eval.retrieval": "false",
             "compile": {"on": "true", "off": "false"}.get(args.compile, "auto"), **tokenizer}
+    if args.compile_mode != "default" and args.compile != "off":
+        sets["compile_mode"] = args.compile_mode
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     if args.device == "cpu":
         env["OMP_NUM_THREADS"] = "1"  # as bench_train.py: intra-op threads next to loader workers fight for cores
@@ -464,38 +514,46 @@ def attempt(what: str, fn, *a, **kw) -> dict:
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         print(f"  {what} failed: {_last_line(str(exc))}", flush=True)
         return {"error": str(exc)[-3000:]}
-    print(f"  {what}: {out.get('samples_per_s')} samples/s ({time.perf_counter() - t0:.0f} s)", flush=True)
+    print(f"  {what}: {out.get('samples_per_s')} samples/s, MFU {out.get('mfu')} ({time.perf_counter() - t0:.0f} s; "
+          f"{time.perf_counter() - T_START:.0f} s since the start)", flush=True)
     return out
 
 
 def bench_model(name: str, args: argparse.Namespace, device, peak: float, shards: list[Path],
-                python: Path | None, bpe: Path | None) -> dict:
-    """Probes, our trainer and open_clip_train for one model."""
+                python: Path | None, bpe: Path | None, result: dict, save) -> None:
+    """Probes, our trainer and open_clip_train for one model, into ``result``; ``save()`` after each part, so that a
+    run cut short by a time limit keeps what it measured."""
     from trainer.model import CLIP, ModelConfig, train_flops_per_sample
 
     model_json, raw, tokenizer = model_and_tokenizer(name, args, python, bpe)
     mcfg = ModelConfig.from_dict(raw)
     flops = train_flops_per_sample(mcfg)
-    result = {"model_json": str(model_json), "parameters": sum(p.numel() for p in CLIP(mcfg).parameters()),
-              "train_gflop_per_sample": round(flops / 1e9, 4), "tokenizer": tokenizer["tokenizer.kind"], "probe": {}}
+    result.update({"model_json": str(model_json), "parameters": sum(p.numel() for p in CLIP(mcfg).parameters()),
+                   "train_gflop_per_sample": round(flops / 1e9, 4), "tokenizer": tokenizer["tokenizer.kind"],
+                   "probe": {}, "loss_agreement": {}, "ours": None, "open_clip": None})
     for v in variants(args):
         result["probe"][v.name] = attempt(f"probe {v.name}", probe, model_json, v, args, device, peak)
         if "error" in result["probe"][v.name]:
             release(device)
-    result["loss_agreement"] = loss_agreement(result["probe"], "bf16" if device.type == "cuda" else "fp32")
+        result["loss_agreement"] = loss_agreement(result["probe"], "bf16" if device.type == "cuda" else "fp32")
+        save()
+    if args.probe_only:
+        return
     result["ours"] = attempt("our trainer", run_ours, args, model_json, shards[0].parent, tokenizer, flops, peak)
-    result["open_clip"] = (None if python is None else
-                           attempt("open_clip_train", run_theirs, args, python, model_json, shards, flops, peak))
-    return result
+    save()
+    if python is not None:
+        result["open_clip"] = attempt("open_clip_train", run_theirs, args, python, model_json, shards, flops, peak)
+        save()
 
 
 def failures(result: dict) -> list[str]:
     """What failed on our side (open_clip's own failures are reported, not counted)."""
     out = [f"{name} {part}" for name, m in result["models"].items()
-           for part, r in [*m["probe"].items(), ("ours", m["ours"])] if "error" in r]
+           for part, r in [*m["probe"].items(), ("ours", m["ours"] or {})] if "error" in r]
     out += [f"{name} loss {v}" for name, m in result["models"].items()
             for v, a in m["loss_agreement"].items() if not a["equal"]]
-    if result["learning"] and result["learning"]["ok"] is False:
+    learning = result["learning"] or {}
+    if "error" in learning or learning.get("ok") is False:
         out.append("learning check")
     return out
 
@@ -521,13 +579,19 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "shards": oc.shard_pattern(shards), "peak_tflops_measured": float(f"{peak / 1e12:.4g}"),
               "open_clip": {"python": str(python) if python else None, "skipped": why or None}, "models": {}}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        result["wall_s"] = round(time.perf_counter() - t_start, 1)
+        args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+
+    result["learning"] = None
     for name in args.models:
         print(f"{name} …", flush=True)
-        result["models"][name] = bench_model(name, args, device, peak, shards, python, bpe)
-    result["learning"] = learning_check(args) if args.learn_steps else None
-    result["wall_s"] = round(time.perf_counter() - t_start, 1)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+        result["models"][name] = {}
+        bench_model(name, args, device, peak, shards, python, bpe, result["models"][name], save)
+    result["learning"] = attempt("learning check", learning_check, args) if args.learn_steps else None
+    save()
     report(result, args)
     failed = failures(result)
     if failed:
@@ -551,7 +615,9 @@ def report(result: dict, args: argparse.Namespace) -> None:
     for name, m in result["models"].items():
         report_model(name, m, result["open_clip"]["skipped"], peak, spec)
     learning = result["learning"]
-    if learning:
+    if learning and "error" in learning:
+        print(f"\nlearning check failed: {_last_line(learning['error'])}")
+    elif learning:
         verdict = {True: "ok", False: "FAILED: learning is broken", None: "too few steps to judge"}[learning["ok"]]
         print(f"\nlearning check: tiny model, {learning['steps']} steps × batch {learning['batch_size']} on generated "
               f"digits: zero-shot top-1 {learning['zeroshot_top1']:.1%} on {learning['images']} held-out digits "
@@ -582,7 +648,7 @@ def report_model(name: str, m: dict, why_no_openclip: str | None, peak: float, s
     print(ROW.format("end to end (same shards)", "samples/s", "MFU", "wait", "wall s"))
     for who, r in (("ours", m["ours"]), ("open_clip_train", m["open_clip"])):
         if r is None:
-            print(f"  {who:<34} skipped: {why_no_openclip}")
+            print(f"  {who:<34} skipped: {why_no_openclip if who == 'open_clip_train' else '--probe-only'}")
         elif "error" in r:
             print(f"  {who:<34} failed: {_last_line(r['error'])}")
         else:
