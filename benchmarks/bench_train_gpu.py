@@ -54,7 +54,7 @@ TRAIN = ROOT / "trainer" / "train.py"
 T_START = time.perf_counter()
 DEFAULTS = {  # per device: what fits 6 minutes on one GPU, and a smoke run of seconds on a CPU
     "cuda": {"models": "vit-b-32,vit-b-16", "steps": 60, "batch_size": 256, "workers": 12, "learn_steps": 200,
-             "learn_batch": 128, "shards": (10, 256, 224), "config": "vit-b-32-gpu"},
+             "learn_batch": 128, "shards": (24, 128, 224), "config": "vit-b-32-gpu"},
     "cpu": {"models": "tiny", "steps": 20, "batch_size": 8, "workers": 1, "learn_steps": 300, "learn_batch": 64,
             "shards": (2, 48, 64), "config": "tiny-cpu"},
 }
@@ -88,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     default="default", help="Our trainer's compile_mode in the end-to-end run.")
     ap.add_argument("--profile", help="Profile this probe variant (e.g. compiled_step) for 5 steps: GPU busy share and "
                                       "the kernels that take the time, written beside --json.")
+    ap.add_argument("--skip-probes", action="store_true", help="No model-step probes: the trainer runs only.")
+    ap.add_argument("--openclip-models", help="Comma-separated models open_clip_train runs (default: all of --models).")
     ap.add_argument("--probe-only", action="store_true", help="Model-step probes only: no trainer runs, no learning "
                                                               "check.")
     ap.add_argument("--learn-steps", type=int, help="Steps of the learning check (cuda 200 × batch 128, cpu 300 × "
@@ -111,6 +113,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ap.error(f"unknown --variants {unknown}; known: {', '.join(VARIANTS)}")
     if args.probe_only:
         args.skip_openclip, args.learn_steps = True, 0
+    if args.skip_probes:
+        args.variants = []
+    args.openclip_models = args.models if args.openclip_models is None else [
+        m for m in args.openclip_models.split(",") if m]
     if args.steps < 3:
         ap.error("--steps must be at least 3 (the first are left out of the figures)")
     return args
@@ -151,7 +157,7 @@ VARIANTS = {v.name: v for v in (
 
 
 def variants(args: argparse.Namespace) -> list[Variant]:
-    if args.variants:
+    if args.variants is not None:
         return [VARIANTS[name] for name in args.variants]
     compiled = args.compile == "on" or (args.compile == "auto" and args.device == "cuda")
     names = ["eager", "fused_adamw"] + (["compiled_step"] if compiled else [])
@@ -246,6 +252,7 @@ def probe(mcfg_path: Path, variant: Variant, args: argparse.Namespace, device, p
 def profile_steps(step, batches: list[tuple], device, path: Path, n: int = 5) -> dict:
     """``n`` steps under torch's profiler: the share of the wall time the device was busy (kernel time over wall
     time; a low share means the host cannot launch work fast enough) and the kernels that take the time."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from trainer.train import train_step
@@ -260,7 +267,8 @@ def profile_steps(step, batches: list[tuple], device, path: Path, n: int = 5) ->
         wall = time.perf_counter() - t0
     events = prof.key_averages()
     attr = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
-    busy = sum(getattr(e, attr) for e in events) / 1e6  # µs of kernel time
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]  # an op's launch lists them too
+    busy = sum(getattr(e, attr) for e in kernels) / 1e6  # µs of kernel time
     table = events.table(sort_by=attr, row_limit=40, max_name_column_width=90)
     path.write_text(f"{n} steps, {wall:.4f} s wall, {busy:.4f} s of device kernels ({busy / wall:.1%} busy)\n{table}")
     return {"steps": n, "wall_s": round(wall, 4), "device_busy_s": round(busy, 4),
@@ -297,8 +305,10 @@ def loss_agreement(runs: dict[str, dict], precision: str) -> dict:
 
 
 def speed_shards(args: argparse.Namespace) -> list[Path]:
-    """Photo-like JPEG shards in img2dataset's layout (bench_train.py's generator and seed), written once per spec."""
+    """Photo-like JPEG shards in img2dataset's layout (bench_train.py's generator and seed), written once per spec;
+    at least one per loader worker (open_clip_train refuses fewer)."""
     shards, per_shard, size = DEFAULTS[args.device]["shards"]
+    shards = max(shards, args.workers)
     folder = args.work_dir / f"shards-{shards}x{per_shard}-{size}px"
     return oc.write_shards(folder, shards, per_shard, size)
 
@@ -521,8 +531,8 @@ def attempt(what: str, fn, *a, **kw) -> dict:
 
 def bench_model(name: str, args: argparse.Namespace, device, peak: float, shards: list[Path],
                 python: Path | None, bpe: Path | None, result: dict, save) -> None:
-    """Probes, our trainer and open_clip_train for one model, into ``result``; ``save()`` after each part, so that a
-    run cut short by a time limit keeps what it measured."""
+    """Probes and our trainer for one model, into ``result``; ``save()`` after each part, so that a run cut short by a
+    time limit keeps what it measured."""
     from trainer.model import CLIP, ModelConfig, train_flops_per_sample
 
     model_json, raw, tokenizer = model_and_tokenizer(name, args, python, bpe)
@@ -537,12 +547,8 @@ def bench_model(name: str, args: argparse.Namespace, device, peak: float, shards
             release(device)
         result["loss_agreement"] = loss_agreement(result["probe"], "bf16" if device.type == "cuda" else "fp32")
         save()
-    if args.probe_only:
-        return
-    result["ours"] = attempt("our trainer", run_ours, args, model_json, shards[0].parent, tokenizer, flops, peak)
-    save()
-    if python is not None:
-        result["open_clip"] = attempt("open_clip_train", run_theirs, args, python, model_json, shards, flops, peak)
+    if not args.probe_only:
+        result["ours"] = attempt("our trainer", run_ours, args, model_json, shards[0].parent, tokenizer, flops, peak)
         save()
 
 
@@ -586,10 +592,18 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False))
 
     result["learning"] = None
-    for name in args.models:
+    for name in args.models:  # ours for every model first, then open_clip's runs: a time limit cuts theirs
         print(f"{name} …", flush=True)
         result["models"][name] = {}
         bench_model(name, args, device, peak, shards, python, bpe, result["models"][name], save)
+    for name in args.openclip_models if python is not None else []:
+        m = result["models"].get(name)
+        if m and "model_json" in m:
+            print(f"{name}, open_clip …", flush=True)
+            flops = m["train_gflop_per_sample"] * 1e9
+            m["open_clip"] = attempt("open_clip_train", run_theirs, args, python, Path(m["model_json"]), shards,
+                                     flops, peak)
+            save()
     result["learning"] = attempt("learning check", learning_check, args) if args.learn_steps else None
     save()
     report(result, args)
@@ -648,7 +662,8 @@ def report_model(name: str, m: dict, why_no_openclip: str | None, peak: float, s
     print(ROW.format("end to end (same shards)", "samples/s", "MFU", "wait", "wall s"))
     for who, r in (("ours", m["ours"]), ("open_clip_train", m["open_clip"])):
         if r is None:
-            print(f"  {who:<34} skipped: {why_no_openclip if who == 'open_clip_train' else '--probe-only'}")
+            why = (why_no_openclip or 'not in --openclip-models') if who == 'open_clip_train' else '--probe-only'
+            print(f"  {who:<34} skipped: {why}")
         elif "error" in r:
             print(f"  {who:<34} failed: {_last_line(r['error'])}")
         else:

@@ -48,6 +48,24 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(grads[0][k], grads[1][k])
 
 
+@pytest.mark.parametrize("name", ["tiny", "vit-b-32", "vit-b-16"])
+def test_patch_embedding_is_the_convolution(name):
+    """The patch embedding, computed as one matmul, gives conv1's output and conv1's weight gradient (float64, fresh
+    random images and output gradients), with patches and channels in the convolution's order."""
+    torch.manual_seed(0)
+    visual = CLIP(load_model_config(name)).visual.double()
+    size = visual.cfg.image_size
+    images = torch.randn(3, 3, size, size, dtype=torch.float64)
+    ref = visual.conv1(images).flatten(2).transpose(1, 2)
+    out = visual.patch_embed(images)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn_like(ref)
+    ref_grad = torch.autograd.grad(ref, visual.conv1.weight, upstream)[0]
+    out_grad = torch.autograd.grad(out, visual.conv1.weight, upstream)[0]
+    torch.testing.assert_close(out_grad, ref_grad, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["tiny", "vit-b-32"])
 def test_flop_estimate_matches_torch_flop_counter(name):
     """The analytic count behind MFU agrees with torch's own FLOP counter on a real forward pass."""

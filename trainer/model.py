@@ -165,8 +165,18 @@ class VisionTower(nn.Module):
         self.proj = nn.Parameter(scale * torch.randn(w, embed_dim))
         self.transformer.init_weights()
 
+    def patch_embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``conv1`` (a stride-``patch_size`` convolution) as one matmul over the flattened patches: the same numbers,
+        without cuDNN's convolution kernels, which took 14% of a ViT-B/32 step on an H200 (forward, weight gradient
+        and layout changes) for 0.5% of its FLOPs. ``conv1`` stays the parameter, so checkpoints and open_clip's
+        weights keep their shape."""
+        b, c, h, w = images.shape
+        p = self.cfg.patch_size
+        patches = images.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+        return F.linear(patches.reshape(b, (h // p) * (w // p), c * p * p), self.conv1.weight.flatten(1))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(images).flatten(2).transpose(1, 2)  # (b, grid², w)
+        x = self.patch_embed(images)  # (b, grid², w)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
         x = self.transformer(self.ln_pre(x))

@@ -44,6 +44,7 @@ from trainer.data import (
     read_captions,
     shard_sizes,
     split_data,
+    to_device_ahead,
     train_batches,
 )
 from trainer.evaluate import evaluate, format_results, read_class_counts, resolve_checkpoint
@@ -503,7 +504,8 @@ def start_stream(t: Trainer) -> int:
                       seed=cfg.seed, rank=t.rank, start_epoch=t.start_step // spe, skip_batches=t.start_step % spe,
                       shuffle_buffer=cfg.data.shuffle_buffer, caption_key=cfg.data.caption_key,
                       crop_scale=cfg.data.crop_scale, holdout_fraction=t.split.fraction)
-    t.batches = train_batches(spec, t.tokenizer, cfg.data.workers, pin_memory=t.device.type == "cuda")
+    t.batches = to_device_ahead(train_batches(spec, t.tokenizer, cfg.data.workers, pin_memory=t.device.type == "cuda"),
+                                t.device)
     return samples
 
 
