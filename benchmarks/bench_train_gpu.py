@@ -88,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     default="default", help="Our trainer's compile_mode in the end-to-end run.")
     ap.add_argument("--profile", help="Profile this probe variant (e.g. compiled_step) for 5 steps: GPU busy share and "
                                       "the kernels that take the time, written beside --json.")
-    ap.add_argument("--skip-probes", action="store_true", help="No model-step probes: the trainer runs only.")
+    ap.add_argument("--skip-probes", action="store_true", help="No model-step probes.")
+    ap.add_argument("--skip-ours", action="store_true", help="No runs of our trainer (probes, open_clip, learning).")
     ap.add_argument("--openclip-models", help="Comma-separated models open_clip_train runs (default: all of --models).")
     ap.add_argument("--probe-only", action="store_true", help="Model-step probes only: no trainer runs, no learning "
                                                               "check.")
@@ -547,7 +548,7 @@ def bench_model(name: str, args: argparse.Namespace, device, peak: float, shards
             release(device)
         result["loss_agreement"] = loss_agreement(result["probe"], "bf16" if device.type == "cuda" else "fp32")
         save()
-    if not args.probe_only:
+    if not (args.probe_only or args.skip_ours):
         result["ours"] = attempt("our trainer", run_ours, args, model_json, shards[0].parent, tokenizer, flops, peak)
         save()
 
@@ -662,7 +663,7 @@ def report_model(name: str, m: dict, why_no_openclip: str | None, peak: float, s
     print(ROW.format("end to end (same shards)", "samples/s", "MFU", "wait", "wall s"))
     for who, r in (("ours", m["ours"]), ("open_clip_train", m["open_clip"])):
         if r is None:
-            why = (why_no_openclip or 'not in --openclip-models') if who == 'open_clip_train' else '--probe-only'
+            why = (why_no_openclip or "not in --openclip-models") if who == "open_clip_train" else "not run"
             print(f"  {who:<34} skipped: {why}")
         elif "error" in r:
             print(f"  {who:<34} failed: {_last_line(r['error'])}")
