@@ -1,20 +1,21 @@
 """Training speed on one GPU, end to end: our trainer against open_clip_train, model-step probes, a learning check.
 
-    python benchmarks/bench_train_gpu.py [--models vit-b-32,vit-b-16] [--steps 60] [--batch-size 256] [--workers 8]
+    python benchmarks/bench_train_gpu.py [--models vit-b-32,vit-b-16] [--steps 45] [--batch-size 512] [--workers 12]
         [--skip-openclip] [--json OUT]
     python benchmarks/bench_train_gpu.py --device cpu --steps 5     # smoke run: tiny model, tiny batch
 
 For each model (a JSON in trainer/configs/models/ or a path):
 
-1. model step only, on random tensors already on the device (no data loading): eager (torch's default AdamW),
-   + fused AdamW, + the compiled step (forward and loss as one compiled function), built with the trainer's own
-   ``make_step`` and run with its ``train_step``; samples/s, MFU, the first step's time (compilation), host syncs
-   per step (CUDA's sync debug mode), and the losses of each variant against eager's on the same batches from the
-   same initialisation (the equivalence check of the compiled step);
-2. our trainer (``trainer/train.py``, a subprocess, as a user starts it) and, when open_clip is importable (here or
-   in ``$BENCH_OPENCLIP_ENV``, see benchmarks/_openclip.py), ``open_clip_train`` on the same model JSON, shards,
-   batch and loader workers (bf16 autocast on CUDA); samples/s, data-wait share and MFU of both after the first
-   steps (compilation, loader warm-up);
+1. model step only, on random tensors already on the device (no data loading): eager (torch's default AdamW) and
+   the compiled step (fused AdamW, forward and loss as one compiled function; ``--variants`` adds fused AdamW alone,
+   CUDA graphs, max-autotune), built with the trainer's own ``make_step`` and run with its ``train_step``; samples/s,
+   MFU, the first step's time (compilation), host syncs per step (CUDA's sync debug mode), and the losses of each
+   variant against eager's on the same batches from the same initialisation (the equivalence check of the compiled
+   step); ``--profile VARIANT`` adds the kernels that take a step's time;
+2. our trainer (``trainer/train.py``, a subprocess, as a user starts it), for every model; then, when open_clip is
+   importable (here or in ``$BENCH_OPENCLIP_ENV``, see benchmarks/_openclip.py), ``open_clip_train`` on the same
+   model JSON, shards, batch and loader workers (bf16 autocast on CUDA); samples/s, data-wait share and MFU of both
+   after the first steps (compilation, loader warm-up);
 
 then trains the tiny model on generated handwritten-digit shards and prints its zero-shot top-1 on the 360 held-out
 digits, so that a speed change that breaks learning shows at once (the full demo build: ``make demo``).
@@ -53,7 +54,7 @@ WORK = ROOT / "benchmarks" / "_data" / "bench-train-gpu"
 TRAIN = ROOT / "trainer" / "train.py"
 T_START = time.perf_counter()
 DEFAULTS = {  # per device: what fits 6 minutes on one GPU, and a smoke run of seconds on a CPU
-    "cuda": {"models": "vit-b-32,vit-b-16", "steps": 60, "batch_size": 256, "workers": 12, "learn_steps": 200,
+    "cuda": {"models": "vit-b-32,vit-b-16", "steps": 45, "batch_size": 512, "workers": 12, "learn_steps": 200,
              "learn_batch": 128, "shards": (24, 128, 224), "config": "vit-b-32-gpu"},
     "cpu": {"models": "tiny", "steps": 20, "batch_size": 8, "workers": 1, "learn_steps": 300, "learn_batch": 64,
             "shards": (2, 48, 64), "config": "tiny-cpu"},
@@ -74,16 +75,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--models", help="Comma-separated model JSON names or paths (cuda: vit-b-32,vit-b-16; cpu: tiny).")
-    ap.add_argument("--steps", type=int, help="Trainer steps per run (cuda 60, cpu 20); the probes time half as many "
+    ap.add_argument("--steps", type=int, help="Trainer steps per run (cuda 45, cpu 20); the probes time half as many "
                                               "after 3 warm-up steps.")
-    ap.add_argument("--batch-size", type=int, help="Per-device batch (cuda 256, cpu 8).")
-    ap.add_argument("--workers", type=int, help="Loader workers of both trainers (cuda 8, cpu 1).")
+    ap.add_argument("--batch-size", type=int, help="Per-device batch (cuda 512, cpu 8).")
+    ap.add_argument("--workers", type=int, help="Loader workers of both trainers (cuda 12, cpu 1).")
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                     help="Compiled step in the probes and our trainer runs (auto: on CUDA, as the trainer's own auto).")
     ap.add_argument("--cudagraphs", action="store_true", help="Also probe the compiled step with CUDA graphs "
                                                               "(compile_mode=reduce-overhead).")
-    ap.add_argument("--variants", help=f"Comma-separated probe variants to run (default: eager, fused_adamw and, when "
-                                       f"compiling, compiled_step; known: {', '.join(VARIANTS)}).")
+    ap.add_argument("--variants", help=f"Comma-separated probe variants to run (default: eager, then compiled_step "
+                                       f"when compiling, else fused_adamw; known: {', '.join(VARIANTS)}).")
     ap.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
                     default="default", help="Our trainer's compile_mode in the end-to-end run.")
     ap.add_argument("--profile", help="Profile this probe variant (e.g. compiled_step) for 5 steps: GPU busy share and "
@@ -161,7 +162,7 @@ def variants(args: argparse.Namespace) -> list[Variant]:
     if args.variants is not None:
         return [VARIANTS[name] for name in args.variants]
     compiled = args.compile == "on" or (args.compile == "auto" and args.device == "cuda")
-    names = ["eager", "fused_adamw"] + (["compiled_step"] if compiled else [])
+    names = ["eager"] + (["compiled_step"] if compiled else ["fused_adamw"])
     names += ["compiled_step_cudagraphs"] if compiled and args.cudagraphs else []
     return [VARIANTS[name] for name in names]
 
@@ -436,6 +437,8 @@ def clip_bpe(args: argparse.Namespace, python: Path | None) -> Path | None:
     """CLIP's BPE file: --clip-bpe, else open_clip's copy (here or in the side environment)."""
     if args.clip_bpe:
         return args.clip_bpe
+    if importlib.util.find_spec("open_clip") is not None:  # importable here, even when its trainer is not run
+        python = Path(sys.executable)
     if python is not None:
         proc = subprocess.run([str(python), "-c", "import open_clip.tokenizer as t; print(t.__file__)"],
                               capture_output=True, text=True, timeout=300)
@@ -449,7 +452,9 @@ def run_theirs(args: argparse.Namespace, python: Path, model_json: Path, shards:
                peak: float) -> dict:
     """open_clip_train on the same model JSON, shards, batch and workers; its log parsed past the same steps."""
     every, skip = log_plan(args.steps)
-    extra = ["--log-every-n-steps", str(every)]
+    # resampled: each worker draws shards with replacement, endlessly, as large open_clip runs do; without it a worker
+    # stops after one pass over its shards, fewer samples than a run of large batches needs
+    extra = ["--log-every-n-steps", str(every), "--dataset-resampled"]
     if args.device == "cuda":
         extra += ["--device", "cuda", "--precision", "amp_bf16"]  # later flags win over _openclip's CPU defaults
     if args.openclip_compile:
