@@ -35,6 +35,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -464,7 +465,8 @@ def run_theirs(args: argparse.Namespace, python: Path, model_json: Path, shards:
                                 threads=1 if args.device == "cpu" else None, extra=extra,
                                 logs=args.work_dir / "runs" / "open_clip")
     if run.returncode != 0 or not run.stats.get("samples_per_s"):
-        raise RuntimeError(f"open_clip_train failed ({run.returncode}):\n{run.tail}")
+        why = "" if run.returncode else "it exited 0 but logged no timed training steps\n"
+        raise RuntimeError(f"open_clip_train failed ({run.returncode}):\n{_without_torch_log(run.tail)}\n{why}".strip())
     s = run.stats
     return {"samples_per_s": s["samples_per_s"], "data_wait": s["data_share"], "steps_measured": s["steps_measured"],
             "mfu": round(s["samples_per_s"] * flops / peak, 4), "wall_s": run.wall_s, "skipped_steps": skip,
@@ -675,6 +677,11 @@ def report_model(name: str, m: dict, why_no_openclip: str | None, peak: float, s
         else:
             print(ROW.format(who, f"{r['samples_per_s']:.1f}", _mfu(r["mfu"], peak, spec), f"{r['data_wait']:.1%}",
                              f"{r['wall_s']:.0f}"))
+
+
+def _without_torch_log(text: str) -> str:
+    """``text`` less torch's own glog-style lines (``I1204 10:28:35.8 …``), which bury the error they follow."""
+    return "\n".join(line for line in text.splitlines() if not re.match(r"[IWE]\d{4} \d\d:\d\d:\d\d", line))
 
 
 def _last_line(text: str) -> str:

@@ -54,3 +54,26 @@ def test_cuda_without_a_device_is_a_clear_error():
     proc = subprocess.run([sys.executable, str(BENCH), "--device", "cuda"], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and "torch sees no CUDA device" in proc.stderr
+
+
+@pytest.mark.slow  # both trainers in subprocesses
+def test_openclip_runs_when_each_worker_holds_less_than_a_batch(tmp_path):
+    """Large batches over few shards: 4 workers of one 48-sample shard each, batch 64. open_clip_train then needs
+    --dataset-resampled (without it a worker stops after its shard, and the run logs no step). Needs open_clip's side
+    environment (benchmarks/README.md, bench_train.py), which CI does not build."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _openclip as oc
+
+    if not (oc.DEFAULT_ENV / "bin" / "python").exists():
+        pytest.skip(f"no open_clip side environment at {oc.DEFAULT_ENV}")
+    out = tmp_path / "result.json"
+    cmd = [sys.executable, str(BENCH), "--device", "cpu", "--steps", "8", "--models", "tiny", "--batch-size", "64",
+           "--workers", "4", "--skip-probes", "--learn-steps", "0", "--work-dir", str(tmp_path / "work"),
+           "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    tiny = json.loads(out.read_text())["models"]["tiny"]
+    assert tiny["tokenizer"] == "clip"  # CLIP's BPE from open_clip's package, for both trainers
+    for who in ("ours", "open_clip"):
+        assert tiny[who]["samples_per_s"] > 0 and 0 <= tiny[who]["data_wait"] <= 1, (who, tiny[who])
+    assert "--dataset-resampled" in tiny["open_clip"]["flags"]
