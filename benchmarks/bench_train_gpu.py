@@ -93,6 +93,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip-probes", action="store_true", help="No model-step probes.")
     ap.add_argument("--skip-ours", action="store_true", help="No runs of our trainer (probes, open_clip, learning).")
     ap.add_argument("--openclip-models", help="Comma-separated models open_clip_train runs (default: all of --models).")
+    ap.add_argument("--attention", choices=("auto", "cudnn", "flash", "efficient", "math"), default="auto",
+                    help="Our trainer's attention kernel in the end-to-end run (its config's attention).")
+    ap.add_argument("--attention-kernels", action="store_true",
+                    help="Also time each attention kernel alone (forward + backward) at each model's shapes.")
     ap.add_argument("--probe-only", action="store_true", help="Model-step probes only: no trainer runs, no learning "
                                                               "check.")
     ap.add_argument("--learn-steps", type=int, help="Steps of the learning check (cuda 200 × batch 128, cpu 300 × "
@@ -151,12 +155,15 @@ class Variant:
     fused: bool
     compile: bool
     mode: str = "default"
+    attention: str = "auto"
 
 
 VARIANTS = {v.name: v for v in (
     Variant("eager", False, False), Variant("fused_adamw", True, False), Variant("compiled_step", True, True),
     Variant("compiled_step_cudagraphs", True, True, "reduce-overhead"),
-    Variant("compiled_step_autotune", True, True, "max-autotune-no-cudagraphs"))}
+    Variant("compiled_step_autotune", True, True, "max-autotune-no-cudagraphs"),
+    *(Variant(f"compiled_step_{kernel}", True, True, attention=kernel) for kernel in ("cudnn", "flash", "efficient",
+                                                                                       "math")))}
 
 
 def variants(args: argparse.Namespace) -> list[Variant]:
@@ -214,13 +221,15 @@ def probe(mcfg_path: Path, variant: Variant, args: argparse.Namespace, device, p
 
     from trainer.config import TrainConfig
     from trainer.model import CLIP, load_model_config, train_flops_per_sample
-    from trainer.train import configure_matmul, make_step, train_step
+    from trainer.train import configure_attention, configure_matmul, make_step, train_step
 
     cfg = TrainConfig.model_validate({"model": str(mcfg_path), "compile": variant.compile,
                                       **({"compile_mode": variant.mode} if variant.compile else {}),
+                                      "attention": variant.attention,
                                       "optim": {"fused": variant.fused, "warmup_steps": 10}})
     mcfg = load_model_config(cfg.model)
     configure_matmul(device)
+    configure_attention(cfg.attention, device)
     torch.manual_seed(0)
     model = CLIP(mcfg).to(device).train()
     step, _ = make_step(cfg, model, device, bf16=device.type == "cuda")
@@ -249,6 +258,7 @@ def probe(mcfg_path: Path, variant: Variant, args: argparse.Namespace, device, p
             f"{args.json.stem}-profile-{mcfg_path.stem}-{variant.name}.txt"))
     del step, model, batches
     release(device)
+    configure_attention("auto", device)
     return out
 
 
@@ -276,6 +286,69 @@ def profile_steps(step, batches: list[tuple], device, path: Path, n: int = 5) ->
     path.write_text(f"{n} steps, {wall:.4f} s wall, {busy:.4f} s of device kernels ({busy / wall:.1%} busy)\n{table}")
     return {"steps": n, "wall_s": round(wall, 4), "device_busy_s": round(busy, 4),
             "busy_share": round(busy / wall, 4), "table": str(path)}
+
+
+def attention_kernels(mcfg, args: argparse.Namespace, device) -> dict:
+    """Each attention kernel alone, forward + backward, at the model's two shapes (the image tower's patches + 1
+    tokens, both ways; the text tower's context, causal) and this batch, in the training precision: ms per layer and
+    per training step (× layers). The fused kernels run eagerly and must take the shape (an error otherwise, no
+    silent fallback); ``math`` is the plain attention compiled, with every fused kernel switched off."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from trainer.train import configure_attention
+
+    v, t = mcfg.vision_cfg, mcfg.text_cfg
+    shapes = {"vision": ((v.image_size // v.patch_size) ** 2 + 1, v.width // v.head_width, v.head_width, False,
+                         v.layers),
+              "text": (t.context_length, t.heads, t.width // t.heads, True, t.layers)}
+    kernels = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+               "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    out = {}
+    for tower, (n, heads, head_dim, causal, layers) in shapes.items():
+        torch.manual_seed(0)
+        q, k, v_, grad = (torch.randn(args.batch_size, heads, n, head_dim, device=device, dtype=dtype)
+                          for _ in range(4))
+        q, k, v_ = (x.requires_grad_() for x in (q, k, v_))
+        row = {}
+        for name, backend in kernels.items():
+            def attend(q, k, v, backend=backend, causal=causal):
+                with sdpa_kernel([backend]):
+                    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            try:
+                if name == "math":
+                    configure_attention("math", device)  # the trainer's own switch, as attention: math sets it
+                    fn = torch.compile(attend, dynamic=False, fullgraph=True)
+                else:
+                    fn = attend
+                ms = time_forward_backward(fn, (q, k, v_), grad, device)
+            except RuntimeError as exc:
+                row[name] = {"error": _last_line(str(exc))[:300]}
+                continue
+            finally:
+                configure_attention("auto", device)
+            row[name] = {"ms_per_layer": round(ms, 4), "ms_per_step": round(ms * layers, 3)}
+        out[tower] = {"tokens": n, "heads": heads, "head_dim": head_dim, "causal": causal, "layers": layers,
+                      "kernels": row}
+    release(device)
+    return out
+
+
+def time_forward_backward(fn, inputs: tuple, grad, device, warmup: int = 3, n: int = 20) -> float:
+    """Milliseconds per forward + backward of ``fn`` after ``warmup`` calls (compilation, kernel selection)."""
+    import torch
+
+    for i in range(warmup + n):
+        if i == warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        torch.autograd.backward(fn(*inputs), grad)
+        for x in inputs:
+            x.grad = None
+    sync(device)
+    return (time.perf_counter() - t0) / n * 1000
 
 
 def release(device) -> None:
@@ -397,6 +470,8 @@ def run_ours(args: argparse.Namespace, model_json: Path, shards: Path, tokenizer
             "compile": {"on": "true", "off": "false"}.get(args.compile, "auto"), **tokenizer}
     if args.compile_mode != "default" and args.compile != "off":
         sets["compile_mode"] = args.compile_mode
+    if args.attention != "auto":
+        sets["attention"] = args.attention
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     if args.device == "cpu":
         env["OMP_NUM_THREADS"] = "1"  # as bench_train.py: intra-op threads next to loader workers fight for cores
@@ -549,10 +624,17 @@ def bench_model(name: str, args: argparse.Namespace, device, peak: float, shards
     result.update({"model_json": str(model_json), "parameters": sum(p.numel() for p in CLIP(mcfg).parameters()),
                    "train_gflop_per_sample": round(flops / 1e9, 4), "tokenizer": tokenizer["tokenizer.kind"],
                    "probe": {}, "loss_agreement": {}, "ours": None, "open_clip": None})
+    if args.attention_kernels:
+        print("  attention kernels …", flush=True)
+        result["attention_kernels"] = attention_kernels(mcfg, args, device)
+        save()
     for v in variants(args):
         result["probe"][v.name] = attempt(f"probe {v.name}", probe, model_json, v, args, device, peak)
         if "error" in result["probe"][v.name]:
+            from trainer.train import configure_attention
+
             release(device)
+            configure_attention("auto", device)
         result["loss_agreement"] = loss_agreement(result["probe"], "bf16" if device.type == "cuda" else "fp32")
         save()
     if not (args.probe_only or args.skip_ours):
@@ -654,6 +736,11 @@ ROW = "  {:<34} {:>11} {:>9} {:>7} {:>10}"
 def report_model(name: str, m: dict, why_no_openclip: str | None, peak: float, spec: float | None) -> None:
     print(f"\n{name}: {m['parameters']:,} parameters, {m['train_gflop_per_sample']} GFLOP per sample (train), "
           f"tokenizer {m['tokenizer']}")
+    for tower, a in m.get("attention_kernels", {}).items():
+        cells = [f"{k} " + (f"{r['ms_per_step']:.2f}" if "error" not in r else "n/a")
+                 for k, r in a["kernels"].items()]
+        print(f"  attention alone, {tower} ({a['tokens']} tokens{', causal' if a['causal'] else ''}), ms per step "
+              f"(fwd + bwd × {a['layers']} layers): " + ", ".join(cells))
     print(ROW.format("model step only (random tensors)", "samples/s", "MFU", "", "1st step s"))
     for v, p in m["probe"].items():
         if "error" in p:

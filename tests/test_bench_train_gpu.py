@@ -19,7 +19,7 @@ STEPS = 5
 def test_cpu_smoke_run_reports_every_figure(tmp_path):
     out = tmp_path / "result.json"
     cmd = [sys.executable, str(BENCH), "--device", "cpu", "--steps", str(STEPS), "--models", "tiny",
-           "--batch-size", "8", "--workers", "1", "--learn-steps", "5", "--skip-openclip",
+           "--batch-size", "8", "--workers", "1", "--learn-steps", "5", "--skip-openclip", "--attention-kernels",
            "--work-dir", str(tmp_path / "work"), "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -28,6 +28,12 @@ def test_cpu_smoke_run_reports_every_figure(tmp_path):
     tiny = res["models"]["tiny"]
     assert tiny["parameters"] > 100_000 and tiny["train_gflop_per_sample"] > 0.1
     assert set(tiny["probe"]) == {"eager", "fused_adamw"}  # compiling is off on a CPU unless --compile on
+    attention = tiny["attention_kernels"]
+    assert (attention["vision"]["tokens"], attention["text"]["tokens"], attention["text"]["causal"]) == (37, 24, True)
+    for tower in attention.values():
+        assert set(tower["kernels"]) == {"cudnn", "flash", "efficient", "math"}
+        assert tower["kernels"]["math"]["ms_per_step"] > 0  # the plain attention runs everywhere
+        assert "error" in tower["kernels"]["cudnn"]  # CUDA's kernels refuse a CPU tensor, and say so
     for name, p in tiny["probe"].items():
         assert p["samples_per_s"] > 0 and 0 < p["mfu"] < 1, name
         assert len(p["losses"]) == 3 + 3 and all(math.isfinite(x) for x in p["losses"]), name

@@ -11,7 +11,7 @@ from trainer.config import load_train_config
 from trainer.data import normalize
 from trainer.loss import ClipLoss
 from trainer.model import CLIP, ModelConfig, TextConfig, VisionConfig
-from trainer.train import make_optimizer, make_step, train_step
+from trainer.train import SDPA_SWITCHES, configure_attention, make_optimizer, make_step, train_step
 
 MICRO = ModelConfig(embed_dim=16, vision_cfg=VisionConfig(image_size=16, patch_size=8, width=32, layers=2,
                                                           head_width=16),
@@ -75,6 +75,37 @@ def test_a_compile_setting_that_would_be_ignored_is_an_error():
     # a saved config spells every default out: it loads again, compile off or not
     saved = load_train_config(None, ["compile=false"]).model_dump(mode="json")
     assert load_train_config(None, base=saved).compile is False
+
+
+SWITCHES = {"cudnn": "cudnn_sdp_enabled", "flash": "flash_sdp_enabled", "efficient": "mem_efficient_sdp_enabled",
+            "math": "math_sdp_enabled"}
+
+
+def attention_switches() -> dict[str, bool]:
+    return {name: getattr(torch.backends.cuda, reader)() for name, reader in SWITCHES.items()}
+
+
+@pytest.mark.parametrize("kernel", ["cudnn", "flash", "efficient", "math"])
+def test_the_attention_setting_leaves_one_fused_kernel_and_the_plain_fallback(kernel):
+    """``attention`` sets torch's switches on CUDA: the one fused kernel asked for (none for math) and the plain
+    attention, which takes the inputs a fused kernel refuses; auto turns them all on again; a CPU run sets none."""
+    assert load_train_config(None, [f"attention={kernel}"]).attention == kernel
+    before = attention_switches()
+    try:
+        configure_attention(kernel, torch.device("cpu"))
+        assert attention_switches() == before
+        configure_attention(kernel, torch.device("cuda"))  # the switches are torch's globals: no GPU needed to set
+        assert attention_switches() == {name: name in (kernel, "math") for name in SWITCHES}
+        configure_attention("auto", torch.device("cuda"))
+        assert all(attention_switches().values())
+    finally:
+        for name, on in before.items():
+            getattr(torch.backends.cuda, SDPA_SWITCHES[name])(on)
+
+
+def test_an_unknown_attention_kernel_is_an_error():
+    with pytest.raises(ValueError, match="attention"):
+        load_train_config(None, ["attention=fastest"])
 
 
 # ------------------------------------------------------------------------------------------------- the eager step

@@ -106,6 +106,11 @@ class TrainConfig(Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile's mode: reduce-overhead adds CUDA graphs (the step's shapes are static: "
                                "every batch is full), max-autotune also searches matmul kernels (minutes more).")
+    attention: Literal["auto", "cudnn", "flash", "efficient", "math"] = Field(
+        "auto", description="The attention kernel on CUDA: auto lets torch choose (cuDNN's on a Hopper GPU); the "
+                            "others are torch's flash and memory-efficient kernels and the plain matmul, softmax, "
+                            "matmul, which the compiler fuses (at CLIP's 50 to 200 tokens the fused kernels' "
+                            "backward is far from its memory floor). No effect on a CPU.")
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1)

@@ -93,6 +93,19 @@ def configure_matmul(device: torch.device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
 
+SDPA_SWITCHES = {"cudnn": "enable_cudnn_sdp", "flash": "enable_flash_sdp", "efficient": "enable_mem_efficient_sdp",
+                 "math": "enable_math_sdp"}
+
+
+def configure_attention(kernel: str, device: torch.device) -> None:
+    """The one place the attention kernel is chosen: torch's switches, read when a step is traced or run. A fused
+    kernel leaves the plain one on as the fallback for inputs it does not take; auto turns every kernel on."""
+    if device.type != "cuda":
+        return
+    for name, switch in SDPA_SWITCHES.items():
+        getattr(torch.backends.cuda, switch)(kernel in ("auto", name) or name == "math")
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -348,6 +361,7 @@ def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device)
         model.load_state_dict(ckpt["model"])
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    configure_attention(cfg.attention, device)
     stepper, start_step = make_step(cfg, model, device, bf16, world, ckpt)
     if ckpt is not None and rank == 0:
         drop_checkpoints_after(run_dir, start_step)
@@ -358,12 +372,13 @@ def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device)
     held = (f"{len(split.heldout)} held out" if not split.fraction
             else f"{split.fraction:.1%} of the samples held out by key")
     log.info("model %s: %.2fM parameters, %.3f GFLOP per sample (train); %d train shards (%d samples), "
-             "%s; %d rank(s) × batch %d; %d steps per epoch; %s%s, %s AdamW, %s; peak %.1f TFLOP/s per device",
+             "%s; %d rank(s) × batch %d; %d steps per epoch; %s%s, %s AdamW, %s, attention %s; peak %.1f TFLOP/s "
+             "per device",
              cfg.model, sum(p.numel() for p in model.parameters()) / 1e6, t.flops_per_sample / 1e9, len(split.train),
              samples, held, world, cfg.data.batch_size, t.steps_per_epoch, device.type, " bf16" if bf16 else " fp32",
              "fused" if cfg.optim.use_fused(device.type) else "default",
              f"compiled {cfg.compile_scope} ({cfg.compile_mode})" if cfg.use_compile(device.type) else "eager",
-             t.peak / 1e12)
+             cfg.attention if device.type == "cuda" else "auto", t.peak / 1e12)
     return t
 
 
