@@ -91,7 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--profile", help="Profile this probe variant (e.g. compiled_step) for 5 steps: GPU busy share and "
                                       "the kernels that take the time, written beside --json.")
     ap.add_argument("--skip-probes", action="store_true", help="No model-step probes.")
-    ap.add_argument("--skip-ours", action="store_true", help="No runs of our trainer (probes, open_clip, learning).")
+    ap.add_argument("--skip-ours", action="store_true", help="No end-to-end run of our trainer (the probes, "
+                                                             "open_clip and the learning check still run).")
     ap.add_argument("--openclip-models", help="Comma-separated models open_clip_train runs (default: all of --models).")
     ap.add_argument("--attention", choices=("auto", "cudnn", "flash", "efficient", "math"), default="auto",
                     help="Our trainer's attention kernel in the end-to-end run (its config's attention).")
@@ -113,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
     args.models = [m for m in args.models.split(",") if m]
-    if args.variants:
+    if args.variants is not None:  # "" runs no probe
         args.variants = [v for v in args.variants.split(",") if v]
         unknown = sorted(set(args.variants) - set(VARIANTS))
         if unknown:
@@ -124,6 +125,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.variants = []
     args.openclip_models = args.models if args.openclip_models is None else [
         m for m in args.openclip_models.split(",") if m]
+    if set(args.openclip_models) - set(args.models):
+        ap.error(f"--openclip-models {sorted(set(args.openclip_models) - set(args.models))} not in --models")
+    if args.profile and args.profile not in VARIANTS:
+        ap.error(f"unknown --profile {args.profile!r}; known: {', '.join(VARIANTS)}")
     if args.steps < 3:
         ap.error("--steps must be at least 3 (the first are left out of the figures)")
     return args
@@ -230,6 +235,8 @@ def probe(mcfg_path: Path, variant: Variant, args: argparse.Namespace, device, p
     mcfg = load_model_config(cfg.model)
     configure_matmul(device)
     configure_attention(cfg.attention, device)
+    if variant.attention not in ("auto", "math") and device.type == "cuda":
+        torch.backends.cuda.enable_math_sdp(False)  # no silent fallback: a kernel that refuses the shape is an error
     torch.manual_seed(0)
     model = CLIP(mcfg).to(device).train()
     step, _ = make_step(cfg, model, device, bf16=device.type == "cuda")
@@ -280,7 +287,10 @@ def profile_steps(step, batches: list[tuple], device, path: Path, n: int = 5) ->
         wall = time.perf_counter() - t0
     events = prof.key_averages()
     attr = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
-    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]  # an op's launch lists them too
+    # kernels only: an op's launch lists its kernel too, and annotations (the optimizer's, a compiled graph's) span
+    # kernels already counted
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+               and not getattr(e, "is_user_annotation", False)]
     busy = sum(getattr(e, attr) for e in kernels) / 1e6  # µs of kernel time
     table = events.table(sort_by=attr, row_limit=40, max_name_column_width=90)
     path.write_text(f"{n} steps, {wall:.4f} s wall, {busy:.4f} s of device kernels ({busy / wall:.1%} busy)\n{table}")
@@ -607,8 +617,10 @@ def attempt(what: str, fn, *a, **kw) -> dict:
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         print(f"  {what} failed: {_last_line(str(exc))}", flush=True)
         return {"error": str(exc)[-3000:]}
-    print(f"  {what}: {out.get('samples_per_s')} samples/s, MFU {out.get('mfu')} ({time.perf_counter() - t0:.0f} s; "
-          f"{time.perf_counter() - T_START:.0f} s since the start)", flush=True)
+    figures = (f"{out['samples_per_s']} samples/s, MFU {out.get('mfu')}" if "samples_per_s" in out
+               else f"zero-shot top-1 {out.get('zeroshot_top1')}")
+    print(f"  {what}: {figures} ({time.perf_counter() - t0:.0f} s; {time.perf_counter() - T_START:.0f} s since the "
+          f"start)", flush=True)
     return out
 
 
@@ -768,7 +780,7 @@ def report_model(name: str, m: dict, why_no_openclip: str | None, peak: float, s
 
 def _without_torch_log(text: str) -> str:
     """``text`` less torch's own glog-style lines (``I1204 10:28:35.8 …``), which bury the error they follow."""
-    return "\n".join(line for line in text.splitlines() if not re.match(r"[IWE]\d{4} \d\d:\d\d:\d\d", line))
+    return "\n".join(line for line in text.splitlines() if not re.match(r"[IW]\d{4} \d\d:\d\d:\d\d", line))
 
 
 def _last_line(text: str) -> str:

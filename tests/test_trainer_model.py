@@ -66,6 +66,13 @@ def test_patch_embedding_is_the_convolution(name):
     torch.testing.assert_close(out_grad, ref_grad, rtol=1e-12, atol=1e-12)
 
 
+def test_images_that_do_not_tile_into_patches_are_a_clear_error():
+    visual = CLIP(load_model_config("tiny")).visual
+    size = visual.cfg.image_size + 1
+    with pytest.raises(ValueError, match="do not tile"):
+        visual(torch.zeros(1, 3, size, size))
+
+
 @pytest.mark.parametrize("name", ["tiny", "vit-b-32"])
 def test_flop_estimate_matches_torch_flop_counter(name):
     """The analytic count behind MFU agrees with torch's own FLOP counter on a real forward pass."""

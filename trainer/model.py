@@ -172,6 +172,9 @@ class VisionTower(nn.Module):
         weights keep their shape."""
         b, c, h, w = images.shape
         p = self.cfg.patch_size
+        if h % p or w % p:
+            raise ValueError(f"images of {h}×{w} px do not tile into {p}-px patches: resize them to the model's "
+                             f"{self.cfg.image_size} px")
         patches = images.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
         return F.linear(patches.reshape(b, (h // p) * (w // p), c * p * p), self.conv1.weight.flatten(1))
 
