@@ -234,9 +234,7 @@ def probe(mcfg_path: Path, variant: Variant, args: argparse.Namespace, device, p
                                       "optim": {"fused": variant.fused, "warmup_steps": 10}})
     mcfg = load_model_config(cfg.model)
     configure_matmul(device)
-    configure_attention(cfg.attention, device)
-    if variant.attention not in ("auto", "math") and device.type == "cuda":
-        torch.backends.cuda.enable_math_sdp(False)  # no silent fallback: a kernel that refuses the shape is an error
+    configure_attention(cfg.attention, device, fallback=False)  # a kernel that refuses the shape is an error
     torch.manual_seed(0)
     model = CLIP(mcfg).to(device).train()
     step, _ = make_step(cfg, model, device, bf16=device.type == "cuda")

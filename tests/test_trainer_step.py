@@ -96,6 +96,8 @@ def test_the_attention_setting_leaves_one_fused_kernel_and_the_plain_fallback(ke
         assert attention_switches() == before
         configure_attention(kernel, torch.device("cuda"))  # the switches are torch's globals: no GPU needed to set
         assert attention_switches() == {name: name in (kernel, "math") for name in SWITCHES}
+        configure_attention(kernel, torch.device("cuda"), fallback=False)  # a benchmark of one kernel: no fallback
+        assert attention_switches() == {name: name == kernel for name in SWITCHES}
         configure_attention("auto", torch.device("cuda"))
         assert all(attention_switches().values())
     finally:

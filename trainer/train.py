@@ -97,13 +97,14 @@ SDPA_SWITCHES = {"cudnn": "enable_cudnn_sdp", "flash": "enable_flash_sdp", "effi
                  "math": "enable_math_sdp"}
 
 
-def configure_attention(kernel: str, device: torch.device) -> None:
+def configure_attention(kernel: str, device: torch.device, fallback: bool = True) -> None:
     """The one place the attention kernel is chosen: torch's switches, read when a step is traced or run. A fused
-    kernel leaves the plain one on as the fallback for inputs it does not take; auto turns every kernel on."""
+    kernel leaves the plain one on as the fallback for inputs it does not take (``fallback=False``: such inputs are
+    an error, as a benchmark of that kernel wants); auto turns every kernel on."""
     if device.type != "cuda":
         return
     for name, switch in SDPA_SWITCHES.items():
-        getattr(torch.backends.cuda, switch)(kernel in ("auto", name) or name == "math")
+        getattr(torch.backends.cuda, switch)(kernel in ("auto", name) or (name == "math" and fallback))
 
 
 def barrier() -> None:
