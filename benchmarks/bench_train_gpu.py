@@ -239,6 +239,7 @@ def probe(mcfg_path: Path, variant: Variant, args: argparse.Namespace, device, p
     model = CLIP(mcfg).to(device).train()
     step, _ = make_step(cfg, model, device, bf16=device.type == "cuda")
     batches = random_batches(mcfg, args.batch_size, device)
+    streams = stream_dtypes(model, batches[0], device)
     warmup, timed = 3, max(3, args.steps // 2)
     losses = []
     t0 = time.perf_counter()
@@ -257,7 +258,7 @@ def probe(mcfg_path: Path, variant: Variant, args: argparse.Namespace, device, p
     out = {"samples_per_s": round(sps, 2), "mfu": round(sps * train_flops_per_sample(mcfg) / peak, 4),
            "step_ms": round(1000 * seconds / timed, 3), "first_step_s": round(first, 2),
            "losses": [round(x, 6) for x in torch.stack(losses).tolist()],
-           "host_syncs_per_step": host_syncs(step, batches, device)}
+           "host_syncs_per_step": host_syncs(step, batches, device), "stream_dtypes": streams}
     if args.profile == variant.name:
         out["profile"] = profile_steps(step, batches, device, args.json.with_name(
             f"{args.json.stem}-profile-{mcfg_path.stem}-{variant.name}.txt"))
@@ -265,6 +266,31 @@ def probe(mcfg_path: Path, variant: Variant, args: argparse.Namespace, device, p
     release(device)
     configure_attention("auto", device)
     return out
+
+
+def stream_dtypes(model, batch: tuple, device) -> dict[str, str]:
+    """The dtype of each tower's residual stream (its first block's output) under the step's autocast, on this
+    device: open_clip keeps the image tower's in bf16 and the text tower's in float32 (CUDA's autocast computes
+    ``layer_norm`` in float32; ``trainer.model.LayerNorm`` casts back), which only a CUDA run can show."""
+    import torch
+
+    seen = {}
+
+    def record(key: str):
+        def hook(_module, _inputs, out) -> None:  # returns None: the block's output stays as it is
+            seen[key] = str(out.dtype).removeprefix("torch.")
+        return hook
+
+    towers = {"image": model.visual.transformer.blocks[0], "text": model.text.transformer.blocks[0]}
+    hooks = [block.register_forward_hook(record(key)) for key, block in towers.items()]
+    images, tokens = batch[0][:2].float() / 255.0, batch[1][:2]
+    try:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            model(images, tokens)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
 
 
 def profile_steps(step, batches: list[tuple], device, path: Path, n: int = 5) -> dict:
@@ -761,6 +787,9 @@ def report_model(name: str, m: dict, why_no_openclip: str | None, peak: float, s
     for v, a in m["loss_agreement"].items():
         print(f"  loss {v} vs eager, same batches: max rel. diff {a['max_rel_diff']:.2e} over the first {a['steps']} "
               f"steps ({'within' if a['equal'] else 'OUTSIDE'} {a['tolerance']:g})")
+    streams = next((p["stream_dtypes"] for p in m["probe"].values() if "stream_dtypes" in p), None)
+    if streams:
+        print("  residual stream under the step's autocast: " + ", ".join(f"{k} {d}" for k, d in streams.items()))
     syncs = {v: p["host_syncs_per_step"] for v, p in m["probe"].items() if p.get("host_syncs_per_step") is not None}
     if syncs:
         print("  host syncs per step: " + ", ".join(f"{v} {n:g}" for v, n in syncs.items()))

@@ -38,6 +38,7 @@ def test_cpu_smoke_run_reports_every_figure(tmp_path):
         assert p["samples_per_s"] > 0 and 0 < p["mfu"] < 1, name
         assert len(p["losses"]) == 3 + 3 and all(math.isfinite(x) for x in p["losses"]), name
         assert p["host_syncs_per_step"] is None  # counted on CUDA only
+        assert p["stream_dtypes"] == {"image": "float32", "text": "float32"}, name  # fp32 on a CPU: no autocast
     # one initialisation, the same batches: fused AdamW starts where eager starts and stays within the tolerance
     assert tiny["probe"]["fused_adamw"]["losses"][0] == tiny["probe"]["eager"]["losses"][0]
     assert tiny["loss_agreement"]["fused_adamw"]["equal"] and tiny["loss_agreement"]["fused_adamw"]["steps"] == 6
@@ -50,6 +51,7 @@ def test_cpu_smoke_run_reports_every_figure(tmp_path):
     assert 0 <= learning["zeroshot_top1"] <= 1 and learning["ok"] is None  # 5 steps are too few to judge
     assert "model step only" in proc.stdout and "end to end" in proc.stdout and "learning check" in proc.stdout
     assert "open_clip_train" in proc.stdout and "skipped: --skip-openclip" in proc.stdout
+    assert "residual stream under the step's autocast: image float32, text float32" in proc.stdout
 
 
 def test_cuda_without_a_device_is_a_clear_error():

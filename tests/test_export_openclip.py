@@ -161,6 +161,39 @@ def test_a_siglip_model_exports_with_its_bias(reference):
     assert (theirs.logit_bias.item(), theirs.logit_scale.item()) == (-7.25, 3.5)
 
 
+@torch.no_grad()
+def test_under_bf16_autocast_each_block_keeps_open_clips_dtype(reference, monkeypatch):
+    """Under bf16 autocast the image tower's residual stream is bf16 and the text tower's float32, block by block, in
+    ours as in open_clip's ``CLIP`` with the same weights. CUDA's autocast computes ``layer_norm`` in float32 and
+    returns float32 (torch's autocast op reference); CPU's keeps the input's dtype. This machine has no CUDA, so its
+    policy is applied to ``F.layer_norm`` for both models: a LayerNorm that does not cast back widens the image stream
+    to float32 at ``ln_pre``, twice the bytes per block on a GPU, and differs from open_clip's numbers."""
+    import torch.nn.functional as F
+
+    layer_norm = F.layer_norm
+    monkeypatch.setattr(F, "layer_norm", lambda x, *a, **k: layer_norm(x.float(), *a, **k))
+    cfg = ModelConfig.from_dict(json.loads((ROOT / "trainer" / "configs" / "models" / "tiny.json").read_text()))
+    ours = CLIP(cfg).eval()
+    theirs = reference.CLIP(**openclip_model_config(cfg)).eval()
+    theirs.load_state_dict(openclip_state_dict(ours.state_dict()), strict=True)
+    x = images(cfg.vision_cfg.image_size, 2)
+    tokens = torch.randint(1, cfg.text_cfg.vocab_size - 1, (2, cfg.text_cfg.context_length),
+                           generator=torch.Generator().manual_seed(2))
+    seen = {}
+    for name, model, blocks in (("ours", ours, [*ours.visual.transformer.blocks, *ours.text.transformer.blocks]),
+                                ("theirs", theirs, [*theirs.visual.transformer.resblocks,
+                                                    *theirs.transformer.resblocks])):
+        dtypes = seen[name] = []
+        hooks = [b.register_forward_hook(lambda _m, _i, out, d=dtypes: d.append(out.dtype)) for b in blocks]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model.encode_image(x), model.encode_text(tokens)
+        for h in hooks:
+            h.remove()
+    vision, text = cfg.vision_cfg.layers, cfg.text_cfg.layers
+    assert seen["theirs"] == [torch.bfloat16] * vision + [torch.float32] * text
+    assert seen["ours"] == seen["theirs"]
+
+
 @pytest.mark.slow  # two ViT-B models of ~150 M parameters each way
 @pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-16"])
 @torch.no_grad()

@@ -88,6 +88,16 @@ def load_model_config(name_or_path: str) -> ModelConfig:
         raise ValueError(f"{path}: {exc}") from exc
 
 
+class LayerNorm(nn.LayerNorm):
+    """Normalises in float32 under CUDA's autocast (which lists ``layer_norm`` as a float32 op) and returns the input's
+    dtype, as open_clip's ``LayerNorm`` does: the image tower's residual stream then stays in bf16 from the patch
+    embedding on, as open_clip trains it, instead of widening to float32 at ``ln_pre`` and moving twice the bytes
+    through every block; the text tower's stream starts from float32 embeddings and stays float32 in both."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).to(x.dtype)
+
+
 class Attention(nn.Module):
     def __init__(self, width: int, heads: int, causal: bool):
         super().__init__()
@@ -110,9 +120,9 @@ class Block(nn.Module):
     def __init__(self, width: int, heads: int, mlp_ratio: float, causal: bool):
         super().__init__()
         hidden = int(width * mlp_ratio)
-        self.ln_1 = nn.LayerNorm(width)
+        self.ln_1 = LayerNorm(width)
         self.attn = Attention(width, heads, causal)
-        self.ln_2 = nn.LayerNorm(width)
+        self.ln_2 = LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,9 +169,9 @@ class VisionTower(nn.Module):
         scale = w**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(w))
         self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, w))
-        self.ln_pre = nn.LayerNorm(w)
+        self.ln_pre = LayerNorm(w)
         self.transformer = Transformer(w, cfg.layers, w // cfg.head_width, cfg.mlp_ratio, causal=False)
-        self.ln_post = nn.LayerNorm(w)
+        self.ln_post = LayerNorm(w)
         self.proj = nn.Parameter(scale * torch.randn(w, embed_dim))
         self.transformer.init_weights()
 
@@ -193,7 +203,7 @@ class TextTower(nn.Module):
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
         self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, causal=True)
-        self.ln_final = nn.LayerNorm(cfg.width)
+        self.ln_final = LayerNorm(cfg.width)
         self.text_projection = nn.Parameter(torch.empty(cfg.width, embed_dim))
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
