@@ -39,6 +39,28 @@ def test_unigrams_follow_wordfreq_threshold():
     assert len(wordfreq_unigrams("en", 3.0)) > len(words)
 
 
+@pytest.mark.parametrize(("language", "min_zipf"), [("en", QueryListConfig().min_zipf), ("de", 2.5)])
+def test_unigrams_are_the_words_zipf_frequency_puts_over_the_threshold(language, min_zipf):
+    """The list read from wordfreq's frequency table is, word for word and in order, what wordfreq's own
+    ``zipf_frequency`` keeps (the English one is the default query list's 195,771 unigrams)."""
+    from wordfreq import iter_wordlist, zipf_frequency
+
+    reference = []
+    for word in iter_wordlist(language, wordlist="large"):
+        if zipf_frequency(word, language, wordlist="large") < min_zipf:
+            break
+        if any(ch.isalpha() for ch in word):
+            reference.append(word)
+    assert wordfreq_unigrams(language, min_zipf) == reference
+
+
+@pytest.mark.parametrize(("language", "first"), [("zh", "的"), ("ja", "の")])
+def test_chinese_and_japanese_unigrams_need_no_word_segmenter(language, first):
+    """zipf_frequency segments Chinese with jieba and Japanese with MeCab, neither installed with witbuild."""
+    words = wordfreq_unigrams(language, 4.0)
+    assert words[0] == first and len(words) > 1000 and not any(w.isdigit() for w in words)
+
+
 # CORPUS counted by hand: its ten sentences hold 49 words and 39 adjacent word pairs, and each sentence is there
 # three times. Lower-cased letters-only tokens ("I" is the word "i").
 UNIGRAMS = {w: 3 * n for w, n in {
