@@ -61,6 +61,18 @@ def test_chinese_and_japanese_unigrams_need_no_word_segmenter(language, first):
     assert words[0] == first and len(words) > 1000 and not any(w.isdigit() for w in words)
 
 
+@pytest.mark.parametrize("language", ["zh", "ja", "zh-Hant", "th"])
+def test_a_language_written_without_spaces_is_refused_with_the_reason(language):
+    """Their words match only between spaces, as MetaCLIP matches: a build would drop nearly every pair as no_match."""
+    from witbuild.curate.match import MatchConfig, make_matcher
+
+    with pytest.raises(ValueError, match="without spaces"):
+        QueryListConfig(language=language)
+    assert QueryListConfig(language="de").language == "de"
+    words = wordfreq_unigrams("zh", 3.0)  # what such a list would do: nothing found in a caption of common words
+    assert make_matcher(words, MatchConfig()).match_batch(["一只狗在海滩上奔跑"]) == [[]]
+
+
 # CORPUS counted by hand: its ten sentences hold 49 words and 39 adjacent word pairs, and each sentence is there
 # three times. Lower-cased letters-only tokens ("I" is the word "i").
 UNIGRAMS = {w: 3 * n for w, n in {

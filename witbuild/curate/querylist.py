@@ -23,7 +23,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from witbuild import __version__
 from witbuild.curate.match import load_entries
@@ -34,6 +34,10 @@ WORDNET_DIR = Path("/usr/share/wordnet")
 # Order matters: when the list is capped, earlier sources keep their entries.
 SOURCE_ORDER = ("numbers", "user", "wordnet", "unigrams", "bigrams")
 _TOKEN = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)
+
+
+UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo"})
+"""Languages written without spaces between words (of wordfreq's, Chinese and Japanese)."""
 
 
 class QueryListConfig(BaseModel):
@@ -58,6 +62,18 @@ class QueryListConfig(BaseModel):
                              "built list and for a user's match.entries_path alike; the rest are over_max_entries.")
     max_entry_chars: int = Field(200, ge=1, description="Longer entries are skipped as too_long (built lists and "
                                  "user files alike).")
+
+    @field_validator("language")
+    @classmethod
+    def _words_between_spaces(cls, language: str) -> str:
+        """Matching is MetaCLIP's: an entry matches between spaces or punctuation. Captions in these languages do
+        not separate their words, so a list of their words would match almost nothing, every pair dropped as
+        no_match: an error here, not a build that silently keeps only the captions mixed with spaced words."""
+        if language.split("-")[0].lower() in UNSPACED_LANGUAGES:
+            raise ValueError(f"language {language!r} writes words without spaces between them; matching (MetaCLIP's "
+                             "rule) finds entries only between spaces or punctuation, so its unigrams would match "
+                             "almost no caption: not supported")
+        return language
 
 
 @dataclass
