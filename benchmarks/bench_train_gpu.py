@@ -66,6 +66,9 @@ MIN_LEARN_STEPS = 200  # fewer steps than this print the zero-shot figure withou
 MIN_ZEROSHOT = 0.7
 PROBE_BATCHES = 4  # distinct random batches, cycled: the same sequence for every variant
 LOSS_TOLERANCE = {"bf16": 2e-2, "fp32": 1e-4}  # relative, compiled or fused against eager on the same batches
+# each tower's residual stream under the step's precision, as open_clip computes it (bf16 autocast on CUDA; none on
+# a CPU); another dtype on a GPU means trainer.model.LayerNorm no longer casts back, and fails the run
+STREAM_DTYPES = {"cuda": {"image": "bfloat16", "text": "float32"}, "cpu": {"image": "float32", "text": "float32"}}
 AGREEMENT_STEPS = 6  # compared over the first steps: later ones drift apart by rounding alone, most in bf16
 
 
@@ -684,6 +687,10 @@ def failures(result: dict) -> list[str]:
            for part, r in [*m["probe"].items(), ("ours", m["ours"] or {})] if "error" in r]
     out += [f"{name} loss {v}" for name, m in result["models"].items()
             for v, a in m["loss_agreement"].items() if not a["equal"]]
+    expected = STREAM_DTYPES[result["settings"]["device"]]
+    out += [f"{name} {v} residual stream {p['stream_dtypes']} (expected {expected})"
+            for name, m in result["models"].items() for v, p in m["probe"].items()
+            if "stream_dtypes" in p and p["stream_dtypes"] != expected]
     learning = result["learning"] or {}
     if "error" in learning or learning.get("ok") is False:
         out.append("learning check")

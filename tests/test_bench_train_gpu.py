@@ -86,3 +86,17 @@ def test_openclip_runs_when_each_worker_holds_less_than_a_batch(tmp_path, monkey
         assert "error" not in tiny[who], tiny[who]["error"][-2000:]
         assert tiny[who]["samples_per_s"] > 0 and 0 <= tiny[who]["data_wait"] <= 1, (who, tiny[who])
     assert "--dataset-resampled" in tiny["open_clip"]["flags"]
+
+
+@pytest.mark.parametrize(("device", "image", "failed"), [("cuda", "bfloat16", False), ("cuda", "float32", True),
+                                                         ("cpu", "float32", False)])
+def test_a_residual_stream_in_another_dtype_than_open_clips_fails_the_run(monkeypatch, device, image, failed):
+    """On a GPU the image tower's stream must be bf16 under autocast, as in open_clip (a CPU run has no autocast)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_train_gpu as bench
+
+    probe = {"losses": [1.0], "stream_dtypes": {"image": image, "text": "float32"}}
+    result = {"settings": {"device": device}, "learning": None,
+              "models": {"vit-b-16": {"probe": {"compiled_step": probe}, "ours": None, "loss_agreement": {}}}}
+    assert bool(bench.failures(result)) is failed
+    assert not failed or "residual stream" in bench.failures(result)[0]
