@@ -105,13 +105,12 @@ def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
 
 
 def write_shards(out_dir: Path = DEFAULT_SHARDS, shards: int = 10, per_shard: int = 256, image_size: int = 224,
-                 seed: int = 0) -> list[Path]:
+                 seed: int = 0, workers: int = 1) -> list[Path]:
     """Write img2dataset-layout tars once (kept while shards/per_shard/size/seed match), return their paths.
 
     Keys are img2dataset's: shard number (5 digits) then index in shard (4 digits); ``.json`` carries its fields.
+    Each shard draws from its own seeded generator, so ``workers`` processes write the same bytes as one.
     """
-    import numpy as np
-
     out_dir = Path(out_dir)
     spec = {"shards": shards, "per_shard": per_shard, "image_size": image_size, "seed": seed, "version": 1}
     paths = [out_dir / f"{s:05d}.tar" for s in range(shards)]
@@ -119,24 +118,37 @@ def write_shards(out_dir: Path = DEFAULT_SHARDS, shards: int = 10, per_shard: in
     if meta.exists() and json.loads(meta.read_text()) == spec and all(p.exists() for p in paths):
         return paths
     out_dir.mkdir(parents=True, exist_ok=True)
-    for s, path in enumerate(paths):
-        rng = np.random.default_rng([seed, s])
-        tmp = path.with_suffix(".tar.tmp")
-        with tarfile.open(tmp, "w") as tar:
-            for i in range(per_shard):
-                key = f"{s:05d}{i:04d}"
-                jpg, caption = _jpeg(rng, image_size), _caption(rng)
-                record = {"url": f"https://example.com/img/{key}.jpg", "key": key, "status": "success",
-                          "error_message": None, "caption": caption, "width": image_size, "height": image_size,
-                          "original_width": image_size, "original_height": image_size, "exif": "{}",
-                          "sha256": hashlib.sha256(jpg).hexdigest()}
-                _add(tar, f"{key}.jpg", jpg)
-                _add(tar, f"{key}.txt", caption.encode())
-                _add(tar, f"{key}.json", json.dumps(record).encode())
-        tmp.replace(path)
+    jobs = [(path, s, per_shard, image_size, seed) for s, path in enumerate(paths)]
+    if workers > 1 and shards > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, shards)) as pool:
+            list(pool.map(_write_shard, *zip(*jobs, strict=True)))
+    else:
+        for job in jobs:
+            _write_shard(*job)
     (out_dir / "sizes.json").write_text(json.dumps({p.name: per_shard for p in paths}))  # open_clip reads it
     meta.write_text(json.dumps(spec))
     return paths
+
+
+def _write_shard(path: Path, s: int, per_shard: int, image_size: int, seed: int) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng([seed, s])
+    tmp = path.with_suffix(".tar.tmp")
+    with tarfile.open(tmp, "w") as tar:
+        for i in range(per_shard):
+            key = f"{s:05d}{i:04d}"
+            jpg, caption = _jpeg(rng, image_size), _caption(rng)
+            record = {"url": f"https://example.com/img/{key}.jpg", "key": key, "status": "success",
+                      "error_message": None, "caption": caption, "width": image_size, "height": image_size,
+                      "original_width": image_size, "original_height": image_size, "exif": "{}",
+                      "sha256": hashlib.sha256(jpg).hexdigest()}
+            _add(tar, f"{key}.jpg", jpg)
+            _add(tar, f"{key}.txt", caption.encode())
+            _add(tar, f"{key}.json", json.dumps(record).encode())
+    tmp.replace(path)
 
 
 def shard_pattern(paths: Sequence[Path]) -> str:

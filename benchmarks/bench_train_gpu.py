@@ -223,19 +223,24 @@ def host_syncs(step, batches: list[tuple], device, n: int = 3) -> float | None:
     return sum("synchroniz" in str(w.message) for w in caught) / n
 
 
-def probe(mcfg_path: Path, variant: Variant, args: argparse.Namespace, device, peak: float) -> dict:
-    """Train steps of the trainer's own step on random batches already on the device: the model's ceiling."""
+def probe(mcfg_path: Path, variant: Variant, args: argparse.Namespace, device, peak: float,
+          text: dict | None = None) -> dict:
+    """Train steps of the trainer's own step on random batches already on the device: the model's ceiling.
+
+    ``text``: the text tower's ``vocab_size`` and ``eot_id`` as the trainer sets them from its tokenizer (see
+    :func:`trainer_text_config`), so that the probe compiles the very graph the trainer compiles next and the
+    trainer's run finds it in torch's compile cache."""
     import torch
 
     from trainer.config import TrainConfig
-    from trainer.model import CLIP, load_model_config, train_flops_per_sample
+    from trainer.model import CLIP, train_flops_per_sample
     from trainer.train import configure_attention, configure_matmul, make_step, train_step
 
     cfg = TrainConfig.model_validate({"model": str(mcfg_path), "compile": variant.compile,
                                       **({"compile_mode": variant.mode} if variant.compile else {}),
                                       "attention": variant.attention,
                                       "optim": {"fused": variant.fused, "warmup_steps": 10}})
-    mcfg = load_model_config(cfg.model)
+    mcfg = probe_model_config(cfg.model, text)
     configure_matmul(device)
     configure_attention(cfg.attention, device, fallback=False)  # a kernel that refuses the shape is an error
     torch.manual_seed(0)
@@ -269,6 +274,16 @@ def probe(mcfg_path: Path, variant: Variant, args: argparse.Namespace, device, p
     release(device)
     configure_attention("auto", device)
     return out
+
+
+def probe_model_config(model: str, text: dict | None):
+    """The model the trainer builds from this JSON: its text tower's vocabulary and end token from the tokenizer."""
+    from trainer.model import load_model_config
+
+    mcfg = load_model_config(model)
+    for key, value in (text or {}).items():
+        setattr(mcfg.text_cfg, key, value)
+    return mcfg
 
 
 def stream_dtypes(model, batch: tuple, device) -> dict[str, str]:
@@ -417,13 +432,36 @@ def loss_agreement(runs: dict[str, dict], precision: str) -> dict:
 # ------------------------------------------------------------------------------------------------------------ data
 
 
-def speed_shards(args: argparse.Namespace) -> list[Path]:
+def speed_shards(args: argparse.Namespace, workers: int = 1) -> list[Path]:
     """Photo-like JPEG shards in img2dataset's layout (bench_train.py's generator and seed), written once per spec;
     at least one per loader worker (open_clip_train refuses fewer)."""
     shards, per_shard, size = DEFAULTS[args.device]["shards"]
     shards = max(shards, args.workers)
     folder = args.work_dir / f"shards-{shards}x{per_shard}-{size}px"
-    return oc.write_shards(folder, shards, per_shard, size)
+    return oc.write_shards(folder, shards, per_shard, size, workers=workers)
+
+
+def generate_data(args: argparse.Namespace) -> list[Path]:
+    """The speed shards, and the learning check's digits beside them, on all cores before the device is used (forked
+    workers, before CUDA starts); the paths of the speed shards."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1) as pool:
+        digits = pool.submit(learning_data, args.work_dir) if args.learn_steps else None
+        shards = speed_shards(args, workers=max(1, (os.cpu_count() or 2) - 1))
+        if digits is not None:
+            digits.result()
+    return shards
+
+
+def learning_data(work_dir: Path) -> tuple[Path, Path]:
+    """The learning check's training shards and held-out digits, each written once."""
+    from witbuild.demo.eval_images import write_eval_digits
+
+    eval_dir = work_dir / "eval-digits"
+    if not (eval_dir / "zeroshot.json").exists():
+        write_eval_digits(eval_dir, size=64)
+    return digit_shards(work_dir / "digits"), eval_dir
 
 
 def digit_caption(index: int) -> str:
@@ -528,36 +566,56 @@ def run_ours(args: argparse.Namespace, model_json: Path, shards: Path, tokenizer
 # ------------------------------------------------------------------------------------------------------- open_clip
 
 
-def openclip_python(args: argparse.Namespace) -> tuple[Path | None, str]:
-    """(the python that can run open_clip_train on this device, why not when None)."""
+BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+
+
+@dataclass
+class OpenClipCheck:
+    """The check that open_clip_train can run, started in the background: importing it takes seconds."""
+    python: Path | None
+    why: str = ""
+    proc: subprocess.Popen | None = None
+
+
+def start_openclip_check(args: argparse.Namespace) -> OpenClipCheck:
+    """Start importing what open_clip_train needs in the python that would run it (this one when open_clip is
+    importable here, else the side environment's)."""
     if args.skip_openclip:
-        return None, "--skip-openclip"
+        return OpenClipCheck(None, "--skip-openclip")
     here = importlib.util.find_spec("open_clip") is not None
     python = Path(sys.executable) if here else oc.DEFAULT_ENV / "bin" / "python"
     if not python.exists():
-        return None, f"open_clip is not importable here and there is no side environment at {oc.DEFAULT_ENV}"
+        return OpenClipCheck(None, f"open_clip is not importable here and there is no side environment at "
+                                   f"{oc.DEFAULT_ENV}")
     check = "import open_clip, open_clip_train.main, webdataset, braceexpand, torch"
     if args.device == "cuda":
         check += "; assert torch.cuda.is_available(), 'its torch sees no CUDA device'"
-    proc = subprocess.run([str(python), "-c", check], capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines() or ["failed"]
-        return None, f"{python}: {lines[-1]}"
-    return python, ""
+    proc = subprocess.Popen([str(python), "-c", check], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return OpenClipCheck(python, proc=proc)
 
 
-def clip_bpe(args: argparse.Namespace, python: Path | None) -> Path | None:
-    """CLIP's BPE file: --clip-bpe, else open_clip's copy (here or in the side environment)."""
+def finish_openclip_check(check: OpenClipCheck) -> tuple[Path | None, str]:
+    """(the python that runs open_clip_train, or None and why not)."""
+    if check.proc is None:
+        return check.python, check.why
+    try:
+        _, err = check.proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        check.proc.kill()
+        return None, f"{check.python}: importing open_clip_train took over 300 s"
+    if check.proc.returncode != 0:
+        return None, f"{check.python}: {(err.strip().splitlines() or ['failed'])[-1]}"
+    return check.python, ""
+
+
+def clip_bpe(args: argparse.Namespace) -> Path | None:
+    """CLIP's BPE file: --clip-bpe, else open_clip's copy (importable here, or in the side environment)."""
     if args.clip_bpe:
         return args.clip_bpe
-    if importlib.util.find_spec("open_clip") is not None:  # importable here, even when its trainer is not run
-        python = Path(sys.executable)
-    if python is not None:
-        proc = subprocess.run([str(python), "-c", "import open_clip.tokenizer as t; print(t.__file__)"],
-                              capture_output=True, text=True, timeout=300)
-        if proc.returncode == 0:
-            return Path(proc.stdout.strip()).with_name("bpe_simple_vocab_16e6.txt.gz")
-    found = sorted(oc.DEFAULT_ENV.glob("lib/python*/site-packages/open_clip/bpe_simple_vocab_16e6.txt.gz"))
+    spec = importlib.util.find_spec("open_clip")
+    if spec is not None and spec.origin and (Path(spec.origin).parent / BPE_FILE).exists():
+        return Path(spec.origin).parent / BPE_FILE
+    found = sorted(oc.DEFAULT_ENV.glob(f"lib/python*/site-packages/open_clip/{BPE_FILE}"))
     return found[0] if found else None
 
 
@@ -591,12 +649,7 @@ def run_theirs(args: argparse.Namespace, python: Path, model_json: Path, shards:
 def learning_check(args: argparse.Namespace) -> dict:
     """The tiny model trained by our trainer (this device, its default levers) on generated digit shards; zero-shot
     top-1 on the held-out digits, which training never sees."""
-    from witbuild.demo.eval_images import write_eval_digits
-
-    data = digit_shards(args.work_dir / "digits")
-    eval_dir = args.work_dir / "eval-digits"
-    if not (eval_dir / "zeroshot.json").exists():
-        write_eval_digits(eval_dir, size=64)
+    data, eval_dir = learning_data(args.work_dir)
     out = args.work_dir / "runs" / "learning"
     shutil.rmtree(out, ignore_errors=True)
     batch = DEFAULTS[args.device]["learn_batch"]
@@ -635,6 +688,17 @@ def model_and_tokenizer(name: str, args: argparse.Namespace, python: Path | None
     return src, json.loads(src.read_text()), {"tokenizer.kind": "bpe"}
 
 
+def trainer_text_config(tokenizer: dict, context_length: int) -> dict:
+    """The text tower's fields the trainer takes from its tokenizer (``tokenizer_and_model_config``): with CLIP's BPE
+    its vocabulary and end token. A fitted BPE's depend on the captions, known only inside the trainer's run."""
+    if tokenizer["tokenizer.kind"] != "clip":
+        return {}
+    from trainer.tokenizer import load_clip_bpe
+
+    tok = load_clip_bpe(tokenizer["tokenizer.clip_vocab_path"], context_length)
+    return {"vocab_size": tok.vocab_size, "eot_id": tok.eot_id}
+
+
 def attempt(what: str, fn, *a, **kw) -> dict:
     """``fn``'s figures, or its error: one failing run (out of memory at a large batch) leaves the others to run.
     Prints progress: on a GPU machine the whole script runs for minutes."""
@@ -660,6 +724,7 @@ def bench_model(name: str, args: argparse.Namespace, device, peak: float, shards
     model_json, raw, tokenizer = model_and_tokenizer(name, args, python, bpe)
     mcfg = ModelConfig.from_dict(raw)
     flops = train_flops_per_sample(mcfg)
+    text = trainer_text_config(tokenizer, mcfg.text_cfg.context_length)
     result.update({"model_json": str(model_json), "parameters": sum(p.numel() for p in CLIP(mcfg).parameters()),
                    "train_gflop_per_sample": round(flops / 1e9, 4), "tokenizer": tokenizer["tokenizer.kind"],
                    "probe": {}, "loss_agreement": {}, "ours": None, "open_clip": None})
@@ -668,7 +733,7 @@ def bench_model(name: str, args: argparse.Namespace, device, peak: float, shards
         result["attention_kernels"] = attention_kernels(mcfg, args, device)
         save()
     for v in variants(args):
-        result["probe"][v.name] = attempt(f"probe {v.name}", probe, model_json, v, args, device, peak)
+        result["probe"][v.name] = attempt(f"probe {v.name}", probe, model_json, v, args, device, peak, text)
         if "error" in result["probe"][v.name]:
             from trainer.train import configure_attention
 
@@ -710,13 +775,15 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         torch.set_num_threads(1)  # one intra-op thread per process, as the trainer runs here (OMP_NUM_THREADS=1)
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    shards = speed_shards(args)
-    python, why = openclip_python(args)
-    bpe = clip_bpe(args, python)
+    check = start_openclip_check(args)
+    shards = generate_data(args)
     peak = peak_flops(device)
+    python, why = finish_openclip_check(check)
+    bpe = clip_bpe(args)
     result = {"machine": machine_info(), "torch": torch.__version__, "device": device_name(device),
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "shards": oc.shard_pattern(shards), "peak_tflops_measured": float(f"{peak / 1e12:.4g}"),
+              "setup_s": round(time.perf_counter() - t_start, 1),  # data written, open_clip checked, peak measured
               "open_clip": {"python": str(python) if python else None, "skipped": why or None}, "models": {}}
     args.json.parent.mkdir(parents=True, exist_ok=True)
 
@@ -810,6 +877,8 @@ def report_model(name: str, m: dict, why_no_openclip: str | None, peak: float, s
         else:
             print(ROW.format(who, f"{r['samples_per_s']:.1f}", _mfu(r["mfu"], peak, spec), f"{r['data_wait']:.1%}",
                              f"{r['wall_s']:.0f}"))
+            if "mfu_logged" in r:  # the trainer's denominator is the peak it measured itself, in its own process
+                print(f"    its own log: MFU {r['mfu_logged']:.1%} over its last {r['log_every']} steps")
 
 
 def _without_torch_log(text: str) -> str:
