@@ -160,6 +160,13 @@ def count_ngrams(texts: Iterable[str]) -> tuple[Counter, Counter]:
     return uni, bi
 
 
+def bigram_pmi(count: int, count_a: int, count_b: int, n_uni: int, n_bi: int) -> float:
+    """log2 PMI of a bigram from its counts: one function for the driver's and Spark's counting, so that both give
+    the same floats and so the same order (the JVM's ``log2`` differs from Python's in the last bit at times, and
+    equal PMIs are then ordered otherwise)."""
+    return math.log2((count / n_bi) / ((count_a / n_uni) * (count_b / n_uni)))
+
+
 def pmi_bigrams(
     uni: dict[str, int], bi: dict[str, int], *, min_count: int, min_pmi: float, limit: int
 ) -> list[tuple[str, float]]:
@@ -173,7 +180,7 @@ def pmi_bigrams(
         if c < min_count:
             continue
         a, b = gram.split(" ", 1)
-        pmi = math.log2((c / n_bi) / ((uni[a] / n_uni) * (uni[b] / n_uni)))
+        pmi = bigram_pmi(c, uni[a], uni[b], n_uni, n_bi)
         if pmi >= min_pmi:
             scored.append((gram, pmi, c))
     scored.sort(key=lambda x: (-x[1], -x[2], x[0]))
@@ -217,11 +224,19 @@ def spark_pmi_bigrams(
         )
         ua = uni.withColumnRenamed("gram", "a").withColumnRenamed("count", "ca")
         ub = uni.withColumnRenamed("gram", "b").withColumnRenamed("count", "cb")
-        pmi = F.log2((F.col("count") / n_bi) / ((F.col("ca") / n_uni) * (F.col("cb") / n_uni)))
+
+        def scored(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                c, ca, cb = (batch.column(k).to_pylist() for k in ("count", "ca", "cb"))
+                pmi = [bigram_pmi(*x, n_uni, n_bi) for x in zip(c, ca, cb, strict=True)]
+                yield pa.RecordBatch.from_pydict({"gram": batch.column("gram"), "count": batch.column("count"),
+                                                  "pmi": pa.array(pmi, pa.float64())})
+
         best = (
             bi.join(ua, "a")
             .join(ub, "b")
-            .withColumn("pmi", pmi)
+            .select("gram", "count", "ca", "cb")
+            .mapInArrow(scored, "gram string, count long, pmi double")
             .filter(F.col("pmi") >= min_pmi)
             .orderBy(F.desc("pmi"), F.desc("count"), "gram")
             .limit(limit)
