@@ -30,8 +30,10 @@ if TYPE_CHECKING:
     from witbuild.config import BuildConfig, QueryListConfig
 
 log = logging.getLogger(__name__)
-# a filtered pool of at most this much Parquet (a few hundred thousand captions) has its bigrams counted in the driver
-LOCAL_POOL_MAX_BYTES = 64 * 2**20
+# a filtered pool of at most this much Parquet has its bigrams counted in the driver: 10-25 thousand captions per MB
+# (the demo's: 25,000), ~1 s per 100,000 captions in one Python thread; beyond, Spark's fixed seconds are worth paying
+# and its counters are spread over the executors instead of held in the driver
+LOCAL_POOL_MAX_BYTES = 8 * 2**20
 
 
 def querylist_dir(cfg: BuildConfig) -> Path:
