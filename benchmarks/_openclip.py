@@ -16,6 +16,8 @@ What is here:
 - ``run_openclip_train`` / ``parse_train_log``: a fixed-step CPU run and its samples/s and data-time share.
 - ``openclip_loss``, ``openclip_forward_flops`` and ``clip_tokenizer_ids_match``: reference points for our loss,
   FLOP count and CLIP-BPE tokenizer.
+- ``model_step`` (CLI ``step``): open_clip's training step alone, on random batches already on the device, the
+  peer of our trainer's model-step probe.
 
 What a like-for-like run needs (measured on 2 cores): ``OMP_NUM_THREADS=1`` for both trainers (torch's default
 of one intra-op thread per core plus 2 loader workers ran open_clip 3-4× slower); open_clip's step time includes
@@ -29,6 +31,7 @@ alone, so a script in the project's own environment can still build command line
     $ENV/bin/python benchmarks/_openclip.py shards                     # 10 × 256 samples under benchmarks/_data
     $ENV/bin/python benchmarks/_openclip.py bench --steps 30 --batch-size 64 --workers 2 [--nproc 2]
     $ENV/bin/python benchmarks/_openclip.py check                      # loss, FLOPs, tokenizer
+    $ENV/bin/python benchmarks/_openclip.py step --model-config M.json --batch-size 64 --steps 10  # per model
 """
 
 from __future__ import annotations
@@ -389,6 +392,108 @@ def run_openclip_train(model_config: Path, train_data: str, *, steps: int = 30, 
                        parse_train_log(text, batch_size, nproc, skip_steps), tail)
 
 
+# ------------------------------------------------------------------------------------------ model step only
+
+
+def random_step_batches(model: Any, batch_size: int, device: Any, n: int = 4, seed: int = 0) -> list[tuple]:
+    """``n`` batches as open_clip's loader hands them to its step: float32 images, normalised (its transforms run in
+    the loader), and token ids ending in CLIP's end token (the largest id, where open_clip pools), zeros after."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    size = model.visual.image_size
+    hw = tuple(size[-2:]) if isinstance(size, (tuple, list)) else (size, size)
+    ctx, eot = model.context_length, model.vocab_size - 1
+    out = []
+    for _ in range(n):
+        images = torch.randn((batch_size, 3, *hw), generator=g)
+        tokens = torch.randint(1, eot, (batch_size, ctx), generator=g)
+        ends = torch.randint(2, ctx, (batch_size,), generator=g)
+        positions = torch.arange(ctx).expand(batch_size, ctx)
+        tokens[positions == ends[:, None]] = eot
+        tokens[positions > ends[:, None]] = 0
+        out.append((images.to(device), tokens.to(device)))
+    return out
+
+
+def openclip_optimizer(model: Any, lr: float = 5e-4, wd: float = 0.2) -> Any:
+    """open_clip_train's AdamW (``main.py``, no ``--opt`` given): gains, biases and the logit scale without weight
+    decay, the rest with it; torch's default (foreach) implementation, betas and eps of its ViT defaults."""
+    import torch
+
+    def exclude(n: str, p: Any) -> bool:
+        return p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return torch.optim.AdamW([{"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0},
+                              {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": wd}],
+                             lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def model_step(model_config: Path, *, batch_size: int, steps: int, device: str = "cpu", precision: str = "fp32",
+               compile: bool = False, warmup: int = 3) -> dict:
+    """open_clip's training step alone, as ``open_clip_train.train.train_one_epoch`` runs it with one process and
+    ``accum_freq`` 1: its model and ``ClipLoss`` under its autocast, backward, AdamW, the logit scale clamped, on
+    random batches already on the device (no loader). ``steps`` are timed after ``warmup``; ``compile`` wraps the
+    model in ``torch.compile`` as ``--torchcompile`` does. The peer of our trainer's model-step probe."""
+    import open_clip
+    import torch
+    from open_clip.loss import ClipLoss
+    from open_clip_train.precision import get_autocast
+
+    name = register_model_config(model_config, f"step-{Path(model_config).stem}")
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model = open_clip.create_model(name, precision="fp32", device=dev, output_dict=True)
+    model.train()
+    optimizer, loss_fn = openclip_optimizer(model), ClipLoss()
+    step_model = torch.compile(model) if compile else model
+    autocast = get_autocast(precision, device_type=dev.type)
+    batches = random_step_batches(model, batch_size, dev)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    losses: list[Any] = []
+    t0 = time.perf_counter()
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync()
+            t1 = time.perf_counter()
+        images, texts = batches[i % len(batches)]
+        optimizer.zero_grad()
+        with autocast():
+            out = step_model(images, texts)
+            loss = loss_fn(**out, output_dict=True)["contrastive_loss"]
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.detach().float())
+        if i == 0:
+            sync()
+            first = time.perf_counter() - t0
+    sync()
+    seconds = time.perf_counter() - t1
+    return {"model": name, "batch_size": batch_size, "steps": steps, "precision": precision, "compile": compile,
+            "samples_per_s": round(steps * batch_size / seconds, 2), "step_ms": round(1000 * seconds / steps, 3),
+            "first_step_s": round(first, 2), "losses": [round(x, 6) for x in torch.stack(losses).tolist()],
+            "open_clip": open_clip.__version__, "torch": torch.__version__}
+
+
+def _release(device: str) -> None:
+    """Free one model's memory before the next model's step is timed."""
+    import gc
+
+    import torch
+
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
 # ------------------------------------------------------------------------------------ loss, FLOPs, tokenizer
 
 
@@ -525,6 +630,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--nproc", type=int, default=1)
     b.add_argument("--skip-steps", type=int, default=5)
     b.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per process; 0: torch's default")
+    st = sub.add_parser("step", help="open_clip's training step alone on random batches, per model config; "
+                                     "prints JSON")
+    st.add_argument("--model-config", type=Path, action="append", required=True, help="repeat for several models")
+    st.add_argument("--batch-size", type=int, default=64)
+    st.add_argument("--steps", type=int, default=10, help="timed steps, after 3 warm-up steps")
+    st.add_argument("--device", default="cpu")
+    st.add_argument("--precision", default="fp32", help="open_clip_train's --precision (amp_bf16 on a GPU)")
+    st.add_argument("--torchcompile", action="store_true")
+    st.add_argument("--json", type=Path, help="also write the figures here")
     c = sub.add_parser("check", help="loss, FLOPs and tokenizer reference checks; prints JSON")
     c.add_argument("--model-config", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -535,6 +649,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"pattern": shard_pattern(paths), "bytes": size, "s": round(time.perf_counter() - t0, 1)}))
     elif args.cmd == "bench":
         print(json.dumps(_bench(args), indent=1))
+    elif args.cmd == "step":
+        runs = {}
+        for path in args.model_config:  # one process for every model: open_clip and torch import once
+            try:
+                runs[str(path)] = model_step(path, batch_size=args.batch_size, steps=args.steps, device=args.device,
+                                             precision=args.precision, compile=args.torchcompile)
+            except Exception as exc:  # out of memory at a large batch, a bad config: the next model still runs
+                runs[str(path)] = {"error": f"{type(exc).__name__}: {str(exc)[-3000:]}"}
+            _release(args.device)
+        print(json.dumps(runs, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(runs, indent=1))
     else:
         import torch
 

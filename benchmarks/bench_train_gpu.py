@@ -11,7 +11,8 @@ For each model (a JSON in trainer/configs/models/ or a path):
    CUDA graphs, max-autotune), built with the trainer's own ``make_step`` and run with its ``train_step``; samples/s,
    MFU, the first step's time (compilation), host syncs per step (CUDA's sync debug mode), and the losses of each
    variant against eager's on the same batches from the same initialisation (the equivalence check of the compiled
-   step); ``--profile VARIANT`` adds the kernels that take a step's time;
+   step); ``--profile VARIANT`` adds the kernels that take a step's time; when open_clip runs, its own step on the
+   same model JSON and batch, eager (``--openclip-compile``: compiled), timed the same way;
 2. our trainer (``trainer/train.py``, a subprocess, as a user starts it), for every model; then, when open_clip is
    importable (here or in ``$BENCH_OPENCLIP_ENV``, see benchmarks/_openclip.py), ``open_clip_train`` on the same
    model JSON, shards, batch and loader workers (bf16 autocast on CUDA); samples/s, data-wait share and MFU of both
@@ -106,7 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--learn-steps", type=int, help="Steps of the learning check (cuda 200 × batch 128, cpu 300 × "
                                                     "64; 0 leaves it out).")
     ap.add_argument("--skip-openclip", action="store_true", help="Leave open_clip_train out.")
-    ap.add_argument("--openclip-compile", action="store_true", help="Run open_clip_train with --torchcompile.")
+    ap.add_argument("--openclip-compile", action="store_true", help="Run open_clip_train with --torchcompile, and "
+                                                                   "compile open_clip's model-step probe.")
     ap.add_argument("--clip-bpe", type=Path, help="CLIP's bpe_simple_vocab_16e6.txt.gz (default: open_clip's copy).")
     ap.add_argument("--peak-tflops", type=float, help="Data-sheet peak per device, for a second MFU figure.")
     ap.add_argument("--work-dir", type=Path, default=WORK, help="Generated shards and run folders.")
@@ -643,6 +645,34 @@ def run_theirs(args: argparse.Namespace, python: Path, model_json: Path, shards:
             "last_losses": s["last_losses"], "flags": extra}
 
 
+def run_theirs_step(args: argparse.Namespace, python: Path, models: dict[str, dict], peak: float) -> dict:
+    """open_clip's model step alone (``_openclip.model_step``) for each model, in one process of the python that runs
+    open_clip_train: as many timed steps as our probes, on random batches already on the device, bf16 autocast on
+    CUDA, compiled with ``--openclip-compile``; {model: figures or error}."""
+    out = args.work_dir / "runs" / "open_clip_step.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    cmd = [str(python), str(ROOT / "benchmarks" / "_openclip.py"), "step", "--batch-size", str(args.batch_size),
+           "--steps", str(max(3, args.steps // 2)), "--device", args.device,
+           "--precision", "amp_bf16" if args.device == "cuda" else "fp32", "--json", str(out),
+           *(["--torchcompile"] if args.openclip_compile else [])]
+    for m in models.values():
+        cmd += ["--model-config", m["model_json"]]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": "1"} if args.device == "cpu" else {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"open_clip's model step failed ({proc.returncode}):\n"
+                           f"{_without_torch_log((proc.stdout + proc.stderr)[-3000:])}")
+    runs = json.loads(out.read_text())
+    result = {}
+    for name, m in models.items():
+        r = runs[m["model_json"]]
+        if "error" not in r:
+            r["mfu"] = round(r["samples_per_s"] * m["train_gflop_per_sample"] * 1e9 / peak, 4)
+        result[name] = r
+    return result
+
+
 # -------------------------------------------------------------------------------------------------- learning check
 
 
@@ -715,6 +745,21 @@ def attempt(what: str, fn, *a, **kw) -> dict:
     return out
 
 
+def attempt_step(args: argparse.Namespace, python: Path, models: dict[str, dict], peak: float) -> dict:
+    """:func:`run_theirs_step`'s figures per model, or its error for all of them; prints each model's figures."""
+    t0 = time.perf_counter()
+    try:
+        runs = run_theirs_step(args, python, models, peak)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"  open_clip's model step failed: {_last_line(str(exc))}", flush=True)
+        return {"error": str(exc)[-3000:]}
+    for name, r in runs.items():
+        print(f"  {name}: " + (f"failed: {_last_line(r['error'])}" if "error" in r else
+                               f"{r['samples_per_s']} samples/s, MFU {r['mfu']}"), flush=True)
+    print(f"  ({time.perf_counter() - t0:.0f} s; {time.perf_counter() - T_START:.0f} s since the start)", flush=True)
+    return runs
+
+
 def bench_model(name: str, args: argparse.Namespace, device, peak: float, shards: list[Path],
                 python: Path | None, bpe: Path | None, result: dict, save) -> None:
     """Probes and our trainer for one model, into ``result``; ``save()`` after each part, so that a run cut short by a
@@ -727,7 +772,7 @@ def bench_model(name: str, args: argparse.Namespace, device, peak: float, shards
     text = trainer_text_config(tokenizer, mcfg.text_cfg.context_length)
     result.update({"model_json": str(model_json), "parameters": sum(p.numel() for p in CLIP(mcfg).parameters()),
                    "train_gflop_per_sample": round(flops / 1e9, 4), "tokenizer": tokenizer["tokenizer.kind"],
-                   "probe": {}, "loss_agreement": {}, "ours": None, "open_clip": None})
+                   "probe": {}, "loss_agreement": {}, "ours": None, "open_clip": None, "open_clip_step": None})
     if args.attention_kernels:
         print("  attention kernels …", flush=True)
         result["attention_kernels"] = attention_kernels(mcfg, args, device)
@@ -804,6 +849,14 @@ def main(argv: list[str] | None = None) -> int:
             m["open_clip"] = attempt("open_clip_train", run_theirs, args, python, Path(m["model_json"]), shards,
                                      flops, peak)
             save()
+    step_models = {name: m for name in (args.openclip_models if python is not None and variants(args) else [])
+                   if "model_json" in (m := result["models"].get(name, {}))}
+    if step_models:
+        print("open_clip, model step only …", flush=True)
+        theirs = attempt_step(args, python, step_models, peak)
+        for name, m in step_models.items():
+            m["open_clip_step"] = theirs.get(name, theirs)
+        save()
     result["learning"] = attempt("learning check", learning_check, args) if args.learn_steps else None
     save()
     report(result, args)
@@ -858,6 +911,17 @@ def report_model(name: str, m: dict, why_no_openclip: str | None, peak: float, s
         else:
             print(ROW.format(v, f"{p['samples_per_s']:.1f}", _mfu(p["mfu"], peak, spec), "",
                              f"{p['first_step_s']:.1f}"))
+    theirs = m.get("open_clip_step")
+    if theirs and "error" in theirs:
+        print(f"  {'open_clip, its own step':<34} failed: {_last_line(theirs['error'])}")
+    elif theirs:
+        how = "compiled" if theirs["compile"] else "eager"
+        print(ROW.format(f"open_clip, its own step ({how})", f"{theirs['samples_per_s']:.1f}",
+                         _mfu(theirs["mfu"], peak, spec), "", f"{theirs['first_step_s']:.1f}"))
+        ours = {v: p["samples_per_s"] for v, p in m["probe"].items() if "samples_per_s" in p}
+        if ours:
+            print("  ours / open_clip's step: " + ", ".join(f"{v} {sps / theirs['samples_per_s']:.2f}×"
+                                                        for v, sps in ours.items()))
     for v, a in m["loss_agreement"].items():
         print(f"  loss {v} vs eager, same batches: max rel. diff {a['max_rel_diff']:.2e} over the first {a['steps']} "
               f"steps ({'within' if a['equal'] else 'OUTSIDE'} {a['tolerance']:g})")

@@ -45,7 +45,7 @@ def test_cpu_smoke_run_reports_every_figure(tmp_path):
     ours = tiny["ours"]
     assert ours["samples_per_s"] > 0 and 0 <= ours["data_wait"] <= 1 and 0 < ours["mfu"] < 1
     assert ours["steps_measured"] == STEPS - ours["skipped_steps"] > 0 and math.isfinite(ours["last_loss"])
-    assert tiny["open_clip"] is None
+    assert tiny["open_clip"] is None and tiny["open_clip_step"] is None
     learning = res["learning"]
     assert learning["steps"] == 5 and learning["images"] == 360 and learning["classes"] == 10
     assert 0 <= learning["zeroshot_top1"] <= 1 and learning["ok"] is None  # 5 steps are too few to judge
@@ -67,7 +67,8 @@ def test_cuda_without_a_device_is_a_clear_error():
 @pytest.mark.slow  # both trainers in subprocesses
 def test_openclip_runs_when_each_worker_holds_less_than_a_batch(tmp_path, monkeypatch):
     """Large batches over few shards: 4 workers of one 48-sample shard each, batch 64. open_clip_train then needs
-    --dataset-resampled (without it a worker stops after its shard, and the run logs no step). Needs open_clip's side
+    --dataset-resampled (without it a worker stops after its shard, and the run logs no step). Also open_clip's own
+    model step against our eager probe. Needs open_clip's side
     environment (benchmarks/README.md, bench_train.py), which CI does not build."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import _openclip as oc
@@ -76,16 +77,27 @@ def test_openclip_runs_when_each_worker_holds_less_than_a_batch(tmp_path, monkey
         pytest.skip(f"no open_clip side environment at {oc.DEFAULT_ENV}")
     out = tmp_path / "result.json"
     cmd = [sys.executable, str(BENCH), "--device", "cpu", "--steps", "8", "--models", "tiny", "--batch-size", "64",
-           "--workers", "4", "--skip-probes", "--learn-steps", "0", "--work-dir", str(tmp_path / "work"),
+           "--workers", "4", "--variants", "eager", "--learn-steps", "0", "--work-dir", str(tmp_path / "work"),
            "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    tiny = json.loads(out.read_text())["models"]["tiny"]
+    res = json.loads(out.read_text())
+    tiny = res["models"]["tiny"]
     assert tiny["tokenizer"] == "clip"  # CLIP's BPE from open_clip's package, for both trainers
     for who in ("ours", "open_clip"):
         assert "error" not in tiny[who], tiny[who]["error"][-2000:]
         assert tiny[who]["samples_per_s"] > 0 and 0 <= tiny[who]["data_wait"] <= 1, (who, tiny[who])
     assert "--dataset-resampled" in tiny["open_clip"]["flags"]
+    theirs = tiny["open_clip_step"]  # open_clip's own step alone, on the same model JSON and batch as our eager probe
+    assert "error" not in theirs, theirs["error"][-2000:]
+    assert theirs["samples_per_s"] > 0 and theirs["batch_size"] == 64
+    # MFU over our peak, by our FLOP count (the side environment's own torch build may beat that peak on a CPU)
+    flops = theirs["samples_per_s"] * tiny["train_gflop_per_sample"] * 1e9
+    assert theirs["mfu"] == pytest.approx(flops / (res["peak_tflops_measured"] * 1e12), rel=1e-3)
+    assert (theirs["precision"], theirs["compile"], theirs["steps"]) == ("fp32", False, 4)
+    assert len(theirs["losses"]) == 3 + 4 and all(math.isfinite(x) for x in theirs["losses"])
+    assert abs(theirs["losses"][0] - math.log(64)) < 1.0  # random features: about ln(batch) at the first step
+    assert "open_clip, its own step (eager)" in proc.stdout and "ours / open_clip's step: eager" in proc.stdout
 
 
 @pytest.mark.parametrize(("device", "image", "failed"), [("cuda", "bfloat16", False), ("cuda", "float32", True),
