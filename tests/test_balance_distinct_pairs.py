@@ -12,7 +12,15 @@ from witbuild import schemas
 from witbuild.counters import StageCounts
 from witbuild.curate.balance import BalanceConfig, balance_batch, entry_probabilities
 from witbuild.dedup.urls import normalize_url, pair_key
-from witbuild.stages.balance import balance_arrow, plan_balance
+from witbuild.stages.balance import (
+    balance_arrow,
+    distinct_pairs,
+    kept_counts,
+    kept_counts_local,
+    plan_balance,
+    plan_local,
+    read_local_pairs,
+)
 
 T = 10
 REPEATS = 5
@@ -79,6 +87,30 @@ def test_balance_keeps_t_distinct_pairs_per_entry_however_often_they_repeat(spar
     assert bridges == 5  # the tail entry keeps its pairs whole
     # ~t · 100/105 boats: 8 here (binomial sd ~2.9); counted per row it would be ~t/5, 2 here
     assert 4 <= boats <= 16, boats
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("cfg", [BalanceConfig(t=T, seed=3), BalanceConfig(target_size=60, seed=5),
+                                 BalanceConfig(method="uniform", target_size=50, seed=7)],
+                         ids=["t", "target", "uniform"])
+def test_the_drivers_plan_is_sparks(spark, tmp_path, cfg) -> None:
+    """A small pool on this machine is planned in the driver: the same counts, t, expected size and kept pairs as
+    Spark's plan over the same rows, written as the stage's input is (several Parquet parts)."""
+    folder = str(tmp_path / "match")
+    spark.createDataFrame(_rows(), "url string, text string, matched array<int>, page string").repartition(4) \
+        .write.parquet(folder)
+    local = read_local_pairs(folder)
+    assert local is not None and (local.rows, len(local.keys)) == (len(_rows()), 205)
+    df = spark.read.parquet(folder)
+    theirs, ours = plan_balance(df, 3, cfg), plan_local(local, 3, cfg)
+    assert ours.counts.tolist() == theirs.counts.tolist() == [105, 100, 5]
+    assert (ours.t, ours.pool, ours.rows, ours.head, ours.tail, ours.unused, ours.uniform) == (
+        theirs.t, theirs.pool, theirs.rows, theirs.head, theirs.tail, theirs.unused, theirs.uniform)
+    assert ours.expected_size == pytest.approx(theirs.expected_size, rel=1e-12)  # Spark sums per partition
+    p = entry_probabilities(ours.counts, ours.t) if ours.uniform is None else np.full(3, ours.uniform)
+    kept, n = kept_counts_local(local, p, cfg.seed, ours.uniform)
+    kept_spark, n_spark = kept_counts(distinct_pairs(df), p, cfg.seed, theirs.uniform)
+    assert (kept.tolist(), n) == (kept_spark.tolist(), n_spark) and 0 < n < 205
 
 
 def test_the_balanced_schema_carries_what_balance_arrow_writes() -> None:

@@ -159,6 +159,40 @@ def test_target_size_solves_t(spark, built, tmp_path):
     assert abs(len(pairs_of(read(other, "balance"))) - target) < 5 * np.sqrt(target)
 
 
+def test_a_pool_planned_by_spark_gives_the_drivers_output(spark, built, tmp_path, monkeypatch):
+    """This pool is small and on this machine, so balance plans it in the driver; forced onto Spark's plan (as a
+    large pool or a cluster's file system would be), the stage keeps the same rows and writes the same entry counts.
+    With target_size, so that t is solved from the pool on both paths."""
+    import shutil
+
+    from witbuild import spark as ws
+
+    out, cfg, _ = built
+    target = len(pairs_of(read(out, "match"))) // 3
+    balance = cfg.balance.model_copy(update={"t": None, "target_size": target})
+    runs = {}
+    for path, max_bytes in (("driver", ws.DRIVER_MAX_PARQUET_BYTES), ("spark", 0)):
+        monkeypatch.setattr(ws, "DRIVER_MAX_PARQUET_BYTES", max_bytes)
+        other = tmp_path / path
+        shutil.copytree(out, other, ignore=shutil.ignore_patterns("balance"))
+        info = run_build(spark, cfg.model_copy(update={"output": str(other), "balance": balance}),
+                         until_stage="balance")[-1].counts.info
+        entry_counts = pq.read_table(other / "stages" / "balance" / "_entry_counts.parquet").to_pylist()
+        runs[path] = (info, sorted((r["uid"], r["keep_probability"]) for r in read(other, "balance")), entry_counts)
+    (info, rows, entry_counts), (info_spark, rows_spark, entry_counts_spark) = runs["driver"], runs["spark"]
+    assert rows == rows_spark and entry_counts == entry_counts_spark and 0 < len(rows) < target * 2
+    expected = info.pop("expected_size")
+    assert expected == pytest.approx(info_spark.pop("expected_size"), abs=0.11)  # sums rounded to 0.1
+    assert info == info_spark and info["t"] < max(r["count"] for r in entry_counts)  # t solved, and it caps
+    from typer.testing import CliRunner
+
+    from witbuild.cli import app
+
+    dry = CliRunner().invoke(app, ["balance-plan", str(tmp_path / "driver"), "--target-size", str(target)])
+    assert dry.exit_code == 0, dry.output
+    assert f"t = {info['t']:,.1f}: expected size {expected:,.0f} of " in dry.output  # the dry run plans the same
+
+
 def test_uniform_method_samples_the_pool_without_balancing(spark, built, tmp_path):
     out, cfg, _ = built
     import shutil

@@ -132,8 +132,9 @@ def test_spark_pmi_equals_pure(spark):
 
 @pytest.mark.spark
 def test_a_small_pool_counted_in_the_driver_gives_sparks_bigrams(spark, tmp_path, monkeypatch):
-    """A build's filtered pool on this machine below LOCAL_POOL_MAX_BYTES has its bigrams counted in the driver
+    """A build's filtered pool on this machine below DRIVER_MAX_PARQUET_BYTES has its bigrams counted in the driver
     (milliseconds against 5-6 s of Spark jobs); a larger one, or one on another file system, by Spark. Same list."""
+    from witbuild import spark as ws
     from witbuild.curate import querylist_artifact as qa
 
     pool = tmp_path / "filter"
@@ -142,10 +143,10 @@ def test_a_small_pool_counted_in_the_driver_gives_sparks_bigrams(spark, tmp_path
         .write.parquet(str(pool))
     (pool / "_counts.json").write_text("{}")  # the stage's own files beside the Parquet parts are not read
     cfg = QueryListConfig(bigram_min_count=3, bigram_min_pmi=2.0, max_bigrams=50)
-    assert 0 < qa.local_parquet_bytes(str(pool)) < qa.LOCAL_POOL_MAX_BYTES
-    assert qa.local_parquet_bytes("s3://bucket/pool") is None and qa.local_parquet_bytes(str(tmp_path / "no")) is None
+    assert 0 < ws.local_parquet_bytes(str(pool)) == ws.driver_sized(str(pool)) < ws.DRIVER_MAX_PARQUET_BYTES
+    assert ws.local_parquet_bytes("s3://bucket/pool") is None and ws.local_parquet_bytes(str(tmp_path / "no")) is None
     driver = qa.pool_pmi_bigrams(spark, str(pool), cfg)
-    monkeypatch.setattr(qa, "LOCAL_POOL_MAX_BYTES", 0)
+    monkeypatch.setattr(ws, "DRIVER_MAX_PARQUET_BYTES", 0)
     counted_by_spark = qa.pool_pmi_bigrams(spark, str(pool), cfg)
     # "in the" and "fox in" have the same PMI on paper; the JVM's log2 put them in the other order
     assert driver == counted_by_spark and len(driver) == 28 and ("in the", 2.6630282874331206) in driver

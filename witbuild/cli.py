@@ -70,7 +70,7 @@ def balance_plan(
     from witbuild.config import load_config
     from witbuild.curate.balance import BalanceConfig
     from witbuild.curate.querylist_artifact import prepare_querylist
-    from witbuild.stages.balance import plan_balance
+    from witbuild.stages.balance import plan_matched
 
     if not (Path(layout.stage_dir(str(build), "match")) / layout.SUCCESS_FILE).is_file():
         typer.echo(f"error: {build}/stages/match is not a finished match stage", err=True)
@@ -86,7 +86,7 @@ def balance_plan(
 
     spark = get_session(cfg.spark)
     entries, manifest = prepare_querylist(spark, cfg, None)
-    plan = plan_balance(spark.read.parquet(layout.stage_dir(str(build), "match")), len(entries), bcfg)
+    plan = plan_matched(spark, layout.stage_dir(str(build), "match"), len(entries), bcfg)
     typer.echo(f"query list {manifest['version']} ({len(entries):,} entries)")
     typer.echo(plan.describe())
     for i in np.argsort(-plan.counts, kind="stable")[:top]:

@@ -91,6 +91,31 @@ def _submitted_conf() -> dict[str, str]:
     return dict(SparkConf().getAll())
 
 
+# a stage input of at most this much Parquet on this machine is small enough for the driver to take whole where Spark
+# would spend seconds of small jobs (shuffles, joins, aggregations) on it: 10-25 thousand captions per MB (the demo's
+# 25,000), ~1 s per 100,000 of them in one Python thread; beyond, Spark's fixed seconds are worth paying and its
+# counters are spread over the executors instead of held in the driver
+DRIVER_MAX_PARQUET_BYTES = 8 * 2**20
+
+
+def local_parquet_bytes(folder: str) -> int | None:
+    """Bytes of the Parquet files in ``folder`` when it is a folder on this machine; None otherwise (another file
+    system, such as a cluster's)."""
+    if "://" in folder and not folder.startswith("file://"):
+        return None
+    path = Path(folder.removeprefix("file://"))
+    if not path.is_dir():
+        return None
+    return sum(f.stat().st_size for f in path.rglob("*.parquet") if not f.name.startswith(("_", ".")))
+
+
+def driver_sized(folder: str) -> int | None:
+    """``folder``'s Parquet bytes when the driver should read it whole (on this machine, at most
+    ``DRIVER_MAX_PARQUET_BYTES``); None when Spark should."""
+    size = local_parquet_bytes(folder)
+    return size if size is not None and size <= DRIVER_MAX_PARQUET_BYTES else None
+
+
 def fs_and_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     fs, path = fsspec.core.url_to_fs(url)
     return fs, path

@@ -25,16 +25,12 @@ from witbuild.curate.querylist import (
     write_querylist,
 )
 from witbuild.fingerprint import Fingerprint, querylist_fingerprint, stage_fingerprints
+from witbuild.spark import driver_sized
 
 if TYPE_CHECKING:
     from witbuild.config import BuildConfig, QueryListConfig
 
 log = logging.getLogger(__name__)
-# a filtered pool of at most this much Parquet has its bigrams counted in the driver: 10-25 thousand captions per MB
-# (the demo's: 25,000), ~1 s per 100,000 captions in one Python thread; beyond, Spark's fixed seconds are worth paying
-# and its counters are spread over the executors instead of held in the driver
-LOCAL_POOL_MAX_BYTES = 8 * 2**20
-
 
 def querylist_dir(cfg: BuildConfig) -> Path:
     return Path(layout.querylist_dir(cfg.output))
@@ -69,12 +65,12 @@ def _make(spark: Any, cfg: BuildConfig, pool_dir: str | None) -> tuple[QueryList
 
 def pool_pmi_bigrams(spark: Any, pool_dir: str, qcfg: QueryListConfig) -> list[tuple[str, float]]:
     """The pool's bigrams by PMI: counted by Spark, or in the driver for a pool on this machine of at most
-    ``LOCAL_POOL_MAX_BYTES`` of Parquet, where Spark's shuffles and joins cost seconds for a few rows (5–6 s for a
-    hundred captions on 2 cores) and the driver takes milliseconds. Both give the same bigrams in the same order
-    (tests/test_querylist.py)."""
+    ``DRIVER_MAX_PARQUET_BYTES`` of Parquet (:func:`witbuild.spark.driver_sized`), where Spark's shuffles and joins
+    cost seconds for a few rows (5–6 s for a hundred captions on 2 cores) and the driver takes milliseconds. Both
+    give the same bigrams in the same order (tests/test_querylist.py)."""
     kw = {"min_count": qcfg.bigram_min_count, "min_pmi": qcfg.bigram_min_pmi, "limit": qcfg.max_bigrams}
-    size = local_parquet_bytes(pool_dir)
-    if size is None or size > LOCAL_POOL_MAX_BYTES:
+    size = driver_sized(pool_dir)
+    if size is None:
         return spark_pmi_bigrams(spark.read.parquet(pool_dir), **kw)
     import pyarrow.parquet as pq
 
@@ -82,17 +78,6 @@ def pool_pmi_bigrams(spark: Any, pool_dir: str, qcfg: QueryListConfig) -> list[t
     log.info("counting the bigrams of %d captions (%.1f MB of Parquet) in the driver", len(texts), size / 2**20)
     uni, bi = count_ngrams(t for t in texts if t)
     return pmi_bigrams(uni, bi, **kw)
-
-
-def local_parquet_bytes(folder: str) -> int | None:
-    """Bytes of the Parquet files in ``folder`` when it is a folder on this machine; None otherwise (another file
-    system, such as a cluster's)."""
-    if "://" in folder and not folder.startswith("file://"):
-        return None
-    path = Path(folder.removeprefix("file://"))
-    if not path.is_dir():
-        return None
-    return sum(f.stat().st_size for f in path.rglob("*.parquet") if not f.name.startswith(("_", ".")))
 
 
 def prepare_querylist(spark: Any, cfg: BuildConfig, pool_dir: str | None) -> tuple[list[str], dict]:

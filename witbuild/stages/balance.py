@@ -6,6 +6,11 @@
    per (pair, entry, seed) so a re-run keeps the same pairs;
 4. ``_entry_counts.parquet`` beside the pairs: entry, c_e, p_e and what was kept.
 
+Steps 1, 2 and the kept counts take Spark about six small jobs (seconds, even for ten rows); a matched pool on this
+machine of at most ``DRIVER_MAX_PARQUET_BYTES`` of Parquet is planned in the driver instead (:func:`read_local_pairs`,
+:func:`plan_local`), by the same functions over the same pairs in the same order, so both give the same t, the
+same draws and the same counts. Only writing the kept rows runs on Spark either way.
+
 A pair is what dedup's first layer keeps one row of, (normalised URL, text) (:func:`pair_key`): MetaCLIP
 balances a deduplicated pool, and here dedup comes after. Counted once per row, an entry whose captions each
 appear on k pages would keep about t / k distinct pairs instead of t. Every row of a pair gets the same draws,
@@ -29,13 +34,14 @@ from witbuild.counters import StageCounts
 from witbuild.curate.balance import (
     BalanceConfig,
     balance_batch,
+    count_matches,
     entry_probabilities,
     head_tail_split,
     keep_probabilities,
     solve_t,
 )
 from witbuild.dedup.urls import pair_key
-from witbuild.spark import fs_and_path
+from witbuild.spark import driver_sized, fs_and_path
 
 if TYPE_CHECKING:
     from witbuild.stages.context import StageContext
@@ -136,6 +142,13 @@ def plan_balance(df: Any, n_entries: int, cfg: BalanceConfig) -> BalancePlan:
         pairs.unpersist()
 
 
+def plan_matched(spark: Any, folder: str, n_entries: int, cfg: BalanceConfig) -> BalancePlan:
+    """What balancing the matched rows in ``folder`` will do: in the driver or by Spark, as the stage plans them."""
+    local = read_local_pairs(folder)
+    return plan_local(local, n_entries, cfg) if local is not None else plan_balance(spark.read.parquet(folder),
+                                                                                    n_entries, cfg)
+
+
 def kept_counts(pairs: Any, p: np.ndarray, seed: int, uniform: float | None) -> tuple[np.ndarray, int]:
     """(kept pairs per entry, kept pairs) of :func:`distinct_pairs` ``pairs``, by the draws :func:`balance_arrow`
     gives each of their rows (they depend on the pair and its match list only): one pass over the pairs, where
@@ -170,22 +183,89 @@ def _plan(pairs: Any, n_entries: int, cfg: BalanceConfig, rows: int) -> BalanceP
     counts = entry_counts(pairs, n_entries)
     pool = pairs.count()
     if cfg.method == "uniform":
-        q = min(1.0, cfg.target_size / max(pool, 1))
-        return BalancePlan(counts, math.inf, pool, q * pool, 0, int((counts > 0).sum()), int((counts == 0).sum()), q,
-                           rows)
+        return _uniform_plan(counts, pool, cfg, rows)
     if cfg.target_size is not None:
         fraction = min(1.0, SOLVE_SAMPLE_ROWS / max(pool, 1))
-        sample_df = pairs.select("matched") if fraction >= 1.0 else pairs.select("matched").sample(
-            fraction=fraction, seed=cfg.seed)
-        sample = [r["matched"] for r in sample_df.collect()]
-        scale = len(sample) / max(pool, 1)
-        t = solve_t(cfg.target_size * scale, counts, matched=sample) if sample else 1.0
+        sample_df = pairs if fraction >= 1.0 else pairs.sample(fraction=fraction, seed=cfg.seed)
+        # in pair order, as the driver's plan takes them: the bisection's sums then do not depend on the partitions
+        sample = [r["matched"] for r in sorted(sample_df.select("pair", "matched").collect(), key=lambda r: r["pair"])]
+        t = _solve(cfg.target_size, counts, sample, pool)
     else:
         t = float(cfg.fixed_t)
-    p = entry_probabilities(counts, t)
+    return _metaclip_plan(counts, t, pool, _expected_size(pairs, entry_probabilities(counts, t)), rows)
+
+
+def _solve(target_size: int, counts: np.ndarray, sample: list[list[int]], pool: int) -> float:
+    """t for ``target_size`` over a sample of the pool's match lists (the whole pool up to SOLVE_SAMPLE_ROWS)."""
+    return solve_t(target_size * len(sample) / max(pool, 1), counts, matched=sample) if sample else 1.0
+
+
+def _metaclip_plan(counts: np.ndarray, t: float, pool: int, expected: float, rows: int) -> BalancePlan:
     split = head_tail_split(counts, t)
-    return BalancePlan(counts, t, pool, _expected_size(pairs, p), len(split.head), len(split.tail), len(split.unused),
-                       rows=rows)
+    return BalancePlan(counts, t, pool, expected, len(split.head), len(split.tail), len(split.unused), rows=rows)
+
+
+def _uniform_plan(counts: np.ndarray, pool: int, cfg: BalanceConfig, rows: int) -> BalancePlan:
+    q = min(1.0, cfg.target_size / max(pool, 1))
+    return BalancePlan(counts, math.inf, pool, q * pool, 0, int((counts > 0).sum()), int((counts == 0).sum()), q, rows)
+
+
+# --------------------------------------------------------------------------------------------- in the driver
+
+
+@dataclass
+class LocalPairs:
+    """A matched pool's distinct pairs (:func:`pair_key`) in pair order, with their match lists, held by the driver."""
+
+    rows: int
+    keys: list[str]
+    matched: list[list[int]]
+
+
+def read_local_pairs(folder: str) -> LocalPairs | None:
+    """The distinct pairs of the matched rows in ``folder`` when it is on this machine and holds at most
+    ``DRIVER_MAX_PARQUET_BYTES`` of Parquet (:func:`driver_sized`; tens of thousands of rows, read in well under a
+    second); None otherwise,
+    and Spark plans. The rows of a pair share their text, so their match lists too: any row's list is the pair's."""
+    size = driver_sized(folder)
+    if size is None:
+        return None
+    table = pq.read_table(folder.removeprefix("file://"), columns=["url", "text", "matched"])
+    by_key: dict[str, list[int]] = {}
+    for batch in table.to_batches():
+        for key, matched in zip(_pair_keys(batch), batch.column("matched").to_pylist(), strict=True):
+            by_key.setdefault(key, matched)
+    if len(by_key) > SOLVE_SAMPLE_ROWS:  # t would be solved on a sample, which is Spark's to draw
+        return None
+    if table.num_rows:
+        log.info("balance: planning over %d distinct pairs of %d rows (%.1f MB of Parquet) in the driver",
+                 len(by_key), table.num_rows, size / 2**20)
+    keys = sorted(by_key)
+    return LocalPairs(table.num_rows, keys, [by_key[k] for k in keys])
+
+
+def plan_local(pairs: LocalPairs, n_entries: int, cfg: BalanceConfig) -> BalancePlan:
+    """:func:`plan_balance` over pairs held by the driver: the same functions, so the same plan."""
+    counts = count_matches(pairs.matched, n_entries)
+    pool = len(pairs.keys)
+    if cfg.method == "uniform":
+        return _uniform_plan(counts, pool, cfg, pairs.rows)
+    if cfg.target_size is not None:
+        sample = pairs.matched
+        if pool > SOLVE_SAMPLE_ROWS:  # more pairs than DRIVER_MAX_PARQUET_BYTES holds: Spark samples such a pool
+            raise ValueError(f"{pool:,} pairs: plan a pool of over {SOLVE_SAMPLE_ROWS:,} pairs with Spark")
+        t = _solve(cfg.target_size, counts, sample, pool)
+    else:
+        t = float(cfg.fixed_t)
+    expected = float(keep_probabilities(pairs.matched, entry_probabilities(counts, t)).sum())
+    return _metaclip_plan(counts, t, pool, expected, pairs.rows)
+
+
+def kept_counts_local(pairs: LocalPairs, p: np.ndarray, seed: int, uniform: float | None) -> tuple[np.ndarray, int]:
+    """:func:`kept_counts` over pairs held by the driver."""
+    keep = balance_batch(pairs.keys, *_draw_inputs(pairs.matched, p, uniform), seed)
+    ids = [e for m, k in zip(pairs.matched, keep, strict=True) if k for e in m]
+    return np.bincount(np.asarray(ids, dtype=np.int64), minlength=len(p)), int(keep.sum())
 
 
 def _draw_inputs(matched: list[list[int]], p: np.ndarray, uniform: float | None
@@ -221,26 +301,23 @@ def run_balance(ctx: StageContext) -> StageCounts:
     cfg = ctx.cfg
     entries, manifest = prepare_querylist(ctx.spark, cfg, None)
     df = ctx.spark.read.parquet(ctx.previous)
-    rows = df.count()
-    pairs = distinct_pairs(df).cache()  # planned over, then counted again as kept
-    try:
-        plan = _plan(pairs, len(entries), cfg.balance, rows)
+    local = read_local_pairs(ctx.previous)
+    if local is not None:
+        plan = plan_local(local, len(entries), cfg.balance)
         log.info("balance: %s", plan.describe())
-        p = entry_probabilities(plan.counts, plan.t) if plan.uniform is None else np.full(len(entries), plan.uniform)
-        p_bc = ctx.spark.sparkContext.broadcast(p)
-        seed = cfg.balance.seed
-        out_schema = schemas.load("balanced")
-        arrow_schema = out_schema.arrow()
-
-        def task(batches: Iterator[pa.RecordBatch], counts: StageCounts) -> Iterator[pa.RecordBatch]:
-            for batch in batches:
-                yield balance_arrow(batch, p_bc.value, seed, counts, arrow_schema, plan.uniform)
-
-        counts = ctx.map_batches(task, df)
-        p_bc.unpersist()
-        kept, pairs_out = kept_counts(pairs, p, seed, plan.uniform)
-    finally:
-        pairs.unpersist()
+        p = _probabilities(plan, len(entries))
+        counts = _write_kept(ctx, df, p, plan)
+        kept, pairs_out = kept_counts_local(local, p, cfg.balance.seed, plan.uniform)
+    else:
+        pairs = distinct_pairs(df).cache()  # planned over, then counted again as kept
+        try:
+            plan = _plan(pairs, len(entries), cfg.balance, df.count())
+            log.info("balance: %s", plan.describe())
+            p = _probabilities(plan, len(entries))
+            counts = _write_kept(ctx, df, p, plan)
+            kept, pairs_out = kept_counts(pairs, p, cfg.balance.seed, plan.uniform)
+        finally:
+            pairs.unpersist()
     table = schemas.load("entry_counts").table({
         "entry_id": list(range(len(entries))), "entry": entries, "count": plan.counts.tolist(),
         "probability": p.tolist(), "kept": kept.tolist()})
@@ -248,6 +325,26 @@ def run_balance(ctx: StageContext) -> StageCounts:
     with fs.open(f"{out}/{ENTRY_COUNTS_FILE}", "wb") as fh:
         pq.write_table(table, fh)
 
-    counts.info.update({**plan.info(), "pairs_out": pairs_out, "seed": seed,
+    counts.info.update({**plan.info(), "pairs_out": pairs_out, "seed": cfg.balance.seed,
                         "querylist_version": manifest["version"]})
     return counts
+
+
+def _probabilities(plan: BalancePlan, n_entries: int) -> np.ndarray:
+    return entry_probabilities(plan.counts, plan.t) if plan.uniform is None else np.full(n_entries, plan.uniform)
+
+
+def _write_kept(ctx: StageContext, df: Any, p: np.ndarray, plan: BalancePlan) -> StageCounts:
+    """The rows whose pair the draws keep, written by Spark with their keep probability."""
+    p_bc = ctx.spark.sparkContext.broadcast(p)
+    seed, uniform = ctx.cfg.balance.seed, plan.uniform
+    arrow_schema = schemas.load("balanced").arrow()
+
+    def task(batches: Iterator[pa.RecordBatch], counts: StageCounts) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            yield balance_arrow(batch, p_bc.value, seed, counts, arrow_schema, uniform)
+
+    try:
+        return ctx.map_batches(task, df)
+    finally:
+        p_bc.unpersist()
