@@ -145,8 +145,9 @@ def plan_balance(df: Any, n_entries: int, cfg: BalanceConfig) -> BalancePlan:
 def plan_matched(spark: Any, folder: str, n_entries: int, cfg: BalanceConfig) -> BalancePlan:
     """What balancing the matched rows in ``folder`` will do: in the driver or by Spark, as the stage plans them."""
     local = read_local_pairs(folder)
-    return plan_local(local, n_entries, cfg) if local is not None else plan_balance(spark.read.parquet(folder),
-                                                                                    n_entries, cfg)
+    if local is not None:
+        return plan_local(local, n_entries, cfg)
+    return plan_balance(spark.read.parquet(folder), n_entries, cfg)
 
 
 def kept_counts(pairs: Any, p: np.ndarray, seed: int, uniform: float | None) -> tuple[np.ndarray, int]:
@@ -225,8 +226,8 @@ class LocalPairs:
 def read_local_pairs(folder: str) -> LocalPairs | None:
     """The distinct pairs of the matched rows in ``folder`` when it is on this machine and holds at most
     ``DRIVER_MAX_PARQUET_BYTES`` of Parquet (:func:`driver_sized`; tens of thousands of rows, read in well under a
-    second); None otherwise,
-    and Spark plans. The rows of a pair share their text, so their match lists too: any row's list is the pair's."""
+    second); None otherwise, and Spark plans. The rows of a pair share their text, so their match lists too: any
+    row's list is the pair's."""
     size = driver_sized(folder)
     if size is None:
         return None
@@ -302,21 +303,18 @@ def run_balance(ctx: StageContext) -> StageCounts:
     entries, manifest = prepare_querylist(ctx.spark, cfg, None)
     df = ctx.spark.read.parquet(ctx.previous)
     local = read_local_pairs(ctx.previous)
-    if local is not None:
-        plan = plan_local(local, len(entries), cfg.balance)
+    pairs = distinct_pairs(df).cache() if local is None else None  # planned over, then counted again as kept
+    try:
+        plan = (plan_local(local, len(entries), cfg.balance) if local is not None
+                else _plan(pairs, len(entries), cfg.balance, df.count()))
         log.info("balance: %s", plan.describe())
         p = _probabilities(plan, len(entries))
         counts = _write_kept(ctx, df, p, plan)
-        kept, pairs_out = kept_counts_local(local, p, cfg.balance.seed, plan.uniform)
-    else:
-        pairs = distinct_pairs(df).cache()  # planned over, then counted again as kept
-        try:
-            plan = _plan(pairs, len(entries), cfg.balance, df.count())
-            log.info("balance: %s", plan.describe())
-            p = _probabilities(plan, len(entries))
-            counts = _write_kept(ctx, df, p, plan)
-            kept, pairs_out = kept_counts(pairs, p, cfg.balance.seed, plan.uniform)
-        finally:
+        seed = cfg.balance.seed
+        kept, pairs_out = (kept_counts_local(local, p, seed, plan.uniform) if local is not None
+                           else kept_counts(pairs, p, seed, plan.uniform))
+    finally:
+        if pairs is not None:
             pairs.unpersist()
     table = schemas.load("entry_counts").table({
         "entry_id": list(range(len(entries))), "entry": entries, "count": plan.counts.tolist(),
