@@ -84,7 +84,8 @@ def run_crawl(ctx: StageContext) -> tuple[list[str], StageCounts]:
                         counts.event("crawl_hosts_failed")
                     yield pa.RecordBatch.from_pydict({"host": [host], "counts": [counts.to_json()]})
 
-        df = ctx.spark.sparkContext.parallelize(todo, len(todo)).toDF(["host", "seeds", "warc"])
+        # a schema given, not inferred from the first rows (which takes a Spark job of its own)
+        df = ctx.spark.sparkContext.parallelize(todo, len(todo)).toDF("host string, seeds string, warc string")
         rows = df.mapInArrow(crawl_task, "host string, counts string").collect()
         for row in rows:
             total.merge(StageCounts.from_dict(json.loads(row["counts"])))
@@ -110,7 +111,7 @@ def run_extract(ctx: StageContext) -> StageCounts:
                 yield from extract_file(path, extract_cfg, counts)
 
     spark = ctx.spark
-    df = spark.sparkContext.parallelize([(f,) for f in files], len(files)).toDF(["path"])
+    df = spark.sparkContext.parallelize([(f,) for f in files], len(files)).toDF("path string")  # one file per task
     out = df.mapInArrow(counted(extract_task, ctx.counts_dir), schema.spark())
     out.write.mode("overwrite").parquet(ctx.output)
     from witbuild.spark import read_task_counts
