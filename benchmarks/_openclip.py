@@ -407,13 +407,20 @@ def random_step_batches(model: Any, batch_size: int, device: Any, n: int = 4, se
     out = []
     for _ in range(n):
         images = torch.randn((batch_size, 3, *hw), generator=g)
-        tokens = torch.randint(1, eot, (batch_size, ctx), generator=g)
-        ends = torch.randint(2, ctx, (batch_size,), generator=g)
-        positions = torch.arange(ctx).expand(batch_size, ctx)
-        tokens[positions == ends[:, None]] = eot
-        tokens[positions > ends[:, None]] = 0
-        out.append((images.to(device), tokens.to(device)))
+        out.append((images.to(device), random_tokens(batch_size, ctx, eot, g).to(device)))
     return out
+
+
+def random_tokens(batch_size: int, context_length: int, eot: int, g: Any) -> Any:
+    """Token ids in [1, eot), each row ending in ``eot`` at a random position and padded with zeros after it."""
+    import torch
+
+    tokens = torch.randint(1, eot, (batch_size, context_length), generator=g)
+    ends = torch.randint(2, context_length, (batch_size,), generator=g)
+    positions = torch.arange(context_length).expand(batch_size, context_length)
+    tokens[positions == ends[:, None]] = eot
+    tokens[positions > ends[:, None]] = 0
+    return tokens
 
 
 def openclip_optimizer(model: Any, lr: float = 5e-4, wd: float = 0.2) -> Any:

@@ -196,12 +196,7 @@ def random_batches(mcfg, batch: int, device, n: int = PROBE_BATCHES) -> list[tup
     out = []
     for _ in range(n):
         images = torch.randint(0, 256, (batch, 3, size, size), generator=g, dtype=torch.uint8)
-        tokens = torch.randint(1, eot, (batch, ctx), generator=g)
-        ends = torch.randint(2, ctx, (batch,), generator=g)
-        positions = torch.arange(ctx).expand(batch, ctx)
-        tokens[positions == ends[:, None]] = eot
-        tokens[positions > ends[:, None]] = 0
-        out.append((images.to(device), tokens.to(device)))
+        out.append((images.to(device), oc.random_tokens(batch, ctx, eot, g).to(device)))
     return out
 
 
