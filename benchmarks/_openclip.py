@@ -489,8 +489,8 @@ def model_step(model_config: Path, *, batch_size: int, steps: int, device: str =
             "open_clip": open_clip.__version__, "torch": torch.__version__}
 
 
-def _release(device: str) -> None:
-    """Free one model's memory before the next model's step is timed."""
+def release_memory(device: Any) -> None:
+    """Free the last model's memory (compiled graphs hold their model) before the next one is timed."""
     import gc
 
     import torch
@@ -499,9 +499,6 @@ def _release(device: str) -> None:
     gc.collect()
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
-
-
-# ------------------------------------------------------------------------------------ loss, FLOPs, tokenizer
 
 
 def openclip_loss(image_features: Any, text_features: Any, logit_scale: Any) -> float:
@@ -664,7 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              precision=args.precision, compile=args.torchcompile)
             except Exception as exc:  # out of memory at a large batch, a bad config: the next model still runs
                 runs[str(path)] = {"error": f"{type(exc).__name__}: {str(exc)[-3000:]}"}
-            _release(args.device)
+            release_memory(args.device)
         print(json.dumps(runs, indent=1))
         if args.json:
             args.json.write_text(json.dumps(runs, indent=1))

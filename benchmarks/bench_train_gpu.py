@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gc
 import importlib.util
 import json
 import math
@@ -402,12 +401,7 @@ def time_forward_backward(fn, inputs: tuple, grad, device, warmup: int = 3, n: i
 
 def release(device) -> None:
     """Free the last probe's memory (compiled graphs hold their model) before the next one."""
-    import torch
-
-    torch._dynamo.reset()
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    oc.release_memory(device)
 
 
 def loss_agreement(runs: dict[str, dict], precision: str) -> dict:
@@ -850,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
         print("open_clip, model step only …", flush=True)
         theirs = attempt_step(args, python, step_models, peak)
         for name, m in step_models.items():
-            m["open_clip_step"] = theirs.get(name, theirs)
+            m["open_clip_step"] = theirs.get(name, theirs)  # its figures, or the error of the whole run
         save()
     result["learning"] = attempt("learning check", learning_check, args) if args.learn_steps else None
     save()

@@ -68,8 +68,8 @@ def test_cuda_without_a_device_is_a_clear_error():
 def test_openclip_runs_when_each_worker_holds_less_than_a_batch(tmp_path, monkeypatch):
     """Large batches over few shards: 4 workers of one 48-sample shard each, batch 64. open_clip_train then needs
     --dataset-resampled (without it a worker stops after its shard, and the run logs no step). Also open_clip's own
-    model step against our eager probe. Needs open_clip's side
-    environment (benchmarks/README.md, bench_train.py), which CI does not build."""
+    model step against our eager probe. Needs open_clip's side environment (benchmarks/README.md, bench_train.py),
+    which CI does not build."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import _openclip as oc
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 def querylist_dir(cfg: BuildConfig) -> Path:
     return Path(layout.querylist_dir(cfg.output))
 

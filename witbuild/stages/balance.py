@@ -252,10 +252,9 @@ def plan_local(pairs: LocalPairs, n_entries: int, cfg: BalanceConfig) -> Balance
     if cfg.method == "uniform":
         return _uniform_plan(counts, pool, cfg, pairs.rows)
     if cfg.target_size is not None:
-        sample = pairs.matched
         if pool > SOLVE_SAMPLE_ROWS:  # more pairs than DRIVER_MAX_PARQUET_BYTES holds: Spark samples such a pool
             raise ValueError(f"{pool:,} pairs: plan a pool of over {SOLVE_SAMPLE_ROWS:,} pairs with Spark")
-        t = _solve(cfg.target_size, counts, sample, pool)
+        t = _solve(cfg.target_size, counts, pairs.matched, pool)
     else:
         t = float(cfg.fixed_t)
     expected = float(keep_probabilities(pairs.matched, entry_probabilities(counts, t)).sum())
