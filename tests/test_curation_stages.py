@@ -217,6 +217,18 @@ def test_uniform_method_samples_the_pool_without_balancing(spark, built, tmp_pat
     assert share(pairs_of(read(out, "balance"))) < share(matched)
     entry_rows = pq.read_table(other / "stages" / "balance" / "_entry_counts.parquet").to_pylist()
     assert [r["probability"] for r in entry_rows] == pytest.approx([q] * len(entry_rows))
+    # the dry run keeps the build's method: --target-size plans a uniform sample, and --t has no meaning here
+    from typer.testing import CliRunner
+
+    from witbuild.cli import app
+
+    dry = CliRunner().invoke(app, ["balance-plan", str(other), "--target-size", str(target), "--top", "1"])
+    assert dry.exit_code == 0, dry.output
+    assert f"uniform sample (no balancing): every matched pair kept with probability {q:.4f}" in dry.output
+    c_top = max(sum(e in r["matched"] for r in matched) for e in {e for r in matched for e in r["matched"]})
+    assert f"expected kept {c_top * q:>12,.1f}" in dry.output  # c_e · p, not min(c_e, t)
+    refused = CliRunner().invoke(app, ["balance-plan", str(other), "--t", "40"])
+    assert refused.exit_code == 2 and "balance.method=uniform): it has no t" in refused.output
 
 
 def test_from_stage_redoes_that_stage_and_needs_the_earlier_ones(spark, built, tmp_path):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NoReturn
 
 import typer
+from pydantic import ValidationError
 
 from witbuild import __version__
 from witbuild.demo import DEMO_HOST, DEMO_PORT
 from witbuild.stats.cli import stats_command
+from witbuild.yaml_io import first_error, validate
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build CLIP-style image-text datasets from the web.")
 app.command("stats")(stats_command)
@@ -38,6 +41,9 @@ def demo_web(
     from witbuild.demo.eval_images import write_eval_colours, write_eval_digits
     from witbuild.demo.web import generate_pages, summarize, write_warc, write_wat
 
+    _check_site(site)
+    if out.exists() and not out.is_dir():
+        _fail(f"{out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     page_list = list(generate_pages(pages, site=site, seed=seed))
     warc, wat = out / "demo-00000.warc.gz", out / "demo-00000.warc.wat.gz"
@@ -50,6 +56,19 @@ def demo_web(
                f"in {len(colours)} colours in {out / 'eval' / 'colours'}")
 
 
+def _check_site(site: str) -> None:
+    """The pages' origin: an http(s) ``scheme://host[:port]`` and nothing more, as every URL of the web starts."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(site)
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError as exc:
+        _fail(f"--site {site!r}: {exc}")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        _fail(f"--site {site!r}: give scheme://host[:port] with scheme http or https")
+
+
 def _describe(figures: dict[str, int]) -> str:
     return (f"{figures['pages']} pages, {figures['img_tags']} <img> tags, {figures['downloadable']} downloadable "
             f"images ({figures['digit']} digits of {figures['distinct_digits']} distinct scans, {figures['drawn']} "
@@ -59,29 +78,29 @@ def _describe(figures: dict[str, int]) -> str:
 @app.command("balance-plan")
 def balance_plan(
     build: Path = typer.Argument(..., help="A build output folder whose match stage has finished."),
-    t: float = typer.Option(None, help="Cap per entry (default: the build config's balance.t, else 20,000)."),
-    target_size: int = typer.Option(None, help="Solve t for this expected number of pairs instead."),
-    top: int = typer.Option(10, help="How many of the most matched entries to list."),
+    t: int = typer.Option(None, min=1, help="Cap per entry (default: the build config's balance.t, else 20,000)."),
+    target_size: int = typer.Option(None, min=1, help="Solve t for this expected number of pairs instead."),
+    top: int = typer.Option(10, min=0, help="How many of the most matched entries to list."),
 ) -> None:
     """Dry run of balancing: expected size, t, and the head/tail split, without writing anything."""
     import numpy as np
 
     from witbuild import layout
     from witbuild.config import load_config
-    from witbuild.curate.balance import BalanceConfig
-    from witbuild.curate.querylist_artifact import prepare_querylist
     from witbuild.stages.balance import plan_matched
 
+    if not build.is_dir():
+        _fail(f"{build}: no such build folder")
     if not (Path(layout.stage_dir(str(build), "match")) / layout.SUCCESS_FILE).is_file():
-        typer.echo(f"error: {build}/stages/match is not a finished match stage", err=True)
-        raise typer.Exit(2)
-    if t is not None and target_size is not None:
-        typer.echo("error: give --t or --target-size, not both", err=True)
-        raise typer.Exit(2)
-    cfg = load_config(layout.config_path(str(build)))
-    bcfg = cfg.balance
-    if t is not None or target_size is not None:
-        bcfg = BalanceConfig(t=t, target_size=target_size, seed=cfg.balance.seed)
+        _fail(f"{build}/stages/match is not a finished match stage")
+    try:
+        cfg = load_config(layout.config_path(str(build)))
+        bcfg = _plan_settings(cfg.balance, t, target_size)
+    except ValidationError as exc:
+        _fail(f"{layout.config_path(str(build))}: {first_error(exc)}")
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    from witbuild.curate.querylist_artifact import prepare_querylist
     from witbuild.spark import get_session
 
     spark = get_session(cfg.spark)
@@ -91,7 +110,29 @@ def balance_plan(
     typer.echo(plan.describe())
     for i in np.argsort(-plan.counts, kind="stable")[:top]:
         c = int(plan.counts[i])
-        typer.echo(f"  {entries[i]!r:<30} c_e = {c:>10,}  expected kept {min(c, plan.t):>12,.1f}")
+        if plan.uniform is not None:
+            typer.echo(f"  {entries[i]!r:<30} c_e = {c:>10,}  expected kept {c * plan.uniform:>12,.1f}")
+        else:  # a pair is drawn at the largest p of its entries: an entry keeps min(c_e, t) or more
+            typer.echo(f"  {entries[i]!r:<30} c_e = {c:>10,}  p_e = {min(1.0, plan.t / max(c, 1)):.4f}  "
+                       f"min(c_e, t) {min(c, plan.t):>12,.1f}")
+
+
+def _plan_settings(bcfg, t: int | None, target_size: int | None):
+    """The build's balance settings with ``--t`` or ``--target-size`` in place of its own; the method stays."""
+    from witbuild.curate.balance import BalanceConfig
+
+    if t is not None and target_size is not None:
+        raise ValueError("give --t or --target-size, not both")
+    if t is None and target_size is None:
+        return bcfg
+    if bcfg.method == "uniform" and t is not None:
+        raise ValueError("this build samples uniformly (balance.method=uniform): it has no t; give --target-size")
+    return validate(BalanceConfig, {**bcfg.model_dump(), "t": t, "target_size": target_size}, "balance")
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 @app.command()
@@ -122,6 +163,15 @@ def demo(
     if config is None:
         default = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
         config = default if default.is_file() else None
+    sets = demo_job_settings(pages)[1::2]
+    try:  # the config as the job will read it, before the web is written and served
+        from witbuild.config import load_config
+
+        load_config(config, inputs=[str(out / "web" / "demo-00000.warc.gz")], output=str(out / "build"), sets=sets)
+    except ValidationError as exc:
+        _fail(f"{config}: {first_error(exc)}")
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
     try:
         server = DemoWebServer(n_pages=pages, seed=seed, port=port)
     except OSError as exc:  # no fall-back to another port: the build would silently differ from every other
@@ -200,14 +250,26 @@ def querylist_build(
     """Build a versioned query list: wordfreq unigrams, PMI bigrams, WordNet, user files, "0".."99"."""
     from witbuild.curate.querylist import QueryListConfig, build_querylist, spark_pmi_bigrams, write_querylist
 
-    cfg = QueryListConfig(max_entries=max_entries, min_zipf=min_zipf, bigram_min_count=bigram_min_count,
-                          bigram_min_pmi=bigram_min_pmi, bigrams=not no_bigrams, wordnet=not no_wordnet)
+    try:
+        cfg = validate(QueryListConfig, {
+            "max_entries": max_entries, "min_zipf": min_zipf, "bigram_min_count": bigram_min_count,
+            "bigram_min_pmi": bigram_min_pmi, "bigrams": not no_bigrams, "wordnet": not no_wordnet}, "querylist")
+    except ValueError as exc:
+        _fail(str(exc))
+    if no_bigrams and corpus:
+        _fail("--corpus is read for bigrams only: give --no-bigrams or --corpus, not both")
+    if out.exists() and not out.is_dir():
+        _fail(f"{out} exists and is not a folder")
     for f in user_file:
         if not f.is_file():
-            raise typer.BadParameter(f"user file not found: {f}", param_hint="--user-file")
+            _fail(f"--user-file {f}: file not found")
     bigrams = None
     if cfg.bigrams and corpus:
         bigrams = _corpus_bigrams(corpus, cfg, spark_pmi_bigrams)
+        typer.echo(f"{len(bigrams):,} PMI bigrams in the corpus (seen {cfg.bigram_min_count}+ times, "
+                   f"log2 PMI >= {cfg.bigram_min_pmi})")
+    elif cfg.bigrams:
+        typer.echo("no PMI bigrams: they are counted over a --corpus")
     try:
         ql = build_querylist(cfg, user_files=[str(f) for f in user_file], bigrams=bigrams)
     except ValueError as exc:
@@ -229,9 +291,12 @@ def _corpus_bigrams(corpus: list[str], cfg, spark_pmi_bigrams) -> list[str]:
     for path in corpus:
         p = Path(path)
         if not p.exists():
-            raise typer.BadParameter(f"corpus not found: {path}", param_hint="--corpus")
+            _fail(f"--corpus {path}: not found")
         if p.is_dir() and any(p.glob("*.parquet")):
-            frames.append(spark.read.parquet(str(p)).select("text"))
+            frame = spark.read.parquet(str(p))
+            if "text" not in frame.columns:
+                _fail(f"--corpus {path}: its Parquet has no 'text' column (it has {', '.join(frame.columns)})")
+            frames.append(frame.select("text"))
         else:
             frames.append(spark.read.text(str(p)).withColumnRenamed("value", "text"))
     df = frames[0]
@@ -241,5 +306,26 @@ def _corpus_bigrams(corpus: list[str], cfg, spark_pmi_bigrams) -> list[str]:
     return [g for g, _ in found]
 
 
+def main() -> None:
+    """The ``witbuild`` script: a usage error is one ``error:`` line and exit status 2, as every other error."""
+    import sys
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        code = 130
+    except typer.TyperException as exc:  # the base of click's usage errors (typer carries its own click)
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+        else:
+            command = ctx.command_path if ctx is not None else "witbuild"
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            typer.echo(f"error: {command}: {' '.join(message.split())} (see {command} --help)", err=True)
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -21,7 +21,7 @@ from witbuild.sources.urls import IMAGE_URL_ATTRS
 from witbuild.stages.registry import STAGE_NAMES as STAGES
 from witbuild.text.filters import FilterConfig
 from witbuild.text.langid import LangIdConfig
-from witbuild.yaml_io import apply_sets, read_raw_config
+from witbuild.yaml_io import ConfigError, apply_sets, read_raw_config
 
 #: (section, key, new place, why) of settings that moved: an old config gets an error naming the new key.
 MOVED_KEYS = (
@@ -171,11 +171,12 @@ def load_config(
 ) -> BuildConfig:
     """Config from a YAML file (optional) with command-line overrides applied, validated."""
     raw = read_raw_config(path, sets)
-    if inputs:
+    for flag, key, value in (("--input", "input", inputs), ("--output", "output", output)):
+        if value and any(s.split("=", 1)[0].strip().split(".")[0] == key for s in sets or []):
+            raise ConfigError(f"{flag} replaces the config's {key}: give {flag} or --set {key}..., not both")
+    if inputs:  # the whole input section: a seeds_file left from the config would crawl besides the files given
         paths, seeds = split_inputs(inputs)
-        section = raw.setdefault("input", {})
-        section["paths"] = paths
-        section["seeds"] = seeds
+        raw["input"] = {"paths": paths, "seeds": seeds}
     if output is not None:
         raw["output"] = output
     return BuildConfig.model_validate(raw)

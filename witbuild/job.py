@@ -16,8 +16,11 @@ import logging
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from witbuild.config import STAGES, load_config
 from witbuild.sources.inputs import InputError, expand_inputs
+from witbuild.yaml_io import first_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,15 +35,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--until-stage", choices=STAGES, default=STAGES[-1], help="last stage to run")
     p.add_argument("--from-stage", choices=STAGES, help="redo this stage and the later ones (the earlier ones "
                    "must have finished); without it, finished stages are skipped")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     return p.parse_args(argv)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, inputs=args.input, output=args.output, sets=args.set)
+        check_output_folder(cfg.output)
         if cfg.input.paths:
             expand_inputs(cfg.input.paths)  # a missing input is an error before Spark starts
         for name in ("match.entries_path", "langid.model_path"):
@@ -55,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         from witbuild.pipeline import check_stages
 
         check_stages(cfg.output, args.until_stage, args.from_stage)
+    except ValidationError as exc:  # pydantic's several lines, as one
+        print(f"error: {args.config or 'config'}: {first_error(exc)}", file=sys.stderr)
+        return 2
     except (InputError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -62,11 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     from witbuild.pipeline import run_build
     from witbuild.spark import get_session
 
-    spark = get_session(cfg.spark, executor_env=cfg.download.opencv_env)
+    try:
+        spark = get_session(cfg.spark, executor_env=cfg.download.opencv_env)
+    except Exception as exc:  # e.g. a spark.master nobody listens on: Spark's own words, on one line
+        logging.getLogger("build_wit").debug("Spark did not start", exc_info=True)
+        where = f" (spark.master {cfg.spark.master})" if cfg.spark.master else ""
+        print(f"error: Spark did not start{where}: {_one_line(exc)}", file=sys.stderr)
+        return 2
 
     def show(result):  # printed as each stage ends, so a long build reports as it goes
         state = " (already finished: skipped)" if result.skipped else f" in {result.seconds:.1f}s"
         print(result.counts.format(result.name) + f"\n[{result.name}] done{state}", flush=True)
+        if empty_output(result):
+            print(f"warning: {empty_output(result)}", file=sys.stderr, flush=True)
 
     try:
         results = run_build(spark, cfg, until_stage=args.until_stage, from_stage=args.from_stage, on_stage=show)
@@ -79,6 +97,36 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(results))
     print(f"build report: {cfg.output.rstrip('/')}/build_report.json")
     return 0
+
+
+def empty_output(result) -> str | None:
+    """Why a stage that was given rows kept none, or None: an empty dataset is a setting to look at (a language
+    code fastText does not know, a text attribute no page has), and the build says so as it happens."""
+    c = result.counts
+    if c.rows_in == 0 or c.rows_out > 0:
+        return None
+    top = ", ".join(f"{k} {v:,}" for k, v in list(c.to_dict()["dropped"].items())[:3]) or "no reason counted"
+    return f"{result.name} kept none of its {c.rows_in:,} rows ({top}): every later stage is empty"
+
+
+def check_output_folder(output: str) -> None:
+    """A local output that exists and is not a folder is an error before Spark starts (fsspec URLs are left to
+    the filesystem)."""
+    if "://" in output:
+        return
+    p = Path(output)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"output {output} exists and is not a folder")
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"output {output}: {parent} is not a folder")
+            return
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " …"
 
 
 def summary(results: list) -> str:

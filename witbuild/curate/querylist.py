@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from witbuild import __version__
 from witbuild.curate.match import load_entries
@@ -48,10 +48,12 @@ class QueryListConfig(BaseModel):
     language: str = Field("en", description="wordfreq language of the unigrams.")
     min_zipf: float = Field(
         1.4,
+        allow_inf_nan=False,
         description="Unigrams with a Zipf frequency at least this (1.4 ≈ 100 occurrences in English "
         "Wikipedia's ~4B words, MetaCLIP's unigram threshold).",
     )
-    wordlist: str = Field("large", description="wordfreq list: 'large' (319,938 English words) or 'best'.")
+    wordlist: Literal["small", "large", "best"] = Field(
+        "large", description="wordfreq list: 'large' (319,938 English words), 'best' or 'small'.")
     bigrams: bool = Field(True, description="Add PMI bigrams counted over the corpus (needs a corpus).")
     bigram_min_count: int = Field(5, ge=1, description="Bigrams seen fewer times are not considered.")
     bigram_min_pmi: float = Field(6.0, description="Minimum log2 PMI of a bigram.")
@@ -74,6 +76,21 @@ class QueryListConfig(BaseModel):
                              "rule) finds entries only between spaces or punctuation, so its unigrams would match "
                              "almost no caption: not supported")
         return language
+
+    @model_validator(mode="after")
+    def _wordfreq_has_the_list(self) -> QueryListConfig:
+        """wordfreq's ``large`` list covers 21 languages only: a language it lacks is an error when the config is
+        read, not a ``LookupError`` in the match stage after extract and filter have run."""
+        try:
+            import langcodes
+            from wordfreq import available_languages
+        except ImportError:  # the curate extra is not installed: the match stage says so itself
+            return self
+        available = sorted(available_languages(self.wordlist))
+        if langcodes.closest_match(self.language, available, max_distance=60)[0] == "und":
+            raise ValueError(f"wordfreq has no {self.wordlist!r} word list for language {self.language!r}; it has "
+                             f"{', '.join(available)}")
+        return self
 
 
 @dataclass

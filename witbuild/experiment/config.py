@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from witbuild.demo import DEMO_PORT
-from witbuild.yaml_io import read_raw_config
+from witbuild.yaml_io import first_error, read_raw_config
 
 BASELINE, BALANCED, BOOTSTRAP = "raw", "balanced", "bootstrap"
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
@@ -84,6 +84,12 @@ class ExperimentConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
+    def _one_source(self) -> ExperimentConfig:
+        if self.demo_web is not None and self.inputs:
+            raise ValueError("inputs and demo_web name two sources for one pool: give one of them")
+        return self
+
+    @model_validator(mode="after")
     def _bootstrap_seed(self) -> ExperimentConfig:
         if self.bootstrap is not None and self.bootstrap.seed is not None and self.bootstrap.seed not in self.seeds:
             raise ValueError(f"bootstrap.seed {self.bootstrap.seed} is not one of seeds {self.seeds}")
@@ -110,13 +116,9 @@ def load_experiment_config(path: str | Path, sets: list[str] | None = None) -> E
     try:
         return ExperimentConfig.model_validate(read_raw_config(Path(path), sets))
     except ValidationError as exc:
-        raise ExperimentError(f"{path}: {_first_error(exc)}") from None
-
-
-def _first_error(exc: ValidationError) -> str:
-    e = exc.errors()[0]
-    where = ".".join(str(p) for p in e["loc"])
-    return f"{where}: {e['msg']}" + (f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else "")
+        raise ExperimentError(f"{path}: {first_error(exc)}") from None
+    except (OSError, ValueError) as exc:  # missing file, invalid YAML, a bad --set
+        raise ExperimentError(str(exc)) from None
 
 
 def check_variants(cfg: ExperimentConfig, inputs: list[str] | None) -> dict[str, Any]:
@@ -130,7 +132,7 @@ def check_variants(cfg: ExperimentConfig, inputs: list[str] | None) -> dict[str,
             out[name] = load_config(cfg.build_config, inputs=inputs or None, output=str(Path(cfg.output)),
                                     sets=[*cfg.build_sets, *sets, *extra])
         except ValidationError as exc:
-            raise ExperimentError(f"variant {name!r}: {_first_error(exc)}") from None
+            raise ExperimentError(f"variant {name!r}: {first_error(exc)}") from None
         except (OSError, ValueError) as exc:
             raise ExperimentError(f"variant {name!r}: {exc}") from None
     return out
@@ -145,7 +147,7 @@ def check_train_config(cfg: ExperimentConfig) -> None:
     try:
         load_train_config(cfg.train_config, [*cfg.train_sets, "seed=0"])
     except ValidationError as exc:
-        raise ExperimentError(f"training config: {_first_error(exc)}") from None
+        raise ExperimentError(f"training config: {first_error(exc)}") from None
     except (OSError, ValueError) as exc:
         raise ExperimentError(f"training config: {exc}") from None
 
