@@ -69,13 +69,25 @@ def test_input_flag_replaces_the_whole_input_section(tmp_path):
     (["--set", "querylist.wordlist=huge"], r"^error: config: querylist\.wordlist: Input should be 'small'"),
     (["--set", "querylist.language=xx"], r"wordfreq has no 'large' word list for language 'xx'"),
     (["--set", "output=p"], r"--output replaces the config's output"),
+    (["--set", "dedup.decontaminate=/nonexistent"], r"^error: dedup\.decontaminate: not a folder of images: "),
 ])
 def test_the_job_refuses_a_bad_setting_in_one_line(tmp_path, capsys, args, message):
+    (tmp_path / "a.warc.gz").write_bytes(b"")
     rc = job.main(["--input", str(tmp_path / "a.warc.gz"), "--output", str(tmp_path / "out"), *args])
     assert rc == 2
     import re
 
     assert re.search(message, _one_error_line(capsys.readouterr().err))
+
+
+def test_spark_settings_take_dotted_keys_and_any_scalar():
+    """Spark's keys hold dots, which --set reads as sections; Spark takes strings."""
+    sets = ["spark.conf.spark.sql.shuffle.partitions=4", "spark.conf.spark.ui.enabled=false"]
+    cfg = load_config(inputs=["a.warc.gz"], output="o", sets=sets)
+    assert cfg.spark.conf == {"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"}
+    cfg = load_config(inputs=["a.warc.gz"], output="o", sets=["spark.conf={spark.sql.shuffle.partitions: 4}"])
+    assert cfg.spark.conf == {"spark.sql.shuffle.partitions": "4"}
+    assert load_config(inputs=["a.warc.gz"], output="o", sets=["spark.conf={a.b: x}"]).spark.conf == {"a.b": "x"}
 
 
 def test_the_job_refuses_an_output_that_is_a_file_and_an_unknown_log_level(tmp_path, capsys):

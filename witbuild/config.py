@@ -97,7 +97,31 @@ class CrawlConfig(_Section):
 class SparkConfig(_Section):
     master: str | None = Field(None, description="Spark master URL; None keeps spark-submit's --master (or local[*]).")
     app_name: str = "witbuild"
-    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark settings.")
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark settings, e.g. "
+                                 "--set spark.conf.spark.sql.shuffle.partitions=8.")
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _dotted_keys(cls, v: Any) -> Any:
+        """Spark's keys hold dots, which ``--set`` reads as sections: ``{spark: {sql: {...}}}`` is joined back into
+        ``spark.sql....``; numbers and booleans become the strings Spark takes (YAML's ``true``: ``"true"``)."""
+        if not isinstance(v, dict):
+            return v
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, d: dict) -> None:
+            for k, value in d.items():
+                key = f"{prefix}.{k}" if prefix else str(k)
+                if isinstance(value, dict):
+                    walk(key, value)
+                elif isinstance(value, bool):
+                    flat[key] = str(value).lower()
+                elif isinstance(value, int | float):
+                    flat[key] = str(value)
+                else:
+                    flat[key] = value
+        walk("", v)
+        return flat
 
 
 class BuildConfig(_Section):

@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             value = getattr(getattr(cfg, section), key)
             if value and not Path(value).is_file():
                 raise InputError(f"{name}: file not found: {value}")
+        folder = cfg.dedup.decontaminate  # read by finalize, after the downloads: a wrong name is known now
+        if folder and not (Path(folder).is_dir() and any(p.is_file() for p in Path(folder).rglob("*"))):
+            raise InputError(f"dedup.decontaminate: not a folder of images: {folder}")
         if cfg.clip_score.enabled:  # a checkpoint that is missing, unreadable or not its model: before Spark
             from witbuild.curate.clip_score import load_scorer
 
