@@ -69,6 +69,7 @@ def test_input_flag_replaces_the_whole_input_section(tmp_path):
     (["--set", "querylist.wordlist=huge"], r"^error: config: querylist\.wordlist: Input should be 'small'"),
     (["--set", "querylist.language=xx"], r"wordfreq has no 'large' word list for language 'xx'"),
     (["--set", "output=p"], r"--output replaces the config's output"),
+    (["--set", "langid.allowed=[english]"], r"^error: langid\.allowed: the language id model has no label english"),
     (["--set", "dedup.decontaminate=/nonexistent"], r"^error: dedup\.decontaminate: not a folder of images: "),
 ])
 def test_the_job_refuses_a_bad_setting_in_one_line(tmp_path, capsys, args, message):

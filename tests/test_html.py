@@ -232,6 +232,42 @@ def test_is_html_by_type_and_sniffing():
     assert is_html(None, b"  <!DOCTYPE html><html>")
     assert is_html(None, b'<div class="navi"><img src=x>')
     assert not is_html(None, b"\x89PNG\r\n")
+    # as the MIME Sniffing standard sniffs: a pattern at the start, then a space or ">"
+    assert is_html(None, b"\r\n\t<P>text") and is_html("unknown/unknown", b"<!-- c --><html>")
+    assert is_html(None, b"\xef\xbb\xbf<html lang=en>") and is_html("*/*", b"<a href=x>")
+    assert not is_html(None, b"<pre>x") and not is_html(None, b"<img src=x alt=y>")
+    assert not is_html(None, b"Our guide: wrap paragraphs in <p> and images in <img src=x alt=y>.")
+    # a README quoting markup, a binary blob: text to show or a file to save in a browser, never a page
+    assert not is_html("text/plain; charset=utf-8", b'<p>Build <img src="docs/logo.png" alt="Build Status"></p>')
+    assert not is_html("application/octet-stream", b"<html><body><img src=bin.jpg alt='from a binary blob'>")
+
+
+def test_typeless_and_text_plain_records_of_a_warcio_file(tmp_path):
+    """End to end through a file warcio writes: only the page a browser would render gives its pair."""
+    from io import BytesIO
+
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    from witbuild.config import ExtractConfig
+    from witbuild.extract import extract_file
+
+    bodies = {"http://s.test/readme.md": ("text/plain", b'<p><img src="logo.png" alt="Build Status"></p>'),
+              "http://s.test/blob": ("application/octet-stream", b'<html><img src="b.jpg" alt="a blob"></html>'),
+              "http://s.test/notype": (None, b'%PDF-1.4 <img src="pdf.jpg" alt="from the pdf">'),
+              "http://s.test/page": (None, b'<!DOCTYPE html>\n<html><img src="cat.jpg" alt="a grey cat"></html>')}
+    path = tmp_path / "mixed.warc.gz"
+    with path.open("wb") as fh:
+        writer = WARCWriter(fh, gzip=True)
+        for url, (ctype, body) in bodies.items():
+            headers = [("Content-Length", str(len(body)))] + ([("Content-Type", ctype)] if ctype else [])
+            writer.write_record(writer.create_warc_record(
+                url, "response", payload=BytesIO(body),
+                http_headers=StatusAndHeaders("200 OK", headers, protocol="HTTP/1.1")))
+    counts = StageCounts()
+    rows = [r for batch in extract_file(str(path), ExtractConfig(), counts) for r in batch.to_pylist()]
+    assert [(r["url"], r["text"]) for r in rows] == [("http://s.test/cat.jpg", "a grey cat")]
+    assert counts.events["non_html_responses"] == 3
 
 
 def test_fast_classifier_agrees_with_urlsplit():

@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
             value = getattr(getattr(cfg, section), key)
             if value and not Path(value).is_file():
                 raise InputError(f"{name}: file not found: {value}")
+        from witbuild.text.langid import unknown_codes
+
+        if cfg.langid.allowed and (unknown := unknown_codes(cfg.langid)):
+            raise InputError(f"langid.allowed: the language id model has no label {', '.join(unknown)} (it writes "
+                             "ISO 639 codes: en, de, zh, ...)")
         folder = cfg.dedup.decontaminate  # read by finalize, after the downloads: a wrong name is known now
         if folder and not (Path(folder).is_dir() and any(p.is_file() for p in Path(folder).rglob("*"))):
             raise InputError(f"dedup.decontaminate: not a folder of images: {folder}")

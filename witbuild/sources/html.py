@@ -20,7 +20,14 @@ from witbuild.sources.urls import (
 )
 
 HTML_CONTENT_TYPES = ("text/html", "application/xhtml+xml", "application/xhtml")
-_SNIFF_TAGS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<div", b"<img", b"<table", b"<p>", b"<meta")
+# The MIME Sniffing standard's HTML patterns (its "rules for identifying an unknown MIME type"): the body starts,
+# after whitespace, with one of these and then a space or ">"; a browser renders nothing else typeless as HTML
+_SNIFF_TAGS = (b"<!doctype html", b"<html", b"<head", b"<script", b"<iframe", b"<h1", b"<div", b"<font", b"<table",
+               b"<a", b"<style", b"<title", b"<b", b"<body", b"<br", b"<p", b"<!--")
+# The types under which a browser sniffs (none, or one that says it is unknown); text/plain and
+# application/octet-stream are shown as text or saved, never rendered as a page
+_UNKNOWN_TYPES = ("", "unknown/unknown", "application/unknown", "*/*")
+_WHITESPACE = b"\t\n\x0c\r "
 
 
 @dataclass(frozen=True)
@@ -34,22 +41,23 @@ class ImageRef:
 
 
 def is_html(content_type: str | None, body_head: bytes) -> bool:
-    """HTML by the declared type; sniffed from the first bytes when no type is declared."""
+    """HTML by the declared type; sniffed from the first bytes, as browsers sniff, when no type is declared. A
+    ``text/plain`` README quoting ``<img>`` is text to a browser, and its "images" were never shown on a page."""
     if content_type:
         ct = content_type.split(";", 1)[0].strip().lower()
         if ct in HTML_CONTENT_TYPES:
             return True
-        if ct not in ("", "application/octet-stream", "unknown/unknown", "text/plain"):
+        if ct not in _UNKNOWN_TYPES:
             return False
-    head = _ascii_head(body_head[:1024]).lstrip().lower()
-    return any(tag in head for tag in _SNIFF_TAGS)
+    head = _ascii_head(body_head[:1024]).lstrip(_WHITESPACE).lower()
+    return any(head.startswith(tag) and head[len(tag):len(tag) + 1] in (b" ", b">") for tag in _SNIFF_TAGS)
 
 
 def _ascii_head(head: bytes) -> bytes:
     """The first bytes with the NUL halves of UTF-16 characters removed, so that ASCII tags show."""
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         return head[2:].replace(b"\x00", b"")
-    return head
+    return head.removeprefix(b"\xef\xbb\xbf")
 
 
 # Byte order marks, which win over any declared charset (HTML's encoding sniffing, step 1)

@@ -59,6 +59,12 @@ class LangIdConfig(BaseModel):
         description="Top-1 probability below this drops the caption (DataComp basic: 0.0, top-1 label only).",
     )
 
+    @field_validator("allowed", mode="before")
+    @classmethod
+    def _norwegian(cls, v: Any) -> Any:
+        """YAML 1.1 reads a bare ``no`` (Norwegian's code) as false."""
+        return [("no" if c is False else c) for c in v] if isinstance(v, list) else v
+
     @field_validator("allowed")
     @classmethod
     def _clean_codes(cls, v: list[str]) -> list[str]:
@@ -102,6 +108,13 @@ def load_model(path: str | os.PathLike[str] | None = None) -> Any:
             model = fasttext.load_model(resolved)
             _MODELS[resolved] = model
     return model
+
+
+def unknown_codes(cfg: LangIdConfig) -> list[str]:
+    """The codes of ``allowed`` the model never predicts: a filter that could keep no caption in them (``english``
+    for ``en``), found before the build rather than as a stage that drops every row."""
+    labels = {label.removeprefix(_LABEL_PREFIX) for label in load_model(cfg.model_path).get_labels()}
+    return [c for c in cfg.allowed if c not in labels]
 
 
 def _clean_for_fasttext(text: object) -> str:
