@@ -91,3 +91,61 @@ def test_a_single_process_cuda_run_enables_tf32(monkeypatch, restore_tf32):
     torch.backends.cuda.matmul.allow_tf32 = False
     assert init_distributed() == (0, 1, torch.device("cpu"))
     assert not torch.backends.cuda.matmul.allow_tf32
+
+
+# ---------------------------------------------------------------------------------------------- nonsense numbers
+
+
+@pytest.mark.parametrize("setting, field", [
+    ("optim.grad_clip=-1", "optim.grad_clip"),  # clip_grad_norm_ with a negative max flips every gradient
+    ("data.crop_scale=[0, 0]", "data.crop_scale"),  # no crop has an area: each falls back to the centre square
+    ("data.crop_scale=[1.5, 0.2]", "data.crop_scale"),
+    ("data.crop_scale=[0.8, 0.5]", "data.crop_scale"),
+    ("data.crop_scale=[0.5, 1.2]", "data.crop_scale"),
+    ("peak_flops=0", "peak_flops"),
+    ("peak_flops=-1e12", "peak_flops"),
+    ("optim.eps=0", "optim.eps"),
+    ("optim.eps=-1e-8", "optim.eps"),
+    ("optim.betas=[0.9, 1.0]", "optim.betas"),
+    ("optim.betas=[-0.1, 0.98]", "optim.betas"),
+    ("optim.lr=.inf", "optim.lr"),
+    ("optim.grad_clip=.nan", "optim.grad_clip"),
+    ("data.caption_key=''", "data.caption_key"),
+])
+def test_a_value_outside_its_range_is_a_one_line_error_naming_the_field(setting, field):
+    from trainer.config import load_train_config
+    from witbuild.yaml_io import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_train_config("tiny-cpu", [setting])
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{field}: "), message
+
+
+def test_the_edges_of_each_range_and_the_defaults_still_load():
+    from trainer.config import TrainConfig, load_train_config
+
+    cfg = load_train_config(None, ["data.crop_scale=[1, 1]", "optim.betas=[0, 0.999]", "peak_flops=1e9",
+                                   "optim.grad_clip=null"])
+    assert cfg.data.crop_scale == (1.0, 1.0) and cfg.optim.betas == (0.0, 0.999) and cfg.optim.grad_clip is None
+    assert load_train_config(None, ["optim.grad_clip=0"]).optim.grad_clip == 0  # 0 still means no clipping
+    default = TrainConfig()
+    assert (default.optim.grad_clip, default.optim.eps, default.optim.betas, default.data.crop_scale,
+            default.peak_flops) == (1.0, 1e-6, (0.9, 0.98), (0.9, 1.0), None)
+    for name in ("tiny-cpu", "vit-b-32-gpu"):
+        load_train_config(name, ["tokenizer.clip_vocab_path=/vocab.txt.gz"])
+
+
+def test_a_config_error_is_one_line_not_pydantics_report():
+    """pydantic's own message takes four lines (and a link): each config error is one ``error:`` line."""
+    from trainer.config import load_train_config, saved_config
+    from witbuild.yaml_io import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^steps: Input should be a valid integer[^\n]*$"):
+        load_train_config(None, ["steps=abc"])
+    saved = load_train_config(None).model_dump(mode="json")
+    with pytest.raises(ConfigError, match=r"^the resumed run's config: optim\.eps: [^\n]*$"):
+        load_train_config(None, ["optim.eps=-1"], base=saved)
+    saved["data"]["crop_scale"] = [0, 0]
+    with pytest.raises(ConfigError, match=r"^the checkpoint's config: data\.crop_scale: [^\n]*$"):
+        saved_config(saved)

@@ -7,15 +7,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from witbuild.yaml_io import apply_sets, read_raw_config
+from witbuild.yaml_io import ConfigError, apply_sets, first_error, read_raw_config, validate
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys and non-finite numbers refused: a typo or ``.inf`` would otherwise train on a setting nobody
+    meant (an infinite clip norm clips nothing, an infinite peak makes every MFU 0)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataSection(Section):
@@ -27,10 +30,21 @@ class DataSection(Section):
         0.02, ge=0, lt=1, description="Share of the samples kept out of training for retrieval evaluation when "
                                       "holdout_shards is 0, chosen by a hash of each sample's key: the same split on "
                                       "every rank and run, on a build of any size.")
-    caption_key: str = "txt"
+    caption_key: str = Field("txt", min_length=1)
     shuffle_buffer: int = Field(1000, ge=1)
-    crop_scale: tuple[float, float] = (0.9, 1.0)
+    crop_scale: tuple[float, float] = Field((0.9, 1.0), description="[lo, hi]: each training crop covers this "
+                                                                     "share of the image's area, 0 < lo <= hi <= 1.")
     epoch_samples: int | None = Field(None, ge=1, description="Samples per epoch; default: the training samples.")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale_is_a_share(cls, v: tuple[float, float]) -> tuple[float, float]:
+        """Outside (0, 1] no crop fits (or none has an area) and every one falls back to the centre square: the run
+        would train without the augmentation it asked for, and say nothing."""
+        lo, hi = v
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"must be [lo, hi] with 0 < lo <= hi <= 1 (shares of the image's area), got [{lo}, {hi}]")
+        return v
 
     @model_validator(mode="after")
     def _one_holdout(self) -> DataSection:
@@ -61,16 +75,25 @@ class OptimSection(Section):
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.2, ge=0)
     betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
+    eps: float = Field(1e-6, gt=0)
     warmup_steps: int = Field(100, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final LR of the cosine as a share of lr.")
-    grad_clip: float | None = Field(1.0, description="Max gradient norm; null for none.")
+    grad_clip: float | None = Field(1.0, ge=0, description="Max gradient norm; null (or 0) for none. A negative "
+                                                           "one would flip every gradient.")
     fused: bool | Literal["auto"] = Field(
         "auto", description="AdamW's implementation. true: the fused kernel (a few launches per step instead of "
                             "several per parameter tensor: on CUDA the optimiser step is several times faster); "
                             "false: torch's default (for-each on CUDA, the per-tensor loop on CPU); auto: fused on "
                             "CUDA, torch's default on CPU, where a run gives the same numbers as before the option "
                             "existed. Decided by the run's config on resume too.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_are_decays(cls, v: tuple[float, float]) -> tuple[float, float]:
+        """AdamW's moment decays: outside [0, 1) the moments grow without bound or never forget."""
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"each of AdamW's betas must be in [0, 1), got [{v[0]}, {v[1]}]")
+        return v
 
     def use_fused(self, device_type: str) -> bool:
         """Whether AdamW runs fused on a device of this type ("cuda", "cpu")."""
@@ -114,8 +137,8 @@ class TrainConfig(Section):
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
-    peak_flops: float | None = Field(None, description="Per-device peak FLOP/s for MFU; default: a matmul measured "
-                                                        "at start in the training precision.")
+    peak_flops: float | None = Field(None, gt=0, description="Per-device peak FLOP/s for MFU; default: a matmul "
+                                                               "measured at start in the training precision.")
     output: str | None = Field(None, description="Run folder; default runs/<config name>.")
     data: DataSection = DataSection()
     tokenizer: TokenizerSection = TokenizerSection()
@@ -152,12 +175,15 @@ def resolve_config_path(name_or_path: str) -> Path:
 
 def load_train_config(path: str | None, sets: list[str] | None = None,
                       base: dict[str, Any] | None = None) -> TrainConfig:
-    """A YAML file (or a saved config ``base``) with ``--set`` overrides, validated."""
+    """A YAML file (or a saved config ``base``) with ``--set`` overrides, validated: a :class:`ConfigError` of one
+    line naming the field (``key.sub: what``, as ``--set`` names it) when it is not valid."""
     if base is not None:
-        raw = apply_sets(upgrade_saved(copy.deepcopy(base)), sets)
-    else:
-        raw = read_raw_config(resolve_config_path(path) if path else None, sets)
-    return TrainConfig.model_validate(raw)
+        return validate(TrainConfig, apply_sets(upgrade_saved(copy.deepcopy(base)), sets), "the resumed run's config")
+    raw = read_raw_config(resolve_config_path(path) if path else None, sets)
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(first_error(exc)) from None
 
 
 def upgrade_saved(raw: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +202,7 @@ def upgrade_saved(raw: dict[str, Any]) -> dict[str, Any]:
 
 def saved_config(raw: dict[str, Any]) -> TrainConfig:
     """The validated config a checkpoint carries."""
-    return TrainConfig.model_validate(upgrade_saved(copy.deepcopy(raw)))
+    return validate(TrainConfig, upgrade_saved(copy.deepcopy(raw)), "the checkpoint's config")
 
 
 def config_differences(a: TrainConfig, b: TrainConfig, ignore: tuple[str, ...] = ("output",)) -> list[str]:

@@ -53,7 +53,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         return model.to(device).eval(), tokenizer, {"config": config, "step": run.get("step"),
                                                     "run_known": "run_config" in run}
     path = resolve_checkpoint(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path)
     model = CLIP(ModelConfig.from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), TextTokenizer.from_json(ckpt["tokenizer"]), ckpt
@@ -81,6 +81,32 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
     return p
+
+
+MODEL_KEYS = ("model", "model_config", "tokenizer")  # what a checkpoint needs to be evaluated or exported
+
+
+def read_checkpoint(path: str | Path, keys: tuple[str, ...] = MODEL_KEYS) -> dict:
+    """A checkpoint file loaded weights-only onto the CPU, holding ``keys``; a one-line ``ValueError`` naming the
+    file when it is anything else (damaged, text, another program's pickle): the unpickler reports those as any
+    of several exception types, with messages of many lines."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # whatever the unpickler trips on, the file is no checkpoint
+        raise ValueError(f"{path}: not a readable checkpoint, damaged or not written by trainer/train.py "
+                         f"({_load_problem(exc)})") from None
+    missing = [k for k in keys if k not in ckpt] if isinstance(ckpt, dict) else list(keys)
+    if missing:
+        raise ValueError(f"{path}: not a checkpoint of trainer/train.py (it lacks {', '.join(missing)})")
+    return ckpt
+
+
+def _load_problem(exc: Exception) -> str:
+    """What ``torch.load`` found wrong, in a few words: the first sentence of its own message, without the advice
+    around it (to load with ``weights_only=False``, which would run the file's code)."""
+    text = str(exc).split("WeightsUnpickler error:", 1)[-1]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first.split('. ')[0]}" if first else type(exc).__name__
 
 
 @torch.no_grad()
@@ -143,8 +169,7 @@ def load_labelled(model: CLIP, folder: str | Path, device="cpu", batch_size: int
     memory decoded (50,000 photos would be ~28 GB), only its features do. An unreadable image is skipped,
     counted and logged, not the end of the evaluation."""
     paths, classes, all_labels = image_folder(folder)
-    meta_file = Path(folder) / "zeroshot.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta = read_zeroshot_meta(folder)
     size = model.cfg.vision_cfg.image_size
     labels: list[int] = []
     skipped = 0
@@ -166,6 +191,39 @@ def load_labelled(model: CLIP, folder: str | Path, device="cpu", batch_size: int
     if features is None:
         raise ValueError(f"{folder}: no readable image in its class folders ({skipped} skipped)")
     return Labelled(features, labels, classes, meta, skipped)
+
+
+def read_zeroshot_meta(folder: str | Path) -> dict:
+    """The labelled folder's ``zeroshot.json`` (``classnames``, ``templates``), ``{}`` when it has none; a
+    ``ValueError`` naming the file when it is no JSON object of those."""
+    path = Path(folder) / "zeroshot.json"
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable JSON object ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: must be a JSON object with classnames and/or templates")
+    if not isinstance(meta.get("classnames", []), dict | list):
+        raise ValueError(f"{path}: classnames must be a list of names or an object {{folder: name}}")
+    templates = meta.get("templates", [])
+    if not (isinstance(templates, list) and all(isinstance(t, str) for t in templates)):
+        raise ValueError(f"{path}: templates must be a list of strings")
+    return meta
+
+
+def check_labelled(folder: str | Path, class_counts: dict[str, int] | None = None) -> None:
+    """Everything zero-shot reads of a labelled folder besides the pictures, checked before any work: the class
+    folders and their images, ``zeroshot.json``'s names and templates, and that ``class_counts`` covers every class;
+    otherwise each is found only after a training run or an encoding pass."""
+    _, classes, _ = image_folder(folder)
+    meta = read_zeroshot_meta(folder)
+    class_names(meta.get("classnames") or {}, classes)
+    for template in meta.get("templates") or DEFAULT_TEMPLATES:
+        prompt(template, "name")
+    if class_counts is not None:
+        check_counts_cover(classes, class_counts)
 
 
 def zero_shot(model: CLIP, tokenizer: TextTokenizer, folder: str | Path, device="cpu",
@@ -239,9 +297,7 @@ def per_class_accuracy(hits: list[float], labels: list[int], classes: list[str])
 def head_tail(per_class: dict[str, dict], counts: dict[str, int]) -> dict:
     """Mean per-class accuracy over the most frequent third of the classes (by pairs in the training pool) and
     the rarest third; ties in count are ordered by class name, so the split is the same for every run."""
-    missing = sorted(set(per_class) - set(counts))
-    if missing:
-        raise ValueError(f"class counts lack {len(missing)} evaluated classes: {', '.join(missing[:5])}")
+    check_counts_cover(per_class, counts)
     order = sorted(per_class, key=lambda c: (-counts[c], c))
     third = max(1, len(order) // 3)
     out: dict = {}
@@ -250,6 +306,13 @@ def head_tail(per_class: dict[str, dict], counts: dict[str, int]) -> dict:
         out[name] = {"top1": float(np.mean(acc)) if acc else None, "classes": group,
                      "pairs": [int(counts[c]) for c in group]}
     return out
+
+
+def check_counts_cover(classes: Iterable[str], counts: dict[str, int]) -> None:
+    """Every evaluated class has a count: head and tail are thirds of all of them, not of those the file names."""
+    missing = sorted(set(classes) - set(counts))
+    if missing:
+        raise ValueError(f"class counts lack {len(missing)} evaluated classes: {', '.join(missing[:5])}")
 
 
 def read_class_counts(path: str | Path) -> dict[str, int]:
@@ -424,6 +487,32 @@ def heldout_of(data: str, saved: dict, holdout_shards: int | None = None,
     return (split if split.heldout else Split(shards, shards)), trained
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Values argparse cannot refuse, refused before the model is loaded: each would otherwise be a traceback,
+    an evaluation of something else than asked, or a result lost after the work (``--out`` unwritable)."""
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.holdout_shards is not None and args.holdout_shards < 0:
+        raise ValueError(f"--holdout-shards must be 0 or more, got {args.holdout_shards}")
+    if args.holdout_shards and args.holdout_fraction:
+        raise ValueError("--holdout-shards and --holdout-fraction both choose the held-out pairs: give one")
+    if not args.data and (args.holdout_shards is not None or args.holdout_fraction is not None):
+        raise ValueError("--holdout-shards and --holdout-fraction choose pairs of --data: give --data")
+    if args.benchmarks_only and not args.benchmark:
+        raise ValueError("--benchmarks-only scores the --benchmark folders: give at least one")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {args.device}: {exc}") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {args.device}: {torch.cuda.device_count()} CUDA device(s) here")
+    if args.out:
+        out = Path(args.out)
+        if out.is_dir() or not out.parent.is_dir():
+            raise ValueError(f"--out {out}: " + ("a folder; give a file name" if out.is_dir()
+                                                 else f"its folder {out.parent} does not exist"))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="Checkpoint file, run folder, …/checkpoints/latest, or an "
@@ -450,19 +539,28 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        check_args(args)
         model, tokenizer, ckpt = load_checkpoint(args.checkpoint, args.device, args.bpe_vocab)
+        if "config" not in ckpt:
+            raise ValueError(f"{args.checkpoint}: no run config in the checkpoint (not one of trainer/train.py)")
         cfg = saved_config(ckpt["config"])
         split, trained = heldout_of(args.data, ckpt["config"], args.holdout_shards, args.holdout_fraction,
                                     ckpt.get("run_known", True)) if args.data else (None, False)
         counts_file = args.class_counts or cfg.eval.class_counts
+        zeroshot = args.zeroshot or cfg.eval.zeroshot_dir
         if args.benchmarks_only:
-            split, counts_file = None, None
-        results = evaluate(model, tokenizer, args.device,
-                           None if args.benchmarks_only else args.zeroshot or cfg.eval.zeroshot_dir,
-                           split.heldout if split else None, caption_key=cfg.data.caption_key,
-                           holdout_fraction=split.fraction if split else 0.0,
-                           batch_size=args.batch_size or cfg.eval.batch_size,
-                           class_counts=read_class_counts(counts_file) if counts_file else None)
+            split, counts_file, zeroshot = None, None, None
+        counts = read_class_counts(counts_file) if counts_file else None
+        if zeroshot:  # every input read before the first picture is encoded
+            check_labelled(zeroshot, counts)
+        if args.benchmark:
+            from trainer.wds_benchmark import read_benchmark
+
+            for folder in args.benchmark:
+                read_benchmark(folder, args.split)
+        results = evaluate(model, tokenizer, args.device, zeroshot, split.heldout if split else None,
+                           caption_key=cfg.data.caption_key, holdout_fraction=split.fraction if split else 0.0,
+                           batch_size=args.batch_size or cfg.eval.batch_size, class_counts=counts)
         if trained and "retrieval" in results:
             results["retrieval"]["includes_trained_pairs"] = True
         if args.benchmark:
@@ -475,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["benchmarks"][name] = evaluate_benchmark(model, tokenizer, folder, args.split, args.device,
                                                                  args.batch_size or cfg.eval.batch_size)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     results["checkpoint"] = str(Path(args.checkpoint).resolve() if is_openclip_folder(args.checkpoint)
                                 else resolve_checkpoint(args.checkpoint))

@@ -47,7 +47,15 @@ from trainer.data import (
     to_device_ahead,
     train_batches,
 )
-from trainer.evaluate import evaluate, format_results, read_class_counts, resolve_checkpoint
+from trainer.evaluate import (
+    MODEL_KEYS,
+    check_labelled,
+    evaluate,
+    format_results,
+    read_checkpoint,
+    read_class_counts,
+    resolve_checkpoint,
+)
 from trainer.loss import make_loss
 from trainer.model import CLIP, ModelConfig, load_model_config, train_flops_per_sample
 from trainer.tokenizer import TextTokenizer, load_clip_bpe, train_bpe
@@ -272,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args, rank, world, device)
     except (DataError, FileNotFoundError, ValueError) as exc:
         if rank == 0:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():
@@ -347,6 +355,7 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
 def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> Trainer:
     """The run's config, data split, tokenizer, model, optimiser (restored when resuming) and batch stream."""
     cfg, run_dir, ckpt = resolve_run(args)
+    check_inputs(cfg, resumed=ckpt is not None)
     split = split_data(find_shards(args.data), cfg.data.holdout_shards, cfg.data.holdout_fraction)
     check_captions(split.train, cfg.data.caption_key)
     if rank == 0:
@@ -387,6 +396,7 @@ def resolve_run(args: argparse.Namespace) -> tuple[TrainConfig, Path, dict | Non
     """(config, run folder, checkpoint to resume or None). A resumed run's config is the one saved with it."""
     cfg = load_train_config(args.config, args.set)
     run_dir = Path(args.output or cfg.output or f"runs/{Path(args.config).stem if args.config else 'default'}")
+    check_run_folder(run_dir)
     ckpt = None
     if args.resume:
         fresh = args.resume == "latest" and not (run_dir / "checkpoints" / "latest.txt").exists()
@@ -394,7 +404,7 @@ def resolve_run(args: argparse.Namespace) -> tuple[TrainConfig, Path, dict | Non
         if fresh:
             log.info("no checkpoint in %s yet: starting the run", run_dir)
         if path is not None:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            ckpt = read_checkpoint(path, (*MODEL_KEYS, "step", "config", "optimizer", "scheduler"))
             saved = load_train_config(None, args.set, base=ckpt["config"])  # the run's own config, --set on top
             if args.config:
                 check_config_agrees(args.config, cfg, saved, path)
@@ -405,6 +415,31 @@ def resolve_run(args: argparse.Namespace) -> tuple[TrainConfig, Path, dict | Non
                          f"or choose another --output")
     cfg.output = str(run_dir)
     return cfg, run_dir, ckpt
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """The run folder, or the nearest folder above it that exists, is a folder this process may write in. Checked
+    on every rank: rank 0 alone makes the folder, and its failure there would leave the other ranks waiting."""
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == run_dir else f"cannot be made: {existing} is a file"
+        raise ValueError(f"run folder {run_dir} {where}; choose another --output")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"run folder {run_dir} cannot be written: no write permission in {existing}")
+
+
+def check_inputs(cfg: TrainConfig, resumed: bool) -> None:
+    """Files the run reads later, read now on every rank: the final evaluation's labelled folder and class counts
+    (read after the last step) and a new run's CLIP vocabulary (read on rank 0 alone; a resumed run has its
+    tokenizer in the checkpoint). Each missing or malformed one ends every rank with the same error before any
+    work, not a finished training run or ranks waiting on rank 0."""
+    if not resumed and cfg.tokenizer.kind == "clip" and not Path(cfg.tokenizer.clip_vocab_path).is_file():
+        raise FileNotFoundError(f"tokenizer.clip_vocab_path {cfg.tokenizer.clip_vocab_path} is not a file")
+    counts = read_class_counts(cfg.eval.class_counts) if cfg.eval.class_counts else None
+    if cfg.eval.zeroshot_dir:
+        check_labelled(cfg.eval.zeroshot_dir, counts)
 
 
 def check_config_agrees(name: str, given: TrainConfig, saved: TrainConfig, checkpoint: Path) -> None:

@@ -57,7 +57,8 @@ def first_error(exc: ValidationError) -> str:
     e = exc.errors()[0]
     where = ".".join(str(p) for p in e["loc"])
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{where + ': ' if where else ''}{e['msg']}{more}"
+    msg = e["msg"].removeprefix("Value error, ")  # a validator's own words
+    return f"{where + ': ' if where else ''}{msg}{more}"
 
 
 def validate(model: type[BaseModel], raw: dict[str, Any], where: str = "config") -> Any:
