@@ -372,3 +372,27 @@ def test_a_source_of_another_picture_is_never_taken():
     refs, _, counts = refs_of(html)
     assert refs == [("http://example.org/dir/one-fallback.jpg", "first", "alt", "src")]
     assert counts.dropped == {"no_url": 1}
+
+
+def test_markup_that_would_take_the_parser_quadratic_time_is_skipped_and_counted():
+    """300,000 nested <div>s (1.5 MB) took lexbor minutes, one <img> with 100,000 attributes 24 s: such pages are
+    counted and skipped before parsing; pages at the limits, and big ordinary pages, are parsed as before."""
+    from witbuild.sources.html import MAX_ATTRIBUTES, MAX_OPEN_ELEMENTS
+
+    img = '<img src="a.jpg" alt="a red kite">'
+    crafted = {"markup_too_deep": "<body>" + "<div>" * 300_000 + img,
+               "markup_too_many_attributes": "<body><img " + " ".join(f"a{i}=1" for i in range(100_000)) + ">" + img}
+    for reason, html in crafted.items():
+        counts = StageCounts()
+        assert page_images(html, "http://s.test/", counts) == ([], None)
+        assert counts.events == {reason: 1} and counts.rows_in == 0
+    fine = {"at the depth limit": "<body>" + "<div>" * MAX_OPEN_ELEMENTS + img,
+            "deep but closed": "<body>" + "<div><span>x</span></div>" * 50_000 + img,
+            "optional end tags": "<body><table>" + "<tr><td><p>x<li>y" * 20_000 + "</table>" + img,
+            "at the attribute limit": "<body><img " + " ".join(f"a{i}=1" for i in range(MAX_ATTRIBUTES)) + ">" + img,
+            "a long data URI": f'<body><img src="data:image/png;base64,{"A" * 500_000}">' + img}
+    for what, html in fine.items():
+        counts = StageCounts()
+        refs, _ = page_images(html, "http://s.test/", counts)
+        assert [(r.url, r.text) for r in refs] == [("http://s.test/a.jpg", "a red kite")], what
+        assert not any(k.startswith("markup_") for k in counts.events), what
