@@ -22,6 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from witbuild.layout import OPTED_OUT
 from witbuild.network import BLOCKED_ADDRESS, BodyLimit, Policy, allow_tuple, guarded_urlopen
 
+# albumentations (which img2dataset imports) asks pypi.org for a newer release at import unless this is set: the
+# build sends no request but those it is asked for. Set here, on import, before any ``import img2dataset``.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
 # img2dataset decodes with OpenCV; OpenCV's own pixel cap stops a decompression bomb before it
 # allocates gigabytes (PIL's default cap is the same order: 89,478,485 pixels).
 MAX_IMAGE_PIXELS = 89_478_485

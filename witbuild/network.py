@@ -50,6 +50,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 BLOCKED_ADDRESS = layout.BLOCKED_ADDRESS
 #: Names every resolver maps to loopback: judged as 127.0.0.1 whatever DNS says.
 LOCALHOST_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+#: The most of a redirect's body that is read (only a body declared that short; any other is not read at all).
+REDIRECT_BODY_BYTES = 4096
+#: The most addresses of one name a connection is tried on, one after another (each within the read timeout and
+#: the exchange's deadline): a name can list dozens of addresses that never answer.
+MAX_CONNECT_ADDRESSES = 4
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
@@ -244,17 +249,24 @@ def host_refusal(host: str, policy: Policy = ()) -> str | None:
 
 
 def url_refusal(url: str | None, policy: Policy = ()) -> str | None:
-    """:func:`host_refusal` of a URL's host; a URL without a host (or unparseable) is refused. Parsers
-    disagree on odd URLs (``user@host@host``, backslashes); the connect-time check covers whatever host
-    urllib finally connects to."""
+    """:func:`host_refusal` of a URL's host; a URL without a host (or unparseable) is refused, and so is one whose
+    authority parsers read differently: a backslash (a path separator to browsers and many proxies, so
+    ``http://10.0.0.1\\@a.example/``) or a percent-escape in the host (urllib decodes ``169.254.169.%32%35%34``
+    before it connects, or hands it to a proxy, while ``urlsplit`` sees a name). Without a proxy the
+    connect-time check covers whatever host urllib finally connects to; with one this is the only check."""
     if not url:
         return "no_host"
     try:
-        host = urlsplit(url.strip()).hostname
+        parts = urlsplit(url.strip())
+        host = parts.hostname
     except ValueError:
         return "unparseable_url"
     if not host:
         return "no_host"
+    if "\\" in parts.netloc:
+        return "backslash_in_authority"
+    if "%" in host:
+        return "escaped_host"
     return host_refusal(host, policy)
 
 
@@ -290,29 +302,40 @@ def guarded_create_connection(address: tuple[str, int], timeout: Any = socket._G
                               deadline: Deadline | None = None, **_: Any) -> socket.socket:
     """``socket.create_connection`` that connects only to addresses the policy allows: it resolves once,
     checks every address, and connects to a checked sockaddr (no second lookup a rebinding DNS could
-    answer differently). The lookup takes at most ``timeout`` seconds, and never past ``deadline``."""
+    answer differently). The lookup, and each connect, takes at most ``timeout`` seconds and never runs past
+    ``deadline``; at most :data:`MAX_CONNECT_ADDRESSES` addresses are tried, so a name with many addresses that
+    never answer costs no more than that many timeouts."""
     host, port = address
     limit = None if timeout is socket._GLOBAL_DEFAULT_TIMEOUT else timeout  # type: ignore[attr-defined]
-    if deadline is not None:
-        left = deadline.at - time.monotonic()
-        limit = left if limit is None else min(limit, left)
-    infos = checked_addresses(host, port, allow, limit)
+    infos = checked_addresses(host, port, allow, _time_left(limit, deadline))
     error: OSError | None = None
-    for af, socktype, proto, _canon, sa in infos:
+    for af, socktype, proto, _canon, sa in infos[:MAX_CONNECT_ADDRESSES]:
+        left = _time_left(limit, deadline)
+        if left is not None and left <= 0:
+            raise TimeoutError(f"timed out connecting to {host} (total timeout)") from error
         sock = None
         try:
             sock = socket.socket(af, socktype, proto)
-            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
-                sock.settimeout(timeout)
             if source_address:
                 sock.bind(source_address)
+            sock.settimeout(left if left is not None else socket.getdefaulttimeout())
             sock.connect(sa)
+            sock.settimeout(limit if limit is not None else socket.getdefaulttimeout())  # reads: the read timeout
             return sock
         except OSError as exc:
             error = exc
             if sock is not None:
                 sock.close()
     raise error if error is not None else OSError(f"getaddrinfo returned no address for {host}")
+
+
+def _time_left(limit: float | None, deadline: Deadline | None) -> float | None:
+    """Seconds one step (a lookup, a connect) may take: its own ``limit``, cut to what is left before ``deadline``;
+    None: no limit."""
+    if deadline is None:
+        return limit
+    left = deadline.at - time.monotonic()
+    return left if limit is None else min(limit, left)
 
 
 class Deadline:
@@ -440,11 +463,17 @@ def request_deadline(request: urllib.request.Request) -> Deadline | None:
     return getattr(request, "witbuild_deadline", None)
 
 
+def _through_proxy(request: urllib.request.Request) -> bool:
+    """Whether ``request`` goes through a proxy: http as an absolute URL (``has_proxy``), https through a CONNECT
+    tunnel, which ``has_proxy`` does not report and only urllib's own ``do_open`` sets up."""
+    return request.has_proxy() or getattr(request, "_tunnel_host", None) is not None
+
+
 def _open_guarded(handler: _KeepAliveMixin, connection: type, request: urllib.request.Request,
                   allow: tuple[str, ...], **kw: Any) -> http.client.HTTPResponse:
     deadline = request_deadline(request)
     try:
-        if request.get_method() in ("GET", "HEAD") and not request.has_proxy():
+        if request.get_method() in ("GET", "HEAD") and not _through_proxy(request):
             response = handler.open_kept(partial(connection, allow=allow, deadline=deadline), request, **kw)
         else:
             response = handler.do_open(partial(connection, allow=allow, deadline=deadline), request, **kw)  # type: ignore[attr-defined]
@@ -505,6 +534,7 @@ class _KeepAliveMixin:
             conn = make(request.host, timeout=request.timeout, **kw)
             response = _send(conn, request, headers)
         self.kept.keep(request.host, conn, response)
+        response.witbuild_close_connection = conn.close  # type: ignore[attr-defined]  # a body left unread
         response.url = request.get_full_url()  # type: ignore[attr-defined]
         response.msg = response.reason  # type: ignore[assignment]  # as urllib's do_open: clients read the reason there
         return response
@@ -574,13 +604,37 @@ class _RequestCheck(urllib.request.BaseHandler):
     https_request = http_request
 
 
+def discard_redirect_body(response: Any) -> None:
+    """Ends a redirect's response without holding its body: one declared within :data:`REDIRECT_BODY_BYTES` is
+    read (its connection can carry the next hop), any other is left unread and its connection closed. urllib
+    itself would read the whole body, however large, before it follows the redirect."""
+    length = getattr(response, "length", None)
+    if isinstance(length, int) and length <= REDIRECT_BODY_BYTES and not getattr(response, "chunked", False):
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            response.read(length)
+    response.close()
+    if getattr(response, "length", None) != 0:  # not read to its end: the connection is in mid-body
+        _drop_connection(response)
+
+
+def _drop_connection(response: Any) -> None:
+    """Closes the connection a response came on, when that connection is kept open for another request."""
+    close = getattr(response, "witbuild_close_connection", None)
+    if close is not None:
+        close()
+
+
 class _RedirectHandler(urllib.request.HTTPRedirectHandler):
-    """urllib's redirects, the next hop keeping the first request's deadline."""
+    """urllib's redirects, the next hop keeping the first request's deadline; a redirect's body is never read
+    beyond a few KiB (:func:`discard_redirect_body`)."""
 
     def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
                          newurl: str) -> urllib.request.Request | None:
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None and request_deadline(req) is not None:
+        if new is None:
+            return None
+        discard_redirect_body(fp)  # before urllib's own fp.read(), which then finds the body ended
+        if request_deadline(req) is not None:
             new.witbuild_deadline = request_deadline(req)  # type: ignore[attr-defined]
         return new
 

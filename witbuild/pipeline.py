@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -136,6 +137,7 @@ def import_ahead(stages: list[Stage]) -> threading.Thread | None:
         return None
 
     def run() -> None:
+        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations (img2dataset's) asks pypi.org otherwise
         for name in modules:
             try:
                 importlib.import_module(name)

@@ -39,7 +39,7 @@ from warcio.warcwriter import WARCWriter
 from witbuild import __version__
 from witbuild.config import CrawlConfig
 from witbuild.counters import StageCounts
-from witbuild.network import NetworkConfig, address_allowed, allow_networks, host_refusal
+from witbuild.network import REDIRECT_BODY_BYTES, NetworkConfig, address_allowed, allow_networks, host_refusal
 from witbuild.resolver import LookupTimeoutError, getaddrinfo_within
 from witbuild.sources.html import decode_page, is_html, query_codec
 from witbuild.sources.urls import DEFAULT_PORTS, resolve, split_origin
@@ -199,8 +199,18 @@ class _PinnedAdapter(HTTPAdapter):
         }
 
 
+class _NoRedirectSession(requests.Session):
+    """A session that never looks at a response's redirect: requests' ``Session.send`` reads a 3xx response's
+    whole body (``resp.content``, to prepare ``Response.next``) even with ``allow_redirects=False`` and
+    ``stream=True``, before any cap of ours applies. Redirects are followed by hand, hop by hop, in
+    :meth:`_HostCrawl.fetch_chain`."""
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
+
+
 def _pinned_session(ip: str, on_socket: Callable[[socket.socket], None]) -> requests.Session:
-    session = requests.Session()
+    session = _NoRedirectSession()
     session.trust_env = False  # no proxies or .netrc from the environment: we connect where we checked
     adapter = _PinnedAdapter(ip, on_socket)
     session.mount("http://", adapter)
@@ -402,7 +412,7 @@ class _HostCrawl:
                 log.info("total_timeout=%ss passed before the response headers were in: %s", cfg.total_timeout, url)
                 return None
             try:
-                body, truncated = self._read_body(resp, dog)
+                body, truncated = self._read_body(resp, dog, redirect=resp.status_code in _REDIRECT_STATUSES)
             finally:
                 resp.close()
         raw = resp.raw
@@ -412,15 +422,17 @@ class _HostCrawl:
                          reason=resp.reason or "", http_version=version, headers=list(raw.headers.items()),
                          body=body, truncated=truncated)
 
-    def _read_body(self, resp: requests.Response, dog: _Watchdog) -> tuple[bytes, str | None]:
-        """The decoded body up to max_page_bytes; the reason it was cut short, if it was."""
-        limit = self.cfg.max_page_bytes
+    def _read_body(self, resp: requests.Response, dog: _Watchdog, *, redirect: bool = False
+                   ) -> tuple[bytes, str | None]:
+        """The decoded body up to max_page_bytes (a redirect's up to REDIRECT_BODY_BYTES: nobody needs it, and a
+        hostile one can be endless); the reason it was cut short, if it was."""
+        limit = REDIRECT_BODY_BYTES if redirect else self.cfg.max_page_bytes
         chunks: list[bytes] = []
         size = 0
         truncated: str | None = None
         try:
             while True:
-                chunk = resp.raw.read1(_READ_CHUNK, decode_content=True)
+                chunk = resp.raw.read1(min(_READ_CHUNK, limit - size + 1), decode_content=True)
                 if not chunk:
                     if dog.fired:
                         truncated = "time"
@@ -442,8 +454,8 @@ class _HostCrawl:
             truncated = "time" if timed_out else "disconnect"
             log.info("body of %s cut short (%s): %s", resp.url, truncated, exc)
         if truncated == "length":
-            self.counts.event("body_truncated")
-            log.info("body of %s cut at max_page_bytes=%d", resp.url, limit)
+            self.counts.event("redirect_body_truncated" if redirect else "body_truncated")
+            log.info("body of %s cut at %d bytes", resp.url, limit)
         elif truncated == "time":
             self.counts.event("fetch_timeout")
             log.info("body of %s cut at total_timeout=%ss after %d bytes", resp.url, self.cfg.total_timeout, size)
