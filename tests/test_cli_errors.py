@@ -70,6 +70,8 @@ def test_input_flag_replaces_the_whole_input_section(tmp_path):
     (["--set", "querylist.language=xx"], r"wordfreq has no 'large' word list for language 'xx'"),
     (["--set", "output=p"], r"--output replaces the config's output"),
     (["--set", "langid.allowed=[english]"], r"^error: langid\.allowed: the language id model has no label english"),
+    (["--set", "download.resize_mode=fit"], r"^error: config: download\.resize_mode: Input should be 'no', "),
+    (["--set", "download.encode_format=jpeg"], r"^error: config: download\.encode_format: Input should be 'jpg'"),
     (["--set", "dedup.decontaminate=/nonexistent"], r"^error: dedup\.decontaminate: not a folder of images: "),
 ])
 def test_the_job_refuses_a_bad_setting_in_one_line(tmp_path, capsys, args, message):

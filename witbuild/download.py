@@ -15,7 +15,7 @@ import urllib.response
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,10 +37,10 @@ class DownloadConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image_size: int = Field(256, ge=8, description="Target size of the resize (see resize_mode).")
-    resize_mode: str = Field("keep_ratio", description="img2dataset resize mode: no, border, keep_ratio, "
-                             "keep_ratio_largest, center_crop.")
+    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = Field(
+        "keep_ratio", description="img2dataset's resize mode (its ResizeMode).")
     resize_only_if_bigger: bool = True
-    encode_format: str = Field("jpg", description="jpg, png or webp.")
+    encode_format: Literal["jpg", "png", "webp"] = Field("jpg", description="jpg, png or webp.")
     encode_quality: int = Field(95, ge=1, le=100)
     timeout: int = Field(10, ge=1, description="Seconds a request may wait for the server at each step (the "
                          "connection, each read).")
