@@ -52,6 +52,7 @@ def run_cli(*args: str):
     ({"bootstrap": {"keep_fraction": 1.5}}, "bootstrap.keep_fraction"),
     ({"train_sets": ["optim.lrr=1"]}, "error: training config: optim.lrr"),
     ({"zeroshot_dir": "nowhere"}, "held-out folder nowhere does not exist"),
+    ({"inputs": ["/nonexistent/x.warc.gz"]}, "error: input not found: /nonexistent/x.warc.gz"),
 ])
 def test_bad_config_is_one_error_line_before_anything_runs(tmp_path, fields, message):
     r = run_cli(str(write_config(tmp_path / "exp.yaml", **fields)))

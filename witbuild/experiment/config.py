@@ -121,6 +121,17 @@ def load_experiment_config(path: str | Path, sets: list[str] | None = None) -> E
         raise ExperimentError(str(exc)) from None
 
 
+def check_inputs(build: Any) -> None:
+    """The pool's inputs exist (files, globs, folders): a missing one is an error before Spark starts."""
+    from witbuild.sources.inputs import InputError, expand_inputs
+
+    try:
+        if build.input.paths:
+            expand_inputs(build.input.paths)
+    except InputError as exc:
+        raise ExperimentError(str(exc)) from None
+
+
 def check_variants(cfg: ExperimentConfig, inputs: list[str] | None) -> dict[str, Any]:
     """Every variant's build config, validated now: an unknown or ill-typed setting fails before the pool is built."""
     from witbuild.config import load_config

@@ -28,6 +28,7 @@ from witbuild.experiment.config import (
     ExperimentConfig,
     ExperimentError,
     check_heldout,
+    check_inputs,
     check_train_config,
     check_variants,
 )
@@ -56,9 +57,11 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     # every variant's download keeps its answers in one cache, so an image two variants share is fetched once
     cache = (out / "download-cache").resolve()
     cfg = cfg.model_copy(update={"build_sets": [*cfg.build_sets, f"download.cache_dir={cache}"]})
-    check_variants(cfg, cfg.inputs or (["demo-00000.warc.gz"] if cfg.demo_web else None))
+    planned = check_variants(cfg, cfg.inputs or (["demo-00000.warc.gz"] if cfg.demo_web else None))
     if cfg.zeroshot_dir:
         check_heldout(cfg.heldout_dir())
+    if cfg.demo_web is None:
+        check_inputs(planned[BALANCED])
     started = time.monotonic()
     seconds: dict[str, Any] = {"builds": {}, "training": {}}
     with _build_inputs(cfg, out) as (inputs, served):
