@@ -3,6 +3,7 @@ before any work (a training run, an encoding pass), never a traceback; under tor
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -118,6 +119,20 @@ def test_evaluation_inputs_are_checked_before_training(shards, labelled, tmp_pat
                                                                   counts=counts, broken_meta=broken_meta))]
     run = tmp_path / "run"
     assert_one_error(train(shards, run, *sets), says)
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"\x1f\x8b\x08\x00 not a gzip stream", "cannot be read"),
+    (gzip.compress(b"#version: 0.2\na b\nc d\n"), "2 merge lines of the 48,894 expected"),
+], ids=["corrupt", "truncated"])
+def test_a_clip_vocabulary_that_is_not_clips_is_one_error_line(shards, tmp_path, content, says):
+    """Read by rank 0 alone when the tokenizer is made: checked first on every rank, so none waits on it."""
+    vocab = tmp_path / "bpe_simple_vocab_16e6.txt.gz"
+    vocab.write_bytes(content)
+    run = tmp_path / "run"
+    assert_one_error(train(shards, run, "--set", "tokenizer.kind=clip", "--set", f"tokenizer.clip_vocab_path={vocab}"),
+                     f"CLIP vocabulary {vocab}", says)
     assert not run.exists()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import html
 import json
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -129,6 +130,22 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(b) for b in _PRINTABLE] + [chr(256 + i) for i in range(256 - len(_PRINTABLE))]
 
 
+def read_clip_merges(path: str | Path) -> list[tuple[str, ...]]:
+    """The merges CLIP uses from its vocabulary file; a file that cannot be read or holds fewer merges is a
+    ``ValueError`` naming it (a truncated download would otherwise give a tokenizer of other ids)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            lines = fh.read().split("\n")
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"CLIP vocabulary {path} cannot be read: {exc}") from None
+    merges = [tuple(line.split()) for line in lines[1: CLIP_MERGES + 1] if line.strip()]
+    if len(merges) < CLIP_MERGES or any(len(m) != 2 for m in merges):
+        raise ValueError(f"CLIP vocabulary {path} is not CLIP's bpe_simple_vocab_16e6.txt: {len(merges):,} merge "
+                         f"lines of the {CLIP_MERGES:,} expected, or lines that are not pairs")
+    return merges
+
+
 def load_clip_bpe(path: str | Path, context_length: int = 77) -> TextTokenizer:
     """CLIP's tokenizer from its ``bpe_simple_vocab_16e6.txt.gz``: the same 49,408 ids as OpenAI's.
 
@@ -136,10 +153,7 @@ def load_clip_bpe(path: str | Path, context_length: int = 77) -> TextTokenizer:
     with CLIP's regex and marked at word ends with ``</w>``; padded with id 0, pooled at the end token, the
     largest id. The ids equal open_clip's ``SimpleTokenizer``'s (tests/test_clip_tokenizer_reference.py).
     """
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        lines = fh.read().split("\n")
-    merges = [tuple(line.split()) for line in lines[1: CLIP_MERGES + 1] if line.strip()]
+    merges = read_clip_merges(path)
     chars = _bytes_to_unicode()
     vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + [CLIP_START, CLIP_END]
     tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, end_of_word_suffix="</w>",

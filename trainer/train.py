@@ -58,7 +58,7 @@ from trainer.evaluate import (
 )
 from trainer.loss import make_loss
 from trainer.model import CLIP, ModelConfig, load_model_config, train_flops_per_sample
-from trainer.tokenizer import TextTokenizer, load_clip_bpe, train_bpe
+from trainer.tokenizer import TextTokenizer, load_clip_bpe, read_clip_merges, train_bpe
 
 log = logging.getLogger("trainer")
 MAX_LOGIT_SCALE = math.log(100)
@@ -435,8 +435,10 @@ def check_inputs(cfg: TrainConfig, resumed: bool) -> None:
     (read after the last step) and a new run's CLIP vocabulary (read on rank 0 alone; a resumed run has its
     tokenizer in the checkpoint). Each missing or malformed one ends every rank with the same error before any
     work, not a finished training run or ranks waiting on rank 0."""
-    if not resumed and cfg.tokenizer.kind == "clip" and not Path(cfg.tokenizer.clip_vocab_path).is_file():
-        raise FileNotFoundError(f"tokenizer.clip_vocab_path {cfg.tokenizer.clip_vocab_path} is not a file")
+    if not resumed and cfg.tokenizer.kind == "clip":
+        if not Path(cfg.tokenizer.clip_vocab_path).is_file():
+            raise FileNotFoundError(f"tokenizer.clip_vocab_path {cfg.tokenizer.clip_vocab_path} is not a file")
+        read_clip_merges(cfg.tokenizer.clip_vocab_path)  # a corrupt file: every rank's error, not rank 0's alone
     counts = read_class_counts(cfg.eval.class_counts) if cfg.eval.class_counts else None
     if cfg.eval.zeroshot_dir:
         check_labelled(cfg.eval.zeroshot_dir, counts)
