@@ -270,6 +270,37 @@ def test_typeless_and_text_plain_records_of_a_warcio_file(tmp_path):
     assert counts.events["non_html_responses"] == 3
 
 
+def test_revisits_of_another_url_are_counted_apart(tmp_path):
+    """A deduplicating crawler (warcprox, Heritrix) stores a page whose bytes it saw at another URL as a revisit:
+    its own pairs (relative URLs resolved against it) are not read, and the count says how many such pages."""
+    from io import BytesIO
+
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    from witbuild.config import ExtractConfig
+    from witbuild.extract import extract_file
+
+    body = b'<!DOCTYPE html><html><img src="pic.jpg" alt="the same page"></html>'
+    headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html"), ("Content-Length", str(len(body)))],
+                               protocol="HTTP/1.1")
+    path = tmp_path / "dedup.warc.gz"
+    with path.open("wb") as fh:
+        writer = WARCWriter(fh, gzip=True)
+        original = writer.create_warc_record("http://s.test/a/same.html", "response", payload=BytesIO(body),
+                                             http_headers=headers)
+        writer.write_record(original)
+        digest = original.rec_headers.get_header("WARC-Payload-Digest")
+        date = original.rec_headers.get_header("WARC-Date")
+        for url, refers in (("http://s.test/a/same.html", "http://s.test/a/same.html"),
+                            ("http://s.test/b/same.html", "http://s.test/a/same.html")):
+            writer.write_record(writer.create_revisit_record(url, digest, refers, date, http_headers=headers))
+    counts = StageCounts()
+    rows = [r for batch in extract_file(str(path), ExtractConfig(), counts) for r in batch.to_pylist()]
+    assert [r["url"] for r in rows] == ["http://s.test/a/pic.jpg"]
+    assert counts.events["revisit_records"] == 2 and counts.events["revisit_records_of_other_urls"] == 1
+
+
 def test_fast_classifier_agrees_with_urlsplit():
     """classify's fast path gives exactly the full parse's answer on URLs as the resolver forms them."""
     import random

@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
@@ -379,7 +379,7 @@ def _records_of(f: BinaryIO, gz: bool, counts: StageCounts, wanted: tuple, max_b
                 if rec.content_length == 0 and _header_cut(rec, counts):
                     continue
                 if rec.record_type not in wanted:
-                    _count_skipped_type(rec.record_type, counts)
+                    _count_skipped_type(rec, counts)
                     continue
                 record = _read_record(rec, counts, max_body_bytes, parse_http, must_contain, skipped_event)
                 if record is not None:
@@ -446,9 +446,14 @@ def _only_padding(f: BinaryIO) -> bool:
     return True
 
 
-def _count_skipped_type(record_type: WarcRecordType, counts: StageCounts) -> None:
+def _count_skipped_type(rec: Any, counts: StageCounts) -> None:
+    record_type = rec.record_type
     if record_type == WarcRecordType.revisit:
         counts.event("revisit_records")  # a pointer to an earlier capture, not a page
+        target = (rec.headers.get("WARC-Target-URI") or "").strip("<> ")
+        refers = (rec.headers.get("WARC-Refers-To-Target-URI") or "").strip("<> ")
+        if refers and refers != target:  # the same bytes seen at another URL (warcprox, Heritrix deduplicate so):
+            counts.event("revisit_records_of_other_urls")  # this page's own pairs (its URLs resolved) are not read
     elif record_type in (WarcRecordType.unknown, WarcRecordType.no_type):
         counts.event("unknown_record_type")  # a damaged or non-standard WARC-Type
 
