@@ -242,3 +242,45 @@ def test_evaluation_inputs_are_checked_before_any_picture_is_encoded(checkpoint,
     assert ev.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and says in err, err
+
+
+def _rank0_fails(rank: int, port: int, results) -> None:
+    """One gloo rank of the test below: rank 0's work fails, every rank must learn of it."""
+    import torch.distributed as dist
+
+    from trainer.data import DataError
+    from trainer.train import after_rank0
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        def work() -> None:
+            raise ValueError("no captions to fit the tokenizer in /data")
+
+        after_rank0(work, rank)
+        results.put((rank, "returned"))
+    except DataError as exc:
+        results.put((rank, str(exc)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_work_that_fails_on_rank_0_ends_every_rank_with_its_error():
+    """Rank 0 fits the tokenizer while the others wait: its failure used to leave them at the barrier until gloo's
+    timeout, and then a traceback of theirs."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_rank0_fails, args=(rank, port, results)) for rank in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    got = dict(results.get(timeout=5) for _ in procs)
+    assert got == {0: "no captions to fit the tokenizer in /data", 1: "no captions to fit the tokenizer in /data"}

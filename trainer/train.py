@@ -120,6 +120,24 @@ def barrier() -> None:
         dist.barrier()
 
 
+def after_rank0(work: Callable[[], None], rank: int) -> None:
+    """Runs ``work`` on rank 0 while the others wait, as a barrier does; a ``DataError``/``ValueError``/``OSError``
+    it raises is raised on every rank (its message sent to them), where a barrier would leave them waiting on a
+    rank that has left."""
+    failure: list[str | None] = [None]
+    if rank == 0:
+        try:
+            work()
+        except (DataError, ValueError, OSError) as exc:
+            if not dist.is_initialized():
+                raise
+            failure[0] = str(exc)
+    if dist.is_initialized():
+        dist.broadcast_object_list(failure, src=0)
+    if failure[0] is not None:
+        raise DataError(failure[0])
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on gains, biases, the class token and the temperature (ndim < 2), as CLIP does."""
     decay, no_decay = [], []
@@ -460,9 +478,8 @@ def tokenizer_and_model_config(cfg: TrainConfig, ckpt: dict | None, split: Split
     if ckpt is not None:
         return TextTokenizer.from_json(ckpt["tokenizer"]), ModelConfig.from_dict(ckpt["model_config"])
     mcfg = load_model_config(cfg.model)
-    if rank == 0:
-        build_tokenizer(cfg, split, mcfg.text_cfg.context_length).save(run_dir / "tokenizer.json")
-    barrier()
+    after_rank0(lambda: build_tokenizer(cfg, split, mcfg.text_cfg.context_length).save(run_dir / "tokenizer.json"),
+                rank)
     tokenizer = TextTokenizer.load(run_dir / "tokenizer.json")
     mcfg.text_cfg.vocab_size, mcfg.text_cfg.eot_id = tokenizer.vocab_size, tokenizer.eot_id
     if cfg.loss == "siglip" and mcfg.init_logit_bias is None:
