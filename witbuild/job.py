@@ -55,11 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             value = getattr(getattr(cfg, section), key)
             if value and not Path(value).is_file():
                 raise InputError(f"{name}: file not found: {value}")
-        from witbuild.text.langid import unknown_codes
-
-        if cfg.langid.allowed and (unknown := unknown_codes(cfg.langid)):
-            raise InputError(f"langid.allowed: the language id model has no label {', '.join(unknown)} (it writes "
-                             "ISO 639 codes: en, de, zh, ...)")
+        check_languages(cfg, args.until_stage)
         folder = cfg.dedup.decontaminate  # read by finalize, after the downloads: a wrong name is known now
         if folder and not (Path(folder).is_dir() and any(p.is_file() for p in Path(folder).rglob("*"))):
             raise InputError(f"dedup.decontaminate: not a folder of images: {folder}")
@@ -105,6 +101,24 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(results))
     print(f"build report: {cfg.output.rstrip('/')}/build_report.json")
     return 0
+
+
+def check_languages(cfg, until_stage: str) -> None:
+    """``langid.allowed`` codes the language id model never predicts (``english`` for ``en``) are an error before
+    Spark starts, where the filter stage would drop every row; only for a build that reaches the filter, and only
+    where the model can be loaded here (the stage itself says so otherwise)."""
+    if not cfg.langid.allowed or STAGES.index(until_stage) < STAGES.index("filter"):
+        return
+    from witbuild.text.langid import unknown_codes
+
+    try:
+        unknown = unknown_codes(cfg.langid)
+    except (ImportError, FileNotFoundError, ValueError) as exc:
+        logging.getLogger("build_wit").warning("language codes not checked: %s", exc)
+        return
+    if unknown:
+        raise InputError(f"langid.allowed: the language id model has no label {', '.join(unknown)} (it writes "
+                         "ISO 639 codes: en, de, zh, ...)")
 
 
 def empty_output(result) -> str | None:

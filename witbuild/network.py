@@ -33,6 +33,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache, partial
+from itertools import zip_longest
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -309,7 +310,7 @@ def guarded_create_connection(address: tuple[str, int], timeout: Any = socket._G
     limit = None if timeout is socket._GLOBAL_DEFAULT_TIMEOUT else timeout  # type: ignore[attr-defined]
     infos = checked_addresses(host, port, allow, _time_left(limit, deadline))
     error: OSError | None = None
-    for af, socktype, proto, _canon, sa in infos[:MAX_CONNECT_ADDRESSES]:
+    for af, socktype, proto, _canon, sa in _interleaved(infos)[:MAX_CONNECT_ADDRESSES]:
         left = _time_left(limit, deadline)
         if left is not None and left <= 0:
             raise TimeoutError(f"timed out connecting to {host} (total timeout)") from error
@@ -327,6 +328,16 @@ def guarded_create_connection(address: tuple[str, int], timeout: Any = socket._G
             if sock is not None:
                 sock.close()
     raise error if error is not None else OSError(f"getaddrinfo returned no address for {host}")
+
+
+def _interleaved(infos: list) -> list:
+    """Addresses in the resolver's order, families taking turns (as RFC 8305 orders them): with IPv6 unroutable
+    here, a name's first IPv4 address is still among the few tried."""
+    by_family: dict[int, list] = {}
+    for info in infos:
+        by_family.setdefault(info[0], []).append(info)
+    lists = list(by_family.values())
+    return [info for turn in zip_longest(*lists) for info in turn if info is not None]
 
 
 def _time_left(limit: float | None, deadline: Deadline | None) -> float | None:

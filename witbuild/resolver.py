@@ -27,8 +27,11 @@ from witbuild.per_process import PerProcess
 #: Lookup threads one process runs at most: more than its download threads (32 by default) and robots.txt
 #: fetches (16) together, so that lookups wait on each other only when that many are hung.
 MAX_LOOKUP_THREADS = 64
-#: Lookups of names under one domain (see :func:`lookup_domain`) running or queued at once.
-LOOKUPS_PER_DOMAIN = 4
+#: Lookups of names under one domain (see :func:`lookup_domain`) running or queued at once: an eighth of the
+#: threads, so that names behind one slow DNS server leave the rest to other domains. Without a public suffix list
+#: the hosts of a shared service (``*.cloudfront.net``) count as one domain: with a resolver that answers, a
+#: lookup holds its slot for milliseconds, and 8 at once is ample.
+LOOKUPS_PER_DOMAIN = 8
 #: Second-level labels under which, in a two-letter country domain, names are registered (``example.co.uk``).
 _SHARED_SECOND_LEVELS = frozenset({"ac", "co", "com", "edu", "go", "gob", "gov", "ne", "net", "or", "org"})
 
@@ -69,14 +72,24 @@ class _Lookups:
         with self.cond:
             if not self.cond.wait_for(lambda: self.by_domain.get(domain, 0) < self.per_domain, max(0.0, timeout)):
                 raise LookupTimeoutError(f"timed out resolving: {self.per_domain} lookups under {domain} unanswered")
+            if self.unclaimed + 1 > self.idle and self.threads < self.max_threads:
+                self._start_thread()  # before the job is counted: a thread that cannot start leaves no count behind
             self.by_domain[domain] = self.by_domain.get(domain, 0) + 1
             self.unclaimed += 1
-            if self.unclaimed > self.idle and self.threads < self.max_threads:
-                self.threads += 1
-                self.idle += 1
-                threading.Thread(target=self._run, name=f"witbuild-lookup-{self.threads}", daemon=True).start()
         self.queue.put((future, fn, args, domain))
         return future
+
+    def _start_thread(self) -> None:
+        """One more lookup thread (``cond`` held). At the process's thread limit the running ones serve the job."""
+        self.threads += 1
+        self.idle += 1
+        try:
+            threading.Thread(target=self._run, name=f"witbuild-lookup-{self.threads}", daemon=True).start()
+        except RuntimeError:
+            self.threads -= 1
+            self.idle -= 1
+            if not self.threads:
+                raise
 
     def _run(self) -> None:
         while True:
