@@ -131,8 +131,8 @@ def _bytes_to_unicode() -> list[str]:
 
 
 def read_clip_merges(path: str | Path) -> list[tuple[str, ...]]:
-    """The merges CLIP uses from its vocabulary file; a file that cannot be read or holds fewer merges is a
-    ``ValueError`` naming it (a truncated download would otherwise give a tokenizer of other ids)."""
+    """The merges CLIP uses from its vocabulary file (a smaller model's file may hold fewer); a file that cannot be
+    read (a truncated or corrupt gzip) or is no merges file is a ``ValueError`` naming it."""
     opener = gzip.open if str(path).endswith(".gz") else open
     try:
         with opener(path, "rt", encoding="utf-8") as fh:
@@ -140,9 +140,10 @@ def read_clip_merges(path: str | Path) -> list[tuple[str, ...]]:
     except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise ValueError(f"CLIP vocabulary {path} cannot be read: {exc}") from None
     merges = [tuple(line.split()) for line in lines[1: CLIP_MERGES + 1] if line.strip()]
-    if len(merges) < CLIP_MERGES or any(len(m) != 2 for m in merges):
-        raise ValueError(f"CLIP vocabulary {path} is not CLIP's bpe_simple_vocab_16e6.txt: {len(merges):,} merge "
-                         f"lines of the {CLIP_MERGES:,} expected, or lines that are not pairs")
+    odd = next((i for i, m in enumerate(merges, 2) if len(m) != 2), None)
+    if not merges or odd is not None:
+        where = f"line {odd} is not a pair of symbols" if odd is not None else "it holds no merges"
+        raise ValueError(f"CLIP vocabulary {path} is not a BPE merges file like bpe_simple_vocab_16e6.txt: {where}")
     return merges
 
 
