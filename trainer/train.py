@@ -59,6 +59,7 @@ from trainer.evaluate import (
 from trainer.loss import make_loss
 from trainer.model import CLIP, ModelConfig, load_model_config, train_flops_per_sample
 from trainer.tokenizer import TextTokenizer, load_clip_bpe, read_clip_merges, train_bpe
+from witbuild.output_folder import folder_problem
 
 log = logging.getLogger("trainer")
 MAX_LOGIT_SCALE = math.log(100)
@@ -436,16 +437,10 @@ def resolve_run(args: argparse.Namespace) -> tuple[TrainConfig, Path, dict | Non
 
 
 def check_run_folder(run_dir: Path) -> None:
-    """The run folder, or the nearest folder above it that exists, is a folder this process may write in. Checked
-    on every rank: rank 0 alone makes the folder, and its failure there would leave the other ranks waiting."""
-    existing = run_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "is a file" if existing == run_dir else f"cannot be made: {existing} is a file"
-        raise ValueError(f"run folder {run_dir} {where}; choose another --output")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"run folder {run_dir} cannot be written: no write permission in {existing}")
+    """The run folder can be made and written. Checked on every rank: rank 0 alone makes the folder, and its
+    failure there would leave the other ranks waiting."""
+    if problem := folder_problem(run_dir):
+        raise ValueError(f"run folder {problem}; choose another --output")
 
 
 def check_inputs(cfg: TrainConfig, resumed: bool) -> None:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from witbuild import __version__
 from witbuild.demo import DEMO_HOST, DEMO_PORT
+from witbuild.output_folder import folder_problem
 from witbuild.stats.cli import stats_command
 from witbuild.yaml_io import first_error, validate
 
@@ -42,8 +43,8 @@ def demo_web(
     from witbuild.demo.web import generate_pages, summarize, write_warc, write_wat
 
     _check_site(site)
-    if out.exists() and not out.is_dir():
-        _fail(f"{out} exists and is not a folder")
+    if problem := folder_problem(out):
+        _fail(problem)
     out.mkdir(parents=True, exist_ok=True)
     page_list = list(generate_pages(pages, site=site, seed=seed))
     warc, wat = out / "demo-00000.warc.gz", out / "demo-00000.warc.wat.gz"
@@ -258,8 +259,8 @@ def querylist_build(
         _fail(str(exc))
     if no_bigrams and corpus:
         _fail("--corpus is read for bigrams only: give --no-bigrams or --corpus, not both")
-    if out.exists() and not out.is_dir():
-        _fail(f"{out} exists and is not a folder")
+    if problem := folder_problem(out):
+        _fail(problem)
     for f in user_file:
         if not f.is_file():
             _fail(f"--user-file {f}: file not found")

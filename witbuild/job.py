@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from witbuild.config import STAGES, load_config
+from witbuild.output_folder import folder_problem
 from witbuild.sources.inputs import InputError, expand_inputs
 from witbuild.yaml_io import first_error
 
@@ -87,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     def show(result):  # printed as each stage ends, so a long build reports as it goes
         state = " (already finished: skipped)" if result.skipped else f" in {result.seconds:.1f}s"
         print(result.counts.format(result.name) + f"\n[{result.name}] done{state}", flush=True)
-        if empty_output(result):
-            print(f"warning: {empty_output(result)}", file=sys.stderr, flush=True)
+        if empty := empty_output(result):
+            print(f"warning: {empty}", file=sys.stderr, flush=True)
 
     try:
         results = run_build(spark, cfg, until_stage=args.until_stage, from_stage=args.from_stage, on_stage=show)
@@ -132,18 +133,10 @@ def empty_output(result) -> str | None:
 
 
 def check_output_folder(output: str) -> None:
-    """A local output that exists and is not a folder is an error before Spark starts (fsspec URLs are left to
-    the filesystem)."""
-    if "://" in output:
-        return
-    p = Path(output)
-    if p.exists() and not p.is_dir():
-        raise InputError(f"output {output} exists and is not a folder")
-    for parent in p.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"output {output}: {parent} is not a folder")
-            return
+    """A local output that cannot be a folder is an error before Spark starts (fsspec URLs are left to the
+    filesystem)."""
+    if "://" not in output and (problem := folder_problem(output)):
+        raise InputError(f"output {problem}")
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:

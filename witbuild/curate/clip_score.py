@@ -190,18 +190,15 @@ def load_scorer(cfg: ClipScoreConfig) -> Scorer:
 
 
 def _load_ours(path: Path) -> tuple[Any, Any]:
-    import torch
-
+    from trainer.evaluate import read_checkpoint
     from trainer.model import CLIP, ModelConfig
     from trainer.tokenizer import TextTokenizer
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"clip_score.checkpoint {path}: cannot load ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(ckpt, dict) or not {"model", "model_config", "tokenizer"} <= set(ckpt):
-        raise ValueError(f"clip_score.checkpoint {path} is not a checkpoint of our trainer (model, model_config, "
-                         "tokenizer); for an open_clip state dict give clip_score.model_json and bpe_vocab")
+        ckpt = read_checkpoint(path)
+    except ValueError as exc:
+        raise ValueError(f"clip_score.checkpoint {exc}; for an open_clip state dict give clip_score.model_json "
+                         "and bpe_vocab") from None
     model = CLIP(ModelConfig.from_dict(ckpt["model_config"]))
     try:
         model.load_state_dict(ckpt["model"])
