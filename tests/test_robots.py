@@ -19,6 +19,7 @@ from tests.test_network_policy import CAPTIONS, build, download_counts, jpeg, wr
 from witbuild.robots import (
     MISSING,
     OK,
+    ROBOTS_MIN_BYTES,
     UNREACHABLE,
     RobotsLimits,
     agent_tokens,
@@ -231,7 +232,9 @@ def test_download_stage_honours_robots_and_tdm(tmp_path: Path) -> None:
         "none": Host(404),
         "err": Host(500, "User-agent: *\nAllow: /\n"),
         "slow": Host(200, "User-agent: *\nAllow: /\n", delay=6.0),
-        "big": Host(200, "User-agent: *\nDisallow: /early/\n" + PADDING * 30 + "Disallow: /late/\n"),
+        # past RFC 9309's 500 KiB, which is read whatever crawl.max_page_bytes says
+        "big": Host(200, "User-agent: *\nDisallow: /early/\n" + PADDING * (ROBOTS_MIN_BYTES // len(PADDING) + 1)
+                    + "Disallow: /late/\n"),
         "tdm": Host(404, tdm=("/img/reserved.jpg",)),
     }
     images = [("all", "/img/a.jpg"), ("path", "/private/b.jpg"), ("path", "/img/c.jpg"), ("wild", "/img/d.jpg"),

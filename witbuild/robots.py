@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 OK, MISSING, UNREACHABLE = "ok", "missing", "unreachable"
 IMG2DATASET_TOKEN = "img2dataset"
 CHUNK = 16_384
+
+
+#: RFC 9309 2.5: a crawler must read at least the first 500 KiB of a robots.txt, whatever its page size cap.
+ROBOTS_MIN_BYTES = 500 * 1024
 
 
 @dataclass(frozen=True)
@@ -135,9 +140,22 @@ def fetch_all(origins: Sequence[str], policy: Policy, limits: RobotsLimits, user
         return list(pool.map(lambda o: fetch_robots(o, policy, limits, user_agent), origins))
 
 
+# A group's User-agent value names its product token up to the first character a token cannot hold (RFC 9309
+# 2.2.1, Google's parser: [a-zA-Z_-]): ``User-agent: witbuild/1.0`` is the group of ``witbuild``. protego would
+# look for the whole value in the token and never find it, so such a group was silently skipped.
+_AGENT_LINE = re.compile(r"(?im)^([ \t]*user[ _-]?agent[ \t]*:[ \t]*)([a-z_-]+)[^\r\n#]*")
+
+
+def parse_rules(body: str) -> Protego:
+    """robots.txt text parsed by Google's rules (protego: longest match, ``*`` and ``$``, ``Allow``; blank lines
+    and comments do not end a group), each User-agent value read as its product token."""
+    return _parsed(body)
+
+
 @lru_cache(maxsize=4096)
 def _parsed(body: str) -> Protego:
-    return Protego.parse(body.removeprefix("\ufeff"))  # a byte-order mark would hide the first line's rule
+    text = _AGENT_LINE.sub(r"\1\2", body.removeprefix("\ufeff"))  # a byte-order mark would hide the first line
+    return Protego.parse(text)
 
 
 def robots_refusal(url: str, outcome: str | None, body: str | None, tokens: Iterable[str]) -> str | None:

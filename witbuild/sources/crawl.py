@@ -11,8 +11,10 @@ request including redirect hops and robots.txt itself.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -24,10 +26,10 @@ from functools import partial
 from io import BytesIO
 from typing import Any
 from urllib.parse import urldefrag, urlsplit, urlunsplit
-from urllib.robotparser import RobotFileParser
 
 import requests
 import urllib3
+from protego import Protego
 from requests.adapters import HTTPAdapter
 from selectolax.lexbor import LexborHTMLParser
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -39,8 +41,16 @@ from warcio.warcwriter import WARCWriter
 from witbuild import __version__
 from witbuild.config import CrawlConfig
 from witbuild.counters import StageCounts
-from witbuild.network import REDIRECT_BODY_BYTES, NetworkConfig, address_allowed, allow_networks, host_refusal
+from witbuild.network import (
+    REDIRECT_BODY_BYTES,
+    NetworkConfig,
+    address_allowed,
+    allow_networks,
+    host_refusal,
+    numeric_ipv4,
+)
 from witbuild.resolver import LookupTimeoutError, getaddrinfo_within
+from witbuild.robots import ROBOTS_MIN_BYTES, parse_rules
 from witbuild.sources.html import decode_page, is_html, query_codec
 from witbuild.sources.urls import DEFAULT_PORTS, resolve, split_origin
 
@@ -52,6 +62,13 @@ _READ_CHUNK = 64 * 1024
 _RENAMED_HEADERS = ("content-encoding", "transfer-encoding", "content-length")
 _REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 _FRONTIER_FACTOR = 4  # queue at most this many URLs per page of budget, against link-farm pages
+#: The longest a host may make the crawl wait between two of its requests (robots.txt ``Crawl-delay``, a 429 or
+#: 503 ``Retry-After``). A host asking for more is left alone, counted, rather than crawled faster than it asked
+#: or waited on for days: ``Crawl-delay: 86400`` would hold a 1,000-page crawl for three years.
+MAX_WAIT_SECONDS = 60.0
+_BUSY_STATUSES = (429, 503)  # "come back later": Retry-After says when
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,18 +84,54 @@ def _host_key(url: str) -> str | None:
     return _origin_key(*origin) if origin else None
 
 
+def _escape(match: re.Match[str]) -> str:
+    char = chr(int(match.group(1), 16))
+    return char if char in _UNRESERVED else match.group(0).upper()
+
+
+def _normalize_escapes(text: str) -> str:
+    """RFC 3986 6.2.2: percent-escapes of unreserved characters decoded (``%7E`` is ``~``), the others in upper
+    case (``%2f`` is ``%2F``). requests sends a URL so on the wire, so ``/%7Ejoe`` and ``/~joe`` are one page."""
+    return _ESCAPE.sub(_escape, text) if "%" in text else text
+
+
 def _normalize(url: str) -> str | None:
-    """A canonical form for dedup and fetching: no fragment, lower-case scheme and host, no
-    default port, '/' for an empty path. None for anything but a usable http(s) URL."""
+    """A canonical form for dedup and fetching: no fragment, lower-case scheme and host, an IPv4 host in dotted
+    decimal (``2130706433`` is ``127.0.0.1``, one host with one politeness clock), no default port, '/' for an
+    empty path, percent-escapes normalised. None for anything but a usable http(s) URL."""
     origin = split_origin(url)
     if origin is None:
         return None
     scheme, host, port = origin
+    if ":" not in host:
+        try:
+            v4 = numeric_ipv4(host)
+        except ValueError:  # numeric, but no address: no host a request could reach
+            return None
+        host = str(v4) if v4 is not None else host
     parts = urlsplit(urldefrag(url.strip())[0])
     netloc = f"[{host}]" if ":" in host else host
     if port != DEFAULT_PORTS[scheme]:
         netloc = f"{netloc}:{port}"
-    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+    path = _normalize_escapes(parts.path) or "/"
+    return urlunsplit((scheme, netloc, path, _normalize_escapes(parts.query), ""))
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """The wait a ``Retry-After`` header asks for (RFC 9110 10.2.3: delay-seconds or an HTTP-date), at least 0;
+    None when there is none or it is unreadable."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def group_seeds_by_host(seeds: list[str]) -> dict[str, list[str]]:
@@ -279,7 +332,7 @@ def _hop_failed(last: _Exchange | None) -> _Exchange | None:
 
 @dataclass
 class _Robots:
-    parser: RobotFileParser | None = None  # None: allow all
+    parser: Protego | None = None  # None: allow all
     disallow_all: bool = False
 
 
@@ -294,6 +347,7 @@ class _HostCrawl:
     robots: _Robots = field(default_factory=_Robots)
     delay: float = 0.0
     last_start: float | None = None
+    not_before: float = 0.0  # monotonic time before which the host asked (Retry-After) not to be asked again
     visited: set[str] = field(default_factory=set)
     offsite: dict[str, _HostCrawl] = field(default_factory=dict)  # other hosts a redirect led to: their robots.txt
 
@@ -304,12 +358,22 @@ class _HostCrawl:
     # -- politeness ------------------------------------------------------------------------
 
     def _wait_turn(self) -> None:
-        """Sleep until ``delay`` has passed since the start of the previous request."""
-        if self.last_start is not None:
-            wait = self.last_start + self.delay - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
+        """Sleep until ``delay`` has passed since the start of the previous request, and any Retry-After with it."""
+        due = self.not_before if self.last_start is None else max(self.not_before, self.last_start + self.delay)
+        wait = due - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
         self.last_start = time.monotonic()
+
+    def _note_busy(self, ex: _Exchange) -> float | None:
+        """A 429 or 503 with ``Retry-After``: the host's next request waits that long (at most MAX_WAIT_SECONDS).
+        The wait asked for, or None when the answer asks for none."""
+        if ex.status not in _BUSY_STATUSES:
+            return None
+        wait = retry_after_seconds(ex.header("Retry-After"))
+        if wait is not None:
+            self.not_before = max(self.not_before, time.monotonic() + min(wait, MAX_WAIT_SECONDS))
+        return wait
 
     def _robots_allows(self, url: str) -> bool:
         if not self.cfg.respect_robots:
@@ -317,7 +381,7 @@ class _HostCrawl:
         if self.robots.disallow_all:
             return False
         parser = self.robots.parser
-        return parser is None or parser.can_fetch(self.ua_token, url)
+        return parser is None or parser.can_fetch(url, self.ua_token)
 
     def _host_of(self, url: str) -> _HostCrawl:
         """Who fetches ``url``: this host, or another one a redirect leads to, with its own robots.txt (fetched
@@ -350,10 +414,15 @@ class _HostCrawl:
             self.counts.event("robots_missing")
             log.info("robots.txt of %s unavailable (HTTP %d): all allowed", self.key, ex.status)
             return
-        parser = RobotFileParser(url)
-        parser.parse(ex.body.decode("utf-8-sig", errors="replace").splitlines())  # a BOM would hide line 1
-        delay = parser.crawl_delay(self.ua_token)
-        self.robots = _Robots(parser=parser)
+        rules = parse_rules(ex.body.decode("utf-8", errors="replace"))
+        delay = rules.crawl_delay(self.ua_token)
+        if delay is not None and delay > MAX_WAIT_SECONDS:
+            self.robots = _Robots(disallow_all=True)
+            self.counts.event("crawl_delay_too_long")
+            log.warning("robots.txt of %s asks for Crawl-delay %s s, over %s s: not crawling the host",
+                        self.key, delay, MAX_WAIT_SECONDS)
+            return
+        self.robots = _Robots(parser=rules)
         if delay is not None and float(delay) > self.delay:
             log.info("%s: robots.txt Crawl-delay %s s replaces delay_seconds %s s", self.key, delay, self.delay)
             self.delay = float(delay)
@@ -384,8 +453,9 @@ class _HostCrawl:
             raise _Refused("address_refused", f"{host} resolves to a refused address {bad[0]}")
         return ips[0]
 
-    def _fetch_one(self, url: str, ip: str) -> _Exchange | None:
-        """One GET to ``ip`` for ``url``: no redirects followed, body decoded and capped."""
+    def _fetch_one(self, url: str, ip: str, *, robots: bool = False) -> _Exchange | None:
+        """One GET to ``ip`` for ``url``: no redirects followed, body decoded and capped (a robots.txt at
+        max_page_bytes or ROBOTS_MIN_BYTES, whichever is larger)."""
         cfg = self.cfg
         self._wait_turn()
         date = datetime.now(timezone.utc)
@@ -412,7 +482,8 @@ class _HostCrawl:
                 log.info("total_timeout=%ss passed before the response headers were in: %s", cfg.total_timeout, url)
                 return None
             try:
-                body, truncated = self._read_body(resp, dog, redirect=resp.status_code in _REDIRECT_STATUSES)
+                body, truncated = self._read_body(resp, dog, redirect=resp.status_code in _REDIRECT_STATUSES,
+                                                  robots=robots)
             finally:
                 resp.close()
         raw = resp.raw
@@ -422,11 +493,15 @@ class _HostCrawl:
                          reason=resp.reason or "", http_version=version, headers=list(raw.headers.items()),
                          body=body, truncated=truncated)
 
-    def _read_body(self, resp: requests.Response, dog: _Watchdog, *, redirect: bool = False
+    def _read_body(self, resp: requests.Response, dog: _Watchdog, *, redirect: bool = False, robots: bool = False
                    ) -> tuple[bytes, str | None]:
         """The decoded body up to max_page_bytes (a redirect's up to REDIRECT_BODY_BYTES: nobody needs it, and a
         hostile one can be endless); the reason it was cut short, if it was."""
-        limit = REDIRECT_BODY_BYTES if redirect else self.cfg.max_page_bytes
+        limit = self.cfg.max_page_bytes
+        if redirect:
+            limit = REDIRECT_BODY_BYTES
+        elif robots:
+            limit = max(limit, ROBOTS_MIN_BYTES)
         chunks: list[bytes] = []
         size = 0
         truncated: str | None = None
@@ -488,7 +563,7 @@ class _HostCrawl:
             chain.append(current)
             self.visited.add(current)
             try:
-                ex = host._fetch_one(current, ip)
+                ex = host._fetch_one(current, ip, robots=robots)
             except Exception as exc:  # e.g. a body that fails to decompress: this URL is lost, the crawl is not
                 self.counts.event("fetch_error")
                 log.warning("error fetching %s: %s: %s", current, type(exc).__name__, exc,
@@ -502,6 +577,7 @@ class _HostCrawl:
                 raise _WarcWriteFailed(f"cannot write the WARC record of {current}: {exc}") from exc
             self.counts.event("robots_fetched" if robots else "pages_fetched")
             self.counts.event(f"http_status_{ex.status // 100}xx")
+            host._note_busy(ex)
             last = ex
             if ex.status not in _REDIRECT_STATUSES:
                 return ex
@@ -595,6 +671,30 @@ class _HostCrawl:
 
     # -- the crawl -------------------------------------------------------------------------
 
+    def _after_busy(self, ex: _Exchange, url: str, retried: set[str]) -> str:
+        """What a 429 or 503 answer to ``url`` leads to: "retry" (once, after its Retry-After, which
+        :meth:`_wait_turn` keeps), "stop" (it asks for more than MAX_WAIT_SECONDS: the host is left) or "next"
+        (no Retry-After, or the retry failed too: the page is lost, counted by its status)."""
+        wait = retry_after_seconds(ex.header("Retry-After"))
+        if wait is None:
+            return "next"
+        if wait > MAX_WAIT_SECONDS:
+            self.counts.event("retry_after_too_long")
+            if _host_key(ex.url) != self.key:  # a redirect's target host is busy, not this one
+                return "next"
+            log.warning("%s asks to wait %.0f s (Retry-After), over %s s: leaving the host", self.key, wait,
+                        MAX_WAIT_SECONDS)
+            return "stop"
+        if url in retried:
+            self.counts.event("retry_failed")
+            return "next"
+        retried.add(url)
+        self.visited.discard(url)
+        self.visited.discard(ex.url)
+        self.counts.event("retry_after_waits")
+        log.info("%s answered %d: asking again in %.1f s", url, ex.status, wait)
+        return "retry"
+
     def run(self, seeds: list[str]) -> None:
         """Breadth-first crawl from the seeds within depth and page budget."""
         self.load_robots()
@@ -604,6 +704,7 @@ class _HostCrawl:
         frontier_cap = max(budget * _FRONTIER_FACTOR, budget + 100)
         queue: deque[tuple[str, int]] = deque((s, 0) for s in seeds)
         queued: set[str] = set(seeds)
+        retried: set[str] = set()
         pages = 0
         while queue:
             if pages >= budget:
@@ -620,6 +721,14 @@ class _HostCrawl:
             pages += 1
             try:
                 ex = self.fetch_chain(url)
+                if ex is not None and ex.status in _BUSY_STATUSES:
+                    action = self._after_busy(ex, url, retried)
+                    if action == "stop":
+                        break
+                    if action == "retry":
+                        pages -= 1  # the same page, asked again once the host is ready
+                        queue.appendleft((url, depth))
+                        continue
                 if ex is None or ex.status != 200:
                     continue
                 if not is_html(ex.header("Content-Type"), ex.body[:1024]):

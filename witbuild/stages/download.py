@@ -38,6 +38,7 @@ from witbuild.dedup.shard_signatures import read_events
 from witbuild.download import ImageLimits, apply_env, error_class, img2dataset_guarded
 from witbuild.network import BLOCKED_ADDRESS, allow_tuple, url_refusal
 from witbuild.robots import (
+    ROBOTS_MIN_BYTES,
     RobotsLimits,
     agent_tokens,
     fetch_all,
@@ -395,7 +396,7 @@ def _robots_table(ctx: StageContext, fs: Any, out: str, tagged: Any) -> Any:
     if not fs.exists(f"{path}/{layout.SUCCESS_FILE}"):
         cfg = ctx.cfg
         limits = RobotsLimits(timeout=cfg.crawl.read_timeout, total_timeout=cfg.crawl.total_timeout,
-                              max_bytes=cfg.crawl.max_page_bytes)
+                              max_bytes=max(cfg.crawl.max_page_bytes, ROBOTS_MIN_BYTES))
         policy, agent = allow_tuple(cfg.network), user_agent_string(cfg.download.user_agent_token)
         threads = cfg.download.thread_count
 
