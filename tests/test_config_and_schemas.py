@@ -71,6 +71,25 @@ def test_expand_inputs(tmp_path):
     assert "missing.warc.gz" in str(err.value) and "matches no file" in str(err.value)
 
 
+def test_one_file_under_several_names_is_read_once(tmp_path, monkeypatch, caplog):
+    """A symlinked folder, a hard link, a relative path and ``..`` name one file: read twice, its pairs would count
+    twice in every stage's funnel."""
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "a.warc.gz").write_bytes(b"x")
+    (tmp_path / "web" / "b.warc.gz").write_bytes(b"y")
+    (tmp_path / "link").symlink_to(tmp_path / "web")
+    (tmp_path / "hard.warc.gz").hardlink_to(tmp_path / "web" / "a.warc.gz")
+    monkeypatch.chdir(tmp_path)
+    first = [str(tmp_path / "web" / "a.warc.gz"), str(tmp_path / "web" / "b.warc.gz")]
+    named = [str(tmp_path / "web"), str(tmp_path / "link"), "web/a.warc.gz", "link/../web/b.warc.gz",
+             str(tmp_path / "hard.warc.gz")]
+    with caplog.at_level("WARNING", logger="witbuild.sources.inputs"):
+        assert expand_inputs(named) == first
+    assert sum("same file" in r.getMessage() for r in caplog.records) == 5
+    (tmp_path / "c.warc.gz").write_bytes(b"y")  # same bytes, another file: two inputs
+    assert expand_inputs(["web/b.warc.gz", "c.warc.gz"]) == ["web/b.warc.gz", "c.warc.gz"]
+
+
 def test_candidates_schema_renders_to_arrow_and_spark():
     s = schemas.load("candidates")
     arrow = s.arrow()

@@ -5,20 +5,23 @@ Examples::
     spark-submit jobs/build_wit.py --input 'crawl/*.warc.gz' --output out/ --until-stage extract
     spark-submit jobs/build_wit.py --config build.yaml --set extract.keep_empty_text=true
 
-Exit status: 0 when every stage finished, 2 for a usage or input error (nothing was run),
-1 when a stage failed.
+Exit status: 0 when every stage finished, 2 for a usage or input error (nothing was run) or an output folder
+another build is writing, 1 when a stage failed, 130 (Ctrl-C, SIGINT) or 143 (SIGTERM) when interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from witbuild.config import STAGES, load_config
+from witbuild.config import STAGES, BuildConfig, load_config
 from witbuild.output_folder import folder_problem
 from witbuild.sources.inputs import InputError, expand_inputs
 from witbuild.yaml_io import first_error
@@ -46,6 +49,27 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "DEBUG":
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(not_py4j)
+    with contextlib.ExitStack() as held:  # the output's lock, from the last check until Spark has stopped
+        cfg = checked_config(args, held)
+        if isinstance(cfg, int):
+            return cfg
+        return build(cfg, args)
+
+
+def not_py4j(record: logging.LogRecord) -> bool:
+    """Leave out py4j's own records (its connection's plumbing, logged on the root logger, with a traceback for
+    a call cut by Ctrl-C): a failure they tell of reaches the job as an exception, said on one ``error:`` line."""
+    return f"{os.sep}py4j{os.sep}" not in record.pathname and not record.name.startswith("py4j")
+
+
+def checked_config(args: argparse.Namespace, held: contextlib.ExitStack) -> BuildConfig | int:
+    """The build's config once every check that needs no Spark has passed and the output folder is locked for
+    this build; else the exit status, 2, with the error printed."""
+    from witbuild.pipeline import OutputInUse, output_lock
+
     try:
         cfg = load_config(args.config, inputs=args.input, output=args.output, sets=args.set)
         check_output_folder(cfg.output)
@@ -67,13 +91,35 @@ def main(argv: list[str] | None = None) -> int:
         from witbuild.pipeline import check_stages
 
         check_stages(cfg.output, args.until_stage, args.from_stage)
+        held.enter_context(output_lock(cfg.output))
     except ValidationError as exc:  # pydantic's several lines, as one
         print(f"error: {args.config or 'config'}: {first_error(exc)}", file=sys.stderr)
         return 2
-    except (InputError, FileNotFoundError, ValueError) as exc:
+    except (InputError, FileNotFoundError, ValueError, OutputInUse) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return cfg
 
+
+class Interrupted(BaseException):
+    """The build was told to stop (SIGTERM); a BaseException, as KeyboardInterrupt is, so that no stage's
+    ``except Exception`` takes it for a failure of its own."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Interrupted("SIGTERM")
+
+
+def interrupted_status(exc: BaseException) -> tuple[int, str]:
+    """The exit status and the name of what stopped a build: Ctrl-C (KeyboardInterrupt, or the ``sys.exit(0)``
+    of img2dataset's own SIGINT handler, which must not end a stopped build as a success) or SIGTERM."""
+    if isinstance(exc, Interrupted):
+        return 128 + signal.SIGTERM, "SIGTERM"
+    return 128 + signal.SIGINT, "SIGINT"
+
+
+def build(cfg: BuildConfig, args: argparse.Namespace) -> int:
+    """Start Spark and run the build; the exit status."""
     from witbuild.pipeline import run_build
     from witbuild.spark import get_session
 
@@ -91,17 +137,51 @@ def main(argv: list[str] | None = None) -> int:
         if empty := empty_output(result):
             print(f"warning: {empty}", file=sys.stderr, flush=True)
 
+    sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         results = run_build(spark, cfg, until_stage=args.until_stage, from_stage=args.from_stage, on_stage=show)
     except Exception as exc:
         logging.getLogger("build_wit").exception("build failed")
         print(f"error: build failed: {exc}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, SystemExit, Interrupted) as exc:
+        if isinstance(exc, SystemExit) and exc.code not in (0, None):  # a library that ended the process itself
+            logging.getLogger("build_wit").exception("build failed")
+            print(f"error: build failed: a stage ended the process with exit status {exc.code}", file=sys.stderr)
+            return 1
+        status, why = interrupted_status(exc)
+        logging.getLogger("build_wit").debug("build interrupted", exc_info=True)
+        done = finished_stages(cfg.output, args.until_stage)
+        after = f" after stage {done[-1]}" if done else " before any stage finished"
+        print(f"error: build interrupted by {why}{after}: the stage it was in is left unfinished, and a re-run goes "
+              "on from there", file=sys.stderr, flush=True)
+        return status
     finally:
-        spark.stop()
+        signal.signal(signal.SIGTERM, sigterm)
+        stop_spark(spark)
     print(summary(results))
     print(f"build report: {cfg.output.rstrip('/')}/build_report.json")
     return 0
+
+
+def finished_stages(output: str, until_stage: str) -> list[str]:
+    """The stages up to ``until_stage`` finished on disk, in order, up to the first that is not."""
+    from witbuild.pipeline import is_finished
+
+    done = []
+    for name in STAGES[: STAGES.index(until_stage) + 1]:
+        if not is_finished(output, name):
+            break
+        done.append(name)
+    return done
+
+
+def stop_spark(spark) -> None:
+    """Stop the session; a JVM already gone (a Ctrl-C in a terminal reaches it too) is not another error."""
+    try:
+        spark.stop()
+    except Exception as exc:
+        logging.getLogger("build_wit").debug("stopping Spark: %s", _one_line(exc))
 
 
 def check_languages(cfg, until_stage: str) -> None:

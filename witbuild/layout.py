@@ -4,7 +4,8 @@ A build folder looks like this (``<output>`` is ``BuildConfig.output``, local or
 
     <output>/
       build_config.yaml            the resolved config of the last run (CONFIG_FILE)
-      build_report.json            every stage's rows in/out and drops (REPORT_FILE)
+      build_report.json            every stage's rows in/out and drops (REPORT_FILE), rewritten as each stage ends
+      _build.lock                  locked by the build writing the folder: a second one is refused (LOCK_FILE)
       querylist/                   entries.txt + manifest.json: what match matched against (QUERYLIST_DIR)
       stages/<name>/               one finished stage: Parquet (or img2dataset shards), _SUCCESS,
                                    _counts.json (COUNTS_FILE), _fingerprint.json (FINGERPRINT_FILE),
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 CONFIG_FILE = "build_config.yaml"
 REPORT_FILE = "build_report.json"
+LOCK_FILE = "_build.lock"
 STAGES_DIR = "stages"
 TMP_DIR = "_tmp"
 QUERYLIST_DIR = "querylist"
@@ -85,6 +87,11 @@ def config_path(output: str) -> str:
 
 def report_path(output: str) -> str:
     return _join(output, REPORT_FILE)
+
+
+def lock_path(output: str) -> str:
+    """The file a running build holds locked (the pid of its holder inside)."""
+    return _join(output, LOCK_FILE)
 
 
 def dataset_dir(output: str) -> str:

@@ -11,17 +11,25 @@ changed on disk since it finished (witbuild/stage_files.py), is redone with ever
 The counts chain: each stage reads exactly the rows the stage before it wrote, so a stage whose ``rows_in`` is
 not its upstream's ``rows_out`` lost or invented rows on the way, and the build fails before it is marked
 finished.
+
+One build at a time writes a folder: a second one started into it (while the first runs) is refused
+(:func:`output_lock`), since both would write the same temporary folders and remove each other's stages.
+``build_report.json`` is rewritten as each stage ends, listing the stages of this run only, so a run that stops
+half-way never leaves a report of stages that are no longer there for ``witbuild stats`` to read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import json
 import logging
 import os
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +50,8 @@ log = logging.getLogger(__name__)
 COUNTS_FILE = layout.COUNTS_FILE
 #: The files the pipeline writes into a stage's folder as it finishes, each rewritten then.
 BOOKKEEPING = (layout.SUCCESS_FILE, COUNTS_FILE, layout.FINGERPRINT_FILE, layout.FILES_FILE)
-__all__ = ["COUNTS_FILE", "CountsChainError", "StageContext", "StageResult", "run_build"]
+__all__ = ["COUNTS_FILE", "CountsChainError", "OutputInUse", "StageContext", "StageResult", "output_lock",
+           "run_build"]
 
 StageFn = Callable[[StageContext], StageCounts | None]
 
@@ -57,6 +66,70 @@ class StageResult:
 
 class CountsChainError(RuntimeError):
     """A stage read another number of rows than the stage before it wrote."""
+
+
+class OutputInUse(RuntimeError):
+    """Another build is writing the output folder."""
+
+
+_HELD_LOCKS: dict[str, int] = {}  # real path of a locked output -> how many of this process's callers hold it
+
+
+def _local_folder(output: str) -> str | None:
+    """The local folder an output names, or None for a remote filesystem (s3://, gs://, ...)."""
+    if output.startswith("file://"):
+        return output[len("file://"):]
+    return None if "://" in output else output
+
+
+@contextlib.contextmanager
+def output_lock(output: str) -> Iterator[None]:
+    """Hold ``<output>/_build.lock`` (an exclusive POSIX lock, ``lockf``) while a build writes the folder;
+    OutputInUse when another process holds it. The kernel drops the lock when its holder ends, however it ends
+    (kill -9 too), and a forked child never inherits it, so a killed build never leaves a stale lock behind.
+    Re-entrant within one process (the job takes it before Spark starts, then the pipeline again), through one
+    open file: closing any other descriptor of the file would drop a POSIX lock. A remote output is not locked:
+    object stores have no such lock."""
+    folder = _local_folder(output)
+    if folder is None:
+        log.debug("output %s is not local: not locked against a second build", output)
+        yield
+        return
+    import fcntl
+
+    os.makedirs(folder, exist_ok=True)
+    key = os.path.realpath(folder)
+    if key in _HELD_LOCKS:
+        _HELD_LOCKS[key] += 1
+        try:
+            yield
+        finally:
+            _HELD_LOCKS[key] -= 1
+        return
+    fh = open(layout.lock_path(folder), "a+", encoding="utf-8")  # noqa: SIM115 -- held open until the build ends
+    try:
+        try:
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            fh.seek(0)
+            holder = fh.read().strip()
+            raise OutputInUse(
+                f"output {output} is in use by another build{f' (pid {holder})' if holder.isdigit() else ''}: two "
+                "builds into one folder overwrite each other's stages; wait for it to end, or give another "
+                "--output") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        _HELD_LOCKS[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD_LOCKS[key]
+    finally:
+        fh.close()  # releases the lock
 
 
 def check_chain(upstream: StageResult | None, name: str, counts: StageCounts) -> None:
@@ -174,7 +247,9 @@ def run_stage(spark: Any, cfg: BuildConfig, st: Stage, fp: Fingerprint, previous
     if st.resumable:
         save_fingerprint(layout.stage_resume_fingerprint(out, st.name), fp)
     started = time.monotonic()
-    counts = st.load()(StageContext(spark, cfg, tmp, counts_dir, previous, st.name)) or read_task_counts(counts_dir)
+    with _own_sigint():
+        counts = (st.load()(StageContext(spark, cfg, tmp, counts_dir, previous, st.name))
+                  or read_task_counts(counts_dir))
     check_chain(upstream, st.name, counts)
     fs, tmp_path = fs_and_path(tmp)
     with fs.open(f"{tmp_path}/{COUNTS_FILE}", "w") as fh:
@@ -192,8 +267,23 @@ def run_stage(spark: Any, cfg: BuildConfig, st: Stage, fp: Fingerprint, previous
     return StageResult(st.name, counts, time.monotonic() - started, skipped=False)
 
 
+@contextlib.contextmanager
+def _own_sigint() -> Iterator[None]:
+    """Put back the SIGINT handler a stage's library replaced: img2dataset installs one that ends the process
+    with ``sys.exit(0)``, a success's status, and never removes it, so a Ctrl-C in any later stage (finalize)
+    went through it instead of stopping Spark's jobs."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if main and before is not None and signal.getsignal(signal.SIGINT) is not before:
+            signal.signal(signal.SIGINT, before)
+
+
 def write_report(cfg: BuildConfig, results: list[StageResult]) -> dict[str, Any]:
-    """``build_report.json``: every stage's rows in/out and drops by reason."""
+    """``build_report.json``: every stage's rows in/out and drops by reason, of the stages this run has passed
+    so far (rewritten as each ends)."""
     report = {
         "witbuild_version": __version__,
         "spark_version": pyspark.__version__,
@@ -231,11 +321,21 @@ def check_stages(output: str, until_stage: str | None, from_stage: str | None) -
                          f"{', '.join(missing)}")
 
 
-def first_stale_stage(output: str, expected: dict[str, Fingerprint]) -> tuple[str, list[str]] | None:
-    """The first finished stage whose recorded fingerprint is not the expected one, and what changed."""
+def first_stale_stage(output: str, expected: dict[str, Fingerprint],
+                      last: str | None = None) -> tuple[str, list[str]] | None:
+    """The first finished stage whose recorded fingerprint is not the expected one, and what changed; or the first
+    finished one after a stage this run redoes for not being finished (its folder or ``_SUCCESS`` gone since):
+    it was made from that stage's earlier output, which the redone one need not equal (a download fetches the
+    web as it is now)."""
+    redone = None
     for st in REGISTRY:
         if not is_finished(output, st.name):
+            if redone is None and (last is None or STAGE_NAMES.index(st.name) <= STAGE_NAMES.index(last)):
+                redone = st.name
             continue
+        if redone is not None:
+            return st.name, [f"{redone} is not finished (its folder or {layout.SUCCESS_FILE} went since) and is "
+                             f"redone, and {st.name} was made from its earlier output"]
         folder = layout.stage_dir(output, st.name)
         recorded = recorded_fingerprint(folder)
         if recorded is None:  # made by an older witbuild, or by hand: adopted, and said so
@@ -329,15 +429,22 @@ def run_build(
     redoes that stage and every later one; the stages before it must have finished. Each stage that runs must
     read as many rows as the one before it wrote (CountsChainError).
     """
+    with output_lock(cfg.output):
+        return _run_build(spark, cfg, until_stage, from_stage, on_stage)
+
+
+def _run_build(spark: Any, cfg: BuildConfig, until_stage: str | None, from_stage: str | None,
+               on_stage: Callable[[StageResult], None] | None) -> list[StageResult]:
     last = until_stage or STAGE_NAMES[-1]
     check_stages(cfg.output, until_stage, from_stage)
     expected = stage_fingerprints(cfg)
-    stale = first_stale_stage(cfg.output, expected)
+    stale = first_stale_stage(cfg.output, expected, last)
     if stale is not None and (from_stage is None or STAGE_NAMES.index(stale[0]) < STAGE_NAMES.index(from_stage)):
         redo_stale(cfg.output, *stale, last)
     if from_stage is not None:
         redo_from(cfg.output, from_stage, last)
     save_config(cfg)
+    _remove(layout.report_path(cfg.output))  # an earlier run's: it may list stages removed above
     results: list[StageResult] = []
     done: dict[str, StageResult] = {}
     previous: str | None = None
@@ -348,8 +455,8 @@ def run_build(
         result = run_stage(spark, cfg, st, expected[st.name], previous, upstream)
         results.append(result)
         done[st.name] = result
+        write_report(cfg, results)
         if on_stage:
             on_stage(result)
         previous = layout.stage_dir(cfg.output, st.name)
-    write_report(cfg, results)
     return results

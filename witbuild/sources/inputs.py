@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import glob as _glob
+import logging
+import os
 
 import fsspec
 
 from witbuild.config import WARC_SUFFIXES
+
+log = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
@@ -53,10 +57,32 @@ def expand_inputs(patterns: list[str]) -> list[str]:
             missing.append(pattern)
     if missing:
         raise InputError("input not found: " + "; ".join(missing))
-    seen: set[str] = set()
+    return _once_each(files)
+
+
+def _identity(name: str) -> object:
+    """What makes two names one file: a local file's device and inode (a symlinked folder, a hard link, ``a/../a``
+    and a relative and an absolute path all name it), else the name."""
+    if "://" in name:
+        return name
+    try:
+        st = os.stat(name)
+    except OSError:
+        return name
+    return (st.st_dev, st.st_ino)
+
+
+def _once_each(files: list[str]) -> list[str]:
+    """Each file once, under the first name it was given by: read twice, its pairs would count twice in every
+    stage's funnel (dedup would hide the copies, not the inflated counts)."""
+    seen: dict[object, str] = {}
     unique = []
     for f in files:
-        if f not in seen:
-            seen.add(f)
-            unique.append(f)
+        key = _identity(f)
+        if key in seen:
+            if seen[key] != f:
+                log.warning("input %s is the same file as %s: read once", f, seen[key])
+            continue
+        seen[key] = f
+        unique.append(f)
     return unique
