@@ -19,7 +19,9 @@ import json
 import logging
 import math
 import random
+import re
 import tarfile
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import base_plus_ext
 
 from witbuild.layout import IMAGE_EXTS, INDEX_DIR, SIZES_FILE
 
@@ -39,6 +42,7 @@ MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)  # CLIP's norma
 STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 IMAGE_KEYS = IMAGE_EXTS  # a sample's image member: the first of these extensions it has
 IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTS)
+_META = re.compile(r"__[^/]*__($|/)")  # members WebDataset skips as metadata
 
 
 class DataError(ValueError):
@@ -79,10 +83,21 @@ def holdout_share(key: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def member_key(member: str) -> tuple[str, str] | None:
+    """(sample key, lower-cased extension) of a tar member, by WebDataset's own rule: the key is the path up to the
+    first dot of the file name (``a.b.jpg`` is key ``a``, extension ``b.jpg``; ``./x.jpg`` is key ``./x``). None for
+    a member WebDataset never reads (no dot, a name starting with a dot, ``__meta__`` files). Counting and splitting
+    by any other rule would size epochs and held-out shares on samples the stream does not see."""
+    if _META.match(member) or ("/" not in member and member.startswith("__") and member.endswith("__")):
+        return None
+    key, ext = base_plus_ext(member)
+    return None if key is None else (key, ext.lower())
+
+
 def sample_key(member: str) -> str:
-    """The sample key of a tar member, as WebDataset groups members: its path up to the first dot of its name."""
-    folder, _, name = member.rpartition("/")
-    return f"{folder}/{name.split('.', 1)[0]}" if folder else name.split(".", 1)[0]
+    """The sample key of a tar member, as WebDataset groups members (see ``member_key``)."""
+    parsed = member_key(member)
+    return parsed[0] if parsed else member
 
 
 def is_heldout(key: str, fraction: float) -> bool:
@@ -115,42 +130,112 @@ def split_data(shards: list[Path], holdout_shards: int, holdout_fraction: float)
     return Split(shards, shards if holdout_fraction else [], holdout_fraction)
 
 
-def shard_sizes(shards: list[Path]) -> dict[str, int]:
-    """Samples per shard: from the build's ``sizes.json`` when there, else by listing each tar."""
+def list_samples(shard: Path) -> tuple[list[set[str]], int]:
+    """The extensions of each sample of a shard, in order, grouped as WebDataset groups them (adjacent members of one
+    key), and how many keys come back after other keys (such members become separate, incomplete samples). A shard
+    damaged part-way keeps the samples before the damage, less the member the damage cut: the stream reads those."""
+    samples: list[set[str]] = []
+    seen: set[str] = set()
+    current, scattered, last, plain = None, 0, None, False
+    try:
+        size = shard.stat().st_size
+        with tarfile.open(shard) as tf:
+            plain = isinstance(tf.fileobj, io.BufferedReader)  # not gzip, bz2 or xz: member offsets are file offsets
+            for m in tf:
+                last = None
+                if plain and m.offset_data + m.size > size:
+                    raise tarfile.ReadError(f"{m.name} runs past the end of the file")
+                parsed = member_key(m.name) if m.isreg() else None
+                if parsed is None:
+                    continue
+                key, ext = parsed
+                if key != current:
+                    scattered += key in seen
+                    seen.add(key)
+                    current = key
+                    samples.append(set())
+                samples[-1].add(ext)
+                last = ext
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        if last is not None and not plain:  # compressed: the member listed before the damage may lack its data
+            samples[-1].discard(last)
+        log.warning("%s is damaged (%s): counted the %d sample(s) before the damage", shard,
+                    " ".join(str(exc).split())[:300], sum(1 for exts in samples if exts))
+    return [exts for exts in samples if exts], scattered
+
+
+def usable(exts: set[str], caption_key: str | None) -> bool:
+    """Whether a sample with these extensions has an image and its caption: the ``caption_key`` member, or when the
+    caption's extension is not known, some member besides the image (a lone image is never a pair)."""
+    image = next((k for k in IMAGE_KEYS if k in exts), None)
+    return image is not None and (caption_key in exts if caption_key is not None else len(exts) > 1)
+
+
+def shard_sizes(shards: list[Path], caption_key: str | None = None) -> dict[str, int]:
+    """Samples per shard: from the build's ``sizes.json`` when there, else by listing each tar: the samples with an
+    image and a caption (``usable``), grouped by WebDataset's rule, so an epoch is the samples the stream yields.
+    Samples split over non-adjacent members are warned about: WebDataset reads them as pieces."""
     sizes: dict[str, int] = {}
     meta = shards[0].parent / SIZES_FILE
-    known = json.loads(meta.read_text()) if meta.is_file() else {}
+    known = read_sizes_file(meta) if meta.is_file() else {}
     for shard in shards:
         if shard.name in known:
-            sizes[shard.name] = int(known[shard.name])
+            sizes[shard.name] = known[shard.name]
             continue
-        keys = set()
-        try:
-            with tarfile.open(shard) as tf:
-                keys = {m.name.split(".", 1)[0] for m in tf.getmembers() if m.isfile()}
-        except (tarfile.TarError, OSError) as exc:
-            log.warning("cannot list %s (%s); counted as empty", shard, exc)
-        sizes[shard.name] = len(keys)
+        samples, scattered = list_samples(shard)
+        sizes[shard.name] = sum(usable(exts, caption_key) for exts in samples)
+        if scattered:
+            log.warning("%s: %d sample key(s) come back after other keys; WebDataset reads a sample from adjacent "
+                        "members only, so these are read as incomplete pieces and skipped (write each sample's "
+                        "files together, e.g. tar --sort=name)", shard, scattered)
     return sizes
 
 
+def read_sizes_file(path: Path) -> dict[str, int]:
+    """``sizes.json``: shard name → samples; anything else is an error naming the file, not a traceback."""
+    try:
+        known = json.loads(path.read_text())
+        if not isinstance(known, dict):
+            raise ValueError("not an object")
+        return {str(k): int(v) for k, v in known.items()}
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not a map of shard name to sample count ({exc}); fix or remove it") from None
+
+
 def check_captions(shards: list[Path], caption_key: str = "txt", members: int = 64) -> None:
-    """Fail fast when the shards carry no captions, instead of a stream that never yields a batch."""
+    """Fail fast when the first samples carry no captions, or none pairs a caption with an image, instead of a stream
+    that never yields a batch. Members are grouped by WebDataset's rule, so the extensions reported are the ones the
+    stream sees (``a.b.txt`` is extension ``b.txt`` of key ``a``)."""
     seen: Counter[str] = Counter()
+    samples: list[set[str]] = []  # adjacent members of one key, as WebDataset groups them
     for shard in shards[:4]:
+        current = None
         try:
             with tarfile.open(shard, "r|*") as tf:
                 for i, m in enumerate(tf):
                     if i >= members:
                         break
-                    seen[m.name.rsplit(".", 1)[-1] if "." in m.name else ""] += 1
-        except (tarfile.TarError, OSError):
+                    parsed = member_key(m.name) if m.isreg() else None
+                    if parsed is None:
+                        continue
+                    seen[parsed[1]] += 1
+                    if parsed[0] != current:
+                        current = parsed[0]
+                        samples.append(set())
+                    samples[-1].add(parsed[1])
+        except (tarfile.TarError, OSError, EOFError, zlib.error):
             continue
-        if seen[caption_key]:
+        if any(usable(exts, caption_key) for exts in samples):
             return
-    found = ", ".join(f"{k or '(no extension)'}: {n}" for k, n in seen.most_common()) or "nothing readable"
-    raise DataError(f"no captions ('.{caption_key}' members) in the first samples of {shards[0].parent} "
-                    f"(found {found}); train on a build's stages/finalize shards or set data.caption_key")
+    found = ", ".join(f"{k}: {n}" for k, n in seen.most_common()) or "nothing readable"
+    if not seen[caption_key]:
+        raise DataError(f"no captions ('.{caption_key}' members) in the first samples of {shards[0].parent} "
+                        f"(found {found}); train on a build's stages/finalize shards or set data.caption_key "
+                        f"(a sample's key ends at the first dot of its file name: 'a.b.{caption_key}' is "
+                        f"'b.{caption_key}' of sample 'a')")
+    raise DataError(f"no sample in the first members of {shards[0].parent} has both an image and a "
+                    f"'.{caption_key}' caption (found {found}); WebDataset groups a sample from adjacent members "
+                    f"named key.ext: write each sample's files together (e.g. tar --sort=name)")
 
 
 def read_captions(shards: list[Path], caption_key: str = "txt", limit: int = 2_000_000,
@@ -174,13 +259,13 @@ def read_captions(shards: list[Path], caption_key: str = "txt", limit: int = 2_0
         try:
             with tarfile.open(shard, "r|*") as tf:
                 for m in tf:
-                    if (m.isfile() and m.name.endswith("." + caption_key)
-                            and not is_heldout(sample_key(m.name), holdout_fraction)):
+                    parsed = member_key(m.name) if m.isreg() else None
+                    if parsed and parsed[1] == caption_key and not is_heldout(parsed[0], holdout_fraction):
                         texts.append(tf.extractfile(m).read().decode("utf-8", "replace"))
                         if len(texts) >= limit:
                             return texts
-        except (tarfile.TarError, OSError) as exc:
-            log.warning("skipping captions of unreadable shard %s: %s", shard, exc)
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            log.warning("skipping the rest of the captions of damaged shard %s: %s", shard, exc)
     return texts
 
 
@@ -254,6 +339,26 @@ def open_rgb(data: bytes, min_side: int = 0) -> Image.Image:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def pair_parts(sample: dict, caption_key: str) -> tuple[str, str] | str:
+    """(image member, caption) of a WebDataset sample, or why it has no pair to train or score on: ``missing_image``,
+    ``missing_caption``, or ``empty_caption`` (nothing but white space: every such sample would share one text)."""
+    image = next((k for k in IMAGE_KEYS if k in sample), None)
+    if image is None:
+        return "missing_image"
+    if caption_key not in sample:
+        return "missing_caption"
+    caption = sample[caption_key].decode("utf-8", "replace")
+    return (image, caption) if caption.strip() else "empty_caption"
+
+
+def shard_samples(sources: Iterator[dict], handler) -> Iterator[dict]:
+    """WebDataset's samples of each shard, grouped within that shard alone. WebDataset's own pipeline groups across
+    shards: a shard that fails part-way ends without its end marker, so its last, unfinished sample took the members
+    of the next shard's first sample when the keys were alike (one shard's caption paired with another's image)."""
+    for source in sources:
+        yield from wds.tarfile_to_samples(handler=handler)(iter([source]))
+
+
 @dataclass
 class StreamSpec:
     shards: list[str]
@@ -314,23 +419,22 @@ class TrainStream(IterableDataset):
             while True:
                 yield {"url": rng.choice(spec.shards)}
 
-        samples = wds.tarfile_to_samples(handler=count)(urls())
+        samples = shard_samples(urls(), count)
         if spec.holdout_fraction:
             samples = self._training_side(samples)
         samples = wds.shuffle(spec.shuffle_buffer, initial=min(spec.shuffle_buffer, 100), rng=rng)(samples)
         images, texts, consecutive = [], [], 0
         for sample in samples:
-            key = next((k for k in IMAGE_KEYS if k in sample), None)
-            caption = sample.get(spec.caption_key)
-            if key is None or caption is None:
-                skipped["missing_image" if key is None else "missing_caption"] += 1
+            parts = pair_parts(sample, spec.caption_key)
+            if isinstance(parts, str):
+                skipped[parts] += 1
                 consecutive += 1
             else:
                 try:
-                    img = open_rgb(sample[key], spec.image_size)
+                    img = open_rgb(sample[parts[0]], spec.image_size)
                     img = random_resized_square(img, spec.image_size, rng, spec.crop_scale)
                     images.append(to_uint8(img))
-                    texts.append(caption.decode("utf-8", "replace"))
+                    texts.append(parts[1])
                     consecutive = failures[0] = 0
                 except Exception as exc:
                     skipped["undecodable_image"] += 1
@@ -418,12 +522,20 @@ def iter_pairs(shards: list[Path], caption_key: str = "txt",
         log.warning("evaluation data: skipped %s", str(exn)[:300])
         return True
 
-    for sample in wds.tarfile_to_samples(handler=warn)(iter([{"url": str(s)} for s in shards])):
-        if holdout_fraction and not is_heldout(sample["__key__"], holdout_fraction):
-            continue
-        key = next((k for k in IMAGE_KEYS if k in sample), None)
-        if key is not None and caption_key in sample:
-            yield sample[key], sample[caption_key].decode("utf-8", "replace"), sample["__key__"]
+    skipped: Counter[str] = Counter()
+    try:
+        for sample in shard_samples(({"url": str(s)} for s in shards), warn):
+            if holdout_fraction and not is_heldout(sample["__key__"], holdout_fraction):
+                continue
+            parts = pair_parts(sample, caption_key)
+            if isinstance(parts, str):
+                skipped[parts] += 1
+            else:
+                yield sample[parts[0]], parts[1], sample["__key__"]
+    finally:
+        if skipped:
+            log.warning("evaluation data: skipped %d sample(s) without a usable pair: %s", sum(skipped.values()),
+                        dict(skipped))
 
 
 def image_folder(root: str | Path) -> tuple[list[Path], list[str], list[int]]:

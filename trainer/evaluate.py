@@ -441,6 +441,9 @@ def format_results(results: dict) -> str:
                      f"{r['image_to_text_R@1']:.1%}/{r['image_to_text_R@5']:.1%}/{r['image_to_text_R@10']:.1%}, "
                      f"text→image {r['text_to_image_R@1']:.1%}/{r['text_to_image_R@5']:.1%}/"
                      f"{r['text_to_image_R@10']:.1%}")
+    elif "retrieval" in results:  # asked for, but the data gave too few pairs: said, not left out without a word
+        lines.append(f"retrieval not scored: {results['retrieval'].get('pairs', 0)} usable pair(s) in the scored "
+                     "samples, at least 2 needed")
     for name, b in results.get("benchmarks", {}).items():
         skipped = sum(b.get("skipped_samples", {}).values())
         lines.append(f"{name}: {skipped} samples skipped ({b['skipped_samples']})" if skipped else "")

@@ -562,7 +562,7 @@ def make_step(cfg: TrainConfig, model: CLIP, device: torch.device, bf16: bool, w
 def start_stream(t: Trainer) -> int:
     """Open the rank's batch stream at the run's start step; the training samples an epoch is sized by."""
     cfg = t.cfg
-    samples = cfg.data.epoch_samples or t.split.train_samples(shard_sizes(t.split.train))
+    samples = cfg.data.epoch_samples or t.split.train_samples(shard_sizes(t.split.train, cfg.data.caption_key))
     spe = t.steps_per_epoch = epoch_steps(samples, t.global_batch, cfg.data.workers)
     spec = StreamSpec(shards=[str(s) for s in t.split.train], batch_size=cfg.data.batch_size,
                       batches_per_worker=spe // max(1, cfg.data.workers), image_size=t.mcfg.vision_cfg.image_size,

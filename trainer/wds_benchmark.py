@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import webdataset as wds
 
-from trainer.data import center_square, open_rgb, to_tensor
+from trainer.data import center_square, open_rgb, shard_samples, to_tensor
 from trainer.evaluate import BATCH, Labelled, encode_stream, encode_texts, linear_probe, zero_shot
 from trainer.model import CLIP
 from trainer.tokenizer import TextTokenizer
@@ -88,7 +87,7 @@ def samples(bench: Benchmark, skipped: Counter) -> Iterator[tuple[bytes, bytes, 
         return True
 
     field = "txt" if bench.kind == "retrieval" else "cls"
-    for sample in wds.tarfile_to_samples(handler=warn)(iter([{"url": str(s)} for s in bench.shards])):
+    for sample in shard_samples(({"url": str(s)} for s in bench.shards), warn):
         key = next((k for k in IMAGE_KEYS if k in sample), None)
         if key is None or field not in sample:
             skipped[f"no_{field}" if key else "no_image"] += 1

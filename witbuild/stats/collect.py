@@ -840,6 +840,10 @@ def _samples_per_shard(layout: Any, s: Any, d: Any, warnings: list[str]) -> dict
         if missing:
             warnings.append(f"{len(missing)} of {len(per_shard)} shard(s) have successes in their Parquet "
                             f"metadata but no tar: {_listed(missing)}")
+        unlisted = sorted(tar_names - set(per_shard))
+        if unlisted:  # the samples are counted from the metadata: a tar without it would go uncounted unsaid
+            warnings.append(f"{len(unlisted)} of {len(tar_names)} tar(s) have no Parquet metadata beside them, so "
+                            f"their samples are not counted: {_listed(unlisted)}")
         return per_shard
     return dict(s.per_shard) if layout.sample_role == "index" else {}
 
