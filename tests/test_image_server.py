@@ -184,7 +184,9 @@ def test_stall_ends_on_stop() -> None:
     sock = socket.create_connection((srv.host, srv.port), timeout=5)
     sock.sendall(b"GET /fault/stall.jpg HTTP/1.0\r\nHost: x\r\n\r\n")
     assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10  # the handler counts itself busy just after the headers it sent
+    while srv.busy != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert srv.busy == 1
     srv.stop()
     deadline = time.monotonic() + 10  # a deadline for the event, well before the stall's own 30 s

@@ -99,6 +99,7 @@ class _Drip:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
         self.stop = threading.Event()
+        self.answered = threading.Event()  # a client's request came and the head went out
         threading.Thread(target=self._serve, daemon=True).start()
 
     @property
@@ -120,6 +121,7 @@ class _Drip:
             try:
                 conn.recv(65536)
                 conn.sendall(self.head)
+                self.answered.set()
                 for piece in self.drip:
                     if self.stop.wait(self.every):
                         return
@@ -230,7 +232,7 @@ def test_deadlines_of_different_spans_each_fire_on_time() -> None:
     try:
         long_one = threading.Thread(target=fetch, args=("long", slow.url + "/x.jpg", 3.0))
         long_one.start()
-        time.sleep(0.2)
+        assert slow.answered.wait(10)  # the long deadline is in the watch before the short one, on a loaded machine too
         fetch("short", quick.url + "/x.jpg", 0.5)
         long_one.join()
     finally:
