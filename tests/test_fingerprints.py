@@ -51,6 +51,35 @@ def test_a_new_dedup_setting_redoes_finalize_only() -> None:
     assert [n for n in a if a[n].digest != b[n].digest] == ["finalize"]
 
 
+def test_a_query_list_built_here_follows_wordnet_and_wordfreq(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    """The same config builds another list where WordNet is installed, or wordfreq's lists are another version:
+    match is redone, and says the query list changed, rather than matching against a list of another machine."""
+    import importlib.metadata
+
+    from witbuild.curate import querylist
+
+    monkeypatch.setattr(querylist, "WORDNET_DIR", tmp_path)  # no WordNet here
+    base = stage_fingerprints(cfg_of())
+    (tmp_path / "index.noun").write_text("cat n 1 1 @ 1 0 02121620\n")
+    with_wordnet = stage_fingerprints(cfg_of())
+    assert [n for n in base if base[n].digest != with_wordnet[n].digest] == ["match", "balance", "dedup",
+                                                                              "download", "finalize"]
+    assert changes(base["match"], with_wordnet["match"]) == ["querylist changed"]
+    entries = tmp_path / "entries.txt"
+    entries.write_text("cat\n")
+    unread = [cfg_of(querylist={"wordnet": False}), cfg_of(match={"entries_path": str(entries)})]
+    before = [stage_fingerprints(c)["match"] for c in unread]
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.0" if name == "wordfreq" else real(name))
+    assert stage_fingerprints(cfg_of())["match"].digest != with_wordnet["match"].digest
+    (tmp_path / "index.noun").unlink()
+    assert stage_fingerprints(unread[0])["match"] != before[0]  # wordfreq's lists are still read
+    assert stage_fingerprints(unread[1])["match"] == before[1]  # a user's list: neither is read
+    monkeypatch.setattr(importlib.metadata, "version", real)
+    assert stage_fingerprints(unread[0])["match"] == before[0]  # WordNet not asked for: its files are not read
+
+
 def test_a_raised_rule_redoes_its_stage_and_those_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """A stage whose code now makes another output from the same input is redone, and says why; rule 1 is in no
     fingerprint, so the stages whose rule never moved keep the digests of builds made before rules existed."""

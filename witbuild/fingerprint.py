@@ -159,11 +159,24 @@ def folder_digest(path: str | os.PathLike[str]) -> str:
 
 
 def querylist_fingerprint(cfg: BuildConfig, pool: str | None) -> Fingerprint:
-    """The build's query list: its config, the user entries file's bytes, and (a list built with bigrams
-    counted over the filtered pool) the pool's fingerprint."""
+    """The build's query list: its config, the user entries file's bytes, and for a list built here what else it
+    was built from: wordfreq's version (its word lists), WordNet's files when it is asked for (present on one
+    machine and not on another, the same config gives another list), and for bigrams counted over the filtered
+    pool, the pool's fingerprint."""
     external = {}
     if cfg.match.entries_path:
         external["entries_file"] = file_digest(cfg.match.entries_path)
+    else:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from witbuild.curate.querylist import WORDNET_DIR, WORDNET_FILES
+
+        try:
+            external["wordfreq"] = version("wordfreq")
+        except PackageNotFoundError:  # the query list stage says so with its own error when it runs
+            external["wordfreq"] = MISSING
+        if cfg.querylist.wordnet:
+            external["wordnet"] = _hash([file_digest(WORDNET_DIR / name) for name in WORDNET_FILES])
     built_from_pool = not cfg.match.entries_path and cfg.querylist.bigrams
     return Fingerprint(config_slice(cfg, QUERYLIST_CONFIG), pool if built_from_pool else None, external)
 

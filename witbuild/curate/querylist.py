@@ -31,6 +31,7 @@ from witbuild.curate.match import load_entries
 log = logging.getLogger(__name__)
 
 WORDNET_DIR = Path("/usr/share/wordnet")
+WORDNET_FILES = ("index.noun", "index.verb", "index.adj", "index.adv")  # the lemmas' files, in this order
 # Order matters: when the list is capped, earlier sources keep their entries.
 SOURCE_ORDER = ("numbers", "user", "wordnet", "unigrams", "bigrams")
 _TOKEN = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)
@@ -128,8 +129,8 @@ def wordfreq_unigrams(language: str, min_zipf: float, wordlist: str = "large") -
 def wordnet_lemmas(root: Path = WORDNET_DIR) -> list[str]:
     """Lemmas of WordNet's index files (``index.noun`` …), underscores as spaces; [] when absent."""
     out: list[str] = []
-    for pos in ("noun", "verb", "adj", "adv"):
-        path = root / f"index.{pos}"
+    for name in WORDNET_FILES:
+        path = root / name
         if not path.is_file():
             continue
         with path.open(encoding="utf-8", errors="replace") as fh:
