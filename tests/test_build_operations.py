@@ -98,6 +98,45 @@ def test_the_lock_is_reentrant_within_one_process_and_released_after(tmp_path: P
     holder.wait()
 
 
+def test_every_spelling_of_a_local_folder_is_one_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``file:/x`` and ``file:///x`` are the folder ``/x`` to fsspec and Spark: locked there, not as a folder named
+    ``file:`` in the working directory that no other spelling would see."""
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    holder = hold_lock_elsewhere(out)
+    try:
+        for spelling in (f"file:{out}", f"file://{out}", "out", "./out/"):
+            with pytest.raises(OutputInUse), output_lock(spelling):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_lock_file_that_cannot_be_opened_is_one_error_line(tmp_path: Path, web: Path, capsys) -> None:
+    out = tmp_path / "out"
+    (out / layout.LOCK_FILE).mkdir(parents=True)
+    status = job_main(["--input", str(web / "*.warc.gz"), "--output", str(out), "--until-stage", "extract"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and err[0].startswith("error: ") and "lock file" in err[0], err
+
+
+def test_a_filesystem_without_locks_builds_unlocked_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                caplog) -> None:
+    """NFS without lockd answers ENOLCK: builds there worked before the lock, and still do, with a warning."""
+    import errno
+    import fcntl
+
+    def no_locks(fh: object, flags: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    with caplog.at_level(logging.WARNING, logger="witbuild.pipeline"), output_lock(str(tmp_path / "out")):
+        pass
+    assert "no file locks" in caplog.text
+
+
 # --------------------------------------------------------------------------------------------
 # A run that stops half-way
 

@@ -82,10 +82,10 @@ def test_one_file_under_several_names_is_read_once(tmp_path, monkeypatch, caplog
     monkeypatch.chdir(tmp_path)
     first = [str(tmp_path / "web" / "a.warc.gz"), str(tmp_path / "web" / "b.warc.gz")]
     named = [str(tmp_path / "web"), str(tmp_path / "link"), "web/a.warc.gz", "link/../web/b.warc.gz",
-             str(tmp_path / "hard.warc.gz")]
+             str(tmp_path / "hard.warc.gz"), f"file://{tmp_path}/web/a.warc.gz"]
     with caplog.at_level("WARNING", logger="witbuild.sources.inputs"):
         assert expand_inputs(named) == first
-    assert sum("same file" in r.getMessage() for r in caplog.records) == 5
+    assert sum("same file" in r.getMessage() for r in caplog.records) == 6
     (tmp_path / "c.warc.gz").write_bytes(b"y")  # same bytes, another file: two inputs
     assert expand_inputs(["web/b.warc.gz", "c.warc.gz"]) == ["web/b.warc.gz", "c.warc.gz"]
 

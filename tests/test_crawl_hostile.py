@@ -84,6 +84,9 @@ def test_robots_longest_match_wildcards_and_groups_as_google_reads_them(site: Si
         ("User-agent: img2dataset/1.2\nDisallow: /x\n", "/x", True),
         ("\ufeffUser-agent: witbuild/1\nDisallow: /x\n", "/x", False),
         ("User-agent: *\nDisallow: /~joe\n", "/%7Ejoe/a", False),
+        # another crawler's name with a digit in it is not cut there into a prefix of ours
+        ("User-agent: W3C-checklink\nDisallow: /\n\nUser-agent: *\nAllow: /\n", "/x", True),
+        ("User-agent: w3c/2.0\nDisallow: /\n\nUser-agent: *\nAllow: /\n", "/x", True),
     ],
 )
 def test_parse_rules(body: str, path: str, allowed: bool) -> None:
@@ -162,13 +165,24 @@ def test_retry_after_is_waited_out_and_the_page_asked_again(site: Site, tmp_path
 
 
 def test_retry_after_as_an_http_date(site: Site, tmp_path: Path) -> None:
-    when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=2), usegmt=True)
+    when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=3), usegmt=True)  # ≥ 2 s once cut
     route = _busy_once(when)
     site.routes["/"] = links("/busy")
     site.routes["/busy"] = route
     crawl(site, tmp_path)
     busy_at = [h.t for h in site.hits if h.path == "/busy"]
     assert len(busy_at) == 2 and busy_at[1] - busy_at[0] >= 1.0 - SLACK_S  # whole seconds in the date
+
+
+def test_a_page_still_busy_after_its_wait_leaves_the_host(site: Site, tmp_path: Path) -> None:
+    """One wait per host, not per page: a host busy for good would otherwise hold the crawl for a Retry-After per
+    page it links to."""
+    site.routes["/"] = links(*(f"/busy{i}" for i in range(5)))
+    for i in range(5):
+        site.routes[f"/busy{i}"] = lambda h: send(h, 503, b"busy", "text/plain", {"Retry-After": "1"})
+    counts, _ = crawl(site, tmp_path)
+    assert site.paths() == ["/robots.txt", "/", "/busy0", "/busy0"]
+    assert counts.events["retry_after_waits"] == 1 and counts.events["retry_failed"] == 1
 
 
 def test_a_retry_after_over_the_cap_leaves_the_host(site: Site, tmp_path: Path) -> None:
@@ -181,7 +195,7 @@ def test_a_retry_after_over_the_cap_leaves_the_host(site: Site, tmp_path: Path) 
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("120", 120.0), ("0", 0.0), ("", None), (None, None), ("soon", None), ("-5", None),
-     ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)],
+     ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), ("\u00b2", None), ("1.5", None)],
 )
 def test_retry_after_seconds(value: str | None, expected: float | None) -> None:
     assert retry_after_seconds(value) == expected

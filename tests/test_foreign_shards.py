@@ -270,6 +270,23 @@ def test_a_tar_of_scattered_sample_files_is_refused_before_training(picture_file
     assert shard_sizes(shards) == {"000.tar": 0} and "10 sample key(s) come back after other keys" in caplog.text
 
 
+def test_a_scattered_tar_whose_first_members_are_all_images_says_so(picture_files, tmp_path):
+    """With more images than the first members looked at, no caption is among them: the error is still that the
+    sample files are apart, not that the shard has no captions."""
+    many = tmp_path / "many"
+    many.mkdir()
+    jpg = (picture_files / "p000.jpg").read_bytes()
+    for i in range(70):
+        (many / f"q{i:03d}.jpg").write_bytes(jpg)
+        (many / f"q{i:03d}.txt").write_text("a flat picture")
+    names = sorted(p.name for p in many.iterdir())
+    (tmp_path / "shards").mkdir()
+    gnu_tar("-cf", str(tmp_path / "shards" / "000.tar"), *[n for n in names if n.endswith(".jpg")],
+            *[n for n in names if n.endswith(".txt")], cwd=many)
+    with pytest.raises(DataError, match=r"no sample .* has both an image and a '\.txt' caption .*adjacent"):
+        check_captions(find_shards(tmp_path / "shards"))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # img2dataset's own output
 # ---------------------------------------------------------------------------------------------------------------------

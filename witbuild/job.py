@@ -68,7 +68,7 @@ def not_py4j(record: logging.LogRecord) -> bool:
 def checked_config(args: argparse.Namespace, held: contextlib.ExitStack) -> BuildConfig | int:
     """The build's config once every check that needs no Spark has passed and the output folder is locked for
     this build; else the exit status, 2, with the error printed."""
-    from witbuild.pipeline import OutputInUse, output_lock
+    from witbuild.pipeline import OutputInUse, OutputNotLockable, output_lock
 
     try:
         cfg = load_config(args.config, inputs=args.input, output=args.output, sets=args.set)
@@ -95,7 +95,7 @@ def checked_config(args: argparse.Namespace, held: contextlib.ExitStack) -> Buil
     except ValidationError as exc:  # pydantic's several lines, as one
         print(f"error: {args.config or 'config'}: {first_error(exc)}", file=sys.stderr)
         return 2
-    except (InputError, FileNotFoundError, ValueError, OutputInUse) as exc:
+    except (InputError, FileNotFoundError, ValueError, OutputInUse, OutputNotLockable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return cfg

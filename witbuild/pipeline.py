@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 COUNTS_FILE = layout.COUNTS_FILE
 #: The files the pipeline writes into a stage's folder as it finishes, each rewritten then.
 BOOKKEEPING = (layout.SUCCESS_FILE, COUNTS_FILE, layout.FINGERPRINT_FILE, layout.FILES_FILE)
-__all__ = ["COUNTS_FILE", "CountsChainError", "OutputInUse", "StageContext", "StageResult", "output_lock",
-           "run_build"]
+__all__ = ["COUNTS_FILE", "CountsChainError", "OutputInUse", "OutputNotLockable", "StageContext", "StageResult",
+           "output_lock", "run_build"]
 
 StageFn = Callable[[StageContext], StageCounts | None]
 
@@ -76,10 +76,22 @@ _HELD_LOCKS: dict[str, int] = {}  # real path of a locked output -> how many of 
 
 
 def _local_folder(output: str) -> str | None:
-    """The local folder an output names, or None for a remote filesystem (s3://, gs://, ...)."""
-    if output.startswith("file://"):
-        return output[len("file://"):]
-    return None if "://" in output else output
+    """The local folder an output names (a path, ``file://…`` or ``file:…``, as fsspec and Spark read them), or
+    None for a remote filesystem (s3://, gs://, ...)."""
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, path = fsspec.core.url_to_fs(output)
+    return path if isinstance(fs, LocalFileSystem) else None
+
+
+#: A filesystem that has no POSIX locks (NFS without lockd, some FUSE mounts) says so with these: the build goes
+#: on unlocked, as it did before builds took the lock, and says so.
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+class OutputNotLockable(OSError):
+    """The output's lock file cannot be made or opened (a folder in its place, no permission)."""
 
 
 @contextlib.contextmanager
@@ -95,8 +107,6 @@ def output_lock(output: str) -> Iterator[None]:
         log.debug("output %s is not local: not locked against a second build", output)
         yield
         return
-    import fcntl
-
     os.makedirs(folder, exist_ok=True)
     key = os.path.realpath(folder)
     if key in _HELD_LOCKS:
@@ -106,23 +116,13 @@ def output_lock(output: str) -> Iterator[None]:
         finally:
             _HELD_LOCKS[key] -= 1
         return
-    fh = open(layout.lock_path(folder), "a+", encoding="utf-8")  # noqa: SIM115 -- held open until the build ends
+    fh = _open_lock_file(folder)
     try:
-        try:
-            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                raise
+        if _lock(fh, output):
             fh.seek(0)
-            holder = fh.read().strip()
-            raise OutputInUse(
-                f"output {output} is in use by another build{f' (pid {holder})' if holder.isdigit() else ''}: two "
-                "builds into one folder overwrite each other's stages; wait for it to end, or give another "
-                "--output") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
         _HELD_LOCKS[key] = 1
         try:
             yield
@@ -130,6 +130,36 @@ def output_lock(output: str) -> Iterator[None]:
             del _HELD_LOCKS[key]
     finally:
         fh.close()  # releases the lock
+
+
+def _open_lock_file(folder: str) -> Any:
+    path = layout.lock_path(folder)
+    try:
+        return open(path, "a+", encoding="utf-8")  # held open until the build ends
+    except OSError as exc:
+        raise OutputNotLockable(exc.errno, f"cannot open the output's lock file {path}: {exc.strerror}") from None
+
+
+def _lock(fh: Any, output: str) -> bool:
+    """Take the lock (True); False where the filesystem has no locks; OutputInUse where another build holds it."""
+    import fcntl
+
+    try:
+        fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno in _NO_LOCKS:
+            log.warning("output %s: its filesystem has no file locks (%s); not locked against a second build",
+                        output, exc.strerror)
+            return False
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            raise OutputNotLockable(exc.errno, f"cannot lock {fh.name}: {exc.strerror}") from None
+        fh.seek(0)
+        holder = fh.read().strip()
+        raise OutputInUse(
+            f"output {output} is in use by another build{f' (pid {holder})' if holder.isdigit() else ''}: two "
+            "builds into one folder overwrite each other's stages; wait for it to end, or give another "
+            "--output") from None
 
 
 def check_chain(upstream: StageResult | None, name: str, counts: StageCounts) -> None:
@@ -293,8 +323,10 @@ def write_report(cfg: BuildConfig, results: list[StageResult]) -> dict[str, Any]
         },
     }
     fs, path = fs_and_path(layout.report_path(cfg.output))
-    with fs.open(path, "w") as fh:
+    tmp = f"{path}.tmp"
+    with fs.open(tmp, "w") as fh:  # then renamed: a Ctrl-C mid-write never leaves half a report
         json.dump(report, fh, indent=1)
+    fs.mv(tmp, path)
     return report
 
 

@@ -123,7 +123,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     value = (value or "").strip()
     if not value:
         return None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²" is a digit to str.isdigit, not to float
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -674,7 +674,9 @@ class _HostCrawl:
     def _after_busy(self, ex: _Exchange, url: str, retried: set[str]) -> str:
         """What a 429 or 503 answer to ``url`` leads to: "retry" (once, after its Retry-After, which
         :meth:`_wait_turn` keeps), "stop" (it asks for more than MAX_WAIT_SECONDS: the host is left) or "next"
-        (no Retry-After, or the retry failed too: the page is lost, counted by its status)."""
+        (no Retry-After: the page is lost, counted by its status). A page still busy when asked again leaves
+        the host too (``retry_failed``): waiting once per page, a busy host of 1,000 pages would hold the crawl
+        for 1,000 Retry-Afters."""
         wait = retry_after_seconds(ex.header("Retry-After"))
         if wait is None:
             return "next"
@@ -687,7 +689,10 @@ class _HostCrawl:
             return "stop"
         if url in retried:
             self.counts.event("retry_failed")
-            return "next"
+            if _host_key(ex.url) != self.key:  # a redirect's target host is busy, not this one
+                return "next"
+            log.warning("%s is still busy after waiting out its Retry-After: leaving the host", self.key)
+            return "stop"
         retried.add(url)
         self.visited.discard(url)
         self.visited.discard(ex.url)

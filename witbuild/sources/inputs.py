@@ -7,6 +7,7 @@ import logging
 import os
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from witbuild.config import WARC_SUFFIXES
 
@@ -61,12 +62,15 @@ def expand_inputs(patterns: list[str]) -> list[str]:
 
 
 def _identity(name: str) -> object:
-    """What makes two names one file: a local file's device and inode (a symlinked folder, a hard link, ``a/../a``
-    and a relative and an absolute path all name it), else the name."""
-    if "://" in name:
+    """What makes two names one file: a local file's device and inode (a symlinked folder, a hard link, ``a/../a``,
+    ``file://`` and a relative and an absolute path all name it), else the name."""
+    if name.startswith(("http://", "https://")):
+        return name
+    fs, path = fsspec.core.url_to_fs(name)  # file:///x and file:/x are the local /x
+    if not isinstance(fs, LocalFileSystem):
         return name
     try:
-        st = os.stat(name)
+        st = os.stat(path)
     except OSError:
         return name
     return (st.st_dev, st.st_ino)
