@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -324,6 +325,16 @@ def test_a_run_folder_with_checkpoints_needs_resume_and_resume_takes_new_setting
     more = subprocess.run(train_cmd(shards, run, *base, "--set", "steps=3", "--set", "optim.lr=0.125", "--resume",
                                     "latest"), capture_output=True, text=True, timeout=300, env=env(), cwd=ROOT)
     assert more.returncode == 0, more.stderr[-3000:]
+    assert "resuming on other data" not in more.stderr
     last = read_log(run)[-1]
     assert int(last["step"]) == 3
     assert float(last["lr"]) == pytest.approx(0.125 * 0.25)  # cosine at step 2 of 3, from the new base LR
+    grown = tmp_path / "grown"  # the same shards and one more: the run goes on, and says its batches differ
+    shutil.copytree(shards, grown)
+    first = sorted(grown.glob("*.tar"))[0]
+    shutil.copy(first, grown / f"zz-{first.name}")
+    again = subprocess.run(train_cmd(grown, run, *base, "--set", "steps=4", "--set", "optim.lr=0.125", "--resume",
+                                     "latest"),
+                           capture_output=True, text=True, timeout=300, env=env(), cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming on other data than the checkpoint was trained on (shards " in again.stderr, again.stderr[-3000:]

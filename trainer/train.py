@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import hashlib
 import json
 import logging
 import math
@@ -337,6 +338,7 @@ class Trainer:
     start_step: int
     batches: Iterator = field(default_factory=lambda: iter(()))
     steps_per_epoch: int = 1
+    data_id: dict = field(default_factory=dict)  # the training data, as data_identity says: kept in checkpoints
     flops_per_sample: float = 0.0
     peak: float = 1.0
 
@@ -349,7 +351,8 @@ class Trainer:
         return {"step": step, "epoch": step // self.steps_per_epoch, "model": self.model.state_dict(),
                 "optimizer": self.stepper.optimizer.state_dict(), "scheduler": self.stepper.scheduler.state_dict(),
                 "config": self.cfg.model_dump(mode="json"), "model_config": self.mcfg.to_dict(),
-                "tokenizer": self.tokenizer.to_json(), "world_size": self.world}
+                "tokenizer": self.tokenizer.to_json(), "world_size": self.world,
+                "data": self.data_id}
 
 
 def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> int:
@@ -396,6 +399,9 @@ def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device)
         drop_checkpoints_after(run_dir, start_step)
     t = Trainer(cfg, mcfg, run_dir, rank, world, device, split, tokenizer, model, stepper, bf16, start_step)
     samples = start_stream(t)
+    t.data_id = data_identity(split.train, t.steps_per_epoch)
+    if ckpt is not None and rank == 0:
+        warn_if_data_changed(ckpt.get("data"), t.data_id)
     t.flops_per_sample = train_flops_per_sample(mcfg)
     t.peak = cfg.peak_flops or measure_peak_flops(device, torch.bfloat16 if bf16 else torch.float32)
     held = (f"{len(split.heldout)} held out" if not split.fraction
@@ -409,6 +415,27 @@ def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device)
              f"compiled {cfg.compile_scope} ({cfg.compile_mode})" if cfg.use_compile(device.type) else "eager",
              cfg.attention if device.type == "cuda" else "auto", t.peak / 1e12)
     return t
+
+
+def data_identity(shards: list[Path], steps_per_epoch: int) -> dict:
+    """What a resumed run needs unchanged to see the batches an uninterrupted one would: the training shards (by
+    name and size) and the epoch length they gave."""
+    names = [(s.name, s.stat().st_size) for s in shards]
+    digest = hashlib.blake2b(json.dumps(names).encode(), digest_size=16).hexdigest()
+    return {"shards": len(shards), "shards_digest": digest, "steps_per_epoch": steps_per_epoch}
+
+
+def warn_if_data_changed(saved: dict | None, now: dict) -> None:
+    """Say so when the data a run resumes on is not the data it was trained on: it goes on (more data is a fair
+    reason to resume), but its batches are no longer those of an uninterrupted run."""
+    if saved is None:  # a checkpoint from before the data was recorded
+        return
+    changed = [f"{k} {saved.get(k)} → {now[k]}" for k in ("shards", "steps_per_epoch") if saved.get(k) != now[k]]
+    if not changed and saved.get("shards_digest") != now["shards_digest"]:
+        changed = ["the training shards' names or sizes"]
+    if changed:
+        log.warning("resuming on other data than the checkpoint was trained on (%s): the run goes on, but does not "
+                    "see the batches an uninterrupted run would", "; ".join(changed))
 
 
 def resolve_run(args: argparse.Namespace) -> tuple[TrainConfig, Path, dict | None]:
