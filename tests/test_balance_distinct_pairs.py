@@ -113,6 +113,21 @@ def test_the_drivers_plan_is_sparks(spark, tmp_path, cfg) -> None:
     assert (kept.tolist(), n) == (kept_spark.tolist(), n_spark) and 0 < n < 205
 
 
+@pytest.mark.spark
+def test_t_solved_on_a_sample_does_not_depend_on_the_partitions(spark, monkeypatch) -> None:
+    """A pool over SOLVE_SAMPLE_ROWS pairs is solved on a sample: Spark's seeded ``sample`` draws per partition,
+    so the same pool in 1, 3 or 7 partitions gave t = 43.821, 43.691, 43.691 and three datasets from one seed."""
+    from witbuild.stages import balance
+
+    monkeypatch.setattr(balance, "SOLVE_SAMPLE_ROWS", 60)  # stands for 1,000,000: 205 pairs are sampled
+    df = spark.createDataFrame(_rows(), "url string, text string, matched array<int>, page string")
+    cfg = BalanceConfig(target_size=60, seed=5)
+    plans = [plan_balance(df.repartition(n), 3, cfg) for n in (1, 3, 7)]
+    assert len({plan.t for plan in plans}) == 1 and plans[0].pool == 205
+    sampled = balance.sample_pairs(distinct_pairs(df), 60 / 205, 5).count()
+    assert 30 <= sampled <= 95  # about 60 of the 205 (binomial: mean 60, sd 6.6)
+
+
 def test_the_balanced_schema_carries_what_balance_arrow_writes() -> None:
     """balance_arrow copies the candidate columns through; the stage's output schema has url and text."""
     names = schemas.load("balanced").arrow().names

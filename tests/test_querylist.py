@@ -226,3 +226,35 @@ def test_cli_builds_a_list_from_a_corpus(tmp_path):
     missing = subprocess.run([str(Path(sys.executable).parent / "witbuild"), "querylist", "build", str(out),
                               "--user-file", str(tmp_path / "nope.txt")], capture_output=True, text=True)
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_the_query_list_lands_inside_the_output_however_it_is_spelled(tmp_path, monkeypatch):
+    """``file:/x`` is the folder /x to Spark: the list went to a relative folder ``file:/x/querylist`` in the working
+    directory instead, and a build resumed from another directory failed to find it. Another filesystem (here
+    fsspec's memory one, as s3:// would be) gets it too, renamed into place."""
+    import fsspec
+
+    from witbuild.config import BuildConfig
+    from witbuild.curate.querylist_artifact import prepare_querylist
+
+    entries = tmp_path / "entries.txt"
+    entries.write_text("cat\ndog\ncat\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    outputs = {f"file:{tmp_path}/a": tmp_path / "a", f"file://{tmp_path}/b": tmp_path / "b"}
+    for output, folder in outputs.items():
+        cfg = BuildConfig(output=output, input={"paths": ["web.warc.gz"]}, match={"entries_path": str(entries)})
+        got, manifest = prepare_querylist(None, cfg, None)
+        assert got == ["cat", "dog"] and manifest["entries"] == 2
+        assert (folder / "querylist" / "entries.txt").read_text() == "cat\ndog\n"
+        monkeypatch.chdir(tmp_path)  # resumed from elsewhere: the same list, not rebuilt
+        assert prepare_querylist(None, cfg, None)[0] == ["cat", "dog"]
+        monkeypatch.chdir(work)
+    assert list(work.iterdir()) == []
+    cfg = BuildConfig(output="memory://bucket/out", input={"paths": ["web.warc.gz"]},
+                      match={"entries_path": str(entries)})
+    assert prepare_querylist(None, cfg, None)[0] == ["cat", "dog"]
+    memory = fsspec.filesystem("memory")
+    assert memory.cat_file("/bucket/out/querylist/entries.txt") == b"cat\ndog\n"
+    assert not memory.exists("/bucket/out/querylist.tmp")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ from witbuild.curate.querylist import (
     write_querylist,
 )
 from witbuild.fingerprint import Fingerprint, querylist_fingerprint, stage_fingerprints
-from witbuild.spark import driver_sized
+from witbuild.spark import driver_sized, fs_and_path
 
 if TYPE_CHECKING:
     from witbuild.config import BuildConfig, QueryListConfig
@@ -33,21 +33,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def querylist_dir(cfg: BuildConfig) -> Path:
-    return Path(layout.querylist_dir(cfg.output))
+def querylist_dir(cfg: BuildConfig) -> tuple[Any, str]:
+    """(filesystem, path) of the build's query list folder: inside the output however it is spelled (``file:/x``,
+    ``s3://b/x``), never a relative folder named after a URL in the working directory."""
+    return fs_and_path(layout.querylist_dir(cfg.output))
 
 
 def expected_fingerprint(cfg: BuildConfig) -> Fingerprint:
     return querylist_fingerprint(cfg, stage_fingerprints(cfg)["filter"].digest)
 
 
-def _current(folder: Path, fp: Fingerprint) -> bool:
+def _current(fs: Any, folder: str, fp: Fingerprint) -> bool:
     try:
-        recorded = json.loads((folder / layout.FINGERPRINT_FILE).read_text(encoding="utf-8"))
+        recorded = json.loads(fs.cat_file(f"{folder}/{layout.FINGERPRINT_FILE}").decode("utf-8"))
     except (OSError, ValueError):
         return False
-    return (recorded.get("digest") == fp.digest and (folder / layout.QUERYLIST_MANIFEST).is_file()
-            and (folder / layout.QUERYLIST_ENTRIES).is_file())
+    return (recorded.get("digest") == fp.digest and fs.isfile(f"{folder}/{layout.QUERYLIST_MANIFEST}")
+            and fs.isfile(f"{folder}/{layout.QUERYLIST_ENTRIES}"))
 
 
 def _make(spark: Any, cfg: BuildConfig, pool_dir: str | None) -> tuple[QueryList, dict[str, Any]]:
@@ -84,22 +86,36 @@ def pool_pmi_bigrams(spark: Any, pool_dir: str, qcfg: QueryListConfig) -> list[t
 def prepare_querylist(spark: Any, cfg: BuildConfig, pool_dir: str | None) -> tuple[list[str], dict]:
     """The entries and manifest of the build's query list, (re)made when its inputs changed. ``pool_dir``: the
     filtered pool to count bigrams over (None where the list must already exist)."""
-    folder = querylist_dir(cfg)
+    fs, folder = querylist_dir(cfg)
     fp = expected_fingerprint(cfg)
-    if not _current(folder, fp):
+    if not _current(fs, folder, fp):
         if pool_dir is None and not cfg.match.entries_path and cfg.querylist.bigrams:
-            raise ValueError(f"{folder}: no query list made under this config; run the build through match first")
-        if folder.exists():
-            log.warning("query list inputs changed: rebuilding %s", folder)
-        tmp = folder.with_name(folder.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
+            raise ValueError(f"{layout.querylist_dir(cfg.output)}: no query list made under this config; run the "
+                             "build through match first")
+        if fs.exists(folder):
+            log.warning("query list inputs changed: rebuilding %s", layout.querylist_dir(cfg.output))
         ql, provenance = _make(spark, cfg, pool_dir)
-        write_querylist(ql, tmp, cfg.querylist, provenance)
-        (tmp / layout.FINGERPRINT_FILE).write_text(json.dumps(fp.to_dict(), indent=1, ensure_ascii=False),
-                                                   encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    entries, _ = load_entries(folder / layout.QUERYLIST_ENTRIES, max_chars=10**9)
-    return entries, json.loads((folder / layout.QUERYLIST_MANIFEST).read_text(encoding="utf-8"))
+        with tempfile.TemporaryDirectory(prefix="witbuild-querylist-") as staged:
+            write_querylist(ql, staged, cfg.querylist, provenance)
+            (Path(staged) / layout.FINGERPRINT_FILE).write_text(json.dumps(fp.to_dict(), indent=1, ensure_ascii=False),
+                                                                encoding="utf-8")
+            _publish(fs, staged, folder)
+    with tempfile.TemporaryDirectory(prefix="witbuild-querylist-") as local:
+        entries_file = Path(local) / layout.QUERYLIST_ENTRIES
+        entries_file.write_bytes(fs.cat_file(f"{folder}/{layout.QUERYLIST_ENTRIES}"))
+        entries, _ = load_entries(entries_file, max_chars=10**9)
+    return entries, json.loads(fs.cat_file(f"{folder}/{layout.QUERYLIST_MANIFEST}").decode("utf-8"))
+
+
+def _publish(fs: Any, staged: str, folder: str) -> None:
+    """Put a folder made on this machine at ``folder``: written beside it, then renamed over it, so a build killed
+    meanwhile leaves the old list or the new one, never half of one."""
+    tmp = folder.rstrip("/") + ".tmp"
+    if fs.exists(tmp):
+        fs.rm(tmp, recursive=True)
+    fs.makedirs(tmp, exist_ok=True)
+    for item in sorted(Path(staged).iterdir()):
+        fs.put_file(str(item), f"{tmp}/{item.name}")
+    if fs.exists(folder):
+        fs.rm(folder, recursive=True)
+    fs.mv(tmp, folder, recursive=True)

@@ -187,13 +187,24 @@ def _plan(pairs: Any, n_entries: int, cfg: BalanceConfig, rows: int) -> BalanceP
         return _uniform_plan(counts, pool, cfg, rows)
     if cfg.target_size is not None:
         fraction = min(1.0, SOLVE_SAMPLE_ROWS / max(pool, 1))
-        sample_df = pairs if fraction >= 1.0 else pairs.sample(fraction=fraction, seed=cfg.seed)
+        sample_df = pairs if fraction >= 1.0 else sample_pairs(pairs, fraction, cfg.seed)
         # in pair order, as the driver's plan takes them: the bisection's sums then do not depend on the partitions
         sample = [r["matched"] for r in sorted(sample_df.select("pair", "matched").collect(), key=lambda r: r["pair"])]
         t = _solve(cfg.target_size, counts, sample, pool)
     else:
         t = float(cfg.fixed_t)
     return _metaclip_plan(counts, t, pool, _expected_size(pairs, entry_probabilities(counts, t)), rows)
+
+
+def sample_pairs(pairs: Any, fraction: float, seed: int) -> Any:
+    """About ``fraction`` of the pairs, each chosen by a hash of the pair and the seed. Spark's own seeded
+    ``sample`` draws per partition, so the same pool split otherwise gave another sample, another t and another
+    dataset."""
+    from pyspark.sql import functions as F
+
+    buckets = 1 << 30
+    drawn = F.pmod(F.xxhash64(F.col("pair"), F.lit(seed)), F.lit(buckets))
+    return pairs.filter(drawn < F.lit(int(fraction * buckets)))
 
 
 def _solve(target_size: int, counts: np.ndarray, sample: list[list[int]], pool: int) -> float:
