@@ -516,6 +516,17 @@ def test_missing_path_and_not_a_dataset(tmp_path: Path) -> None:
     assert "not a folder" in _fails(str(tmp_path / "file.txt"))
 
 
+def test_a_build_given_as_a_file_url_is_read_as_the_build_wrote_it(build: Path) -> None:
+    """``--output file:///x`` builds in /x and prints that URL: stats reads it back; another filesystem's URL is
+    one error line."""
+    code, out, err = run_cli(f"file://{build}", "--json")
+    assert code == 0, err
+    assert json.loads(out) == json.loads(run_cli(str(build), "--json")[1])
+    assert run_cli(f"file:{build}", "--json")[0] == 0
+    assert "on this machine" in _fails("memory://bucket/build")
+    assert "s3://bucket/build" in _fails("s3://bucket/build")  # without s3fs: said, not a traceback
+
+
 def test_empty_dataset(tmp_path: Path) -> None:
     folder = tmp_path / "shards"
     folder.mkdir()

@@ -23,8 +23,9 @@ EXIT_BAD_INPUT = 2
 
 
 def stats_command(
-    path: Path = typer.Argument(..., help="A build output folder, or a folder of img2dataset shards "
-                                "(*.tar, *.parquet, *_stats.json), or a build's stages/finalize."),
+    path: str = typer.Argument(..., help="A build output folder (a path or a file: URL, as the build was given "
+                               "it), or a folder of img2dataset shards (*.tar, *.parquet, *_stats.json), or a "
+                               "build's stages/finalize."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON "
                                   "(schemas/stats_report.schema.json) instead of tables."),
     html: Path | None = typer.Option(None, "--html", help="Also write an HTML report with plots to this file.",
@@ -42,7 +43,7 @@ def stats_command(
         raise typer.Exit(EXIT_BAD_INPUT)
     started = time.perf_counter()
     try:
-        report = collect_stats(path, top=top, tar_check=tars, workers=workers)
+        report = collect_stats(local_folder(path), top=top, tar_check=tars, workers=workers)
         if html is not None:
             from witbuild.stats.html import write_html
 
@@ -62,6 +63,25 @@ def stats_command(
         print_report(report)
     if html is not None:
         typer.echo(f"wrote {html}", err=json_out)
+
+
+def local_folder(path: str) -> Path:
+    """The folder a build's ``--output`` named: ``file:/x`` and ``file:///x`` are ``/x``, as the build wrote them;
+    another filesystem's URL is a StatsError (stats reads a folder on this machine)."""
+    from witbuild.stats.collect import StatsError
+
+    if "://" not in path and not path.startswith("file:"):
+        return Path(path)
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    try:
+        fs, local = fsspec.core.url_to_fs(path)
+    except (ValueError, ImportError) as exc:
+        raise StatsError(f"{path}: {exc}") from None
+    if not isinstance(fs, LocalFileSystem):
+        raise StatsError(f"{path}: stats reads a folder on this machine; copy the build here first")
+    return Path(local)
 
 
 def main() -> None:
