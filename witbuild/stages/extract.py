@@ -37,16 +37,42 @@ def crawl_warc_dir(cfg: BuildConfig) -> str:
     return cfg.crawl.warc_dir or join(cfg.output, "crawl")
 
 
+#: Raised when the crawler's own behaviour changes what a crawl of the same host under the same settings fetches:
+#: every host's WARC is then made again.
+CRAWL_RULE = 1
+
+
 def _host_slug(host_key: str) -> str:
     safe = "".join(c if c.isalnum() else "-" for c in host_key.split("://", 1)[-1]).strip("-")
     return f"{safe[:60]}-{hashlib.sha1(host_key.encode()).hexdigest()[:10]}"
 
 
+def crawl_warc_name(cfg: BuildConfig, host_key: str, host_seeds: list[str]) -> str:
+    """The file name of a host's crawl: its host, and a digest of what the crawl of it depends on (its seeds, the
+    crawl and network settings, the crawler's rule). A host's WARC is reused only when all are unchanged: a
+    larger page budget or a new seed on a host crawled before would otherwise be silently ignored."""
+    settings = {"seeds": sorted(host_seeds), "crawl": cfg.crawl.model_dump(mode="json", exclude={"warc_dir"}),
+                "network": cfg.network.model_dump(mode="json"), "rule": CRAWL_RULE}
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{_host_slug(host_key)}-{digest}.warc.gz"
+
+
+def _drop_other_crawls(fs: object, root: str, host_key: str, keep: str) -> bool:
+    """Remove the host's WARCs made under other seeds or settings; whether there were any."""
+    slug = _host_slug(host_key)
+    named = [*fs.glob(f"{root}/{slug}-*.warc.gz"), *fs.glob(f"{root}/{slug}.warc.gz")]  # the latter: no digest yet
+    stale = [p for p in named if p.rsplit("/", 1)[-1] != keep]
+    for path in stale:
+        fs.rm(path)
+    return bool(stale)
+
+
 def run_crawl(ctx: StageContext) -> tuple[list[str], StageCounts]:
     """Crawl every seed host in its own Spark task; returns the WARC files and the counters.
 
-    A host whose WARC already exists (an earlier run crawled it completely: files appear under
-    their final name only when done) is not crawled again.
+    A host whose WARC already exists (an earlier run crawled it completely under the same seeds and settings:
+    files appear under their final name only when done) is not crawled again; one made under other seeds or
+    settings is removed and the host crawled again, counted ``crawl_hosts_recrawled``.
     """
     cfg = ctx.cfg
     seeds = read_seeds(cfg)
@@ -61,12 +87,17 @@ def run_crawl(ctx: StageContext) -> tuple[list[str], StageCounts]:
     fs.makedirs(root, exist_ok=True)
     todo, warcs = [], []
     for host, host_seeds in sorted(by_host.items()):
-        warc = join(warc_dir, f"{_host_slug(host)}.warc.gz")
+        name = crawl_warc_name(cfg, host, host_seeds)
+        warc = join(warc_dir, name)
         warcs.append(warc)
         if fs.exists(fs_and_path(warc)[1]):
             total.event("crawl_hosts_reused")
-        else:
-            todo.append((host, json.dumps(host_seeds), warc))
+            continue
+        if _drop_other_crawls(fs, root, host, name):
+            total.event("crawl_hosts_recrawled")
+            log.info("crawl of %s: its seeds or the crawl settings changed since its WARC was made; crawling it "
+                     "again", host)
+        todo.append((host, json.dumps(host_seeds), warc))
     if todo:
         crawl_cfg, network_cfg = cfg.crawl, cfg.network
 
