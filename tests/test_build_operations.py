@@ -112,6 +112,10 @@ def test_every_spelling_of_a_local_folder_is_one_lock(tmp_path: Path, monkeypatc
         holder.kill()
         holder.wait()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with output_lock(str(tmp_path / "a::b")):  # a name, not a chain of URLs
+        assert (tmp_path / "a::b" / layout.LOCK_FILE).exists()
+    with output_lock("s3://bucket/out"):  # another filesystem: not locked, and no package asked to decide it
+        pass
 
 
 def test_a_lock_file_that_cannot_be_opened_is_one_error_line(tmp_path: Path, web: Path, capsys) -> None:

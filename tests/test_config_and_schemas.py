@@ -86,6 +86,10 @@ def test_one_file_under_several_names_is_read_once(tmp_path, monkeypatch, caplog
     with caplog.at_level("WARNING", logger="witbuild.sources.inputs"):
         assert expand_inputs(named) == first
     assert sum("same file" in r.getMessage() for r in caplog.records) == 6
+    (tmp_path / "x").mkdir()  # "::" is part of a file's name, not a chain of URLs
+    for name in ("x::1.warc.gz", "x::2.warc.gz"):
+        (tmp_path / name).write_bytes(b"z")
+    assert expand_inputs(["x::1.warc.gz", "x::2.warc.gz"]) == ["x::1.warc.gz", "x::2.warc.gz"]
     (tmp_path / "c.warc.gz").write_bytes(b"y")  # same bytes, another file: two inputs
     assert expand_inputs(["web/b.warc.gz", "c.warc.gz"]) == ["web/b.warc.gz", "c.warc.gz"]
 

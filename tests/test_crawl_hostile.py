@@ -87,6 +87,8 @@ def test_robots_longest_match_wildcards_and_groups_as_google_reads_them(site: Si
         # another crawler's name with a digit in it is not cut there into a prefix of ours
         ("User-agent: W3C-checklink\nDisallow: /\n\nUser-agent: *\nAllow: /\n", "/x", True),
         ("User-agent: w3c/2.0\nDisallow: /\n\nUser-agent: *\nAllow: /\n", "/x", True),
+        ("User-agent: witbuild;\nDisallow: /x\n", "/x", False),
+        ("User-agent: witbuild(compatible)\nDisallow: /x\n", "/x", False),
     ],
 )
 def test_parse_rules(body: str, path: str, allowed: bool) -> None:
@@ -183,6 +185,21 @@ def test_a_page_still_busy_after_its_wait_leaves_the_host(site: Site, tmp_path: 
     counts, _ = crawl(site, tmp_path)
     assert site.paths() == ["/robots.txt", "/", "/busy0", "/busy0"]
     assert counts.events["retry_after_waits"] == 1 and counts.events["retry_failed"] == 1
+
+
+def test_a_retry_answered_busy_without_retry_after_leaves_the_host(site: Site, tmp_path: Path) -> None:
+    seen = {"n": 0}
+
+    def busy(h: BaseHTTPRequestHandler) -> None:
+        seen["n"] += 1
+        send(h, 503, b"busy", "text/plain", {"Retry-After": "1"} if seen["n"] == 1 else {})
+
+    site.routes["/"] = links("/busy", "/next")
+    site.routes["/busy"] = busy
+    site.routes["/next"] = page("next")
+    counts, _ = crawl(site, tmp_path)
+    assert site.paths() == ["/robots.txt", "/", "/busy", "/busy"]
+    assert counts.events["retry_failed"] == 1
 
 
 def test_a_retry_after_over_the_cap_leaves_the_host(site: Site, tmp_path: Path) -> None:

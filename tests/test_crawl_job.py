@@ -101,6 +101,18 @@ def test_a_hosts_crawl_is_reused_only_under_the_same_seeds_and_settings(tmp_path
             "127.0.0.1"]})}), host, [f"{host}/"]),
     ]
     assert len({name, *changed}) == 4
+    same = [  # how fast, who to write to, which release: not what is fetched
+        cfg.model_copy(update={"crawl": cfg.crawl.model_copy(update={"delay_seconds": 9.0, "contact": "mailto:x@y",
+                                                                     "user_agent": "witbuild/99.0"})}),
+        cfg.model_copy(update={"network": cfg.network.model_copy(update={"allow_addresses": ["10.0.0.0/8",
+                                                                                             "127.0.0.1"]})}),
+    ]
+    reordered = cfg.model_copy(update={"network": cfg.network.model_copy(update={"allow_addresses": [
+        "127.0.0.1", "10.0.0.0/8"]})})
+    assert crawl_warc_name(same[0], host, [f"{host}/"]) == name
+    assert crawl_warc_name(same[1], host, [f"{host}/"]) == crawl_warc_name(reordered, host, [f"{host}/"])
+    assert crawl_warc_name(cfg.model_copy(update={"crawl": cfg.crawl.model_copy(update={
+        "user_agent": "otherbot/1.0"})}), host, [f"{host}/"]) != name  # another robots.txt group
     fs = fsspec.filesystem("file")
     other_host = crawl_warc_name(cfg, "http://127.0.0.1:9000", ["http://127.0.0.1:9000/"])
     for old in (changed[0], _host_slug(host) + ".warc.gz", other_host, name):
@@ -108,3 +120,9 @@ def test_a_hosts_crawl_is_reused_only_under_the_same_seeds_and_settings(tmp_path
     assert _drop_other_crawls(fs, str(tmp_path), host, name)
     assert sorted(p.name for p in tmp_path.glob("*.warc.gz")) == sorted([name, other_host])
     assert not _drop_other_crawls(fs, str(tmp_path), host, name)
+    # a host whose slug starts with this one's slug and digest keeps its WARC
+    lookalike = crawl_warc_name(cfg, f"http://{name.removesuffix('.warc.gz').replace('-', '.')}.evil.org",
+                                ["http://x/"])
+    assert lookalike.startswith(_host_slug(host))
+    (tmp_path / lookalike).write_bytes(b"x")
+    assert not _drop_other_crawls(fs, str(tmp_path), host, name) and (tmp_path / lookalike).exists()

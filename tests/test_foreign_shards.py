@@ -287,6 +287,20 @@ def test_a_scattered_tar_whose_first_members_are_all_images_says_so(picture_file
         check_captions(find_shards(tmp_path / "shards"))
 
 
+def test_a_tar_written_type_by_type_without_captions_says_there_are_none(picture_files, tmp_path):
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(3):
+        (many / f"q{i}.jpg").write_bytes((picture_files / "p000.jpg").read_bytes())
+        (many / f"q{i}.json").write_text("{}")
+    names = sorted(p.name for p in many.iterdir())
+    (tmp_path / "shards").mkdir()
+    gnu_tar("-cf", str(tmp_path / "shards" / "000.tar"), *[n for n in names if n.endswith(".jpg")],
+            *[n for n in names if n.endswith(".json")], cwd=many)
+    with pytest.raises(DataError, match=r"no captions \('\.txt' members\)"):
+        check_captions(find_shards(tmp_path / "shards"))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # img2dataset's own output
 # ---------------------------------------------------------------------------------------------------------------------

@@ -228,7 +228,7 @@ def check_captions(shards: list[Path], caption_key: str = "txt", members: int = 
         if any(usable(exts, caption_key) for exts in samples):
             return
     found = ", ".join(f"{k}: {n}" for k, n in seen.most_common()) or "nothing readable"
-    if not seen[caption_key] and not _scattered(shards[0]):
+    if not seen[caption_key] and not _scattered(shards[0], caption_key):
         raise DataError(f"no captions ('.{caption_key}' members) in the first samples of {shards[0].parent} "
                         f"(found {found}); train on a build's stages/finalize shards or set data.caption_key "
                         f"(a sample's key ends at the first dot of its file name: 'a.b.{caption_key}' is "
@@ -238,10 +238,11 @@ def check_captions(shards: list[Path], caption_key: str = "txt", members: int = 
                     f"named key.ext: write each sample's files together (e.g. tar --sort=name)")
 
 
-def _scattered(shard: Path) -> bool:
-    """Whether sample keys come back after other keys in the shard (``tar -cf x.tar *.jpg *.txt``: every image, then
-    every caption): its captions are there, past the first members, but never next to their images."""
-    return list_samples(shard)[1] > 0
+def _scattered(shard: Path, caption_key: str) -> bool:
+    """Whether the shard holds captions, past the first members, but sample keys come back after other keys
+    (``tar -cf x.tar *.jpg *.txt``: every image, then every caption): never next to their images."""
+    samples, scattered = list_samples(shard)
+    return scattered > 0 and any(caption_key in exts for exts in samples)
 
 
 def read_captions(shards: list[Path], caption_key: str = "txt", limit: int = 2_000_000,

@@ -22,6 +22,7 @@ from witbuild import schemas
 from witbuild.config import ExtractConfig
 from witbuild.counters import StageCounts
 from witbuild.dedup.urls import uid_of
+from witbuild.layout import local_path
 from witbuild.sources.html import ImageRef, decode_page, is_html, may_be_utf16, page_images
 from witbuild.sources.http_body import http_payload
 from witbuild.sources.warc import WarcRecord, iter_records
@@ -141,8 +142,8 @@ def _is_page_status(status: int | None, counts: StageCounts) -> bool:
 
 
 def _open_local_or_fsspec(path: str) -> Callable[[], BinaryIO]:
-    if "://" not in path or path.startswith("file://"):
-        local = path[len("file://"):] if path.startswith("file://") else path
+    local = local_path(path)  # a path, file:/x or file:///x
+    if local is not None:
         return lambda: open(local, "rb", buffering=1 << 20)
     return lambda: _local_copy(path)
 

@@ -52,6 +52,17 @@ SEMANTIC_DUPLICATES_DIR = "semantic_duplicates.parquet"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "avif")
 
 
+def local_path(name: str) -> str | None:
+    """The path on this machine a name gives, as fsspec and Spark read it: a plain path as it is, ``file:/x`` and
+    ``file:///x`` as ``/x``; None for another filesystem's URL (``s3://…``). Decided from the string alone: no
+    filesystem package is imported or asked, and ``::`` in a file name is part of the name (fsspec would read it
+    as a chain of URLs)."""
+    if name.startswith("file:"):
+        rest = name[len("file:"):]
+        return "/" + rest.lstrip("/") if rest.startswith("/") else rest
+    return None if "://" in name else name
+
+
 def _join(base: str, *parts: str) -> str:
     return "/".join([str(base).rstrip("/"), *parts])
 

@@ -76,13 +76,8 @@ _HELD_LOCKS: dict[str, int] = {}  # real path of a locked output -> how many of 
 
 
 def _local_folder(output: str) -> str | None:
-    """The local folder an output names (a path, ``file://…`` or ``file:…``, as fsspec and Spark read them), or
-    None for a remote filesystem (s3://, gs://, ...)."""
-    import fsspec
-    from fsspec.implementations.local import LocalFileSystem
-
-    fs, path = fsspec.core.url_to_fs(output)
-    return path if isinstance(fs, LocalFileSystem) else None
+    """The local folder an output names (a path, ``file://…`` or ``file:…``), or None for a remote filesystem."""
+    return layout.local_path(output)
 
 
 #: A filesystem that has no POSIX locks (NFS without lockd, some FUSE mounts) says so with these: the build goes

@@ -141,10 +141,11 @@ def fetch_all(origins: Sequence[str], policy: Policy, limits: RobotsLimits, user
 
 
 # A group's User-agent value names its product token; a version after it (``witbuild/1.0``, ``witbuild 1.0``)
-# is not part of the name (RFC 9309 2.2.1). protego would look for the whole value in the token and never find
-# it, so such a group was silently skipped. Only the version is cut, never at a digit inside a name: protego
-# matches a group's name as a prefix of the token, so ``W3C-checklink`` cut to ``W`` would be witbuild's group.
-_AGENT_LINE = re.compile(r"(?im)^([ \t]*user[ _-]?agent[ \t]*:[ \t]*)([^\s/#]+)[^\r\n#]*")
+# is not part of the name (RFC 9309 2.2.1: the name ends at the first character a token cannot hold, ``/``, a space,
+# ``;``, ``(``). protego would look for the whole value in the token and never find it, so such a group was
+# silently skipped. A digit does not end the name: protego matches a group's name as a prefix of the token, so
+# ``W3C-checklink`` cut to ``W`` would be witbuild's group.
+_AGENT_LINE = re.compile(r"(?im)^([ \t]*user[ _-]?agent[ \t]*:[ \t]*)([a-z0-9_-]+)[^\r\n#]*")
 
 
 def parse_rules(body: str) -> Protego:

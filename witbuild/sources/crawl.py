@@ -678,6 +678,12 @@ class _HostCrawl:
         the host too (``retry_failed``): waiting once per page, a busy host of 1,000 pages would hold the crawl
         for 1,000 Retry-Afters."""
         wait = retry_after_seconds(ex.header("Retry-After"))
+        if url in retried:  # asked again after its wait, and busy still
+            self.counts.event("retry_failed")
+            if _host_key(ex.url) != self.key:  # a redirect's target host is busy, not this one
+                return "next"
+            log.warning("%s is still busy after waiting out its Retry-After: leaving the host", self.key)
+            return "stop"
         if wait is None:
             return "next"
         if wait > MAX_WAIT_SECONDS:
@@ -686,12 +692,6 @@ class _HostCrawl:
                 return "next"
             log.warning("%s asks to wait %.0f s (Retry-After), over %s s: leaving the host", self.key, wait,
                         MAX_WAIT_SECONDS)
-            return "stop"
-        if url in retried:
-            self.counts.event("retry_failed")
-            if _host_key(ex.url) != self.key:  # a redirect's target host is busy, not this one
-                return "next"
-            log.warning("%s is still busy after waiting out its Retry-After: leaving the host", self.key)
             return "stop"
         retried.add(url)
         self.visited.discard(url)

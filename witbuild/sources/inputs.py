@@ -7,9 +7,9 @@ import logging
 import os
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
 from witbuild.config import WARC_SUFFIXES
+from witbuild.layout import local_path
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ def expand_inputs(patterns: list[str]) -> list[str]:
         if pattern.startswith(("http://", "https://")):
             files.append(pattern)  # HTTP has no listing; a missing file is counted at read time
             continue
-        fs, path = fsspec.core.url_to_fs(pattern)
+        path = local_path(pattern)  # a local file named with "::" is a name, not a chain of URLs
+        fs, path = (fsspec.filesystem("file"), path) if path is not None else fsspec.core.url_to_fs(pattern)
         local = fs.protocol in ("file", "local") or "file" in (fs.protocol if isinstance(fs.protocol, tuple) else ())
         unstrip = (lambda p: p) if local else fs.unstrip_protocol
         if _has_magic(path):
@@ -64,10 +65,8 @@ def expand_inputs(patterns: list[str]) -> list[str]:
 def _identity(name: str) -> object:
     """What makes two names one file: a local file's device and inode (a symlinked folder, a hard link, ``a/../a``,
     ``file://`` and a relative and an absolute path all name it), else the name."""
-    if name.startswith(("http://", "https://")):
-        return name
-    fs, path = fsspec.core.url_to_fs(name)  # file:///x and file:/x are the local /x
-    if not isinstance(fs, LocalFileSystem):
+    path = local_path(name)  # file:///x and file:/x are the local /x
+    if path is None:
         return name
     try:
         st = os.stat(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,12 @@ def crawl_warc_dir(cfg: BuildConfig) -> str:
 CRAWL_RULE = 1
 
 
+#: The crawl settings that change what a crawl of a host fetches. Not among them: where the WARCs go, the contact
+#: and the version in the User-Agent, and delay_seconds (how fast, not what).
+CRAWL_CONTENT_SETTINGS = frozenset({"max_depth", "max_pages_per_host", "connect_timeout", "read_timeout",
+                                    "total_timeout", "max_page_bytes", "max_redirects", "respect_robots"})
+
+
 def _host_slug(host_key: str) -> str:
     safe = "".join(c if c.isalnum() else "-" for c in host_key.split("://", 1)[-1]).strip("-")
     return f"{safe[:60]}-{hashlib.sha1(host_key.encode()).hexdigest()[:10]}"
@@ -51,8 +58,10 @@ def crawl_warc_name(cfg: BuildConfig, host_key: str, host_seeds: list[str]) -> s
     """The file name of a host's crawl: its host, and a digest of what the crawl of it depends on (its seeds, the
     crawl and network settings, the crawler's rule). A host's WARC is reused only when all are unchanged: a
     larger page budget or a new seed on a host crawled before would otherwise be silently ignored."""
-    settings = {"seeds": sorted(host_seeds), "crawl": cfg.crawl.model_dump(mode="json", exclude={"warc_dir"}),
-                "network": cfg.network.model_dump(mode="json"), "rule": CRAWL_RULE}
+    crawl = cfg.crawl.model_dump(mode="json", include=CRAWL_CONTENT_SETTINGS)
+    crawl["robots_token"] = cfg.crawl.user_agent.split("/", 1)[0].strip().lower()  # a release's version: no change
+    network = {k: sorted(v) if isinstance(v, list) else v for k, v in cfg.network.model_dump(mode="json").items()}
+    settings = {"seeds": sorted(host_seeds), "crawl": crawl, "network": network, "rule": CRAWL_RULE}
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return f"{_host_slug(host_key)}-{digest}.warc.gz"
 
@@ -60,7 +69,8 @@ def crawl_warc_name(cfg: BuildConfig, host_key: str, host_seeds: list[str]) -> s
 def _drop_other_crawls(fs: object, root: str, host_key: str, keep: str) -> bool:
     """Remove the host's WARCs made under other seeds or settings; whether there were any."""
     slug = _host_slug(host_key)
-    named = [*fs.glob(f"{root}/{slug}-*.warc.gz"), *fs.glob(f"{root}/{slug}.warc.gz")]  # the latter: no digest yet
+    own = re.compile(rf"{re.escape(slug)}(-[0-9a-f]{{10}})?\.warc\.gz")  # not another host's slug that starts alike
+    named = [p for p in fs.glob(f"{root}/{slug}*.warc.gz") if own.fullmatch(p.rsplit("/", 1)[-1])]
     stale = [p for p in named if p.rsplit("/", 1)[-1] != keep]
     for path in stale:
         fs.rm(path)

@@ -68,18 +68,11 @@ def stats_command(
 def local_folder(path: str) -> Path:
     """The folder a build's ``--output`` named: ``file:/x`` and ``file:///x`` are ``/x``, as the build wrote them;
     another filesystem's URL is a StatsError (stats reads a folder on this machine)."""
+    from witbuild.layout import local_path
     from witbuild.stats.collect import StatsError
 
-    if "://" not in path and not path.startswith("file:"):
-        return Path(path)
-    import fsspec
-    from fsspec.implementations.local import LocalFileSystem
-
-    try:
-        fs, local = fsspec.core.url_to_fs(path)
-    except (ValueError, ImportError) as exc:
-        raise StatsError(f"{path}: {exc}") from None
-    if not isinstance(fs, LocalFileSystem):
+    local = local_path(path)
+    if local is None:
         raise StatsError(f"{path}: stats reads a folder on this machine; copy the build here first")
     return Path(local)
 
