@@ -270,35 +270,32 @@ def test_a_tar_of_scattered_sample_files_is_refused_before_training(picture_file
     assert shard_sizes(shards) == {"000.tar": 0} and "10 sample key(s) come back after other keys" in caplog.text
 
 
+def type_by_type_shards(picture_files: Path, folder: Path, samples: int, second: str) -> list[Path]:
+    """A folder with one tar of ``samples`` pictures written as ``tar -cf x.tar *.jpg *.<second>``: every image,
+    then every ``second`` member."""
+    files = folder / "files"
+    files.mkdir(parents=True)
+    jpg = (picture_files / "p000.jpg").read_bytes()
+    for i in range(samples):
+        (files / f"q{i:03d}.jpg").write_bytes(jpg)
+        (files / f"q{i:03d}.{second}").write_text("a flat picture" if second == "txt" else "{}")
+    names = sorted(p.name for p in files.iterdir())
+    (folder / "shards").mkdir()
+    gnu_tar("-cf", str(folder / "shards" / "000.tar"), *[n for n in names if n.endswith(".jpg")],
+            *[n for n in names if not n.endswith(".jpg")], cwd=files)
+    return find_shards(folder / "shards")
+
+
 def test_a_scattered_tar_whose_first_members_are_all_images_says_so(picture_files, tmp_path):
     """With more images than the first members looked at, no caption is among them: the error is still that the
     sample files are apart, not that the shard has no captions."""
-    many = tmp_path / "many"
-    many.mkdir()
-    jpg = (picture_files / "p000.jpg").read_bytes()
-    for i in range(70):
-        (many / f"q{i:03d}.jpg").write_bytes(jpg)
-        (many / f"q{i:03d}.txt").write_text("a flat picture")
-    names = sorted(p.name for p in many.iterdir())
-    (tmp_path / "shards").mkdir()
-    gnu_tar("-cf", str(tmp_path / "shards" / "000.tar"), *[n for n in names if n.endswith(".jpg")],
-            *[n for n in names if n.endswith(".txt")], cwd=many)
     with pytest.raises(DataError, match=r"no sample .* has both an image and a '\.txt' caption .*adjacent"):
-        check_captions(find_shards(tmp_path / "shards"))
+        check_captions(type_by_type_shards(picture_files, tmp_path, 70, "txt"))
 
 
 def test_a_tar_written_type_by_type_without_captions_says_there_are_none(picture_files, tmp_path):
-    many = tmp_path / "many"
-    many.mkdir()
-    for i in range(3):
-        (many / f"q{i}.jpg").write_bytes((picture_files / "p000.jpg").read_bytes())
-        (many / f"q{i}.json").write_text("{}")
-    names = sorted(p.name for p in many.iterdir())
-    (tmp_path / "shards").mkdir()
-    gnu_tar("-cf", str(tmp_path / "shards" / "000.tar"), *[n for n in names if n.endswith(".jpg")],
-            *[n for n in names if n.endswith(".json")], cwd=many)
     with pytest.raises(DataError, match=r"no captions \('\.txt' members\)"):
-        check_captions(find_shards(tmp_path / "shards"))
+        check_captions(type_by_type_shards(picture_files, tmp_path, 3, "json"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
