@@ -93,6 +93,11 @@ class CrawlConfig(_Section):
     def user_agent_header(self) -> str:
         return f"{self.user_agent} (+{self.contact})"
 
+    @property
+    def robots_token(self) -> str:
+        """The product token robots.txt groups are matched against: the User-Agent without its version."""
+        return self.user_agent.split("/", 1)[0].strip() or "witbuild"
+
 
 class SparkConfig(_Section):
     master: str | None = Field(None, description="Spark master URL; None keeps spark-submit's --master (or local[*]).")

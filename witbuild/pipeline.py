@@ -75,11 +75,6 @@ class OutputInUse(RuntimeError):
 _HELD_LOCKS: dict[str, int] = {}  # real path of a locked output -> how many of this process's callers hold it
 
 
-def _local_folder(output: str) -> str | None:
-    """The local folder an output names (a path, ``file://…`` or ``file:…``), or None for a remote filesystem."""
-    return layout.local_path(output)
-
-
 #: A filesystem that has no POSIX locks (NFS without lockd, some FUSE mounts) says so with these: the build goes
 #: on unlocked, as it did before builds took the lock, and says so.
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
@@ -97,7 +92,7 @@ def output_lock(output: str) -> Iterator[None]:
     Re-entrant within one process (the job takes it before Spark starts, then the pipeline again), through one
     open file: closing any other descriptor of the file would drop a POSIX lock. A remote output is not locked:
     object stores have no such lock."""
-    folder = _local_folder(output)
+    folder = layout.local_path(output)
     if folder is None:
         log.debug("output %s is not local: not locked against a second build", output)
         yield

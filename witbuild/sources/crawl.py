@@ -352,7 +352,7 @@ class _HostCrawl:
     offsite: dict[str, _HostCrawl] = field(default_factory=dict)  # other hosts a redirect led to: their robots.txt
 
     def __post_init__(self) -> None:
-        self.ua_token = self.cfg.user_agent.split("/", 1)[0].strip() or "witbuild"
+        self.ua_token = self.cfg.robots_token
         self.delay = self.cfg.delay_seconds
 
     # -- politeness ------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def crawl_warc_name(cfg: BuildConfig, host_key: str, host_seeds: list[str]) -> s
     crawl and network settings, the crawler's rule). A host's WARC is reused only when all are unchanged: a
     larger page budget or a new seed on a host crawled before would otherwise be silently ignored."""
     crawl = cfg.crawl.model_dump(mode="json", include=CRAWL_CONTENT_SETTINGS)
-    crawl["robots_token"] = cfg.crawl.user_agent.split("/", 1)[0].strip().lower()  # a release's version: no change
+    crawl["robots_token"] = cfg.crawl.robots_token.lower()  # a release's version: no change
     network = {k: sorted(v) if isinstance(v, list) else v for k, v in cfg.network.model_dump(mode="json").items()}
     settings = {"seeds": sorted(host_seeds), "crawl": crawl, "network": network, "rule": CRAWL_RULE}
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
