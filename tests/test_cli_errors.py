@@ -3,6 +3,7 @@ setting silently dropped."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,23 @@ def test_the_job_refuses_a_bad_setting_in_one_line(tmp_path, capsys, args, messa
     import re
 
     assert re.search(message, _one_error_line(capsys.readouterr().err))
+
+
+def test_an_unusable_query_list_is_an_error_before_spark_starts(tmp_path, capsys):
+    """Read before Spark starts: a list with no usable entry, or MetaCLIP's JSON in another shape, fails at once
+    rather than after extract and filter have run."""
+    (tmp_path / "a.warc.gz").write_bytes(b"")
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    (tmp_path / "meta.json").write_text('{"entries": ["dog"]}')
+    (tmp_path / "broken.json").write_text('["dog", ')
+    for name, message in [("blank.txt", r"^error: query list .*blank\.txt has no valid entries \(2 read; "),
+                          ("meta.json", r"^error: query list .*meta\.json: expected a JSON list of strings"),
+                          ("broken.json", r"^error: query list .*broken\.json: not a JSON list of entries"),
+                          ("missing.txt", r"^error: match\.entries_path: file not found: ")]:
+        rc = job.main(["--input", str(tmp_path / "a.warc.gz"), "--output", str(tmp_path / "out"),
+                       "--set", f"match.entries_path={tmp_path / name}"])
+        assert rc == 2
+        assert re.search(message, _one_error_line(capsys.readouterr().err)), name
 
 
 def test_spark_settings_take_dotted_keys_and_any_scalar():

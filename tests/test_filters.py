@@ -134,6 +134,8 @@ def test_camera_settings_positive(text: str) -> None:
         "Add 1/2 cup of sugar and bake for 30 s",
         "A 50mm lens on a wooden table",
         "ISO 9001 certified factory",
+        "ISO 9001 certified 50mm",  # a standard, not a film speed
+        "90s 35mm film",  # a decade, not 90 seconds
         "F1 car at 300 km/h",
     ],
 )
@@ -155,6 +157,10 @@ def test_camera_settings_negative(text: str) -> None:
         ("U.S. army soldiers", False),
         ("e.g. a red car", False),
         ("Node.js logo on a laptop", False),
+        ("Intro to ASP.NET", False),  # a bare domain's TLD is written in lower case
+        ("My dog.It runs", False),  # a missing space
+        ("Fans at Yahoo.com HQ", True),
+        ("HTTP://Example.COM/x", True),
     ],
 )
 def test_url_like(text: str, expected: bool) -> None:

@@ -3,6 +3,8 @@ loading."""
 
 from __future__ import annotations
 
+import json
+import logging
 import random
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from witbuild.curate.match import (
     METACLIP_PUNCT,
     MatchConfig,
     Matcher,
+    build_matcher,
     case_variants,
     load_entries,
     make_matcher,
@@ -21,6 +24,7 @@ from witbuild.curate.match import (
     naive_match_batch,
     spacing,
     warn_case_variants,
+    warn_spaced_entries,
 )
 
 # MetaCLIP's rule (facebookresearch/MetaCLIP, metaclip/metaclip1/substr_matching.py), written out here with nothing
@@ -323,6 +327,40 @@ def test_load_entries_without_valid_entries_raises(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     with pytest.raises(ValueError, match="no valid entries"):
         load_entries(empty)
+
+
+def test_load_entries_reads_metaclip_json_as_a_list(tmp_path: Path) -> None:
+    """MetaCLIP's metadata.json given as the list: its strings are the entries (read as lines, the file would be
+    one entry that matches nothing, or none at all)."""
+    path = tmp_path / "metadata.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(["dog", "hot  dog", 3, None, "cafe\u0301", "caf\u00e9", " ",
+                                                    "x" * 300, "St. Louis"]).encode())
+    entries, skipped = load_entries(path, max_entries=3)
+    assert entries == ["dog", "hot dog", "café"]
+    assert skipped == {"not_a_string": 2, "duplicate": 1, "blank": 1, "too_long": 1, "over_max_entries": 1}
+    (path := tmp_path / "meta.JSON").write_text('"dog"')
+    with pytest.raises(ValueError, match=r"expected a JSON list of strings .* found a JSON str"):
+        load_entries(path)
+    path.write_bytes(b'["caf\xe9"]')
+    with pytest.raises(ValueError, match="not a JSON list of entries"):
+        load_entries(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"no valid entries \(2 read; skipped: \{'not_a_string': 2\}\)"):
+        load_entries(path)
+
+
+@pytest.mark.parametrize(("rule", "space", "warned"), [(True, True, 2), (True, False, 0), ("smart", True, 0)])
+def test_metaclip_rule_with_spaced_entries_warns(caplog, rule, space, warned) -> None:
+    """MetaCLIP never matches an entry with punctuation inside; spaced entries do, so a build meant to reproduce
+    MetaCLIP (case_sensitive=true) is told how many such entries its list holds."""
+    cfg = MatchConfig(case_sensitive=rule, space_entries=space)
+    entries = ["St. Louis", "dog", "Yahoo!", "rock 'n' roll"]
+    with caplog.at_level(logging.WARNING, logger="witbuild.curate.match"):
+        assert warn_spaced_entries(entries, cfg) == warned
+    assert ("space_entries=false to reproduce MetaCLIP" in caplog.text) is bool(warned)
+    texts = ["Arch in St. Louis.", "Yahoo! logo"]
+    matcher = build_matcher(entries, rule, space_entries=space)
+    assert [bool(m) for m in matcher.match_batch(texts)] == [space, space]
 
 
 def test_matcher_from_config_is_cached(tmp_path: Path) -> None:

@@ -166,6 +166,8 @@ def querylist_fingerprint(cfg: BuildConfig, pool: str | None) -> Fingerprint:
     external = {}
     if cfg.match.entries_path:
         external["entries_file"] = file_digest(cfg.match.entries_path)
+        if str(cfg.match.entries_path).lower().endswith(".json"):  # read as a JSON list, no longer as lines
+            external["entries_read_as"] = "json"
     else:
         from importlib.metadata import PackageNotFoundError, version
 

@@ -80,6 +80,11 @@ def checked_config(args: argparse.Namespace, held: contextlib.ExitStack) -> Buil
             value = getattr(getattr(cfg, section), key)
             if value and not Path(value).is_file():
                 raise InputError(f"{name}: file not found: {value}")
+        if cfg.match.entries_path:  # an unusable list is known now, not after extract and filter
+            from witbuild.curate.match import load_entries
+
+            load_entries(cfg.match.entries_path, max_chars=cfg.querylist.max_entry_chars,
+                         max_entries=cfg.querylist.max_entries)
         check_languages(cfg, args.until_stage)
         folder = cfg.dedup.decontaminate  # read by finalize, after the downloads: a wrong name is known now
         if folder and not (Path(folder).is_dir() and any(p.is_file() for p in Path(folder).rglob("*"))):
@@ -95,7 +100,7 @@ def checked_config(args: argparse.Namespace, held: contextlib.ExitStack) -> Buil
     except ValidationError as exc:  # pydantic's several lines, as one
         print(f"error: {args.config or 'config'}: {first_error(exc)}", file=sys.stderr)
         return 2
-    except (InputError, FileNotFoundError, ValueError, OutputInUse, OutputNotLockable) as exc:
+    except (InputError, OSError, ValueError, OutputInUse, OutputNotLockable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return cfg

@@ -38,6 +38,7 @@ is MetaCLIP's rule.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import unicodedata
@@ -62,6 +63,7 @@ SKIP_DUPLICATE = "duplicate"
 SKIP_TOO_LONG = "too_long"
 SKIP_INVALID_UTF8 = "invalid_utf8"
 SKIP_OVER_MAX_ENTRIES = "over_max_entries"
+SKIP_NOT_A_STRING = "not_a_string"
 
 _CHUNK = 4096  # captions per vectorised chunk in Matcher.match_batch
 # Separator candidates for joining a chunk's captions: the first one found in no key (and no punct) is used.
@@ -86,14 +88,17 @@ class MatchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    entries_path: str | None = Field(None, description="The query list: a UTF-8 text file, one entry per line.")
+    entries_path: str | None = Field(
+        None, description="The query list: a UTF-8 text file, one entry per line, or a .json file holding a JSON "
+        "list of strings (MetaCLIP's metadata.json).")
     case_sensitive: CaseRule = Field(
         "smart",
         description="smart: an entry written without capitals matches its words in any case ('dog' matches "
         "'Dog' and 'DOG'), an entry with capitals only as written ('Apple' not 'apple'), so a list of "
         "lower-cased words (witbuild querylist build) misses no capitalised caption and a list that "
         "spells case out keeps its distinctions; true: MetaCLIP's rule, case-sensitive for every entry "
-        "(to reproduce MetaCLIP with its metadata.json); false: captions and entries lower-cased.",
+        "(with space_entries false, MetaCLIP's curation with its metadata.json); false: captions and entries "
+        "lower-cased.",
     )
     space_entries: bool = Field(
         True,
@@ -494,6 +499,20 @@ def warn_case_variants(entries: Sequence[str], rule: CaseRule) -> int:
     return len(groups)
 
 
+def warn_spaced_entries(entries: Sequence[str], cfg: MatchConfig) -> int:
+    """Under MetaCLIP's case rule (``case_sensitive=true``) with ``space_entries``, log how many entries hold
+    punctuation that MetaCLIP never matches ("St. Louis"): such a build is not MetaCLIP's curation; the number."""
+    if cfg.case_sensitive is not True or not cfg.space_entries:
+        return 0
+    spaced = [e for e in entries if any(ch in cfg.punct for ch in e)]
+    if spaced:
+        logger.warning(
+            "query list: %d entries hold punctuation (e.g. %s) that MetaCLIP's rule never matches; they match here "
+            "because match.space_entries is on: set match.space_entries=false to reproduce MetaCLIP's curation",
+            len(spaced), ", ".join(repr(e) for e in spaced[:3]))
+    return len(spaced)
+
+
 class SmartCaseMatcher:
     """The "smart" case rule from two matchers of one engine (the aho-corasick one; :class:`Matcher` does it in one
     trie), each reporting the full list's ids: the cased entries (:func:`is_cased`) matched case-sensitively, the
@@ -547,29 +566,24 @@ def make_matcher(entries: Sequence[str], cfg: MatchConfig) -> AnyMatcher:
 def load_entries(
     path: str | os.PathLike[str], max_chars: int = 200, max_entries: int | None = None
 ) -> tuple[list[str], Counter[str]]:
-    """Read a query list: one entry per line, UTF-8. Returns the entries and a Counter of skipped lines by reason.
+    """Read a query list: one entry per line, UTF-8, or, for a ``.json`` file, a JSON list of strings (MetaCLIP's
+    ``metadata.json``). Returns the entries and a Counter of skipped entries by reason.
 
-    Each line is stripped, its inner whitespace collapsed and NFC-normalised (as captions are). Skipped:
-    ``blank`` lines, ``duplicate`` entries (after that clean-up; the first one stays), entries longer than
-    ``max_chars`` (``too_long``), lines that are not valid UTF-8 (``invalid_utf8``; a UTF-8 BOM is allowed), and
-    valid entries beyond ``max_entries`` (``over_max_entries``). Raises ValueError when no entry is left.
+    Each entry is stripped, its inner whitespace collapsed and NFC-normalised (as captions are). Skipped:
+    ``blank`` entries, ``duplicate`` entries (after that clean-up; the first one stays), entries longer than
+    ``max_chars`` (``too_long``), lines that are not valid UTF-8 (``invalid_utf8``; a UTF-8 BOM is allowed), JSON
+    items that are not strings (``not_a_string``), and valid entries beyond ``max_entries``
+    (``over_max_entries``). Raises ValueError when no entry is left, or when a ``.json`` file is not a JSON list.
     """
     data = Path(path).read_bytes()
     skipped: Counter[str] = Counter()
+    is_json = str(path).lower().endswith(".json")
+    raw_entries = _json_items(path, data, skipped) if is_json else _lines(path, data, skipped)
     entries: list[str] = []
     seen: set[str] = set()
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()  # the newline that ends the last line
-    for lineno, raw in enumerate(lines, start=1):
-        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            skipped[SKIP_INVALID_UTF8] += 1
-            logger.debug("%s:%d: not UTF-8, skipped", path, lineno)
-            continue
+    total = sum(skipped.values())
+    for line in raw_entries:
+        total += 1
         entry = unicodedata.normalize("NFC", " ".join(line.split()))
         if not entry:
             skipped[SKIP_BLANK] += 1
@@ -583,10 +597,42 @@ def load_entries(
             seen.add(entry)
             entries.append(entry)
     if not entries:
-        raise ValueError(f"query list {path} has no valid entries ({len(lines)} lines; skipped: {dict(skipped)})")
+        raise ValueError(f"query list {path} has no valid entries ({total} read; skipped: {dict(skipped)})")
     if skipped:
         logger.warning("query list %s: %d entries, skipped %s", path, len(entries), dict(skipped))
     return entries, skipped
+
+
+def _lines(path: str | os.PathLike[str], data: bytes, skipped: Counter[str]) -> list[str]:
+    """The UTF-8 lines of a text list; a line that is not UTF-8 is counted in ``skipped`` and left out."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the newline that ends the last line
+    found = []
+    for lineno, raw in enumerate(lines, start=1):
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            found.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            skipped[SKIP_INVALID_UTF8] += 1
+            logger.debug("%s:%d: not UTF-8, skipped", path, lineno)
+    return found
+
+
+def _json_items(path: str | os.PathLike[str], data: bytes, skipped: Counter[str]) -> list[str]:
+    """The strings of a JSON list (MetaCLIP's ``metadata.json``): read as lines, such a file would be one entry."""
+    try:
+        items = json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"query list {path}: not a JSON list of entries ({exc})") from None
+    if not isinstance(items, list):
+        raise ValueError(f"query list {path}: expected a JSON list of strings (MetaCLIP's metadata.json), "
+                         f"found a JSON {type(items).__name__}")
+    strings = [item for item in items if isinstance(item, str)]
+    if len(strings) < len(items):
+        skipped[SKIP_NOT_A_STRING] += len(items) - len(strings)
+    return strings
 
 
 @lru_cache(maxsize=4)

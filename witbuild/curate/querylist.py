@@ -143,23 +143,7 @@ def wordnet_lemmas(root: Path = WORDNET_DIR) -> list[str]:
 
 def read_user_file(path: str | Path, max_chars: int = 200) -> tuple[list[str], Counter]:
     """Entries of a user file: MetaCLIP's ``metadata.json`` (a JSON list of strings) or text, one per line."""
-    p = Path(path)
-    if p.suffix == ".json":
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{p}: not a JSON list of entries ({exc})") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{p}: expected a JSON list of strings (MetaCLIP's metadata.json)")
-        skipped: Counter = Counter()
-        entries = []
-        for item in data:
-            if not isinstance(item, str):
-                skipped["not_a_string"] += 1
-                continue
-            entries.append(" ".join(item.split()))
-        return entries, skipped
-    return load_entries(p, max_chars=max_chars)
+    return load_entries(path, max_chars=max_chars)
 
 
 def tokens(text: str) -> list[str]:

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from witbuild import schemas
 from witbuild.counters import StageCounts
-from witbuild.curate.match import AnyMatcher, MatchConfig, make_matcher, warn_case_variants
+from witbuild.curate.match import AnyMatcher, MatchConfig, make_matcher, warn_case_variants, warn_spaced_entries
 from witbuild.curate.querylist_artifact import prepare_querylist
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ def run_match(ctx: StageContext) -> StageCounts:
     version = manifest["version"]
     log.info("query list %s: %d entries", version, len(entries))
     case_variant_groups = warn_case_variants(entries, cfg.match.case_sensitive)
+    spaced_entries = warn_spaced_entries(entries, cfg.match)
     entries_bc = ctx.spark.sparkContext.broadcast(entries)
     mcfg: MatchConfig = cfg.match
     out_schema = schemas.load("matched")
@@ -60,6 +61,7 @@ def run_match(ctx: StageContext) -> StageCounts:
 
     counts = ctx.map_batches(task)
     counts.info.update({"querylist_version": version, "querylist_entries": len(entries),
-                        "case_rule": mcfg.case_sensitive, "case_variant_groups": case_variant_groups})
+                        "case_rule": mcfg.case_sensitive, "case_variant_groups": case_variant_groups,
+                        "spaced_entries": spaced_entries})
     entries_bc.unpersist()
     return counts

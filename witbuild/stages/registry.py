@@ -68,7 +68,9 @@ REGISTRY: tuple[Stage, ...] = (
     # x-mac-cyrillic were UTF-8), as UTF-8 when its bytes are, else windows-1252; KOI8-U letters make KOI8-U
     Stage("extract", None, "witbuild.stages.extract:run_extract", ("input", "extract"), "candidates",
           crawl_config=("crawl", "network"), rule=4),
-    Stage("filter", "extract", "witbuild.stages.filter:run_filter", ("filter", "langid"), "filtered"),
+    # rule 2: a bare domain is a URL only with its TLD in lower case ("ASP.NET" is a word); "90s" is a decade and
+    # "ISO 9001" a standard, not camera settings
+    Stage("filter", "extract", "witbuild.stages.filter:run_filter", ("filter", "langid"), "filtered", rule=2),
     Stage("match", "filter", "witbuild.stages.match:run_match", ("match",), "matched"),
     # rule 2: c_e and the draws over distinct (normalised URL, text) pairs, not rows
     Stage("balance", "match", "witbuild.stages.balance:run_balance", ("balance",), "balanced", rule=2),

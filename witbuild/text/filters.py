@@ -162,11 +162,11 @@ _URL_TLDS = (
     "dk|fi|be|at|cz|kr|tw|vn|gr|pt|ro|hu|tr|mx|ar|za|ua|ir|id|my|sg|hk|nz|ie|il|sk|xyz|online|site|shop|store|"
     "blog|app|dev|ly|gl|cc|ws|to|fm|top"
 )
+# A bare domain's TLD in lower case, as links are written: "ASP.NET" and "dog.It" (a missing space) are words.
 _URL_TOKEN = re.compile(
-    r"(?:[a-z][a-z0-9+.\-]{1,15}://\S+"  # scheme://...
-    r"|www\d{0,3}\.\S+"  # www.example...
-    rf"|(?:[a-z0-9](?:[a-z0-9\-]{{0,61}}[a-z0-9])?\.)+(?:{_URL_TLDS})(?::\d{{1,5}})?(?:[/?#]\S*)?)",  # example.com/x
-    re.IGNORECASE,
+    r"(?i:[a-z][a-z0-9+.\-]{1,15}://\S+"  # scheme://...
+    r"|www\d{0,3}\.\S+)"  # www.example...
+    rf"|(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{{0,61}}[A-Za-z0-9])?\.)+(?:{_URL_TLDS})(?::\d{{1,5}})?(?:[/?#]\S*)?",  # a.com/x
 )
 _TOKEN_STRIP = "()[]<>{}\"'«»“”‘’,;!?"
 
@@ -222,10 +222,11 @@ _CAMERA_PATTERNS: dict[str, re.Pattern[str]] = {
     "aperture": re.compile(r"(?<!\w)[fƒ]\s?/\s?\d{1,2}(?:[.,]\d{1,2})?(?!\w)|(?<!\w)f\d{1,2}[.,]\d(?!\w)", re.I),
     "shutter": re.compile(
         r"(?<![\w/.])1/\d{1,5}(?:\s?(?:s|sec|secs|seconds))?(?![\w/])"
-        r"|(?<![\w/.])\d{1,3}(?:[.,]\d{1,3})?\s?(?:s|sec|secs|seconds)(?!\w)",
+        r"|(?<![\w/.])(?![1-9]0s(?!\w))\d{1,3}(?:[.,]\d{1,3})?\s?(?:s|sec|secs|seconds)(?!\w)",  # "90s": a decade
         re.I,
     ),
-    "iso": re.compile(r"(?<!\w)ISO[\s:\-]?\d{2,6}(?!\w)", re.I),
+    # film speeds end in 0, 2, 4, 5, 6 or 8 (100, 125, 3200, 6400); standards such as ISO 9001 or 14001 do not
+    "iso": re.compile(r"(?<!\w)ISO[\s:\-]?\d{1,5}[024568](?!\w)", re.I),
     "focal": re.compile(r"(?<![\w.])\d{1,4}(?:[.,]\d)?(?:\s?-\s?\d{1,4})?\s?mm(?!\w)", re.I),
     "ev": re.compile(r"(?<!\w)[+\-±]?\d(?:[.,]\d{1,2})?\s?EV(?!\w)", re.I),
 }
