@@ -163,6 +163,16 @@ def test_stats_count_rows_blocked_before_img2dataset() -> None:
     assert [(f["class"], f["count"]) for f in section["failures_by_class"]] == [("blocked_address", 5), ("http_404", 1)]
     plain = _download_section(d, None)
     assert plain is not None and plain["rows"] == 3 and plain["failures_by_class"][0]["count"] == 1
+    # rows img2dataset left out of a finished shard's metadata are in the funnel only too: the section's rows are
+    # the stage's rows in, and its success rate the funnel's
+    d = DownloadStats(rows=85, status=Counter({"success": 80, "failed_to_download": 5}),
+                      messages=Counter({"HTTP Error 404: Not Found": 5}))
+    funnel = [{"stage": "download", "rows_in": 100, "rows_out": 80, "rows_dropped": 20,
+               "dropped": {"http_404": 5, "robots_disallowed": 10, "not_written": 5}}]
+    section = _download_section(d, funnel)
+    assert section is not None and (section["rows"], section["success_rate"]) == (100, 0.8)
+    assert {f["class"]: f["count"] for f in section["failures_by_class"]} == {
+        "robots_disallowed": 10, "http_404": 5, "not_written": 5}
 
 
 # --------------------------------------------------------------------------------------------

@@ -346,6 +346,16 @@ def test_build_stopped_after_match_reports_queries_before_balancing(tmp_path: Pa
     assert q["source"].startswith("stages/match")
     assert [(e["entry"], e["count"]) for e in q["top_before"][:2]] == [("cat", 5), ("dog", 2)]
     assert q["after"] is None and q["top_after"] is None and q["matched_entries"] == 5
+    # counted per row, which is not balancing's c_e (distinct pairs): the report says which it counted
+    assert q["counted"] == "rows" and "witbuild balance-plan" in q["source"]
+    from rich.console import Console
+
+    from witbuild.stats.render import print_report
+
+    console = Console(record=True, width=200)
+    print_report(r, console)
+    text = console.export_text()
+    assert re.search(r"top before balancing\s+┃\s+rows\s+┃", text) and "┃ c_e ┃" not in text
     validate(r)
 
 

@@ -60,6 +60,21 @@ def test_report_terminal_and_html_show_the_pairs(tmp_path: Path) -> None:
         assert Image.open(io.BytesIO(base64.b64decode(data))).format == "JPEG"
 
 
+def test_a_final_dataset_copied_alone_still_shows_its_kept_images(tmp_path: Path) -> None:
+    """The finalize folder copied under another name: the kept images are its own; the removed ones stayed with
+    the build's download stage, and say so."""
+    build = _with_record(make_build(tmp_path / "build"))
+    import shutil
+
+    shutil.copytree(build / "stages" / "finalize", tmp_path / "my-dataset")
+    page = tmp_path / "report.html"
+    code, _, err = run_cli(str(tmp_path / "my-dataset"), "--html", str(page))
+    assert code == 0, err
+    section = page.read_text().split("<h2>Near duplicates removed", 1)[1]
+    thumbs = re.findall(r'<img class="thumb"[^>]* alt="([^"]*)" src="data:image/jpeg;base64,', section)
+    assert thumbs == ["kept 00000000"] and "removed 00010001: image not found" in section
+
+
 def test_build_without_a_record_has_no_section(tmp_path: Path) -> None:
     build = make_build(tmp_path / "build")
     code, out, err = run_cli(str(build), "--json")

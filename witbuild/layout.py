@@ -116,3 +116,6 @@ ROBOTS_DISALLOWED = "robots_disallowed"
 ROBOTS_UNREACHABLE = "robots_unreachable"
 OPTED_OUT = "opted_out"
 PRE_DOWNLOAD_DROPS = (BLOCKED_ADDRESS, ROBOTS_DISALLOWED, ROBOTS_UNREACHABLE)
+NOT_WRITTEN = "not_written"  # a row of a finished shard that img2dataset did not write into its metadata
+#: The download stage's drops that no shard's metadata holds: only its counts tell of them.
+DROPS_OUTSIDE_SHARD_METADATA = (*PRE_DOWNLOAD_DROPS, NOT_WRITTEN)

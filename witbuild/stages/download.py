@@ -51,7 +51,6 @@ from witbuild.stages.dedup import ROWS_PER_FILE
 
 META_SUFFIX, STATS_SUFFIX = layout.SHARD_META_SUFFIX, layout.SHARD_STATS_SUFFIX
 SHARD_DIGITS = 5  # img2dataset's default ``oom_shard_count`` names shards with 5 digits
-NOT_WRITTEN = "not_written"  # a row of a finished shard that img2dataset did not write into its metadata
 ROBOTS_DIR = "_robots"  # inside the stage folder: what each image host's robots.txt said
 ROW, ORIGIN, DROP = "_row", "_origin", "_drop"
 LIST_INDEX, LIST_FILE = "_list_index", "_list_file"
@@ -213,8 +212,8 @@ def _count_unwritten(counts: StageCounts, n: int) -> None:
     prints ``Sample … failed``); fetching the shard again would not bring them back, so they are dropped."""
     if n > 0:
         log.error("download: %d rows are missing from the metadata of finished shards (img2dataset could not "
-                  "write them): dropped as %s", n, NOT_WRITTEN)
-        counts.drop(NOT_WRITTEN, n)
+                  "write them): dropped as %s", n, layout.NOT_WRITTEN)
+        counts.drop(layout.NOT_WRITTEN, n)
     elif n < 0:
         raise ShardsIncompleteError(f"download: the shards' metadata holds {-n} rows more than img2dataset was given")
 

@@ -60,6 +60,7 @@ PRE_DOWNLOAD_WHY = {
     build_layout.BLOCKED_ADDRESS: "refused before any request (network policy)",
     build_layout.ROBOTS_DISALLOWED: "disallowed by the image host's robots.txt",
     build_layout.ROBOTS_UNREACHABLE: "the image host's robots.txt answered 5xx/429 or not at all: all disallowed",
+    build_layout.NOT_WRITTEN: "in a finished shard, but img2dataset wrote no metadata row for it",
 }
 EXAMPLES_PER_CLASS = 3
 MAX_LISTED = 5  # file names listed in one warning
@@ -309,7 +310,7 @@ def _read_file(task: FileTask, part: Part, final_matched: bool, cancel: threadin
                 return
             if casts:
                 batch = _cast(batch, casts)
-            if task.role in ("matched", "match_stage"):  # c_e before balancing
+            if task.role in ("matched", "match_stage"):  # matches per entry before balancing, per row
                 flat = pc.list_flatten(batch.column("matched")).drop_null()
                 part.matched = _bincount_into(part.matched, flat.to_numpy(zero_copy_only=False).astype(np.int64))
             if task.role in ("stage", "match_stage"):
@@ -685,14 +686,16 @@ def query_stats(root: Path, funnel: list[dict[str, Any]] | None, matched_counts:
         order = np.argsort(ids, kind="stable")
         ids, before, after = ids[order], before[order], after[order]
         names = names.take(pa.array(order))
-        source = f"stages/balance/{ENTRY_COUNTS_FILE}"
+        source, counted = f"stages/balance/{ENTRY_COUNTS_FILE}", "pairs"
     elif matched_counts is not None:
         names = _read_entries_txt(root / QUERYLIST_DIR / build_layout.QUERYLIST_ENTRIES)
         n = max(len(names), len(matched_counts))
         before = np.zeros(n, dtype=np.int64)
         before[: len(matched_counts)] = matched_counts
         ids, after = np.arange(n), None
-        source = "stages/match (matched column); balance has not run"
+        source = ("stages/match (matched column); balance has not run: matches counted per row, where c_e counts "
+                  "distinct (URL, text) pairs (witbuild balance-plan)")
+        counted = "rows"
     else:
         return None
     n_entries = len(before)
@@ -701,7 +704,8 @@ def query_stats(root: Path, funnel: list[dict[str, Any]] | None, matched_counts:
         t = float(info["t"]) if info.get("t") is not None else None
     except (TypeError, ValueError):
         t = None
-    out: dict[str, Any] = {"source": source, "entries": n_entries, "matched_entries": int(matched.sum()),
+    out: dict[str, Any] = {"source": source, "counted": counted, "entries": n_entries,
+                           "matched_entries": int(matched.sum()),
                            "unmatched_entries": int(n_entries - matched.sum()), "t": t,
                            "querylist_version": info.get("querylist_version")}
     manifest = root / QUERYLIST_DIR / build_layout.QUERYLIST_MANIFEST
@@ -771,11 +775,12 @@ def _download_section(d: DownloadStats, funnel: list[dict[str, Any]] | None) -> 
         cls = error_class(msg)
         by_class[cls] += n
         examples.setdefault(cls, []).append((n, "" if msg is None else str(msg)))
-    # rows dropped before img2dataset saw them (network policy, robots.txt): in the funnel, not in the shard metadata
+    # rows dropped before img2dataset saw them (network policy, robots.txt), or that it did not write: in the
+    # funnel, not in the shard metadata
     stage = next((s for s in funnel or [] if s["stage"] == "download"), None)
     room = 0 if stage is None else max(0, stage["rows_in"] - d.rows)
     early = 0
-    for reason in build_layout.PRE_DOWNLOAD_DROPS:
+    for reason in build_layout.DROPS_OUTSIDE_SHARD_METADATA:
         n = 0 if stage is None else min(room - early, int(stage["dropped"].get(reason, 0)))
         if n > 0:
             early += n
@@ -788,7 +793,7 @@ def _download_section(d: DownloadStats, funnel: list[dict[str, Any]] | None) -> 
         ex = sorted(examples[cls], key=lambda e: (-e[0], e[1]))[:EXAMPLES_PER_CLASS]
         failures.append({"class": cls, "count": n, "share": round(n / failed, 6) if failed else 0.0,
                          "examples": [{"message": m[:300], "count": c} for c, m in ex]})
-    source = "shard metadata (status, error_message)" + (", build report (before the download)" if early else "")
+    source = "shard metadata (status, error_message)" + (", build report (rows not in it)" if early else "")
     return {"source": source,
             "rows": rows, "success": success, "failed": failed, "success_rate": round(success / rows, 6),
             "status": {str(k): int(v) for k, v in sorted(d.status.items(), key=lambda kv: -kv[1])},

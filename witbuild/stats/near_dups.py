@@ -131,12 +131,14 @@ def html_section(report: dict[str, Any]) -> str:
     e = html.escape
     root = Path(report["path"])
     stages = root / STAGES_DIR if (root / STAGES_DIR).is_dir() else root.parent
+    # a final dataset holds the kept images itself, under whatever name it was copied to
+    final = root if report["dataset"]["kind"] == "final" else stages / FINALIZE_STAGE
     out = ["<h2>Near duplicates removed, with their kept counterpart</h2>"]
     out += [f"<p>{e(line)}</p>" for line in text_lines({**section, "examples": []})]
     rows = []
     for x in section["examples"]:
         removed = _image_bytes(stages / "download" / x["shard"], x["key"])
-        kept = (_image_bytes(stages / FINALIZE_STAGE / x["duplicate_of_shard"], x["duplicate_of"])
+        kept = (_image_bytes(final / x["duplicate_of_shard"], x["duplicate_of"])
                 or _image_bytes(stages / "download" / x["duplicate_of_shard"], x["duplicate_of"]))
         rows.append(f"<tr><td>{_thumbnail_tag(removed, 'removed ' + x['key'])}<br><code>{e(x['key'])}</code> "
                     f"{e(_short(x['text']))}</td><td>{_thumbnail_tag(kept, 'kept ' + x['duplicate_of'])}<br>"

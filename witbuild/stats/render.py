@@ -138,12 +138,13 @@ def queries_group(q: dict[str, Any]) -> Group:
     if q.get("t") is not None:
         line += f"; t = {fmt(q['t'])}"
     parts.append(Text.assemble(("Queries", "bold"), f": {line}   ", (q["source"], "dim")))
+    ce = "rows" if q.get("counted") == "rows" else "c_e"  # a match stage's rows are not c_e's distinct pairs
     if q.get("head"):
         t = _table("", "split at t", "entries", "matches before", "matches after",
                    right=("entries", "matches before", "matches after"))
         for name in ("head", "tail"):
             h = q[name]
-            t.add_row(f"{name} ({'c_e > t' if name == 'head' else 'c_e <= t'})", fmt(h["entries"]),
+            t.add_row(f"{name} ({ce} > t)" if name == "head" else f"{name} ({ce} <= t)", fmt(h["entries"]),
                       fmt(h["matches_before"]), fmt(h["matches_after"]))
         parts.append(t)
     c = _table("", "per-entry counts", "before balancing", "after balancing", "final dataset",
@@ -153,8 +154,8 @@ def queries_group(q: dict[str, Any]) -> Group:
                        ("gini", "Gini")):
         c.add_row(label, *(fmt((q.get(w) or {}).get(key)) for w in ("before", "after", "final")))
     parts.append(c)
-    top = _table("", "#", "top before balancing", "c_e", "top after balancing", "kept",
-                 right=("#", "c_e", "kept"))
+    top = _table("", "#", "top before balancing", ce, "top after balancing", "kept",
+                 right=("#", ce, "kept"))
     before, after = q["top_before"], q.get("top_after") or []
     for i in range(max(len(before), len(after))):
         b = before[i] if i < len(before) else None
