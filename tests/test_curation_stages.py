@@ -193,6 +193,34 @@ def test_a_pool_planned_by_spark_gives_the_drivers_output(spark, built, tmp_path
     assert f"t = {info['t']:,.1f}: expected size {expected:,.0f} of " in dry.output  # the dry run plans the same
 
 
+def test_balance_plan_reads_the_build_it_is_given_and_writes_nothing(spark, built, tmp_path):
+    """A dry run of a copied build reads the copy's own query list, not the folder its config names, never makes
+    one, and refuses a list that is not the one match ran against (its ids would name other entries)."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from witbuild.cli import app
+
+    out, _, _ = built
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("balance", "dedup", "download", "finalize"))
+    before = {p: p.stat().st_mtime_ns for p in (copy / "querylist").iterdir()}
+    dry = CliRunner().invoke(app, ["balance-plan", str(copy), "--t", "40", "--top", "1"])
+    assert dry.exit_code == 0, dry.output
+    manifest = json.loads((copy / "querylist" / "manifest.json").read_text())
+    assert f"query list {manifest['version']} " in dry.output
+    assert {p: p.stat().st_mtime_ns for p in (copy / "querylist").iterdir()} == before
+    (copy / "querylist" / "manifest.json").write_text(json.dumps({**manifest, "version": "0000"}))
+    refused = CliRunner().invoke(app, ["balance-plan", str(copy)])
+    assert refused.exit_code == 2 and "the list changed since" in refused.output
+    shutil.rmtree(copy / "querylist")
+    refused = CliRunner().invoke(app, ["balance-plan", str(copy)])
+    assert refused.exit_code == 2 and "no query list in this build" in refused.output
+    assert not (copy / "querylist").exists()
+
+
 def test_uniform_method_samples_the_pool_without_balancing(spark, built, tmp_path):
     out, cfg, _ = built
     import shutil

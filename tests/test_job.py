@@ -73,6 +73,20 @@ def test_missing_input_is_a_clear_error_before_spark(tmp_path):
     assert not out.exists()  # nothing was started
 
 
+def test_inputs_none_of_which_is_a_warc_are_an_error_not_an_empty_build(tmp_path):
+    """An HTML page saved under a WARC name (or a CDX index, an error page from a bucket): read, every file is
+    unreadable, and the build stops with one error line and exit 2 instead of "succeeding" with nothing in it."""
+    (page := tmp_path / "page.warc.gz").write_text('<html><img src="http://127.0.0.1/a.jpg" alt="a red ball"></html>')
+    (cdx := tmp_path / "index.warc").write_text("com,example)/ 20200801000000 {}\n")
+    out = tmp_path / "out"
+    proc = run_job("--input", str(page), "--input", str(cdx), "--output", str(out))
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 2, said[-3000:]
+    assert re.search(r"error: extract: none of the 2 input files could be read as WARC or WAT \(not_a_warc_file 2\)",
+                     said)
+    assert "Traceback" not in said and not (out / "stages" / "extract" / "_SUCCESS").exists()
+
+
 def test_bad_config_value_is_a_clear_error(tmp_path):
     proc = run_job("--input", str(tmp_path), "--output", str(tmp_path / "o"), "--set", "extract.max_page_bytes=3")
     said = proc.stdout + proc.stderr

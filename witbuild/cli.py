@@ -94,18 +94,17 @@ def balance_plan(
         _fail(f"{build}: no such build folder")
     if not (Path(layout.stage_dir(str(build), "match")) / layout.SUCCESS_FILE).is_file():
         _fail(f"{build}/stages/match is not a finished match stage")
-    try:
-        cfg = load_config(layout.config_path(str(build)))
+    try:  # this folder, wherever the build wrote it from (a relative output, a copied build)
+        cfg = load_config(layout.config_path(str(build)), output=str(build))
         bcfg = _plan_settings(cfg.balance, t, target_size)
+        entries, manifest = _matched_querylist(build)
     except ValidationError as exc:
         _fail(f"{layout.config_path(str(build))}: {first_error(exc)}")
     except (OSError, ValueError) as exc:
         _fail(str(exc))
-    from witbuild.curate.querylist_artifact import prepare_querylist
     from witbuild.spark import get_session
 
     spark = get_session(cfg.spark)
-    entries, manifest = prepare_querylist(spark, cfg, None)
     plan = plan_matched(spark, layout.stage_dir(str(build), "match"), len(entries), bcfg)
     typer.echo(f"query list {manifest['version']} ({len(entries):,} entries)")
     typer.echo(plan.describe())
@@ -116,6 +115,23 @@ def balance_plan(
         else:  # a pair is drawn at the largest p of its entries: an entry keeps min(c_e, t) or more
             typer.echo(f"  {entries[i]!r:<30} c_e = {c:>10,}  p_e = {min(1.0, plan.t / max(c, 1)):.4f}  "
                        f"min(c_e, t) {min(c, plan.t):>12,.1f}")
+
+
+def _matched_querylist(build: Path) -> tuple[list[str], dict]:
+    """The query list the build's match stage matched against, as the build keeps it: a dry run makes no list,
+    and ids read against another list would name other entries."""
+    import json
+
+    from witbuild import layout
+    from witbuild.curate.querylist_artifact import stored_querylist
+
+    entries, manifest = stored_querylist(str(build))
+    counts = Path(layout.stage_dir(str(build), "match")) / layout.COUNTS_FILE
+    matched = json.loads(counts.read_text(encoding="utf-8")).get("info", {}).get("querylist_version")
+    if matched != manifest.get("version"):
+        raise ValueError(f"{build}/querylist is version {manifest.get('version')}, but the match stage matched "
+                         f"against {matched}: the list changed since; run the build again to redo match")
+    return entries, manifest
 
 
 def _plan_settings(bcfg, t: int | None, target_size: int | None):

@@ -145,6 +145,10 @@ def build(cfg: BuildConfig, args: argparse.Namespace) -> int:
     sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         results = run_build(spark, cfg, until_stage=args.until_stage, from_stage=args.from_stage, on_stage=show)
+    except InputError as exc:  # the input, found unusable once read: the user's to fix, said in one line
+        logging.getLogger("build_wit").debug("build stopped", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         logging.getLogger("build_wit").exception("build failed")
         print(f"error: build failed: {exc}", file=sys.stderr)

@@ -100,6 +100,19 @@ def prepare_querylist(spark: Any, cfg: BuildConfig, pool_dir: str | None) -> tup
             (Path(staged) / layout.FINGERPRINT_FILE).write_text(json.dumps(fp.to_dict(), indent=1, ensure_ascii=False),
                                                                 encoding="utf-8")
             _publish(fs, staged, folder)
+    return _read(fs, folder)
+
+
+def stored_querylist(output: str) -> tuple[list[str], dict]:
+    """The entries and manifest of the query list kept in a build's output, as they are: never made again (what
+    reads a finished build must not change it). Raises ValueError when the build holds none."""
+    fs, folder = fs_and_path(layout.querylist_dir(output))
+    if not (fs.isfile(f"{folder}/{layout.QUERYLIST_ENTRIES}") and fs.isfile(f"{folder}/{layout.QUERYLIST_MANIFEST}")):
+        raise ValueError(f"{layout.querylist_dir(output)}: no query list in this build")
+    return _read(fs, folder)
+
+
+def _read(fs: Any, folder: str) -> tuple[list[str], dict]:
     with tempfile.TemporaryDirectory(prefix="witbuild-querylist-") as local:
         entries_file = Path(local) / layout.QUERYLIST_ENTRIES
         entries_file.write_bytes(fs.cat_file(f"{folder}/{layout.QUERYLIST_ENTRIES}"))

@@ -15,7 +15,7 @@ import pyarrow as pa
 from witbuild import schemas
 from witbuild.counters import StageCounts
 from witbuild.extract import extract_file
-from witbuild.sources.inputs import expand_inputs
+from witbuild.sources.inputs import InputError, expand_inputs
 from witbuild.spark import counted, fs_and_path, join
 
 if TYPE_CHECKING:
@@ -134,6 +134,21 @@ def run_crawl(ctx: StageContext) -> tuple[list[str], StageCounts]:
     return existing, total
 
 
+UNREADABLE_FILE_EVENTS = ("not_a_warc_file", "unreadable_file")
+
+
+def check_some_input_read(counts: StageCounts, files: list[str]) -> None:
+    """Raise InputError when no input file could be read at all (an HTML page or a CDX index saved under a WARC
+    name, a path nobody may read): counted as skips, such a build would go on and "succeed" with nothing in it.
+    Some bad files among good ones stay a counted, logged skip."""
+    bad = {name: counts.events.get(name, 0) for name in UNREADABLE_FILE_EVENTS}
+    if counts.rows_in == 0 and files and sum(bad.values()) >= len(files):
+        shown = ", ".join(files[:3]) + (f" and {len(files) - 3:,} more" if len(files) > 3 else "")
+        why = ", ".join(f"{k} {v:,}" for k, v in bad.items() if v)
+        raise InputError(f"extract: none of the {len(files):,} input files could be read as WARC or WAT ({why}): "
+                         f"{shown}")
+
+
 def run_extract(ctx: StageContext) -> StageCounts:
     cfg = ctx.cfg
     files = expand_inputs(cfg.input.paths) if cfg.input.paths else []
@@ -159,6 +174,7 @@ def run_extract(ctx: StageContext) -> StageCounts:
 
     counts = read_task_counts(ctx.counts_dir)
     counts.unit = "images"
+    check_some_input_read(counts, files)
     for name, n in crawl_counts.events.items():
         counts.event(name if name.startswith("crawl") else f"crawl_{name}", n)
     return counts

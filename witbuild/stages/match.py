@@ -61,7 +61,8 @@ def run_match(ctx: StageContext) -> StageCounts:
 
     counts = ctx.map_batches(task)
     counts.info.update({"querylist_version": version, "querylist_entries": len(entries),
-                        "case_rule": mcfg.case_sensitive, "case_variant_groups": case_variant_groups,
-                        "spaced_entries": spaced_entries})
+                        "case_rule": mcfg.case_sensitive, "case_variant_groups": case_variant_groups})
+    if mcfg.case_sensitive is True:  # MetaCLIP's rule: how many entries it would never match
+        counts.info["spaced_entries"] = spaced_entries
     entries_bc.unpersist()
     return counts
