@@ -109,6 +109,11 @@ def test_spark_settings_take_dotted_keys_and_any_scalar():
     cfg = load_config(inputs=["a.warc.gz"], output="o", sets=["spark.conf={spark.sql.shuffle.partitions: 4}"])
     assert cfg.spark.conf == {"spark.sql.shuffle.partitions": "4"}
     assert load_config(inputs=["a.warc.gz"], output="o", sets=["spark.conf={a.b: x}"]).spark.conf == {"a.b": "x"}
+    # one Spark setting's name begins another's: both are kept, in either order
+    pair = ["spark.conf.spark.locality.wait=10s", "spark.conf.spark.locality.wait.node=0"]
+    for sets in (pair, pair[::-1]):
+        cfg = load_config(inputs=["a.warc.gz"], output="o", sets=sets)
+        assert cfg.spark.conf == {"spark.locality.wait": "10s", "spark.locality.wait.node": "0"}
 
 
 def test_the_job_refuses_an_output_that_is_a_file_and_an_unknown_log_level(tmp_path, capsys):

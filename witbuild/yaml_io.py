@@ -75,8 +75,18 @@ def validate(model: type[BaseModel], raw: dict[str, Any], where: str = "config")
         raise ConfigError(f"{where}: {first_error(exc)}") from None
 
 
+#: A section whose keys are Spark's own dotted names: what follows it in a ``--set`` key is one key, since one Spark
+#: setting's name can begin another's (``spark.locality.wait`` and ``spark.locality.wait.node``).
+FLAT_KEYED = ("spark", "conf")
+
+
 def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
+    n = len(FLAT_KEYED)
+    for i in range(len(keys) - n):
+        if tuple(keys[i:i + n]) == FLAT_KEYED:
+            keys = [*keys[:i + n], ".".join(keys[i + n:])]
+            break
     for k in keys[:-1]:
         d = d.setdefault(k, {})
         if not isinstance(d, dict):
