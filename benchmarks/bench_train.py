@@ -43,8 +43,9 @@ def ensure_side_env() -> None:
         return
     python = oc.DEFAULT_ENV / "bin" / "python"
     if not python.exists():
-        sys.exit(f"error: open_clip is not installed here and the side environment {oc.DEFAULT_ENV} is missing; "
-                 "create it as benchmarks/README.md says (or set BENCH_OPENCLIP_ENV)")
+        print(f"error: open_clip is not installed here and the side environment {oc.DEFAULT_ENV} is missing; "
+              "create it as benchmarks/README.md says (or set BENCH_OPENCLIP_ENV)", file=sys.stderr)
+        sys.exit(2)
     os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
 
 
@@ -124,7 +125,6 @@ def loss_check() -> dict:
 
 
 def main() -> int:
-    ensure_side_env()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--skip", type=int, default=8, help="First steps left out (start-up, loader warm-up).")
@@ -133,7 +133,8 @@ def main() -> int:
     ap.add_argument("--nproc", type=int, default=1, help="Processes per trainer (gloo DDP when > 1).")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--model", default=str(ROOT / "trainer" / "configs" / "models" / "tiny.json"))
-    args = ap.parse_args()
+    args = ap.parse_args()  # --help needs no side environment
+    ensure_side_env()
 
     import torch
 

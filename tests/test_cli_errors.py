@@ -73,6 +73,8 @@ def test_input_flag_replaces_the_whole_input_section(tmp_path):
     (["--set", "langid.allowed=[english]"], r"^error: langid\.allowed: the language id model has no label english"),
     (["--set", "download.resize_mode=fit"], r"^error: config: download\.resize_mode: Input should be 'no', "),
     (["--set", "download.encode_format=jpeg"], r"^error: config: download\.encode_format: Input should be 'jpg'"),
+    (["--set", "download.encode_format=png", "--set", "download.encode_quality=95"],
+     r"^error: config: download: encode_quality 95: png takes a compression level 0-9$"),
     (["--set", "dedup.decontaminate=/nonexistent"], r"^error: dedup\.decontaminate: not a folder of images: "),
 ])
 def test_the_job_refuses_a_bad_setting_in_one_line(tmp_path, capsys, args, message):
@@ -122,6 +124,9 @@ def test_the_job_refuses_an_output_that_is_a_file_and_an_unknown_log_level(tmp_p
     for output in ("afile", "afile/sub"):
         assert job.main(["--input", str(tmp_path / "a.warc.gz"), "--output", str(tmp_path / output)]) == 2
         assert "is not a folder" in _one_error_line(capsys.readouterr().err)
+    # a name of bytes that are not UTF-8 (as the shell passes them): Spark's Java paths cannot name it
+    assert job.main(["--input", str(tmp_path / "a.warc.gz"), "--output", str(tmp_path) + "/\udcffout"]) == 2
+    assert "is not a UTF-8 path, which Spark cannot write to" in _one_error_line(capsys.readouterr().err)
     with pytest.raises(SystemExit) as stop:
         job.main(["--input", "a.warc.gz", "--output", "o", "--log-level", "bogus"])
     assert stop.value.code == 2 and "invalid choice: 'BOGUS'" in capsys.readouterr().err
@@ -184,9 +189,13 @@ def test_experiment_config_errors(tmp_path):
     (["querylist", "build", "{tmp}/ql", "--no-bigrams", "--corpus", "c.txt"], "error: --corpus is read for bigrams"),
     (["querylist", "build", "{tmp}/ql", "--min-zipf", "nan"], "error: querylist: min_zipf: Input should be a finite"),
     (["demo", "--out", "{tmp}/demo", "--config", "{tmp}/typo.yaml"], "error: {tmp}/typo.yaml: extract.bogus: Extra"),
+    (["demo", "--out", "{tmp}/typo.yaml"], "error: --out {tmp}/typo.yaml is a file, which is not a folder"),
+    (["experiment", "{tmp}/exp.yaml", "--set", "output={tmp}/typo.yaml/x"],
+     "error: output {tmp}/typo.yaml/x cannot be made: {tmp}/typo.yaml is a file"),
 ])
 def test_the_witbuild_script_gives_one_error_line(tmp_path, args, message):
     (tmp_path / "typo.yaml").write_text("extract:\n  bogus: 1\n")
+    (tmp_path / "exp.yaml").write_text("demo_web: {pages: 20}\n")
     proc = subprocess.run([str(WITBUILD), *[a.format(tmp=tmp_path) for a in args]], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2, proc.stderr

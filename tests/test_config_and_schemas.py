@@ -129,3 +129,42 @@ def test_shipped_configs_are_valid():
             continue
         cfg = load_config(path)
         assert cfg.output and (cfg.input.paths or cfg.input.seeds)
+
+
+def test_png_takes_a_compression_level_img2dataset_accepts():
+    """jpg and webp take a quality 0-100, png a zlib level 0-9: the default quality 95, given to img2dataset's
+    resizer for png, fails every download; png's default is 9, and a png quality above 9 is refused up front."""
+    from img2dataset.resizer import ResizeMode, Resizer
+
+    def resizer(quality: int) -> Resizer:
+        return Resizer(image_size=64, resize_mode=ResizeMode.keep_ratio, resize_only_if_bigger=True,
+                       encode_format="png", encode_quality=quality)
+
+    with pytest.raises(ValueError, match="between 0 and 9"):
+        resizer(95)
+    cfg = load_config(inputs=["a.warc.gz"], output="o", sets=["download.encode_format=png"])
+    assert cfg.download.encode_quality == 9
+    resizer(cfg.download.encode_quality)
+    assert load_config(inputs=["a.warc.gz"], output="o").download.encode_quality == 95  # jpg's default as before
+    with pytest.raises(ValidationError, match="png takes a compression level 0-9"):
+        load_config(inputs=["a.warc.gz"], output="o", sets=["download.encode_format=png", "download.encode_quality=10"])
+
+
+def test_every_build_setting_is_described():
+    """Each field says what it does (the description the config files and --help point to), in every section."""
+    import typing
+
+    from pydantic import BaseModel
+
+    def undescribed(model: type[BaseModel], prefix: str = "") -> list[str]:
+        out = []
+        for name, field in model.model_fields.items():
+            kinds = [field.annotation, *typing.get_args(field.annotation)]
+            section = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+            if section is not None:
+                out += undescribed(section, f"{prefix}{name}.")
+            elif not field.description:
+                out.append(prefix + name)
+        return out
+
+    assert undescribed(BuildConfig) == []

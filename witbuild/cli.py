@@ -177,6 +177,8 @@ def demo(
     from witbuild.demo.web import summarize, write_warc, write_wat
     from witbuild.spark import spark_submit_env
 
+    if problem := folder_problem(out):  # before the web is served and written
+        _fail(f"--out {problem}")
     if config is None:
         default = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
         config = default if default.is_file() else None

@@ -56,7 +56,8 @@ class ExtractConfig(_Section):
         "(for srcset attributes, the largest candidate). Lazy loaders' attributes come before src and srcset, "
         "which hold the loader's placeholder until a script swaps them.",
     )
-    text_attrs: list[str] = Field(default_factory=lambda: ["alt", "title"])
+    text_attrs: list[str] = Field(default_factory=lambda: ["alt", "title"], description="<img> attributes read as "
+                                  "the caption, in order; the first that is not empty wins.")
     keep_empty_text: bool = Field(False, description="Keep images without alt/title text (text is '').")
     max_page_bytes: int = Field(5_000_000, ge=1024, description="HTML beyond this many bytes is not parsed.")
     batch_rows: int = Field(8192, ge=1, description="Rows per Arrow batch handed back to Spark.")
@@ -77,16 +78,18 @@ class CrawlConfig(_Section):
         description="How site owners reach whoever runs the crawl (a URL or mailto:); sent in the User-Agent.",
     )
     max_depth: int = Field(2, ge=0, description="Link hops from a seed; 0 fetches the seeds only.")
-    max_pages_per_host: int = Field(1000, ge=1)
+    max_pages_per_host: int = Field(1000, ge=1, description="Pages fetched from one host at most (robots.txt "
+                                    "not counted); the rest of its links are page_budget_reached.")
     delay_seconds: float = Field(
         1.0, ge=0, description="Minimum gap between requests to one host (robots Crawl-delay wins if larger)."
     )
-    connect_timeout: float = Field(5.0, gt=0)
-    read_timeout: float = Field(10.0, gt=0)
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a connection to a host.")
+    read_timeout: float = Field(10.0, gt=0, description="Seconds to wait for each read of a response.")
     total_timeout: float = Field(30.0, gt=0, description="Wall-clock cap on one response, against slow drips.")
     max_page_bytes: int = Field(5_000_000, ge=1024, description="Bodies are cut at this size (WARC-Truncated: length).")
-    max_redirects: int = Field(5, ge=0)
-    respect_robots: bool = True
+    max_redirects: int = Field(5, ge=0, description="Redirects followed from one URL (each hop address-checked).")
+    respect_robots: bool = Field(True, description="Fetch each host's robots.txt first and honour its rules for "
+                                 "the crawler's product token (and its Crawl-delay).")
     warc_dir: str | None = Field(None, description="Where the crawl's WARC files go; default <output>/crawl.")
 
     @property
@@ -101,7 +104,7 @@ class CrawlConfig(_Section):
 
 class SparkConfig(_Section):
     master: str | None = Field(None, description="Spark master URL; None keeps spark-submit's --master (or local[*]).")
-    app_name: str = "witbuild"
+    app_name: str = Field("witbuild", description="The Spark application's name, as its UI and logs show it.")
     conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark settings, e.g. "
                                  "--set spark.conf.spark.sql.shuffle.partitions=8.")
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from witbuild.layout import OPTED_OUT
 from witbuild.network import BLOCKED_ADDRESS, BodyLimit, Policy, allow_tuple, guarded_urlopen
@@ -36,12 +36,25 @@ class DownloadConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="after")
+    def _png_compression(self) -> DownloadConfig:
+        """png's encode_quality is a compression level 0-9 (img2dataset refuses more, at download time): 9 when not
+        given, and another value is an error now, not after every earlier stage has run."""
+        if self.encode_format == "png":
+            if "encode_quality" not in self.model_fields_set:
+                self.encode_quality = 9
+            elif self.encode_quality > 9:
+                raise ValueError(f"encode_quality {self.encode_quality}: png takes a compression level 0-9")
+        return self
+
     image_size: int = Field(256, ge=8, description="Target size of the resize (see resize_mode).")
     resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = Field(
         "keep_ratio", description="img2dataset's resize mode (its ResizeMode).")
-    resize_only_if_bigger: bool = True
+    resize_only_if_bigger: bool = Field(True, description="Resize only images larger than image_size; smaller "
+                                        "ones are stored at their own size.")
     encode_format: Literal["jpg", "png", "webp"] = Field("jpg", description="jpg, png or webp.")
-    encode_quality: int = Field(95, ge=1, le=100)
+    encode_quality: int = Field(95, ge=0, le=100, description="Quality of the stored image, 0-100 for jpg and "
+                                "webp; for png, zlib's compression level 0-9 (9 when not given).")
     timeout: int = Field(10, ge=1, description="Seconds a request may wait for the server at each step (the "
                          "connection, each read).")
     total_timeout: float = Field(60.0, gt=0, description="Seconds one image's whole exchange may take (connection, "
@@ -50,7 +63,7 @@ class DownloadConfig(BaseModel):
     max_image_bytes: int = Field(32 * 1024 * 1024, ge=1, description="A larger image body is refused before or "
                                  "while it is read (error class body_too_large): each download thread holds at "
                                  "most this much.")
-    retries: int = Field(1, ge=0)
+    retries: int = Field(1, ge=0, description="Further attempts at an image whose download failed.")
     min_image_size: int = Field(200, ge=0, description="Shorter side in pixels of the original image "
                                 "(DataComp 'basic': 200).")
     max_aspect_ratio: float = Field(3.0, gt=0, description="Longer side / shorter side (DataComp 'basic': 3).")
@@ -62,7 +75,8 @@ class DownloadConfig(BaseModel):
     respect_robots: bool = Field(True, description="Fetch each image host's robots.txt once (under the network "
                                  "policy, with the crawl's timeouts and size cap) and drop the URLs it disallows "
                                  "(robots_disallowed; 5xx or unreachable robots.txt: robots_unreachable).")
-    number_sample_per_shard: int = Field(10_000, ge=1)
+    number_sample_per_shard: int = Field(10_000, ge=1, description="Rows of the URL list per img2dataset shard "
+                                         "(its samples are the successes among them).")
     thread_count: int = Field(32, ge=1, description="Download threads per Spark task.")
     subjob_size: int = Field(1000, ge=1, description="Shards handed to Spark per job.")
     upright: bool = Field(True, description="Turn each image as its EXIF orientation (JPEG, PNG) or its irot/imir "

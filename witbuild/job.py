@@ -29,7 +29,8 @@ from witbuild.yaml_io import first_error
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="build_wit.py", description=__doc__.split("\n", 1)[0])
-    p.add_argument("--config", help="YAML build config (see witbuild/config.py for every field)")
+    p.add_argument("--config", help="YAML build config (every field is described in BuildConfig, witbuild/config.py, "
+                   "and its sections)")
     p.add_argument("--input", action="append", metavar="PATH|GLOB|URL",
                    help="WARC/WAT file, glob or folder, or a seed URL to crawl; repeatable; "
                    "replaces input.* of the config")
@@ -224,6 +225,10 @@ def empty_output(result) -> str | None:
 def check_output_folder(output: str) -> None:
     """A local output that cannot be a folder is an error before Spark starts (fsspec URLs are left to the
     filesystem)."""
+    try:
+        output.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the file system allows but Spark's Java paths cannot name
+        raise InputError(f"output {output!r} is not a UTF-8 path, which Spark cannot write to") from None
     if "://" not in output and (problem := folder_problem(output)):
         raise InputError(f"output {problem}")
 

@@ -58,7 +58,8 @@ class QueryListConfig(BaseModel):
     bigrams: bool = Field(True, description="Add PMI bigrams counted over the corpus (needs a corpus).")
     bigram_min_count: int = Field(5, ge=1, description="Bigrams seen fewer times are not considered.")
     bigram_min_pmi: float = Field(6.0, description="Minimum log2 PMI of a bigram.")
-    max_bigrams: int = Field(100_000, ge=0)
+    max_bigrams: int = Field(100_000, ge=0, description="At most this many bigrams, the highest PMI first "
+                             "(MetaCLIP's list holds 100,646).")
     numbers: bool = Field(True, description='Add "0".."99", as MetaCLIP does.')
     wordnet: bool = Field(True, description="Add WordNet lemmas when Debian's wordnet-base is installed.")
     max_entries: int = Field(500_000, ge=1, description="At most this many entries (MetaCLIP's 500,000), for a "

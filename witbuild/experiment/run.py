@@ -32,6 +32,7 @@ from witbuild.experiment.config import (
     check_train_config,
     check_variants,
 )
+from witbuild.output_folder import folder_problem
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     from witbuild.spark import get_session
 
     out = Path(cfg.output)
+    if problem := folder_problem(out):  # known before any variant is built
+        raise ExperimentError(f"output {problem}")
     check_train_config(cfg)
     if not TRAIN_SCRIPT.is_file():
         raise ExperimentError(f"the trainer is not at {TRAIN_SCRIPT}: run the experiment from a source checkout")
