@@ -427,6 +427,14 @@ def test_markup_that_would_take_the_parser_quadratic_time_is_skipped_and_counted
     fine = {"at the depth limit": "<body>" + "<div>" * MAX_OPEN_ELEMENTS + "<span>x</span>" * 10_000 + img,
             "deep but closed": "<body>" + "<div><span>x</span></div>" * 50_000 + img,
             "optional end tags": "<body><table>" + "<tr><td><p>x<li>y" * 20_000 + "</table>" + img,
+            # ends the parser implies, on pages real sites write (each 5-8 levels deep to lexbor and Chromium)
+            "links without </a>": "<body><div>" + '<a href="/p">page</a> <a href="/q">next' * 5_000 + img,
+            "an old table of <font>s": "<body><table>" + "<tr><td><font size=2>text</td>" * 2_100 + "</table>"
+            + img,
+            "a list of links": "<body><ul>" + '<li><a href="/x">x' * 5_000 + "</ul>" + img,
+            "paragraphs of open spans": "<body>" + "<p><span>a <b>b</b> c</p>" * 3_000 + img,
+            # an XHTML <iframe/> is the start of text to the parser: the rest of the page, read once
+            "self-closed iframes": "<body>" + img + '<p><iframe src="/x"/></p>' * 3_000,
             # what is not a tag, or closes at once: SVG's <path/>, a script's i<n, comments
             "inline SVG": "<body><svg>" + '<path d="M0 0"/><rect/>' * 6_000 + "</svg>" + img,
             "a script": "<body><script>" + "for(var i=0;i<n;i++){a<b}" * 9_000 + "</script>" + img,

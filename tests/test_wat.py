@@ -86,6 +86,16 @@ def test_image_links_resolution_and_drops(tmp_path, real_envelope):
     assert r["url_source"] == "wat"
 
 
+def test_header_names_in_lower_case_give_the_page_language(tmp_path, real_envelope):
+    """HTTP/2 captures keep header names in lower case (the real WARC of this page has ``content-language: an``):
+    the WAT's page language is read as the WARC's is."""
+    doc = response_doc(real_envelope, "http://h.test/", [{"path": "IMG@/src", "url": "c.jpg", "alt": "x"}])
+    doc["Envelope"]["Payload-Metadata"]["HTTP-Response-Metadata"]["Headers"] = {"content-language": "an"}
+    write_wat(p := tmp_path / "x.warc.wat.gz", [json.dumps(doc).encode()])
+    rows, _ = extract(p)
+    assert rows[0]["page_lang"] == "an"
+
+
 def test_without_base_links_resolve_against_the_page(tmp_path, real_envelope):
     doc = response_doc(real_envelope, "http://h.test/a/b.html", [{"path": "IMG@/src", "url": "c.jpg", "alt": "x"}])
     write_wat(p := tmp_path / "x.warc.wat.gz", [json.dumps(doc).encode()])

@@ -75,7 +75,7 @@ def wat_images(
         return page_url, [], None
     counts.event("wat_html_records")
     headers = _get(envelope, "Payload-Metadata", "HTTP-Response-Metadata", "Headers") or {}
-    lang = clean_lang(headers.get("Content-Language") if isinstance(headers, dict) else None)
+    lang = clean_lang(_header(headers, "content-language"))
 
     base = page_url
     head_base = _get(html_meta, "Head", "Base")
@@ -117,3 +117,10 @@ def wat_images(
     counts.rows_in += n_in
     counts.rows_out += n_out
     return page_url, refs, lang
+
+
+def _header(headers: object, name: str) -> str | None:
+    """A response header by its lower-case name, however the WAT spells it (HTTP/2 captures keep them lower-case)."""
+    if not isinstance(headers, dict):
+        return None
+    return next((v for k, v in headers.items() if isinstance(k, str) and k.lower() == name), None)

@@ -66,8 +66,10 @@ REGISTRY: tuple[Stage, ...] = (
     # image URLs are resolved by the WHATWG URL standard, their queries written in the page's encoding
     # rule 4: a page that names no encoding is decoded as detected through the WHATWG label table (EUC-KR and
     # x-mac-cyrillic were UTF-8), as UTF-8 when its bytes are, else windows-1252; KOI8-U letters make KOI8-U
+    # rule 5: the depth check follows the ends the parser implies (a page of 5,000 "<li><a href>" is 6 levels deep,
+    # not 5,000, and is read); a WAT's lower-case content-language header gives the page language
     Stage("extract", None, "witbuild.stages.extract:run_extract", ("input", "extract"), "candidates",
-          crawl_config=("crawl", "network"), rule=4),
+          crawl_config=("crawl", "network"), rule=5),
     # rule 2: a bare domain is a URL only with its TLD in lower case ("ASP.NET" is a word); "90s" is a decade and
     # "ISO 9001" a standard, not camera settings
     Stage("filter", "extract", "witbuild.stages.filter:run_filter", ("filter", "langid"), "filtered", rule=2),
