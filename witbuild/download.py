@@ -9,18 +9,20 @@ import io
 import json
 import os
 import re
+import threading
 import urllib.error
 import urllib.request
 import urllib.response
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from witbuild.layout import OPTED_OUT
+from witbuild.layout import OPTED_OUT, ROBOTS_DISALLOWED, ROBOTS_UNREACHABLE
 from witbuild.network import BLOCKED_ADDRESS, BodyLimit, Policy, allow_tuple, guarded_urlopen
+from witbuild.robots import RobotsAnswer, RobotsLimits, agent_tokens, fetch_robots, origin_of, robots_refusal
 
 # albumentations (which img2dataset imports) asks pypi.org for a newer release at import unless this is set: the
 # build sends no request but those it is asked for. Set here, on import, before any ``import img2dataset``.
@@ -69,6 +71,10 @@ class DownloadConfig(BaseModel):
     max_aspect_ratio: float = Field(3.0, gt=0, description="Longer side / shorter side (DataComp 'basic': 3).")
     max_image_area: int = Field(MAX_IMAGE_PIXELS, ge=1, description="Larger images are refused (decompression "
                                 "bombs); also set as OpenCV's decoder limit.")
+    max_image_memory: int = Field(2 * 2**30, ge=2**20, description="Bytes one image may take while it is decoded "
+                                  "and resized, estimated from its header (80 a pixel with alpha or 16-bit "
+                                  "channels, 8 otherwise): a larger one is refused (image_too_large), so that a "
+                                  "small file of many wide pixels cannot take a worker's memory.")
     user_agent_token: str = Field("witbuild", description="Added to the User-Agent of every request; the "
                                   "robots.txt groups of this token (and of 'img2dataset', which the User-Agent "
                                   "also names) are honoured.")
@@ -113,11 +119,15 @@ _ERROR_CLASSES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     for name, pattern in (
         (BLOCKED_ADDRESS, r"blocked[ _]address"),  # first: its message names the address, which may look like others
         (OPTED_OUT, r"opt(ed)?[- ]?out|x-robots-tag|noai|tdm-reservation"),
+        (ROBOTS_DISALLOWED, r"robots_disallowed"),  # a redirect hop its host's robots.txt forbids
+        (ROBOTS_UNREACHABLE, r"robots_unreachable"),
         ("http_404", r"\b404\b"),
         ("http_403", r"\b403\b"),
         ("http_4xx", r"HTTP Error 4\d\d"),
         ("http_5xx", r"HTTP Error 5\d\d"),
         ("body_too_large", r"body too large"),
+        ("redirect_scheme", r"Redirection to url '(?!https?:)|unknown url type"),  # file:, data:, ftp: never followed
+        ("truncated_body", r"IncompleteRead"),  # fewer bytes than the Content-Length said
         ("redirect_loop", r"redirect|infinite loop"),
         ("timeout", r"timed? ?out|timeout"),
         ("aspect_ratio", r"aspect ratio"),
@@ -159,6 +169,101 @@ class TdmReservationProcessor(urllib.request.BaseHandler):
         return response
 
     https_response = http_response
+
+
+#: img2dataset's default disallowed_header_directives, which the build keeps
+DEFAULT_REFUSED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+# Directives of X-Robots-Tag that take a value after a colon: not a bot's name
+_XRT_VALUE_DIRECTIVES = frozenset(("unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"))
+_XRT_AGENT = re.compile(r"^([A-Za-z0-9_.\-]+)\s*:\s*(.*)$", re.S)
+
+
+def x_robots_refusal(values: Iterable[str], tokens: Iterable[str], refused: Iterable[str]) -> str | None:
+    """The X-Robots-Tag rule that refuses our use (``"noai"``, ``"witbuild: noimageai"``), or None.
+
+    Each header is ``rule, rule`` for every bot, or ``bot: rule, rule`` for one (a section runs to the next
+    ``bot:``); ``none`` is ``noindex, nofollow``. Sections for every bot and for any of ``tokens`` apply.
+    img2dataset's own check splits a header at its first colon, so ``noai, unavailable_after: …`` and
+    ``noindex, otherbot: nofollow`` read as a bot's name, and ``img2dataset: noai`` (its own name) is not ours."""
+    names = {t.strip().lower() for t in tokens if t and t.strip()}
+    refused = {r.strip().lower() for r in refused}
+    if "noindex" in refused:
+        refused.add("none")
+    for value in values:
+        agent: str | None = None
+        for part in value.split(","):
+            part = part.strip()
+            m = _XRT_AGENT.match(part)
+            if m and m.group(1).lower() not in _XRT_VALUE_DIRECTIVES:
+                agent, part = m.group(1).lower(), m.group(2).strip()
+            rule = part.lower()
+            if rule in refused and (agent is None or agent in names):
+                return f"{agent}: {rule}" if agent else rule
+    return None
+
+
+class XRobotsTagProcessor(urllib.request.BaseHandler):
+    """Refuses a successful response whose X-Robots-Tag reserves its use for us (:func:`x_robots_refusal`), before
+    its body is read or kept."""
+
+    def __init__(self, tokens: Iterable[str], refused: Iterable[str]) -> None:
+        self.tokens = tuple(tokens)
+        self.refused = tuple(refused)
+
+    def http_response(self, request: urllib.request.Request, response: Any) -> Any:
+        if 200 <= response.status < 300 and (why := x_robots_refusal(
+                response.headers.get_all("X-Robots-Tag") or (), self.tokens, self.refused)):
+            response.close()
+            raise OptedOutError(f"opted out: X-Robots-Tag {why} on {request.full_url}")
+        return response
+
+    https_response = http_response
+
+
+@dataclass(frozen=True)
+class HopRobots:
+    """How a redirect hop's robots.txt is fetched and read: the stage's own settings for its image hosts."""
+
+    tokens: tuple[str, ...]
+    user_agent: str
+    limits: RobotsLimits
+
+
+_HOP_ANSWERS: dict[tuple[str, tuple[str, ...], str], RobotsAnswer] = {}  # per process: one fetch per origin
+_HOP_LOCK = threading.Lock()
+
+
+class RedirectRobotsCheck(urllib.request.BaseHandler):
+    """Refuses a redirect hop that the robots.txt of the hop's origin disallows. The stage judged each row's own URL
+    against its host's robots.txt; a redirect leads anywhere (a shortener, another host, another path of the same
+    host), and RFC 9309's rules hold for every URL fetched. Each origin's robots.txt is fetched once per process,
+    under the network policy; its refusal is the row's error (robots_disallowed, robots_unreachable)."""
+
+    def __init__(self, robots: HopRobots, allow: tuple[str, ...]) -> None:
+        self.robots = robots
+        self.allow = allow
+
+    def http_request(self, request: urllib.request.Request) -> urllib.request.Request:
+        if not getattr(request, "redirect_dict", None):
+            return request  # the row's own URL: judged by the stage
+        origin = origin_of(request.full_url)
+        if origin is None:
+            return request
+        why = robots_refusal(request.full_url, *self._answer(origin), self.robots.tokens)
+        if why:
+            raise urllib.error.URLError(f"{why}: redirected to {request.full_url} ({origin}/robots.txt)")
+        return request
+
+    https_request = http_request
+
+    def _answer(self, origin: str) -> tuple[str, str]:
+        key = (origin, self.allow, self.robots.user_agent)
+        with _HOP_LOCK:
+            answer = _HOP_ANSWERS.get(key)
+            if answer is None:
+                answer = _HOP_ANSWERS[key] = fetch_robots(origin, self.allow, self.robots.limits,
+                                                          self.robots.user_agent)
+        return answer.outcome, answer.body
 
 
 def policy_cache_folder(folder: str, allow: tuple[str, ...]) -> str:
@@ -263,14 +368,21 @@ class GuardedDownloader:
     in that process, around the call that runs the download threads."""
 
     def __init__(self, inner: Callable[[Any], Any], allow: tuple[str, ...], cache_dir: str | None = None,
-                 limits: ImageLimits | None = None) -> None:
+                 limits: ImageLimits | None = None, hop_robots: HopRobots | None = None) -> None:
         self.inner = inner
         self.allow = allow
         self.cache_dir = cache_dir
         self.limits = limits or ImageLimits()
+        self.hop_robots = hop_robots
 
     def __call__(self, row: Any) -> Any:
-        extra: tuple[urllib.request.BaseHandler, ...] = (TdmReservationProcessor(), BodyLimit(self.limits.max_bytes))
+        token = getattr(self.inner, "user_agent_token", None) or ""
+        refused = getattr(self.inner, "disallowed_header_directives", None) or DEFAULT_REFUSED_DIRECTIVES
+        extra: tuple[urllib.request.BaseHandler, ...] = (
+            TdmReservationProcessor(), XRobotsTagProcessor(agent_tokens(token), refused),
+            BodyLimit(self.limits.max_bytes))
+        if self.hop_robots is not None:
+            extra += (RedirectRobotsCheck(self.hop_robots, self.allow),)
         if self.cache_dir:
             extra += (ResponseCache(self.cache_dir, self.allow), ResponseKeeper(self.cache_dir, self.allow))
         with guarded_urlopen(self.allow, extra=extra, total_timeout=self.limits.total_timeout):
@@ -283,7 +395,8 @@ _DISTRIBUTORS = ("pyspark_distributor", "multiprocessing_distributor")
 @contextmanager
 def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool = False,
                         limits: ImageLimits | None = None, upright: bool = False, srgb: bool = False,
-                        encoding: tuple[str, int] = ("jpg", 95)) -> Iterator[None]:
+                        encoding: tuple[str, int] = ("jpg", 95), hop_robots: HopRobots | None = None,
+                        max_image_memory: int | None = None) -> Iterator[None]:
     """Within the block, ``img2dataset.download`` hands its distributor a :class:`GuardedDownloader`; with
     ``sign``, its WebDataset writer also saves each shard's dedup signatures (witbuild/dedup/shard_signatures.py);
     with ``upright``, its resizer turns each image by its EXIF orientation (witbuild/orientation.py), and with
@@ -303,6 +416,7 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
     from witbuild.as_shown import AsShownResizer
     from witbuild.bit_depth import EightBitResizer
     from witbuild.colour_profile import CmykResizer
+    from witbuild.decode_budget import MemoryBudgetResizer
     from witbuild.dedup.shard_signatures import SigningWriterClass
 
     # ``import img2dataset.main`` would give the package's ``main`` function, which shadows the module's name
@@ -314,13 +428,16 @@ def img2dataset_guarded(policy: Policy, cache_dir: str | None = None, sign: bool
         def distributor(processes_count: Any, downloader: Any, *args: Any, **kw: Any) -> Any:
             if sign and downloader.sample_writer_class is WebDatasetSampleWriter:
                 downloader.sample_writer_class = SigningWriterClass(WebDatasetSampleWriter)
-            if not isinstance(downloader.resizer, (EightBitResizer, CmykResizer, AsShownResizer)):
+            if not isinstance(downloader.resizer, (EightBitResizer, CmykResizer, AsShownResizer, MemoryBudgetResizer)):
                 downloader.resizer = EightBitResizer(downloader.resizer)
                 if srgb:
                     downloader.resizer = CmykResizer(downloader.resizer)
                 if upright or srgb:
                     downloader.resizer = AsShownResizer(downloader.resizer, *encoding, upright=upright, srgb=srgb)
-            return fn(processes_count, GuardedDownloader(downloader, allow, cache_dir, limits), *args, **kw)
+                if max_image_memory is not None:
+                    downloader.resizer = MemoryBudgetResizer(downloader.resizer, max_image_memory)
+            guarded = GuardedDownloader(downloader, allow, cache_dir, limits, hop_robots)
+            return fn(processes_count, guarded, *args, **kw)
         return distributor
 
     for name, fn in originals.items():

@@ -268,7 +268,11 @@ def url_refusal(url: str | None, policy: Policy = ()) -> str | None:
         return "backslash_in_authority"
     if "%" in host:
         return "escaped_host"
-    return host_refusal(host, policy)
+    if (reason := host_refusal(host, policy)) is not None:
+        return reason
+    if "@" in parts.netloc:  # credentials in an image URL: browsers refuse such subresource requests too
+        return "userinfo_in_url"
+    return None
 
 
 # ------------------------------------------------------------------------------------------- connect time

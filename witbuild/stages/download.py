@@ -35,7 +35,7 @@ from witbuild import layout
 from witbuild.counters import StageCounts
 from witbuild.dedup.shard_signatures import SUFFIXES as SAVED_SUFFIXES
 from witbuild.dedup.shard_signatures import read_events
-from witbuild.download import ImageLimits, apply_env, error_class, img2dataset_guarded
+from witbuild.download import HopRobots, ImageLimits, apply_env, error_class, img2dataset_guarded
 from witbuild.network import BLOCKED_ADDRESS, allow_tuple, url_refusal
 from witbuild.robots import (
     ROBOTS_MIN_BYTES,
@@ -127,9 +127,12 @@ def run_download(ctx: StageContext) -> StageCounts:
         expected = expected_shards(fs, allowed_dir, cfg.number_sample_per_shard) if kept else {}
         if kept:
             # finalize's pHashes and thumbnails, computed as each image is written (witbuild/dedup/shard_signatures.py)
+            hops = (HopRobots(agent_tokens(cfg.user_agent_token), user_agent_string(cfg.user_agent_token),
+                              robots_limits(ctx.cfg)) if cfg.respect_robots else None)
             with img2dataset_guarded(ctx.cfg.network, cfg.cache_dir, sign=True, limits=ImageLimits.of(cfg),
                                      upright=cfg.upright, srgb=cfg.srgb,
-                                     encoding=(cfg.encode_format, cfg.encode_quality)):
+                                     encoding=(cfg.encode_format, cfg.encode_quality), hop_robots=hops,
+                                     max_image_memory=cfg.max_image_memory):
                 _img2dataset(img2dataset, fs.unstrip_protocol(allowed_dir), ctx)
     finally:
         fs.rm(allowed_dir, recursive=True)
@@ -387,6 +390,12 @@ def _robots_judge(tokens: tuple[str, ...], names: list[str]) -> Any:
     return run
 
 
+def robots_limits(cfg: Any) -> RobotsLimits:
+    """How long and how much an image host's robots.txt may take: the crawl's settings, and at least 500 KiB."""
+    return RobotsLimits(timeout=cfg.crawl.read_timeout, total_timeout=cfg.crawl.total_timeout,
+                        max_bytes=max(cfg.crawl.max_page_bytes, ROBOTS_MIN_BYTES))
+
+
 def _robots_table(ctx: StageContext, fs: Any, out: str, tagged: Any) -> Any:
     """Each image host's robots.txt outcome, fetched once per build (a resumed download reads it back)."""
     from pyspark.sql import functions as F
@@ -394,8 +403,7 @@ def _robots_table(ctx: StageContext, fs: Any, out: str, tagged: Any) -> Any:
     path = f"{out.rstrip('/')}/{ROBOTS_DIR}"
     if not fs.exists(f"{path}/{layout.SUCCESS_FILE}"):
         cfg = ctx.cfg
-        limits = RobotsLimits(timeout=cfg.crawl.read_timeout, total_timeout=cfg.crawl.total_timeout,
-                              max_bytes=max(cfg.crawl.max_page_bytes, ROBOTS_MIN_BYTES))
+        limits = robots_limits(cfg)
         policy, agent = allow_tuple(cfg.network), user_agent_string(cfg.download.user_agent_token)
         threads = cfg.download.thread_count
 

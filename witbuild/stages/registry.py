@@ -78,9 +78,12 @@ REGISTRY: tuple[Stage, ...] = (
     Stage("balance", "match", "witbuild.stages.balance:run_balance", ("balance",), "balanced", rule=2),
     Stage("dedup", "balance", "witbuild.stages.dedup:run_dedup", ("dedup.one_text_per_image", "dedup.shuffle_seed",
                                                                   "dedup.exact_image"), "balanced"),
+    # rule 2: X-Robots-Tag read rule by rule (``noai, unavailable_after: …``, ``img2dataset: noai``, ``none``); a
+    # redirect's target obeys its host's robots.txt; an image whose decoding would take more than
+    # download.max_image_memory is refused
     Stage("download", "dedup", "witbuild.stages.download:run_download",
           ("download", "network", "crawl.read_timeout", "crawl.total_timeout", "crawl.max_page_bytes"),
-          resumable=True, imports=("img2dataset",)),  # ~2 s: webdataset, torch, albumentations
+          resumable=True, rule=2, imports=("img2dataset",)),  # ~2 s: webdataset, torch, albumentations
     # rule 2: CLIP scores from open_clip's token ids (Python's lowercase, a final ς; control-token names in a
     # caption spelt out as text) and open_clip's evaluation view (images decoded in full, resized, then cropped)
     Stage("finalize", "download", "witbuild.stages.finalize:run_finalize", ("dedup", "clip_score"), "index",
