@@ -372,6 +372,38 @@ def test_another_holdout_than_the_runs_is_scored_with_a_warning(tmp_path, caplog
     assert "may have trained on" in caplog.text
 
 
+def test_other_data_than_the_runs_is_scored_as_including_trained_pairs(tmp_path, monkeypatch, caplog):
+    """The checkpoint records the shards the run trained on: ``--data`` whose training side (by the run's holdout) is
+    other shards may hold out pairs the run trained on (here the folder lacks the run's last shard, so its "last
+    shard" is one the run trained on), and its retrieval says so."""
+    import shutil
+
+    import trainer.evaluate as ev
+    from trainer.data import shards_digest
+
+    shards = write_pairs(tmp_path / "build", 30, per_shard=10)
+    v = random_vectors(30, 0)
+    model = StandInModel({i: v[i] for i in range(30)}, {f"item-{i}": v[i] for i in range(30)})
+    ckpt = {"config": {"data": {"holdout_shards": 1}}, "step": 5,
+            "data": {"shards": 2, "shards_digest": shards_digest(shards[:2]), "steps_per_epoch": 1}}
+    monkeypatch.setattr(ev, "load_checkpoint", lambda *a: (model, WordTokenizer(model.vocab), ckpt))
+    checkpoint = tmp_path / "step_00000005.pt"
+    checkpoint.write_bytes(b"")
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for shard in shards[:2]:
+        shutil.copy(shard, subset)
+    for data, trained in ((shards[0].parent, False), (subset, True)):
+        out = tmp_path / f"{data.name}.json"
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="trainer.evaluate"):
+            assert ev.main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out)]) == 0
+        result = json.loads(out.read_text())["retrieval"]
+        assert result["pairs"] == 10 and result.get("includes_trained_pairs", False) is trained
+        said = "is not the data the run trained on (1 training shards, the run trained on 2)" in caplog.text
+        assert said is trained
+
+
 @pytest.mark.parametrize(("size", "resized", "offset"), [
     ((675, 450), (336, 224), (56, 0)),   # long side int(224 * 675 / 450) = 336
     ((385, 256), (336, 224), (56, 0)),   # int(336.875): truncated, not rounded

@@ -188,8 +188,11 @@ def test_damaged_tar_and_sample_are_skipped_and_counted(shards, tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_continues_the_same_curve(shards, tmp_path):
-    """12 steps straight vs 6 steps, SIGKILL, --resume latest, 6 more: the same losses (2 ranks, gloo)."""
-    sets = ["--set", "steps=12", "--set", "checkpoint_every=6", "--set", "data.epoch_samples=128"]  # epoch: 4 steps
+    """12 steps straight vs 6 steps, SIGKILL, --resume latest, 6 more: the same losses (2 ranks, gloo), and the same
+    log rows: a row at each checkpoint too, so the resumed run's first row averages the steps the straight run's
+    does (with rows every 4 steps alone, its row 8 would average steps 7-8 where the straight run's averages 5-8)."""
+    sets = ["--set", "steps=12", "--set", "checkpoint_every=6", "--set", "data.epoch_samples=128",  # epoch: 4 steps
+            "--set", "log_every=4"]
     straight = tmp_path / "straight"
     proc = subprocess.run(train_cmd(shards, straight, *sets, ranks=2), capture_output=True, text=True,
                           timeout=600, env=env(), cwd=ROOT)
@@ -213,7 +216,7 @@ def test_resume_after_sigkill_continues_the_same_curve(shards, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "resuming" in proc.stderr and "at step 6" in proc.stderr, proc.stderr[-3000:]
     a, b = read_log(straight), read_log(run)
-    assert [int(r["step"]) for r in b] == list(range(1, 13))
+    assert [int(r["step"]) for r in a] == [int(r["step"]) for r in b] == [4, 6, 8, 12]
     for x, y in zip(a, b, strict=True):
         assert float(x["loss"]) == pytest.approx(float(y["loss"]), rel=1e-4, abs=1e-5), (x, y)
         assert float(x["lr"]) == pytest.approx(float(y["lr"]), rel=1e-9)

@@ -202,6 +202,7 @@ def test_a_labelled_folder_without_class_folders_is_one_error_line(checkpoint, t
     (["--benchmarks-only"], "give at least one"),
     (["--device", "nodevice"], "--device nodevice"),
     (["--out", "{tmp}/missing/eval.json"], "does not exist"),
+    (["--out", "/proc/eval.json"], "cannot be written"),  # a folder no one may write to, root included
 ])
 def test_bad_evaluation_options_are_one_error_line(checkpoint, shards, tmp_path, capsys, args, says):
     """Each used to be a traceback (batch size -3, an unknown device, an --out that cannot be written, after the

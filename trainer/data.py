@@ -120,6 +120,13 @@ class Split:
         return max(1, round(total * (1 - self.fraction))) if self.fraction else total
 
 
+def shards_digest(shards: list[Path]) -> str:
+    """The shards by name and size in one hash: what a checkpoint records of the shards it trained on, so that a
+    resumed run or an evaluation can tell other data from the run's own."""
+    names = [(s.name, s.stat().st_size) for s in shards]
+    return hashlib.blake2b(json.dumps(names).encode(), digest_size=16).hexdigest()
+
+
 def split_data(shards: list[Path], holdout_shards: int, holdout_fraction: float) -> Split:
     """The last ``holdout_shards`` shards held out when set, else ``holdout_fraction`` of every shard's samples."""
     if holdout_shards:

@@ -30,7 +30,18 @@ import torch
 from PIL import Image
 
 from trainer.config import TrainConfig, saved_config
-from trainer.data import Split, center_square, find_shards, image_folder, iter_pairs, open_rgb, split_data, to_tensor
+from trainer.data import (
+    DataError,
+    Split,
+    center_square,
+    find_shards,
+    image_folder,
+    iter_pairs,
+    open_rgb,
+    shards_digest,
+    split_data,
+    to_tensor,
+)
 from trainer.model import CLIP, ModelConfig
 from trainer.openclip_weights import is_openclip_folder, load_openclip_folder
 from trainer.tokenizer import TextTokenizer
@@ -472,10 +483,11 @@ def may_score_trained(run: tuple[int, float], scored: tuple[int, float]) -> bool
 
 
 def heldout_of(data: str, saved: dict, holdout_shards: int | None = None,
-               holdout_fraction: float | None = None, run_known: bool = True) -> tuple[Split, bool]:
+               holdout_fraction: float | None = None, run_known: bool = True,
+               trained_data: dict | None = None) -> tuple[Split, bool]:
     """The held-out side of a build for a run's saved config (or the holdout given instead), and whether it may
     hold samples the run trained on (then the log warns); a run that held out nothing is scored on all of the
-    data, which it trained on."""
+    data, which it trained on. ``trained_data``: the training shards the checkpoint records (``data_identity``)."""
     cfg = saved_config(saved).data
     run = (cfg.holdout_shards, cfg.holdout_fraction)
     scored = run if holdout_shards is None and holdout_fraction is None else (holdout_shards or 0,
@@ -487,7 +499,25 @@ def heldout_of(data: str, saved: dict, holdout_shards: int | None = None,
         log.warning("retrieval scores pairs the run may have trained on (held out by the run: shards=%d "
                     "fraction=%g; scored: shards=%d fraction=%g), so its recall is no held-out figure",
                     *run, *scored)
+    elif run_known and trained_data and (other := other_training_data(trained_data, shards, run)):
+        log.warning("--data %s is not the data the run trained on (%s): the pairs it holds out may be pairs the run "
+                    "trained on, so retrieval's recall is no held-out figure", data, other)
+        trained = True
     return (split if split.heldout else Split(shards, shards)), trained
+
+
+def other_training_data(recorded: dict, shards: list[Path], run: tuple[int, float]) -> str | None:
+    """How the training side of ``shards`` under the run's holdout differs from the shards the checkpoint records
+    (their number, else their names or sizes); None when it is the same."""
+    try:
+        train = split_data(shards, *run).train
+    except DataError as exc:  # fewer shards than the run held out: not its data
+        return str(exc)
+    if recorded.get("shards") not in (None, len(train)):
+        return f"{len(train)} training shards, the run trained on {recorded['shards']}"
+    if recorded.get("shards_digest") not in (None, shards_digest(train)):
+        return "its training shards' names or sizes differ from those the run trained on"
+    return None
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -514,6 +544,13 @@ def check_args(args: argparse.Namespace) -> None:
         if out.is_dir() or not out.parent.is_dir():
             raise ValueError(f"--out {out}: " + ("a folder; give a file name" if out.is_dir()
                                                  else f"its folder {out.parent} does not exist"))
+        existed = out.exists()
+        try:  # opened as the result will be, now: a permission, a read-only or immutable folder
+            out.open("a").close()
+        except OSError as exc:
+            raise ValueError(f"--out {out}: cannot be written ({exc.strerror})") from None
+        if not existed:
+            out.unlink()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -548,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.checkpoint}: no run config in the checkpoint (not one of trainer/train.py)")
         cfg = saved_config(ckpt["config"])
         split, trained = heldout_of(args.data, ckpt["config"], args.holdout_shards, args.holdout_fraction,
-                                    ckpt.get("run_known", True)) if args.data else (None, False)
+                                    ckpt.get("run_known", True), ckpt.get("data")) if args.data else (None, False)
         counts_file = args.class_counts or cfg.eval.class_counts
         zeroshot = args.zeroshot or cfg.eval.zeroshot_dir
         if args.benchmarks_only:

@@ -12,18 +12,23 @@ folder holds ``config.yaml``, ``tokenizer.json``, ``checkpoints/`` (atomic, ``la
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import ctypes
 import datetime
-import hashlib
+import errno
 import json
 import logging
 import math
 import os
+import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 if __package__ in (None, ""):  # run as a script (torchrun trainer/train.py): make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.config import TrainConfig, config_differences, dump_yaml, load_train_config
+from trainer.config import TrainConfig, config_differences, dump_yaml, load_train_config, saved_config
 from trainer.data import (
     MEAN,
     STD,
@@ -44,6 +49,7 @@ from trainer.data import (
     find_shards,
     read_captions,
     shard_sizes,
+    shards_digest,
     split_data,
     to_device_ahead,
     train_batches,
@@ -53,6 +59,7 @@ from trainer.evaluate import (
     check_labelled,
     evaluate,
     format_results,
+    may_score_trained,
     read_checkpoint,
     read_class_counts,
     resolve_checkpoint,
@@ -193,6 +200,156 @@ def build_tokenizer(cfg: TrainConfig, split: Split, context_length: int) -> Text
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# one run per folder, and stopping
+# ---------------------------------------------------------------------------------------------------------------------
+
+RUN_LOCK = "_train.lock"
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+_HELD_LOCKS: dict[str, IO[str]] = {}  # real path of a locked run folder -> its open lock file
+
+
+def lock_run(run_dir: Path) -> None:
+    """Hold ``RUN/_train.lock`` (an exclusive POSIX lock, ``lockf``) until the process ends or ``release_run_locks``:
+    two runs into one folder would interleave their log rows and overwrite each other's checkpoints. The kernel
+    drops the lock when its holder ends, however it ends (kill -9 too), so no stale lock is left. A ``ValueError``
+    naming the holder's pid when another process holds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(run_dir)
+    if key in _HELD_LOCKS:
+        return
+    path = run_dir / RUN_LOCK
+    try:
+        fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held open for the run's life)
+    except OSError as exc:
+        raise ValueError(f"cannot open the run folder's lock file {path}: {exc.strerror}") from None
+    if _lockf(fh, run_dir):
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+    _HELD_LOCKS[key] = fh
+
+
+def _lockf(fh: IO[str], run_dir: Path) -> bool:
+    """Take the lock (True); False where the filesystem has no locks; a ``ValueError`` where another run holds it."""
+    import fcntl
+
+    try:
+        fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno in _NO_LOCKS:
+            log.warning("run folder %s: its filesystem has no file locks; not locked against a second run", run_dir)
+            return False
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            fh.close()
+            raise ValueError(f"cannot lock {fh.name}: {exc.strerror}") from None
+        fh.seek(0)
+        holder = fh.read().strip()
+        fh.close()
+        pid = f" (pid {holder})" if holder.isdigit() else ""
+        raise ValueError(f"run folder {run_dir} is in use by another run{pid}: two runs into one folder overwrite "
+                         f"each other's checkpoints and log; wait for it to end, or choose another --output") from None
+
+
+def release_run_locks(discard: Path | None = None) -> None:
+    """Let go of the run folders this process holds; ``discard``: a folder this run made and wrote nothing else into
+    (it stopped on a bad input), removed with its lock file, as if the run had never started."""
+    for fh in _HELD_LOCKS.values():
+        fh.close()
+    _HELD_LOCKS.clear()
+    if discard is not None:
+        (discard / RUN_LOCK).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            discard.rmdir()
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """SIGTERM this process when its parent dies. torchrun starts each rank in a session of its own, so a launcher
+    killed with -9 would leave its ranks training on, unseen, into the run folder. Linux only; elsewhere, or where
+    ``prctl`` cannot be called, nothing changes."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the call: the kernel will send nothing
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class Interrupted(BaseException):
+    """The run was told to stop by SIGTERM; a BaseException, as KeyboardInterrupt is, so that no ``except
+    Exception`` takes it for a failure of its own."""
+
+
+@dataclass
+class Stop:
+    """The first stop signal this process received (its name) and the pid that handles it. Kept besides the
+    exception: a rank whose peer stopped first may meet the peer's departure (a failed collective) before its own
+    signal's exception."""
+
+    pid: int = 0
+    signal: str | None = None
+    deferred: bool = False
+
+    @contextlib.contextmanager
+    def deferring(self) -> Iterator[None]:
+        """A stop signal that arrives inside takes effect at the end: a batch from a DataLoader worker comes with its
+        tensors' file descriptors, fetched over a socket, and a rank that left half-way through made the worker
+        print a traceback."""
+        self.deferred = True
+        try:
+            yield
+        finally:
+            self.deferred = False
+        if self.signal is not None:
+            raise KeyboardInterrupt if self.signal == "SIGINT" else Interrupted(self.signal)
+
+
+STOP = Stop()
+
+
+def on_stop_signal(signum: int, frame: object) -> None:
+    """SIGINT and SIGTERM become KeyboardInterrupt and ``Interrupted``, once: a second one while the run stops is
+    ignored, not a second exception in its clean-up. torchrun signals the rank's whole process group, so its DataLoader
+    workers die too: torch's own SIGCHLD handler would report that as a failure, with a traceback, so it is let go
+    first. In a forked worker the signal is a KeyboardInterrupt, on which the worker leaves quietly."""
+    if os.getpid() != STOP.pid:
+        raise KeyboardInterrupt
+    if STOP.signal is not None:
+        return
+    STOP.signal = signal.Signals(signum).name
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    if not STOP.deferred:
+        raise KeyboardInterrupt if signum == signal.SIGINT else Interrupted(STOP.signal)
+
+
+@dataclass
+class Progress:
+    """How far the run got, for the message of a stopped run: the steps done and the last checkpoint."""
+
+    step: int = 0
+    checkpoint: Path | None = None
+
+
+def report_interrupt(rank: int, why: str, progress: Progress) -> int:
+    """One line on rank 0 (the others say nothing more) and 128 + the signal's number, as a shell reports it."""
+    if rank == 0:
+        last = (f"the last checkpoint is {progress.checkpoint}" if progress.checkpoint
+                else "no checkpoint was written yet")
+        print(f"error: training interrupted by {why} at step {progress.step}: {last}; continue with --resume latest",
+              file=sys.stderr, flush=True)
+    return 128 + int(signal.Signals[why])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # checkpoints
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -203,24 +360,37 @@ def save_checkpoint(run: Path, state: dict, keep: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{state['step']:08d}.pt"
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
+    try:
+        torch.save(state, tmp)
+    except BaseException:  # a stop in the middle of the write leaves no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     pointer = folder / "latest.txt.tmp"
     pointer.write_text(path.name)
     os.replace(pointer, folder / "latest.txt")
-    older = sorted(p for p in folder.glob("step_*.pt") if p != path and _step_of(p) < state["step"])
+    older = sorted((p for p in checkpoint_files(run) if _step_of(p) < state["step"]), key=_step_of)
     for old in older[: max(0, len(older) - (keep - 1))]:
         old.unlink(missing_ok=True)
     return path
+
+
+CHECKPOINT_NAME = re.compile(r"step_(\d+)\.pt")
 
 
 def _step_of(path: Path) -> int:
     return int(path.stem.split("_")[1])
 
 
+def checkpoint_files(run: Path) -> list[Path]:
+    """The run's checkpoints (``step_00000300.pt``), the newest first."""
+    found = [p for p in (run / "checkpoints").glob("step_*.pt") if CHECKPOINT_NAME.fullmatch(p.name)]
+    return sorted(found, key=_step_of, reverse=True)
+
+
 def drop_checkpoints_after(run: Path, step: int) -> None:
     """A resumed run rewrites the steps after its checkpoint: their old checkpoints would be another history."""
-    for p in (run / "checkpoints").glob("step_*.pt"):
+    for p in checkpoint_files(run):
         if _step_of(p) > step:
             p.unlink(missing_ok=True)
 
@@ -285,26 +455,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      "values with --set.")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a config value.")
     ap.add_argument("--output", help="Run folder (default: the config's output, else runs/<config name>).")
-    ap.add_argument("--resume", help="'latest' (continue this run folder's newest checkpoint, or start the run when "
-                                     "it has none) or a checkpoint path; the run goes on with its saved config, "
-                                     "--set on top.")
+    ap.add_argument("--resume", help="'latest' (continue this run folder's newest checkpoint: the one latest.txt "
+                                     "names, else the highest step that loads; or start the run when it has none) or "
+                                     "a checkpoint path; the run goes on with its saved config, --set on top (not on "
+                                     "model, tokenizer.* or a holdout beyond the run's own).")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    rank, world, device = init_distributed()
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+    STOP.pid, STOP.signal, STOP.deferred = os.getpid(), None, False
+    previous = {s: signal.signal(s, on_stop_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    progress, rank = Progress(), int(os.environ.get("RANK", 0))
     try:
-        return run(args, rank, world, device)
-    except (DataError, FileNotFoundError, ValueError) as exc:
+        if "RANK" in os.environ:  # started by torchrun
+            die_with_parent()
+        rank, world, device = init_distributed()
+        logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                            format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+        return run(args, rank, world, device, progress)
+    except BaseException as exc:
+        if STOP.signal or isinstance(exc, KeyboardInterrupt | Interrupted):
+            return report_interrupt(rank, STOP.signal or ("SIGTERM" if isinstance(exc, Interrupted) else "SIGINT"),
+                                    progress)
+        if not isinstance(exc, DataError | FileNotFoundError | ValueError):
+            raise
         if rank == 0:
             print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     finally:
-        if dist.is_initialized():
+        release_run_locks()
+        if dist.is_initialized() and STOP.signal is None:  # a stopped rank's peers may be gone: it just leaves
             dist.destroy_process_group()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @dataclass
@@ -341,6 +525,7 @@ class Trainer:
     data_id: dict = field(default_factory=dict)  # the training data, as data_identity says: kept in checkpoints
     flops_per_sample: float = 0.0
     peak: float = 1.0
+    progress: Progress = field(default_factory=Progress)  # steps done and the last checkpoint, as training goes
 
     @property
     def global_batch(self) -> int:
@@ -355,9 +540,9 @@ class Trainer:
                 "data": self.data_id}
 
 
-def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> int:
+def run(args: argparse.Namespace, rank: int, world: int, device: torch.device, progress: Progress) -> int:
     """Set up, train to ``cfg.steps`` (checkpointing and logging on the way), then evaluate on rank 0."""
-    t = setup(args, rank, world, device)
+    t = setup(args, rank, world, device, progress)
     step, skipped_total = train_loop(t)
     if skipped_total:
         log.warning("skipped on rank %d: %s", rank, skipped_total)
@@ -374,14 +559,23 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> Trainer:
-    """The run's config, data split, tokenizer, model, optimiser (restored when resuming) and batch stream."""
-    cfg, run_dir, ckpt = resolve_run(args)
-    check_inputs(cfg, resumed=ckpt is not None)
-    split = split_data(find_shards(args.data), cfg.data.holdout_shards, cfg.data.holdout_fraction)
-    check_captions(split.train, cfg.data.caption_key)
+def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device, progress: Progress) -> Trainer:
+    """The run's config, data split, tokenizer, model, optimiser (restored when resuming) and batch stream. The run
+    folder is locked on rank 0 before anything in it is read or written; a folder this run made is removed again
+    when the inputs turn out unusable."""
+    cfg, run_dir = run_config(args)
+    new_folder = not run_dir.exists()
+    after_rank0(lambda: lock_run(run_dir), rank)
+    try:
+        cfg, ckpt, progress.checkpoint = resolve_run(args, cfg, run_dir)
+        check_inputs(cfg, resumed=ckpt is not None)
+        split = split_data(find_shards(args.data), cfg.data.holdout_shards, cfg.data.holdout_fraction)
+        check_captions(split.train, cfg.data.caption_key)
+    except BaseException:
+        if rank == 0 and new_folder:
+            release_run_locks(discard=run_dir)
+        raise
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     tokenizer, mcfg = tokenizer_and_model_config(cfg, ckpt, split, run_dir, rank)
     if cfg.loss == "clip" and mcfg.init_logit_bias is not None:
@@ -395,9 +589,11 @@ def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     configure_attention(cfg.attention, device)
     stepper, start_step = make_step(cfg, model, device, bf16, world, ckpt)
+    progress.step = start_step
     if ckpt is not None and rank == 0:
         drop_checkpoints_after(run_dir, start_step)
-    t = Trainer(cfg, mcfg, run_dir, rank, world, device, split, tokenizer, model, stepper, bf16, start_step)
+    t = Trainer(cfg, mcfg, run_dir, rank, world, device, split, tokenizer, model, stepper, bf16, start_step,
+                progress=progress)
     samples = start_stream(t)
     t.data_id = data_identity(split.train, t.steps_per_epoch)
     if ckpt is not None and rank == 0:
@@ -419,10 +615,8 @@ def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device)
 
 def data_identity(shards: list[Path], steps_per_epoch: int) -> dict:
     """What a resumed run needs unchanged to see the batches an uninterrupted one would: the training shards (by
-    name and size) and the epoch length they gave."""
-    names = [(s.name, s.stat().st_size) for s in shards]
-    digest = hashlib.blake2b(json.dumps(names).encode(), digest_size=16).hexdigest()
-    return {"shards": len(shards), "shards_digest": digest, "steps_per_epoch": steps_per_epoch}
+    name and size) and the epoch length they gave. ``evaluate.py`` reads it to tell other data from the run's."""
+    return {"shards": len(shards), "shards_digest": shards_digest(shards), "steps_per_epoch": steps_per_epoch}
 
 
 def warn_if_data_changed(saved: dict | None, now: dict) -> None:
@@ -438,29 +632,87 @@ def warn_if_data_changed(saved: dict | None, now: dict) -> None:
                     "see the batches an uninterrupted run would", "; ".join(changed))
 
 
-def resolve_run(args: argparse.Namespace) -> tuple[TrainConfig, Path, dict | None]:
-    """(config, run folder, checkpoint to resume or None). A resumed run's config is the one saved with it."""
+def run_config(args: argparse.Namespace) -> tuple[TrainConfig, Path]:
+    """The config the command line gives (``--config``, ``--set``) and the run folder, checked to be writable."""
     cfg = load_train_config(args.config, args.set)
     run_dir = Path(args.output or cfg.output or f"runs/{Path(args.config).stem if args.config else 'default'}")
     check_run_folder(run_dir)
-    ckpt = None
+    return cfg, run_dir
+
+
+def resolve_run(args: argparse.Namespace, cfg: TrainConfig,
+                run_dir: Path) -> tuple[TrainConfig, dict | None, Path | None]:
+    """(config, checkpoint to resume or None, its file). A resumed run's config is the one saved with it, ``--set``
+    on top."""
+    ckpt, path = None, None
     if args.resume:
-        fresh = args.resume == "latest" and not (run_dir / "checkpoints" / "latest.txt").exists()
-        path = None if fresh else resolve_checkpoint(run_dir if args.resume == "latest" else args.resume)
-        if fresh:
+        path, ckpt = resume_point(args.resume, run_dir)
+        if ckpt is None:
             log.info("no checkpoint in %s yet: starting the run", run_dir)
-        if path is not None:
-            ckpt = read_checkpoint(path, (*MODEL_KEYS, "step", "config", "optimizer", "scheduler"))
+        else:
             saved = load_train_config(None, args.set, base=ckpt["config"])  # the run's own config, --set on top
             if args.config:
                 check_config_agrees(args.config, cfg, saved, path)
+            check_resume_keeps(saved_config(ckpt["config"]), saved, path, int(ckpt["step"]))
             cfg = saved
             log.info("resuming %s at step %d", path, ckpt["step"])
-    elif any((run_dir / "checkpoints").glob("step_*.pt")):
+    elif checkpoint_files(run_dir):
         raise ValueError(f"{run_dir} already holds checkpoints of a run: continue it with --resume latest, "
                          f"or choose another --output")
     cfg.output = str(run_dir)
-    return cfg, run_dir, ckpt
+    return cfg, ckpt, path
+
+
+RESUME_KEYS = (*MODEL_KEYS, "step", "config", "optimizer", "scheduler")
+
+
+def resume_point(resume: str, run_dir: Path) -> tuple[Path | None, dict | None]:
+    """The checkpoint ``--resume`` names and its contents: a path, or for ``latest`` the one ``latest.txt`` points
+    at; (None, None) for a run folder without checkpoints, which starts the run."""
+    if resume != "latest" or (run_dir / "checkpoints" / "latest.txt").exists():
+        path = resolve_checkpoint(run_dir if resume == "latest" else resume)
+        return path, read_checkpoint(path, RESUME_KEYS)
+    return newest_loadable(run_dir)
+
+
+def newest_loadable(run_dir: Path) -> tuple[Path | None, dict | None]:
+    """Without ``latest.txt`` (lost in a copy, or never moved) a folder's checkpoints are still its run's: the
+    highest step that loads continues it, said in a warning, rather than a new run written over them."""
+    found = checkpoint_files(run_dir)
+    problems = []
+    for path in found:
+        try:
+            ckpt = read_checkpoint(path, RESUME_KEYS)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        log.warning("%s has no latest.txt: resuming from its newest checkpoint that loads, %s",
+                    run_dir / "checkpoints", path.name)
+        return path, ckpt
+    if found:
+        raise ValueError(f"--resume latest: {run_dir / 'checkpoints'} has no latest.txt and none of its checkpoints "
+                         f"loads ({'; '.join(problems)})")
+    return None, None
+
+
+def check_resume_keeps(before: TrainConfig, after: TrainConfig, path: Path, step: int) -> None:
+    """What ``--set`` cannot change on resume. The model and tokenizer: the checkpoint's weights and vocabulary fix
+    them (the run would go on with those, recording the new values). The holdout, unless the new one lies within the
+    old (fewer of the same last shards, a smaller share by the same key hash) or holds out nothing: otherwise the run's
+    retrieval would score pairs it trained on as held out."""
+    fixed = [d for d in config_differences(before, after)
+             if d.split(":", 1)[0] == "model" or d.startswith("tokenizer.")]
+    if fixed:
+        raise ValueError(f"the checkpoint {path} fixes the model and tokenizer of the run it continues "
+                         f"({'; '.join(fixed)}): a resumed run keeps them; train a new run (another --output) "
+                         f"to change them")
+    old = (before.data.holdout_shards, before.data.holdout_fraction)
+    new = (after.data.holdout_shards, after.data.holdout_fraction)
+    if new != old and any(new) and may_score_trained(old, new):
+        raise ValueError(f"data.holdout_shards, data.holdout_fraction {old[0]}, {old[1]:g} → {new[0]}, {new[1]:g} on "
+                         f"resume: the run may have trained on some of the new held-out pairs in its {step} steps, "
+                         f"so its retrieval would be no held-out figure; keep its holdout, or one within it (fewer of "
+                         f"the same last shards, a smaller share)")
 
 
 def check_run_folder(run_dir: Path) -> None:
@@ -617,22 +869,25 @@ def train_loop(t: Trainer) -> tuple[int, dict[str, int]]:
     step = t.start_step
     while step < cfg.steps:
         t0 = time.perf_counter()
-        images, tokens, skipped = next(t.batches)
+        with STOP.deferring():
+            images, tokens, skipped = next(t.batches)
         window.wait += time.perf_counter() - t0
         for k, v in skipped.items():
             skipped_total[k] = skipped_total.get(k, 0) + v
             window.skipped += v
         loss, lr_used = train_step(t.stepper, images, tokens)
-        step += 1
+        step = t.progress.step = step + 1
         window.steps += 1
         window.loss += loss.detach()
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        checkpoint = step % cfg.checkpoint_every == 0 or step == cfg.steps
+        if checkpoint or step % cfg.log_every == 0:  # a row at each checkpoint: a resumed run's windows line up
             runlog.write(log_window(t, window, step, lr_used, t_start))
             window = Window()
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if checkpoint:
             snapshot = t.state(step) if t.rank == 0 else None
             if t.rank == 0:
-                log.info("checkpoint %s", save_checkpoint(t.run_dir, snapshot, cfg.keep_checkpoints))
+                t.progress.checkpoint = save_checkpoint(t.run_dir, snapshot, cfg.keep_checkpoints)
+                log.info("checkpoint %s", t.progress.checkpoint)
             barrier()
     runlog.close()
     return step, skipped_total

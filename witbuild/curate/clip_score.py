@@ -2,7 +2,7 @@
 
 DataComp's strongest simple baseline keeps the pairs a CLIP model finds most alike (top 30% of the pool, or a
 threshold such as LAION's 0.28); it needs a model, and none can be downloaded here, so the model is one the user
-has: a checkpoint of our trainer (a run folder, ``…/latest`` or a ``step-*.pt`` file: model, model config and
+has: a checkpoint of our trainer (a run folder, ``…/latest`` or a ``step_*.pt`` file: model, model config and
 tokenizer in one file) or an open_clip state dict with the model JSON it was trained with and CLIP's BPE
 vocabulary. Both load with ``torch.load(weights_only=True)``.
 
