@@ -16,7 +16,6 @@ import contextlib
 import csv
 import ctypes
 import datetime
-import errno
 import json
 import logging
 import math
@@ -67,7 +66,7 @@ from trainer.evaluate import (
 from trainer.loss import make_loss
 from trainer.model import CLIP, ModelConfig, load_model_config, train_flops_per_sample
 from trainer.tokenizer import TextTokenizer, load_clip_bpe, read_clip_merges, train_bpe
-from witbuild.output_folder import folder_problem
+from witbuild.output_folder import LockHeld, folder_problem, take_lock
 
 log = logging.getLogger("trainer")
 MAX_LOGIT_SCALE = math.log(100)
@@ -204,7 +203,6 @@ def build_tokenizer(cfg: TrainConfig, split: Split, context_length: int) -> Text
 # ---------------------------------------------------------------------------------------------------------------------
 
 RUN_LOCK = "_train.lock"
-_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 _HELD_LOCKS: dict[str, IO[str]] = {}  # real path of a locked run folder -> its open lock file
 
 
@@ -222,34 +220,25 @@ def lock_run(run_dir: Path) -> None:
         fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held open for the run's life)
     except OSError as exc:
         raise ValueError(f"cannot open the run folder's lock file {path}: {exc.strerror}") from None
-    if _lockf(fh, run_dir):
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
+    _lockf(fh, run_dir)
     _HELD_LOCKS[key] = fh
 
 
 def _lockf(fh: IO[str], run_dir: Path) -> bool:
     """Take the lock (True); False where the filesystem has no locks; a ``ValueError`` where another run holds it."""
-    import fcntl
-
     try:
-        fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError as exc:
-        if exc.errno in _NO_LOCKS:
-            log.warning("run folder %s: its filesystem has no file locks; not locked against a second run", run_dir)
-            return False
-        if exc.errno not in (errno.EACCES, errno.EAGAIN):
-            fh.close()
-            raise ValueError(f"cannot lock {fh.name}: {exc.strerror}") from None
-        fh.seek(0)
-        holder = fh.read().strip()
+        locked = take_lock(fh)
+    except LockHeld as held:
         fh.close()
-        pid = f" (pid {holder})" if holder.isdigit() else ""
+        pid = f" (pid {held.holder})" if held.holder else ""
         raise ValueError(f"run folder {run_dir} is in use by another run{pid}: two runs into one folder overwrite "
                          f"each other's checkpoints and log; wait for it to end, or choose another --output") from None
+    except OSError as exc:
+        fh.close()
+        raise ValueError(f"cannot lock {fh.name}: {exc.strerror}") from None
+    if not locked:
+        log.warning("run folder %s: its filesystem has no file locks; not locked against a second run", run_dir)
+    return locked
 
 
 def release_run_locks(discard: Path | None = None) -> None:

@@ -21,7 +21,6 @@ half-way never leaves a report of stages that are no longer there for ``witbuild
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib
 import json
 import logging
@@ -40,6 +39,7 @@ from witbuild import __version__, layout
 from witbuild.config import BuildConfig
 from witbuild.counters import StageCounts
 from witbuild.fingerprint import Fingerprint, changes, stage_fingerprints
+from witbuild.output_folder import LockHeld, take_lock
 from witbuild.spark import fs_and_path, read_task_counts
 from witbuild.stage_files import listing_changes, output_files, read_listing, write_listing
 from witbuild.stages.context import StageContext
@@ -77,7 +77,6 @@ _HELD_LOCKS: dict[str, int] = {}  # real path of a locked output -> how many of 
 
 #: A filesystem that has no POSIX locks (NFS without lockd, some FUSE mounts) says so with these: the build goes
 #: on unlocked, as it did before builds took the lock, and says so.
-_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 class OutputNotLockable(OSError):
@@ -108,11 +107,7 @@ def output_lock(output: str) -> Iterator[None]:
         return
     fh = _open_lock_file(folder)
     try:
-        if _lock(fh, output):
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"{os.getpid()}\n")
-            fh.flush()
+        _lock(fh, output)
         _HELD_LOCKS[key] = 1
         try:
             yield
@@ -132,24 +127,18 @@ def _open_lock_file(folder: str) -> Any:
 
 def _lock(fh: Any, output: str) -> bool:
     """Take the lock (True); False where the filesystem has no locks; OutputInUse where another build holds it."""
-    import fcntl
-
     try:
-        fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError as exc:
-        if exc.errno in _NO_LOCKS:
-            log.warning("output %s: its filesystem has no file locks (%s); not locked against a second build",
-                        output, exc.strerror)
-            return False
-        if exc.errno not in (errno.EACCES, errno.EAGAIN):
-            raise OutputNotLockable(exc.errno, f"cannot lock {fh.name}: {exc.strerror}") from None
-        fh.seek(0)
-        holder = fh.read().strip()
+        locked = take_lock(fh)
+    except LockHeld as held:
         raise OutputInUse(
-            f"output {output} is in use by another build{f' (pid {holder})' if holder.isdigit() else ''}: two "
+            f"output {output} is in use by another build{f' (pid {held.holder})' if held.holder else ''}: two "
             "builds into one folder overwrite each other's stages; wait for it to end, or give another "
             "--output") from None
+    except OSError as exc:
+        raise OutputNotLockable(exc.errno, f"cannot lock {fh.name}: {exc.strerror}") from None
+    if not locked:
+        log.warning("output %s: its filesystem has no file locks; not locked against a second build", output)
+    return locked
 
 
 def check_chain(upstream: StageResult | None, name: str, counts: StageCounts) -> None:
