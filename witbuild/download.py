@@ -230,7 +230,8 @@ class HopRobots:
 
 
 _HOP_ANSWERS: dict[tuple[str, tuple[str, ...], str], RobotsAnswer] = {}  # per process: one fetch per origin
-_HOP_LOCK = threading.Lock()
+_HOP_LOCKS: dict[tuple[str, tuple[str, ...], str], threading.Lock] = {}  # one per origin: others' hops go on
+_HOP_LOCK = threading.Lock()  # guards _HOP_LOCKS
 
 
 class RedirectRobotsCheck(urllib.request.BaseHandler):
@@ -259,6 +260,8 @@ class RedirectRobotsCheck(urllib.request.BaseHandler):
     def _answer(self, origin: str) -> tuple[str, str]:
         key = (origin, self.allow, self.robots.user_agent)
         with _HOP_LOCK:
+            origin_lock = _HOP_LOCKS.setdefault(key, threading.Lock())
+        with origin_lock:  # a slow robots.txt holds only the threads redirected to its origin
             answer = _HOP_ANSWERS.get(key)
             if answer is None:
                 answer = _HOP_ANSWERS[key] = fetch_robots(origin, self.allow, self.robots.limits,
