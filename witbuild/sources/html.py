@@ -407,7 +407,7 @@ def _open_elements(html: str) -> int:
             push(name)
             for again in reopened:
                 push(again)
-        elif held.get(name) and (n := _end_tag_target(stack, name)):
+        elif n := _end_tag_target(stack, held, name):
             for again in close(n, name):
                 push(again)
     return deepest
@@ -478,15 +478,9 @@ def _without_raw_text(html: str) -> str:
     return "".join(kept)
 
 
-def _end_tag_target(stack: list[str], name: str) -> int:
+def _end_tag_target(stack: list[str], held: dict[str, int], name: str) -> int:
     """How many elements from the top the end tag of ``name`` closes (0: none, the tag is ignored)."""
-    stops = _END_TAG_SCOPE.get(name) or (_SCOPE if name in _SPECIAL else _SPECIAL)
-    for i, open_name in enumerate(reversed(stack[-_END_TAG_SEARCH:]), 1):
-        if open_name == name:
-            return i
-        if open_name in stops:
-            return 0
-    return 0
+    return _target(stack, held, (name,), _END_TAG_SCOPE.get(name) or (_SCOPE if name in _SPECIAL else _SPECIAL))
 
 
 def page_images(
