@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from witbuild.stats import near_dups
-from witbuild.stats.render import DIST_COLUMNS, fmt, human_bytes, pct
+from witbuild.stats.render import DIST_COLUMNS, count_name, fmt, human_bytes, pct
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +132,14 @@ def plot_histograms(title: str, panels: list[tuple[str, dict[str, Any] | None]],
     return _png(fig, title)
 
 
-def plot_rank_frequency(rf: dict[str, Any], t: float | None = None, counted: str = "pairs") -> str | None:
+def plot_rank_frequency(rf: dict[str, Any], t: float | None = None, before: str = "c_e") -> str | None:
     series = [(name, rf.get(name)) for name in ("before", "after", "final")]
     series = [(n, s) for n, s in series if s and s["ranks"]]
     if not series:
         return None
     fig = _figure(7, 4.2)
     ax = fig.add_subplot()
-    labels = {"before": f"before balancing ({'rows' if counted == 'rows' else 'c_e'})",
+    labels = {"before": f"before balancing ({before})",
               "after": "after balancing (kept)", "final": "final dataset"}
     for name, s in series:
         ax.plot(s["ranks"], s["counts"], marker=".", markersize=3, linewidth=1.2, color=COLOURS[name],
@@ -301,7 +301,7 @@ def _queries_html(r: dict[str, Any]) -> list[str]:
         parts.append(f"<h2>Queries</h2><p>query list {e(str(q.get('querylist_version') or '?'))}: "
                      f"{q['entries']:,} entries, {q['matched_entries']:,} matched; t = {e(fmt(q.get('t')))}</p>"
                      f"<p class=meta>from {e(q['source'])}</p>")
-        parts.append(plot_rank_frequency(q["rank_frequency"], q.get("t"), q.get("counted", "pairs")) or "")
+        parts.append(plot_rank_frequency(q["rank_frequency"], q.get("t"), count_name(q)) or "")
         if q.get("head"):
             parts.append(_table(["split at t", "entries", "matches before", "matches after"], [
                 [(name, False), (fmt(q[name]["entries"]), True), (fmt(q[name]["matches_before"]), True),
@@ -319,9 +319,8 @@ def _queries_html(r: dict[str, Any]) -> list[str]:
             a = after[i] if i < len(after) else None
             rows.append([(str(i + 1), True), (b["entry"] if b else "", False), (fmt(b["count"]) if b else "", True),
                          (a["entry"] if a else "", False), (fmt(a["kept"]) if a else "", True)])
-        ce = "rows" if q.get("counted") == "rows" else "c_e"  # a match stage's rows are not distinct pairs
-        parts.append("<h3>Top entries</h3>" + _table(["#", "before balancing", ce, "after balancing", "kept"],
-                                                     rows))
+        header = ["#", "before balancing", count_name(q), "after balancing", "kept"]
+        parts.append("<h3>Top entries</h3>" + _table(header, rows))
     return parts
 
 

@@ -131,6 +131,12 @@ def shares_table(title: str, key: str, rows: list[dict[str, Any]], limit: int) -
     return t
 
 
+def count_name(q: dict[str, Any]) -> str:
+    """What the counts before balancing are called: c_e, or rows where a match stage's rows were counted (a caption
+    on k pages k times), which are not balancing's distinct pairs."""
+    return "rows" if q.get("counted") == "rows" else "c_e"
+
+
 def queries_group(q: dict[str, Any]) -> Group:
     parts: list[Any] = []
     line = (f"query list {q.get('querylist_version') or '?'}: {q['entries']:,} entries, {q['matched_entries']:,} "
@@ -138,7 +144,7 @@ def queries_group(q: dict[str, Any]) -> Group:
     if q.get("t") is not None:
         line += f"; t = {fmt(q['t'])}"
     parts.append(Text.assemble(("Queries", "bold"), f": {line}   ", (q["source"], "dim")))
-    ce = "rows" if q.get("counted") == "rows" else "c_e"  # a match stage's rows are not c_e's distinct pairs
+    ce = count_name(q)
     if q.get("head"):
         t = _table("", "split at t", "entries", "matches before", "matches after",
                    right=("entries", "matches before", "matches after"))
