@@ -1,10 +1,14 @@
-"""Training data: WebDataset shards resampled into a fixed number of batches per worker per epoch.
+"""Training data: WebDataset shards read as one sequence per epoch, cut into one share per worker of every rank.
 
-Why resampled: with a fixed epoch length every rank takes the same number of steps whatever the
-shard sizes, so no rank runs dry and waits forever in an all-reduce. Why seeded by (seed, epoch,
-rank, worker): an epoch's batches do not depend on earlier epochs, so a resumed run sees exactly
-the batches an uninterrupted one would. Damaged shards and samples are skipped and counted; the
-counts travel with each batch to the training loop.
+Why shares: each epoch permutes the shards (seeded by seed and epoch, the same on every rank) and gives each
+(rank, worker) one contiguous share of the samples, so an epoch reads every training sample once, whatever the
+shard count (one shard included) and sizes, and no sample is in two workers' batches of one step. Why a fixed
+number of batches per worker: every rank takes the same number of steps whatever the shares hold, so no rank runs
+dry and waits forever in an all-reduce; a worker whose share is used up before its last batch reads on into the
+next share (an epoch is rounded up to whole rounds of batches, and held-out and unusable samples shorten a share).
+Why seeded by (seed, epoch, rank, worker): an epoch's batches do not depend on earlier epochs, so a resumed run sees
+exactly the batches an uninterrupted one would. Damaged shards and samples are skipped and counted; the counts
+travel with each batch to the training loop.
 
 Retrieval evaluation needs pairs training never saw: either the last whole shards, or a share of
 every shard's samples chosen by a stable hash of the sample's key (``Split``), which works on a
@@ -22,8 +26,8 @@ import random
 import re
 import tarfile
 import zlib
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,11 +118,6 @@ class Split:
     heldout: list[Path]
     fraction: float = 0.0
 
-    def train_samples(self, sizes: dict[str, int]) -> int:
-        """Training samples of shards of these ``sizes``; the expected count when a share is held out by key."""
-        total = sum(sizes.get(s.name, 0) for s in self.train)
-        return max(1, round(total * (1 - self.fraction))) if self.fraction else total
-
 
 def shards_digest(shards: list[Path]) -> str:
     """The shards by name and size in one hash: what a checkpoint records of the shards it trained on, so that a
@@ -137,11 +136,12 @@ def split_data(shards: list[Path], holdout_shards: int, holdout_fraction: float)
     return Split(shards, shards if holdout_fraction else [], holdout_fraction)
 
 
-def list_samples(shard: Path) -> tuple[list[set[str]], int]:
-    """The extensions of each sample of a shard, in order, grouped as WebDataset groups them (adjacent members of one
-    key), and how many keys come back after other keys (such members become separate, incomplete samples). A shard
-    damaged part-way keeps the samples before the damage, less the member the damage cut: the stream reads those."""
-    samples: list[set[str]] = []
+def list_samples(shard: Path) -> tuple[list[tuple[str, set[str]]], int]:
+    """The key and extensions of each sample of a shard, in order, grouped as WebDataset groups them (adjacent
+    members of one key), and how many keys come back after other keys (such members become separate, incomplete
+    samples). A shard damaged part-way keeps the samples before the damage, less the member the damage cut: the
+    stream reads those."""
+    samples: list[tuple[str, set[str]]] = []
     seen: set[str] = set()
     current, scattered, last, plain = None, 0, None, False
     try:
@@ -160,15 +160,15 @@ def list_samples(shard: Path) -> tuple[list[set[str]], int]:
                     scattered += key in seen
                     seen.add(key)
                     current = key
-                    samples.append(set())
-                samples[-1].add(ext)
+                    samples.append((key, set()))
+                samples[-1][1].add(ext)
                 last = ext
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         if last is not None and not plain:  # compressed: the member listed before the damage may lack its data
-            samples[-1].discard(last)
+            samples[-1][1].discard(last)
         log.warning("%s is damaged (%s): counted the %d sample(s) before the damage", shard,
-                    " ".join(str(exc).split())[:300], sum(1 for exts in samples if exts))
-    return [exts for exts in samples if exts], scattered
+                    " ".join(str(exc).split())[:300], sum(1 for _, exts in samples if exts))
+    return [(key, exts) for key, exts in samples if exts], scattered
 
 
 def usable(exts: set[str], caption_key: str | None) -> bool:
@@ -190,12 +190,36 @@ def shard_sizes(shards: list[Path], caption_key: str | None = None) -> dict[str,
             sizes[shard.name] = known[shard.name]
             continue
         samples, scattered = list_samples(shard)
-        sizes[shard.name] = sum(usable(exts, caption_key) for exts in samples)
+        sizes[shard.name] = sum(usable(exts, caption_key) for _, exts in samples)
         if scattered:
             log.warning("%s: %d sample key(s) come back after other keys; WebDataset reads a sample from adjacent "
                         "members only, so these are read as incomplete pieces and skipped (write each sample's "
                         "files together, e.g. tar --sort=name)", shard, scattered)
     return sizes
+
+
+def training_sizes(shards: list[Path], caption_key: str, holdout_fraction: float = 0.0) -> dict[str, int]:
+    """Training samples per shard: ``shard_sizes``, or with a share held out by key, the usable samples whose key is
+    not held out, counted exactly (from the build's index when it lists every shard, else by listing each tar), so
+    that an epoch's shares are cut on the samples training reads."""
+    if not holdout_fraction:
+        return shard_sizes(shards, caption_key)
+    index = shards[0].parent / INDEX_DIR
+    names = {s.name for s in shards}
+    if index.exists():
+        import pyarrow.dataset as pads
+
+        table = pads.dataset(index, format="parquet").to_table(columns=["shard", "key"])
+        counts: Counter[str] = Counter()
+        listed: set[str] = set()
+        for shard, key in zip(table["shard"].to_pylist(), table["key"].to_pylist(), strict=True):
+            name = Path(str(shard)).name
+            listed.add(name)
+            counts[name] += not is_heldout(str(key), holdout_fraction)
+        if names <= listed:
+            return {s.name: counts[s.name] for s in shards}
+    return {s.name: sum(usable(exts, caption_key) and not is_heldout(key, holdout_fraction)
+                        for key, exts in list_samples(s)[0]) for s in shards}
 
 
 def read_sizes_file(path: Path) -> dict[str, int]:
@@ -249,7 +273,7 @@ def _scattered(shard: Path, caption_key: str) -> bool:
     """Whether the shard holds captions, past the first members, but sample keys come back after other keys
     (``tar -cf x.tar *.jpg *.txt``: every image, then every caption): never next to their images."""
     samples, scattered = list_samples(shard)
-    return scattered > 0 and any(caption_key in exts for exts in samples)
+    return scattered > 0 and any(caption_key in exts for _, exts in samples)
 
 
 def read_captions(shards: list[Path], caption_key: str = "txt", limit: int = 2_000_000,
@@ -290,7 +314,11 @@ def read_captions(shards: list[Path], caption_key: str = "txt", limit: int = 2_0
 
 def random_resized_square(img: Image.Image, size: int, rng: random.Random, scale: tuple[float, float] = (0.9, 1.0),
                           ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Image.Image:
-    """Inception-style crop (area share ``scale``, aspect ``ratio``) resized to size×size."""
+    """Inception-style crop (area share ``scale``, aspect ``ratio``) resized to size×size, as torchvision's
+    ``RandomResizedCrop`` (open_clip's training view) draws it. When 10 draws find no box inside the image (at the
+    default scale every photo wider than about 3:2 does), the centre at the aspect ``ratio`` allows nearest to the
+    image's, resized to the square as it is (torchvision's fallback; the centre square, as this took before, cut a
+    quarter of a 4:3 photo's width that open_clip keeps)."""
     w, h = img.size
     area = w * h
     for _ in range(10):
@@ -300,7 +328,13 @@ def random_resized_square(img: Image.Image, size: int, rng: random.Random, scale
         if 0 < cw <= w and 0 < ch <= h:
             x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
             return img.resize((size, size), Image.Resampling.BICUBIC, box=(x, y, x + cw, y + ch))
-    return center_square(img, size)
+    cw, ch = w, h
+    if w / h < min(ratio):
+        ch = round(w / min(ratio))
+    elif w / h > max(ratio):
+        cw = round(h * max(ratio))
+    x, y = (w - cw) // 2, (h - ch) // 2
+    return img.resize((size, size), Image.Resampling.BICUBIC, box=(x, y, x + cw, y + ch))
 
 
 def center_square(img: Image.Image, size: int) -> Image.Image:
@@ -381,6 +415,7 @@ class StreamSpec:
     image_size: int
     seed: int = 0
     rank: int = 0
+    world: int = 1
     start_epoch: int = 0
     skip_batches: int = 0  # global batches of start_epoch already trained on (resume mid-epoch)
     shuffle_buffer: int = 1000
@@ -388,6 +423,12 @@ class StreamSpec:
     crop_scale: tuple[float, float] = (0.9, 1.0)
     max_consecutive_skips: int = 2000
     holdout_fraction: float = 0.0  # the share of samples (by key) held out for evaluation: never yielded
+    sizes: list[int] | None = None  # training samples of each shard (``training_sizes``): where shares are cut
+
+    def __post_init__(self) -> None:
+        if self.sizes is None:
+            found = training_sizes([Path(s) for s in self.shards], self.caption_key, self.holdout_fraction)
+            self.sizes = [found[Path(s).name] for s in self.shards]
 
 
 class TrainStream(IterableDataset):
@@ -405,9 +446,14 @@ class TrainStream(IterableDataset):
         # global batch i of an epoch comes from worker i % nworkers (the DataLoader reads workers in turn, always
         # starting at worker 0): each worker skips whole rounds, train_batches drops the rest of a round
         skip = spec.skip_batches // nworkers
+        slot, slots = spec.rank * nworkers + wid, spec.world * nworkers
         while True:
             rng = random.Random(f"{spec.seed}/{epoch}/{spec.rank}/{wid}")
-            batches = self._epoch_batches(rng)
+            order = epoch_order(len(spec.shards), spec.seed, epoch)
+            sizes = [spec.sizes[i] for i in order]  # type: ignore[index]
+            total = sum(sizes)
+            share = (share_start(total, slots, slot), share_start(total, slots, slot + 1))
+            batches = self._epoch_batches(rng, [spec.shards[i] for i in order], sizes, share)
             for i in range(spec.batches_per_worker):
                 batch = next(batches)
                 if i < skip:
@@ -415,7 +461,8 @@ class TrainStream(IterableDataset):
                 yield batch
             skip, epoch = 0, epoch + 1
 
-    def _epoch_batches(self, rng: random.Random) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, int]]]:
+    def _epoch_batches(self, rng: random.Random, shards: list[str], sizes: list[int],
+                       share: tuple[int, int]) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, int]]]:
         spec = self.spec
         skipped: Counter[str] = Counter()
         failures = [0]  # shard-level failures since the last usable sample
@@ -429,16 +476,17 @@ class TrainStream(IterableDataset):
             log.warning("skipped (%s): %s", kind, str(exn)[:300])
             return True
 
-        def urls() -> Iterator[dict]:
-            while True:
-                yield {"url": rng.choice(spec.shards)}
-
-        samples = shard_samples(urls(), count)
-        if spec.holdout_fraction:
-            samples = self._training_side(samples)
-        samples = wds.shuffle(spec.shuffle_buffer, initial=min(spec.shuffle_buffer, 100), rng=rng)(samples)
+        source = self._share_samples(shards, sizes, share, rng, count)
         images, texts, consecutive = [], [], 0
-        for sample in samples:
+        ahead: deque[dict] = deque()  # samples put off from the last batch, which already held them
+        deferred: list[dict] = []
+        in_batch: set[tuple[str, str]] = set()
+        while True:
+            sample = ahead.popleft() if ahead else next(source)
+            ident = (sample.get("__url__", ""), sample.get("__key__", ""))
+            if ident in in_batch and len(deferred) < spec.batch_size:
+                deferred.append(sample)
+                continue
             parts = pair_parts(sample, spec.caption_key)
             if isinstance(parts, str):
                 skipped[parts] += 1
@@ -449,6 +497,7 @@ class TrainStream(IterableDataset):
                     img = random_resized_square(img, spec.image_size, rng, spec.crop_scale)
                     images.append(to_uint8(img))
                     texts.append(parts[1])
+                    in_batch.add(ident)
                     consecutive = failures[0] = 0
                 except Exception as exc:
                     skipped["undecodable_image"] += 1
@@ -461,20 +510,93 @@ class TrainStream(IterableDataset):
                 yield torch.stack(images), self.tokenizer(texts), dict(skipped)
                 images, texts = [], []
                 skipped.clear()
+                in_batch.clear()
+                ahead.extend(deferred)
+                deferred.clear()
 
-    def _training_side(self, samples: Iterator[dict]) -> Iterator[dict]:
-        """The samples whose key is not held out; a stream of nothing but held-out samples is an error, not a hang."""
-        fraction, limit = self.spec.holdout_fraction, self.spec.max_consecutive_skips
-        in_row = 0
-        for sample in samples:
-            if not is_heldout(sample["__key__"], fraction):
-                in_row = 0
+    def _share_samples(self, shards: list[str], sizes: list[int], share: tuple[int, int], rng: random.Random,
+                       handler: Callable[[Exception], bool]) -> Iterator[dict]:
+        """The worker's share of the epoch through a shuffle buffer emptied before anything else is read, so no
+        sample of it is left behind in the buffer; then the share again, as long as batches are asked for (no other
+        worker reads it, so no step holds one sample from two workers); a share with nothing in it reads on past its
+        end."""
+        spec = self.spec
+        shuffle = wds.shuffle(spec.shuffle_buffer, initial=min(spec.shuffle_buffer, 100), rng=rng)
+
+        def share_once() -> Iterator[dict]:
+            return shuffle(read_positions(shards, sizes, share[0], share[1], spec.caption_key, handler,
+                                          spec.holdout_fraction))
+
+        yield from share_once()
+        found = share[1] > share[0]
+        while found:
+            found = False
+            for sample in share_once():
+                found = True
                 yield sample
-            else:
-                in_row += 1
-                if in_row >= limit:
-                    raise DataError(f"{in_row} samples in a row are held out for evaluation "
-                                    f"(data.holdout_fraction={fraction}); lower it or give more data")
+        yield from shuffle(samples_from(shards, sizes, share[1], spec.caption_key, handler, spec.holdout_fraction))
+
+
+def epoch_order(shards: int, seed: int, epoch: int) -> list[int]:
+    """The shards' order in an epoch: one seeded permutation, the same on every rank and worker."""
+    order = list(range(shards))
+    random.Random(f"{seed}/{epoch}/shards").shuffle(order)
+    return order
+
+
+def share_start(total: int, slots: int, slot: int) -> int:
+    """Where worker ``slot`` of ``slots`` (all ranks' workers) starts in an epoch's sequence of ``total`` samples:
+    the shares are as equal as whole samples allow and follow one another."""
+    return total * slot // slots
+
+
+def read_positions(shards: list[str], sizes: list[int], start: int, stop: int | None, caption_key: str,
+                   handler: Callable[[Exception], bool], holdout_fraction: float = 0.0) -> Iterator[dict]:
+    """The training samples at positions [start, stop) of the sequence ``shards`` (``stop`` None: to its end),
+    counting the training samples ``sizes`` says each shard has (``training_sizes``); held-out samples are passed
+    over, and one without an image or a caption goes with the next training sample. A shard the range reaches the
+    end of is read to its real end, so one holding more samples than its size says loses none; one holding fewer
+    ends the range sooner."""
+    lo, end = 0, sum(sizes) if stop is None else stop
+    last = end == sum(sizes)  # shards without training samples at the very end go with the last share
+    for shard, n in zip(shards, sizes, strict=True):
+        hi, begin = lo + n, lo
+        lo = hi
+        if begin > end or (begin == end and (n or not last)):
+            break
+        if not (start <= begin if n == 0 else hi > start):
+            continue
+        skip, limit = max(0, start - begin), stop - begin if stop is not None and stop < hi else None
+        seen = 0  # training samples of this shard so far: the position, in the shard, of the next one
+        for sample in shard_samples(iter([{"url": shard}]), handler):
+            if limit is not None and seen >= limit:
+                break
+            if is_heldout(sample["__key__"], holdout_fraction):
+                continue
+            if seen >= skip:
+                yield sample
+            seen += is_positioned(sample, caption_key)
+
+
+def samples_from(shards: list[str], sizes: list[int], start: int, caption_key: str,
+                 handler: Callable[[Exception], bool], holdout_fraction: float = 0.0) -> Iterator[dict]:
+    """The training samples of the sequence ``shards`` from position ``start`` on, endlessly: after the last shard,
+    the first comes again."""
+    yield from read_positions(shards, sizes, start, None, caption_key, handler, holdout_fraction)
+    while True:
+        found = False
+        for sample in read_positions(shards, sizes, 0, None, caption_key, handler, holdout_fraction):
+            found = True
+            yield sample
+        if not found:
+            held = (f": none that is not held out for evaluation (data.holdout_fraction={holdout_fraction}); lower it "
+                    "or give more data" if holdout_fraction else "")
+            raise DataError(f"no training samples in the {len(shards)} training shard(s) (first: {shards[0]}){held}")
+
+
+def is_positioned(sample: dict, caption_key: str) -> bool:
+    """Whether a sample counts as one in ``shard_sizes``: it has an image and a caption member (``usable``)."""
+    return caption_key in sample and any(k in sample for k in IMAGE_KEYS)
 
 
 def train_batches(spec: StreamSpec, tokenizer, workers: int,

@@ -47,11 +47,11 @@ from trainer.data import (
     epoch_steps,
     find_shards,
     read_captions,
-    shard_sizes,
     shards_digest,
     split_data,
     to_device_ahead,
     train_batches,
+    training_sizes,
 )
 from trainer.evaluate import (
     MODEL_KEYS,
@@ -584,7 +584,7 @@ def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device,
     t = Trainer(cfg, mcfg, run_dir, rank, world, device, split, tokenizer, model, stepper, bf16, start_step,
                 progress=progress)
     samples = start_stream(t)
-    t.data_id = data_identity(split.train, t.steps_per_epoch)
+    t.data_id = data_identity(split.train, t.steps_per_epoch, cfg.data.workers)
     if ckpt is not None and rank == 0:
         warn_if_data_changed(ckpt.get("data"), t.data_id)
     t.flops_per_sample = train_flops_per_sample(mcfg)
@@ -602,20 +602,24 @@ def setup(args: argparse.Namespace, rank: int, world: int, device: torch.device,
     return t
 
 
-def data_identity(shards: list[Path], steps_per_epoch: int) -> dict:
+def data_identity(shards: list[Path], steps_per_epoch: int, workers: int) -> dict:
     """What a resumed run needs unchanged to see the batches an uninterrupted one would: the training shards (by
-    name and size) and the epoch length they gave. ``evaluate.py`` reads it to tell other data from the run's."""
-    return {"shards": len(shards), "shards_digest": shards_digest(shards), "steps_per_epoch": steps_per_epoch}
+    name and size), the epoch length they gave and the loader workers per rank (an epoch is cut into one share per
+    worker). ``evaluate.py`` reads it to tell other data from the run's."""
+    return {"shards": len(shards), "shards_digest": shards_digest(shards), "steps_per_epoch": steps_per_epoch,
+            "workers": workers}
 
 
 def warn_if_data_changed(saved: dict | None, now: dict) -> None:
-    """Say so when the data a run resumes on is not the data it was trained on: it goes on (more data is a fair
-    reason to resume), but its batches are no longer those of an uninterrupted run."""
+    """Say so when the data a run resumes on is not the data it was trained on, or is cut into other shares: it goes
+    on (more data is a fair reason to resume), but its batches are no longer those of an uninterrupted run."""
     if saved is None:  # a checkpoint from before the data was recorded
         return
     changed = [f"{k} {saved.get(k)} → {now[k]}" for k in ("shards", "steps_per_epoch") if saved.get(k) != now[k]]
     if not changed and saved.get("shards_digest") != now["shards_digest"]:
         changed = ["the training shards' names or sizes"]
+    if "workers" in saved and saved["workers"] != now["workers"]:
+        changed.append(f"data.workers {saved['workers']} → {now['workers']}")
     if changed:
         log.warning("resuming on other data than the checkpoint was trained on (%s): the run goes on, but does not "
                     "see the batches an uninterrupted run would", "; ".join(changed))
@@ -830,11 +834,13 @@ def make_step(cfg: TrainConfig, model: CLIP, device: torch.device, bf16: bool, w
 def start_stream(t: Trainer) -> int:
     """Open the rank's batch stream at the run's start step; the training samples an epoch is sized by."""
     cfg = t.cfg
-    samples = cfg.data.epoch_samples or t.split.train_samples(shard_sizes(t.split.train, cfg.data.caption_key))
+    sizes = training_sizes(t.split.train, cfg.data.caption_key, t.split.fraction)
+    samples = cfg.data.epoch_samples or max(1, sum(sizes.values()))
     spe = t.steps_per_epoch = epoch_steps(samples, t.global_batch, cfg.data.workers)
-    spec = StreamSpec(shards=[str(s) for s in t.split.train], batch_size=cfg.data.batch_size,
-                      batches_per_worker=spe // max(1, cfg.data.workers), image_size=t.mcfg.vision_cfg.image_size,
-                      seed=cfg.seed, rank=t.rank, start_epoch=t.start_step // spe, skip_batches=t.start_step % spe,
+    spec = StreamSpec(shards=[str(s) for s in t.split.train], sizes=[sizes[s.name] for s in t.split.train],
+                      batch_size=cfg.data.batch_size, batches_per_worker=spe // max(1, cfg.data.workers),
+                      image_size=t.mcfg.vision_cfg.image_size, seed=cfg.seed, rank=t.rank, world=t.world,
+                      start_epoch=t.start_step // spe, skip_batches=t.start_step % spe,
                       shuffle_buffer=cfg.data.shuffle_buffer, caption_key=cfg.data.caption_key,
                       crop_scale=cfg.data.crop_scale, holdout_fraction=t.split.fraction)
     t.batches = to_device_ahead(train_batches(spec, t.tokenizer, cfg.data.workers, pin_memory=t.device.type == "cuda"),
