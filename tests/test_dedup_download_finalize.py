@@ -283,6 +283,28 @@ def test_decontamination_and_both_ways_of_writing_the_shards_agree(spark, built,
     assert runs["shuffled"][1:] == runs["in_place"][1:]
 
 
+def test_decontamination_never_removes_a_kept_near_duplicate(spark, built, tmp_path):
+    """The astronaut photo as the evaluation set: each of its copies (same bytes elsewhere, a smaller re-encoded
+    one) is contaminated, so none is kept to represent the others; every duplicate_of in the near-duplicate
+    record is in the dataset (decided before dedup, it used to keep one copy and then remove it)."""
+    out, cfg, _, _ = built
+    evals = tmp_path / "eval"
+    evals.mkdir()
+    skimage_image("astronaut").save(evals / "astronaut.png")
+    copy = tmp_path / "build"
+    shutil.copytree(out, copy)
+    dedup = cfg.dedup.model_copy(update={"decontaminate": str(evals)})
+    counts = {r.name: r for r in run_build(spark, cfg.model_copy(update={"output": str(copy), "dedup": dedup}),
+                                           from_stage="finalize")}["finalize"].counts
+    final = copy / "stages" / "finalize"
+    index = pq.read_table(final / "index.parquet").to_pylist()
+    assert not [r["url"] for r in index if "astronaut" in r["url"]]
+    assert counts.dropped["eval_contamination"] == 3 and counts.info["eval_images"] == 1
+    record = pq.read_table(final / "near_duplicates.parquet").to_pylist()
+    assert {r["duplicate_of"] for r in record} <= {r["key"] for r in index}
+    assert all(r["duplicate_of_in_dataset"] for r in record)
+
+
 def tar_samples_of(data: bytes) -> dict[str, dict[str, bytes]]:
     import io
 

@@ -180,7 +180,7 @@ def test_empty_record_is_written_without_spark(tmp_path) -> None:
     from witbuild.stats import near_dups
 
     folder = tmp_path / "stages" / "finalize" / "near_duplicates.parquet"
-    write_removal_record(None, [], None, str(folder))
+    write_removal_record(None, [], None, str(folder), None)
     table = pq.read_table(folder)
     assert table.num_rows == 0 and table.schema.names == schemas.load("near_duplicates").names
     section = near_dups.collect(tmp_path)

@@ -466,3 +466,67 @@ def test_a_folder_of_unreadable_images_is_a_clear_error(tmp_path):
     model, tok = class_model(lambda c, k: c)
     with pytest.raises(ValueError, match=r"no readable image in its class folders \(2 skipped\)"):
         zero_shot(model, tok, tmp_path)
+
+
+def test_zero_shot_accuracy_is_k_over_n_in_float64(labelled):
+    """44 of 48 right is exactly 44/48: float32 rounding would make equal gains on different seeds differ by
+    ~1e-8, a spread the experiment report could take for an interval."""
+    model, tok = class_model(lambda c, k: 2 if c == 7 else c)
+    z = zero_shot(model, tok, labelled)
+    assert z["top1"] == 44 / 48 and z["top5"] == 1.0
+
+
+def _probe_folder(root: Path, per_class: dict[str, int]) -> StandInModel:
+    """Class folders of ``per_class`` images whose features share one large direction and vary most along one that
+    says nothing of the class, so that the probe's C matters (see the test above): C = 1 gets the test half
+    wrong where the cross-validated C does not."""
+    rng = np.random.default_rng(0)
+    shared, spread = rng.normal(size=DIM) * 10, rng.normal(size=DIM)
+    offsets = rng.normal(size=(len(per_class), DIM)) * 0.3
+    images, i = {}, 0
+    for c, (name, n) in enumerate(per_class.items()):
+        (root / name).mkdir(parents=True)
+        for k in range(n):
+            v = shared + offsets[c] + spread / np.linalg.norm(spread) * rng.normal() * 3 + rng.normal(size=DIM) * 0.02
+            images[i] = torch.as_tensor(v).float()
+            (root / name / f"{k:02d}.png").write_bytes(png(i))
+            i += 1
+    return StandInModel(images, {})
+
+
+def test_a_rare_class_is_left_out_of_choosing_c_not_the_reason_to_skip_it(tmp_path, caplog):
+    """A class of 2 images (1 in the fit half) cannot be split into folds: C is cross-validated over the other
+    classes, with a warning naming it, instead of C = 1 for everyone."""
+    model = _probe_folder(tmp_path, {"k0": 12, "k1": 12, "k2": 12, "k3": 12, "rare": 2})
+    with caplog.at_level("WARNING", logger="trainer.evaluate"):
+        p = linear_probe(model, tmp_path)
+    assert p["C"] >= 100 and p["C_rare_classes"] == ["rare"] and "C_fallback" not in p
+    assert p["top1"] >= 24 / 25  # the 24 common test images right: C = 1 got 0.875 of them
+    assert any("rare" in r.getMessage() and "fewer than 3 images" in r.getMessage() for r in caplog.records)
+
+
+def test_a_probe_that_cannot_cross_validate_says_it_fell_back(tmp_path):
+    model = _probe_folder(tmp_path, {"k0": 2, "k1": 2, "k2": 2})  # 1 fit image per class: no fold to hold out
+    p = linear_probe(model, tmp_path)
+    assert p["C"] == 1.0 and "C = 1" in p["C_fallback"] and p["fit"] == 3
+
+
+def test_undecodable_held_out_images_are_counted(tmp_path):
+    """A broken image among the held-out pairs is skipped and counted in the result, as zero-shot counts its own."""
+    shards = write_pairs(tmp_path / "good", 20)
+    with tarfile.open(shards[0], "a") as tf:
+        for ext, data in (("png", b"\x89PNG\r\n\x1a\n not a picture"), ("txt", b"a picture of item-3")):
+            info = tarfile.TarInfo(f"999999.{ext}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    model, tok = retrieval_model(list(range(N_PAIRS)))
+    r = retrieval(model, tok, shards)
+    assert r["pairs"] == 20 and r["skipped_images"] == 1 and r["image_to_text_R@1"] == 1.0
+    only_broken = tmp_path / "broken" / "00000.tar"
+    only_broken.parent.mkdir()
+    with tarfile.open(only_broken, "w") as tf:
+        for ext, data in (("png", b"not a picture"), ("txt", b"a picture of item-1")):
+            info = tarfile.TarInfo(f"000001.{ext}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    assert retrieval(model, tok, [only_broken]) == {"pairs": 0, "skipped_images": 1}

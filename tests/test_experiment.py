@@ -100,7 +100,8 @@ def test_small_experiment_end_to_end(tmp_path):
         train_sets=["steps=16", "log_every=8", "checkpoint_every=16", "optim.warmup_steps=4", "data.batch_size=16",
                     "data.workers=0", "data.holdout_shards=0", "data.shuffle_buffer=64"])
     r = run_cli(str(cfg))
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output  # the strict variant failed: the report is written, and the command says so
+    assert "failed: strict" in r.output
     out = tmp_path / "out"
     saved = json.loads((out / "experiment.json").read_text())
     results, summary = saved["results"], saved["summary"]

@@ -42,3 +42,26 @@ def test_pairing_removes_the_seed_effect() -> None:
     ca, cb = mean_ci(list(a.values())), mean_ci(list(b.values()))
     assert ca["low"] < cb["high"]
     assert paired_difference(a, b)["excludes_zero"]
+
+
+def test_equal_values_have_no_interval() -> None:
+    """Runs that all agree give no t-interval (its width would be 0: certainty from a few runs), flagged."""
+    ci = mean_ci([0.7, 0.7, 0.7])
+    assert ci == {"mean": pytest.approx(0.7), "low": None, "high": None, "sd": 0.0, "n": 3, "no_spread": True}
+
+
+def test_the_same_gain_on_every_seed_is_no_spread_and_not_marked() -> None:
+    """Accuracies are k/n: every seed gaining one image of 516 gives differences equal but for float rounding
+    (sd ~1e-17), which must not pass for an interval that excludes 0."""
+    a = {s: (101 + s) / 516 for s in range(3)}
+    b = {s: (100 + s) / 516 for s in range(3)}
+    d = paired_difference(a, b)
+    assert d["mean"] == pytest.approx(1 / 516) and d["n"] == 3 and d["seeds"] == [0, 1, 2]
+    assert d["low"] is None and d["high"] is None and d["no_spread"] and not d["excludes_zero"]
+    spread = paired_difference({0: 0.5, 1: 0.6}, {0: 0.4, 1: 0.45})
+    assert spread["low"] is not None and "no_spread" not in spread
+
+
+def test_a_seed_without_a_value_on_either_side_is_not_paired() -> None:
+    d = paired_difference({0: 0.6, 1: 0.7, 2: None}, {0: 0.5, 1: 0.55, 2: 0.5, 3: 0.4})
+    assert d["seeds"] == [0, 1] and d["n"] == 2

@@ -31,6 +31,57 @@ def test_every_config_field_is_claimed_by_a_stage() -> None:
     assert unclaimed == [], f"config fields no stage fingerprint holds: {unclaimed}"
 
 
+def test_how_fast_a_crawl_runs_and_who_runs_it_redo_nothing() -> None:
+    """The crawl's pace, its contact and witbuild's version in the User-Agent change nothing fetched (the crawl
+    WARC's name leaves them out too); the robots.txt token and the page budget do."""
+    crawl = {"paths": [], "seeds": ["https://example.org/"]}
+    base = stage_fingerprints(BuildConfig(output="o", input=crawl))
+    same = stage_fingerprints(BuildConfig(output="o", input=crawl, crawl={"delay_seconds": 0.001,
+                                                                          "contact": "mailto:x@example.org"}))
+    assert same == base
+    assert "witbuild/" in BuildConfig(output="o", input=crawl).crawl.user_agent_header  # the version is still sent
+    for change in ({"user_agent": "otherbot"}, {"max_pages_per_host": 7}):
+        other = stage_fingerprints(BuildConfig(output="o", input=crawl, crawl=change))
+        assert other["extract"].digest != base["extract"].digest, change
+
+
+def test_one_input_file_spelt_several_ways_is_one_fingerprint(tmp_path) -> None:
+    """``web/./a``, ``web//a`` and a folder named with or without its slash are the files they name: resuming with
+    another spelling redoes nothing (it redid every stage, the download included)."""
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "a.warc.gz").write_bytes(b"aaa")
+    spellings = [[str(web / "a.warc.gz")], [f"{web}/./a.warc.gz"], [f"{web}//a.warc.gz"]]
+    digests = {stage_fingerprints(BuildConfig(output="o", input={"paths": p}))["finalize"].digest for p in spellings}
+    assert len(digests) == 1
+    folders = [[str(web)], [f"{web}/"], [f"{web}/."]]
+    digests = {stage_fingerprints(BuildConfig(output="o", input={"paths": p}))["finalize"].digest for p in folders}
+    assert len(digests) == 1
+
+
+def test_a_relative_folder_input_keeps_its_files_relative(tmp_path, monkeypatch) -> None:
+    """A folder's files are named under the folder as given, as a glob's are: the same relative input in a clone
+    elsewhere is the same fingerprint (a folder gave absolute names, so every clone redid every stage)."""
+    from witbuild.fingerprint import input_files
+
+    for root in (tmp_path / "one", tmp_path / "two"):
+        (root / "web").mkdir(parents=True)
+        (root / "web" / "a.warc.gz").write_bytes(b"aaa")
+    monkeypatch.chdir(tmp_path / "one")
+    here = input_files(["web"])
+    assert here == {"web/a.warc.gz": 3} == input_files(["web/*.warc.gz"])
+    monkeypatch.chdir(tmp_path / "two")
+    assert input_files(["web/"]) == here
+
+
+def test_set_like_lists_in_any_order_are_one_fingerprint() -> None:
+    a = stage_fingerprints(cfg_of(network={"allow_addresses": ["127.0.0.1", "10.1.0.0/16"]},
+                                  langid={"allowed": ["en"]}))
+    b = stage_fingerprints(cfg_of(network={"allow_addresses": ["10.1.0.0/16", "127.0.0.1"]},
+                                  langid={"allowed": ["en", "en"]}))
+    assert a == b
+
+
 def cfg_of(**kw: object) -> BuildConfig:
     return BuildConfig(**{"output": "o", "input": {"paths": ["web.warc.gz"]}, **kw})
 

@@ -42,6 +42,7 @@ def stages(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[int, int]]:
     """Every stage runs the stand-in; a test changes the counts a stage returns through the dict."""
     rows = dict(ROWS)
     monkeypatch.setattr(Stage, "load", lambda self: fake_stage(rows))
+    monkeypatch.setattr(pipeline, "stale_querylist", lambda cfg, stale, last: stale)  # the stand-in makes no list
     monkeypatch.setattr(pipeline, "import_ahead", lambda stages: AHEAD.append([st.name for st in stages]))
     AHEAD.clear()
     return rows
@@ -236,3 +237,27 @@ def test_a_stage_from_before_listings_is_listed_then_checked(stages, web: Path, 
     assert all((out / "stages" / n / layout.FILES_FILE).is_file() for n in STAGE_NAMES)
     (out / "stages" / "balance" / "part.txt").unlink()
     assert ran(run_build(None, config(web, out))) == list(STAGE_NAMES[STAGE_NAMES.index("balance"):])
+
+
+def test_a_finished_match_whose_query_list_is_gone_is_redone(web: Path, tmp_path: Path) -> None:
+    """Balance reads the list match ran against; one counted over the filtered pool only match can make again, so
+    a build whose ``querylist/`` went failed the same way on every re-run."""
+    out = tmp_path / "out"
+    cfg = config(web, out)
+    last = STAGE_NAMES[-1]
+    assert pipeline.stale_querylist(cfg, None, last) is None  # match not finished
+    for name in ("match", "balance"):
+        folder = out / "stages" / name
+        folder.mkdir(parents=True)
+        (folder / layout.SUCCESS_FILE).write_text("")
+        (folder / layout.COUNTS_FILE).write_text("{}")
+    assert pipeline.stale_querylist(cfg, None, last) is None  # balance finished: nothing reads the list
+    later = ("dedup", ["dedup.phash_threshold 4 → 2"])
+    assert pipeline.stale_querylist(cfg, later, last) == later
+    balance = ("balance", ["balance.t 20 → 30"])
+    stale = pipeline.stale_querylist(cfg, balance, last)
+    assert stale is not None and stale[0] == "match" and "is gone" in stale[1][0]
+    assert pipeline.stale_querylist(cfg, balance, "match") == balance  # balance does not run
+    earlier = ("filter", ["filter.min_words 3 → 4"])
+    assert pipeline.stale_querylist(cfg, earlier, last) == earlier
+    assert pipeline.stale_querylist(config(web, out, "querylist.bigrams=false"), balance, last) == balance

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from tests.test_stats import SHARD0, SHARD1, make_build, run_cli, sample_members, validate, write_tar
@@ -16,7 +17,7 @@ from witbuild import schemas
 from witbuild.demo.images import draw_shapes, encode
 
 
-def _with_record(build: Path) -> Path:
+def _with_record(build: Path, in_dataset: bool | None = True) -> Path:
     """The hand-made build plus one near-duplicate removal: 00010001 (only in the download stage's tar) as a
     duplicate of the kept 00000000, both real JPEGs."""
     picture = draw_shapes("star", "red", 1)
@@ -27,11 +28,14 @@ def _with_record(build: Path) -> Path:
     write_tar(build / "stages" / "download" / "00001.tar", download)
     record = build / "stages" / "finalize" / "near_duplicates.parquet"
     record.mkdir()
-    pq.write_table(schemas.load("near_duplicates").table({
+    table = schemas.load("near_duplicates").table({
         "key": ["00010001"], "shard": ["00001.tar"], "url": ["http://img.test/f.jpeg"], "text": ["tree tree"],
         "phash": ["0123456789abcdef"], "duplicate_of": ["00000000"], "duplicate_of_shard": ["00000.tar"],
-        "duplicate_of_url": ["http://img.test/a.jpg"], "phash_distance": [2], "colour_mean": [0.8],
-        "colour_tail": [3.5]}), record / "part-00000-x.snappy.parquet")
+        "duplicate_of_url": ["http://img.test/a.jpg"], "duplicate_of_in_dataset": [bool(in_dataset)],
+        "phash_distance": [2], "colour_mean": [0.8], "colour_tail": [3.5]})
+    if in_dataset is None:  # a record from before the column
+        table = table.drop_columns(["duplicate_of_in_dataset"])
+    pq.write_table(table, record / "part-00000-x.snappy.parquet")
     return build
 
 
@@ -43,6 +47,7 @@ def test_report_terminal_and_html_show_the_pairs(tmp_path: Path) -> None:
     validate(report)
     nd = report["near_duplicates"]
     assert (nd["removed"], nd["kept_counterparts"], nd["by_phash_distance"]) == (1, 1, [{"bits": 2, "count": 1}])
+    assert nd["counterparts_not_in_dataset"] == 0
     assert nd["source"] == "stages/finalize/near_duplicates.parquet"
     assert [(e["key"], e["duplicate_of"]) for e in nd["examples"]] == [("00010001", "00000000")]
 
@@ -80,3 +85,21 @@ def test_build_without_a_record_has_no_section(tmp_path: Path) -> None:
     code, out, err = run_cli(str(build), "--json")
     assert code == 0, err
     assert json.loads(out)["near_duplicates"] is None
+
+
+@pytest.mark.parametrize(("in_dataset", "line"), [
+    (False, "1 of those samples dropped after dedup: not in the dataset"),
+    (None, "whether those samples are in the dataset: not recorded")])
+def test_a_kept_counterpart_dropped_later_is_not_called_kept(tmp_path: Path, in_dataset: bool | None,
+                                                              line: str) -> None:
+    """The CLIP-score filter, after dedup, may drop a removal's kept sample: the report says so, and a record
+    written before that was recorded does not claim the dataset holds it."""
+    build = _with_record(make_build(tmp_path / "build"), in_dataset)
+    code, out, err = run_cli(str(build), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    validate(report)
+    assert report["near_duplicates"]["counterparts_not_in_dataset"] == (None if in_dataset is None else 1)
+    code, out, err = run_cli(str(build))
+    assert code == 0, err
+    assert "1 removed as near duplicates of 1 samples" in out and line in out

@@ -182,8 +182,10 @@ KEEP_FRACTION = 0.5
 
 
 def test_clip_score_with_the_trained_model_keeps_the_best_aligned_half(demo_build, trained_run, tmp_path):
-    """Finalize again with clip_score on (the trained run as checkpoint, keep_fraction 0.5): every sample is scored
-    as the trainer scores it, the worse half is dropped and counted, and a caption scores far above a shuffled one."""
+    """Finalize again with clip_score on (the trained run as checkpoint, keep_fraction 0.5, then SemDeDup): every
+    sample is scored as the trainer scores it, the worse half is dropped and counted, SemDeDup removes duplicates
+    among the rest only (each removal's kept sample is in the dataset), and a caption scores far above a shuffled
+    one. The build records the step file that scored it."""
     from witbuild.curate.clip_score import ClipScoreConfig, decode_embedding, load_scorer
     from witbuild.stages.finalize import read_tar_members
 
@@ -192,14 +194,21 @@ def test_clip_score_with_the_trained_model_keeps_the_best_aligned_half(demo_buil
     before = pq.read_table(demo_build.build / "stages" / "finalize" / "index.parquet").to_pandas()
     proc = run_job("--config", str(build / "build_config.yaml"), "--output", str(build), "--from-stage", "finalize",
                    "--set", f"clip_score.checkpoint={trained_run.run}", "--set", "clip_score.embeddings=true",
-                   "--set", f"clip_score.keep_fraction={KEEP_FRACTION}", spark_args=MEMORY_1G, timeout=600)
+                   "--set", f"clip_score.keep_fraction={KEEP_FRACTION}", "--set", "clip_score.semdedup_eps=0.003",
+                   "--set", "clip_score.semdedup_clusters=2", spark_args=MEMORY_1G, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     index = pq.read_table(build / "stages" / "finalize" / "index.parquet").to_pandas()
     report = json.loads((build / "build_report.json").read_text())
     finalize = report["stages"]["finalize"]
     assert "low_clip_score" in proc.stdout
-    assert len(index) == math.ceil(len(before) * KEEP_FRACTION)  # float32 scores of distinct pairs do not tie here
-    assert finalize["dropped"]["low_clip_score"] == len(before) - len(index)
+    assert Path(yaml_field(build / "build_config.yaml", "checkpoint")).name == "step_00000250.pt"
+    semdups = pq.read_table(build / "stages" / "finalize" / "semantic_duplicates.parquet").to_pandas()
+    print(f"SemDeDup removed {len(semdups)} of the {math.ceil(len(before) * KEEP_FRACTION)} best-scored samples")
+    assert set(semdups.duplicate_of) <= set(index.key) and not set(semdups.key) & set(index.key)
+    assert finalize["dropped"]["semantic_duplicate"] == len(semdups)
+    # float32 scores of distinct pairs do not tie here
+    assert len(index) + len(semdups) == math.ceil(len(before) * KEEP_FRACTION)
+    assert finalize["dropped"]["low_clip_score"] == len(before) - len(index) - len(semdups)
     assert set(index.key) <= set(before.key) and index.clip_score.notna().all()
     assert index.clip_score.min() >= finalize["info"]["clip_score_cutoff"] - 1e-6
     norms = np.linalg.norm(np.stack([decode_embedding(b) for b in index.clip_embedding]), axis=1)
@@ -223,8 +232,8 @@ def test_clip_score_with_the_trained_model_keeps_the_best_aligned_half(demo_buil
     stored = dict(zip(index.key, index.clip_score, strict=True))
     mine = dict(zip(pool.key, matched, strict=True))
     assert max(abs(stored[k] - mine[k]) for k in stored) < 1e-5
-    cutoff = np.sort(matched)[::-1][len(index) - 1]
-    assert set(index.key) == {k for k, v in mine.items() if v >= cutoff}
+    cutoff = np.sort(matched)[::-1][len(index) + len(semdups) - 1]
+    assert set(index.key) | set(semdups.key) == {k for k, v in mine.items() if v >= cutoff}
     print(f"matched {matched.mean():.3f}, shuffled {shuffled.mean():.3f}, "
           f"matched higher for {(matched > shuffled).mean():.1%} of {len(matched)} images")
     assert (matched > shuffled).mean() >= MIN_MATCHED_WINS
@@ -281,6 +290,21 @@ def planted_semantic_set(scorer, seed: int = 0) -> tuple[list[str], list[bytes]]
         keys += [f"cv{i:02d}a", f"cv{i:02d}b"]
         images += [a, b]
     return keys, images
+
+
+def yaml_field(path: Path, name: str) -> str:
+    """The value of the one ``name:`` line of a YAML file (the build config's ``clip_score.checkpoint``)."""
+    import yaml
+
+    def find(node: object) -> str | None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                found = str(v) if k == name and v is not None else find(v)
+                if found:
+                    return found
+        return None
+
+    return find(yaml.safe_load(path.read_text())) or ""
 
 
 def semdedup_outcome(spark, checkpoint: str, eps: float = SEMDEDUP_EPS) -> tuple[list, int]:

@@ -256,11 +256,12 @@ def zero_shot(model: CLIP, tokenizer: TextTokenizer, folder: str | Path, device=
     hit = rank_credit(scores, true, 1)
     per_class = per_class_accuracy(hit.tolist(), labels, classes)
     seen = [v["accuracy"] for v in per_class.values() if v["accuracy"] is not None]
-    out = {"top1": hit.mean().item(), "images": len(labels), "classes": len(classes), "chance": 1 / len(classes),
+    top1 = hit.double().mean().item()  # float64: (k+1)/n − k/n is the same for every k, no rounding noise
+    out = {"top1": top1, "images": len(labels), "classes": len(classes), "chance": 1 / len(classes),
            "templates": len(templates), "mean_per_class": float(np.mean(seen)), "per_class": per_class,
            **({"skipped_images": data.skipped} if data.skipped else {})}
     if len(classes) > 5:
-        out["top5"] = rank_credit(scores, true, 5).mean().item()
+        out["top5"] = rank_credit(scores, true, 5).double().mean().item()
     return out
 
 
@@ -357,10 +358,10 @@ def linear_probe(model: CLIP, folder: str | Path, device="cpu", _loaded: Labelle
     for i, label in enumerate(labels):
         fit[i] = seen.get(label, 0) % 2 == 0
         seen[label] = seen.get(label, 0) + 1
-    c = _probe_c(feats[fit], y[fit])
+    c, how = _probe_c(feats[fit], y[fit], classes)
     clf = _probe(c).fit(feats[fit], y[fit])
     return {"top1": float((clf.predict(feats[~fit]) == y[~fit]).mean()), "fit": int(fit.sum()),
-            "test": int((~fit).sum()), "chance": 1 / len(classes), "C": c}
+            "test": int((~fit).sum()), "chance": 1 / len(classes), "C": c, **how}
 
 
 def _probe(c: float) -> Any:
@@ -369,17 +370,36 @@ def _probe(c: float) -> Any:
     return LogisticRegression(max_iter=5000, C=c)
 
 
-def _probe_c(x: np.ndarray, y: np.ndarray) -> float:
-    """The C of ``PROBE_C`` with the best stratified cross-validated accuracy on (x, y); 1.0 when a class has
-    fewer than two samples to split."""
+def _probe_folds(y: np.ndarray) -> int:
+    """The most folds, up to ``PROBE_FOLDS``, that at least two classes have an image in each of (stratified
+    folds need as many images of a class as folds); 0 when no two classes have two images."""
+    counts = np.unique(y, return_counts=True)[1] if len(y) else np.zeros(0, int)
+    return next((f for f in range(PROBE_FOLDS, 1, -1) if (counts >= f).sum() >= 2), 0)
+
+
+def _probe_c(x: np.ndarray, y: np.ndarray, classes: list[str] | None = None) -> tuple[float, dict]:
+    """The C of ``PROBE_C`` with the best stratified cross-validated accuracy on (x, y), and what the result should
+    record of how it was chosen. Classes with fewer images than folds are left out of the cross-validation only
+    (logged and listed as ``C_rare_classes``), so that one rare class does not decide the C of all the others; with
+    no two classes to cross-validate, C = 1 (``C_fallback`` says why)."""
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-    folds = min(PROBE_FOLDS, int(np.unique(y, return_counts=True)[1].min())) if len(y) else 0
-    if folds < 2 or len(np.unique(y)) < 2:
-        return 1.0
+    folds = _probe_folds(y)
+    if folds == 0:
+        log.warning("linear probe: no two classes have 2 images in the fit half to cross-validate C; C = 1")
+        return 1.0, {"C_fallback": "no two classes with 2 images in the fit half to cross-validate; C = 1"}
+    labels, counts = np.unique(y, return_counts=True)
+    rare = labels[counts < folds]
+    how: dict[str, Any] = {}
+    if len(rare):
+        names = [classes[i] if classes else str(i) for i in rare.tolist()]
+        log.warning("linear probe: C cross-validated without %d class(es) with fewer than %d images in the fit "
+                    "half: %s", len(names), folds, ", ".join(names))
+        how["C_rare_classes"] = names
+    keep = ~np.isin(y, rare)
     splits = StratifiedKFold(n_splits=folds)  # unshuffled: the same folds every run
-    scores = [float(cross_val_score(_probe(c), x, y, cv=splits).mean()) for c in PROBE_C]
-    return PROBE_C[int(np.argmax(scores))]  # the first best: the smaller C
+    scores = [float(cross_val_score(_probe(c), x[keep], y[keep], cv=splits).mean()) for c in PROBE_C]
+    return PROBE_C[int(np.argmax(scores))], how  # the first best: the smaller C
 
 
 def retrieval(model: CLIP, tokenizer: TextTokenizer, shards: list[Path], device="cpu", max_pairs: int = 5000,
@@ -387,27 +407,30 @@ def retrieval(model: CLIP, tokenizer: TextTokenizer, shards: list[Path], device=
     """Recall@1/5/10 image→text and text→image over the pairs of ``shards`` (each image's own caption is the hit);
     with ``holdout_fraction`` over the samples training held out by key."""
     images, texts = [], []
+    skipped = 0
     for data, text, _ in iter_pairs(shards, caption_key, holdout_fraction):
         try:
             size = model.cfg.vision_cfg.image_size  # decoded in full, as open_clip does; kept at the model's size
             images.append(center_square(open_rgb(data), size))
         except Exception as exc:
+            skipped += 1
             log.warning("retrieval: skipped an undecodable image: %s", exc)
             continue
         texts.append(text)
         if len(texts) >= max_pairs:
             break
+    counted = {"skipped_images": skipped} if skipped else {}  # as zero-shot counts its own
     if len(texts) < 2:
-        return {"pairs": len(texts)}
+        return {"pairs": len(texts), **counted}
     img = encode_images(model, images, model.cfg.vision_cfg.image_size, device, batch_size)
     txt = encode_texts(model, tokenizer, texts, device, batch_size)
     sim = img @ txt.T
     truth = torch.arange(len(texts))
-    out: dict[str, float | int] = {"pairs": len(texts)}
+    out: dict[str, float | int] = {"pairs": len(texts), **counted}
     for name, s in (("image_to_text", sim), ("text_to_image", sim.T)):
         true = s[truth, truth][:, None]
         for k in (1, 5, 10):
-            out[f"{name}_R@{k}"] = rank_credit(s, true, k).mean().item()
+            out[f"{name}_R@{k}"] = rank_credit(s, true, k).double().mean().item()
     return out
 
 

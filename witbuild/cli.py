@@ -230,7 +230,7 @@ def experiment(
     evaluate all on the same held-out folder, and report means with 95% intervals and seed-paired differences
     (terminal table, experiment.json, report.html)."""
     from witbuild.experiment.config import ExperimentError, load_experiment_config
-    from witbuild.experiment.report import format_table
+    from witbuild.experiment.report import failed_variants, format_table
     from witbuild.experiment.run import run_experiment
 
     if not config.is_file():
@@ -244,7 +244,8 @@ def experiment(
         raise typer.Exit(2) from None
     typer.echo(format_table(summary))
     typer.echo(f"report: {Path(cfg.output) / 'report.html'}, {Path(cfg.output) / 'experiment.json'}")
-    if all(v.get("error") for v in summary["variants"].values()):
+    if failed := failed_variants(summary):
+        typer.echo(f"failed: {', '.join(failed)} (see the report)", err=True)
         raise typer.Exit(1)
 
 

@@ -72,7 +72,8 @@ class ExtractConfig(_Section):
 
 
 class CrawlConfig(_Section):
-    user_agent: str = Field(f"witbuild/{__version__}", description="Product token of the crawler's User-Agent.")
+    user_agent: str = Field("witbuild", description="Product token of the crawler's User-Agent (witbuild's own "
+                            "is sent with witbuild's version: not a setting, so a new release redoes no crawl).")
     contact: str = Field(
         "https://github.com/witbuild/witbuild",
         description="How site owners reach whoever runs the crawl (a URL or mailto:); sent in the User-Agent.",
@@ -94,7 +95,8 @@ class CrawlConfig(_Section):
 
     @property
     def user_agent_header(self) -> str:
-        return f"{self.user_agent} (+{self.contact})"
+        product = f"witbuild/{__version__}" if self.user_agent == "witbuild" else self.user_agent
+        return f"{product} (+{self.contact})"
 
     @property
     def robots_token(self) -> str:

@@ -25,7 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from witbuild.stages.registry import EXECUTION_ONLY, QUERYLIST_CONFIG, REGISTRY, Stage
+from witbuild.layout import local_path
+from witbuild.stages.registry import BY_CONTENT, EXECUTION_ONLY, QUERYLIST_CONFIG, REGISTRY, Stage
 
 if TYPE_CHECKING:
     from witbuild.config import BuildConfig
@@ -95,7 +96,22 @@ def config_slice(cfg: BuildConfig, keys: tuple[str, ...]) -> dict[str, Any]:
     ones: a stage that claims a whole section (download) must not be redone, nor its unfinished work thrown
     away, because a setting of how it runs (its thread count) changed."""
     flat = flatten(cfg.model_dump(mode="json"))
-    return {k: v for k, v in sorted(flat.items()) if _under(k, keys) and not _under(k, EXECUTION_ONLY)}
+    return {k: _one_spelling(k, v) for k, v in sorted(flat.items())
+            if _under(k, keys) and not _under(k, EXECUTION_ONLY) and not _under(k, BY_CONTENT)}
+
+
+#: Lists read as sets: their order and repeats change nothing the stages make.
+SET_VALUED = ("network.allow_addresses", "langid.allowed")
+
+
+def _one_spelling(key: str, value: Any) -> Any:
+    """A value in one spelling for what it means: input paths normalised (``web/./a``, ``web//a`` and ``web/a/``
+    are one path, as ``expand_inputs`` names them), set-like lists sorted without repeats."""
+    if key == "input.paths" and isinstance(value, list):
+        return [os.path.normpath(p) if local_path(p) == p else p for p in value]
+    if key in SET_VALUED and isinstance(value, list):
+        return sorted(set(value), key=str)
+    return value
 
 
 def _file_size(name: str) -> int | str | None:
@@ -150,11 +166,14 @@ def file_digest(path: str | os.PathLike[str]) -> str:
 
 
 def folder_digest(path: str | os.PathLike[str]) -> str:
-    """Content hash of every file under a local folder (names and bytes)."""
+    """Content hash of every file under a local folder (names and bytes), symlinked subfolders followed as the
+    evaluation images are read (``Path.rglob`` skips them: files changed there would redo nothing)."""
+    from witbuild.dedup.eval_set import walk_files
+
     root = Path(path).expanduser()
     if not root.is_dir():
         return file_digest(root)
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    files = walk_files(root)
     return _hash([(str(p.relative_to(root)), file_digest(p)) for p in files])
 
 

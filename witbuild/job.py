@@ -87,13 +87,15 @@ def checked_config(args: argparse.Namespace, held: contextlib.ExitStack) -> Buil
             load_entries(cfg.match.entries_path, max_chars=cfg.querylist.max_entry_chars,
                          max_entries=cfg.querylist.max_entries)
         check_languages(cfg, args.until_stage)
-        folder = cfg.dedup.decontaminate  # read by finalize, after the downloads: a wrong name is known now
-        if folder and not (Path(folder).is_dir() and any(p.is_file() for p in Path(folder).rglob("*"))):
-            raise InputError(f"dedup.decontaminate: not a folder of images: {folder}")
+        if cfg.dedup.decontaminate:  # read by finalize, after the downloads: a wrong folder is known now
+            from witbuild.dedup.eval_set import check_eval_folder
+
+            check_eval_folder(cfg.dedup.decontaminate)
         if cfg.clip_score.enabled:  # a checkpoint that is missing, unreadable or not its model: before Spark
-            from witbuild.curate.clip_score import load_scorer
+            from witbuild.curate.clip_score import load_scorer, pin_checkpoint
 
             load_scorer(cfg.clip_score)
+            cfg.clip_score = pin_checkpoint(cfg.clip_score)
         from witbuild.pipeline import check_stages
 
         check_stages(cfg.output, args.until_stage, args.from_stage)

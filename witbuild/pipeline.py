@@ -363,6 +363,24 @@ def first_stale_stage(output: str, expected: dict[str, Fingerprint],
     return None
 
 
+def stale_querylist(cfg: BuildConfig, stale: tuple[str, list[str]] | None,
+                    last: str) -> tuple[str, list[str]] | None:
+    """``stale``, or match when balance is to run on a finished match whose query list is gone from the build
+    (``querylist/`` lies outside every stage folder's listing) and only match can make it again: its bigrams are
+    counted over the filtered pool, which balance does not read. (A list of other inputs changes match's
+    fingerprint.) The build failed the same way on every re-run."""
+    from witbuild.curate.querylist_artifact import querylist_current
+
+    order = STAGE_NAMES.index
+    if (stale is not None and order(stale[0]) <= order("match")) or order(last) < order("balance"):
+        return stale
+    balance_runs = (stale is not None and stale[0] == "balance") or not is_finished(cfg.output, "balance")
+    from_pool = cfg.querylist.bigrams and not cfg.match.entries_path
+    if balance_runs and from_pool and is_finished(cfg.output, "match") and not querylist_current(cfg):
+        return "match", [f"{layout.querylist_dir(cfg.output)} is gone or is not the list match ran against"]
+    return stale
+
+
 def _changed_on_disk(folder: str, name: str) -> list[str]:
     """How a finished stage's files differ from those it left (witbuild/stage_files.py); a stage with no listing
     (made before listings) is listed now, and said so."""
@@ -449,7 +467,7 @@ def _run_build(spark: Any, cfg: BuildConfig, until_stage: str | None, from_stage
     last = until_stage or STAGE_NAMES[-1]
     check_stages(cfg.output, until_stage, from_stage)
     expected = stage_fingerprints(cfg)
-    stale = first_stale_stage(cfg.output, expected, last)
+    stale = stale_querylist(cfg, first_stale_stage(cfg.output, expected, last), last)
     if stale is not None and (from_stage is None or STAGE_NAMES.index(stale[0]) < STAGE_NAMES.index(from_stage)):
         redo_stale(cfg.output, *stale, last)
     if from_stage is not None:

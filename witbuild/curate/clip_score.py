@@ -52,8 +52,8 @@ class ClipScoreConfig(BaseModel):
         None, ge=-1, le=1, description="Drop samples whose score is below this cosine similarity (LAION: 0.28 "
         "with OpenAI's ViT-B/32; a small model of ours scores on another scale: look at the histogram first).")
     keep_fraction: float | None = Field(
-        None, gt=0, le=1, description="Keep the best-scoring fraction of the samples (DataComp: 0.3): the ones "
-        "at or above the (1 - fraction) quantile of the scores.")
+        None, gt=0, le=1, description="Keep the best-scoring fraction of the samples (DataComp: 0.3): the "
+        "ceil(fraction * n) best scores, and any tied with the last of them.")
     embeddings: bool = Field(False, description="Also store each image's embedding (float16) in index.parquet.")
     semdedup_eps: float | None = Field(
         None, gt=0, lt=1, description="Semantic dedup (SemDeDup): within each k-means cluster of the image "
@@ -121,9 +121,8 @@ class Scorer:
             for start in range(0, len(images), self.batch_size):
                 x = normalize(torch.stack(images[start: start + self.batch_size]).to(self.device))
                 tokens = self.tokenizer(texts[start: start + self.batch_size]).to(self.device)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                    out_i.append(self.model.encode_image(x).float().cpu())
-                    out_t.append(self.model.encode_text(tokens).float().cpu())
+                out_i.append(self.model.encode_image(x).float().cpu())  # float32 everywhere: see load_scorer
+                out_t.append(self.model.encode_text(tokens).float().cpu())
         if not out_i:
             empty = np.zeros((0, self.embed_dim), np.float32)
             return empty, empty
@@ -182,11 +181,27 @@ def load_scorer(cfg: ClipScoreConfig) -> Scorer:
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"clip_score.checkpoint: {exc}") from None
         model, tokenizer = _load_ours(path)
-    if device.type == "cpu":
-        import torch
+    import torch
 
+    if device.type == "cpu":
         torch.set_num_threads(1)  # one Spark task per core; more threads per task would oversubscribe it
+    else:  # float32 without TF32: bf16 autocast made the dataset depend on whether an executor had a GPU
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     return Scorer(model.to(device).eval(), tokenizer, device, cfg.batch_size)
+
+
+def pin_checkpoint(cfg: ClipScoreConfig) -> ClipScoreConfig:
+    """``cfg`` with a run folder or ``…/latest`` of our trainer replaced by the step file it names now: the file the
+    build fingerprints is then the one every executor loads, though a run still training moves ``latest`` on (an
+    executor that resolved it again scored with a newer step than the build recorded)."""
+    from trainer.evaluate import resolve_checkpoint
+    from trainer.openclip_weights import is_openclip_folder
+
+    if not cfg.checkpoint or cfg.model_json or is_openclip_folder(Path(cfg.checkpoint).expanduser()):
+        return cfg
+
+    return cfg.model_copy(update={"checkpoint": str(resolve_checkpoint(cfg.checkpoint))})
 
 
 def _load_ours(path: Path) -> tuple[Any, Any]:

@@ -43,6 +43,13 @@ def expected_fingerprint(cfg: BuildConfig) -> Fingerprint:
     return querylist_fingerprint(cfg, stage_fingerprints(cfg)["filter"].digest)
 
 
+def querylist_current(cfg: BuildConfig) -> bool:
+    """Whether the build's query list folder holds the list its config makes (what a finished match ran against):
+    gone or other, match must be redone, as balance reads the list and cannot always make it again."""
+    fs, folder = querylist_dir(cfg)
+    return _current(fs, folder, expected_fingerprint(cfg))
+
+
 def _current(fs: Any, folder: str, fp: Fingerprint) -> bool:
     try:
         recorded = json.loads(fs.cat_file(f"{folder}/{layout.FINGERPRINT_FILE}").decode("utf-8"))

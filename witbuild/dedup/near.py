@@ -517,9 +517,11 @@ def _colour_check(limits: ColourLimits) -> Any:
     return run
 
 
-def write_removal_record(spark: Any, removals: list[Removal], samples: Any, path: str) -> None:
+def write_removal_record(spark: Any, removals: list[Removal], samples: Any, path: str, final_keys: Any) -> None:
     """Write the ``near_duplicates`` table (schemas/near_duplicates.json) to folder ``path``: one row per
-    removal, the removed sample, the kept one it duplicates and the two distances, sorted by key, one file.
+    removal, the removed sample, the kept one it duplicates, the two distances and whether that kept sample is in
+    the final dataset (``final_keys``, a DataFrame of its ``key`` s: a step after dedup, the CLIP-score filter,
+    may drop it), sorted by key, one file.
 
     ``samples`` (Spark) holds both sides' url, text, shard. No removal: the empty table is written from the
     driver, without a Spark job (most small builds)."""
@@ -548,6 +550,9 @@ def write_removal_record(spark: Any, removals: list[Removal], samples: Any, path
     info = samples.select("key", "shard", "url", "text", "phash").join(small(pairs), "key")
     kept = samples.select(F.col("key").alias("duplicate_of"), F.col("shard").alias("duplicate_of_shard"),
                           F.col("url").alias("duplicate_of_url"))
-    record = kept.join(small(info), "duplicate_of").select(*table.names)
+    counterparts = kept.join(small(info), "duplicate_of")
+    in_dataset = final_keys.select(F.col("key").alias("duplicate_of"), F.lit(True).alias("_in")).distinct()
+    record = (counterparts.join(in_dataset, "duplicate_of", "left")
+              .withColumn("duplicate_of_in_dataset", F.coalesce(F.col("_in"), F.lit(False))).select(*table.names))
     # one shuffled partition: coalesce(1) would run the joins above it in a single task too
     record.repartition(1).sortWithinPartitions("key").write.mode("overwrite").parquet(path)

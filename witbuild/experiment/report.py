@@ -2,8 +2,11 @@
 from the baseline, as a terminal table, a self-contained HTML page and a JSON file.
 
 The paired differences are the report's point: with a few seeds the variants' own intervals overlap, while the
-seed-paired difference tells whether curation moved the metric more than the seed does. The input is the plain
-dict the experiment runner saves, so a report can be rebuilt from ``experiment.json`` without rerunning anything.
+seed-paired difference tells whether curation moved the metric more than the seed does. A difference is paired over
+the seeds both variants trained, so one failed run costs that seed, not the variant. Retrieval is scored on each
+variant's own held-out pairs (other pairs, another gallery size, another chance level): it is shown per variant and
+never differenced. The input is the plain dict the experiment runner saves, so a report can be rebuilt from
+``experiment.json`` without rerunning anything.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ log = logging.getLogger(__name__)
 
 METRICS = ("zeroshot", "head", "tail", "linear_probe", "retrieval_R@1")
 LABELS = {"zeroshot": "zero-shot top-1", "head": "zero-shot head third", "tail": "zero-shot tail third",
-          "linear_probe": "linear probe top-1", "retrieval_R@1": "retrieval R@1"}
+          "linear_probe": "linear probe top-1", "retrieval_R@1": "retrieval R@1, own pairs"}
 BAR_METRICS = ("zeroshot", "head", "tail", "linear_probe")
+UNPAIRED = {"retrieval_R@1": "the mean of image→text and text→image R@1, each variant scored on its own held-out "
+                             "pairs: not comparable across variants, so no difference is given"}
+NO_SPREAD_NOTE = "no spread: every seed gave the same value, so no t-interval can be estimated"
 MARK = "*"
 
 
@@ -63,6 +69,7 @@ def _metric_names(variants: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def _variant_summary(v: Mapping[str, Any], metrics: list[str], level: float) -> dict:
+    """One variant's settings, dataset counts, error, trained seeds and per-metric intervals."""
     runs = v.get("runs") or {}
     return {"sets": list(v.get("sets") or []), "dataset": dict(v.get("dataset") or {}), "error": v.get("error"),
             "seeds": sorted(int(s) for s in runs),
@@ -70,20 +77,24 @@ def _variant_summary(v: Mapping[str, Any], metrics: list[str], level: float) -> 
 
 
 def _differences(results: Mapping[str, Any], metrics: list[str], level: float) -> tuple[dict, str | None]:
-    """Each working variant's paired difference from the baseline, or none and the reason why."""
+    """Each trained variant's paired difference from the baseline over the seeds both trained (a failed run costs
+    its seed, not the variant), or none and the reason why. Metrics of ``UNPAIRED`` get none."""
     variants = results.get("variants") or {}
     baseline = results.get("baseline")
     if baseline not in variants:
         return {}, f"no paired differences: the baseline {baseline!r} is not among the variants"
-    base = variants[baseline]
-    if base.get("error"):
-        return {}, f"no paired differences: the baseline {baseline!r} failed"
+    base_runs = variants[baseline].get("runs") or {}
+    if not base_runs:
+        return {}, f"no paired differences: the baseline {baseline!r} failed before any run finished"
+    paired = [m for m in metrics if m not in UNPAIRED]
+    if not paired:
+        return {}, None
     out = {}
     for name, v in variants.items():
-        if name == baseline or v.get("error"):
+        runs = v.get("runs") or {}
+        if name == baseline or not runs:
             continue
-        runs, base_runs = v.get("runs") or {}, base.get("runs") or {}
-        out[name] = {m: paired_difference(_per_seed(runs, m), _per_seed(base_runs, m), level) for m in metrics}
+        out[name] = {m: paired_difference(_per_seed(runs, m), _per_seed(base_runs, m), level) for m in paired}
     return out, None
 
 
@@ -93,7 +104,7 @@ def summarize(results: Mapping[str, Any], level: float = LEVEL) -> dict:
     metrics = _metric_names(variants)
     differences, note = _differences(results, metrics, level)
     return {"level": level, "baseline": results.get("baseline"), "seeds": list(results.get("seeds") or []),
-            "metrics": metrics,
+            "metrics": metrics, "unpaired": {m: UNPAIRED[m] for m in metrics if m in UNPAIRED},
             "variants": {name: _variant_summary(v, metrics, level) for name, v in variants.items()},
             "differences": differences, "note": note}
 
@@ -101,23 +112,31 @@ def summarize(results: Mapping[str, Any], level: float = LEVEL) -> dict:
 # ------------------------------------------------------------------------------------------------ cells
 
 
+def _no_interval(ci: Mapping[str, Any]) -> str:
+    """Why a value has no interval: one run, or runs that all agree (a t-interval then has nothing to scale)."""
+    return f"(no spread, n={ci['n']})" if ci.get("no_spread") else f"(n={ci['n']})"
+
+
 def mean_cell(ci: Mapping[str, Any]) -> str:
-    """``41.3 ± 4.2`` (percent, half-width of the interval); ``41.3 (n=1)`` where one run gives no spread."""
+    """``41.3 ± 4.2`` (percent, half-width of the interval); ``41.3 (n=1)`` or ``41.3 (no spread, n=3)`` where
+    there is no interval."""
     if ci.get("mean") is None:
         return "-"
     if ci.get("low") is None:
-        return f"{100 * ci['mean']:.1f} (n={ci['n']})"
+        return f"{100 * ci['mean']:.1f} {_no_interval(ci)}"
     return f"{100 * ci['mean']:.1f} ± {100 * (ci['high'] - ci['low']) / 2:.1f}"
 
 
-def difference_cell(d: Mapping[str, Any]) -> str:
-    """``+3.1 [+1.2, +5.0] *`` in percentage points; the mark says the interval excludes 0."""
+def difference_cell(d: Mapping[str, Any], row_n: int | None = None) -> str:
+    """``+3.1 [+1.2, +5.0] *`` in percentage points; the mark says the interval excludes 0. A difference without
+    an interval is never marked; one over fewer seeds than its row's says how many (``(n=2)``)."""
     if d.get("mean") is None:
         return "-"
     if d.get("low") is None:
-        return f"{100 * d['mean']:+.1f} (n={d['n']})"
+        return f"{100 * d['mean']:+.1f} {_no_interval(d)}"
     mark = f" {MARK}" if d.get("excludes_zero") else ""
-    return f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]{mark}"
+    fewer = f" (n={d['n']})" if row_n is not None and d["n"] < row_n else ""
+    return f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]{fewer}{mark}"
 
 
 def _size(v: Any) -> str:
@@ -137,27 +156,53 @@ def _mean_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["variant", *(label(m) for m in metrics), *keys]
     rows = []
     for name, v in summary["variants"].items():
-        tag = " (baseline)" if name == summary["baseline"] else " (failed)" if v["error"] else ""
+        tags = [t for t, on in (("baseline", name == summary["baseline"]), ("failed", bool(v["error"]))) if on]
+        tag = f" ({', '.join(tags)})" if tags else ""
         rows.append([name + tag, *(mean_cell(v["metrics"][m]) for m in metrics),
                      *(_size(v["dataset"][k]) if k in v["dataset"] else "-" for k in keys)])
     return header, rows
 
 
+def _paired_metrics(summary: Mapping[str, Any]) -> list[str]:
+    """The metrics that get a paired difference, in display order."""
+    return [m for m in summary["metrics"] if m not in summary.get("unpaired", UNPAIRED)]
+
+
 def _difference_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    metrics = summary["metrics"]
-    header = ["variant − baseline", *(label(m) for m in metrics), "seeds"]
+    """Header and rows of the differences table; the last column names the seeds paired (both variants trained)."""
+    metrics = _paired_metrics(summary)
+    header = ["variant − baseline", *(label(m) for m in metrics), "seeds paired"]
     rows = []
     for name, diffs in summary["differences"].items():
         seeds = sorted({s for d in diffs.values() for s in d["seeds"]})
-        rows.append([f"{name} − {summary['baseline']}", *(difference_cell(diffs[m]) for m in metrics),
-                     ", ".join(map(str, seeds))])
+        rows.append([f"{name} − {summary['baseline']}", *(difference_cell(diffs[m], len(seeds)) for m in metrics),
+                     f"n={len(seeds)}" + (": " + ", ".join(map(str, seeds)) if seeds else "")])
     return header, rows
 
 
 def _legend(summary: Mapping[str, Any]) -> tuple[str, str]:
+    """The two tables' legends: what a cell holds."""
     pct = f"{100 * summary['level']:g}%"
     return (f"mean ± half-width of the {pct} t-interval over seeds, in %",
-            f"paired by seed, in percentage points, [{pct} t-interval]; {MARK} = the interval excludes 0")
+            f"paired by seed over the seeds both variants trained, in percentage points, [{pct} t-interval]; "
+            f"{MARK} = the interval excludes 0")
+
+
+def _notes(summary: Mapping[str, Any], cis: list[Mapping[str, Any]], unpaired: bool) -> list[str]:
+    """The footnotes a table needs: what a metric without differences is, and what "no spread" means."""
+    notes = [f"{label(m)}: {text}" for m, text in summary.get("unpaired", {}).items()] if unpaired else []
+    no_spread = NO_SPREAD_NOTE if unpaired else f"{NO_SPREAD_NOTE}, nor {MARK} given"
+    return notes + ([no_spread] if any(ci.get("no_spread") for ci in cis) else [])
+
+
+def _mean_notes(summary: Mapping[str, Any]) -> list[str]:
+    """Footnotes of the per-variant table."""
+    return _notes(summary, [ci for v in summary["variants"].values() for ci in v["metrics"].values()], True)
+
+
+def _difference_notes(summary: Mapping[str, Any]) -> list[str]:
+    """Footnotes of the differences table."""
+    return _notes(summary, [d for diffs in summary["differences"].values() for d in diffs.values()], False)
 
 
 # ------------------------------------------------------------------------------------------------ terminal
@@ -177,10 +222,11 @@ def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def format_table(summary: Mapping[str, Any]) -> str:
     """The report for the terminal (deterministic: the same summary always prints the same text)."""
     means_legend, diff_legend = _legend(summary)
-    lines = [f"variants ({means_legend}):", *_text_table(*_mean_rows(summary))]
+    lines = [f"variants ({means_legend}):", *_text_table(*_mean_rows(summary)),
+             *(f"  {note}" for note in _mean_notes(summary))]
     if summary["differences"]:
         lines += ["", f"differences from {summary['baseline']} ({diff_legend}):",
-                  *_text_table(*_difference_rows(summary))]
+                  *_text_table(*_difference_rows(summary)), *(f"  {note}" for note in _difference_notes(summary))]
     if summary.get("note"):
         lines += ["", f"note: {summary['note']}"]
     sets = [(name, v["sets"]) for name, v in summary["variants"].items() if v["sets"]]
@@ -246,7 +292,7 @@ def plot_differences(summary: Mapping[str, Any]) -> str | None:
     from witbuild.stats.html import _figure, _png
 
     diffs = summary["differences"]
-    metrics = [m for m in summary["metrics"] if any(d[m]["mean"] is not None for d in diffs.values())]
+    metrics = [m for m in _paired_metrics(summary) if any(d[m]["mean"] is not None for d in diffs.values())]
     if not metrics:
         return None
     colour = {name: f"C{i % 10}" for i, name in enumerate(summary["variants"])}
@@ -272,6 +318,11 @@ def _cells(rows: list[list[str]]) -> list[list[tuple[str, bool]]]:
     return [[(c, i > 0) for i, c in enumerate(row)] for row in rows]
 
 
+def _html_notes(notes: list[str]) -> str:
+    """A table's footnotes as escaped paragraphs."""
+    return "".join(f"<p class=note>{html.escape(n)}</p>" for n in notes)
+
+
 def render_html(summary: Mapping[str, Any]) -> str:
     """The page as a string; every name, setting and error is escaped."""
     from witbuild.stats.html import CSS, _table
@@ -282,12 +333,13 @@ def render_html(summary: Mapping[str, Any]) -> str:
     header, rows = _mean_rows(summary)
     parts = [f"<h1>witbuild experiment</h1><p class=meta>baseline <b>{e(str(summary['baseline']))}</b>; "
              f"seeds {e(seeds)}</p>",
-             f"<h2>Variants</h2><p class=note>{e(means_legend)}</p>" + _table(header, _cells(rows)),
-             plot_means(summary) or ""]
+             f"<h2>Variants</h2><p class=note>{e(means_legend)}</p>" + _table(header, _cells(rows))
+             + _html_notes(_mean_notes(summary)), plot_means(summary) or ""]
     if summary["differences"]:
         header, rows = _difference_rows(summary)
         parts += [f"<h2>Paired differences from {e(str(summary['baseline']))}</h2><p class=note>{e(diff_legend)}"
-                  "</p>" + _table(header, _cells(rows)), plot_differences(summary) or ""]
+                  "</p>" + _table(header, _cells(rows)) + _html_notes(_difference_notes(summary)),
+                  plot_differences(summary) or ""]
     if summary.get("note"):
         parts.append(f"<p class=warn>note: {e(summary['note'])}</p>")
     parts.append("<h2>Settings</h2>" + _table(["variant", "sets"], [
@@ -323,3 +375,9 @@ def write_report(results: Mapping[str, Any], folder: str | Path) -> dict:
     write_html(summary, folder / "report.html")
     log.info("wrote %s and %s", folder / "experiment.json", folder / "report.html")
     return summary
+
+
+def failed_variants(summary: Mapping[str, Any]) -> list[str]:
+    """The variants whose build or any training run failed: an experiment with one is no clean result, and its
+    exit status should say so once the report is written."""
+    return [name for name, v in summary["variants"].items() if v.get("error")]

@@ -4,7 +4,7 @@ per seed on each, one evaluation on the same held-out folder, and the report.
 Every variant's build folder starts from copies of the pool's extract, filter and match stages, so the build's own
 stage fingerprints decide what is reused (a variant that changes a filter setting redoes filter and match; a re-run
 of the experiment reuses every finished stage). A variant that fails (its build, or a training run) is recorded
-with its error and the others go on.
+with its error and the others go on; a build that keeps no sample is such a failure, and trains nothing.
 """
 
 from __future__ import annotations
@@ -185,6 +185,16 @@ def _build_variant(spark: Any, cfg: ExperimentConfig, inputs: list[str], name: s
     if "low_clip_score" in results["finalize"].dropped:
         v["dataset"]["low_clip_score"] = results["finalize"].dropped["low_clip_score"]
     v["build"] = str(folder)
+    v["error"] = empty_build(v["dataset"])
+
+
+def empty_build(dataset: dict[str, int]) -> str | None:
+    """Why a variant's build leaves nothing to train on, or None: with 0 samples every training run would fail
+    on its own, one torchrun per seed, each with a less telling message."""
+    if dataset.get("samples"):
+        return None
+    steps = ", ".join(f"{k} {dataset[k]:,}" for k in ("pool_pairs", "balanced_pairs", "downloaded") if k in dataset)
+    return f"build kept 0 samples ({steps}): no training run launched"
 
 
 def _build_bootstrap(spark: Any, cfg: ExperimentConfig, inputs: list[str], variants: dict, out: Path) -> None:
@@ -197,7 +207,7 @@ def _build_bootstrap(spark: Any, cfg: ExperimentConfig, inputs: list[str], varia
     v = variants[BOOTSTRAP] = {"sets": [f"clip_score.checkpoint={run}",
                                         f"clip_score.keep_fraction={cfg.bootstrap.keep_fraction}"],
                                "dataset": {}, "runs": {}, "error": None}
-    if variants[BALANCED]["error"] is not None or str(seed) not in variants[BALANCED]["runs"]:
+    if str(seed) not in variants[BALANCED]["runs"]:  # another seed's failure leaves this one's model usable
         v["error"] = f"the balanced variant has no trained model of seed {seed} to score with"
         return
     _build_variant(spark, cfg, inputs, BOOTSTRAP, variants, out / "variants" / BALANCED / "build", out,

@@ -42,6 +42,9 @@ def expand_inputs(patterns: list[str]) -> list[str]:
         fs, path = (fsspec.filesystem("file"), path) if path is not None else fsspec.core.url_to_fs(pattern)
         local = fs.protocol in ("file", "local") or "file" in (fs.protocol if isinstance(fs.protocol, tuple) else ())
         unstrip = (lambda p: p) if local else fs.unstrip_protocol
+        plain = local and pattern == path  # a local path as the user spelt it (not file:…)
+        if plain:
+            path = os.path.normpath(path)  # "web/./a", "web//a" and "web/a/" are one name, in every fingerprint
         if _has_magic(path):
             found = sorted(_glob.glob(path)) if local else sorted(fs.glob(path))
             found = [f for f in found if fs.isfile(f)]
@@ -52,9 +55,11 @@ def expand_inputs(patterns: list[str]) -> list[str]:
             found = sorted(f for f in fs.find(path) if _is_archive(f))
             if not found:
                 missing.append(f"{pattern} (a folder without .warc/.warc.gz/.wat.gz files)")
+            if plain:  # under the folder as it was named: a relative folder stays relative (a fresh clone elsewhere)
+                found = [os.path.join(path, os.path.relpath(f, os.path.abspath(path))) for f in found]
             files.extend(unstrip(f) for f in found)
         elif fs.exists(path):
-            files.append(pattern if local else unstrip(path))
+            files.append(path if plain else pattern if local else unstrip(path))
         else:
             missing.append(pattern)
     if missing:

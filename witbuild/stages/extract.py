@@ -17,6 +17,7 @@ from witbuild.counters import StageCounts
 from witbuild.extract import extract_file
 from witbuild.sources.inputs import InputError, expand_inputs
 from witbuild.spark import counted, fs_and_path, join
+from witbuild.stages.registry import CRAWL_CONTENT_SETTINGS
 
 if TYPE_CHECKING:
     from witbuild.config import BuildConfig
@@ -43,12 +44,6 @@ def crawl_warc_dir(cfg: BuildConfig) -> str:
 CRAWL_RULE = 1
 
 
-#: The crawl settings that change what a crawl of a host fetches. Not among them: where the WARCs go, the contact
-#: and the version in the User-Agent, and delay_seconds (how fast, not what).
-CRAWL_CONTENT_SETTINGS = frozenset({"max_depth", "max_pages_per_host", "connect_timeout", "read_timeout",
-                                    "total_timeout", "max_page_bytes", "max_redirects", "respect_robots"})
-
-
 def _host_slug(host_key: str) -> str:
     safe = "".join(c if c.isalnum() else "-" for c in host_key.split("://", 1)[-1]).strip("-")
     return f"{safe[:60]}-{hashlib.sha1(host_key.encode()).hexdigest()[:10]}"
@@ -58,8 +53,8 @@ def crawl_warc_name(cfg: BuildConfig, host_key: str, host_seeds: list[str]) -> s
     """The file name of a host's crawl: its host, and a digest of what the crawl of it depends on (its seeds, the
     crawl and network settings, the crawler's rule). A host's WARC is reused only when all are unchanged: a
     larger page budget or a new seed on a host crawled before would otherwise be silently ignored."""
-    crawl = cfg.crawl.model_dump(mode="json", include=CRAWL_CONTENT_SETTINGS)
-    crawl["robots_token"] = cfg.crawl.robots_token.lower()  # a release's version: no change
+    crawl = cfg.crawl.model_dump(mode="json", include=set(CRAWL_CONTENT_SETTINGS) - {"user_agent"})
+    crawl["robots_token"] = cfg.crawl.robots_token.lower()
     network = {k: sorted(v) if isinstance(v, list) else v for k, v in cfg.network.model_dump(mode="json").items()}
     settings = {"seeds": sorted(host_seeds), "crawl": crawl, "network": network, "rule": CRAWL_RULE}
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]

@@ -5,13 +5,16 @@
    pHash and thumbnail of the stored image. Shards are listed from their metadata, not their tars, so every
    image the download wrote is counted in: a shard whose tar is missing or unreadable has its rows dropped as
    ``missing_shard`` / ``unreadable_shard``, and finalize's rows in are the download's rows out.
-2. Exact duplicates (same sha256) across shards: the smallest key stays. Found in the LSH pass of step 3
+2. Optional decontamination against a folder of evaluation images (:mod:`witbuild.dedup.eval_set`), by the
+   near-duplicate rule of step 4 (pHash within the threshold and the colour check), the evaluation images hashed
+   as the download stores images. First: dedup then never keeps a representative that decontamination removes.
+3. Exact duplicates (same sha256) across shards: the smallest key stays. Found in the LSH pass of step 4
    (equal bytes have one pHash, so twins meet in every bucket; :func:`~witbuild.dedup.near.duplicate_verdicts`),
    with the same result as removing them first; a job of their own when near duplicates are off.
-3. Near duplicates (:mod:`witbuild.dedup.near`): banded LSH on the 64-bit pHash, a colour check of
+4. Near duplicates (:mod:`witbuild.dedup.near`): banded LSH on the 64-bit pHash, a colour check of
    16×16 thumbnails on the verified pairs, representatives chosen greedily in key order (no chained
-   removals); each removal is recorded with its kept counterpart in ``near_duplicates.parquet``.
-4. Optional decontamination against a folder of evaluation images.
+   removals); each removal is recorded with its kept counterpart in ``near_duplicates.parquet``, once the
+   dataset is written, with whether that counterpart is in it (the CLIP-score filter may drop it).
 5. Optional CLIP score of every kept sample, and the filters on it (:mod:`witbuild.stages.finalize_score`).
 6. Shards are rewritten so each final tar holds exactly the kept samples (a filtered manifest
    would leave dropped images inside the tars that every loader reads and skips: wasted I/O on
@@ -35,23 +38,16 @@ import mmap
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from witbuild import layout, schemas
 from witbuild.counters import StageCounts
-from witbuild.dedup.near import (
-    ColourLimits,
-    duplicate_verdicts,
-    image_signature,
-    image_signatures,
-    write_removal_record,
-)
-from witbuild.dedup.phash import as_uint64, near_any, resolve_bands, to_signed64
+from witbuild.dedup.eval_set import EvalSet, contaminated, read_eval_set, stored_as_downloaded
+from witbuild.dedup.near import ColourLimits, duplicate_verdicts, image_signatures, write_removal_record
+from witbuild.dedup.phash import resolve_bands, to_signed64
 from witbuild.dedup.shard_signatures import read_members, read_signatures
 from witbuild.layout import NEAR_DUPLICATES_DIR
 from witbuild.spark import counted, fs_and_path, read_task_counts
@@ -224,18 +220,6 @@ def _shard_signatures(shard_tar: str, keys: list[str], counts: StageCounts) -> l
     return signatures
 
 
-def _eval_hashes(folder: str) -> np.ndarray:
-    hashes = []
-    for path in sorted(Path(folder).rglob("*")):
-        if path.is_file():  # hashed as the downloads are (image_signature's reduced decode)
-            signature = image_signature(path.read_bytes())
-            if signature is not None:
-                hashes.append(signature[0])
-    if not hashes:
-        raise ValueError(f"dedup.decontaminate: no readable image in {folder}")
-    return np.array(hashes, dtype=np.uint64)
-
-
 def rewrite_shard(src_path: str, dst_path: str, wanted: set[str]) -> int:
     """Copy the samples of tar ``src_path`` whose key is in ``wanted`` to ``dst_path``; returns the images written.
 
@@ -349,17 +333,18 @@ def _without_keys(df: Any, keys: list[str]) -> Any:
     return df.join(F.broadcast(drop_df) if len(keys) < BROADCAST_KEYS else drop_df, "key", "left_anti")
 
 
-def _contaminated(frame: Any, folder: str, threshold: int, bands: int) -> list[str]:
-    """Keys of the rows of ``frame`` whose pHash is within ``threshold`` bits of an image of ``folder``."""
-    ref = frame.sparkSession.sparkContext.broadcast(_eval_hashes(folder))
+def _contaminated(frame: Any, ref: EvalSet, threshold: int, bands: int, limits: ColourLimits | None) -> list[str]:
+    """Keys of the rows of ``frame`` that an evaluation image of ``ref`` contaminates: within ``threshold`` bits
+    and, with ``limits``, passing the colour check (:func:`~witbuild.dedup.eval_set.contaminated`)."""
+    shared = frame.sparkSession.sparkContext.broadcast(ref)
 
     def find(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            h = as_uint64(batch.column("_phash").to_numpy())
-            near = pa.array(near_any(h, ref.value, threshold, bands), pa.bool_())
-            yield pa.RecordBatch.from_arrays([batch.column("key").filter(near)], names=["key"])
+            mask = contaminated(batch.column("_phash").to_numpy(), batch.column("_thumb").to_pylist(), shared.value,
+                                threshold, bands, limits)
+            yield pa.RecordBatch.from_arrays([batch.column("key").filter(pa.array(mask, pa.bool_()))], names=["key"])
 
-    return sorted(r["key"] for r in frame.select("key", "_phash").mapInArrow(find, "key string").collect())
+    return sorted(r["key"] for r in frame.select("key", "_phash", "_thumb").mapInArrow(find, "key string").collect())
 
 
 def _reconcile_with_download(counts: StageCounts, download_dir: str) -> StageCounts:
@@ -387,6 +372,8 @@ def run_finalize(ctx: StageContext) -> StageCounts:
 
     cfg = ctx.cfg.dedup
     spark = ctx.spark
+    # read before the shards: a folder that cannot serve fails the stage before any work
+    evals = read_eval_set(cfg.decontaminate, stored_as_downloaded(ctx.cfg.download)) if cfg.decontaminate else None
     tars = list_shards(ctx.previous)
     schema = samples_schema()
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -417,9 +404,15 @@ def run_finalize(ctx: StageContext) -> StageCounts:
         # dedup reads the cached rows in a few tasks: a Python or shuffle task per shard costs ~0.1 s of overhead
         # for a few ms of work, in each of the half dozen jobs below
         current = samples.coalesce(2 * spark.sparkContext.defaultParallelism)
+        bands = resolve_bands(cfg.phash_threshold, cfg.phash_bands)
+        limits = ColourLimits(cfg.colour_max_mean, cfg.colour_max_tail) if cfg.colour_check else None
+        if evals is not None:  # first: a near duplicate's kept representative is never then removed as contaminated
+            found = _contaminated(current, evals, cfg.phash_threshold, bands, limits)
+            counts.drop("eval_contamination", len(found))
+            drops.update(found)
+            current = _without_keys(current, found)
+        candidates = current  # the rows dedup chooses among: the record reads both sides of a removal here
         if cfg.near_dup:  # exact duplicates found in the same pass (duplicate_verdicts)
-            bands = resolve_bands(cfg.phash_threshold, cfg.phash_bands)
-            limits = ColourLimits(cfg.colour_max_mean, cfg.colour_max_tail) if cfg.colour_check else None
             exact, removals = duplicate_verdicts(current, cfg.phash_threshold, bands, limits, cfg.exact_image)
         elif cfg.exact_image:
             exact, removals = _exact_duplicates(current), []
@@ -428,17 +421,10 @@ def run_finalize(ctx: StageContext) -> StageCounts:
         if cfg.exact_image:
             counts.drop("duplicate_image_sha256", len(exact))
         if cfg.near_dup:
-            write_removal_record(spark, removals, current, f"{ctx.output}/{NEAR_DUPLICATES_DIR}")
             counts.drop("near_duplicate_phash", len(removals))
-        drops.update(exact)
-        drops.update(r.key for r in removals)
-        current = _without_keys(current, sorted(drops))  # lazy: runs only where a step below reads it
-        if cfg.decontaminate:
-            contaminated = _contaminated(current, cfg.decontaminate, cfg.phash_threshold,
-                                         resolve_bands(cfg.phash_threshold, cfg.phash_bands))
-            counts.drop("eval_contamination", len(contaminated))
-            drops.update(contaminated)
-            current = _without_keys(current, contaminated)
+        dedup_drops = set(exact) | {r.key for r in removals}
+        drops.update(dedup_drops)
+        current = _without_keys(current, sorted(dedup_drops))  # lazy: runs only where a step below reads it
 
         if ctx.cfg.clip_score.enabled:
             current, scored_frames = score_and_filter(current, ctx.cfg.clip_score, ctx.previous, len(tars), counts,
@@ -449,6 +435,9 @@ def run_finalize(ctx: StageContext) -> StageCounts:
             sizes = _write_index_and_shards(with_empty_scores(samples), ctx.previous, ctx.output, len(tars), drops)
         else:
             sizes = _write_index_and_shards(with_empty_scores(current), ctx.previous, ctx.output, len(tars))
+        if cfg.near_dup:  # after the CLIP-score filter, which may drop a removal's kept sample: the record says so
+            final_keys = spark.read.parquet(f"{ctx.output}/{INDEX_DIR}").select("key")
+            write_removal_record(spark, removals, candidates, f"{ctx.output}/{NEAR_DUPLICATES_DIR}", final_keys)
     finally:
         spark.conf.set(UNCOMPRESSED_CACHE[0], compressed)
         for frame in cached:
@@ -459,4 +448,6 @@ def run_finalize(ctx: StageContext) -> StageCounts:
     counts.rows_out = sum(sizes.values())
     counts.unit = "images"
     counts.info.update({"shards": len(sizes), "phash_threshold": cfg.phash_threshold})
+    if evals is not None:
+        counts.info.update({"eval_images": len(evals.names), "eval_files_skipped": len(evals.skipped)})
     return counts

@@ -79,9 +79,11 @@ def with_empty_scores(df: Any) -> Any:
 
 def score_and_filter(samples: Any, cfg: ClipScoreConfig, source_dir: str, n_shards: int, counts: StageCounts,
                      output: str) -> tuple[Any, list[Any]]:
-    """``samples`` with their scores, without the undecodable ones, the semantic duplicates (``semdedup_eps``,
-    recorded in ``output``/SEMANTIC_DUPLICATES_DIR) and the low-scoring ones, in that order; returns it and the
-    DataFrames it cached (the caller unpersists them once the shards are written)."""
+    """``samples`` with their scores, without the undecodable ones, the low-scoring ones and the semantic duplicates
+    among the rest (``semdedup_eps``, recorded in ``output``/SEMANTIC_DUPLICATES_DIR), in that order: a removed
+    duplicate's kept sample is in the dataset, and the score chooses among copies before SemDeDup does (an image's
+    best-captioned copy is not lost to a worse one the score then drops). Returns it and the DataFrames it cached
+    (the caller unpersists them once the shards are written)."""
     from pyspark.sql import functions as F
 
     from witbuild.layout import SEMANTIC_DUPLICATES_DIR
@@ -95,18 +97,6 @@ def score_and_filter(samples: Any, cfg: ClipScoreConfig, source_dir: str, n_shar
     counts.drop("undecodable_image", unscored)
     kept = scored.filter(F.col("clip_score").isNotNull())
     before = n - unscored
-    if cfg.semdedup_eps is not None:
-        removals = semantic_removals(kept, cfg, before).cache()
-        cached.append(removals)
-        removed = removals.count()
-        counts.drop("semantic_duplicate", removed)
-        counts.info["semdedup_clusters"] = semdedup_clusters(cfg, before)
-        removals.coalesce(1).sortWithinPartitions("key").write.mode("overwrite").parquet(
-            f"{output}/{SEMANTIC_DUPLICATES_DIR}")
-        kept = kept.join(removals.select("key"), "key", "left_anti")
-        before -= removed
-        if not cfg.embeddings:
-            kept = kept.withColumn("clip_embedding", F.lit(None).cast("binary"))
     cut = cfg.min if cfg.min is not None else -np.inf
     if cfg.keep_fraction is not None:
         cutoff = _fraction_cutoff(kept, before, cfg.keep_fraction)
@@ -117,6 +107,17 @@ def score_and_filter(samples: Any, cfg: ClipScoreConfig, source_dir: str, n_shar
         kept = kept.filter(F.col("clip_score") >= F.lit(float(cut)))
     after = kept.count()
     counts.drop("low_clip_score", before - after)
+    if cfg.semdedup_eps is not None:  # among the samples the score keeps: each removal's kept sample stays
+        removals = semantic_removals(kept, cfg, after).cache()
+        cached.append(removals)
+        removed = removals.count()
+        counts.drop("semantic_duplicate", removed)
+        counts.info["semdedup_clusters"] = semdedup_clusters(cfg, after)
+        removals.coalesce(1).sortWithinPartitions("key").write.mode("overwrite").parquet(
+            f"{output}/{SEMANTIC_DUPLICATES_DIR}")
+        kept = kept.join(removals.select("key"), "key", "left_anti")
+        if not cfg.embeddings:
+            kept = kept.withColumn("clip_embedding", F.lit(None).cast("binary"))
     stats = kept.agg(F.mean("clip_score").alias("mean"), F.min("clip_score").alias("min")).collect()[0]
     counts.info.update({"clip_score_mean": round(float(stats["mean"] or 0.0), 6),
                         "clip_score_min_kept": round(float(stats["min"] or 0.0), 6)})

@@ -21,7 +21,11 @@ if TYPE_CHECKING:
 #: Settings that change how a build runs, never what it writes: no fingerprint holds them, even where a stage claims
 #: their whole section (witbuild.fingerprint.config_slice leaves them out), so changing them neither redoes a stage
 #: nor throws away a killed stage's resumable work.
-EXECUTION_ONLY = ("output", "spark", "download.thread_count", "download.subjob_size", "crawl.warc_dir")
+EXECUTION_ONLY = ("output", "spark", "download.thread_count", "download.subjob_size", "crawl.warc_dir",
+                  "crawl.delay_seconds", "crawl.contact")  # the crawl's pace and how site owners reach us
+#: Paths whose files enter finalize's fingerprint by content (fingerprint._finalize_external), not by name: a copy
+#: of the checkpoint elsewhere, or ``RUN`` for ``RUN/checkpoints/latest``, redoes no scoring.
+BY_CONTENT = ("clip_score.checkpoint", "clip_score.model_json", "clip_score.bpe_vocab")
 #: The query list's own inputs (witbuild/curate/querylist_artifact.py); match depends on its content.
 QUERYLIST_CONFIG = ("querylist", "match.entries_path")
 
@@ -60,6 +64,12 @@ class Stage:
         return self.config + (self.crawl_config if crawls else ())
 
 
+#: The crawl settings that change what a crawl of a host fetches: in the crawl WARC's name and in extract's
+#: fingerprint. Not among them: where the WARCs go, the contact, and delay_seconds (how fast, not what); the
+#: user agent counts by its robots.txt token (``CrawlConfig.robots_token``), not its version.
+CRAWL_CONTENT_SETTINGS = ("max_depth", "max_pages_per_host", "connect_timeout", "read_timeout", "total_timeout",
+                          "max_page_bytes", "max_redirects", "respect_robots", "user_agent")
+
 REGISTRY: tuple[Stage, ...] = (
     # rule 2: an <img> inside a <picture> that names no usable URL itself takes its picture's <source>
     # rule 3: srcset candidates with invalid descriptors are dropped, as the HTML standard and browsers drop them;
@@ -69,7 +79,7 @@ REGISTRY: tuple[Stage, ...] = (
     # rule 5: the depth check follows the ends the parser implies (a page of 5,000 "<li><a href>" is 6 levels deep,
     # not 5,000, and is read); a WAT's lower-case content-language header gives the page language
     Stage("extract", None, "witbuild.stages.extract:run_extract", ("input", "extract"), "candidates",
-          crawl_config=("crawl", "network"), rule=5),
+          crawl_config=(*(f"crawl.{k}" for k in CRAWL_CONTENT_SETTINGS), "network"), rule=5),
     # rule 2: a bare domain is a URL only with its TLD in lower case ("ASP.NET" is a word); "90s" is a decade and
     # "ISO 9001" a standard, not camera settings
     Stage("filter", "extract", "witbuild.stages.filter:run_filter", ("filter", "langid"), "filtered", rule=2),
@@ -86,8 +96,12 @@ REGISTRY: tuple[Stage, ...] = (
           resumable=True, rule=2, imports=("img2dataset",)),  # ~2 s: webdataset, torch, albumentations
     # rule 2: CLIP scores from open_clip's token ids (Python's lowercase, a final ς; control-token names in a
     # caption spelt out as text) and open_clip's evaluation view (images decoded in full, resized, then cropped)
+    # rule 3: SemDeDup among the samples the score filter keeps (a removed duplicate's kept sample is in the
+    # dataset); scores in float32 on a GPU too (bf16 autocast moved 16 of 679 samples across a keep_fraction cut);
+    # decontamination decided first, by the near-duplicate rule (pHash and colour check), each evaluation image
+    # hashed as the download stores it; near_duplicates.parquet v2 (duplicate_of_in_dataset)
     Stage("finalize", "download", "witbuild.stages.finalize:run_finalize", ("dedup", "clip_score"), "index",
-          rule=2, warm_ups=("witbuild.dedup.colour_bound:warm_up",)),  # ~3 s in a fresh checkout, then cached
+          rule=3, warm_ups=("witbuild.dedup.colour_bound:warm_up",)),  # ~3 s in a fresh checkout, then cached
 )
 
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in REGISTRY)

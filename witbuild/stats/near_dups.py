@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 EXAMPLES = 8  # pairs in the report
 THUMB_PX = 112  # longest side of an HTML thumbnail
 COLUMNS = ("key", "shard", "url", "text", "duplicate_of", "duplicate_of_shard", "duplicate_of_url",
-           "phash_distance", "colour_mean", "colour_tail")
+           "phash_distance", "colour_mean", "colour_tail")  # an example's fields
+IN_DATASET = "duplicate_of_in_dataset"  # absent from records written before it existed
 
 
 def record_path(root: Path) -> Path | None:
@@ -46,7 +47,8 @@ def collect(root: Path, examples: int = EXAMPLES) -> dict[str, Any] | None:
     if path is None:
         return None
     try:
-        table = pq.read_table(path, columns=list(COLUMNS))
+        table = pq.read_table(path)
+        table = table.select([*COLUMNS, *([IN_DATASET] if IN_DATASET in table.column_names else [])])
     except Exception as exc:  # a damaged record must not lose the rest of the report
         log.warning("%s: cannot read it (%s): near-duplicate removals not shown", path, exc)
         return None
@@ -54,9 +56,11 @@ def collect(root: Path, examples: int = EXAMPLES) -> dict[str, Any] | None:
     bits = np.array([r["phash_distance"] for r in rows], dtype=np.int64)
     means = np.array([r["colour_mean"] for r in rows if r["colour_mean"] is not None], dtype=np.float64)
     picks = np.unique(np.linspace(0, len(rows) - 1, min(examples, len(rows))).round().astype(int)) if rows else []
+    counterparts = {r["duplicate_of"] for r in rows}
     return {
         "removed": len(rows),
-        "kept_counterparts": len({r["duplicate_of"] for r in rows}),
+        "kept_counterparts": len(counterparts),
+        "counterparts_not_in_dataset": _not_in_dataset(rows) if IN_DATASET in table.column_names else None,
         "by_phash_distance": [{"bits": int(b), "count": int(c)} for b, c in zip(*np.unique(bits, return_counts=True),
                                                                             strict=True)],
         "colour_mean": {"min": float(means.min()), "median": float(np.median(means)), "max": float(means.max())}
@@ -66,11 +70,28 @@ def collect(root: Path, examples: int = EXAMPLES) -> dict[str, Any] | None:
     }
 
 
+def _not_in_dataset(rows: list[dict[str, Any]]) -> int:
+    """Distinct kept counterparts that a step after dedup (the CLIP-score filter) dropped from the dataset."""
+    return len({r["duplicate_of"] for r in rows if not r[IN_DATASET]})
+
+
+def _counterparts(section: dict[str, Any]) -> list[str]:
+    """The removals' counts, and whether the samples kept in their place are in the dataset: a step after dedup
+    (the CLIP-score filter) may have dropped some, and a record written before that was recorded cannot say."""
+    n, gone = section["kept_counterparts"], section.get("counterparts_not_in_dataset")
+    kept = "kept " if gone == 0 else ""
+    lines = [f"{section['removed']:,} removed as near duplicates of {n:,} {kept}samples (from {section['source']})"]
+    if gone is None:
+        lines.append("whether those samples are in the dataset: not recorded")
+    elif gone:
+        lines.append(f"{gone:,} of those samples dropped after dedup: not in the dataset")
+    return lines
+
+
 def text_lines(section: dict[str, Any]) -> list[str]:
     """The section as plain lines for the terminal report."""
     dist = ", ".join(f"{d['bits']} bits {d['count']:,}" for d in section["by_phash_distance"]) or "-"
-    lines = [f"{section['removed']:,} removed as near duplicates of {section['kept_counterparts']:,} kept samples "
-             f"(from {section['source']})", f"pHash distance: {dist}"]
+    lines = [*_counterparts(section), f"pHash distance: {dist}"]
     if section["colour_mean"]:
         c = section["colour_mean"]
         lines.append(f"colour ΔE mean: min {c['min']:.2f}, median {c['median']:.2f}, max {c['max']:.2f}")
