@@ -148,6 +148,8 @@ OTHER_VALUE = {
     "download.thread_count": {"download": {"thread_count": 3}},
     "download.subjob_size": {"download": {"subjob_size": 7}},
     "crawl.warc_dir": {"crawl": {"warc_dir": "/somewhere/else"}},
+    "crawl.delay_seconds": {"crawl": {"delay_seconds": 0.001}},
+    "crawl.contact": {"crawl": {"contact": "mailto:crawl@example.org"}},
 }
 
 
