@@ -131,3 +131,19 @@ def test_the_crop_falls_back_as_torchvision_does(size, box):
         return
     want = img.resize((32, 32), Image.Resampling.BICUBIC, box=box)
     assert got.tobytes() == want.tobytes()
+
+
+def test_a_resume_says_when_the_shares_or_the_stream_differ(caplog):
+    """Another worker count cuts other shares; a checkpoint of the earlier stream saw other batches. Both go on, and
+    say so."""
+    from trainer.train import warn_if_data_changed
+
+    now = {"shards": 3, "shards_digest": "d", "steps_per_epoch": 10, "workers": 2}
+    with caplog.at_level("WARNING", logger="trainer"):
+        warn_if_data_changed(dict(now), now)
+        assert caplog.text == ""
+        warn_if_data_changed({**now, "workers": 1}, now)
+        assert "data.workers 1 → 2" in caplog.text
+        caplog.clear()
+        warn_if_data_changed({k: v for k, v in now.items() if k != "workers"}, now)
+        assert "earlier data stream" in caplog.text

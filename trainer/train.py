@@ -618,7 +618,11 @@ def warn_if_data_changed(saved: dict | None, now: dict) -> None:
     changed = [f"{k} {saved.get(k)} → {now[k]}" for k in ("shards", "steps_per_epoch") if saved.get(k) != now[k]]
     if not changed and saved.get("shards_digest") != now["shards_digest"]:
         changed = ["the training shards' names or sizes"]
-    if "workers" in saved and saved["workers"] != now["workers"]:
+    if "workers" not in saved:  # recorded since an epoch is cut into one share per worker
+        log.warning("the checkpoint was trained on the earlier data stream (each worker drew shards with "
+                    "replacement, from their start); the run goes on reading every sample once an epoch, so its "
+                    "batches are not those the earlier run would have seen")
+    elif saved["workers"] != now["workers"]:
         changed.append(f"data.workers {saved['workers']} → {now['workers']}")
     if changed:
         log.warning("resuming on other data than the checkpoint was trained on (%s): the run goes on, but does not "
