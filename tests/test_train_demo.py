@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from tests.conftest import MEMORY_1G, ROOT, VENV_BIN, run_job
 
@@ -205,7 +206,8 @@ def test_clip_score_with_the_trained_model_keeps_the_best_aligned_half(demo_buil
     report = json.loads((build / "build_report.json").read_text())
     finalize = report["stages"]["finalize"]
     assert "low_clip_score" in proc.stdout
-    assert Path(yaml_field(build / "build_config.yaml", "checkpoint")).name == "step_00000250.pt"
+    saved = yaml.safe_load((build / "build_config.yaml").read_text())
+    assert Path(saved["clip_score"]["checkpoint"]).name == "step_00000250.pt"
     semdups = pq.read_table(build / "stages" / "finalize" / "semantic_duplicates.parquet").to_pandas()
     print(f"SemDeDup removed {len(semdups)} of the {math.ceil(len(before) * KEEP_FRACTION)} best-scored samples")
     assert set(semdups.duplicate_of) <= set(index.key) and not set(semdups.key) & set(index.key)
@@ -294,21 +296,6 @@ def planted_semantic_set(scorer, seed: int = 0) -> tuple[list[str], list[bytes]]
         keys += [f"cv{i:02d}a", f"cv{i:02d}b"]
         images += [a, b]
     return keys, images
-
-
-def yaml_field(path: Path, name: str) -> str:
-    """The value of the one ``name:`` line of a YAML file (the build config's ``clip_score.checkpoint``)."""
-    import yaml
-
-    def find(node: object) -> str | None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                found = str(v) if k == name and v is not None else find(v)
-                if found:
-                    return found
-        return None
-
-    return find(yaml.safe_load(path.read_text())) or ""
 
 
 def semdedup_outcome(spark, checkpoint: str, eps: float = SEMDEDUP_EPS) -> tuple[list, int]:

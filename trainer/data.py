@@ -27,7 +27,7 @@ import re
 import tarfile
 import zlib
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,7 +171,7 @@ def list_samples(shard: Path) -> tuple[list[tuple[str, set[str]]], int]:
     return [(key, exts) for key, exts in samples if exts], scattered
 
 
-def usable(exts: set[str], caption_key: str | None) -> bool:
+def usable(exts: Collection[str], caption_key: str | None) -> bool:
     """Whether a sample with these extensions has an image and its caption: the ``caption_key`` member, or when the
     caption's extension is not known, some member besides the image (a lone image is never a pair)."""
     image = next((k for k in IMAGE_KEYS if k in exts), None)
@@ -575,7 +575,7 @@ def read_positions(shards: list[str], sizes: list[int], start: int, stop: int | 
                 continue
             if seen >= skip:
                 yield sample
-            seen += is_positioned(sample, caption_key)
+            seen += usable(sample.keys(), caption_key)  # counted as shard_sizes counts
 
 
 def samples_from(shards: list[str], sizes: list[int], start: int, caption_key: str,
@@ -592,11 +592,6 @@ def samples_from(shards: list[str], sizes: list[int], start: int, caption_key: s
             held = (f": none that is not held out for evaluation (data.holdout_fraction={holdout_fraction}); lower it "
                     "or give more data" if holdout_fraction else "")
             raise DataError(f"no training samples in the {len(shards)} training shard(s) (first: {shards[0]}){held}")
-
-
-def is_positioned(sample: dict, caption_key: str) -> bool:
-    """Whether a sample counts as one in ``shard_sizes``: it has an image and a caption member (``usable``)."""
-    return caption_key in sample and any(k in sample for k in IMAGE_KEYS)
 
 
 def train_batches(spec: StreamSpec, tokenizer, workers: int,
