@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from witbuild.cli import app
 from witbuild.demo.eval_images import eval_colour_classes
 from witbuild.experiment.run import run_metrics
+from witbuild.provenance import code_revision
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,6 +106,7 @@ def test_small_experiment_end_to_end(tmp_path):
     out = tmp_path / "out"
     saved = json.loads((out / "experiment.json").read_text())
     results, summary = saved["results"], saved["summary"]
+    assert results["code"] == code_revision() and "commit" in results["code"]  # the code that ran it, named
     v = results["variants"]
     assert list(v) == ["raw", "balanced", "strict", "bootstrap"]
     # one pool: both variants balanced the same matched pairs; raw sampled to balanced's size, without a cap

@@ -139,6 +139,10 @@ def test_write_report(tmp_path) -> None:
     assert page.count('<img class="plot" alt="') == 2 and page.count('src="data:image/png;base64,') == 2
     assert "dedup&lt;near&gt;" in page and "dedup<near>" not in page
     assert "ValueError: t must be &gt; 0" in page
+    assert "; code" not in page  # results of an older witbuild record no code
+    coded = {**results, "code": {"version": "0.1.0", "commit": "c8e7c5056423f728", "modified": True}}
+    write_report(coded, tmp_path / "coded")
+    assert "seeds 0, 1, 2; code 0.1.0 (c8e7c50, modified)</p>" in (tmp_path / "coded" / "report.html").read_text()
 
 
 def _run(z: float, probe: float, retrieval: float) -> dict:

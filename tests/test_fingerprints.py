@@ -82,6 +82,38 @@ def test_set_like_lists_in_any_order_are_one_fingerprint() -> None:
     assert a == b
 
 
+def test_the_language_model_counts_by_its_bytes_not_its_path(tmp_path: Path) -> None:
+    """The default model named by its own path, or a copy of it, redoes nothing (it redid filter and every stage
+    after it, the download included); another model redoes filter."""
+    from witbuild.text.langid import default_model_path
+
+    model = default_model_path()
+    copy = tmp_path / "copy.ftz"
+    copy.write_bytes(model.read_bytes())
+    base = stage_fingerprints(cfg_of())
+    assert stage_fingerprints(cfg_of(langid={"model_path": str(model)})) == base
+    assert stage_fingerprints(cfg_of(langid={"model_path": str(copy)})) == base
+    copy.write_bytes(model.read_bytes() + b"\0")
+    other = stage_fingerprints(cfg_of(langid={"model_path": str(copy)}))
+    assert other["filter"].digest != base["filter"].digest
+    assert changes(base["filter"], other["filter"]) == ["langid_model changed"]
+
+
+def test_scoring_settings_redo_nothing_while_scoring_is_off(tmp_path: Path) -> None:
+    """With no checkpoint, the batch size and device of scoring change nothing; with one, they are the scoring's
+    (a default build's digests are those it had before: the settings are spelt at their defaults)."""
+    base = stage_fingerprints(cfg_of())
+    assert base["finalize"].config["clip_score.batch_size"] == 64
+    idle = {"batch_size": 8, "device": "cpu", "semdedup_clusters": 3, "semdedup_seed": 5}
+    assert stage_fingerprints(cfg_of(clip_score=idle)) == base
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"weights")
+    scoring = stage_fingerprints(cfg_of(clip_score={"checkpoint": str(ckpt), "model_json": "m", "bpe_vocab": "v"}))
+    batched = stage_fingerprints(cfg_of(clip_score={"checkpoint": str(ckpt), "model_json": "m", "bpe_vocab": "v",
+                                                    "batch_size": 8}))
+    assert changes(scoring["finalize"], batched["finalize"]) == ["clip_score.batch_size 64 → 8"]
+
+
 def cfg_of(**kw: object) -> BuildConfig:
     return BuildConfig(**{"output": "o", "input": {"paths": ["web.warc.gz"]}, **kw})
 
@@ -205,7 +237,7 @@ def test_query_list_follows_the_config(spark, web: Path, tmp_path: Path, caplog)
         results = run_build(spark, config(web, out, f"match.entries_path={web / 'b.txt'}"), until_stage="match")
     assert skipped(results) == {"extract": True, "filter": True, "match": False}
     assert matched_entries(out) <= set(QUERIES_A[:3])
-    assert "querylist changed: redoing match" in caplog.text
+    assert "querylist: entries_file changed: redoing match" in caplog.text
     (web / "b.txt").write_text("\n".join(QUERIES_B) + "\n", encoding="utf-8")
 
 

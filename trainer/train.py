@@ -67,6 +67,7 @@ from trainer.loss import make_loss
 from trainer.model import CLIP, ModelConfig, load_model_config, train_flops_per_sample
 from trainer.tokenizer import TextTokenizer, load_clip_bpe, read_clip_merges, train_bpe
 from witbuild.output_folder import LockHeld, folder_problem, take_lock
+from witbuild.provenance import code_revision
 
 log = logging.getLogger("trainer")
 MAX_LOGIT_SCALE = math.log(100)
@@ -963,7 +964,7 @@ def final_evaluation(t: Trainer, step: int, skipped_total: dict[str, int]) -> No
                        cfg.eval.linear_probe, cfg.eval.max_retrieval_pairs, cfg.data.caption_key,
                        holdout_fraction=t.split.fraction, batch_size=cfg.eval.batch_size,
                        class_counts=read_class_counts(cfg.eval.class_counts) if cfg.eval.class_counts else None)
-    results["step"], results["skipped_rank0"] = step, skipped_total
+    results["step"], results["skipped_rank0"], results["code"] = step, skipped_total, code_revision()
     (t.run_dir / "eval.json").write_text(json.dumps(results, indent=2))
     print(format_results(results), flush=True)
 

@@ -95,22 +95,38 @@ def config_slice(cfg: BuildConfig, keys: tuple[str, ...]) -> dict[str, Any]:
     """The flattened config values under any of ``keys`` (sections or dotted fields), less the execution-only
     ones: a stage that claims a whole section (download) must not be redone, nor its unfinished work thrown
     away, because a setting of how it runs (its thread count) changed."""
-    flat = flatten(cfg.model_dump(mode="json"))
+    flat = {**flatten(cfg.model_dump(mode="json")), **_inert_settings(cfg)}
     return {k: _one_spelling(k, v) for k, v in sorted(flat.items())
             if _under(k, keys) and not _under(k, EXECUTION_ONLY) and not _under(k, BY_CONTENT)}
 
 
+def _inert_settings(cfg: BuildConfig) -> dict[str, Any]:
+    """Settings that change nothing while their feature is off, spelled at their defaults: with no checkpoint to
+    score with, ``clip_score.batch_size`` or ``device`` redo no finalize (and a default build keeps its digest)."""
+    if cfg.clip_score.enabled:
+        return {}
+    from witbuild.curate.clip_score import ClipScoreConfig
+
+    return flatten({"clip_score": ClipScoreConfig().model_dump(mode="json")})
+
+
 #: Lists read as sets: their order and repeats change nothing the stages make.
 SET_VALUED = ("network.allow_addresses", "langid.allowed")
+#: Paths whose file counts by its content among the stage's external files (``langid_model``), spelled as unset:
+#: the default model named by its own path, or a copy of a model elsewhere, redoes nothing.
+COUNTED_BY_CONTENT = ("langid.model_path",)
 
 
 def _one_spelling(key: str, value: Any) -> Any:
     """A value in one spelling for what it means: input paths normalised (``web/./a``, ``web//a`` and ``web/a/``
-    are one path, as ``expand_inputs`` names them), set-like lists sorted without repeats."""
+    are one path, as ``expand_inputs`` names them), set-like lists sorted without repeats, a path counted by its
+    file's content unset."""
     if key == "input.paths" and isinstance(value, list):
         return [os.path.normpath(p) if local_path(p) == p else p for p in value]
     if key in SET_VALUED and isinstance(value, list):
         return sorted(set(value), key=str)
+    if key in COUNTED_BY_CONTENT:
+        return None
     return value
 
 

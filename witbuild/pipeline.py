@@ -40,6 +40,7 @@ from witbuild.config import BuildConfig
 from witbuild.counters import StageCounts
 from witbuild.fingerprint import Fingerprint, changes, stage_fingerprints
 from witbuild.output_folder import LockHeld, take_lock
+from witbuild.provenance import code_revision
 from witbuild.spark import fs_and_path, read_task_counts
 from witbuild.stage_files import listing_changes, output_files, read_listing, write_listing
 from witbuild.stages.context import StageContext
@@ -295,6 +296,7 @@ def write_report(cfg: BuildConfig, results: list[StageResult]) -> dict[str, Any]
     so far (rewritten as each ends)."""
     report = {
         "witbuild_version": __version__,
+        "code": code_revision(),
         "spark_version": pyspark.__version__,
         "output": cfg.output,
         "stages": {
@@ -361,6 +363,20 @@ def first_stale_stage(output: str, expected: dict[str, Fingerprint],
         if changed:
             return st.name, changed
     return None
+
+
+def named_querylist_changes(cfg: BuildConfig, stale: tuple[str, list[str]] | None) -> tuple[str, list[str]] | None:
+    """``stale`` with its ``querylist changed`` spelt out from the list the build holds (``querylist:
+    querylist.max_entries 500000 → 1000``), where the build records it."""
+    if stale is None or "querylist changed" not in stale[1]:
+        return stale
+    from witbuild.curate.querylist_artifact import querylist_changes
+
+    named = [f"querylist: {why}" for why in querylist_changes(cfg)]
+    if not named:
+        return stale
+    at = stale[1].index("querylist changed")
+    return stale[0], [*stale[1][:at], *named, *stale[1][at + 1:]]
 
 
 def stale_querylist(cfg: BuildConfig, stale: tuple[str, list[str]] | None,
@@ -467,7 +483,7 @@ def _run_build(spark: Any, cfg: BuildConfig, until_stage: str | None, from_stage
     last = until_stage or STAGE_NAMES[-1]
     check_stages(cfg.output, until_stage, from_stage)
     expected = stage_fingerprints(cfg)
-    stale = stale_querylist(cfg, first_stale_stage(cfg.output, expected, last), last)
+    stale = stale_querylist(cfg, named_querylist_changes(cfg, first_stale_stage(cfg.output, expected, last)), last)
     if stale is not None and (from_stage is None or STAGE_NAMES.index(stale[0]) < STAGE_NAMES.index(from_stage)):
         redo_stale(cfg.output, *stale, last)
     if from_stage is not None:

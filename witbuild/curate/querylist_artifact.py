@@ -24,7 +24,7 @@ from witbuild.curate.querylist import (
     spark_pmi_bigrams,
     write_querylist,
 )
-from witbuild.fingerprint import Fingerprint, querylist_fingerprint, stage_fingerprints
+from witbuild.fingerprint import Fingerprint, changes, querylist_fingerprint, stage_fingerprints
 from witbuild.spark import driver_sized, fs_and_path
 
 if TYPE_CHECKING:
@@ -48,6 +48,19 @@ def querylist_current(cfg: BuildConfig) -> bool:
     gone or other, match must be redone, as balance reads the list and cannot always make it again."""
     fs, folder = querylist_dir(cfg)
     return _current(fs, folder, expected_fingerprint(cfg))
+
+
+def querylist_changes(cfg: BuildConfig) -> list[str]:
+    """What differs between the list the build holds and the one its config makes, for the log (``querylist
+    changed`` alone leaves a user guessing which of its settings or files it was); [] when the build records
+    no list to compare with."""
+    fs, folder = querylist_dir(cfg)
+    try:
+        recorded = Fingerprint.from_dict(json.loads(fs.cat_file(f"{folder}/{layout.FINGERPRINT_FILE}")))
+    except (OSError, ValueError):
+        return []
+    return [why if why != "its input changed" else "the filtered pool it counts bigrams over changed"
+            for why in changes(recorded, expected_fingerprint(cfg))]
 
 
 def _current(fs: Any, folder: str, fp: Fingerprint) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from witbuild.experiment.intervals import LEVEL, mean_ci, paired_difference
+from witbuild.provenance import describe
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def summarize(results: Mapping[str, Any], level: float = LEVEL) -> dict:
     return {"level": level, "baseline": results.get("baseline"), "seeds": list(results.get("seeds") or []),
             "metrics": metrics, "unpaired": {m: UNPAIRED[m] for m in metrics if m in UNPAIRED},
             "variants": {name: _variant_summary(v, metrics, level) for name, v in variants.items()},
-            "differences": differences, "note": note}
+            "differences": differences, "note": note, "code": results.get("code")}
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -331,8 +332,9 @@ def render_html(summary: Mapping[str, Any]) -> str:
     means_legend, diff_legend = _legend(summary)
     seeds = ", ".join(map(str, summary["seeds"]))
     header, rows = _mean_rows(summary)
+    code = f"; code {e(describe(summary['code']))}" if summary.get("code") else ""
     parts = [f"<h1>witbuild experiment</h1><p class=meta>baseline <b>{e(str(summary['baseline']))}</b>; "
-             f"seeds {e(seeds)}</p>",
+             f"seeds {e(seeds)}{code}</p>",
              f"<h2>Variants</h2><p class=note>{e(means_legend)}</p>" + _table(header, _cells(rows))
              + _html_notes(_mean_notes(summary)), plot_means(summary) or ""]
     if summary["differences"]:

@@ -33,6 +33,7 @@ from witbuild.experiment.config import (
     check_variants,
 )
 from witbuild.output_folder import folder_problem
+from witbuild.provenance import code_revision
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     seconds["total"] = round(time.monotonic() - started, 1)
     results = {"baseline": BASELINE, "seeds": cfg.seeds, "variants": variants, "heldout": str(heldout),
                "class_counts": counts, "train_config": cfg.train_config, "train_sets": cfg.train_sets,
-               "seconds": seconds, "config": cfg.model_dump(mode="json")}
+               "seconds": seconds, "config": cfg.model_dump(mode="json"), "code": code_revision()}
     return write_report(results, out)
 
 
