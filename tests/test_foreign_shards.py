@@ -224,16 +224,20 @@ def test_a_shard_cut_inside_a_sample_never_lends_its_caption_to_the_next_shard(t
 
 
 def test_empty_captions_are_skipped_and_counted(tmp_path):
-    """Samples whose caption is empty or white space would all share one text: skipped, and counted."""
+    """Samples whose caption shows no text would all share one text: skipped, and counted. That includes alt texts
+    of HTML entities or zero-width characters alone, as other tools' shards hold them (``&nbsp;`` cleans to
+    nothing in CLIP's tokenizer)."""
     members = []
-    for i, caption in enumerate([b"", b"  \n\t", "\u3000".encode(), b"a flat cyan picture", b"\xff\xfe cyan \xc3"]):
+    blank = [b"", b"  \n\t", "\u3000".encode(), b"&nbsp;", b"&amp;nbsp; &#8203;", "\u200b\ufeff\u200d".encode()]
+    for i, caption in enumerate([*blank, b"a flat cyan picture", b"\xff\xfe cyan \xc3", b"&lt;3"]):
         members += [(f"{i:04d}.jpg", picture(5)), (f"{i:04d}.txt", caption)]
     (tmp_path / "000.tar").write_bytes(tar_bytes(members))
     shards = find_shards(tmp_path)
-    assert [key for _, _, key in iter_pairs(shards)] == ["0003", "0004"]
-    spec = StreamSpec(shards=[str(shards[0])], batch_size=2, batches_per_worker=1, image_size=16, shuffle_buffer=1)
+    assert [key for _, _, key in iter_pairs(shards)] == ["0006", "0007", "0008"]
+    spec = StreamSpec(shards=[str(shards[0])], batch_size=3, batches_per_worker=1, image_size=16, shuffle_buffer=1)
     _, texts, skipped = next(iter(TrainStream(spec, tokenizer=list)))
-    assert skipped == {"empty_caption": 3} and texts[0] == "a flat cyan picture" and "cyan" in texts[1]
+    assert skipped == {"empty_caption": len(blank)} and texts[0] == "a flat cyan picture" and "cyan" in texts[1]
+    assert texts[2] == "&lt;3"  # entities stay for the tokenizer to read as its kind does
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ build of any size, one shard included.
 from __future__ import annotations
 
 import hashlib
+import html
 import io
 import json
 import logging
@@ -25,6 +26,7 @@ import math
 import random
 import re
 import tarfile
+import unicodedata
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterator
@@ -389,14 +391,22 @@ def open_rgb(data: bytes, min_side: int = 0) -> Image.Image:
 
 def pair_parts(sample: dict, caption_key: str) -> tuple[str, str] | str:
     """(image member, caption) of a WebDataset sample, or why it has no pair to train or score on: ``missing_image``,
-    ``missing_caption``, or ``empty_caption`` (nothing but white space: every such sample would share one text)."""
+    ``missing_caption``, or ``empty_caption`` (no visible text: every such sample would share one text)."""
     image = next((k for k in IMAGE_KEYS if k in sample), None)
     if image is None:
         return "missing_image"
     if caption_key not in sample:
         return "missing_caption"
     caption = sample[caption_key].decode("utf-8", "replace")
-    return (image, caption) if caption.strip() else "empty_caption"
+    return "empty_caption" if blank(caption) else (image, caption)
+
+
+def blank(caption: str) -> bool:
+    """Whether a caption shows no text once its HTML entities are read (twice, as CLIP's cleaning reads them) and
+    format characters (zero-width spaces and joiners, direction marks, a byte-order mark) are set aside: other
+    tools' shards hold alt texts of ``&nbsp;`` alone, which every tokenizer kind trains as one shared text."""
+    text = html.unescape(html.unescape(caption))
+    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)
 
 
 def shard_samples(sources: Iterator[dict], handler) -> Iterator[dict]:
