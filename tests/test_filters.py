@@ -209,6 +209,8 @@ def test_boilerplate_list_is_configurable() -> None:
         ("$1000000 prize money", False),
         ("Mississippi river boat", False),
         ("東東東東東東東", True),
+        ("مسجد كبيـــــــر في مدينة اسطنبول", False),  # tatweel stretches a word: Arabic typography, not junk
+        ("مسجد كبيررررررر", True),
     ],
 )
 def test_repeated_chars(text: str, expected: bool) -> None:

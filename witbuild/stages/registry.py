@@ -82,7 +82,8 @@ REGISTRY: tuple[Stage, ...] = (
           crawl_config=(*(f"crawl.{k}" for k in CRAWL_CONTENT_SETTINGS), "network"), rule=5),
     # rule 2: a bare domain is a URL only with its TLD in lower case ("ASP.NET" is a word); "90s" is a decade and
     # "ISO 9001" a standard, not camera settings
-    Stage("filter", "extract", "witbuild.stages.filter:run_filter", ("filter", "langid"), "filtered", rule=2),
+    # rule 3: Arabic's tatweel (a stretched word) is no repeated character
+    Stage("filter", "extract", "witbuild.stages.filter:run_filter", ("filter", "langid"), "filtered", rule=3),
     Stage("match", "filter", "witbuild.stages.match:run_match", ("match",), "matched"),
     # rule 2: c_e and the draws over distinct (normalised URL, text) pairs, not rows
     Stage("balance", "match", "witbuild.stages.balance:run_balance", ("balance",), "balanced", rule=2),

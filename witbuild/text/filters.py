@@ -283,11 +283,12 @@ def is_boilerplate(text: str, keys: frozenset[str]) -> bool:
 
 @lru_cache(maxsize=32)
 def _repeat_re(run: int) -> re.Pattern[str]:
-    return re.compile(rf"([^\s\d])\1{{{run - 1},}}")
+    return re.compile(rf"([^\s\d\u0640])\1{{{run - 1},}}")
 
 
 def has_repeated_chars(text: str, run: int = 7) -> bool:
-    """True when one character (not a digit or space: "1000000" is fine) repeats ``run`` times in a row."""
+    """True when one character repeats ``run`` times in a row. Not a digit or space ("1000000" is fine), nor
+    Arabic's tatweel (U+0640), the stroke that stretches a word in titles (``الحمــــــــد``), not a sign of junk."""
     return _repeat_re(run).search(text) is not None
 
 
