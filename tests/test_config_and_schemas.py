@@ -45,6 +45,12 @@ def test_yaml_then_flags_then_sets(tmp_path):
         (["extract.no_such_field=1"], "no_such_field"),
         (["extract.url_attrs=[href]"], "url_attrs"),
         (["crawl.delay_seconds=-1"], "delay_seconds"),
+        # a misspelt pair column failed img2dataset after every earlier stage; a list without uid lost every
+        # sample's link to its pair (index.parquet's uid all ''); crawl_date failed img2dataset's reader
+        (["download.extra_columns=[uid, pageurl]"], "not a column the download can carry: pageurl"),
+        (["download.extra_columns=[page_url]"], "must include uid"),
+        (["download.extra_columns=[uid, crawl_date]"], "not a column the download can carry: crawl_date"),
+        (["download.extra_columns=[uid, lang, lang]"], "named twice"),
     ],
 )
 def test_invalid_values_are_errors_naming_the_field(sets, message):

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from witbuild.layout import OPTED_OUT, ROBOTS_DISALLOWED, ROBOTS_UNREACHABLE
 from witbuild.network import BLOCKED_ADDRESS, BodyLimit, Policy, allow_tuple, guarded_urlopen
@@ -48,6 +48,26 @@ class DownloadConfig(BaseModel):
             elif self.encode_quality > 9:
                 raise ValueError(f"encode_quality {self.encode_quality}: png takes a compression level 0-9")
         return self
+
+    @field_validator("extra_columns")
+    @classmethod
+    def _pair_columns(cls, columns: list[str]) -> list[str]:
+        """Names of the pairs' own columns, uid among them, checked before Spark starts: img2dataset fails on an
+        unknown name only after every earlier stage, and without uid every sample lost its link to its pair."""
+        from witbuild import schemas
+
+        # url and text are carried always; crawl_date is a timestamp, which img2dataset's Spark reader refuses
+        # (PARQUET_TYPE_ILLEGAL, after every earlier stage)
+        known = [n for n in schemas.load("balanced").names if n not in ("url", "text", "crawl_date")]
+        unknown = [c for c in columns if c not in known]
+        if unknown:
+            raise ValueError(f"not a column the download can carry: {', '.join(unknown)} (columns: "
+                             f"{', '.join(known)})")
+        if "uid" not in columns:
+            raise ValueError("must include uid: it ties each sample to its pair (index.parquet's uid)")
+        if len(set(columns)) < len(columns):
+            raise ValueError("a column is named twice")
+        return columns
 
     image_size: int = Field(256, ge=8, description="Target size of the resize (see resize_mode).")
     resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = Field(
@@ -98,7 +118,8 @@ class DownloadConfig(BaseModel):
         "variants do). Answers stay as first fetched, so leave it unset for a build that must see the web now.")
     extra_columns: list[str] = Field(
         default_factory=lambda: ["uid", "page_url", "matched", "lang"],
-        description="Pair columns carried into each sample's json and the shard metadata.",
+        description="Pair columns carried into each sample's json and the shard metadata (uid among them; url and "
+        "text always are).",
     )
 
     @property
