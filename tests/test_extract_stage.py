@@ -63,6 +63,11 @@ def test_stage_output_equals_pure_extraction(spark, inputs_with_real_samples, tm
     rows, counts = pure_extract(files)
     assert table.num_rows == len(rows) == results[0].counts.rows_out
     assert sorted(table.column("uid").to_pylist()) == sorted(r["uid"] for r in rows)
+    # columns as the schema declares them: crawl_date microseconds in UTC (Spark's default, INT96, reads back as
+    # nanoseconds with no time zone), each the record's WARC-Date
+    assert table.schema.field("crawl_date").type == schemas.load("candidates").arrow().field("crawl_date").type
+    dated = sorted(zip(table.column("uid").to_pylist(), map(str, table.column("crawl_date").to_pylist()), strict=True))
+    assert dated == sorted((r["uid"], str(r["crawl_date"])) for r in rows) and any(r["crawl_date"] for r in rows)
     got = results[0].counts
     assert (got.rows_in, dict(got.dropped)) == (counts.rows_in, dict(counts.dropped))
     assert got.events["not_a_warc_file"] == 1

@@ -25,6 +25,9 @@ DEFAULT_CONF = {
     "spark.sql.sources.partitionOverwriteMode": "static",
     # Parquet files are committed by Spark; _SUCCESS marks a complete write.
     "spark.sql.parquet.compression.codec": "zstd",
+    # timestamps as the schemas declare them (microseconds, UTC): Spark's default, INT96, is a legacy type that
+    # pyarrow and pandas read as nanoseconds with no time zone
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
 }
 
 
