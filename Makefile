@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 		{ command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		apt-get install -y -qq --no-install-recommends chromium icc-profiles-free libgs-common >/dev/null; } || true
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# lazy loaders' scripts from npm, run in headless Chromium by tests/test_lazy_loaders.py (skipped without them)
+	# lazy loaders' scripts from npm, run in headless Chromium by tests/test_browser_reference.py (skipped without them)
 	command -v npm >/dev/null && mkdir -p $(VENV)/js && cd $(VENV)/js && \
 		xargs npm pack --silent < $(abspath tests/data/lazy_loaders/packages.txt) >/dev/null || true
 	$(PY) -m pip install -q --upgrade pip
