@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from witbuild.curate.match import (
     METACLIP_PUNCT,
+    CaseRule,
     MatchConfig,
     Matcher,
     build_matcher,
@@ -255,6 +256,19 @@ def test_smart_case_checks_every_token_of_a_cased_entry_as_written(engine: str) 
     assert [m.match(c) for c in captions] == want
 
 
+@pytest.mark.parametrize("engine", ["tokens", "aho-corasick"])
+@pytest.mark.parametrize("rule", ["smart", False])
+def test_uncased_matching_case_folds_english_too(engine: str, rule: CaseRule) -> None:
+    """One folding rule for every language, English included: wordfreq's, case folding (ß is ss, the ligature ﬂ is
+    fl, every sigma σ), where lower-casing kept "Straße" and "ﬂower" from "strasse" and "flower"."""
+    entries = ["strasse", "flower", "λεξισ", "dog"]
+    captions = ["Straße in Berlin", "STRASSE", "a \ufb02ower", "λέξις ΛΕΞΙΣ λεξις", "Dog, DOG"]
+    want = [[0], [0], [1], [2], [3]]
+    assert naive_match_batch(captions, entries, rule) == want
+    m = build_matcher(entries, rule, engine=engine)
+    assert m.match_batch(captions) == want and [m.match(c) for c in captions] == want
+
+
 def test_smart_case_with_only_cased_or_only_plain_entries() -> None:
     assert make_matcher(["Paris"], MatchConfig()).match_batch(["paris", "Paris"]) == [[], [0]]
     assert make_matcher(["paris"], MatchConfig()).match_batch(["paris", "PARIS"]) == [[0], [0]]
@@ -374,6 +388,7 @@ def test_matcher_from_config_is_cached(tmp_path: Path) -> None:
     assert matcher_from_config(cfg.model_copy(update={"engine": "aho-corasick"})) is not m1
     assert m1.match("I love New York") == [0, 1]  # the default, smart case
     assert matcher_from_config(cfg.model_copy(update={"case_sensitive": True})).match("I love New York") == []
+    assert matcher_from_config(cfg, language="de") is not m1  # another language folds captions otherwise
     with pytest.raises(ValueError, match="entries_path"):
         matcher_from_config(MatchConfig())
     with pytest.raises(ValidationError):

@@ -207,6 +207,8 @@ def test_build_and_write_with_provenance(tmp_path):
     assert manifest["kept_per_source"]["bigrams"] == 1
     assert manifest["skipped"]["duplicate_in_unigrams"] == 1 and manifest["skipped"]["duplicate_in_bigrams"] == 1
     assert manifest["provenance"] == {"corpus": "test"}
+    assert manifest["caption_folding"] == "wordfreq preprocess_text, en" and manifest["wordfreq_language"] == "en"
+    assert manifest["wordnet"] == "not added: querylist.wordnet is off"
 
 
 @pytest.mark.slow

@@ -322,7 +322,8 @@ def _corpus_bigrams(corpus: list[str], cfg, spark_pmi_bigrams) -> list[str]:
     df = frames[0]
     for other in frames[1:]:
         df = df.unionByName(other)
-    found = spark_pmi_bigrams(df, min_count=cfg.bigram_min_count, min_pmi=cfg.bigram_min_pmi, limit=cfg.max_bigrams)
+    found = spark_pmi_bigrams(df, min_count=cfg.bigram_min_count, min_pmi=cfg.bigram_min_pmi, limit=cfg.max_bigrams,
+                              language=cfg.language)
     return [g for g, _ in found]
 
 

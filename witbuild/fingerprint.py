@@ -193,6 +193,11 @@ def folder_digest(path: str | os.PathLike[str]) -> str:
     return _hash([(str(p.relative_to(root)), file_digest(p)) for p in files])
 
 
+#: Raised when a list built here comes out otherwise from the same inputs. 2: bigrams counted over the captions' words
+#: as matching spaces and folds them (a word keeps its combining marks, a hyphenated word stays whole).
+QUERYLIST_RULE = 2
+
+
 def querylist_fingerprint(cfg: BuildConfig, pool: str | None) -> Fingerprint:
     """The build's query list: its config, the user entries file's bytes, and for a list built here what else it
     was built from: wordfreq's version (its word lists), WordNet's files when it is asked for (present on one
@@ -206,15 +211,17 @@ def querylist_fingerprint(cfg: BuildConfig, pool: str | None) -> Fingerprint:
     else:
         from importlib.metadata import PackageNotFoundError, version
 
-        from witbuild.curate.querylist import WORDNET_DIR, WORDNET_FILES
+        from witbuild.curate.querylist import WORDNET_DIR, WORDNET_FILES, is_english
 
         try:
             external["wordfreq"] = version("wordfreq")
         except PackageNotFoundError:  # the query list stage says so with its own error when it runs
             external["wordfreq"] = MISSING
-        if cfg.querylist.wordnet:
+        if cfg.querylist.wordnet and is_english(cfg.querylist.language):  # WordNet is English
             external["wordnet"] = _hash([file_digest(WORDNET_DIR / name) for name in WORDNET_FILES])
     built_from_pool = not cfg.match.entries_path and cfg.querylist.bigrams
+    if built_from_pool:
+        external["rule"] = str(QUERYLIST_RULE)
     return Fingerprint(config_slice(cfg, QUERYLIST_CONFIG), pool if built_from_pool else None, external)
 
 

@@ -18,8 +18,8 @@ run is still the prefix of some key. The result is the same set as the loop, ove
 
 :meth:`Matcher.match_batch` does the walk for thousands of captions at once: they are joined with a separator
 character that occurs in no key (and in none of the captions), spaced and split in one go (spacing replaces single
-characters, so spacing the joined text equals joining the spaced captions; lower-casing too, as the padding spaces
-stop Final_Sigma's context), the tokens looked up in one pass, and the trie walked level by level with numpy.
+characters, so spacing the joined text equals joining the spaced captions; folding too, see :func:`fold`), the
+tokens looked up in one pass, and the trie walked level by level with numpy.
 
 Entries that contain the wrapped punctuation ("St. Louis", "e.g.") can never match in MetaCLIP, because the
 caption's punctuation is spaced out and the entry's is not. With ``space_entries=True`` (the default) entries
@@ -29,10 +29,16 @@ verbatim. Both :class:`Matcher` and :func:`naive_match` take the option, and agr
 MetaCLIP matches case-sensitively, which suits metadata that spells case out (Wikipedia titles), but a
 list of lower-cased words (wordfreq's, which ``witbuild querylist build`` uses) then misses every capitalised
 mention: "Golden Retriever puppy" matches neither "golden" nor "retriever". The default rule, "smart" (as editors'
-smart case), matches an entry without capitals against the caption lower-cased and an entry with capitals as
-written (:class:`Matcher` walks one lower-cased trie and checks a cased entry's hits against the caption as
+smart case), matches an entry without capitals against the caption folded and an entry with capitals as
+written (:class:`Matcher` walks one folded trie and checks a cased entry's hits against the caption as
 written; :class:`SmartCaseMatcher` does it with two automata for the aho-corasick engine); ``case_sensitive=True``
 is MetaCLIP's rule.
+
+Folding (:func:`fold`) is wordfreq's ``preprocess_text`` for the query list's language, the form wordfreq's words
+are stored in: case folding (``Straße`` is ``strasse``, a final ``ς`` is ``σ``), Turkish dotted and dotless i,
+Arabic and Hebrew vowel marks and tatweel removed, Serbian in Latin letters, NFKC outside the Latin, Greek and
+Cyrillic scripts. Captions and the uncased entries' keys are folded alike, token by token, so folding never moves
+a token boundary.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ import logging
 import os
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from itertools import chain, repeat
 from pathlib import Path
@@ -74,12 +80,72 @@ _EDGE_SHIFT = 32  # a trie edge's code: parent node << _EDGE_SHIFT | token id
 
 
 CaseRule = bool | Literal["smart"]
-"""How matching treats case: True (MetaCLIP), False (everything lower-cased) or "smart" (:func:`is_cased`)."""
+"""How matching treats case: True (MetaCLIP), False (everything folded) or "smart" (:func:`is_cased`)."""
+
+FOLDING_RULE = "wordfreq preprocess_text"
+"""What :func:`fold` applies, as the query list's manifest records it (``"wordfreq preprocess_text, de"``)."""
+
+
+def fold(text: str, language: str = "en") -> str:
+    """The uncased form matching compares: wordfreq's ``preprocess_text`` for ``language``, the form of wordfreq's
+    words (``Straße`` → ``strasse``, ``İstanbul`` → ``istanbul`` in Turkish, ``كَلِمَة`` → ``كلمة``), so that a
+    list built from wordfreq finds its words as captions write them. Folding keeps the U+0020 tokens of ``text``
+    as they are: a token that it would give a space (NFKC makes one of a no-break space, ``¨`` or ``ﷺ``) is kept
+    as written, so the spaced caption and its folded form line up token for token. Folding leaves wordfreq's
+    words as they are (tests/test_non_english_querylist.py), so an entry's key is the word."""
+    return _folder(language)(text)
+
+
+def folding_name(language: str) -> str:
+    """How captions are folded for a list of ``language``, as its manifest records it."""
+    return f"{FOLDING_RULE}, {language}"
+
+
+@lru_cache(maxsize=64)
+def _folder(language: str) -> Callable[[str], str]:
+    """The folding function of a language: ``str.casefold`` after NFC where that is all wordfreq does (English,
+    German, Greek, Russian … on NFC text), wordfreq itself for the others (it costs more)."""
+    if casefold_is_folding(language):
+        return _casefold
+    from wordfreq.preprocess import preprocess_text
+
+    @lru_cache(maxsize=1 << 16)
+    def token(tok: str) -> str:
+        folded = preprocess_text(tok, language)
+        return tok if " " in folded else folded
+
+    def folder(text: str) -> str:
+        # Every step of preprocess_text works within the runs between spaces (a space is a normalisation starter
+        # that composes with nothing; the other steps map single characters) and never removes a space: unless
+        # it adds one, the whole text folds as its tokens do, one call instead of one per token.
+        folded = preprocess_text(text, language)
+        if folded.count(" ") == text.count(" "):
+            return folded
+        return " ".join(map(token, text.split(" ")))
+
+    return folder
+
+
+def _casefold(text: str) -> str:
+    """wordfreq's ``preprocess_text`` for a language it only case-folds (NFC, then ``str.casefold``)."""
+    return (text if text.isascii() else unicodedata.normalize("NFC", text)).casefold()
+
+
+def casefold_is_folding(language: str) -> bool:
+    """Whether wordfreq's ``preprocess_text`` for ``language`` is NFC and ``str.casefold`` only: no NFKC,
+    transliteration, mark removal, dotless i or comma/cedilla fixes. English needs no wordfreq to say so."""
+    if language == "en":
+        return True
+    from wordfreq.language_info import get_language_info
+
+    info = get_language_info(language)
+    return info["normal_form"] == "NFC" and not any(
+        info[step] for step in ("transliteration", "remove_marks", "dotless_i", "diacritics_under"))
 
 
 def is_cased(entry: str) -> bool:
     """Whether an entry spells case out (has a letter that lower-casing changes): under the "smart" rule it matches
-    only as written; any other entry matches a caption lower-cased."""
+    only as written; any other entry matches a caption folded (:func:`fold`: ``straße`` matches ``STRASSE``)."""
     return entry != entry.lower()
 
 
@@ -98,7 +164,8 @@ class MatchConfig(BaseModel):
         "lower-cased words (witbuild querylist build) misses no capitalised caption and a list that "
         "spells case out keeps its distinctions; true: MetaCLIP's rule, case-sensitive for every entry "
         "(with space_entries false, MetaCLIP's curation with its metadata.json); false: captions and entries "
-        "lower-cased.",
+        "folded. Folding is wordfreq's for querylist.language (case folding: 'Straße' matches 'strasse'; Turkish "
+        "i; Arabic and Hebrew vowel marks dropped), the form of its words.",
     )
     space_entries: bool = Field(
         True,
@@ -130,20 +197,22 @@ def spacing(text: str, punct: str = METACLIP_PUNCT) -> str:
 
 
 def entry_key(
-    entry: str, *, case_sensitive: bool = True, space_entries: bool = True, punct: str = METACLIP_PUNCT
+    entry: str, *, case_sensitive: bool = True, space_entries: bool = True, punct: str = METACLIP_PUNCT,
+    language: str = "en",
 ) -> str:
     """The string searched for in a spaced caption: ``f" {entry} "``, the entry spaced like a caption first when
-    ``space_entries`` (its own padding dropped, so the key has one space each side as in MetaCLIP)."""
+    ``space_entries`` (its own padding dropped, so the key has one space each side as in MetaCLIP), folded for
+    ``language`` unless ``case_sensitive``."""
     if space_entries:
         entry = spacing(entry, punct)[1:-1]
     key = f" {entry} "
-    return key if case_sensitive else key.lower()
+    return key if case_sensitive else fold(key, language)
 
 
-def prepare_text(text: str, *, case_sensitive: bool = True, punct: str = METACLIP_PUNCT) -> str:
-    """A caption as matched: :func:`spacing`, lower-cased unless ``case_sensitive``."""
+def prepare_text(text: str, *, case_sensitive: bool = True, punct: str = METACLIP_PUNCT, language: str = "en") -> str:
+    """A caption as matched: :func:`spacing`, folded for ``language`` unless ``case_sensitive``."""
     spaced = spacing(text, punct)
-    return spaced if case_sensitive else spaced.lower()
+    return spaced if case_sensitive else fold(spaced, language)
 
 
 def naive_match(
@@ -153,10 +222,12 @@ def naive_match(
     *,
     space_entries: bool = True,
     punct: str = METACLIP_PUNCT,
+    language: str = "en",
 ) -> list[int]:
     """MetaCLIP's loop, literally: ids of the entries whose key is a substring of the spaced caption. O(entries);
     the reference :class:`Matcher` is tested against."""
-    return naive_match_batch([text], entries, case_sensitive, space_entries=space_entries, punct=punct)[0]
+    return naive_match_batch([text], entries, case_sensitive, space_entries=space_entries, punct=punct,
+                             language=language)[0]
 
 
 def naive_match_batch(
@@ -166,30 +237,31 @@ def naive_match_batch(
     *,
     space_entries: bool = True,
     punct: str = METACLIP_PUNCT,
+    language: str = "en",
 ) -> list[list[int]]:
     """:func:`naive_match` per text, with the entry keys built once (as MetaCLIP's global ``spaced_metadata``).
-    Under the "smart" rule a cased entry's key is looked for in the spaced caption, any other in it lower-cased."""
-    smart = case_sensitive == "smart"
-    keep_case = case_sensitive is not False  # keys and captions as given: True, and "smart" (lowered below)
-    keys = [entry_key(e, case_sensitive=keep_case, space_entries=space_entries, punct=punct) for e in entries]
-    as_written = [smart and is_cased(e) for e in entries]
+    An entry matched as written (every one under True, a cased one under "smart") has its key looked for in the
+    spaced caption, any other its folded key in the spaced caption folded."""
+    as_written = [case_sensitive is True or (case_sensitive == "smart" and is_cased(e)) for e in entries]
+    keys = [entry_key(e, case_sensitive=w, space_entries=space_entries, punct=punct, language=language)
+            for e, w in zip(entries, as_written, strict=True)]
     out = []
     for text in texts:
-        spaced = prepare_text(text, case_sensitive=keep_case, punct=punct)
-        lowered = spaced.lower() if smart else spaced
-        out.append([i for i, key in enumerate(keys) if key in (spaced if as_written[i] else lowered)])
+        spaced = spacing(text, punct)
+        folded = fold(spaced, language) if not all(as_written) else spaced
+        out.append([i for i, key in enumerate(keys) if key in (spaced if as_written[i] else folded)])
     return out
 
 
 def keys_to_ids(entries: Sequence[str], case_sensitive: bool, space_entries: bool, punct: str,
-                ids: Sequence[int] | None = None) -> dict[str, list[int]]:
+                ids: Sequence[int] | None = None, language: str = "en") -> dict[str, list[int]]:
     """Each matching key ``" entry "`` and the ids of the entries that share it (``ids[i]`` for entry i, default
     i); empty entries are an error (their key would match any caption with two spaces in a row)."""
     ids_by_key: dict[str, list[int]] = {}
     for i, e in enumerate(entries):
         if not e or not e.strip():
             raise ValueError(f"query list entry {i if ids is None else ids[i]} is empty or only whitespace")
-        key = entry_key(e, case_sensitive=case_sensitive, space_entries=space_entries, punct=punct)
+        key = entry_key(e, case_sensitive=case_sensitive, space_entries=space_entries, punct=punct, language=language)
         ids_by_key.setdefault(key, []).append(i if ids is None else ids[i])
     return ids_by_key
 
@@ -200,11 +272,12 @@ class Matcher:
 
     Entries that share a key (e.g. "Apple" and "apple" when not case-sensitive) are all reported. Empty or
     whitespace-only entries are rejected: their key would match any caption with two spaces in a row. ``ids``:
-    the id reported for each entry (default its index), for a matcher over part of a list.
+    the id reported for each entry (default its index), for a matcher over part of a list. ``language``: whose
+    folding (:func:`fold`) the uncased side uses.
 
-    Under the "smart" rule with both kinds of entry, one trie holds every key lower-cased and the caption is walked
-    lower-cased once; a hit of a cased entry is then kept only if the caption's tokens as written are the entry's
-    (lower-casing keeps the spaces, so the two token lists line up). A list of one kind is one of the plain rules.
+    Under the "smart" rule with both kinds of entry, one trie holds every key folded and the caption is walked
+    folded once; a hit of a cased entry is then kept only if the caption's tokens as written are the entry's
+    (folding keeps the tokens, so the two token lists line up). A list of one kind is one of the plain rules.
     """
 
     def __init__(
@@ -215,19 +288,21 @@ class Matcher:
         space_entries: bool = True,
         punct: str = METACLIP_PUNCT,
         ids: Sequence[int] | None = None,
+        language: str = "en",
     ) -> None:
         self.entries = list(entries)
         self.case_sensitive = case_sensitive
         self.space_entries = space_entries
         self.punct = punct
+        self.language = language
         self._id_space = max(ids, default=-1) + 1 if ids is not None else len(self.entries)
         cased = [case_sensitive == "smart" and is_cased(e) for e in self.entries]
-        self._lower = case_sensitive is False or (case_sensitive == "smart" and not all(cased))
-        ids_by_key = keys_to_ids(self.entries, not self._lower, space_entries, punct, ids)
+        self._fold = case_sensitive is False or (case_sensitive == "smart" and not all(cased))
+        ids_by_key = keys_to_ids(self.entries, not self._fold, space_entries, punct, ids, language)
         # smart, mixed list: the tokens each cased entry's hit must have as written
         self._as_written: dict[int, list[str]] = {
             i if ids is None else ids[i]: entry_key(e, space_entries=space_entries, punct=punct)[1:-1].split(" ")
-            for i, e in enumerate(self.entries) if cased[i] and self._lower}
+            for i, e in enumerate(self.entries) if cased[i] and self._fold}
         self._id_cased = np.zeros(self._id_space, dtype=bool)
         self._id_cased[list(self._as_written)] = True
         self._empty = not ids_by_key
@@ -306,7 +381,7 @@ class Matcher:
             return []
         first, edges, node_ids, has_children = self._scalar_tables()
         spaced = spacing(text, self.punct)
-        toks = (spaced.lower() if self._lower else spaced).split(" ")
+        toks = (fold(spaced, self.language) if self._fold else spaced).split(" ")
         tids = list(map(self._tok.get, toks, repeat(_NO_TOKEN)))
         tids[0] = tids[-1] = _NO_TOKEN  # the padding's tokens start or end no match
         as_written = self._as_written
@@ -360,7 +435,7 @@ class Matcher:
             rest = iter(self._match_chunk([t for t, o in zip(texts, own, strict=True) if not o]))
             return [self.match(t) if o else next(rest) for t, o in zip(texts, own, strict=True)]
         spaced = _space_chars(raw, self.punct)
-        toks = (spaced.lower() if self._lower else spaced).split(" ")
+        toks = (fold(spaced, self.language) if self._fold else spaced).split(" ")
         tids = np.fromiter(map(self._tok.get, toks, repeat(_NO_TOKEN)), np.int64, len(toks))
         bounds = np.flatnonzero(tids == _BOUNDARY)  # n + 1 of them, the first at 0 and the last at the end
 
@@ -419,7 +494,7 @@ class Matcher:
     def _keep_as_written(self, spaced: str, hpos: np.ndarray, cap: np.ndarray,
                          ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The hits (caption, id) without those of cased entries whose tokens in ``spaced`` (the chunk spaced, not
-        lower-cased) differ from the entry's as written."""
+        folded) differ from the entry's as written."""
         check = np.flatnonzero(self._id_cased[ids])
         if not check.size:
             return cap, ids
@@ -446,13 +521,15 @@ class AhoCorasickMatcher:
         space_entries: bool = True,
         punct: str = METACLIP_PUNCT,
         ids: Sequence[int] | None = None,
+        language: str = "en",
     ) -> None:
         import ahocorasick
 
         self.entries = list(entries)
         self.case_sensitive = case_sensitive
         self.punct = punct
-        ids_by_key = keys_to_ids(self.entries, case_sensitive, space_entries, punct, ids)
+        self.language = language
+        ids_by_key = keys_to_ids(self.entries, case_sensitive, space_entries, punct, ids, language)
         self._automaton = ahocorasick.Automaton()
         for key, key_ids in ids_by_key.items():
             self._automaton.add_word(key, tuple(key_ids))
@@ -467,7 +544,7 @@ class AhoCorasickMatcher:
         """Sorted unique ids of the entries matched in ``text``."""
         if self._empty or not text:
             return []
-        spaced = prepare_text(text, case_sensitive=self.case_sensitive, punct=self.punct)
+        spaced = prepare_text(text, case_sensitive=self.case_sensitive, punct=self.punct, language=self.language)
         found: set[int] = set()
         for _end, ids in self._automaton.iter(spaced):
             found.update(ids)
@@ -516,10 +593,10 @@ def warn_spaced_entries(entries: Sequence[str], cfg: MatchConfig) -> int:
 class SmartCaseMatcher:
     """The "smart" case rule from two matchers of one engine (the aho-corasick one; :class:`Matcher` does it in one
     trie), each reporting the full list's ids: the cased entries (:func:`is_cased`) matched case-sensitively, the
-    others lower-cased; a caption's ids are the union. A list with only one kind runs one matcher."""
+    others folded; a caption's ids are the union. A list with only one kind runs one matcher."""
 
     def __init__(self, engine: type[Matcher | AhoCorasickMatcher], entries: Sequence[str], *,
-                 space_entries: bool = True, punct: str = METACLIP_PUNCT) -> None:
+                 space_entries: bool = True, punct: str = METACLIP_PUNCT, language: str = "en") -> None:
         self.entries = list(entries)
         cased = [is_cased(e) for e in self.entries]
         self._parts = []
@@ -527,7 +604,7 @@ class SmartCaseMatcher:
             ids = [i for i, c in enumerate(cased) if c is as_written]
             if ids or (not self.entries and not as_written):
                 self._parts.append(engine([self.entries[i] for i in ids], as_written, space_entries=space_entries,
-                                          punct=punct, ids=ids))
+                                          punct=punct, ids=ids, language=language))
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -548,19 +625,21 @@ AnyMatcher = Matcher | AhoCorasickMatcher | SmartCaseMatcher
 
 
 def build_matcher(entries: Sequence[str], case_sensitive: CaseRule = "smart", *, engine: str = "tokens",
-                  space_entries: bool = True, punct: str = METACLIP_PUNCT) -> AnyMatcher:
-    """The matcher of an engine ("tokens" or "aho-corasick") under a case rule."""
+                  space_entries: bool = True, punct: str = METACLIP_PUNCT, language: str = "en") -> AnyMatcher:
+    """The matcher of an engine ("tokens" or "aho-corasick") under a case rule, folding for ``language``."""
+    kw = {"space_entries": space_entries, "punct": punct, "language": language}
     if engine == "tokens":
-        return Matcher(entries, case_sensitive, space_entries=space_entries, punct=punct)
+        return Matcher(entries, case_sensitive, **kw)
     if case_sensitive == "smart":
-        return SmartCaseMatcher(AhoCorasickMatcher, entries, space_entries=space_entries, punct=punct)
-    return AhoCorasickMatcher(entries, case_sensitive, space_entries=space_entries, punct=punct)
+        return SmartCaseMatcher(AhoCorasickMatcher, entries, **kw)
+    return AhoCorasickMatcher(entries, case_sensitive, **kw)
 
 
-def make_matcher(entries: Sequence[str], cfg: MatchConfig) -> AnyMatcher:
-    """The matcher ``cfg`` describes, built once per process by the caller."""
+def make_matcher(entries: Sequence[str], cfg: MatchConfig, language: str = "en") -> AnyMatcher:
+    """The matcher ``cfg`` describes for a list of ``language`` (its folding, :func:`fold`), built once per process
+    by the caller."""
     return build_matcher(entries, cfg.case_sensitive, engine=cfg.engine, space_entries=cfg.space_entries,
-                         punct=cfg.punct)
+                         punct=cfg.punct, language=language)
 
 
 def load_entries(
@@ -642,14 +721,17 @@ def _cached_matcher(
     cfg_json: str,
     max_chars: int,
     max_entries: int | None,
+    language: str,
 ) -> AnyMatcher:
     entries, _ = load_entries(path, max_chars=max_chars, max_entries=max_entries)
-    return make_matcher(entries, MatchConfig.model_validate_json(cfg_json))
+    return make_matcher(entries, MatchConfig.model_validate_json(cfg_json), language)
 
 
-def matcher_from_config(cfg: MatchConfig, max_chars: int = 200, max_entries: int | None = None) -> AnyMatcher:
+def matcher_from_config(cfg: MatchConfig, max_chars: int = 200, max_entries: int | None = None,
+                        language: str = "en") -> AnyMatcher:
     """The matcher ``cfg`` describes for its ``entries_path``, built once per process (again when the file
-    changes). The limits are the build's ``querylist.max_entry_chars``/``max_entries``."""
+    changes). The limits are the build's ``querylist.max_entry_chars``/``max_entries``; ``language`` its
+    ``querylist.language`` (the folding)."""
     if cfg.entries_path is None:
         raise ValueError("match.entries_path is not set: no query list to match against")
     path = str(Path(cfg.entries_path).expanduser().resolve())
@@ -659,4 +741,5 @@ def matcher_from_config(cfg: MatchConfig, max_chars: int = 200, max_entries: int
         cfg.model_dump_json(exclude={"entries_path"}),
         max_chars,
         max_entries,
+        language,
     )

@@ -5,16 +5,22 @@ Wikipedia titles and WordNet synsets; MetaCLIP rebuilt them the same way. Offlin
 builds the same kinds of sources from what is at hand: wordfreq's English frequencies (unigrams),
 PMI bigrams counted with Spark over the candidate texts (or a user corpus), user files (Wikipedia
 titles, MetaCLIP's ``metadata.json``), WordNet lemmas from Debian's ``wordnet-base`` when it is
-installed, and "0".."99". The result is deduplicated, capped, and written with its provenance.
+installed (English lists only), and "0".."99". The result is deduplicated, capped, and written with its provenance.
+
+wordfreq's words are in its own folded form (``preprocess_text``: ``groß`` is ``gross``); matching folds captions
+the same way (:func:`witbuild.curate.match.fold`), and bigrams are counted over the captions as matching splits and
+folds them, so every entry is in the form matching compares.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from witbuild import __version__
-from witbuild.curate.match import load_entries
+from witbuild.curate.match import fold, folding_name, is_cased, load_entries, prepare_text
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,11 @@ WORDNET_DIR = Path("/usr/share/wordnet")
 WORDNET_FILES = ("index.noun", "index.verb", "index.adj", "index.adv")  # the lemmas' files, in this order
 # Order matters: when the list is capped, earlier sources keep their entries.
 SOURCE_ORDER = ("numbers", "user", "wordnet", "unigrams", "bigrams")
-_TOKEN = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)
+_WORD_JOINER = re.compile("['\u2019-]")  # apostrophes and the hyphen join the parts of one word
+SAME_LANGUAGE_DISTANCE = 9
+"""langcodes' distance up to which wordfreq's list is the language asked for: a region (pt-BR → pt, 5), Norwegian
+→ Bokmål (1), Croatian → Serbo-Croatian (9); not Nynorsk → Bokmål (20), Basque → Spanish (20), Urdu → English
+(44), which wordfreq would serve with only a logged warning."""
 
 
 UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo"})
@@ -54,14 +64,15 @@ class QueryListConfig(BaseModel):
         "Wikipedia's ~4B words, MetaCLIP's unigram threshold).",
     )
     wordlist: Literal["small", "large", "best"] = Field(
-        "large", description="wordfreq list: 'large' (319,938 English words), 'best' or 'small'.")
+        "large", description="wordfreq list: 'large' (321,180 English words in wordfreq 3.1), 'best' or 'small'.")
     bigrams: bool = Field(True, description="Add PMI bigrams counted over the corpus (needs a corpus).")
     bigram_min_count: int = Field(5, ge=1, description="Bigrams seen fewer times are not considered.")
     bigram_min_pmi: float = Field(6.0, description="Minimum log2 PMI of a bigram.")
     max_bigrams: int = Field(100_000, ge=0, description="At most this many bigrams, the highest PMI first "
                              "(MetaCLIP's list holds 100,646).")
     numbers: bool = Field(True, description='Add "0".."99", as MetaCLIP does.')
-    wordnet: bool = Field(True, description="Add WordNet lemmas when Debian's wordnet-base is installed.")
+    wordnet: bool = Field(True, description="Add WordNet lemmas when Debian's wordnet-base is installed (English "
+                          "lists only: its lemmas are English).")
     max_entries: int = Field(500_000, ge=1, description="At most this many entries (MetaCLIP's 500,000), for a "
                              "built list and for a user's match.entries_path alike; the rest are over_max_entries.")
     max_entry_chars: int = Field(200, ge=1, description="Longer entries are skipped as too_long (built lists and "
@@ -82,17 +93,33 @@ class QueryListConfig(BaseModel):
     @model_validator(mode="after")
     def _wordfreq_has_the_list(self) -> QueryListConfig:
         """wordfreq's ``large`` list covers 21 languages only: a language it lacks is an error when the config is
-        read, not a ``LookupError`` in the match stage after extract and filter have run."""
-        try:
-            import langcodes
-            from wordfreq import available_languages
-        except ImportError:  # the curate extra is not installed: the match stage says so itself
-            return self
-        available = sorted(available_languages(self.wordlist))
-        if langcodes.closest_match(self.language, available, max_distance=60)[0] == "und":
-            raise ValueError(f"wordfreq has no {self.wordlist!r} word list for language {self.language!r}; it has "
-                             f"{', '.join(available)}")
+        read, not a ``LookupError`` in the match stage after extract and filter have run, nor another language's
+        list that wordfreq serves in its place (:func:`wordfreq_language`)."""
+        with contextlib.suppress(ImportError):  # the curate extra is not installed: the match stage says so itself
+            wordfreq_language(self.language, self.wordlist)
         return self
+
+
+def wordfreq_language(language: str, wordlist: str) -> str:
+    """The language of the wordfreq list that serves ``language`` (``pt`` for ``pt-BR``). wordfreq itself serves the
+    closest language it has, however far (Urdu gets English, Basque Spanish, Afrikaans Dutch) with only a logged
+    warning: a list of another language is a ValueError here, naming the list wordfreq would have used and the
+    ``wordlist`` that has the language, if one has."""
+    import langcodes
+    from wordfreq import available_languages
+
+    available = sorted(available_languages(wordlist))
+    served, distance = langcodes.closest_match(language, available, max_distance=60)
+    if distance <= SAME_LANGUAGE_DISTANCE:
+        return served
+    why = f"wordfreq has no {wordlist!r} word list for language {language!r}"
+    if served != "und":
+        why += f": it would use its {served!r} list instead"
+    has_it = [other for other in ("best", "large", "small") if other != wordlist and langcodes.closest_match(
+        language, sorted(available_languages(other)), max_distance=SAME_LANGUAGE_DISTANCE)[0] != "und"]
+    if has_it:
+        raise ValueError(f"{why}; set querylist.wordlist: {has_it[0]}, which has {language!r}")
+    raise ValueError(f"{why}; it has {', '.join(available)}")
 
 
 @dataclass
@@ -102,6 +129,7 @@ class QueryList:
     candidates_per_source: dict[str, int] = field(default_factory=dict)
     kept_per_source: dict[str, int] = field(default_factory=dict)
     skipped: Counter = field(default_factory=Counter)
+    notes: dict[str, str] = field(default_factory=dict)  # for the manifest: the wordfreq list's language, WordNet
 
     @property
     def version(self) -> str:
@@ -147,19 +175,49 @@ def read_user_file(path: str | Path, max_chars: int = 200) -> tuple[list[str], C
     return load_entries(path, max_chars=max_chars)
 
 
-def tokens(text: str) -> list[str]:
-    """Lower-cased word tokens for bigram statistics (letters only; apostrophes inside words kept)."""
-    return _TOKEN.findall(text.lower())
+def is_word(token: str) -> bool:
+    """Whether a token is a word for bigram statistics: letters with their combining marks (Devanagari vowel signs,
+    Arabic harakat: ``[^\\W\\d_]`` cut ``लड़का`` into ``लड`` and ``क``), in parts joined by apostrophes or hyphens
+    ("don't", "petit-déjeuner", kept whole as matching keeps them); no digits or other symbols."""
+    if token.isalpha():
+        return True
+    return all(part and all(ch.isalpha() or unicodedata.category(ch)[0] == "M" for ch in part)
+               for part in _WORD_JOINER.split(token))
 
 
-def count_ngrams(texts: Iterable[str]) -> tuple[Counter, Counter]:
-    """(unigram counts, bigram counts) over texts; the pure version of :func:`spark_ngram_counts`."""
+def word_runs(text: str, language: str = "en") -> list[list[str]]:
+    """The words of a caption as matching sees them, in runs of adjacent words: the tokens of the caption spaced and
+    folded for ``language`` (:func:`witbuild.curate.match.prepare_text`) that are words (:func:`is_word`) and that
+    an entry can hold as they are: uncased, and unchanged when folded again (wordfreq removes Arabic marks before it
+    case-folds, so an Arabic list's folding of ``İstanbul`` still holds the dot that the entry's own folding drops).
+    Any other token (punctuation, a number) ends a run, as it ends a match: a bigram of two words of a run matches
+    the caption it was counted from."""
+    folded = prepare_text(text, case_sensitive=False, language=language)
+    runs: list[list[str]] = []
+    run: list[str] = []
+    for tok, again in zip(folded.split(" "), fold(folded, language).split(" "), strict=True):
+        if tok and tok == again and not is_cased(tok) and is_word(tok):
+            run.append(tok)
+        elif run:
+            runs.append(run)
+            run = []
+    return runs
+
+
+def tokens(text: str, language: str = "en") -> list[str]:
+    """The words of a caption (:func:`word_runs`), folded as matching folds captions."""
+    return [w for run in word_runs(text, language) for w in run]
+
+
+def count_ngrams(texts: Iterable[str], language: str = "en") -> tuple[Counter, Counter]:
+    """(unigram counts, bigram counts) over texts, bigrams within :func:`word_runs`; the pure version of
+    :func:`spark_pmi_bigrams`."""
     uni: Counter = Counter()
     bi: Counter = Counter()
     for text in texts:
-        toks = tokens(text or "")
-        uni.update(toks)
-        bi.update(f"{a} {b}" for a, b in pairwise(toks))
+        for run in word_runs(text or "", language):
+            uni.update(run)
+            bi.update(f"{a} {b}" for a, b in pairwise(run))
     return uni, bi
 
 
@@ -191,16 +249,16 @@ def pmi_bigrams(
 
 
 def spark_pmi_bigrams(
-    df: Any, *, min_count: int, min_pmi: float, limit: int, text_col: str = "text"
+    df: Any, *, min_count: int, min_pmi: float, limit: int, text_col: str = "text", language: str = "en"
 ) -> list[tuple[str, float]]:
-    """:func:`pmi_bigrams` computed by Spark over a DataFrame's texts: counts aggregated with 64-bit
-    sums and joined on the executors; only the selected bigrams reach the driver."""
+    """:func:`pmi_bigrams` computed by Spark over a DataFrame's texts (words folded for ``language``): counts
+    aggregated with 64-bit sums and joined on the executors; only the selected bigrams reach the driver."""
     import pyarrow as pa
     from pyspark.sql import functions as F
 
     def grams(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            uni, bi = count_ngrams(t for t in batch.column(0).to_pylist() if t)
+            uni, bi = count_ngrams((t for t in batch.column(0).to_pylist() if t), language)
             yield pa.RecordBatch.from_pydict(
                 {
                     "gram": [*uni, *bi],
@@ -287,7 +345,8 @@ def build_querylist(
     bigrams: list[str] | None = None,
 ) -> QueryList:
     """Gather every enabled source and :func:`assemble` them; ``bigrams`` come from
-    :func:`spark_pmi_bigrams` (or :func:`pmi_bigrams`) over the corpus."""
+    :func:`spark_pmi_bigrams` (or :func:`pmi_bigrams`) over the corpus, counted for ``cfg.language``."""
+    served = wordfreq_language(cfg.language, cfg.wordlist)
     sources: dict[str, list[str]] = {}
     if cfg.numbers:
         sources["numbers"] = [str(i) for i in range(100)]
@@ -298,16 +357,35 @@ def build_querylist(
         user += found
     if user:
         sources["user"] = user
-    if cfg.wordnet:
-        lemmas = wordnet_lemmas()
-        if lemmas:
-            sources["wordnet"] = lemmas
-        else:
-            log.info("WordNet not found at %s (Debian package wordnet-base); skipped", WORDNET_DIR)
+    wordnet, note = wordnet_source(cfg)
+    if wordnet:
+        sources["wordnet"] = wordnet
     sources["unigrams"] = wordfreq_unigrams(cfg.language, cfg.min_zipf, cfg.wordlist)
     if cfg.bigrams and bigrams:
         sources["bigrams"] = bigrams
-    return assemble(sources, cfg)
+    ql = assemble(sources, cfg)
+    ql.notes.update({"wordfreq_language": served, "wordnet": note})
+    return ql
+
+
+def is_english(language: str) -> bool:
+    """Whether a list of ``language`` is English (``en``, ``en-GB``): WordNet's lemmas belong in no other."""
+    return language.split("-")[0].lower() == "en"
+
+
+def wordnet_source(cfg: QueryListConfig) -> tuple[list[str], str]:
+    """WordNet's lemmas for the list, and what the manifest says of them. Only an English list gets them: in another
+    language's list they are English words, and ahead of its own in SOURCE_ORDER, the cap cut that language's
+    rarer words for them (147k lemmas: 27,675 German words, 142,703 Russian)."""
+    if not cfg.wordnet:
+        return [], "not added: querylist.wordnet is off"
+    if not is_english(cfg.language):
+        return [], f"not added: WordNet's lemmas are English, and querylist.language is {cfg.language}"
+    lemmas = wordnet_lemmas()
+    if not lemmas:
+        log.info("WordNet not found at %s (Debian package wordnet-base); skipped", WORDNET_DIR)
+        return [], f"not added: not found at {WORDNET_DIR} (Debian package wordnet-base)"
+    return lemmas, "added"
 
 
 def write_querylist(ql: QueryList, folder: str | Path, cfg: QueryListConfig, provenance: dict[str, Any]) -> Path:
@@ -327,6 +405,8 @@ def write_querylist(ql: QueryList, folder: str | Path, cfg: QueryListConfig, pro
         "candidates_per_source": ql.candidates_per_source,
         "kept_per_source": ql.kept_per_source,
         "skipped": dict(ql.skipped),
+        "caption_folding": folding_name(ql.notes.get("wordfreq_language", cfg.language)),
+        **ql.notes,
         "config": cfg.model_dump(),
         "provenance": provenance,
     }

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from witbuild import layout
-from witbuild.curate.match import load_entries
+from witbuild.curate.match import FOLDING_RULE, load_entries
 from witbuild.curate.querylist import (
     QueryList,
     build_querylist,
     count_ngrams,
     pmi_bigrams,
     spark_pmi_bigrams,
+    wordfreq_language,
     write_querylist,
 )
 from witbuild.fingerprint import Fingerprint, changes, querylist_fingerprint, stage_fingerprints
@@ -92,15 +93,27 @@ def pool_pmi_bigrams(spark: Any, pool_dir: str, qcfg: QueryListConfig) -> list[t
     cost seconds for a few rows (5–6 s for a hundred captions on 2 cores) and the driver takes milliseconds. Both
     give the same bigrams in the same order (tests/test_querylist.py)."""
     kw = {"min_count": qcfg.bigram_min_count, "min_pmi": qcfg.bigram_min_pmi, "limit": qcfg.max_bigrams}
+    language = wordfreq_language(qcfg.language, qcfg.wordlist)  # the list's folding (its manifest's)
     size = driver_sized(pool_dir)
     if size is None:
-        return spark_pmi_bigrams(spark.read.parquet(pool_dir), **kw)
+        return spark_pmi_bigrams(spark.read.parquet(pool_dir), language=language, **kw)
     import pyarrow.parquet as pq
 
     texts = pq.read_table(pool_dir, columns=["text"]).column("text").to_pylist()
     log.info("counting the bigrams of %d captions (%.1f MB of Parquet) in the driver", len(texts), size / 2**20)
-    uni, bi = count_ngrams(t for t in texts if t)
+    uni, bi = count_ngrams((t for t in texts if t), language)
     return pmi_bigrams(uni, bi, **kw)
+
+
+def folding_language(manifest: dict) -> str:
+    """The language whose folding matching uses for a query list (:func:`witbuild.curate.match.fold`): the one its
+    manifest records (``"caption_folding": "wordfreq preprocess_text, de"``), that of its config for a list written
+    before manifests recorded it."""
+    folding = manifest.get("caption_folding", "")
+    rule, _, language = folding.rpartition(", ")
+    if rule == FOLDING_RULE and language:
+        return language
+    return manifest.get("config", {}).get("language", "en")
 
 
 def prepare_querylist(spark: Any, cfg: BuildConfig, pool_dir: str | None) -> tuple[list[str], dict]:

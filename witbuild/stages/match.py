@@ -14,7 +14,7 @@ import pyarrow as pa
 from witbuild import schemas
 from witbuild.counters import StageCounts
 from witbuild.curate.match import AnyMatcher, MatchConfig, make_matcher, warn_case_variants, warn_spaced_entries
-from witbuild.curate.querylist_artifact import prepare_querylist
+from witbuild.curate.querylist_artifact import folding_language, prepare_querylist
 
 if TYPE_CHECKING:
     from witbuild.stages.context import StageContext
@@ -42,8 +42,8 @@ def match_batch(batch: pa.RecordBatch, matcher: AnyMatcher, counts: StageCounts,
 def run_match(ctx: StageContext) -> StageCounts:
     cfg = ctx.cfg
     entries, manifest = prepare_querylist(ctx.spark, cfg, ctx.previous)
-    version = manifest["version"]
-    log.info("query list %s: %d entries", version, len(entries))
+    version, language = manifest["version"], folding_language(manifest)
+    log.info("query list %s: %d entries, captions folded as %s", version, len(entries), language)
     case_variant_groups = warn_case_variants(entries, cfg.match.case_sensitive)
     spaced_entries = warn_spaced_entries(entries, cfg.match)
     entries_bc = ctx.spark.sparkContext.broadcast(entries)
@@ -52,16 +52,17 @@ def run_match(ctx: StageContext) -> StageCounts:
     arrow_schema = out_schema.arrow()
 
     def task(batches: Iterator[pa.RecordBatch], counts: StageCounts) -> Iterator[pa.RecordBatch]:
-        key = (version, mcfg.engine, mcfg.case_sensitive, mcfg.space_entries, mcfg.punct)
+        key = (version, language, mcfg.engine, mcfg.case_sensitive, mcfg.space_entries, mcfg.punct)
         matcher = _MATCHERS.get(key)
         if matcher is None:
-            matcher = _MATCHERS[key] = make_matcher(entries_bc.value, mcfg)
+            matcher = _MATCHERS[key] = make_matcher(entries_bc.value, mcfg, language)
         for batch in batches:
             yield match_batch(batch, matcher, counts, arrow_schema)
 
     counts = ctx.map_batches(task)
     counts.info.update({"querylist_version": version, "querylist_entries": len(entries),
-                        "case_rule": mcfg.case_sensitive, "case_variant_groups": case_variant_groups})
+                        "case_rule": mcfg.case_sensitive, "case_variant_groups": case_variant_groups,
+                        "caption_folding": manifest.get("caption_folding")})
     if mcfg.case_sensitive is True:  # MetaCLIP's rule: how many entries it would never match
         counts.info["spaced_entries"] = spaced_entries
     entries_bc.unpersist()

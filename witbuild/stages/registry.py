@@ -84,7 +84,9 @@ REGISTRY: tuple[Stage, ...] = (
     # "ISO 9001" a standard, not camera settings
     # rule 3: Arabic's tatweel (a stretched word) is no repeated character
     Stage("filter", "extract", "witbuild.stages.filter:run_filter", ("filter", "langid"), "filtered", rule=3),
-    Stage("match", "filter", "witbuild.stages.match:run_match", ("match",), "matched"),
+    # rule 2: entries without capitals and captions compared in wordfreq's folded form (its preprocess_text for the
+    # list's language; English: str.casefold, not str.lower: "Straße" matches "strasse")
+    Stage("match", "filter", "witbuild.stages.match:run_match", ("match",), "matched", rule=2),
     # rule 2: c_e and the draws over distinct (normalised URL, text) pairs, not rows
     Stage("balance", "match", "witbuild.stages.balance:run_balance", ("balance",), "balanced", rule=2),
     Stage("dedup", "balance", "witbuild.stages.dedup:run_dedup", ("dedup.one_text_per_image", "dedup.shuffle_seed",
