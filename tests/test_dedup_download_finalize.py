@@ -17,6 +17,7 @@ from witbuild.counters import StageCounts
 from witbuild.demo.images import FAULT_EXPECT, FAULTS, ImageServer, encode, skimage_image
 from witbuild.extract import uid_of
 from witbuild.pipeline import COUNTS_FILE, run_build
+from witbuild.stages.finalize import ATTEMPT_MARK
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark]
 
@@ -150,6 +151,11 @@ def test_final_shards_index_and_sizes_agree(built):
         assert len(r["phash"]) == 16 and len(r["sha256"]) == 64
     c = results["finalize"].counts
     assert c.rows_out == len(index) == sum(sizes.values())
+    # each tar was written under a name of its task attempt and renamed: none of those names is left or listed
+    listed = json.loads((final / layout.FILES_FILE).read_text())
+    assert not [n for n in (*listed, *os.listdir(final)) if ATTEMPT_MARK in n]
+    assert {n: s for n, s in listed.items() if n.endswith(".tar")} == {
+        t.name: t.stat().st_size for t in final.glob("*.tar")}
 
 
 def test_planted_duplicates_removed_distinct_kept(built):

@@ -20,7 +20,11 @@
    would leave dropped images inside the tars that every loader reads and skips: wasted I/O on
    every epoch and a dataset that still ships what it claims to have removed);
    ``sizes.json`` (samples per tar, as open_clip reads it) and ``index.parquet`` (one row per
-   sample) describe them.
+   sample) describe them. A tar is written by a task, outside Spark's output committer, so a task attempt writes
+   it under a name of its own and renames it into place whole (:func:`rewrite_shard`): a retried task, or an
+   attempt killed mid-write after another finished, never leaves a truncated tar. The driver then removes what
+   killed attempts left and holds each tar to its writer's record and the index (:func:`check_final_tars`)
+   before the stage is published.
 
 The same downloads give the same bytes: img2dataset writes a shard's samples in the order their
 downloads finish and stamps each member with the time of writing, so the final tars are written in
@@ -31,14 +35,16 @@ reading the shards in order (or with a seeded shuffle buffer) then sees the same
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import mmap
 import os
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -52,7 +58,7 @@ from witbuild.dedup.shard_signatures import read_members, read_signatures
 from witbuild.layout import NEAR_DUPLICATES_DIR
 from witbuild.spark import counted, fs_and_path, read_task_counts
 from witbuild.stages.finalize_score import SCORE_COLUMNS, score_and_filter, with_empty_scores
-from witbuild.tar_io import entries_match, iter_files, read_entry, tar_entries, write_tar
+from witbuild.tar_io import TarEntry, entries_match, iter_files, read_entry, tar_entries, write_tar
 
 if TYPE_CHECKING:
     from witbuild.stages.context import StageContext
@@ -68,6 +74,8 @@ UNCOMPRESSED_CACHE = ("spark.sql.inMemoryColumnarStorage.compressed", "false")
 # share an index.parquet file does not depend on the cores
 SHARDS_PER_TASK = 8
 READ_BUFFER = 1 << 20  # tars are read member by member: small reads through fsspec's file cost ~1/3 more
+# in the name a task attempt writes a final tar under before renaming it into place: .{shard}.attempt-{id}
+ATTEMPT_MARK = ".attempt-"
 
 
 def samples_schema() -> pa.Schema:
@@ -220,24 +228,192 @@ def _shard_signatures(shard_tar: str, keys: list[str], counts: StageCounts) -> l
     return signatures
 
 
+class ShardRecord(NamedTuple):
+    """What the task attempt that wrote a final tar knows of it: its images, its size in bytes and the digest of its
+    keys (:func:`keys_digest`), checked on the driver against the folder and the index before the stage is
+    published (:func:`check_final_tars`)."""
+
+    images: int
+    size: int
+    digest: str
+
+
+def keys_digest(keys: list[str]) -> str:
+    """sha256 of the sorted keys joined by newlines: what Spark's ``sha2(concat_ws('\\n', sort_array(...)))`` gives
+    for the same keys (UTF-8 byte order is code point order), so a shard's index rows are compared without
+    bringing their keys to the driver."""
+    return hashlib.sha256("\n".join(sorted(keys)).encode("utf-8")).hexdigest()
+
+
 def rewrite_shard(src_path: str, dst_path: str, wanted: set[str]) -> int:
     """Copy the samples of tar ``src_path`` whose key is in ``wanted`` to ``dst_path``; returns the images written.
 
     Members go in name order (key order, each sample's files together), not in the order img2dataset wrote them
     (the order its downloads finished), and with ``MEMBER_MTIME`` as their time and no PAX time record (a float
-    time of writing would override it): equal inputs give equal bytes. Name order is a random walk through the
-    source, so it is read whole (:func:`_whole_tar`): through a read buffer every member's seek refilled it."""
+    time of writing would override it): equal inputs give equal bytes. ``dst_path`` itself is never opened for
+    writing: the tar is written whole under a name private to this attempt and renamed into place
+    (:func:`_write_shard`), so an attempt killed mid-write, or one that starts after another has finished, never
+    leaves ``dst_path`` truncated."""
+    return _write_shard(src_path, dst_path, wanted).images
+
+
+def _write_shard(src_path: str, dst_path: str, wanted: set[str], index_keys: list[str] | None = None) -> ShardRecord:
+    """:func:`rewrite_shard`, returning the tar's record; with ``index_keys``, refused (RuntimeError, before any
+    write) unless the tar would hold exactly one image of each of them and no other sample.
+
+    Name order is a random walk through the source, so it is read whole (:func:`_whole_tar`): through a read buffer
+    every member's seek refilled it."""
     fs_out, dst = fs_and_path(dst_path)
-    image_suffixes = tuple(f".{e}" for e in IMAGE_EXTS)
-    with _whole_tar(src_path) as fin, fs_out.open(dst, "wb") as fout:
-        listed = read_members(src_path)  # where the download wrote them; else read from the headers
-        if listed is not None and not entries_match(fin, listed):
-            log.warning("finalize: %s: the saved member list does not match the tar; listing the tar", src_path)
-            listed = None
-        entries = sorted((e for e in (tar_entries(fin) if listed is None else listed)
-                          if e.name.rpartition("/")[2].partition(".")[0] in wanted), key=lambda e: e.name)
-        write_tar(fout, ((e, read_entry(fin, e)) for e in entries), MEMBER_MTIME)
-    return sum(1 for e in entries if e.name.endswith(image_suffixes))
+    with _whole_tar(src_path) as fin:
+        entries = _wanted_entries(fin, src_path, wanted)
+        image_suffixes = tuple(f".{e}" for e in IMAGE_EXTS)
+        images = [_key_of(e.name) for e in entries if e.name.endswith(image_suffixes)]
+        if index_keys is not None:
+            problem = key_mismatch(index_keys, images)
+            if problem:
+                raise RuntimeError(f"finalize: {dst_path.rsplit('/', 1)[-1]}: {problem}")
+        size = _write_private_then_rename(fs_out, dst, lambda fout: write_tar(
+            fout, ((e, read_entry(fin, e)) for e in entries), MEMBER_MTIME))
+    return ShardRecord(len(images), size, keys_digest(images))
+
+
+def _key_of(member: str) -> str:
+    """The sample key of a tar member's name (``dir/0000512.jpg`` -> ``0000512``)."""
+    return member.rpartition("/")[2].partition(".")[0]
+
+
+def _wanted_entries(fin: IO[bytes], src_path: str, wanted: set[str]) -> list[TarEntry]:
+    """The members of ``fin`` whose key is in ``wanted``, in name order: from the member list the download saved
+    when it matches the tar, else from the tar's headers."""
+    listed = read_members(src_path)  # where the download wrote them; else read from the headers
+    if listed is not None and not entries_match(fin, listed):
+        log.warning("finalize: %s: the saved member list does not match the tar; listing the tar", src_path)
+        listed = None
+    return sorted((e for e in (tar_entries(fin) if listed is None else listed) if _key_of(e.name) in wanted),
+                  key=lambda e: e.name)
+
+
+def key_mismatch(index_keys: list[str], image_keys: list[str]) -> str | None:
+    """Why a tar whose image members have keys ``image_keys`` is not the tar of index rows ``index_keys``; None when
+    it holds exactly one image of each row's key. A count would pass a shard holding one sample twice and another
+    not at all. (Its other members' keys are among ``index_keys`` by construction: only those are copied.)"""
+    problems = []
+    for what, keys in (("index rows", index_keys), ("images", image_keys)):
+        repeated = sorted(k for k, n in Counter(keys).items() if n > 1)
+        if repeated:
+            problems.append(f"{len(repeated)} key(s) with several {what}: {_some(repeated)}")
+    for what, keys in (("index rows without an image", set(index_keys) - set(image_keys)),
+                       ("images without an index row", set(image_keys) - set(index_keys))):
+        if keys:
+            problems.append(f"{len(keys)} {what}: {_some(sorted(keys))}")
+    return "; ".join(problems) or None
+
+
+def _some(names: list[str], limit: int = 5) -> str:
+    """The first ``limit`` of ``names`` for a message, with how many more."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def attempt_path(path: str) -> str:
+    """A name beside ``path`` private to this task attempt (Spark's task attempt id, unique within the application;
+    outside Spark the pid): hidden (``.`` first, so no reader of the folder takes it for data) and without the
+    ``.tar`` ending, with :data:`ATTEMPT_MARK` so the driver finds what a killed attempt left."""
+    from pyspark import TaskContext
+
+    task = TaskContext.get()
+    attempt = str(task.taskAttemptId()) if task is not None else f"pid{os.getpid()}"
+    head, _, name = path.rpartition("/")
+    return f"{head}/.{name}{ATTEMPT_MARK}{attempt}" if head else f".{name}{ATTEMPT_MARK}{attempt}"
+
+
+def _write_private_then_rename(fs: Any, dst: str, write: Callable[[IO[bytes]], object]) -> int:
+    """Write a file with ``write`` under :func:`attempt_path` of ``dst``, check its size on disk is what was
+    written, and rename it to ``dst``; returns its size. Two attempts write the same bytes, so the later rename is
+    harmless; an attempt that fails removes its file, one that is killed leaves only that (removed on the driver,
+    :func:`remove_attempt_leftovers`)."""
+    tmp = attempt_path(dst)
+    try:
+        with fs.open(tmp, "wb") as fout:
+            write(fout)
+            size = fout.tell()
+        on_disk = fs.size(tmp)
+        if on_disk != size:
+            raise OSError(f"{dst}: {on_disk} bytes on disk after writing {size}")
+        _rename(fs, tmp, dst)
+    except BaseException:
+        _discard(fs, tmp)
+        raise
+    return size
+
+
+def _rename(fs: Any, src: str, dst: str) -> None:
+    """Move ``src`` onto ``dst``, replacing it: one atomic rename on a local disk, fsspec's move elsewhere (on an
+    object store a copy, which makes ``dst`` appear whole or not at all)."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(fs, LocalFileSystem):
+        os.replace(src, dst)
+    else:
+        fs.mv(src, dst)
+
+
+def _discard(fs: Any, path: str) -> None:
+    """Remove ``path`` if it is there, never raising: it runs while another error is on its way."""
+    try:
+        if fs.exists(path):
+            fs.rm(path)
+    except Exception as exc:
+        log.warning("finalize: could not remove %s (%s); it is removed before the stage is published", path, exc)
+
+
+def remove_attempt_leftovers(folder: str) -> list[str]:
+    """Remove what task attempts killed mid-write left in ``folder`` (:func:`attempt_path` names); returns their
+    names. Run once the job has ended, before the stage is listed and published."""
+    fs, root = fs_and_path(folder)
+    if not fs.exists(root):
+        return []
+    left = sorted(p for p in fs.ls(root, detail=False) if _is_attempt_file(p.rstrip("/").rsplit("/", 1)[-1]))
+    for path in left:
+        fs.rm(path)
+    names = [p.rstrip("/").rsplit("/", 1)[-1] for p in left]
+    if names:
+        log.warning("finalize: removed %d file(s) left by task attempts that did not finish: %s", len(names),
+                    _some(names))
+    return names
+
+
+def _is_attempt_file(name: str) -> bool:
+    return name.startswith(".") and ATTEMPT_MARK in name
+
+
+def check_final_tars(folder: str, written: dict[str, ShardRecord], index: dict[str, tuple[int, str]]) -> None:
+    """Refuse (RuntimeError) a dataset whose tars are not what their writers wrote or not what the index lists.
+
+    ``written``: each shard's record from the attempt that wrote it (:class:`ShardRecord`); ``index``: each shard's
+    rows in ``index.parquet`` as (count, :func:`keys_digest` of their keys). The writer already checked, before its
+    rename, that the tar holds one image of each of its index rows and nothing else, and that its size on disk is
+    what it wrote; so here a listing of the folder is enough, without reading the tars again: every shard in the
+    index written, with the images and keys the index has for it, and on disk a ``.tar`` of each at the size
+    written, and no other."""
+    fs, root = fs_and_path(folder)
+    on_disk = {p["name"].rstrip("/").rsplit("/", 1)[-1]: int(p.get("size") or 0)
+               for p in fs.ls(root, detail=True) if p["name"].endswith(TAR_SUFFIX)}
+    problems = []
+    for shard in sorted(set(index) | set(written) | set(on_disk)):
+        record, rows = written.get(shard), index.get(shard)
+        if rows is None or record is None:
+            where = [w for w, v in (("in the index", rows), ("written by a task", record)) if v is None]
+            problems.append(f"{shard}: not {' nor '.join(where)}")
+        elif (record.images, record.digest) != rows:
+            problems.append(f"{shard}: {record.images} images written, {rows[0]} index rows (or other keys)")
+        elif shard not in on_disk:
+            problems.append(f"{shard}: written ({record.size} bytes) but not on disk")
+        elif on_disk[shard] != record.size:
+            problems.append(f"{shard}: {on_disk[shard]} bytes on disk, {record.size} written")
+    if problems:
+        raise RuntimeError(f"finalize: {len(problems)} final tar(s) wrong, the stage is not published: "
+                           f"{_some(problems)}")
 
 
 @contextmanager
@@ -263,16 +439,23 @@ def _write_index_and_shards(kept: Any, source_dir: str, output: str, n_shards: i
                             in_place_drops: set[str] | None = None) -> dict[str, int]:
     """``index.parquet`` of the ``kept`` rows and each source tar copied with only them (:func:`rewrite_shard`),
     in one pass: the task writing a partition's index rows (sorted by shard and key, so which rows land in which
-    file does not depend on task timing) rewrites their tars on the way. Returns the samples per written tar.
+    file does not depend on task timing) rewrites their tars on the way. Returns the samples per written tar, once
+    what task attempts left is removed and every tar is checked against its writer's record and the index
+    (:func:`check_final_tars`).
 
     ``in_place_drops``: ``kept`` is the read's output, whole shards per partition by construction, and the task
     itself leaves these keys out: no shuffle (it cost more than the copying: ~100 shuffle blocks per task) and
     no second Python step. None: ``kept`` holds exactly the kept rows and is partitioned by shard first."""
+    from pyspark.sql import functions as F
+
     index_cols = schemas.load("index").names
     rows = kept.select(*index_cols)
     if in_place_drops is None:
         rows = rows.repartition(max(1, n_shards), "shard")
-    dropped = kept.sparkSession.sparkContext.broadcast(frozenset(in_place_drops or ()))
+    spark = kept.sparkSession
+    dropped = spark.sparkContext.broadcast(frozenset(in_place_drops or ()))
+    # the record of each tar from the attempt Spark took: a result task's updates count once, a failed one's never
+    written = spark.sparkContext.accumulator({}, _ShardRecords())
 
     def rewrite(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         held = list(batches)
@@ -286,13 +469,27 @@ def _write_index_and_shards(kept: Any, source_dir: str, output: str, n_shards: i
         shards = table.column("shard").to_pylist()
         start = 0
         for end in [*_run_ends(shards), len(shards)] if shards else []:
-            yield from _finish_shard(table.slice(start, end - start), source_dir, output)
+            yield from _finish_shard(table.slice(start, end - start), source_dir, output, written)
             start = end
 
     rows.mapInArrow(rewrite, rows.schema).write.mode("overwrite").parquet(f"{output}/{INDEX_DIR}")
-    spark = kept.sparkSession
-    counts = spark.read.parquet(f"{output}/{INDEX_DIR}").groupBy("shard").count().collect()
-    return {r["shard"]: int(r["count"]) for r in sorted(counts, key=lambda r: r["shard"])}
+    listed = (spark.read.parquet(f"{output}/{INDEX_DIR}").groupBy("shard")
+              .agg(F.count("key").alias("count"),
+                   F.sha2(F.concat_ws("\n", F.sort_array(F.collect_list("key"))), 256).alias("digest")).collect())
+    remove_attempt_leftovers(output)
+    check_final_tars(output, written.value, {r["shard"]: (int(r["count"]), r["digest"]) for r in listed})
+    return {r["shard"]: int(r["count"]) for r in sorted(listed, key=lambda r: r["shard"])}
+
+
+class _ShardRecords:
+    """Spark accumulator parameter of ``{shard: ShardRecord}``: the records of the tars tasks wrote, merged."""
+
+    def zero(self, value: dict[str, ShardRecord]) -> dict[str, ShardRecord]:
+        return {}
+
+    def addInPlace(self, merged: dict[str, ShardRecord], more: dict[str, ShardRecord]) -> dict[str, ShardRecord]:
+        merged.update(more)
+        return merged
 
 
 def _run_ends(values: list[Any]) -> list[int]:
@@ -300,13 +497,15 @@ def _run_ends(values: list[Any]) -> list[int]:
     return [i for i in range(1, len(values)) if values[i] != values[i - 1]]
 
 
-def _finish_shard(rows: pa.Table, source_dir: str, output: str) -> Iterator[pa.RecordBatch]:
-    """Rewrite the tar of one shard's index rows and pass the rows on; every row must have its image written."""
+def _finish_shard(rows: pa.Table, source_dir: str, output: str, written: Any = None) -> Iterator[pa.RecordBatch]:
+    """Rewrite the tar of one shard's index rows and pass the rows on. The tar must hold exactly one image of each
+    row's key and no other sample (else RuntimeError, before anything is written); ``written`` (an accumulator of
+    :class:`_ShardRecords`) gets its record for :func:`check_final_tars`."""
     shard = rows.column("shard")[0].as_py()
-    keys = set(rows.column("key").to_pylist())
-    written = rewrite_shard(f"{source_dir}/{shard}", f"{output}/{shard}", keys)
-    if written != len(keys):
-        raise RuntimeError(f"finalize: {shard}: {written} images written for {len(keys)} index rows")
+    keys = rows.column("key").to_pylist()
+    record = _write_shard(f"{source_dir}/{shard}", f"{output}/{shard}", set(keys), index_keys=keys)
+    if written is not None:
+        written.add({shard: record})
     yield from rows.to_batches()
 
 
