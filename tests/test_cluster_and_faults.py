@@ -185,6 +185,7 @@ def test_standalone_cluster_gives_the_same_dataset(web, local_build, tmp_path):
         out = tmp_path / "out"
         proc = run_job(*build_args(warc, out), master=f"spark://127.0.0.1:{port}", spark_args=MEMORY, timeout=600)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        assert ran_on(ui) == ["witbuild"], "the build did not run on the cluster spark-submit named"
         assert dataset(out) == dataset(local_build)
         cfg = (out / "build_config.yaml").read_text()
         assert "witbuild_version" in cfg
@@ -192,6 +193,13 @@ def test_standalone_cluster_gives_the_same_dataset(web, local_build, tmp_path):
         for p in (worker, master):
             if p is not None:
                 kill_tree(p)
+
+
+def ran_on(ui: int) -> list[str]:
+    """The names of the applications a standalone master has run or runs (its web UI's JSON)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=10) as r:
+        state = json.load(r)
+    return [app["name"] for app in state.get("completedapps", []) + state.get("activeapps", [])]
 
 
 def wait_for(path_test, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -100,6 +101,7 @@ def checked_config(args: argparse.Namespace, held: contextlib.ExitStack) -> Buil
 
         check_stages(cfg.output, args.until_stage, args.from_stage)
         held.enter_context(output_lock(cfg.output))
+        absolute_execution_paths(cfg)
     except ValidationError as exc:  # pydantic's several lines, as one
         print(f"error: {args.config or 'config'}: {first_error(exc)}", file=sys.stderr)
         return 2
@@ -107,6 +109,62 @@ def checked_config(args: argparse.Namespace, held: contextlib.ExitStack) -> Buil
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return cfg
+
+
+def absolute_execution_paths(cfg: BuildConfig) -> None:
+    """Make the output folder (and the crawl's WARC folder) absolute, here in the driver: Spark's tasks write
+    there (the stage outputs, their counters, the crawl's WARCs), and an executor resolves a relative path in its
+    own working directory, which on a cluster is not the driver's. Both only say where a build runs
+    (``EXECUTION_ONLY``: in no fingerprint), so their spelling changes nothing the build decides."""
+    from witbuild.spark import absolute_local
+
+    cfg.output = absolute_local(cfg.output)
+    if cfg.crawl.warc_dir:
+        cfg.crawl.warc_dir = absolute_local(cfg.crawl.warc_dir)
+
+
+#: Paths Spark's tasks read, with the first stage whose tasks read them (input.paths: extract's tasks open the
+#: files; the rest: each executor loads the model, the checkpoint or the response cache itself)
+EXECUTOR_PATHS = (("input.paths", "extract"), ("langid.model_path", "filter"), ("download.cache_dir", "download"),
+                  ("clip_score.checkpoint", "finalize"), ("clip_score.model_json", "finalize"),
+                  ("clip_score.bpe_vocab", "finalize"))
+
+
+def _is_relative_local(value: str, key: str) -> bool:
+    if "://" in value or os.path.isabs(os.path.expanduser(value)):
+        return False
+    # a model_json that names no file here is the name of a model config shipped with the trainer
+    return key != "clip_score.model_json" or Path(value).is_file()
+
+
+def relative_executor_paths(cfg: BuildConfig, until_stage: str) -> list[str]:
+    """``setting value`` for each relative local path that Spark's tasks of the stages up to ``until_stage`` read."""
+    found = []
+    for key, stage in EXECUTOR_PATHS:
+        if STAGES.index(stage) > STAGES.index(until_stage):
+            continue
+        section, field = key.split(".")
+        value = getattr(getattr(cfg, section), field)
+        for v in value if isinstance(value, list) else [value]:
+            if v and _is_relative_local(str(v), key):
+                found.append(f"{key} {v}")
+    return found
+
+
+def session_problem(master: str, conf: dict[str, str], cfg: BuildConfig, until_stage: str) -> str | None:
+    """Why this session must not run the build, or None: checked once Spark has started (spark-submit's
+    ``--master`` and ``--conf`` are known only then) and before any stage runs."""
+    from witbuild.spark import is_local_master
+
+    if conf.get("spark.speculation", "false").strip().lower() == "true":
+        return ("spark.speculation=true is refused: the download (img2dataset) writes its shards from Spark tasks, "
+                "outside Spark's output committer, so two attempts of one task would write the same files (a shard "
+                "mixing both attempts' bytes, an empty tar); leave speculation off")
+    if not is_local_master(master) and (relative := relative_executor_paths(cfg, until_stage)):
+        return (f"relative paths on a cluster (spark.master {master}): each executor would read "
+                f"{'; '.join(relative)} from its own working directory, not this one; give an absolute path every "
+                "machine reaches, or a URL")
+    return None
 
 
 class Interrupted(BaseException):
@@ -138,6 +196,11 @@ def build(cfg: BuildConfig, args: argparse.Namespace) -> int:
         where = f" (spark.master {cfg.spark.master})" if cfg.spark.master else ""
         print(f"error: Spark did not start{where}: {_one_line(exc)}", file=sys.stderr)
         return 2
+    if problem := session_problem(spark.sparkContext.master, dict(spark.sparkContext.getConf().getAll()), cfg,
+                                  args.until_stage):
+        print(f"error: {problem}", file=sys.stderr)
+        stop_spark(spark)
+        return 2
 
     def show(result):  # printed as each stage ends, so a long build reports as it goes
         state = " (already finished: skipped)" if result.skipped else f" in {result.seconds:.1f}s"
@@ -153,13 +216,14 @@ def build(cfg: BuildConfig, args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        logging.getLogger("build_wit").exception("build failed")
-        print(f"error: build failed: {exc}", file=sys.stderr)
+        logging.getLogger("build_wit").error("build failed", exc_info=True)  # for a bug report; the last line says it
+        print(f"error: build failed: {_one_line(exc, limit=500)}; {UNFINISHED}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, SystemExit, Interrupted) as exc:
         if isinstance(exc, SystemExit) and exc.code not in (0, None):  # a library that ended the process itself
-            logging.getLogger("build_wit").exception("build failed")
-            print(f"error: build failed: a stage ended the process with exit status {exc.code}", file=sys.stderr)
+            logging.getLogger("build_wit").error("build failed", exc_info=True)
+            print(f"error: build failed: a stage ended the process with exit status {exc.code}; {UNFINISHED}",
+                  file=sys.stderr)
             return 1
         status, why = interrupted_status(exc)
         logging.getLogger("build_wit").debug("build interrupted", exc_info=True)
@@ -235,9 +299,75 @@ def check_output_folder(output: str) -> None:
         raise InputError(f"output {problem}")
 
 
+UNFINISHED = "the stage it was in is left unfinished, and a re-run goes on from there (the traceback is logged above)"
+PY_TRACEBACK = "Traceback (most recent call last):"
+CRASHED = "Python worker exited unexpectedly (crashed)"
+# Spark's summary of a failed job: "Task 3 in stage 7.0 failed 4 times, most recent failure: Lost task 3.3 in stage
+# 7.0 (TID 41) (10.0.0.5 executor 2): <the task's exception>"
+TASK_FAILED = re.compile(r"Task (\S+) in stage (\S+) failed (\d+) times?, most recent failure: "
+                         r"Lost task \S+ in stage \S+ \(TID \d+\) \(([^)]*)\): (.*)")
+CAUSED_BY = re.compile(r"^Caused by: ([\w$.]+)(?:: (.+))?$", re.M)
+# causes that tell how a connection to a dead process ended, not why it died
+PLUMBING = ("java.io.EOFException", "java.io.IOException", "java.net.", "py4j.")
+
+
 def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
+    """An exception's message on one line: from a Spark failure (Py4J's text of the Java exception chain, or
+    PySpark's of a Python worker's traceback) the innermost message that says what went wrong, with which task
+    failed how often; the Java stack and the Python frames stay in the log."""
+    text = " ".join(innermost_message(_exception_text(exc)).split())
     return text if len(text) <= limit else text[:limit] + " …"
+
+
+def _exception_text(exc: BaseException) -> str:
+    """``str(exc)``; a Py4J error asks the JVM for its text, and a JVM already gone leaves its own first line."""
+    try:
+        return str(exc)
+    except Exception:
+        return str(getattr(exc, "errmsg", "") or type(exc).__name__)
+
+
+def innermost_message(text: str) -> str:
+    """What a failed Spark job's text says went wrong: a Python worker's exception line, Spark's word that a
+    Python worker crashed, or the deepest Java cause with a message, after which task failed how many times;
+    any other text as it is."""
+    task = TASK_FAILED.search(text)
+    where = f" (task {task[1]} in stage {task[2]} failed {task[3]} times, last on {task[4]})" if task else ""
+    if PY_TRACEBACK in text and (line := _python_exception(text.rsplit(PY_TRACEBACK, 1)[1])):
+        return line + where
+    if CRASHED in text:
+        return ("a Python worker exited unexpectedly (crashed): killed, out of memory or a native library's crash"
+                + where)
+    causes = [m for m in CAUSED_BY.finditer(text) if m[2] and not m[1].startswith(PLUMBING)]
+    if causes:
+        return f"{causes[-1][1].rsplit('.', 1)[-1]}: {causes[-1][2]}{where}"
+    if task:
+        return task[5] + where
+    return _without_py4j_call(text)
+
+
+def _python_exception(after_traceback: str) -> str | None:
+    """The exception line that ends a Python traceback (the text after its header): the first line past the
+    indented frames, up to where Java's text (or a blank line) begins."""
+    lines = after_traceback.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() and not line[:1].isspace()), None)
+    if start is None:
+        return None
+    message = []
+    for line in lines[start:]:
+        if not line.strip() or line.startswith(("\tat ", "Caused by:", "Driver stacktrace")) or "SQLSTATE" in line:
+            break
+        message.append(line.strip())
+    return " ".join(message)
+
+
+def _without_py4j_call(text: str) -> str:
+    """Py4J's ``An error occurred while calling o87.collectToPython.`` line says only which call failed: the Java
+    exception after it is the message."""
+    first, _, rest = text.partition("\n")
+    if first.startswith("An error occurred while calling") and rest.strip():
+        return rest.lstrip(": ").split("\n", 1)[0]
+    return text
 
 
 def summary(results: list) -> str:
