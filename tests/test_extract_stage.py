@@ -14,6 +14,7 @@ from witbuild.counters import StageCounts
 from witbuild.demo.web import generate_pages, write_warc, write_wat
 from witbuild.extract import extract_file
 from witbuild.pipeline import run_build
+from witbuild.provenance import code_revision
 
 pytestmark = pytest.mark.spark
 
@@ -48,7 +49,7 @@ def pure_extract(files):
     return rows, counts
 
 
-def test_stage_output_equals_pure_extraction(spark, inputs_with_real_samples, tmp_path):
+def test_stage_output_equals_pure_extraction(spark, inputs_with_real_samples, tmp_path, monkeypatch):
     inputs = inputs_with_real_samples
     out = tmp_path / "out"
     cfg = load_config(inputs=[str(inputs / "*.gz")], output=str(out))
@@ -79,6 +80,15 @@ def test_stage_output_equals_pure_extraction(spark, inputs_with_real_samples, tm
 
     report = json.loads((out / "build_report.json").read_text())
     assert report["stages"]["extract"]["rows_out"] == table.num_rows
+    # the code that made the stage, in its folder and in the report; a re-run that reuses it keeps it
+    made = json.loads((stage / "_counts.json").read_text())["code"]
+    assert made == report["stages"]["extract"]["code"] == report["code"] == code_revision()
+    later = {"version": "9.9.9", "commit": "0" * 40, "modified": False}
+    monkeypatch.setattr("witbuild.pipeline.code_revision", lambda: later)
+    run_build(spark, cfg, until_stage="extract")
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["stages"]["extract"]["skipped"] and report["code"] == later
+    assert report["stages"]["extract"]["code"] == made
     assert (out / "build_config.yaml").read_text().startswith("witbuild_version:")
 
 

@@ -287,3 +287,67 @@ def test_a_killed_download_resumes_only_under_the_same_config(tmp_path: Path) ->
     assert not layout.stage_resume_fingerprint(out, "download").startswith(layout.stage_tmp_dir(out, "download") + "/")
     save_fingerprint(layout.stage_resume_fingerprint(out, "filter"), fps["filter"])
     assert not resumes(stage("filter"), out, fps["filter"])  # only resumable stages go on from a folder
+
+
+# --------------------------------------------------------------------------------------------
+# Fingerprints recorded by an older witbuild: respelt, not redone; reasons that name their stage
+
+
+def _finished_stage(out: Path, name: str, fp) -> None:
+    """A finished stage folder as the pipeline leaves one, recorded under ``fp``."""
+    from witbuild.pipeline import write_fingerprint
+    from witbuild.stage_files import write_listing
+
+    folder = out / "stages" / name
+    folder.mkdir(parents=True)
+    (folder / "_SUCCESS").touch()
+    (folder / "_counts.json").write_text('{"rows_in": 1, "rows_out": 1}')
+    write_fingerprint(str(folder), fp)
+    write_listing(str(folder))
+
+
+def _old_spelling(fp, **config):
+    from witbuild.fingerprint import Fingerprint
+
+    return Fingerprint({**fp.config, **config}, fp.input, fp.external, fp.input_files)
+
+
+def test_a_fingerprint_in_an_older_spelling_is_respelt_not_redone(tmp_path: Path) -> None:
+    """The default model recorded by its path, scoring settings recorded while nothing scored: the stages and the
+    ones chained to them stand, their fingerprints rewritten (an upgrade redid them, download included, and logged
+    ``langid.model_path "/…/lid.176.ftz" → null`` as if the setting were gone)."""
+    from witbuild.fingerprint import Fingerprint, respelled
+    from witbuild.pipeline import first_stale_stage, recorded_fingerprint
+    from witbuild.text.langid import default_model_path
+
+    expected = stage_fingerprints(cfg_of())
+    old_filter = _old_spelling(expected["filter"], **{"langid.model_path": str(default_model_path())})
+    old_match = Fingerprint(expected["match"].config, old_filter.digest, expected["match"].external)
+    old_finalize = _old_spelling(expected["finalize"], **{"clip_score.batch_size": 8, "clip_score.device": "cpu"})
+    assert changes(old_filter, expected["filter"]) == [] and changes(old_finalize, expected["finalize"]) == []
+    assert respelled(old_filter).digest == expected["filter"].digest != old_filter.digest
+    out = tmp_path / "out"
+    for name, fp in (("extract", expected["extract"]), ("filter", old_filter), ("match", old_match)):
+        _finished_stage(out, name, fp)
+    assert first_stale_stage(str(out), expected) is None
+    assert recorded_fingerprint(str(out / "stages" / "filter")).digest == expected["filter"].digest
+    assert recorded_fingerprint(str(out / "stages" / "match")).digest == expected["match"].digest
+
+
+def test_a_stale_stage_names_itself_and_the_later_rules_that_changed(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``its rule changed`` said which stage; a later stage whose rule changed too went unmentioned."""
+    from witbuild.fingerprint import Fingerprint
+    from witbuild.pipeline import first_stale_stage
+
+    expected = stage_fingerprints(cfg_of())
+    old = {n: Fingerprint(fp.config, fp.input, {**fp.external, "rule": "1"}, fp.input_files)
+           for n, fp in expected.items()}
+    out = tmp_path / "out"
+    for name in ("extract", "filter", "match"):
+        _finished_stage(out, name, old[name] if name != "extract" else expected[name])
+    stale = first_stale_stage(str(out), expected)
+    rules = {n: fp.external.get("rule", "1") for n, fp in expected.items()}
+    assert stale is not None and stale[0] == "filter"
+    assert f"filter: its rule changed (1 → {rules['filter']})" in stale[1]
+    assert f"match: its rule changed (1 → {rules['match']})" in stale[1]

@@ -316,9 +316,24 @@ def stage_fingerprints(cfg: BuildConfig) -> dict[str, Fingerprint]:
     return out
 
 
+def respelled(old: Fingerprint, inputs: dict[str, str] | None = None) -> Fingerprint:
+    """A recorded fingerprint in today's spellings (:func:`_one_spelling`, :func:`_inert_settings`: an older witbuild
+    recorded the default fastText model by its path, and scoring settings while nothing scored), its input's digest
+    mapped through ``inputs`` (the upstream stage respelled the same way): equal to today's expected fingerprint
+    when only the spelling differs, which redoes nothing."""
+    config = {k: _one_spelling(k, v) for k, v in old.config.items()}
+    if "clip_checkpoint" not in old.external:  # nothing scored: the settings stood at whatever they were
+        from witbuild.curate.clip_score import ClipScoreConfig
+
+        defaults = flatten({"clip_score": ClipScoreConfig().model_dump(mode="json")})
+        config.update({k: defaults[k] for k in config if k in defaults})
+    return Fingerprint(config, (inputs or {}).get(old.input or "", old.input), old.external, old.input_files)
+
+
 def changes(old: Fingerprint, new: Fingerprint) -> list[str]:
     """What differs, for people: ``filter.min_words 3 → 5``, ``langid_model changed``, ``input files added:
-    web/b.warc.gz``, ``its input changed``."""
+    web/b.warc.gz``, ``its input changed``; ``old`` in today's spellings (:func:`respelled`)."""
+    old = respelled(old)
     out = []
     for key in sorted(set(old.config) | set(new.config)):
         a, b = old.config.get(key, MISSING), new.config.get(key, MISSING)

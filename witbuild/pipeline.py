@@ -38,7 +38,7 @@ import pyspark.sql
 from witbuild import __version__, layout
 from witbuild.config import BuildConfig
 from witbuild.counters import StageCounts
-from witbuild.fingerprint import Fingerprint, changes, stage_fingerprints
+from witbuild.fingerprint import Fingerprint, changes, respelled, stage_fingerprints
 from witbuild.output_folder import LockHeld, take_lock
 from witbuild.provenance import code_revision
 from witbuild.spark import fs_and_path, read_task_counts
@@ -159,9 +159,22 @@ def is_finished(output: str, name: str) -> bool:
 
 
 def load_counts(output: str, name: str) -> StageCounts:
+    return StageCounts.from_dict(_counts_record(output, name))
+
+
+def made_by(output: str, name: str) -> dict[str, Any] | None:
+    """The code that made a finished stage (:func:`witbuild.provenance.code_revision`), as it recorded it; None for
+    a stage made before stages recorded it."""
+    try:
+        return _counts_record(output, name).get("code")
+    except (OSError, ValueError):
+        return None
+
+
+def _counts_record(output: str, name: str) -> dict[str, Any]:
     fs, root = fs_and_path(layout.stage_dir(output, name))
     with fs.open(f"{root}/{COUNTS_FILE}", "r") as fh:
-        return StageCounts.from_dict(json.load(fh))
+        return json.load(fh)
 
 
 def read_fingerprint(path: str) -> Fingerprint | None:
@@ -262,8 +275,8 @@ def run_stage(spark: Any, cfg: BuildConfig, st: Stage, fp: Fingerprint, previous
                   or read_task_counts(counts_dir))
     check_chain(upstream, st.name, counts)
     fs, tmp_path = fs_and_path(tmp)
-    with fs.open(f"{tmp_path}/{COUNTS_FILE}", "w") as fh:
-        json.dump(counts.to_dict(), fh, indent=1)
+    with fs.open(f"{tmp_path}/{COUNTS_FILE}", "w") as fh:  # with the code that made the stage, kept when reused
+        json.dump({**counts.to_dict(), "code": code_revision()}, fh, indent=1)
     write_fingerprint(tmp, fp)  # after the stage's own writes (Spark's overwrite replaces the folder)
     if not fs.exists(f"{tmp_path}/{layout.SUCCESS_FILE}"):
         fs.touch(f"{tmp_path}/{layout.SUCCESS_FILE}")
@@ -293,14 +306,16 @@ def _own_sigint() -> Iterator[None]:
 
 def write_report(cfg: BuildConfig, results: list[StageResult]) -> dict[str, Any]:
     """``build_report.json``: every stage's rows in/out and drops by reason, of the stages this run has passed
-    so far (rewritten as each ends)."""
+    so far (rewritten as each ends). ``code`` is this run's; each stage's ``code`` the code that made it (a stage
+    reused from an earlier run keeps its own; null for one made before stages recorded it)."""
     report = {
         "witbuild_version": __version__,
         "code": code_revision(),
         "spark_version": pyspark.__version__,
         "output": cfg.output,
         "stages": {
-            r.name: {**r.counts.to_dict(), "seconds": round(r.seconds, 3), "skipped": r.skipped} for r in results
+            r.name: {**r.counts.to_dict(), "seconds": round(r.seconds, 3), "skipped": r.skipped,
+                     "code": made_by(cfg.output, r.name)} for r in results
         },
     }
     fs, path = fs_and_path(layout.report_path(cfg.output))
@@ -341,6 +356,7 @@ def first_stale_stage(output: str, expected: dict[str, Fingerprint],
     it was made from that stage's earlier output, which the redone one need not equal (a download fetches the
     web as it is now)."""
     redone = None
+    respelt: dict[str, str] = {}  # a recorded digest -> today's, for stages recorded in an older spelling
     for st in REGISTRY:
         if not is_finished(output, st.name):
             if redone is None and (last is None or STAGE_NAMES.index(st.name) <= STAGE_NAMES.index(last)):
@@ -358,7 +374,13 @@ def first_stale_stage(output: str, expected: dict[str, Fingerprint],
             _changed_on_disk(folder, st.name)  # its files listed as they are, too
             continue
         if recorded.digest != expected[st.name].digest:
-            return st.name, changes(recorded, expected[st.name])
+            if respelled(recorded, respelt).digest != expected[st.name].digest:
+                return st.name, [f"{st.name}: {why}" if why.startswith("its ") else why
+                                 for why in changes(respelled(recorded, respelt), expected[st.name])
+                                 ] + later_rule_changes(output, expected, st.name)
+            log.info("stage %s: fingerprint recorded in an older spelling; respelt, nothing to redo", st.name)
+            respelt[recorded.digest] = expected[st.name].digest
+            write_fingerprint(folder, expected[st.name])
         changed = _changed_on_disk(folder, st.name)
         if changed:
             return st.name, changed
@@ -377,6 +399,20 @@ def named_querylist_changes(cfg: BuildConfig, stale: tuple[str, list[str]] | Non
         return stale
     at = stale[1].index("querylist changed")
     return stale[0], [*stale[1][:at], *named, *stale[1][at + 1:]]
+
+
+def later_rule_changes(output: str, expected: dict[str, Fingerprint], name: str) -> list[str]:
+    """``match: its rule changed (1 → 2)`` for each finished stage after ``name`` whose rule changed too: redone
+    anyway with ``name``, but the log should not leave its own reason out."""
+    out = []
+    for st in REGISTRY[STAGE_NAMES.index(name) + 1:]:
+        recorded = recorded_fingerprint(layout.stage_dir(output, st.name)) if is_finished(output, st.name) else None
+        if recorded is None:
+            continue
+        was, now = recorded.external.get("rule", "1"), expected[st.name].external.get("rule", "1")
+        if was != now:
+            out.append(f"{st.name}: its rule changed ({was} → {now})")
+    return out
 
 
 def stale_querylist(cfg: BuildConfig, stale: tuple[str, list[str]] | None,

@@ -126,7 +126,8 @@ def prepare_querylist(spark: Any, cfg: BuildConfig, pool_dir: str | None) -> tup
             raise ValueError(f"{layout.querylist_dir(cfg.output)}: no query list made under this config; run the "
                              "build through match first")
         if fs.exists(folder):
-            log.warning("query list inputs changed: rebuilding %s", layout.querylist_dir(cfg.output))
+            why = "; ".join(querylist_changes(cfg)) or "its inputs changed"
+            log.warning("query list: %s: rebuilding %s", why, layout.querylist_dir(cfg.output))
         ql, provenance = _make(spark, cfg, pool_dir)
         with tempfile.TemporaryDirectory(prefix="witbuild-querylist-") as staged:
             write_querylist(ql, staged, cfg.querylist, provenance)
