@@ -167,8 +167,11 @@ def test_balancing_flattens_the_head_and_keeps_the_tail(demo_build):
     assert all(r["kept"] == r["count"] for r in tail)  # p = 1: a pair matching a tail entry always stays
     assert all(r["kept"] <= r["count"] for r in head)
     top = head[:20]
+    # the build is the same on every run; measured with bigrams counted over whole words (tail bigrams such as
+    # "by hand" keep more of the pairs they share with head words): the top 20 keep 83.7% of their pairs, and 4
+    # lose a quarter or more (red 0.69, circles 0.64, two 0.74, circle 0.61; three 0.751). Unbalanced: 100%, 0.
     assert sum(r["kept"] for r in top) <= 0.85 * sum(r["count"] for r in top)
-    assert sum(r["kept"] <= 0.75 * r["count"] for r in top) >= 5  # several head entries lose a quarter or more
+    assert sum(r["kept"] <= 0.75 * r["count"] for r in top) >= 4  # several head entries lose a quarter or more
     balance = stage_counts(build, "balance")
     assert balance.dropped["balanced_out"] >= 0.1 * balance.rows_in
 
