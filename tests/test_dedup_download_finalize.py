@@ -239,7 +239,10 @@ def test_killed_download_resumes_without_losing_or_repeating(spark, built, serve
     cfg2 = cfg.model_copy(update={"output": str(other)})
     results = run_build(spark, cfg2)
     assert [r.skipped for r in results] == [True] * 5 + [False, False]
-    refetched = {r.path for r in server.requests[before:]}
+    # robots.txt may be asked again: a redirect's target has its robots.txt asked once per Python worker
+    # (witbuild.download._HOP_ANSWERS), and Spark ends a worker idle for a minute (the tests before this one, on a
+    # loaded machine); only the images asked again say what the resume redid
+    refetched = {r.path for r in server.requests[before:]} - {"/robots.txt"}
     shard1 = [u for n in ("00001", "00002")
               for u in pq.read_table(other / "stages" / "download" / f"{n}.parquet").column("url").to_pylist()]
     shard2 = pq.read_table(other / "stages" / "download" / "00002.parquet").column("url").to_pylist()
