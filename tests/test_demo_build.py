@@ -86,8 +86,8 @@ def test_printed_funnel_is_the_counts_files_and_the_report(demo_build):
         assert reasons == dict(counts.dropped) and sum(reasons.values()) == n_dropped == n_in - n_out, name
         assert counts.format(name) in out  # every printed event and info line too
         entry = report["stages"][name]
-        assert {k: v for k, v in entry.items() if k not in ("seconds", "skipped")} == counts.to_dict(), name
-        assert not entry["skipped"]
+        assert {k: v for k, v in entry.items() if k not in ("seconds", "skipped", "code")} == counts.to_dict(), name
+        assert not entry["skipped"] and entry["code"] == report["code"] and "version" in entry["code"]
         top = ", ".join(f"{k} {v:,}" for k, v in list(counts.to_dict()["dropped"].items())[:3])
         line = next(ln for ln in summary.splitlines() if ln.startswith(f"{name:<10}"))
         assert line.startswith(f"{name:<10}{n_in:>12,}{n_out:>12,}{n_dropped:>12,}") and line.endswith(top), line
