@@ -103,8 +103,11 @@ def config_slice(cfg: BuildConfig, keys: tuple[str, ...]) -> dict[str, Any]:
 def _inert_settings(cfg: BuildConfig) -> dict[str, Any]:
     """Settings that change nothing while their feature is off, spelled at their defaults: with no checkpoint to
     score with, ``clip_score.batch_size`` or ``device`` redo no finalize (and a default build keeps its digest)."""
-    if cfg.clip_score.enabled:
-        return {}
+    return {} if cfg.clip_score.enabled else _scoring_defaults()
+
+
+def _scoring_defaults() -> dict[str, Any]:
+    """Every ``clip_score.*`` setting at its default, flattened."""
     from witbuild.curate.clip_score import ClipScoreConfig
 
     return flatten({"clip_score": ClipScoreConfig().model_dump(mode="json")})
@@ -323,9 +326,7 @@ def respelled(old: Fingerprint, inputs: dict[str, str] | None = None) -> Fingerp
     when only the spelling differs, which redoes nothing."""
     config = {k: _one_spelling(k, v) for k, v in old.config.items()}
     if "clip_checkpoint" not in old.external:  # nothing scored: the settings stood at whatever they were
-        from witbuild.curate.clip_score import ClipScoreConfig
-
-        defaults = flatten({"clip_score": ClipScoreConfig().model_dump(mode="json")})
+        defaults = _scoring_defaults()
         config.update({k: defaults[k] for k in config if k in defaults})
     return Fingerprint(config, (inputs or {}).get(old.input or "", old.input), old.external, old.input_files)
 
